@@ -1,0 +1,1 @@
+"""The ``pbp`` command line: thin parsers that call one library function each."""

@@ -1,0 +1,68 @@
+"""``pbp bench ...``: benchmarks, each reported against a baseline measured in the same run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from pbp.config import load_config
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    bench = sub.add_parser("bench", help="benchmarks (figures relative to a baseline measured in the same run)")
+    bsub = bench.add_subparsers(dest="bench_command", metavar="COMMAND", required=True)
+    model = bsub.add_parser(
+        "model",
+        help="forward+backward throughput of a model config as a fraction of this machine's matmul peak",
+        description="Times forward + pretraining loss + backward on synthetic full-length batches, in each dtype, "
+        "and measures the matmul peak of the same dtype in the same run. Model FLOPs are counted analytically "
+        "(pbp.model.flops: matmuls and convolutions, 2 FLOPs per MAC, backward = 2x forward).",
+    )
+    model.add_argument("--config", default=None, help="model config YAML (default: the paper's model)")
+    model.add_argument("overrides", nargs="*", help="dotted model overrides")
+    model.add_argument("--seq-len", type=int, default=512)
+    model.add_argument("--batch-size", type=int, default=16)
+    model.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32,bf16")
+    model.add_argument("--seconds", type=float, default=10.0, help="minimum timed seconds per dtype")
+    model.add_argument("--compile", action="store_true", help="torch.compile the model first")
+    model.add_argument("--device", default="cpu", help="cpu or cuda")
+    model.add_argument("--json", type=Path, default=None, help="also write the results here")
+    model.set_defaults(func=cmd_model)
+
+
+def cmd_model(args: argparse.Namespace) -> int:
+    from pbp.bench.model import DTYPES, bench_model
+    from pbp.model import ModelConfig
+
+    cfg = load_config(ModelConfig, args.config, args.overrides, section="model")
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    for d in dtypes:
+        if d not in DTYPES:
+            raise ValueError(f"--dtypes: unknown dtype {d!r} (choose from {', '.join(DTYPES)})")
+    results = []
+    print(f"model: {args.config or 'paper default'}  seq_len={args.seq_len}  batch_size={args.batch_size}")
+    print(
+        f"{'dtype':6} {'s/step':>8} {'samples/s':>10} {'tokens/s':>10} {'model GF/s':>11} {'peak GF/s':>10} {'of peak':>8}"
+    )
+    for d in dtypes:
+        r = bench_model(
+            cfg,
+            dtype=d,
+            seq_len=args.seq_len,
+            batch_size=args.batch_size,
+            min_seconds=args.seconds,
+            compile=args.compile,
+            device=args.device,
+        )
+        results.append(asdict(r))
+        print(
+            f"{d:6} {r.seconds_per_step:8.3f} {r.samples_per_s:10.2f} {r.tokens_per_s:10.0f} "
+            f"{r.model_flops_per_s / 1e9:11.1f} {r.matmul_peak_flops_per_s / 1e9:10.1f} {r.fraction_of_peak:8.3f}",
+            flush=True,
+        )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"config": args.config, "results": results}, indent=2) + "\n")
+    return 0

@@ -1,0 +1,49 @@
+"""``pbp``: entry point. Each subcommand group lives in its own module and registers itself here."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import pbp
+from pbp.cli import bench_cmds, model_cmds
+
+
+class CLIError(Exception):
+    """An error to show the user without a traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pbp",
+        description="pbp: pretrain, fine-tune, track and ship ProteinBERT models, from a laptop to a Ray cluster.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    version = sub.add_parser("version", help="print the pbp version")
+    version.set_defaults(func=lambda _args: print(pbp.__version__))
+    model_cmds.register(sub)
+    bench_cmds.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        rc = args.func(args)
+    except (CLIError, ValueError, FileNotFoundError) as e:
+        # ConfigError, SequenceError, KerasCheckpointError... are ValueErrors with messages naming the culprit.
+        print(f"pbp: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pbp: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import pbp
+from pbp.cli.main import main
+
+from .conftest import REPO
+
+
+def _pbp(*args: str) -> subprocess.CompletedProcess:
+    exe = shutil.which("pbp") or str(__import__("pathlib").Path(sys.executable).with_name("pbp"))
+    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_console_script_help_and_version():
+    help_ = _pbp("--help")
+    assert help_.returncode == 0
+    for cmd in ("version", "model", "bench"):
+        assert cmd in help_.stdout
+    version = _pbp("version")
+    assert version.returncode == 0 and version.stdout.strip() == pbp.__version__
+
+
+def test_no_command_prints_help_and_fails(capsys):
+    assert main([]) == 2
+    assert "usage: pbp" in capsys.readouterr().out
+
+
+def test_model_info_prints_json(capsys):
+    assert main(["model", "info", str(REPO / "configs/model/base.yaml")]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["parameters"] == 15_981_321
+    assert info["local_features_per_residue"] == 1562
+    assert info["global_features_per_protein"] == 15599
+
+
+def test_model_info_with_overrides_and_errors(capsys):
+    assert main(["model", "info", str(REPO / "configs/model/tiny.yaml"), "n_blocks=3"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"]["n_blocks"] == 3
+    assert main(["model", "info", str(REPO / "configs/model/tiny.yaml"), "n_blockz=3"]) == 2
+    assert "unknown key 'n_blockz'" in capsys.readouterr().err
+    assert main(["model", "info", "no/such.yaml"]) == 2
+    assert "config file not found" in capsys.readouterr().err
+
+
+def test_bench_model_reports_fraction_of_a_measured_peak(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    rc = main(
+        [
+            "bench", "model", "--config", str(REPO / "configs/model/tiny.yaml"), "--seq-len", "64",
+            "--batch-size", "2", "--seconds", "0.2", "--dtypes", "fp32", "--json", str(out),
+        ]
+    )  # fmt: skip
+    assert rc == 0
+    res = json.loads(out.read_text())["results"][0]
+    assert res["dtype"] == "fp32" and res["steps"] >= 3
+    assert res["matmul_peak_flops_per_s"] > 0
+    assert res["fraction_of_peak"] == pytest.approx(res["model_flops_per_s"] / res["matmul_peak_flops_per_s"])
+    assert "of peak" in capsys.readouterr().out
+
+
+def test_bench_rejects_unknown_dtype(capsys):
+    assert main(["bench", "model", "--dtypes", "fp8"]) == 2
+    assert "unknown dtype 'fp8'" in capsys.readouterr().err
