@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 import pbp
-from pbp.cli import bench_cmds, model_cmds
+from pbp.cli import bench_cmds, model_cmds, stack_cmds, submit_cmds
 
 
 class CLIError(Exception):
@@ -23,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     version = sub.add_parser("version", help="print the pbp version")
     version.set_defaults(func=lambda _args: print(pbp.__version__))
     model_cmds.register(sub)
+    stack_cmds.register(sub)
+    submit_cmds.register(sub)
     bench_cmds.register(sub)
     return parser
 
@@ -35,10 +37,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         rc = args.func(args)
-    except (CLIError, ValueError, FileNotFoundError) as e:
+    except (CLIError, ValueError, FileNotFoundError, RuntimeError) as e:
         # ConfigError, SequenceError, KerasCheckpointError... are ValueErrors with messages naming the culprit.
         print(f"pbp: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into head/less that closed early
+        return 0
     except KeyboardInterrupt:
         print("pbp: interrupted", file=sys.stderr)
         return 130

@@ -1,0 +1,71 @@
+"""``pbp submit`` and ``pbp jobs ...``: Ray jobs on the local stack or a cloud cluster."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser(
+        "submit",
+        help="submit jobs/JOB.py to the Ray cluster (RAY_ADDRESS, else the local stack)",
+        description="Ships the project as the job's working_dir and platform/pbp as a py_module; the Ray token goes "
+        "in a header, no secret in the runtime_env. Re-submitting an identical running job reports it instead.",
+    )
+    s.add_argument("job", help="a job name: the stem of a file in jobs/ (e.g. smoke)")
+    s.add_argument("--config", type=Path, default=None, help="the job's config YAML (inside the project)")
+    s.add_argument("overrides", nargs="*", help="dotted config overrides, passed to the job")
+    s.add_argument("--address", default=None, help="Ray Jobs API URL, e.g. http://127.0.0.1:8265")
+    s.add_argument("--wait", action="store_true", help="follow the logs until the job ends; exit 0 only on success")
+    s.add_argument("--timeout", type=float, default=None, help="with --wait: give up after this many seconds")
+    s.set_defaults(func=cmd_submit)
+
+    j = sub.add_parser("jobs", help="list, follow and stop submitted jobs")
+    jsub = j.add_subparsers(dest="jobs_command", metavar="COMMAND", required=True)
+    for name, help_ in (("list", "all jobs"), ("status", "one job's status"), ("logs", "one job's logs"),
+                        ("stop", "stop a job")):  # fmt: skip
+        p = jsub.add_parser(name, help=help_)
+        if name != "list":
+            p.add_argument("id", help="submission id")
+        if name == "logs":
+            p.add_argument("--follow", "-f", action="store_true", help="follow until the job ends")
+        p.add_argument("--address", default=None, help="Ray Jobs API URL")
+        p.set_defaults(func=cmd_jobs)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from pbp import submit
+
+    sid = submit.submit(args.job, args.config, args.overrides, address=args.address)
+    if not args.wait:
+        print(f"follow it with: pbp jobs logs {sid} --follow")
+        return 0
+    status = submit.wait(sid, address=args.address, timeout=args.timeout)
+    print(f"{sid}: {status}")
+    return 0 if status == "SUCCEEDED" else 1
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from pbp import submit
+
+    c = submit.client(args.address)
+    if args.jobs_command == "list":
+        for info in sorted(c.list_jobs(), key=lambda i: i.start_time or 0):
+            print(f"{info.submission_id or info.job_id:48} {info.status.name:10} {info.entrypoint}")
+        return 0
+    if args.jobs_command == "status":
+        info = c.get_job_info(args.id)
+        print(json.dumps({"id": args.id, "status": info.status.name, "message": info.message,
+                          "entrypoint": info.entrypoint}, indent=2))  # fmt: skip
+        return 0
+    if args.jobs_command == "logs":
+        if args.follow:
+            status = submit.wait(args.id, address=args.address)
+            return 0 if status == "SUCCEEDED" else 1
+        print(c.get_job_logs(args.id), end="")
+        return 0
+    stopped = c.stop_job(args.id)
+    print(f"{args.id}: {'stop requested' if stopped else 'was not running'}")
+    return 0

@@ -1,0 +1,128 @@
+"""Where the services are and how to authenticate, for any client (CLI, jobs on cluster nodes, tests).
+
+Resolution order for every value: the process environment first (a cloud cluster sets ``AWS_*`` / an IAM role,
+``MLFLOW_TRACKING_URI``...), then the local stack's state dir (``$PBP_STACK_DIR`` or ``~/.pbp/stack``), which
+``pbp stack up`` wrote. So ``pbp submit`` works without typing anything after ``pbp stack up``, and the same jobs
+work on AWS with nothing but environment and instance roles.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pbp.stack.state import RAY_TOKEN_FILE, Secrets, StackState, StackStateError, default_state_dir
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    s3_endpoint: str | None
+    """None means AWS' own endpoint (credentials from the default chain: env, profile, instance role)."""
+    s3_access_key: str | None
+    s3_secret_key: str | None
+    s3_region: str
+    mlflow_uri: str | None
+    mlflow_username: str | None
+    mlflow_password: str | None
+    ray_address: str | None
+    """Ray dashboard / Jobs API URL (http://host:8265)."""
+    ray_token: str | None
+    buckets: dict[str, str]
+    state_dir: Path | None
+
+    # ---- clients ------------------------------------------------------------------------------------------
+
+    def boto3_client(self, **config: Any):
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.s3_endpoint,
+            aws_access_key_id=self.s3_access_key,
+            aws_secret_access_key=self.s3_secret_key,
+            region_name=self.s3_region,
+            config=Config(retries={"max_attempts": 5, "mode": "standard"}, **config),
+        )
+
+    def s3fs_options(self) -> dict[str, Any]:
+        """``storage_options`` for s3fs / fsspec."""
+        opts: dict[str, Any] = {"client_kwargs": {"region_name": self.s3_region}}
+        if self.s3_endpoint:
+            opts["endpoint_url"] = self.s3_endpoint
+        if self.s3_access_key:
+            opts.update(key=self.s3_access_key, secret=self.s3_secret_key)
+        return opts
+
+    def pyarrow_fs(self):
+        """A pyarrow S3FileSystem. pyarrow ignores AWS_ENDPOINT_URL, so the endpoint is passed explicitly."""
+        from pyarrow import fs
+
+        kwargs: dict[str, Any] = {"region": self.s3_region}
+        if self.s3_endpoint:
+            scheme, _, rest = self.s3_endpoint.partition("://")
+            kwargs.update(endpoint_override=rest, scheme=scheme)
+        if self.s3_access_key:
+            kwargs.update(access_key=self.s3_access_key, secret_key=self.s3_secret_key)
+        return fs.S3FileSystem(**kwargs)
+
+    def mlflow_env(self) -> dict[str, str]:
+        """Environment for MLflow clients (set in the client process only; never in a Ray runtime_env)."""
+        out = {}
+        if self.mlflow_uri:
+            out["MLFLOW_TRACKING_URI"] = self.mlflow_uri
+        if self.mlflow_username:
+            out["MLFLOW_TRACKING_USERNAME"] = self.mlflow_username
+            out["MLFLOW_TRACKING_PASSWORD"] = self.mlflow_password or ""
+        return out
+
+    def ray_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.ray_token}"} if self.ray_token else {}
+
+
+def resolve(state_dir: Path | None = None, env: dict[str, str] | None = None) -> Endpoints:
+    """Endpoints from the environment, falling back to the stack's state dir (if there is one)."""
+    env = dict(os.environ if env is None else env)
+    sdir = (state_dir or (Path(env["PBP_STACK_DIR"]) if env.get("PBP_STACK_DIR") else default_state_dir())).resolve()
+    state = StackState.load(sdir) if (sdir / "stack.json").exists() else None
+    secrets = Secrets.load(sdir) if state is not None and (sdir / "secrets.json").exists() else None
+    token = env.get("RAY_AUTH_TOKEN")
+    token_path = env.get("RAY_AUTH_TOKEN_PATH") or (str(sdir / RAY_TOKEN_FILE) if state is not None else None)
+    if not token and token_path and Path(token_path).exists():
+        token = Path(token_path).read_text().strip()
+
+    def pick(name: str, fallback: str | None) -> str | None:
+        return env.get(name) or fallback
+
+    use_stack_s3 = state is not None and not env.get("AWS_ENDPOINT_URL") and not env.get("AWS_ACCESS_KEY_ID")
+    return Endpoints(
+        s3_endpoint=pick("AWS_ENDPOINT_URL", state.s3_endpoint if state else None),
+        s3_access_key=env.get("AWS_ACCESS_KEY_ID") or (secrets.s3_access_key if use_stack_s3 and secrets else None),
+        s3_secret_key=env.get("AWS_SECRET_ACCESS_KEY")
+        or (secrets.s3_secret_key if use_stack_s3 and secrets else None),
+        s3_region=env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or "us-east-1",
+        mlflow_uri=pick("MLFLOW_TRACKING_URI", state.mlflow_uri if state else None),
+        mlflow_username=pick("MLFLOW_TRACKING_USERNAME", secrets.mlflow_admin_user if secrets else None),
+        mlflow_password=pick("MLFLOW_TRACKING_PASSWORD", secrets.mlflow_admin_password if secrets else None),
+        ray_address=_ray_http_address(env.get("RAY_ADDRESS")) or (state.ray_dashboard_url if state else None),
+        ray_token=token,
+        buckets=dict(state.buckets) if state else {},
+        state_dir=sdir if state is not None else None,
+    )
+
+
+def _ray_http_address(addr: str | None) -> str | None:
+    if not addr or addr == "auto":
+        return None
+    return addr if "://" in addr else None  # a bare GCS address is for ray.init, not the Jobs API
+
+
+def require(value: str | None, what: str) -> str:
+    if not value:
+        raise StackStateError(
+            f"no {what} configured: start the local stack (`pbp stack up`) or set the environment "
+            "(see `pbp stack env` for the variables)"
+        )
+    return value

@@ -1,0 +1,146 @@
+"""Processes and ports of the local stack: start in a new process group, stop only what pbp started."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import psutil
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Can a server bind ``port``? (SO_REUSEADDR as servers set it, so TIME_WAIT leftovers do not count.)"""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_ports(n: int, host: str = "127.0.0.1", avoid: Iterable[int] = (), below: int = 55000) -> list[int]:
+    """``n`` distinct free ports (kernel-chosen, then checked), none in ``avoid`` and all below ``below``.
+
+    ``below`` keeps room for services that derive a second port as +10000 (SeaweedFS' gRPC convention).
+    """
+    taken = set(avoid)
+    out: list[int] = []
+    for _ in range(n * 50):
+        if len(out) == n:
+            break
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port in taken or port >= below:
+            continue
+        taken.add(port)
+        out.append(port)
+    if len(out) < n:
+        raise RuntimeError(f"could not find {n} free ports on {host}")
+    return out
+
+
+def who_listens(port: int) -> str:
+    """A short description of the process listening on ``port`` (best effort)."""
+    with contextlib.suppress(psutil.Error, PermissionError):
+        for c in psutil.net_connections(kind="tcp"):
+            if c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN and c.pid:
+                p = psutil.Process(c.pid)
+                return f"pid {c.pid} ({' '.join(p.cmdline()[:3])})"
+    return "another process"
+
+
+def start(cmd: list[str], log: Path, env: dict[str, str], cwd: Path) -> subprocess.Popen:
+    """Start ``cmd`` as the leader of a new session/process group, output appended to ``log``."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        out.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(cmd)}\n".encode())
+        out.flush()
+        return subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=cwd, start_new_session=True
+        )
+
+
+def group_alive(pgid: int | None, marker: str | None = None) -> bool:
+    """Is any process of group ``pgid`` alive? With ``marker``, the leader's command line must contain it, so a
+    pid recycled by an unrelated program after a crash or reboot is never taken for ours."""
+    if not pgid:
+        return False
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False  # a group of another user: not ours
+    if marker is None:
+        return True
+    try:
+        for p in psutil.process_iter(["pid", "cmdline"]):
+            with contextlib.suppress(psutil.Error):
+                if os.getpgid(p.info["pid"]) == pgid and marker in " ".join(p.info["cmdline"] or []):
+                    return True
+    except psutil.Error:
+        return True
+    return False
+
+
+def stop_group(
+    pgid: int, grace: float = 15.0, leader_signal: int | None = None, leader_grace: float = 5.0
+) -> bool:
+    """Stop the process group pbp started. -> was anything running?
+
+    With ``leader_signal``, the group leader gets it first and ``leader_grace`` seconds to shut its children down
+    (``ray start --block`` stops its node cleanly on SIGINT, while Ray's own processes ignore SIGTERM). Then SIGTERM
+    to the whole group, and SIGKILL to whatever is left after ``grace`` more seconds.
+    """
+    if not _group_exists(pgid):
+        return False
+    if leader_signal is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pgid, leader_signal)
+        _wait_gone(pgid, time.monotonic() + leader_grace, leader_only=True)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+    if not _wait_gone(pgid, time.monotonic() + grace):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+        _wait_gone(pgid, time.monotonic() + 5)
+    return True
+
+
+def _group_exists(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def _wait_gone(pgid: int, deadline: float, leader_only: bool = False) -> bool:
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pgid, os.WNOHANG)  # reap our own child if this process started it
+        if leader_only:
+            try:
+                if psutil.Process(pgid).status() == psutil.STATUS_ZOMBIE:
+                    return True
+            except psutil.NoSuchProcess:
+                return True
+        elif not _group_exists(pgid):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    if not path.exists():
+        return f"(no log at {path})"
+    data = path.read_bytes()[-20000:].decode(errors="replace").splitlines()
+    return "\n".join(data[-lines:])

@@ -1,0 +1,270 @@
+"""The services of the local stack: how each is started and how its health is checked.
+
+    seaweedfs   ``weed mini`` (master, volume, filer, S3 gateway) with pbp's S3 identity; buckets created
+    mlflow      ``mlflow server`` with SQLite stores, S3 artifacts (proxied) and basic-auth
+    ray-head    ``ray start --head --num-cpus 0 --block`` with token auth (runs drivers, not training)
+    ray-worker-N ``ray start --address ... --block``, one per simulated node, each tagged with a custom
+                resource ``pbp-node-worker-N`` so work can be pinned to it
+
+Everything binds 127.0.0.1. Secrets reach the services through their own process environment or 0600 files in
+the state dir, never through command lines (visible in ``ps``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from pbp.stack.state import RAY_TOKEN_FILE, Secrets, StackState, atomic_write
+
+S3_IDENTITY_FILE = "seaweedfs-s3.json"
+MLFLOW_AUTH_FILE = "mlflow-auth.ini"
+
+
+class ServiceError(RuntimeError):
+    """A service that cannot start or is unhealthy; the message names it (and carries its log tail)."""
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    ports: tuple[str, ...]
+    """Named ports the service needs (allocated once, remembered in stack.json)."""
+    marker: str
+    """A string in the group leader's command line, to recognise our process after a crash."""
+
+
+def services_for(workers: int) -> list[Service]:
+    out = [
+        Service("seaweedfs", ("s3", "master", "volume", "filer", "admin", "s3_grpc", "master_grpc", "volume_grpc",
+                              "filer_grpc"), "weed"),  # fmt: skip
+        Service("mlflow", ("http",), "mlflow"),
+        Service("ray-head", ("gcs", "dashboard", "client", "agent_listen", "agent_grpc", "runtime_env", "metrics",
+                             "node_manager", "object_manager"), "ray"),  # fmt: skip
+    ]
+    for i in range(1, workers + 1):
+        out.append(
+            Service(f"ray-worker-{i}", ("agent_listen", "agent_grpc", "runtime_env", "metrics", "node_manager",
+                                        "object_manager"), "ray")  # fmt: skip
+        )
+    return out
+
+
+def _bin(name: str) -> str:
+    """An executable next to this Python (the venv), else on PATH."""
+    candidate = Path(sys.executable).with_name(name)
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which(name)
+    if not found:
+        raise ServiceError(f"{name}: executable not found next to {sys.executable} or on PATH (is pbp installed?)")
+    return found
+
+
+def ray_temp_dir(state: StackState) -> str:
+    """Ray's session dir must be short (unix socket paths are limited to 107 bytes): /tmp/pbp-ray-<hash>."""
+    digest = hashlib.sha256(str(state.dir).encode()).hexdigest()[:10]
+    return f"/tmp/pbp-ray-{digest}"
+
+
+def base_env(state: StackState) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "PBP_STACK_DIR": str(state.dir),
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": str(state.dir / RAY_TOKEN_FILE),
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "PYTHONUNBUFFERED": "1",
+            # Job entrypoints say `python`: on these nodes it must be the interpreter pbp is installed in.
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
+        }
+    )
+    env.pop("RAY_AUTH_TOKEN", None)  # the state dir's token wins over a stray one in the caller's environment
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def command(svc: Service, state: StackState, secrets: Secrets, object_store_mb: int, worker_cpus: int) -> list[str]:
+    """The command line that starts ``svc`` (no secrets in it)."""
+    p = state.services[svc.name].ports
+    host = state.host
+    d = state.dir
+    if svc.name == "seaweedfs":
+        return [
+            _bin("weed"), "mini", f"-dir={d / 'data' / 'seaweedfs'}", f"-ip={host}", f"-ip.bind={host}",
+            f"-s3.port={p['s3']}", f"-s3.port.grpc={p['s3_grpc']}", f"-master.port={p['master']}",
+            f"-master.port.grpc={p['master_grpc']}", f"-volume.port={p['volume']}",
+            f"-volume.port.grpc={p['volume_grpc']}", f"-filer.port={p['filer']}", f"-filer.port.grpc={p['filer_grpc']}",
+            f"-admin.port={p['admin']}", "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0",
+            "-s3.port.lance=0", f"-s3.config={d / S3_IDENTITY_FILE}", f"-bucket={','.join(state.buckets.values())}",
+        ]  # fmt: skip
+    if svc.name == "mlflow":
+        db = d / "data" / "mlflow" / "mlflow.db"
+        return [
+            _bin("mlflow"), "server", "--host", host, "--port", str(p["http"]), "--workers", "1",
+            "--backend-store-uri", f"sqlite:///{db}", "--artifacts-destination", f"s3://{state.buckets['mlflow']}/",
+            "--serve-artifacts", "--app-name", "basic-auth",
+        ]  # fmt: skip
+    common = [
+        f"--node-ip-address={host}", f"--dashboard-agent-listen-port={p['agent_listen']}",
+        f"--dashboard-agent-grpc-port={p['agent_grpc']}", f"--runtime-env-agent-port={p['runtime_env']}",
+        f"--metrics-export-port={p['metrics']}", f"--node-manager-port={p['node_manager']}",
+        f"--object-manager-port={p['object_manager']}", f"--object-store-memory={object_store_mb * 1024 * 1024}",
+        "--disable-usage-stats", "--block",
+    ]  # fmt: skip
+    if svc.name == "ray-head":
+        return [
+            _bin("ray"), "start", "--head", f"--port={p['gcs']}", f"--dashboard-host={host}",
+            f"--dashboard-port={p['dashboard']}", f"--ray-client-server-port={p['client']}", "--num-cpus=0",
+            f"--temp-dir={ray_temp_dir(state)}", "--include-dashboard=true", *common,
+        ]  # fmt: skip
+    node_tag = {node_resource(svc.name): 1}
+    return [
+        _bin("ray"), "start", f"--address={state.ray_gcs_address}", f"--num-cpus={worker_cpus}",
+        f"--resources={json.dumps(node_tag)}", *common,
+    ]  # fmt: skip
+
+
+def node_resource(service_name: str) -> str:
+    """The custom resource that tags a worker node: ``ray-worker-1`` -> ``pbp-node-worker-1``."""
+    return "pbp-node-" + service_name.removeprefix("ray-")
+
+
+def service_env(svc: Service, state: StackState, secrets: Secrets) -> dict[str, str]:
+    env = base_env(state)
+    if svc.name == "mlflow":
+        env.update(
+            {
+                "AWS_ACCESS_KEY_ID": secrets.s3_access_key,
+                "AWS_SECRET_ACCESS_KEY": secrets.s3_secret_key,
+                "AWS_DEFAULT_REGION": "us-east-1",
+                "MLFLOW_S3_ENDPOINT_URL": state.s3_endpoint,
+                "MLFLOW_AUTH_CONFIG_PATH": str(state.dir / MLFLOW_AUTH_FILE),
+                "MLFLOW_AUTH_ADMIN_USERNAME": secrets.mlflow_admin_user,
+                "MLFLOW_AUTH_ADMIN_PASSWORD": secrets.mlflow_admin_password,
+                "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.flask_secret_key,
+                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # no job-runner pool (~3 GB RSS)
+            }
+        )
+    return env
+
+
+def write_service_files(state: StackState, secrets: Secrets) -> None:
+    """Config files the services read (rewritten on every start, so they follow the state dir)."""
+    identity = {
+        "identities": [
+            {
+                "name": "pbp",
+                "credentials": [{"accessKey": secrets.s3_access_key, "secretKey": secrets.s3_secret_key}],
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+            }
+        ]
+    }
+    atomic_write(state.dir / S3_IDENTITY_FILE, json.dumps(identity, indent=2) + "\n", mode=0o600)
+    auth_db = state.dir / "data" / "mlflow" / "basic_auth.db"
+    atomic_write(
+        state.dir / MLFLOW_AUTH_FILE,
+        "[mlflow]\n"
+        "default_permission = READ\n"
+        f"database_uri = sqlite:///{auth_db}\n"
+        f"admin_username = {secrets.mlflow_admin_user}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        "grant_default_workspace_access = false\n",
+    )
+    (state.dir / "data" / "mlflow").mkdir(parents=True, exist_ok=True)
+    (state.dir / "data" / "seaweedfs").mkdir(parents=True, exist_ok=True)
+
+
+# ---- health checks: return None when healthy, else a short reason ---------------------------------------------
+
+
+def _http(url: str, headers: dict[str, str] | None = None, timeout: float = 2.0) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:  # noqa: S310 - loopback URLs we built
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def check(svc: Service, state: StackState, secrets: Secrets) -> str | None:
+    try:
+        if svc.name == "seaweedfs":
+            return _check_s3(state, secrets)
+        if svc.name == "mlflow":
+            return _check_mlflow(state, secrets)
+        return _check_ray(svc, state)
+    except (OSError, urllib.error.URLError) as e:
+        return f"not answering ({e})"
+
+
+def _check_s3(state: StackState, secrets: Secrets) -> str | None:
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=state.s3_endpoint,
+        aws_access_key_id=secrets.s3_access_key,
+        aws_secret_access_key=secrets.s3_secret_key,
+        region_name="us-east-1",
+        config=Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 1}),
+    )
+    try:
+        have = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
+        for bucket in state.buckets.values():
+            if bucket not in have:
+                s3.create_bucket(Bucket=bucket)
+    except (BotoCoreError, ClientError) as e:
+        return f"S3 API not ready ({e})"
+    return None
+
+
+def _check_mlflow(state: StackState, secrets: Secrets) -> str | None:
+    status, _ = _http(f"{state.mlflow_uri}/health")
+    if status != 200:
+        return f"/health answered {status}"
+    api = f"{state.mlflow_uri}/api/2.0/mlflow/experiments/search?max_results=1"
+    status, _ = _http(api)
+    if status != 401:
+        return f"authentication is not enforced (unauthenticated API call answered {status})"
+    import base64
+
+    basic = base64.b64encode(f"{secrets.mlflow_admin_user}:{secrets.mlflow_admin_password}".encode()).decode()
+    status, body = _http(api, {"Authorization": f"Basic {basic}"}, timeout=5)
+    if status != 200:
+        return f"admin credentials refused ({status}: {body[:200]!r})"
+    return None
+
+
+def ray_auth_header(state: StackState) -> dict[str, str]:
+    token = (state.dir / RAY_TOKEN_FILE).read_text().strip()
+    return {"Authorization": f"Bearer {token}"}
+
+
+def ray_alive_nodes(state: StackState) -> list[dict]:
+    status, body = _http(f"{state.ray_dashboard_url}/api/v0/nodes?limit=1000", ray_auth_header(state), timeout=5)
+    if status != 200:
+        raise OSError(f"dashboard answered {status}")
+    nodes = json.loads(body)["data"]["result"]["result"]
+    return [n for n in nodes if n.get("state") == "ALIVE"]
+
+
+def _check_ray(svc: Service, state: StackState) -> str | None:
+    status, _ = _http(f"{state.ray_dashboard_url}/api/version", ray_auth_header(state))
+    if status != 200:
+        return f"dashboard answered {status}"
+    nodes = ray_alive_nodes(state)
+    if svc.name == "ray-head":
+        return None if any(n.get("is_head_node") for n in nodes) else "head node not registered yet"
+    tag = node_resource(svc.name)
+    return None if any(tag in (n.get("resources_total") or {}) for n in nodes) else "node not registered yet"

@@ -1,0 +1,100 @@
+"""Faults of the local stack: each gives a clear error naming the service and leaves other services and data
+intact. Most use real processes; a dying service is simulated (the real ones cannot be made to crash on cue)."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+
+from pbp.cli.main import main
+from pbp.stack import manager, services
+from pbp.stack.services import ServiceError, _bin
+from pbp.stack.state import StackState, StackStateError
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def test_corrupt_state_file_is_named_and_data_left_alone(tmp_path, capsys):
+    (tmp_path / "data" / "seaweedfs").mkdir(parents=True)
+    (tmp_path / "data" / "seaweedfs" / "volume.dat").write_bytes(b"precious")
+    (tmp_path / "stack.json").write_text("{ not json")
+    with pytest.raises(StackStateError, match=r"stack.json: corrupt state file"):
+        manager.up(tmp_path, log=lambda _m: None)
+    assert main(["stack", "status", "--state-dir", str(tmp_path)]) == 2
+    assert "corrupt state file" in capsys.readouterr().err
+    assert (tmp_path / "data" / "seaweedfs" / "volume.dat").read_bytes() == b"precious"
+    assert (tmp_path / "stack.json").read_text() == "{ not json"  # not overwritten
+
+
+def test_missing_binary_is_named():
+    with pytest.raises(ServiceError, match="no-such-binary-pbp: executable not found"):
+        _bin("no-such-binary-pbp")
+
+
+def test_service_dying_during_up_names_it_and_shows_its_log(tmp_path, monkeypatch):
+    real_command = services.command
+
+    def command(svc, *args, **kwargs):
+        if svc.name == "seaweedfs":
+            return ["sh", "-c", "echo 'weed: volume directory is corrupt'; exit 3"]
+        return real_command(svc, *args, **kwargs)
+
+    monkeypatch.setattr(manager, "command", command)
+    with pytest.raises(ServiceError) as e:
+        manager.up(tmp_path, workers=1, timeout=30, log=lambda _m: None)
+    msg = str(e.value)
+    assert msg.startswith("seaweedfs: exited with code 3 during start-up")
+    assert "volume directory is corrupt" in msg
+    state = StackState.load(tmp_path)
+    assert state.services["seaweedfs"].pid is None
+    assert (tmp_path / "secrets.json").exists()  # generated credentials are kept for the next try
+
+
+def test_port_in_use_names_the_service_and_leaves_the_rest_running(tmp_path):
+    """MLflow finds its remembered port taken on restart: named error; storage, started before it, keeps running."""
+    manager.up(tmp_path, workers=0, timeout=180, log=lambda _m: None)
+    try:
+        state = StackState.load(tmp_path)
+        manager.down(tmp_path, log=lambda _m: None)
+        # Someone else takes MLflow's remembered port while the stack is down.
+        blocker = socket.socket()
+        blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        blocker.bind(("127.0.0.1", state.port("mlflow")))
+        blocker.listen()
+        try:
+            with pytest.raises(ServiceError, match=rf"mlflow: port {state.port('mlflow')} \(http\).* is in use"):
+                manager.up(tmp_path, timeout=180, log=lambda _m: None)
+            _, rows = manager.status(tmp_path)
+            assert next(r for r in rows if r.name == "seaweedfs").healthy  # started before, still fine
+        finally:
+            blocker.close()
+        messages: list[str] = []
+        manager.up(tmp_path, timeout=180, log=messages.append)  # once the port is free again, up completes
+        assert any("seaweedfs" in m and "already running" in m for m in messages)
+    finally:
+        manager.down(tmp_path, log=lambda _m: None)
+
+
+def test_a_second_stack_runs_beside_the_first_on_other_ports(stack_dir, tmp_path):
+    manager.up(tmp_path, workers=0, timeout=180, log=lambda _m: None)
+    try:
+        a, b = json.loads((stack_dir / "stack.json").read_text()), json.loads((tmp_path / "stack.json").read_text())
+        ports_a = {p for s in a["services"].values() for p in s["ports"].values()}
+        ports_b = {p for s in b["services"].values() for p in s["ports"].values()}
+        assert not ports_a & ports_b
+        assert all(r.healthy for r in manager.status(stack_dir)[1])
+        assert all(r.healthy for r in manager.status(tmp_path)[1])
+    finally:
+        stopped = manager.down(tmp_path, log=lambda _m: None)
+    assert stopped == 3  # only its own services
+    assert all(r.healthy for r in manager.status(stack_dir)[1])  # the first stack is untouched
+
+
+def test_env_lines_quote_values_and_fail_without_a_stack(tmp_path, stack_dir):
+    lines = manager.env_lines(stack_dir)
+    assert any(ln.startswith("export AWS_ENDPOINT_URL=") for ln in lines)
+    assert any(ln.startswith("export RAY_AUTH_TOKEN_PATH=") for ln in lines)
+    with pytest.raises(StackStateError, match="no stack here"):
+        manager.env_lines(tmp_path)

@@ -1,0 +1,145 @@
+"""The local stack against real services: S3 through boto3/s3fs/pyarrow, MLflow over HTTP with auth, Ray jobs
+with token auth, crash recovery without data loss."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import urllib.error
+import urllib.request
+
+import pytest
+
+from pbp import submit
+from pbp.cli.main import main
+from pbp.stack import manager, procs
+from pbp.stack.state import StackState
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def test_all_services_healthy_and_on_loopback(stack_dir):
+    state, rows = manager.status(stack_dir)
+    assert [r.name for r in rows] == ["seaweedfs", "mlflow", "ray-head", "ray-worker-1", "ray-worker-2"]
+    assert all(r.healthy for r in rows), [(r.name, r.detail) for r in rows]
+    assert state.s3_endpoint.startswith("http://127.0.0.1:")
+    assert state.mlflow_uri.startswith("http://127.0.0.1:")
+
+
+def test_credentials_are_generated_private_and_not_in_stack_json(stack_dir):
+    for name in ("secrets.json", "ray_token", "seaweedfs-s3.json"):
+        assert stat.S_IMODE((stack_dir / name).stat().st_mode) == 0o600, name
+    secrets = json.loads((stack_dir / "secrets.json").read_text())
+    state_text = (stack_dir / "stack.json").read_text()
+    for value in (secrets["s3_secret_key"], secrets["mlflow_admin_password"]):
+        assert value not in state_text
+        for svc in json.loads(state_text)["services"].values():
+            assert value not in " ".join(svc["cmd"])  # not on any command line (visible in ps)
+    assert secrets["mlflow_admin_password"] not in ("password1234", "")
+
+
+def test_object_roundtrip_with_boto3_s3fs_and_pyarrow(endpoints):
+    import s3fs
+
+    bucket = endpoints.buckets["data"]
+    s3 = endpoints.boto3_client()
+    s3.put_object(Bucket=bucket, Key="tests/hello.txt", Body=b"hello pbp")
+    assert s3.get_object(Bucket=bucket, Key="tests/hello.txt")["Body"].read() == b"hello pbp"
+    fs = s3fs.S3FileSystem(**endpoints.s3fs_options())
+    assert fs.cat(f"{bucket}/tests/hello.txt") == b"hello pbp"
+    with endpoints.pyarrow_fs().open_input_stream(f"{bucket}/tests/hello.txt") as f:
+        assert f.read() == b"hello pbp"
+    assert sorted(endpoints.buckets.values()) == sorted(b["Name"] for b in s3.list_buckets()["Buckets"])
+
+
+def test_s3_refuses_unknown_keys(endpoints):
+    import boto3
+    from botocore.exceptions import ClientError
+
+    bad = boto3.client(
+        "s3", endpoint_url=endpoints.s3_endpoint, aws_access_key_id="nobody", aws_secret_access_key="wrong",
+        region_name="us-east-1",
+    )  # fmt: skip
+    with pytest.raises(ClientError):
+        bad.list_buckets()
+
+
+def test_mlflow_run_over_http_with_auth(endpoints, monkeypatch):
+    import mlflow
+
+    url = f"{endpoints.mlflow_uri}/api/2.0/mlflow/experiments/search?max_results=1"
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(url, timeout=10)
+    assert e.value.code == 401
+    for k, v in endpoints.mlflow_env().items():
+        monkeypatch.setenv(k, v)
+    mlflow.set_tracking_uri(endpoints.mlflow_uri)
+    mlflow.set_experiment("pbp-tests")
+    with mlflow.start_run() as run:
+        mlflow.log_param("p", 1)
+        mlflow.log_metric("m", 0.5, step=3)
+        mlflow.log_text("artifact body", "notes.txt")
+    got = mlflow.get_run(run.info.run_id)
+    assert got.data.params["p"] == "1" and got.data.metrics["m"] == 0.5
+    # The artifact went through MLflow's proxy into the S3 bucket.
+    keys = [o["Key"] for o in endpoints.boto3_client().list_objects_v2(Bucket=endpoints.buckets["mlflow"])["Contents"]]
+    assert any(k.endswith(f"{run.info.run_id}/artifacts/notes.txt") for k in keys)
+
+
+def test_smoke_job_through_pbp_submit_sees_every_node(stack_env, capsys):
+    assert main(["submit", "smoke", "--wait", "--timeout", "300"]) == 0
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if ln.startswith("PBP_SMOKE "))
+    summary = json.loads(line.removeprefix("PBP_SMOKE "))
+    assert summary["ok"] and summary["nodes"] >= 3  # head + 2 workers
+    assert {r["s3"] for r in summary["results"]} == {"ok"}
+    # Re-submitting the finished job gets a new, related id; the runtime_env carries no secret.
+    c = submit.client()
+    jobs = {j.submission_id: j for j in c.list_jobs()}
+    sid = next(s for s in jobs if s.startswith("pbp-smoke-default-"))
+    env_vars = (jobs[sid].runtime_env or {}).get("env_vars", {})
+    secrets = json.loads((stack_env / "secrets.json").read_text())
+    assert not set(secrets.values()) & set(env_vars.values())
+    assert set(env_vars) <= {"PBP_SUBMISSION_ID", "PYTHONUNBUFFERED"}
+
+
+def test_job_submission_without_the_token_is_refused(stack_dir):
+    from ray.job_submission import JobSubmissionClient
+
+    state = StackState.load(stack_dir)
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(f"{state.ray_dashboard_url}/api/jobs/", timeout=10)
+    assert e.value.code == 401
+    with pytest.MonkeyPatch.context() as mp:
+        for k in list(os.environ):
+            if k.startswith("RAY_"):
+                mp.delenv(k)
+        with pytest.raises(Exception, match="(?i)401|unauthori|auth"):
+            JobSubmissionClient(state.ray_dashboard_url).submit_job(entrypoint="echo should-not-run")
+
+
+def test_up_on_a_running_stack_reports_it(stack_dir):
+    messages: list[str] = []
+    manager.up(stack_dir, log=messages.append)
+    assert len(messages) == 5 and all("already running" in m for m in messages)
+
+
+def test_killed_storage_is_reported_and_restored_with_its_data(stack_dir, endpoints):
+    bucket = endpoints.buckets["data"]
+    s3 = endpoints.boto3_client()
+    s3.put_object(Bucket=bucket, Key="tests/survivor.txt", Body=b"still here")
+    state = StackState.load(stack_dir)
+    pid = state.services["seaweedfs"].pid
+    os.killpg(pid, signal.SIGKILL)  # a crash, not a clean stop
+    procs.stop_group(pid, grace=5)  # reap
+    _, rows = manager.status(stack_dir)
+    row = next(r for r in rows if r.name == "seaweedfs")
+    assert not row.running and row.detail == "not running"
+    assert next(r for r in rows if r.name == "mlflow").healthy  # the rest is untouched
+    messages: list[str] = []
+    manager.up(stack_dir, log=messages.append)
+    assert any(m.strip().startswith("seaweedfs") and "started" in m for m in messages)
+    assert sum("already running" in m for m in messages) == 4
+    assert s3.get_object(Bucket=bucket, Key="tests/survivor.txt")["Body"].read() == b"still here"
