@@ -1,6 +1,6 @@
 """Smoke job: every node of the cluster reaches object storage and MLflow; prints the node count.
 
-    pbp submit smoke --wait
+pbp submit smoke --wait
 """
 
 import sys

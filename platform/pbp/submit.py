@@ -99,7 +99,9 @@ def submit(
         try:
             rel_config = config.relative_to(root)
         except ValueError:
-            raise SubmitError(f"{config}: the config must be inside the project ({root}) to travel with the job")
+            raise SubmitError(
+                f"{config}: the config must be inside the project ({root}) to travel with the job"
+            ) from None
     args = ["python", f"jobs/{job}.py"]
     if config is not None:
         args += ["--config", str(rel_config)]

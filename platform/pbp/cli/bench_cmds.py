@@ -31,6 +31,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     model.add_argument("--json", type=Path, default=None, help="also write the results here")
     model.set_defaults(func=cmd_model)
 
+    stack = bsub.add_parser(
+        "stack",
+        help="time the local stack from `up` to all-healthy, and `down` (cold, then warm restarts)",
+        description="Starts a stack in a temporary state dir (cold start), then stops and restarts it (warm), "
+        "timing each phase against the target of healthy in under 20 s.",
+    )
+    stack.add_argument("--workers", type=int, default=2)
+    stack.add_argument("--rounds", type=int, default=2, help="warm restarts after the cold start")
+    stack.add_argument("--json", type=Path, default=None)
+    stack.set_defaults(func=cmd_stack)
+
 
 def cmd_model(args: argparse.Namespace) -> int:
     from pbp.bench.model import DTYPES, bench_model
@@ -65,4 +76,21 @@ def cmd_model(args: argparse.Namespace) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"config": args.config, "results": results}, indent=2) + "\n")
+    return 0
+
+
+def cmd_stack(args: argparse.Namespace) -> int:
+    from pbp.bench.stack import bench_stack
+
+    res = bench_stack(workers=args.workers, rounds=args.rounds)
+    print(f"stack with {args.workers} Ray worker nodes (target: healthy in under {res['target_healthy_s']:.0f} s)")
+    print(f"{'start':6} {'up -> healthy':>14} {'down':>8}   per service (s)")
+    rounds: list[dict] = res["rounds"]  # type: ignore[assignment]
+    for r in rounds:
+        per = " ".join(f"{k}={v:.1f}" for k, v in r["per_service_s"].items())
+        print(f"{r['start']:6} {r['up_s']:13.1f}s {r['down_s']:7.1f}s   {per}")
+    print(f"worst up / target = {res['worst_up_over_target']:.2f}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(res, indent=2) + "\n")
     return 0

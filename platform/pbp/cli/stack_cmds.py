@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
 
-    env = ssub.add_parser("env", help="print export lines for a shell: eval \"$(pbp stack env)\"")
+    env = ssub.add_parser("env", help='print export lines for a shell: eval "$(pbp stack env)"')
     state_dir_arg(env)
     env.set_defaults(func=cmd_env)
 

@@ -100,8 +100,7 @@ def resolve(state_dir: Path | None = None, env: dict[str, str] | None = None) ->
     return Endpoints(
         s3_endpoint=pick("AWS_ENDPOINT_URL", state.s3_endpoint if state else None),
         s3_access_key=env.get("AWS_ACCESS_KEY_ID") or (secrets.s3_access_key if use_stack_s3 and secrets else None),
-        s3_secret_key=env.get("AWS_SECRET_ACCESS_KEY")
-        or (secrets.s3_secret_key if use_stack_s3 and secrets else None),
+        s3_secret_key=env.get("AWS_SECRET_ACCESS_KEY") or (secrets.s3_secret_key if use_stack_s3 and secrets else None),
         s3_region=env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or "us-east-1",
         mlflow_uri=pick("MLFLOW_TRACKING_URI", state.mlflow_uri if state else None),
         mlflow_username=pick("MLFLOW_TRACKING_USERNAME", secrets.mlflow_admin_user if secrets else None),

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import shlex
 import signal
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,27 +134,50 @@ def up(
     state.save()
     write_service_files(state, secrets)
 
-    restarted_head = False
-    for svc in services:
+    lock = threading.Lock()
+
+    def ensure(svc: Service, force_restart: bool = False) -> bool:
+        """Leave a healthy service alone, else (re)start it. -> was it started?"""
         rec = state.services[svc.name]
         alive = procs.group_alive(rec.pid, svc.marker)
-        if alive and not (svc.name.startswith("ray-worker") and restarted_head):
+        if alive and not force_restart:
             reason = check(svc, state, secrets)
             if reason is None:
                 log(f"  {svc.name:14} already running (pid {rec.pid})")
-                continue
-            # Running but unhealthy: give it a moment (it may still be starting), else restart it.
-            try:
+                return False
+            try:  # running but unhealthy: it may still be starting
                 _wait_healthy(svc, state, secrets, None, min(timeout, 20.0))
                 log(f"  {svc.name:14} already running (pid {rec.pid})")
-                continue
+                return False
             except ServiceError:
                 log(f"  {svc.name:14} unhealthy ({reason}); restarting")
         if alive and rec.pid:
             _stop(svc, rec.pid)
-        _start(svc, state, secrets, object_store_mb, worker_cpus, timeout, log)
-        if svc.name == "ray-head":
-            restarted_head = True  # workers must re-join a new head
+        _start(svc, state, secrets, object_store_mb, worker_cpus, timeout, log, lock)
+        return True
+
+    # Storage, tracking and the Ray head do not depend on each other: start them together, then the workers.
+    results: dict[str, bool] = {}
+    core = [s for s in services if not s.name.startswith("ray-worker")]
+    workers_ = [s for s in services if s.name.startswith("ray-worker")]
+    errors: list[Exception] = []
+    with ThreadPoolExecutor(max_workers=len(core)) as pool:
+        futures = {svc.name: pool.submit(ensure, svc) for svc in core}
+        for name, fut in futures.items():
+            try:
+                results[name] = fut.result()
+            except Exception as e:
+                errors.append(e)
+    if "ray-head" in results:
+        # Workers one at a time: raylets registering at once on a small machine time out in Ray's start-up.
+        head_restarted = results["ray-head"]  # workers must join a new head
+        for svc in workers_:
+            try:
+                ensure(svc, head_restarted)
+            except Exception as e:
+                errors.append(e)
+    if errors:
+        raise errors[0]
     return state
 
 
@@ -165,6 +189,7 @@ def _start(
     worker_cpus: int,
     timeout: float,
     log: Log,
+    lock: threading.Lock,
 ) -> None:
     rec = state.services[svc.name]
     for name, port in rec.ports.items():
@@ -177,21 +202,23 @@ def _start(
     logfile = state.dir / "logs" / f"{svc.name}.log"
     t0 = time.monotonic()
     proc = procs.start(cmd, logfile, service_env(svc, state, secrets), cwd=state.dir)
-    rec.pid, rec.cmd, rec.started_at = proc.pid, cmd, time.time()
-    state.save()
+    with lock:
+        rec.pid, rec.cmd, rec.started_at = proc.pid, cmd, time.time()
+        state.save()
     try:
         _wait_healthy(svc, state, secrets, proc, timeout)
     except ServiceError:
         procs.stop_group(proc.pid, grace=5)
-        rec.pid = None
-        state.save()
+        with lock:
+            rec.pid = None
+            state.save()
         raise
     log(f"  {svc.name:14} started (pid {proc.pid}) in {time.monotonic() - t0:.1f}s")
 
 
 def _wait_healthy(svc: Service, state: StackState, secrets: Secrets, proc, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    reason = "not checked"
+    reason: str | None = "not checked"
     logfile = state.dir / "logs" / f"{svc.name}.log"
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:

@@ -64,7 +64,13 @@ def start(cmd: list[str], log: Path, env: dict[str, str], cwd: Path) -> subproce
         out.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(cmd)}\n".encode())
         out.flush()
         return subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=cwd, start_new_session=True
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
         )
 
 
@@ -91,9 +97,7 @@ def group_alive(pgid: int | None, marker: str | None = None) -> bool:
     return False
 
 
-def stop_group(
-    pgid: int, grace: float = 15.0, leader_signal: int | None = None, leader_grace: float = 5.0
-) -> bool:
+def stop_group(pgid: int, grace: float = 15.0, leader_signal: int | None = None, leader_grace: float = 5.0) -> bool:
     """Stop the process group pbp started. -> was anything running?
 
     With ``leader_signal``, the group leader gets it first and ``leader_grace`` seconds to shut its children down

@@ -41,19 +41,18 @@ class Service:
     """A string in the group leader's command line, to recognise our process after a crash."""
 
 
+SEAWEEDFS_PORTS = ("s3", "master", "volume", "filer", "admin", "s3_grpc", "master_grpc", "volume_grpc", "filer_grpc")
+RAY_NODE_PORTS = ("agent_listen", "agent_grpc", "runtime_env", "metrics", "node_manager", "object_manager")
+RAY_HEAD_PORTS = ("gcs", "dashboard", "client", *RAY_NODE_PORTS)
+
+
 def services_for(workers: int) -> list[Service]:
     out = [
-        Service("seaweedfs", ("s3", "master", "volume", "filer", "admin", "s3_grpc", "master_grpc", "volume_grpc",
-                              "filer_grpc"), "weed"),  # fmt: skip
+        Service("seaweedfs", SEAWEEDFS_PORTS, "weed"),
         Service("mlflow", ("http",), "mlflow"),
-        Service("ray-head", ("gcs", "dashboard", "client", "agent_listen", "agent_grpc", "runtime_env", "metrics",
-                             "node_manager", "object_manager"), "ray"),  # fmt: skip
+        Service("ray-head", RAY_HEAD_PORTS, "ray"),
     ]
-    for i in range(1, workers + 1):
-        out.append(
-            Service(f"ray-worker-{i}", ("agent_listen", "agent_grpc", "runtime_env", "metrics", "node_manager",
-                                        "object_manager"), "ray")  # fmt: skip
-        )
+    out += [Service(f"ray-worker-{i}", RAY_NODE_PORTS, "ray") for i in range(1, workers + 1)]
     return out
 
 
@@ -189,7 +188,7 @@ def write_service_files(state: StackState, secrets: Secrets) -> None:
 def _http(url: str, headers: dict[str, str] | None = None, timeout: float = 2.0) -> tuple[int, bytes]:
     req = urllib.request.Request(url, headers=headers or {})
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:  # noqa: S310 - loopback URLs we built
+        with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()

@@ -14,7 +14,7 @@ import socket
 import time
 from typing import Any
 
-from pbp.stack.endpoints import resolve
+from pbp.stack.endpoints import require, resolve
 
 
 def probe_here() -> dict[str, Any]:
@@ -32,7 +32,7 @@ def probe_here() -> dict[str, Any]:
         ok = s3.get_object(Bucket=bucket, Key=key)["Body"].read() == node_id.encode()
         s3.delete_object(Bucket=bucket, Key=key)
         out["s3"] = "ok" if ok else "read back different bytes"
-    except Exception as e:  # noqa: BLE001 - reported, not raised: the driver summarises every node
+    except Exception as e:
         out["s3"] = f"error: {type(e).__name__}: {e}"
     try:
         from mlflow.tracking import MlflowClient
@@ -40,7 +40,7 @@ def probe_here() -> dict[str, Any]:
         os.environ.update(ep.mlflow_env())
         MlflowClient(tracking_uri=ep.mlflow_uri).search_experiments(max_results=1)
         out["mlflow"] = "ok"
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         out["mlflow"] = f"error: {type(e).__name__}: {e}"
     return out
 
@@ -64,14 +64,14 @@ def main() -> int:
 
         ep = resolve()
         os.environ.update(ep.mlflow_env())
-        mlflow.set_tracking_uri(ep.mlflow_uri)
+        mlflow.set_tracking_uri(require(ep.mlflow_uri, "MLflow tracking URI"))
         mlflow.set_experiment("pbp-smoke")
         with mlflow.start_run(run_name=os.environ.get("PBP_SUBMISSION_ID", "smoke")) as run:
             mlflow.log_param("nodes", len(nodes))
             mlflow.log_metric("nodes_ok", sum(r["s3"] == "ok" and r["mlflow"] == "ok" for r in results))
             mlflow.log_dict({"results": results}, "smoke.json")
             run_id = run.info.run_id
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         ok = False
         print(f"MLflow run from the driver failed: {type(e).__name__}: {e}")
     summary = {"nodes": len(nodes), "ok": ok, "mlflow_run_id": run_id, "results": results}
