@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,8 @@ import torch
 
 from pbp.config import load_config
 from pbp.model import ModelConfig
+from pbp.stack import manager, procs
+from pbp.stack.endpoints import Endpoints, resolve
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -20,3 +23,56 @@ def _seed() -> None:
 @pytest.fixture
 def tiny_cfg() -> ModelConfig:
     return load_config(ModelConfig, REPO / "configs" / "model" / "tiny.yaml")
+
+
+# ---- a real local stack (SeaweedFS, MLflow, 3-node Ray), started once per session on free loopback ports ----
+
+
+def _dump_logs(state_dir: Path) -> str:
+    out = []
+    for log in sorted((state_dir / "logs").glob("*.log")):
+        out.append(f"----- {log.name}\n{procs.tail(log, 40)}")
+    return "\n".join(out)
+
+
+@pytest.fixture(scope="session")
+def stack_dir(tmp_path_factory, request) -> Path:
+    d = tmp_path_factory.mktemp("stack")
+    request.session._pbp_stack_dir = d
+    try:
+        manager.up(d, workers=2, timeout=180, log=lambda _m: None)
+    except Exception:
+        print(_dump_logs(d))
+        manager.down(d, log=lambda _m: None)
+        raise
+    yield d
+    manager.down(d, log=lambda _m: None)
+
+
+@pytest.fixture(scope="session")
+def endpoints(stack_dir) -> Endpoints:
+    # Resolve from the state dir only: a developer's own AWS_*/MLFLOW_* variables must not leak in.
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "RAY_"))}
+    return resolve(stack_dir, env=clean)
+
+
+@pytest.fixture
+def stack_env(stack_dir, monkeypatch):
+    """The process environment a user gets from `eval "$(pbp stack env)"`."""
+    for k in list(os.environ):
+        if k.startswith(("AWS_", "MLFLOW_", "RAY_")):
+            monkeypatch.delenv(k)
+    for line in manager.env_lines(stack_dir):
+        key, _, value = line.removeprefix("export ").partition("=")
+        monkeypatch.setenv(key, value.strip("'"))
+    return stack_dir
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """On a failure, attach the tail of every service log to the report."""
+    outcome = yield
+    report = outcome.get_result()
+    d = getattr(item.session, "_pbp_stack_dir", None)
+    if report.failed and d is not None:
+        report.sections.append(("pbp stack logs", _dump_logs(d)))

@@ -1,0 +1,207 @@
+"""Streaming readers of real protein formats: FASTA, UniProt flat files, GO tables (TSV, GAF 2.x), benchmark CSVs.
+
+Memory does not grow with the sequence input: records are yielded one at a time. GO tables are read into an
+accession -> terms map (their size, not the FASTA's, bounds that).
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from pbp.data.records import ErrorLog, ProteinRecord, RecordError, numbered_lines, open_text
+from pbp.model.tokenizer import SequenceError, UnknownPolicy, normalize_sequence
+
+GO_ID = re.compile(r"^GO:\d{7}$")
+
+
+def fasta_accession(header: str) -> str:
+    """``sp|P12345|NAME_HUMAN desc`` and ``tr|...`` -> ``P12345``; anything else -> its first word."""
+    first = header.split(None, 1)[0] if header.strip() else ""
+    parts = first.split("|")
+    if len(parts) >= 3 and parts[0] in ("sp", "tr"):
+        return parts[1]
+    return first
+
+
+def _record(path: str, line: int, acc: str, raw: str, go: Iterable[str], unknown: UnknownPolicy) -> ProteinRecord:
+    try:
+        seq = normalize_sequence(raw, acc, unknown=unknown)
+    except SequenceError as e:
+        reason = "empty_sequence" if "empty" in str(e) else ("non_ascii" if "ASCII" in str(e) else "invalid_character")
+        raise RecordError(path, line, acc, reason, str(e)) from None
+    return ProteinRecord(acc, seq, tuple(sorted(set(go))), source=path, line=line)
+
+
+def read_fasta(
+    path: str | Path,
+    errors: ErrorLog | None = None,
+    unknown: UnknownPolicy = "other",
+    annotations: dict[str, set[str]] | None = None,
+) -> Iterator[ProteinRecord]:
+    """FASTA (plain or gzipped; UniProt/UniRef-style or bare headers). ``annotations``: accession -> GO ids."""
+    errors = errors or ErrorLog()
+    name = str(path)
+    header: str | None = None
+    header_line = 0
+    chunks: list[str] = []
+
+    def emit() -> Iterator[ProteinRecord]:
+        acc = fasta_accession(header or "")
+        if not acc:
+            errors.handle(RecordError(name, header_line, None, "missing_accession", "header without an identifier"))
+            return
+        if not chunks:
+            errors.handle(RecordError(name, header_line, acc, "missing_sequence", "header without a sequence"))
+            return
+        go = annotations.get(acc, ()) if annotations is not None else ()
+        try:
+            yield _record(name, header_line, acc, "".join(chunks), go, unknown)
+        except RecordError as e:
+            errors.handle(e)
+
+    with open_text(path) as f:
+        for i, line in numbered_lines(f):
+            if line.startswith(">"):
+                if header is not None:
+                    yield from emit()
+                header, header_line, chunks = line[1:], i, []
+            elif line.strip() and not line.startswith(";"):
+                if header is None:
+                    raise RecordError(name, i, None, "not_fasta", "sequence data before the first '>' header")
+                chunks.append(line)
+        if header is not None:
+            yield from emit()
+
+
+def read_uniprot_flat(
+    path: str | Path, errors: ErrorLog | None = None, unknown: UnknownPolicy = "other"
+) -> Iterator[ProteinRecord]:
+    """UniProt flat file (``.dat``/``.txt``, plain or gzipped): primary accession, sequence, ``DR   GO;`` terms."""
+    errors = errors or ErrorLog()
+    name = str(path)
+    acc: str | None = None
+    start = 0
+    go: list[str] = []
+    seq: list[str] = []
+    in_seq = False
+    with open_text(path) as f:
+        for i, line in numbered_lines(f):
+            code = line[:2]
+            if code == "ID" and acc is None and not seq:
+                start = i
+            if code == "AC" and acc is None:
+                acc = line[5:].split(";")[0].strip()
+            elif line.startswith("DR   GO;"):
+                term = line[8:].split(";")[0].strip()
+                if GO_ID.match(term):
+                    go.append(term)
+            elif code == "SQ":
+                in_seq = True
+            elif line.startswith("//"):
+                if not acc:
+                    errors.handle(RecordError(name, start or i, None, "missing_accession", "entry without an AC line"))
+                elif not seq:
+                    errors.handle(RecordError(name, start, acc, "missing_sequence", "entry without a sequence"))
+                else:
+                    try:
+                        yield _record(name, start, acc, "".join(seq), go, unknown)
+                    except RecordError as e:
+                        errors.handle(e)
+                acc, go, seq, in_seq, start = None, [], [], False, i + 1
+            elif in_seq and line.startswith("     "):
+                seq.append(line)
+        if acc is not None or seq:
+            errors.handle(RecordError(name, start, acc, "truncated_entry", "last entry has no '//' terminator"))
+
+
+def read_go_tsv(path: str | Path) -> dict[str, set[str]]:
+    """``accession<TAB>GO id[<TAB>aspect]`` rows (CAFA-style; a header row is allowed) -> accession -> terms."""
+    out: dict[str, set[str]] = defaultdict(set)
+    name = str(path)
+    with open_text(path) as f:
+        for i, line in numbered_lines(f):
+            if not line.strip() or line.startswith("#"):
+                continue
+            cols = line.split("\t")
+            if len(cols) < 2:
+                raise RecordError(name, i, None, "bad_go_row", f"expected accession<TAB>GO id, got {line[:80]!r}")
+            acc, term = cols[0].strip(), cols[1].strip()
+            if not GO_ID.match(term):
+                if i == 1:
+                    continue  # header row
+                raise RecordError(name, i, acc, "bad_go_id", f"{term!r} is not a GO id (GO:NNNNNNN)")
+            out[acc].add(term)
+    return dict(out)
+
+
+def read_gaf(path: str | Path) -> dict[str, set[str]]:
+    """GAF 2.x (UniProt-GOA): column 2 accession, 4 qualifier, 5 GO id. ``NOT`` annotations are excluded."""
+    out: dict[str, set[str]] = defaultdict(set)
+    name = str(path)
+    with open_text(path) as f:
+        for i, line in numbered_lines(f):
+            if not line or line.startswith("!"):
+                continue
+            cols = line.split("\t")
+            if len(cols) < 15:
+                raise RecordError(name, i, None, "bad_gaf_row", f"GAF rows have at least 15 columns, got {len(cols)}")
+            acc, qualifier, term = cols[1].strip(), cols[3], cols[4].strip()
+            if not GO_ID.match(term):
+                raise RecordError(name, i, acc, "bad_go_id", f"{term!r} is not a GO id")
+            if "NOT" in qualifier.split("|"):
+                continue
+            out[acc].add(term)
+    return dict(out)
+
+
+def read_go_table(path: str | Path) -> dict[str, set[str]]:
+    """A GO annotation table by format: GAF (``!gaf-version`` header or ``.gaf``) or TSV."""
+    p = Path(path)
+    with open_text(p) as f:
+        first = f.readline()
+    if first.startswith("!gaf-version") or ".gaf" in p.name:
+        return read_gaf(p)
+    return read_go_tsv(p)
+
+
+# ---- ProteinBERT benchmark CSVs -------------------------------------------------------------------------------
+
+
+@dataclass
+class BenchmarkSplit:
+    name: str
+    split: str
+    seqs: list[str]
+    labels: list[str]
+    """Raw label text: a number, a class id, or a per-residue string (one character per residue)."""
+
+
+def read_benchmark_csv(path: str | Path) -> BenchmarkSplit:
+    """A ProteinBERT benchmark file ``NAME.SPLIT.csv`` with columns ``seq,label`` or ``label,seq``."""
+    p = Path(path)
+    stem = p.name.removesuffix(".gz").removesuffix(".csv")
+    bench, _, split = stem.rpartition(".")
+    if split not in ("train", "valid", "test") or not bench:
+        raise ValueError(f"{p}: benchmark files are named NAME.train|valid|test.csv")
+    seqs: list[str] = []
+    labels: list[str] = []
+    with open_text(p) as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or sorted(h.strip() for h in header) != ["label", "seq"]:
+            raise ValueError(f"{p}:1: expected a header 'seq,label' or 'label,seq', got {header}")
+        si, li = header.index("seq"), header.index("label")
+        for n, row in enumerate(reader, 2):
+            if len(row) != 2:
+                raise ValueError(f"{p}:{n}: expected 2 columns, got {len(row)}")
+            seq, label = row[si].strip(), row[li].strip()
+            if not seq or not label:
+                raise ValueError(f"{p}:{n}: empty {'seq' if not seq else 'label'}")
+            seqs.append(seq)
+            labels.append(label)
+    return BenchmarkSplit(bench, split, seqs, labels)

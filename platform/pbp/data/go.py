@@ -1,0 +1,93 @@
+"""The GO vocabulary (which terms become the annotation vector) and optional propagation to ancestors.
+
+As the original, the vocabulary is every term annotated on at least ``min_records`` proteins (100 by default),
+counted over the whole input; it is stored in the dataset manifest, in index order (sorted by GO id).
+The original did NOT propagate annotations up the ontology. pbp can (``--go-obo go-basic.obo``): each protein then
+also carries every ``is_a`` / ``part_of`` ancestor of its terms, alt_ids are mapped to their primary term, and
+obsolete terms are dropped (counted).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pbp.data.records import numbered_lines, open_text
+
+PROPAGATED_RELATIONS = ("is_a", "part_of")
+
+
+@dataclass
+class Ontology:
+    parents: dict[str, set[str]] = field(default_factory=dict)
+    alt_ids: dict[str, str] = field(default_factory=dict)
+    obsolete: set[str] = field(default_factory=set)
+    _ancestors: dict[str, frozenset[str]] = field(default_factory=dict, repr=False)
+
+    def ancestors(self, term: str) -> frozenset[str]:
+        """All ancestors of ``term`` (not including itself) along is_a and part_of."""
+        cached = self._ancestors.get(term)
+        if cached is not None:
+            return cached
+        seen: set[str] = set()
+        stack = list(self.parents.get(term, ()))
+        while stack:
+            t = stack.pop()
+            if t not in seen:
+                seen.add(t)
+                stack.extend(self.parents.get(t, ()))
+        out = frozenset(seen)
+        self._ancestors[term] = out
+        return out
+
+    def propagate(self, terms: Iterable[str], stats: Counter[str] | None = None) -> tuple[str, ...]:
+        out: set[str] = set()
+        for t in terms:
+            t = self.alt_ids.get(t, t)
+            if t in self.obsolete:
+                if stats is not None:
+                    stats["obsolete_go_terms_dropped"] += 1
+                continue
+            out.add(t)
+            out |= self.ancestors(t)
+        return tuple(sorted(out))
+
+
+def read_obo(path: str | Path) -> Ontology:
+    """Parse ``go-basic.obo`` (OBO 1.2): ``[Term]`` stanzas with id, alt_id, is_a, relationship, is_obsolete."""
+    onto = Ontology()
+    term: str | None = None
+    in_term = False
+    with open_text(path) as f:
+        for _, line in numbered_lines(f):
+            if line.startswith("["):
+                in_term = line.strip() == "[Term]"
+                term = None
+                continue
+            if not in_term or ":" not in line:
+                continue
+            key, _, value = line.partition(": ")
+            value = value.split(" !", 1)[0].strip()
+            if key == "id":
+                term = value
+                onto.parents.setdefault(term, set())
+            elif term is None:
+                continue
+            elif key == "alt_id":
+                onto.alt_ids[value] = term
+            elif key == "is_a":
+                onto.parents[term].add(value.split()[0])
+            elif key == "relationship":
+                rel, _, target = value.partition(" ")
+                if rel in PROPAGATED_RELATIONS:
+                    onto.parents[term].add(target.split()[0])
+            elif key == "is_obsolete" and value == "true":
+                onto.obsolete.add(term)
+    return onto
+
+
+def build_vocabulary(term_counts: Counter[str], min_records: int) -> list[str]:
+    """Terms annotated on at least ``min_records`` proteins, sorted by id (the annotation vector's order)."""
+    return sorted(t for t, n in term_counts.items() if n >= min_records)

@@ -1,0 +1,264 @@
+"""The streaming reader: shards from S3 (or disk) to corrupted, length-bucketed batches ready for the model.
+
+    ds = PretrainingStream(ReaderConfig(url="s3://pbp-data/swissprot/v1/"), rank=0, world_size=2)
+    loader = StatefulLoader(ds, num_workers=2)
+    for batch in loader: ...               # batch["input_tokens"] (B, L) ... see collate()
+    state = loader.state_dict()            # save with the checkpoint; PretrainingStream(..., state=state) resumes
+
+Splitting: in ``exact`` mode (one pass, for evaluation) shard ``i`` goes to global reader ``i mod (world x workers)``
+(reader = rank x DataLoader workers + worker), so ranks and workers read disjoint shards covering the split, and every
+sample is yielded exactly once. In ``resampled`` mode (pretraining, infinite) each reader draws shards with
+replacement from a generator seeded by (seed, rank, worker), as webdataset's ResampledShards.
+
+Resume guarantee: a reader's position (shards drawn or passed, samples read from the current one) is exact; samples
+that were read into the shuffle buffer or a bucket's partial batch but not yet yielded when the state was taken are
+not replayed, so a resumed run skips at most ``shuffle_buffer + sum(batch sizes)`` samples per reader and never
+replays a whole epoch.
+
+Damaged shards: a shard whose size differs from the manifest, that is not a valid tar, is truncated, or whose sha256
+(computed while streaming) differs, raises :class:`ShardError` naming its URL; with ``on_shard_error="skip"`` it is
+counted (``batch["shard_errors"]``) and reading continues (samples already read from it stay used).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from pbp.data.episodes import DEFAULT_BUCKETS, Bucket, choose_bucket
+from pbp.data.shards import DatasetError, load_manifest
+from pbp.data.storage import Store
+from pbp.model.pretraining import CorruptionConfig, corrupt
+from pbp.model.tokenizer import encode, pad, random_crop
+
+
+class ShardError(DatasetError):
+    """A corrupt, truncated or altered shard; the message names its URL."""
+
+
+@dataclass
+class ReaderConfig:
+    url: str
+    """Dataset URL (s3://bucket/prefix/ or a directory): must hold a manifest.json."""
+    split: Literal["train", "valid"] = "train"
+    mode: Literal["resampled", "exact"] = "resampled"
+    shuffle_buffer: int = 1000
+    """Samples held for shuffling (0 disables)."""
+    buckets: tuple[Bucket, ...] = DEFAULT_BUCKETS
+    seed: int = 0
+    on_shard_error: Literal["raise", "skip"] = "raise"
+    corruption: CorruptionConfig = field(default_factory=CorruptionConfig)
+    corrupt_inputs: bool = True
+    """Apply the pretraining corruption (False for evaluation of clean inputs)."""
+
+
+@dataclass
+class Position:
+    shards_started: int = 0
+    """Shards this reader has opened (exact: index in its list; resampled: draws so far)."""
+    in_shard: int = 0
+    """Samples read from the current shard."""
+    epoch: int = 0
+    shard_errors: int = 0
+
+
+def _shard_samples(store: Store, shard: dict, skip: int) -> Iterator[dict]:
+    """Samples of one shard, after ``skip``; checks size up front and sha256 at the end."""
+    url = store.join(shard["name"])
+    try:
+        size = store.size(shard["name"])
+    except FileNotFoundError:
+        raise ShardError(f"{url}: shard listed in the manifest is missing") from None
+    if size != shard["bytes"]:
+        raise ShardError(f"{url}: {size} bytes, the manifest says {shard['bytes']} (truncated or replaced)")
+    digest = hashlib.sha256()
+    with store.open(shard["name"]) as raw:
+
+        class Hashing:
+            def read(self, n: int = -1) -> bytes:
+                b = raw.read(n)
+                digest.update(b)
+                return b
+
+        n = 0
+        hashing = Hashing()
+        try:
+            with tarfile.open(fileobj=hashing, mode="r|") as tar:  # type: ignore[call-overload]
+                for member in tar:
+                    if not member.isfile() or not member.name.endswith(".json"):
+                        continue
+                    f = tar.extractfile(member)
+                    data = f.read() if f is not None else b""
+                    if n >= skip:
+                        yield json.loads(data)
+                    n += 1
+            while hashing.read(1 << 20):  # hash what tar did not need (end-of-archive padding)
+                pass
+        except (tarfile.TarError, EOFError, OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ShardError(f"{url}: corrupt or truncated shard ({type(e).__name__}: {e})") from None
+    if digest.hexdigest() != shard["sha256"]:
+        raise ShardError(f"{url}: sha256 {digest.hexdigest()[:12]}... differs from the manifest's")
+
+
+class PretrainingStream(IterableDataset):
+    """Yields collated batches (see :func:`collate`); one stream per rank, split further by DataLoader workers."""
+
+    def __init__(
+        self,
+        cfg: ReaderConfig,
+        rank: int = 0,
+        world_size: int = 1,
+        state: dict[str, Any] | None = None,
+        store: Store | None = None,
+    ) -> None:
+        super().__init__()
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world_size {world_size}")
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.store = store or Store(cfg.url)
+        self.manifest = load_manifest(cfg.url, self.store)
+        split = self.manifest["splits"].get(cfg.split)
+        if not split or not split["shards"]:
+            raise DatasetError(f"{self.store.url}: no {cfg.split!r} shards in the manifest")
+        self.shards: list[dict] = split["shards"]
+        self.n_annotations = len(self.manifest["go_vocabulary"])
+        self.state = state or {}
+
+    # -- which shards this reader reads ----------------------------------------------------------------------------
+
+    def reader_index(self) -> tuple[int, int]:
+        info = get_worker_info()
+        w, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        return self.rank * nw + w, self.world_size * nw
+
+    def exact_shards(self, reader: int, n_readers: int) -> list[dict]:
+        return self.shards[reader::n_readers]
+
+    def _shard_sequence(self, reader: int, n_readers: int, pos: Position) -> Iterator[dict]:
+        """This reader's shards from ``pos.shards_started`` on (the caller advances ``pos`` after each shard)."""
+        if self.cfg.mode == "exact":
+            yield from self.exact_shards(reader, n_readers)[pos.shards_started :]
+            return
+        rng = random.Random(f"{self.cfg.seed}-{self.rank}-{reader}")
+        for _ in range(pos.shards_started):  # replay the draws made before the saved position
+            rng.randrange(len(self.shards))
+        while True:
+            yield self.shards[rng.randrange(len(self.shards))]
+
+    # -- samples, shuffled, bucketed, collated ---------------------------------------------------------------------
+
+    def samples(self, pos: Position, reader: int, n_readers: int) -> Iterator[dict]:
+        for shard in self._shard_sequence(reader, n_readers, pos):
+            try:
+                for sample in _shard_samples(self.store, shard, pos.in_shard):
+                    pos.in_shard += 1
+                    yield sample
+            except ShardError:
+                if self.cfg.on_shard_error == "raise":
+                    raise
+                pos.shard_errors += 1
+            pos.shards_started += 1
+            pos.in_shard = 0
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        reader, n_readers = self.reader_index()
+        saved = self.state.get(str(reader))
+        pos = Position(**saved) if saved else Position()
+        rng = random.Random(f"{self.cfg.seed}-rng-{reader}-{pos.shards_started}-{pos.in_shard}")
+        gen = torch.Generator().manual_seed(rng.getrandbits(62))
+        seq_lens = [b.seq_len for b in self.cfg.buckets]
+        pending: list[list[dict]] = [[] for _ in self.cfg.buckets]
+        buffer: list[dict] = []
+
+        def place(sample: dict) -> Iterator[dict[str, Any]]:
+            b = choose_bucket(len(sample["sequence"]), seq_lens, rng)
+            pending[b].append(sample)
+            if len(pending[b]) == self.cfg.buckets[b].batch_size:
+                yield self._collate(pending[b], self.cfg.buckets[b].seq_len, rng, gen, pos, reader)
+                pending[b] = []
+
+        for sample in self.samples(pos, reader, n_readers):
+            if self.cfg.shuffle_buffer > 0:
+                if len(buffer) < self.cfg.shuffle_buffer:
+                    buffer.append(sample)
+                    continue
+                i = rng.randrange(len(buffer))
+                buffer[i], sample = sample, buffer[i]
+            yield from place(sample)
+        rng.shuffle(buffer)  # exact mode: drain what is left, then the partial batches
+        for sample in buffer:
+            yield from place(sample)
+        for b, rest in enumerate(pending):
+            if rest:
+                yield self._collate(rest, self.cfg.buckets[b].seq_len, rng, gen, pos, reader)
+
+    def _collate(
+        self, samples: list[dict], seq_len: int, rng: random.Random, gen: torch.Generator, pos: Position, reader: int
+    ) -> dict[str, Any]:
+        batch = collate(samples, seq_len, self.n_annotations, rng)
+        if self.cfg.corrupt_inputs:
+            c = corrupt(batch["tokens"], batch["annotations"], self.cfg.corruption, gen)
+            batch.update(input_tokens=c.tokens, input_annotations=c.annotations, pad_mask=c.pad_mask)
+        else:
+            batch.update(
+                input_tokens=batch["tokens"], input_annotations=batch["annotations"], pad_mask=batch["pad_mask"]
+            )
+        batch["reader"] = reader
+        batch["position"] = {
+            "shards_started": pos.shards_started, "in_shard": pos.in_shard, "epoch": pos.epoch,
+            "shard_errors": pos.shard_errors,
+        }  # fmt: skip
+        batch["shard_errors"] = pos.shard_errors
+        return batch
+
+
+def collate(samples: list[dict], seq_len: int, n_annotations: int, rng: random.Random) -> dict[str, Any]:
+    """Samples -> {"tokens" (B, L) original, "annotations" (B, A) float, "pad_mask" (B, L), "accessions", ...}.
+
+    Sequences longer than ``seq_len`` tokens are cropped to a random window (as the original).
+    """
+    ids = [random_crop(encode(s["sequence"], s["accession"]), seq_len, rng) for s in samples]
+    tokens = pad(ids, seq_len)
+    annotations = torch.zeros(len(samples), n_annotations)
+    for row, s in enumerate(samples):
+        if s["go"]:
+            annotations[row, s["go"]] = 1.0
+    return {
+        "tokens": tokens,
+        "annotations": annotations,
+        "pad_mask": tokens != 25,
+        "seq_len": seq_len,
+        "accessions": [s["accession"] for s in samples],
+    }
+
+
+class StatefulLoader:
+    """A DataLoader over a :class:`PretrainingStream` that remembers every reader's position for checkpoints."""
+
+    def __init__(self, stream: PretrainingStream, num_workers: int = 0, prefetch_factor: int | None = 2) -> None:
+        self.stream = stream
+        self.positions: dict[str, dict] = dict(stream.state)
+        self.loader = DataLoader(
+            stream,
+            batch_size=None,
+            num_workers=num_workers,
+            prefetch_factor=prefetch_factor if num_workers > 0 else None,
+            persistent_workers=False,
+        )
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for batch in self.loader:
+            self.positions[str(batch["reader"])] = batch["position"]
+            yield batch
+
+    def state_dict(self) -> dict[str, dict]:
+        """Per-reader positions (JSON-serialisable); pass as ``state`` to a new stream to resume."""
+        return {k: dict(v) for k, v in self.positions.items()}

@@ -1,0 +1,81 @@
+"""Protein records, bad-record policy and the quarantine that lists what was skipped.
+
+Every reader yields :class:`ProteinRecord` and reports problems as :class:`RecordError` naming file, line and
+record. Under ``on_error="raise"`` (the default) the first bad record stops the build; under ``"skip"`` it is
+counted per reason and written to the quarantine list, so nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Literal
+
+OnError = Literal["raise", "skip"]
+
+
+class RecordError(ValueError):
+    """A bad input record. ``reason`` is a short machine-readable kind (empty_sequence, duplicate_accession...)."""
+
+    def __init__(self, path: str, line: int, record: str | None, reason: str, detail: str) -> None:
+        self.path, self.line, self.record, self.reason, self.detail = path, line, record, reason, detail
+        rec = f" record {record!r}" if record else ""
+        super().__init__(f"{path}:{line}:{rec} {detail}")
+
+
+@dataclass(frozen=True)
+class ProteinRecord:
+    accession: str
+    sequence: str
+    """Normalised residues (pbp.model.tokenizer policy)."""
+    go_terms: tuple[str, ...] = ()
+    """GO ids as read (before vocabulary filtering), sorted and unique."""
+    source: str = ""
+    line: int = 0
+
+
+@dataclass
+class ErrorLog:
+    """Counts skipped records per reason and keeps them for the quarantine file."""
+
+    on_error: OnError = "raise"
+    counts: Counter[str] = field(default_factory=Counter)
+    entries: list[dict[str, object]] = field(default_factory=list)
+
+    def handle(self, err: RecordError) -> None:
+        if self.on_error == "raise":
+            raise err
+        self.counts[err.reason] += 1
+        self.entries.append(
+            {"file": err.path, "line": err.line, "record": err.record, "reason": err.reason, "detail": err.detail}
+        )
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def quarantine_jsonl(self) -> bytes:
+        return "".join(json.dumps(e) + "\n" for e in self.entries).encode()
+
+
+def open_text(path: str | Path) -> IO[str]:
+    """Open a local text file, transparently gunzipping ``.gz`` (by magic bytes, not only by name)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no such input file")
+    raw = p.open("rb")
+    magic = raw.peek(2)[:2] if hasattr(raw, "peek") else b""
+    if magic == b"\x1f\x8b":
+        return io.TextIOWrapper(gzip.GzipFile(fileobj=raw), encoding="utf-8", errors="surrogateescape", newline="")
+    return io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
+
+
+def numbered_lines(f: IO[str]) -> Iterator[tuple[int, str]]:
+    """(1-based line number, line without its line ending); CRLF and CR-LF mixtures are accepted."""
+    for i, line in enumerate(f, 1):
+        yield i, line.rstrip("\r\n")

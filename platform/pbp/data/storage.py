@@ -1,0 +1,164 @@
+"""One interface over local directories and S3 prefixes (SeaweedFS locally, AWS S3 in the cloud), with retries.
+
+    store = Store("s3://pbp-data/swissprot/v1/")     # or "file:///data/v1/" or "/data/v1/"
+    store.put("manifest.json", b"...")               # local writes are atomic (temp file + rename)
+    with store.open("train-000000.tar") as f: ...
+
+S3 goes through s3fs with the endpoints of :mod:`pbp.stack.endpoints` (environment first, local stack second).
+``register_webdataset_opener()`` teaches webdataset to read ``s3://`` URLs the same way (it has no opener of its own).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+from pbp.stack.endpoints import Endpoints, resolve
+
+T = TypeVar("T")
+RETRIES = 4
+
+
+def is_s3(url: str) -> bool:
+    return url.startswith("s3://")
+
+
+def with_retries(what: str, fn: Callable[[], T], retries: int = RETRIES) -> T:
+    """Run ``fn``; on transient I/O errors retry with exponential backoff (0.2 s, 0.4 s, ...)."""
+    for attempt in range(retries + 1):
+        try:
+            return fn()
+        except FileNotFoundError:
+            raise
+        except (OSError, TimeoutError, ConnectionError) as e:
+            if attempt == retries:
+                raise OSError(f"{what}: failed after {retries + 1} attempts: {e}") from e
+            time.sleep(0.2 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+_FS_CACHE: dict[tuple, Any] = {}
+
+
+def s3_filesystem(endpoints: Endpoints | None = None):
+    import s3fs
+
+    ep = endpoints or resolve()
+    opts = ep.s3fs_options()
+    key = (ep.s3_endpoint, ep.s3_access_key, ep.s3_region, os.getpid())
+    fs = _FS_CACHE.get(key)
+    if fs is None:
+        fs = _FS_CACHE[key] = s3fs.S3FileSystem(**opts, skip_instance_cache=True)
+    return fs
+
+
+class Store:
+    """A directory-like location: ``/path``, ``file:///path`` or ``s3://bucket/prefix``."""
+
+    def __init__(self, url: str, endpoints: Endpoints | None = None) -> None:
+        if url.startswith("file://"):
+            url = url[len("file://") :]
+        self.s3 = is_s3(url)
+        self.url = url.rstrip("/") + "/"
+        self._endpoints = endpoints
+        if not self.s3:
+            self.root = Path(url).expanduser().resolve()
+
+    def __repr__(self) -> str:
+        return f"Store({self.url!r})"
+
+    def join(self, name: str) -> str:
+        return f"{self.url}{name}" if self.s3 else str(self.root / name)
+
+    @property
+    def fs(self):
+        return s3_filesystem(self._endpoints)
+
+    def _key(self, name: str) -> str:
+        return self.join(name)[len("s3://") :]
+
+    def exists(self, name: str) -> bool:
+        if not self.s3:
+            return (self.root / name).exists()
+        return with_retries(f"exists {self.join(name)}", lambda: self.fs.exists(self._key(name)))
+
+    def size(self, name: str) -> int:
+        if not self.s3:
+            return (self.root / name).stat().st_size
+        return int(with_retries(f"stat {self.join(name)}", lambda: self.fs.info(self._key(name))["size"]))
+
+    def put_bytes(self, name: str, data: bytes) -> None:
+        if not self.s3:
+            path = self.root / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            try:
+                os.fchmod(fd, 0o644)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+            return
+        with_retries(f"put {self.join(name)}", lambda: self.fs.pipe_file(self._key(name), data))
+
+    def put_file(self, name: str, local: Path) -> None:
+        if not self.s3:
+            dest = self.root / name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(f".{dest.name}.tmp")
+            shutil.copyfile(local, tmp)
+            os.replace(tmp, dest)
+            return
+        with_retries(f"upload {self.join(name)}", lambda: self.fs.put_file(str(local), self._key(name)))
+
+    def get_bytes(self, name: str) -> bytes:
+        if not self.s3:
+            path = self.root / name
+            if not path.exists():
+                raise FileNotFoundError(f"{path}: not found")
+            return path.read_bytes()
+        key = self._key(name)
+        try:
+            return with_retries(f"get {self.join(name)}", lambda: self.fs.cat_file(key))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{self.join(name)}: not found") from None
+
+    @contextlib.contextmanager
+    def open(self, name: str):
+        """Open for streaming reads (S3: a buffered s3fs file, ranged GETs with retries)."""
+        if not self.s3:
+            with open(self.root / name, "rb") as f:
+                yield f
+            return
+        stream: IO[bytes] = with_retries(
+            f"open {self.join(name)}", lambda: self.fs.open(self._key(name), "rb", block_size=8 * 2**20)
+        )
+        try:
+            yield stream
+        finally:
+            stream.close()
+
+
+def register_webdataset_opener(endpoints: Endpoints | None = None) -> None:
+    """Make ``webdataset`` read ``s3://`` URLs through s3fs with retries (it has no S3 opener of its own)."""
+    import importlib
+
+    gopen = importlib.import_module("webdataset.gopen")  # `webdataset.gopen` the attribute is the function
+
+    def s3_opener(url: str, mode: str = "rb", bufsize: int = 8192, **_kw: Any):
+        if "r" not in mode:
+            raise ValueError(f"{url}: pbp's s3 opener is read-only")
+        fs = s3_filesystem(endpoints)
+        return with_retries(f"open {url}", lambda: fs.open(url[len("s3://") :], "rb", block_size=8 * 2**20))
+
+    gopen.gopen_schemes["s3"] = s3_opener

@@ -1,0 +1,250 @@
+"""Shards in real object storage (SeaweedFS from the session stack) and the streaming reader."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter, defaultdict
+
+import pytest
+import torch
+
+from pbp.cli.main import main
+from pbp.data.episodes import Bucket, bucket_probabilities, choose_bucket
+from pbp.data.formats import read_go_tsv
+from pbp.data.reader import PretrainingStream, ReaderConfig, ShardError, StatefulLoader
+from pbp.data.shards import BuildConfig, DatasetError, Inputs, build, inspect, load_manifest
+from pbp.data.storage import Store, register_webdataset_opener
+from pbp.data.synth import SynthConfig, generate, write_corpus
+
+from ..conftest import SHARED_DATA
+
+pytestmark = pytest.mark.timeout(600)
+SWISSPROT = SHARED_DATA / "swissprot_go"
+FASTA = SWISSPROT / "swissprot_2014_01_sample20k.fasta.gz"
+GO_TSV = SWISSPROT / "swissprot_2014_01_sample20k_go.tsv.gz"
+SMALL_BUCKETS = (Bucket(128, 16), Bucket(512, 8), Bucket(1024, 4))
+
+
+@pytest.fixture(scope="module")
+def swissprot(endpoints):
+    url = f"s3://{endpoints.buckets['data']}/tests/swissprot-{random.randrange(10**9)}/"
+    store = Store(url, endpoints)
+    report = build(url, Inputs(fasta=FASTA, go_table=GO_TSV), BuildConfig(shard_size_mb=2), store=store)
+    return url, store, report.manifest
+
+
+def _exact(url, store, split, **kw):
+    cfg = ReaderConfig(url=url, split=split, mode="exact", shuffle_buffer=kw.pop("shuffle_buffer", 0),
+                       buckets=kw.pop("buckets", SMALL_BUCKETS), corrupt_inputs=False, **kw)  # fmt: skip
+    return cfg
+
+
+def test_round_trip_every_record_once_with_its_annotations(swissprot):
+    url, store, manifest = swissprot
+    vocab = manifest["go_vocabulary"]
+    # The vocabulary matches an independent count: terms on >= 100 of the proteins.
+    table = read_go_tsv(GO_TSV)
+    counts = Counter(t for terms in table.values() for t in terms)
+    assert vocab == sorted(t for t, n in counts.items() if n >= 100)
+    seen: dict[str, list[int]] = {}
+    for split in ("train", "valid"):
+        for batch in PretrainingStream(_exact(url, store, split), store=store):
+            for row, acc in enumerate(batch["accessions"]):
+                assert acc not in seen, f"{acc} yielded twice"
+                seen[acc] = torch.nonzero(batch["annotations"][row]).flatten().tolist()
+    assert len(seen) == 20_000 == manifest["records"]
+    index = {t: i for i, t in enumerate(vocab)}
+    for acc in random.Random(0).sample(sorted(seen), 500):
+        assert seen[acc] == sorted(index[t] for t in table.get(acc, ()) if t in index), acc
+
+
+def test_split_is_by_accession_hash_and_shards_are_committed_by_the_manifest(swissprot):
+    url, store, manifest = swissprot
+    assert manifest["splits"]["valid"]["samples"] == pytest.approx(1000, rel=0.15)
+    assert len(manifest["splits"]["train"]["shards"]) > 4
+    for shard in manifest["splits"]["train"]["shards"]:
+        assert shard["url"].startswith("s3://") and len(shard["sha256"]) == 64
+    assert [i["sha256"] for i in manifest["inputs"]] and manifest["pbp_version"]
+    info = inspect(url, store=store)
+    assert info["problems"] == [] and info["records"] == 20_000
+
+
+def test_two_ranks_times_two_workers_read_disjoint_shards_covering_the_split(swissprot):
+    url, store, manifest = swissprot
+    per_reader: dict[tuple[int, int], set[str]] = {}
+    for rank in range(2):
+        stream = PretrainingStream(_exact(url, store, "train"), rank=rank, world_size=2, store=store)
+        loader = StatefulLoader(stream, num_workers=2)
+        for batch in loader:
+            per_reader.setdefault((rank, batch["reader"]), set()).update(batch["accessions"])
+    assert len(per_reader) == 4
+    sets = list(per_reader.values())
+    assert all(a.isdisjoint(b) for i, a in enumerate(sets) for b in sets[i + 1 :])
+    assert sum(map(len, sets)) == manifest["splits"]["train"]["samples"]
+
+
+def test_batches_come_from_one_bucket_and_are_corrupted(swissprot):
+    url, store, manifest = swissprot
+    cfg = ReaderConfig(url=url, buckets=SMALL_BUCKETS, shuffle_buffer=64, seed=3)
+    stream = PretrainingStream(cfg, store=store)
+    lens = Counter()
+    for i, batch in zip(range(30), stream, strict=False):
+        L = batch["seq_len"]
+        assert batch["input_tokens"].shape == batch["tokens"].shape == (len(batch["accessions"]), L)
+        assert L in (128, 512, 1024) and len(batch["accessions"]) == {128: 16, 512: 8, 1024: 4}[L]
+        assert batch["annotations"].shape[1] == len(manifest["go_vocabulary"])
+        lens[L] += 1
+        if i == 0:
+            changed = (batch["input_tokens"] != batch["tokens"]) & batch["pad_mask"]
+            assert 0 < changed.float().sum() / batch["pad_mask"].sum() < 0.1
+    assert len(lens) >= 2
+
+
+def test_resume_is_exact_without_buffers(swissprot):
+    url, store, _ = swissprot
+    one = (Bucket(128, 1),)
+    cfg = ReaderConfig(url=url, split="valid", mode="exact", shuffle_buffer=0, buckets=one, corrupt_inputs=False)
+    full = [b["accessions"][0] for b in PretrainingStream(cfg, store=store)]
+    loader = StatefulLoader(PretrainingStream(cfg, store=store))
+    first = []
+    for batch in loader:
+        first.append(batch["accessions"][0])
+        if len(first) == 300:
+            break
+    state = json.loads(json.dumps(loader.state_dict()))  # what a checkpoint stores
+    rest = [b["accessions"][0] for b in PretrainingStream(cfg, state=state, store=store)]
+    assert first + rest == full
+
+
+def test_resume_with_buffers_skips_a_bounded_number_and_never_replays(swissprot):
+    url, store, manifest = swissprot
+    cfg = ReaderConfig(url=url, split="train", mode="exact", shuffle_buffer=100, buckets=SMALL_BUCKETS,
+                       corrupt_inputs=False)  # fmt: skip
+    loader = StatefulLoader(PretrainingStream(cfg, store=store))
+    first: list[str] = []
+    for batch in loader:
+        first += batch["accessions"]
+        if len(first) > 2000:
+            break
+    rest = [a for b in PretrainingStream(cfg, state=loader.state_dict(), store=store) for a in b["accessions"]]
+    assert not set(first) & set(rest)
+    skipped = manifest["splits"]["train"]["samples"] - len(first) - len(rest)
+    assert 0 <= skipped <= cfg.shuffle_buffer + sum(b.batch_size for b in SMALL_BUCKETS)
+
+
+def test_resampled_mode_resumes_the_same_shard_draws(swissprot):
+    url, store, _ = swissprot
+    cfg = ReaderConfig(url=url, buckets=(Bucket(128, 4),), shuffle_buffer=0, corrupt_inputs=False, seed=5)
+    ref = [b["accessions"] for _, b in zip(range(400), PretrainingStream(cfg, store=store), strict=False)]
+    loader = StatefulLoader(PretrainingStream(cfg, store=store))
+    got = []
+    for batch in loader:
+        got.append(batch["accessions"])
+        if len(got) == 150:
+            break
+    resumed = PretrainingStream(cfg, state=loader.state_dict(), store=store)
+    got += [b["accessions"] for _, b in zip(range(250), resumed, strict=False)]
+    assert got == ref
+
+
+def test_manifest_missing_is_refused(endpoints):
+    url = f"s3://{endpoints.buckets['data']}/tests/not-a-dataset/"
+    store = Store(url, endpoints)
+    store.put_bytes("train-000000.tar", b"\0" * 1024)
+    with pytest.raises(DatasetError, match=r"no manifest, so .*not-a-dataset/ is not a \(complete\) pbp dataset"):
+        load_manifest(url, store)
+    with pytest.raises(DatasetError, match="no manifest"):
+        PretrainingStream(ReaderConfig(url=url), store=store)
+
+
+@pytest.fixture
+def small_dataset(endpoints, tmp_path):
+    fasta, table = write_corpus(tmp_path / "synth", SynthConfig(n_proteins=600, seed=1))
+    url = f"s3://{endpoints.buckets['data']}/tests/small-{random.randrange(10**9)}/"
+    store = Store(url, endpoints)
+    manifest = build(url, Inputs(fasta, table), BuildConfig(shard_size_mb=0.2, min_go_records=5), store=store).manifest
+    return url, store, manifest
+
+
+def test_altered_shard_is_refused_naming_it(small_dataset):
+    url, store, manifest = small_dataset
+    shard = manifest["splits"]["train"]["shards"][1]
+    data = bytearray(store.get_bytes(shard["name"]))
+    data[700] ^= 0xFF  # same size, different bytes
+    store.put_bytes(shard["name"], bytes(data))
+    info = inspect(url, store=store)
+    assert len(info["problems"]) == 1 and shard["name"] in info["problems"][0] and "sha256" in info["problems"][0]
+    cfg = ReaderConfig(url=url, mode="exact", shuffle_buffer=0, corrupt_inputs=False)
+    with pytest.raises(ShardError, match=shard["name"]):
+        list(PretrainingStream(cfg, store=store))
+
+
+def test_truncated_shard_errors_or_is_skipped(small_dataset):
+    url, store, manifest = small_dataset
+    shard = manifest["splits"]["train"]["shards"][0]
+    store.put_bytes(shard["name"], store.get_bytes(shard["name"])[:3000])
+    cfg = ReaderConfig(url=url, mode="exact", shuffle_buffer=0, corrupt_inputs=False)
+    with pytest.raises(ShardError, match=rf"{shard['name']}: .*manifest says"):
+        list(PretrainingStream(cfg, store=store))
+    cfg.on_shard_error = "skip"
+    batches = list(PretrainingStream(cfg, store=store))
+    n = sum(len(b["accessions"]) for b in batches)
+    assert n == manifest["splits"]["train"]["samples"] - shard["samples"]
+    assert batches[-1]["shard_errors"] == 1
+
+
+def test_rebuilding_the_same_input_gives_the_same_shards(small_dataset, endpoints, tmp_path):
+    _, _, manifest = small_dataset
+    fasta, table = write_corpus(tmp_path / "again", SynthConfig(n_proteins=600, seed=1))
+    again = build(str(tmp_path / "ds"), Inputs(fasta, table), BuildConfig(shard_size_mb=0.2, min_go_records=5))
+    digests = lambda m: [s["sha256"] for sp in ("train", "valid") for s in m["splits"][sp]["shards"]]  # noqa: E731
+    assert digests(again.manifest) == digests(manifest)
+    with pytest.raises(DatasetError, match="already exists"):
+        build(str(tmp_path / "ds"), Inputs(fasta, table), BuildConfig(shard_size_mb=0.2, min_go_records=5))
+
+
+def test_webdataset_reads_s3_through_the_registered_opener(small_dataset, endpoints):
+    import webdataset as wds
+
+    _url, store, manifest = small_dataset
+    register_webdataset_opener(endpoints)
+    shard = manifest["splits"]["valid"]["shards"][0]
+    samples = list(wds.WebDataset(store.join(shard["name"]), shardshuffle=False))
+    assert len(samples) == shard["samples"] and "json" in samples[0]
+
+
+def test_cli_build_skip_mode_writes_quarantine_and_inspect(tmp_path, capsys):
+    f = tmp_path / "in.fasta"
+    f.write_text(">A1\nMKV\n>A2\n\n>A1\nMKV\n>A3\nMKTAYIAKQR\n")
+    out = tmp_path / "ds"
+    assert main(["data", "build", "--fasta", str(f), "--out", str(out), "--no-progress", "--min-go-records", "1"]) == 2
+    assert "record 'A2' header without a sequence" in capsys.readouterr().err
+    assert not (out / "manifest.json").exists()  # nothing committed
+    rc = main(["data", "build", "--fasta", str(f), "--out", str(out), "--no-progress", "--on-error", "skip"])
+    assert rc == 0
+    assert "skipped 2 bad records" in capsys.readouterr().out
+    q = [json.loads(x) for x in (out / "quarantine.jsonl").read_text().splitlines()]
+    assert {x["reason"] for x in q} == {"missing_sequence", "duplicate_accession"}
+    assert main(["data", "inspect", str(out)]) == 0
+    assert "verified (size + sha256): ok" in capsys.readouterr().out
+
+
+def test_episode_assignment_follows_the_original_formula():
+    probs = bucket_probabilities(126, [128, 512, 1024])
+    assert probs[0] > probs[1] > probs[2] and sum(probs) == pytest.approx(1)
+    rng = random.Random(0)
+    long = Counter(choose_bucket(1500, [128, 512, 1024], rng) for _ in range(5000))
+    assert long[2] > long[1] > long[0]
+
+
+def test_synthetic_corpus_is_deterministic_and_motif_driven():
+    a, b = generate(SynthConfig(n_proteins=200, seed=4)), generate(SynthConfig(n_proteins=200, seed=4))
+    assert a == b
+    annotated = [p for p in a if p[2]]
+    assert 0.6 < len(annotated) / len(a) < 0.95
+    by_term = defaultdict(list)
+    for _, seq, terms in a:
+        for t in terms:
+            by_term[t].append(seq)
+    assert any(t.startswith("GO:98") for t in by_term)  # family terms exist
