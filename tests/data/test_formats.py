@@ -156,3 +156,37 @@ def test_obo_propagation_and_vocabulary():
     out = onto.propagate(["GO:0005761"], stats)
     assert "GO:0005761" in out and set(anc) <= set(out)
     assert build_vocabulary(Counter({"a": 3, "b": 1, "c": 5}), 3) == ["a", "c"]
+
+
+def test_flat_file_bad_inputs_crlf_missing_sequence_and_lowercase(tmp_path):
+    entry = (FIXTURES / "SwissProt/P60137.txt").read_text()
+    no_seq = "ID   X_Y   Reviewed;  1 AA.\nAC   Q00001;\n//\n"
+    lower = entry.replace("P60137;", "Q00002;", 1)
+    lower = "\n".join(ln.lower() if ln.startswith("     ") else ln for ln in lower.splitlines()) + "\n"
+    f = tmp_path / "mixed.dat"
+    f.write_bytes((entry + no_seq + lower).replace("\n", "\r\n").encode())
+    errors = ErrorLog("skip")
+    recs = list(read_uniprot_flat(f, errors))
+    assert [r.accession for r in recs] == ["P60137", "Q00002"]
+    assert recs[0].sequence == recs[1].sequence and recs[0].sequence.isupper()
+    assert errors.counts == Counter({"missing_sequence": 1})
+    with pytest.raises(RecordError, match=r"mixed.dat:\d+: record 'Q00001' entry without a sequence"):
+        list(read_uniprot_flat(f))
+
+
+def test_build_with_go_propagation(tmp_path):
+    from pbp.data.shards import BuildConfig, Inputs, build
+
+    fasta = tmp_path / "p.fasta"
+    fasta.write_text(">P1\nMKV\n>P2\nMKVL\n")
+    table = tmp_path / "go.tsv"
+    table.write_text("P1\tGO:0005761\nP2\tGO:0005761\n")
+    plain = build(str(tmp_path / "a"), Inputs(fasta, table), BuildConfig(min_go_records=2)).manifest
+    prop = build(
+        str(tmp_path / "b"),
+        Inputs(fasta, table),
+        BuildConfig(min_go_records=2, go_obo=str(SWISSPROT / "go-basic_2022-07-01.obo.gz")),
+    ).manifest
+    assert plain["go_vocabulary"] == ["GO:0005761"] and not plain["go"]["propagated"]
+    assert prop["go"]["propagated"] and "GO:0005575" in prop["go_vocabulary"]
+    assert len(prop["go_vocabulary"]) > 5

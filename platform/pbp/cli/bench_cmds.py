@@ -31,6 +31,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     model.add_argument("--json", type=Path, default=None, help="also write the results here")
     model.set_defaults(func=cmd_model)
 
+    data = bsub.add_parser(
+        "data",
+        help="reader throughput from S3 against raw GETs of the same shards and the base model's training rate",
+    )
+    data.add_argument("--url", default=None, help="dataset URL (default: a synthetic one in the local stack)")
+    data.add_argument("--proteins", type=int, default=20000, help="size of the synthetic dataset")
+    data.add_argument("--workers", type=int, default=0, help="DataLoader worker processes for the reader")
+    data.add_argument("--json", type=Path, default=None)
+    data.set_defaults(func=cmd_data)
+
     stack = bsub.add_parser(
         "stack",
         help="time the local stack from `up` to all-healthy, and `down` (cold, then warm restarts)",
@@ -93,4 +103,24 @@ def cmd_stack(args: argparse.Namespace) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(res, indent=2) + "\n")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from pbp.bench.data import bench_data, ensure_bench_dataset
+
+    with tempfile.TemporaryDirectory() as tmp:
+        url = ensure_bench_dataset(args.url, args.proteins, Path(tmp))
+    r = bench_data(url, num_workers=args.workers)
+    print(f"dataset {r['url']}: {r['shards']} shards, {r['samples']} samples, {r['bytes'] / 1e6:.1f} MB")
+    print(f"raw sequential GET   {r['raw_get_mb_s']:8.1f} MB/s {r['raw_get_samples_s']:10.0f} samples/s")
+    print(f"reader ({r['reader_workers']} workers)   {r['reader_mb_s']:8.1f} MB/s {r['reader_samples_s']:10.0f} samples/s"
+          f"   = {r['reader_over_raw_get']:.2f} x raw GET")  # fmt: skip
+    print(f"base model training  {r['model_base_fp32_samples_s']:19.1f} samples/s (fp32, L=512, batch 16)"
+          f"   reader = {r['reader_over_model']:.0f} x what training consumes")  # fmt: skip
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(r, indent=2) + "\n")
     return 0

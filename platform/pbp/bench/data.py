@@ -1,0 +1,71 @@
+"""``pbp bench data``: the streaming reader from S3 against raw GETs of the same shards and against training."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from pbp.data.reader import PretrainingStream, ReaderConfig, StatefulLoader
+from pbp.data.shards import BuildConfig, DatasetError, Inputs, build, load_manifest
+from pbp.data.storage import Store
+from pbp.data.synth import SynthConfig, write_corpus
+from pbp.stack.endpoints import require, resolve
+
+
+def ensure_bench_dataset(url: str | None, proteins: int, tmp: Path) -> str:
+    """The dataset to read: ``url``, or a synthetic one built once into the stack's data bucket."""
+    if url:
+        return url
+    ep = resolve()
+    bucket = ep.buckets.get("data") or "pbp-data"
+    require(ep.s3_endpoint, "S3 endpoint (start the local stack: pbp stack up)")
+    url = f"s3://{bucket}/bench/synth-{proteins}/"
+    try:
+        load_manifest(url)
+    except DatasetError:
+        fasta, table = write_corpus(tmp, SynthConfig(n_proteins=proteins, seed=0))
+        build(url, Inputs(fasta, table), BuildConfig(shard_size_mb=16, min_go_records=20))
+    return url
+
+
+def bench_data(url: str, num_workers: int = 0, model_seconds: float = 6.0, max_shards: int = 8) -> dict:
+    store = Store(url)
+    manifest = load_manifest(url, store)
+    shards = manifest["splits"]["train"]["shards"][:max_shards]
+    nbytes = sum(s["bytes"] for s in shards)
+    nsamples = sum(s["samples"] for s in shards)
+
+    t0 = time.perf_counter()
+    for s in shards:
+        store.get_bytes(s["name"])
+    raw_s = time.perf_counter() - t0
+
+    # The reader over exactly those shards: decode + tokenize + crop + bucket + corrupt + collate.
+    cfg = ReaderConfig(url=url, mode="exact", shuffle_buffer=1000)
+    stream = PretrainingStream(cfg, store=store)
+    stream.shards = shards
+    t0 = time.perf_counter()
+    seen = 0
+    for batch in StatefulLoader(stream, num_workers=num_workers):
+        seen += len(batch["accessions"])
+    reader_s = time.perf_counter() - t0
+
+    from pbp.bench.model import bench_model
+    from pbp.model import ModelConfig
+
+    model = bench_model(ModelConfig(), dtype="fp32", seq_len=512, batch_size=16, min_seconds=model_seconds)
+    reader_sps = seen / reader_s
+    return {
+        "url": url,
+        "shards": len(shards),
+        "samples": seen,
+        "bytes": nbytes,
+        "raw_get_mb_s": nbytes / raw_s / 1e6,
+        "raw_get_samples_s": nsamples / raw_s,
+        "reader_mb_s": nbytes / reader_s / 1e6,
+        "reader_samples_s": reader_sps,
+        "reader_over_raw_get": (nbytes / reader_s) / (nbytes / raw_s),
+        "reader_workers": num_workers,
+        "model_base_fp32_samples_s": model.samples_per_s,
+        "reader_over_model": reader_sps / model.samples_per_s,
+    }
