@@ -11,13 +11,18 @@ from .conftest import REPO
 
 
 def test_every_shipped_yaml_loads():
+    from pbp.train.config import PretrainConfig
+
     paths = sorted((REPO / "configs").rglob("*.yaml"))
     assert paths, "no configs shipped"
+    kinds = {"model": ModelConfig, "pretrain": PretrainConfig}
     for p in paths:
-        data = read_yaml(p)
-        if p.parent.name == "model" or "model" in data:
-            cfg = load_config(ModelConfig, p, section="model")
-            assert cfg.n_blocks >= 1
+        assert p.parent.name in kinds, f"{p}: no config class for configs/{p.parent.name}/"
+        cfg = load_config(kinds[p.parent.name], p)
+        read_yaml(p)
+        assert cfg is not None
+    assert {p.stem for p in (REPO / "configs/pretrain").glob("*.yaml")} >= {"tiny", "base", "zero0", "zero1",
+                                                                             "zero2", "zero3"}  # fmt: skip
 
 
 def test_base_yaml_is_the_paper_model():

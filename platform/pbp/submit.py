@@ -124,7 +124,7 @@ def submit(
         "working_dir": str(root),
         "excludes": EXCLUDES,
         "py_modules": [str(root / "platform" / "pbp")],
-        "env_vars": {"PBP_SUBMISSION_ID": sid, "PYTHONUNBUFFERED": "1"},
+        "env_vars": {"PBP_SUBMISSION_ID": sid, "PYTHONUNBUFFERED": "1", "PBP_GIT_COMMIT": _git_commit(root)},
     }
     c.submit_job(
         entrypoint=entrypoint,
@@ -135,6 +135,17 @@ def submit(
     )
     log(f"submitted {sid}: {entrypoint}")
     return sid
+
+
+def _git_commit(root: Path) -> str:
+    """The submitted code's commit (the working_dir travels without .git); 'unknown' outside a checkout."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 def wait(sid: str, *, address: str | None = None, timeout: float | None = None, log: Callable[[str], None] = print):

@@ -102,7 +102,7 @@ def test_smoke_job_through_pbp_submit_sees_every_node(stack_env, capsys):
     env_vars = (jobs[sid].runtime_env or {}).get("env_vars", {})
     secrets = json.loads((stack_env / "secrets.json").read_text())
     assert not set(secrets.values()) & set(env_vars.values())
-    assert set(env_vars) <= {"PBP_SUBMISSION_ID", "PYTHONUNBUFFERED"}
+    assert set(env_vars) <= {"PBP_SUBMISSION_ID", "PYTHONUNBUFFERED", "PBP_GIT_COMMIT"}
 
 
 def test_job_submission_without_the_token_is_refused(stack_dir):

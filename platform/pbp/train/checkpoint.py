@@ -1,0 +1,159 @@
+"""Checkpoints: every rank saves its DeepSpeed shard; manifests make a checkpoint complete; loading falls back.
+
+A checkpoint directory ``<run dir>/checkpoint-<step>/`` (Ray Train merges every rank's files into it) holds:
+    ds/...                    DeepSpeed's files (model states from rank 0, one optimizer shard per rank)
+    rank-<r>.json             per rank: its files with sizes and sha256, and its data reader's position
+    pbp_checkpoint.json       rank 0's commit record: step, world size, MLflow run id, schedule state
+It is COMPLETE when the commit record and every rank's manifest are present and every listed file exists with its
+size (sha256 is checked after download, before loading). An incomplete one (a crash during upload, a missing or
+damaged shard) is skipped with a warning naming it, and the previous complete one is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("pbp.train.checkpoint")
+
+COMMIT = "pbp_checkpoint.json"
+DS_TAG = "ds"
+CKPT_RE = re.compile(r"^checkpoint-(\d{9})$")
+
+
+def checkpoint_name(step: int) -> str:
+    return f"checkpoint-{step:09d}"
+
+
+def rank_manifest_name(rank: int) -> str:
+    return f"rank-{rank:05d}.json"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_manifests(local_dir: Path, rank: int, step: int, reader_state: dict, commit: dict | None) -> None:
+    """After DeepSpeed wrote this rank's files into ``local_dir``: the rank manifest, and (rank 0) the commit."""
+    files = [
+        {"path": p.relative_to(local_dir).as_posix(), "bytes": p.stat().st_size, "sha256": _sha256(p)}
+        for p in sorted(local_dir.rglob("*"))
+        if p.is_file() and p.name != COMMIT and not p.name.startswith("rank-")
+    ]
+    doc = {"rank": rank, "step": step, "files": files, "reader": reader_state}
+    (local_dir / rank_manifest_name(rank)).write_text(json.dumps(doc, indent=1))
+    if commit is not None:
+        (local_dir / COMMIT).write_text(json.dumps({"step": step, **commit}, indent=1))
+
+
+@dataclass
+class StorageDir:
+    """A run directory in storage, through a pyarrow filesystem (S3 or local)."""
+
+    fs: Any
+    path: str
+    """Path inside ``fs`` (``bucket/prefix/run`` for S3)."""
+
+    def url(self, name: str = "") -> str:
+        from pyarrow import fs as pafs
+
+        scheme = "s3://" if isinstance(self.fs, pafs.S3FileSystem) else ""
+        return f"{scheme}{self.path}/{name}".rstrip("/")
+
+    def read_json(self, rel: str) -> dict | None:
+        from pyarrow import fs as pafs
+
+        info = self.fs.get_file_info(f"{self.path}/{rel}")
+        if info.type != pafs.FileType.File:
+            return None
+        with self.fs.open_input_stream(f"{self.path}/{rel}") as f:
+            return json.loads(f.read())
+
+    def size(self, rel: str) -> int | None:
+        from pyarrow import fs as pafs
+
+        info = self.fs.get_file_info(f"{self.path}/{rel}")
+        return info.size if info.type == pafs.FileType.File else None
+
+    def checkpoints(self) -> list[str]:
+        """Checkpoint directory names, newest (highest step) first."""
+        from pyarrow import fs as pafs
+
+        sel = pafs.FileSelector(self.path, allow_not_found=True, recursive=False)
+        names = [i.base_name for i in self.fs.get_file_info(sel) if i.type == pafs.FileType.Directory]
+        # Some S3 servers (SeaweedFS) keep a deleted prefix as an empty "directory": only non-empty ones count.
+        return sorted((n for n in names if CKPT_RE.match(n) and not self._empty(n)), reverse=True)
+
+    def _empty(self, name: str) -> bool:
+        from pyarrow import fs as pafs
+
+        sel = pafs.FileSelector(f"{self.path}/{name}", allow_not_found=True, recursive=True)
+        return not any(i.type == pafs.FileType.File for i in self.fs.get_file_info(sel))
+
+
+def check_complete(run: StorageDir, name: str) -> str | None:
+    """None if ``name`` is a complete checkpoint, else why not."""
+    commit = run.read_json(f"{name}/{COMMIT}")
+    if commit is None:
+        return f"no {COMMIT} (not committed)"
+    for r in range(int(commit["world_size"])):
+        rank_doc = run.read_json(f"{name}/{rank_manifest_name(r)}")
+        if rank_doc is None:
+            return f"rank {r}'s manifest is missing"
+        for f in rank_doc["files"]:
+            size = run.size(f"{name}/{f['path']}")
+            if size is None:
+                return f"{f['path']} (rank {r}) is missing"
+            if size != f["bytes"]:
+                return f"{f['path']} (rank {r}) has {size} bytes, the manifest says {f['bytes']}"
+    return None
+
+
+def newest_complete(run: StorageDir) -> str | None:
+    for name in run.checkpoints():
+        problem = check_complete(run, name)
+        if problem is None:
+            return name
+        log.warning("skipping incomplete checkpoint %s: %s", run.url(name), problem)
+    return None
+
+
+def prune(run: StorageDir, keep_last: int) -> list[str]:
+    """Keep the newest ``keep_last`` complete checkpoints; delete everything older. -> deleted names."""
+    names = run.checkpoints()
+    complete = [n for n in names if check_complete(run, n) is None][:keep_last]
+    if len(complete) < keep_last:
+        return []
+    oldest_kept = complete[-1]
+    deleted = [n for n in names if n < oldest_kept]
+    for n in deleted:
+        run.fs.delete_dir(f"{run.path}/{n}")
+    return deleted
+
+
+def download(run: StorageDir, name: str, local: Path, rank: int) -> tuple[dict, dict]:
+    """Copy a complete checkpoint to ``local`` and verify the digests this rank will load.
+
+    -> (commit record, this rank's manifest). Raises ValueError naming the file on a digest mismatch.
+    """
+    from pyarrow import fs as pafs
+
+    pafs.copy_files(f"{run.path}/{name}", str(local), source_filesystem=run.fs,
+                    destination_filesystem=pafs.LocalFileSystem())  # fmt: skip
+    commit = json.loads((local / COMMIT).read_text())
+    mine = json.loads((local / rank_manifest_name(rank)).read_text()) if rank < commit["world_size"] else {}
+    for doc_rank in {0, rank} & set(range(commit["world_size"])):
+        doc = json.loads((local / rank_manifest_name(doc_rank)).read_text())
+        for f in doc["files"]:
+            if _sha256(local / f["path"]) != f["sha256"]:
+                raise ValueError(f"{run.url(name)}/{f['path']}: sha256 differs from rank {doc_rank}'s manifest")
+    return commit, mine

@@ -1,0 +1,119 @@
+"""``PretrainConfig``: the one typed config of a pretraining job (YAML + dotted overrides, see ``pbp.config``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pbp.model.config import ModelConfig
+from pbp.model.pretraining import CorruptionConfig, PretrainingLossConfig
+
+
+@dataclass
+class DataConfig:
+    url: str = ""
+    """Dataset URL: s3://bucket/prefix/ (or a directory) holding a manifest.json from `pbp data build`."""
+    buckets: list[list[int]] = field(default_factory=lambda: [[128, 128], [512, 64], [1024, 32]])
+    """[seq_len, batch_size] per length bucket (the original's episodes)."""
+    shuffle_buffer: int = 1000
+    num_workers: int = 1
+    """DataLoader worker processes per training worker."""
+    on_shard_error: Literal["raise", "skip"] = "raise"
+
+    def __post_init__(self) -> None:
+        for b in self.buckets:
+            if len(b) != 2 or b[0] < 8 or b[1] < 1:
+                raise ValueError(f"data.buckets: each entry is [seq_len >= 8, batch_size >= 1], got {b}")
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["adamw", "lamb"] = "adamw"
+    """AdamW, or LAMB as the original (LAMB needs deepspeed.zero_stage 0: ZeRO flattens the per-layer trust ratio)."""
+    lr: float = 2e-4
+    """Peak learning rate (the original: 2e-4)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    """Linear warm-up from 0 to lr."""
+    schedule: Literal["constant", "cosine", "plateau"] = "constant"
+    """After warm-up: constant; cosine decay to min_lr at max_steps; or reduce-on-plateau (the original)."""
+    min_lr: float = 1e-6
+    plateau_patience: int = 200
+    """plateau: steps without a new best smoothed loss before the lr is multiplied by plateau_factor."""
+    plateau_factor: float = 0.5
+    grad_clip: float = 1.0
+    """Gradient-norm clipping (0 disables)."""
+    max_nonfinite_in_a_row: int = 20
+    """Steps with a non-finite loss are skipped and counted; this many in a row stops the run."""
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.min_lr < 0:
+            raise ValueError("optim.lr must be > 0 and optim.min_lr >= 0")
+        if not 0 < self.plateau_factor < 1:
+            raise ValueError("optim.plateau_factor must be in (0, 1)")
+
+
+@dataclass
+class DeepSpeedConfig:
+    zero_stage: int = 2
+    """ZeRO stage 0-3."""
+    bf16: Literal["auto", "true", "false"] = "auto"
+    """auto: on where the accelerator supports it (CUDA with bf16); off on CPU."""
+    gradient_accumulation_steps: int = 1
+
+    def __post_init__(self) -> None:
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"deepspeed.zero_stage must be 0-3, got {self.zero_stage}")
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 500
+    keep_last: int = 3
+    """Complete checkpoints kept in storage."""
+    storage_path: str = ""
+    """Where runs live (s3://bucket/prefix or a directory); empty: s3://<runs bucket of the local stack>/pretrain."""
+
+
+@dataclass
+class TrackingConfig:
+    experiment: str = "pbp-pretrain"
+    log_every: int = 10
+    """Log metrics every this many steps (rank 0)."""
+    enabled: bool = True
+
+
+@dataclass
+class ScalingConfig:
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    max_failures: int = 2
+    """Worker or node failures the run survives (resuming from the newest complete checkpoint)."""
+
+
+@dataclass
+class PretrainConfig:
+    run_name: str = "pretrain"
+    """Names the run in storage and MLflow; re-submitting the same name resumes it."""
+    max_steps: int = 1000
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    corruption: CorruptionConfig = field(default_factory=CorruptionConfig)
+    loss: PretrainingLossConfig = field(default_factory=PretrainingLossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+
+    def __post_init__(self) -> None:
+        if self.max_steps < 1:
+            raise ValueError("max_steps must be >= 1")
+        if self.optim.name == "lamb" and self.deepspeed.zero_stage != 0:
+            raise ValueError("optim.name=lamb needs deepspeed.zero_stage=0 (ZeRO partitions break LAMB's trust ratio)")
+        if not self.run_name or "/" in self.run_name:
+            raise ValueError(f"run_name must be a non-empty name without '/', got {self.run_name!r}")

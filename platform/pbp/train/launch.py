@@ -1,0 +1,122 @@
+"""``pbp pretrain`` / ``jobs/pretrain.py``: build the Ray Train TorchTrainer for a PretrainConfig and run it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from pbp.config import to_dict
+from pbp.data.shards import load_manifest
+from pbp.stack.endpoints import resolve
+from pbp.train.config import PretrainConfig
+
+log = logging.getLogger("pbp.train")
+
+
+def git_commit() -> str:
+    if os.environ.get("PBP_GIT_COMMIT"):
+        return os.environ["PBP_GIT_COMMIT"]
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              timeout=10).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def resolve_config(cfg: PretrainConfig) -> tuple[PretrainConfig, dict[str, Any]]:
+    """Fill what the config leaves to the environment: storage path, the model's annotation count from the data."""
+    ep = resolve()
+    if not cfg.data.url:
+        raise ValueError("data.url is empty: point it at a dataset built by `pbp data build`")
+    manifest = load_manifest(cfg.data.url)
+    n_terms = len(manifest["go_vocabulary"])
+    if cfg.model.n_annotations != n_terms:
+        log.warning("model.n_annotations=%d set to the dataset's %d GO terms", cfg.model.n_annotations, n_terms)
+        cfg = replace(cfg, model=replace(cfg.model, n_annotations=n_terms))
+    storage = cfg.checkpoint.storage_path or f"s3://{ep.buckets.get('runs', 'pbp-runs')}/pretrain"
+    cfg = replace(cfg, checkpoint=replace(cfg.checkpoint, storage_path=storage))
+    import hashlib
+    import json
+
+    digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+    meta = {
+        "run_url": f"{storage.rstrip('/')}/{cfg.run_name}",
+        "tags": {
+            "pbp.dataset_url": cfg.data.url,
+            "pbp.dataset_manifest_sha256": digest,
+            "pbp.git_commit": git_commit(),
+            "pbp.run_name": cfg.run_name,
+        },
+    }
+    return cfg, meta
+
+
+def build_trainer(cfg: PretrainConfig, meta: dict[str, Any]):
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from pbp.train.loop import train_loop_per_worker
+
+    storage = cfg.checkpoint.storage_path
+    fs = None
+    if storage.startswith("s3://"):
+        fs = resolve().pyarrow_fs()
+        storage = storage[len("s3://") :]
+    use_gpu = cfg.scaling.use_gpu
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": to_dict(cfg), "meta": meta},
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.scaling.num_workers,
+            use_gpu=use_gpu,
+            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
+        ),
+        run_config=ray.train.RunConfig(
+            name=cfg.run_name,
+            storage_path=storage,
+            storage_filesystem=fs,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.scaling.max_failures),
+            # Retention is pbp's (checkpoint.prune): it keeps the newest COMPLETE checkpoints.
+        ),
+    )
+
+
+def connect_ray(address: str | None = None) -> None:
+    """Connect this driver to the cluster: ``address`` or RAY_ADDRESS (a GCS address), else the local stack's head.
+
+    The token settings must be in the environment before Ray is imported (Ray reads them once).
+    """
+    ep = resolve()
+    addr = address or os.environ.get("RAY_ADDRESS")
+    if not addr or "://" in addr:  # a dashboard URL is for the Jobs API, not for a driver
+        from pbp.stack.state import StackState, default_state_dir
+
+        state = StackState.load(ep.state_dir or default_state_dir())
+        addr = state.ray_gcs_address if state else "auto"
+        os.environ.pop("RAY_ADDRESS", None)
+    if ep.state_dir is not None:
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+        os.environ.setdefault("RAY_AUTH_TOKEN_PATH", str(Path(ep.state_dir) / "ray_token"))
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=addr, log_to_driver=True)
+
+
+def pretrain(cfg: PretrainConfig, meta_extra: dict[str, Any] | None = None, address: str | None = None):
+    """Run pretraining on the Ray cluster; returns Ray Train's Result."""
+    cfg, meta = resolve_config(cfg)
+    meta.update(meta_extra or {})
+    if os.environ.get("PBP_TEST_INJECT_NONFINITE"):  # test hook: NaN losses at these steps (a fault on cue)
+        meta["inject_nonfinite_steps"] = [int(s) for s in os.environ["PBP_TEST_INJECT_NONFINITE"].split(",")]
+    connect_ray(address)
+    trainer = build_trainer(cfg, meta)
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    return result

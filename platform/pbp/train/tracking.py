@@ -1,0 +1,102 @@
+"""Rank-0 MLflow tracking: one run per pretraining run, resumed by id, never logging a step twice.
+
+The run id is kept in every checkpoint; a resumed run (after a worker failure or a re-submission with the same
+run name) logs to the same MLflow run. Steps that the interrupted attempt already logged (those after its last
+checkpoint) are recomputed but not logged again, so no step appears twice and the loss curve continues.
+Credentials come from the node's environment or the local stack's state dir, never from params or tags.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pbp.config import dump_yaml, to_dict
+from pbp.stack.endpoints import require, resolve
+
+RUN_NAME_TAG = "pbp.run_name"
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{key}."))
+        else:
+            out[key] = v
+    return out
+
+
+class Tracker:
+    def __init__(self, experiment: str, run_name: str, run_id: str | None, enabled: bool = True) -> None:
+        self.run_id: str = ""
+        self.enabled = enabled
+        self.logged_upto = -1
+        if not enabled:
+            return
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        ep = resolve()
+        os.environ.update(ep.mlflow_env())
+        mlflow.set_tracking_uri(require(ep.mlflow_uri, "MLflow tracking URI"))
+        self.client = MlflowClient()
+        exp = self.client.get_experiment_by_name(experiment)
+        exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+        if run_id is None:  # no checkpoint yet: an earlier attempt may have started the run
+            found = self.client.search_runs(
+                [exp_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'", max_results=1,
+                order_by=["attributes.start_time DESC"],
+            )  # fmt: skip
+            run_id = found[0].info.run_id if found else None
+        if not run_id:
+            run = self.client.create_run(exp_id, run_name=run_name, tags={RUN_NAME_TAG: run_name})
+            run_id = run.info.run_id
+            self.new = True
+        else:
+            self.new = False
+            history = self.client.get_metric_history(run_id, "loss")
+            self.logged_upto = max((m.step for m in history), default=-1)
+            self.client.update_run(run_id, status="RUNNING")
+        self.run_id = run_id
+
+    def log_config(self, cfg: Any, tags: dict[str, str]) -> None:
+        """Resolved config (params + YAML artifact) once per run; tags (dataset, git commit) every attempt."""
+        if not self.enabled:
+            return
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, v)
+        if not self.new:
+            return
+        params = {k: str(v)[:500] for k, v in _flatten(to_dict(cfg)).items()}
+        from mlflow.entities import Param
+
+        items = list(params.items())
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in items[i : i + 100]])
+        self.client.log_text(self.run_id, dump_yaml(cfg), "config/resolved.yaml")
+
+    def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled or step <= self.logged_upto:
+            return
+        import time
+
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()])
+
+    def log_model_dir(self, local_dir: Path, artifact_path: str = "model") -> None:
+        if self.enabled:
+            self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        if self.enabled and self.run_id:
+            self.client.set_terminated(self.run_id, status=status)
+
+
+def scratch_dir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="pbp-train-"))

@@ -1,0 +1,194 @@
+"""Distributed pretraining end to end on the local stack: synthetic shards in SeaweedFS, 2 Ray worker nodes x 1
+worker, tiny model, ZeRO-2, checkpoints in S3, MLflow over HTTP; stop-and-go; non-finite losses."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from pbp.data.shards import BuildConfig, Inputs, build
+from pbp.data.storage import Store
+from pbp.data.synth import SynthConfig, write_corpus
+from pbp.model import ProteinBERT
+from pbp.train import checkpoint as ckpt
+
+from ..conftest import REPO
+
+pytestmark = pytest.mark.timeout(900)
+STEPS, EVERY = 60, 20
+
+
+@pytest.fixture(scope="module")
+def dataset(endpoints, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("synth")
+    fasta, table = write_corpus(tmp, SynthConfig(n_proteins=1500, seed=2))
+    url = f"s3://{endpoints.buckets['data']}/tests/pretrain-{random.randrange(10**9)}/"
+    build(url, Inputs(fasta, table), BuildConfig(shard_size_mb=0.25, min_go_records=10), store=Store(url, endpoints))
+    return url
+
+
+def _pretrain(stack_dir: Path, run: str, url: str, *extra: str, env_extra: dict | None = None, background=False):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "RAY_"))}
+    env.update(PBP_STACK_DIR=str(stack_dir), **(env_extra or {}))
+    cmd = [
+        str(Path(sys.executable).with_name("pbp")), "pretrain", "--config", str(REPO / "configs/pretrain/tiny.yaml"),
+        f"run_name={run}", f"data.url={url}", f"max_steps={STEPS}", f"checkpoint.every_steps={EVERY}",
+        "checkpoint.storage_path=s3://pbp-runs/tests", *extra,
+    ]  # fmt: skip
+    if background:
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=800)
+
+
+def _mlflow_run(endpoints, run_name):
+    from mlflow.tracking import MlflowClient
+
+    os.environ.update(endpoints.mlflow_env())
+    client = MlflowClient(endpoints.mlflow_uri)
+    exp = client.get_experiment_by_name("pbp-pretrain")
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`pbp.run_name` = '{run_name}'")
+    assert len(runs) == 1, f"expected one MLflow run for {run_name}, got {len(runs)}"
+    return client, runs[0]
+
+
+def _run_dir(endpoints, run_name) -> ckpt.StorageDir:
+    return ckpt.StorageDir(endpoints.pyarrow_fs(), f"pbp-runs/tests/{run_name}")
+
+
+@pytest.fixture(scope="module")
+def baseline(stack_dir, endpoints, dataset):
+    """One uninterrupted run (with two injected non-finite steps, which are skipped and counted)."""
+    run = f"e2e-{random.randrange(10**6)}"
+    res = _pretrain(stack_dir, run, dataset, env_extra={"PBP_TEST_INJECT_NONFINITE": "7,8"})
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    return run
+
+
+def test_end_to_end_loss_falls_checkpoints_in_s3_and_mlflow_run(baseline, endpoints, tmp_path):
+    client, run = _mlflow_run(endpoints, baseline)
+    loss = sorted(client.get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)
+    assert [m.step for m in loss] == list(range(5, STEPS + 1, 5))
+    first, last = sum(m.value for m in loss[:2]) / 2, sum(m.value for m in loss[-2:]) / 2
+    assert last < 0.8 * first, (first, last)
+    for key in ("token_loss", "annotation_loss", "lr", "tokens_per_s", "samples_per_s", "data_wait_fraction",
+                "skipped_steps"):  # fmt: skip
+        assert key in run.data.metrics, key
+    assert run.data.metrics["skipped_steps"] == 2  # the injected non-finite steps were skipped, not applied
+    assert run.data.params["deepspeed.zero_stage"] == "2" and run.data.params["scaling.num_workers"] == "2"
+    assert run.data.tags["pbp.dataset_url"].startswith("s3://") and len(run.data.tags["pbp.git_commit"]) >= 7
+    for value in (endpoints.s3_secret_key, endpoints.mlflow_password):
+        assert value not in str(run.data.params) and value not in str(run.data.tags)
+    # Checkpoints in S3: the newest is complete, retention kept the last two.
+    rdir = _run_dir(endpoints, baseline)
+    assert rdir.checkpoints() == [ckpt.checkpoint_name(60), ckpt.checkpoint_name(40)]
+    assert ckpt.newest_complete(rdir) == ckpt.checkpoint_name(60)
+    commit = rdir.read_json(f"{ckpt.checkpoint_name(60)}/{ckpt.COMMIT}")
+    assert commit["world_size"] == 2 and commit["mlflow_run_id"] == run.info.run_id
+    assert rdir.read_json(f"{ckpt.checkpoint_name(60)}/rank-00001.json")["reader"]
+    # The exported model: an MLflow artifact and in the run dir, loadable without DeepSpeed.
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "model")} == {"model/config.json",
+                                                                                 "model/model.safetensors"}  # fmt: skip
+    local = Path(client.download_artifacts(run.info.run_id, "model", str(tmp_path)))
+    model = ProteinBERT.from_pretrained(local)
+    assert model.config.d_local == 32 and model.num_parameters() > 0
+
+
+def _train_worker_pids() -> list[int]:
+    out = []
+    for p in psutil.process_iter(["pid", "cmdline", "name"]):
+        text = " ".join(p.info["cmdline"] or []) + " " + (p.info["name"] or "")
+        if "RayTrainWorker" in text:
+            out.append(p.info["pid"])
+    return out
+
+
+def test_stop_and_go_matches_an_uninterrupted_run(baseline, stack_dir, endpoints, dataset):
+    run = f"sag-{random.randrange(10**6)}"
+    proc = _pretrain(stack_dir, run, dataset, background=True)
+    rdir = _run_dir(endpoints, run)
+    killed: list[int] = []
+
+    def killer():
+        deadline = time.time() + 600
+        while time.time() < deadline and proc.poll() is None:
+            if ckpt.newest_complete(rdir) is not None:  # after the first checkpoint, kill one worker by pid
+                pids = _train_worker_pids()
+                if pids:
+                    os.kill(pids[-1], signal.SIGKILL)
+                    killed.append(pids[-1])
+                    return
+            time.sleep(0.5)
+
+    t = threading.Thread(target=killer)
+    t.start()
+    out, _ = proc.communicate(timeout=800)
+    t.join()
+    assert killed, "no worker was killed"
+    assert proc.returncode == 0, out[-5000:]
+    assert "resuming" in out
+    client, mrun = _mlflow_run(endpoints, run)
+    _, _base = _mlflow_run(endpoints, baseline)
+    steps = [m.step for m in client.get_metric_history(mrun.info.run_id, "loss")]
+    assert sorted(steps) == list(range(5, STEPS + 1, 5))  # the curve continues, no step counted twice
+    assert len(steps) == len(set(steps))
+    assert (
+        ckpt.newest_complete(rdir) == ckpt.checkpoint_name(STEPS) == ckpt.newest_complete(_run_dir(endpoints, baseline))
+    )
+
+
+def test_too_many_non_finite_losses_stop_the_run_clearly(stack_dir, dataset):
+    res = _pretrain(stack_dir, f"nan-{random.randrange(10**6)}", dataset, "scaling.max_failures=0",
+                    "optim.max_nonfinite_in_a_row=3", env_extra={"PBP_TEST_INJECT_NONFINITE": "2,3,4,5"})  # fmt: skip
+    assert res.returncode != 0
+    assert "3 steps in a row with a non-finite loss" in res.stdout + res.stderr
+
+
+def test_incomplete_checkpoints_are_skipped_with_a_warning(tmp_path, caplog):
+    from pyarrow import fs as pafs
+
+    run = ckpt.StorageDir(pafs.LocalFileSystem(), str(tmp_path / "run"))
+
+    def make(step, drop=None, truncate=None):
+        d = tmp_path / "run" / ckpt.checkpoint_name(step)
+        for r in range(2):
+            local = tmp_path / f"l{step}-{r}"
+            (local / "ds").mkdir(parents=True)
+            (local / "ds" / f"shard{r}.pt").write_bytes(b"x" * (100 + r))
+            ckpt.write_manifests(local, r, step, {"0": {}}, {"world_size": 2, "schedule": {}} if r == 0 else None)
+            for f in local.rglob("*"):
+                if f.is_file():
+                    (d / f.relative_to(local)).parent.mkdir(parents=True, exist_ok=True)
+                    (d / f.relative_to(local)).write_bytes(f.read_bytes())
+        if drop:
+            (d / drop).unlink()
+        if truncate:
+            (d / truncate).write_bytes(b"x")
+        return d
+
+    make(20)
+    make(40, truncate="ds/shard1.pt")
+    make(60, drop="rank-00001.json")
+    make(80, drop=ckpt.COMMIT)
+    make(100)
+    assert ckpt.prune(run, keep_last=2) == []  # fewer than 2 complete ones would remain: keep everything
+    (tmp_path / "run" / ckpt.checkpoint_name(100) / ckpt.COMMIT).unlink()
+    with caplog.at_level("WARNING", logger="pbp.train.checkpoint"):
+        assert ckpt.newest_complete(run) == ckpt.checkpoint_name(20)
+    text = caplog.text
+    assert "checkpoint-000000080: no pbp_checkpoint.json" in text
+    assert "checkpoint-000000060: rank 1's manifest is missing" in text
+    assert "checkpoint-000000040: ds/shard1.pt (rank 1) has 1 bytes" in text
+    commit, mine = ckpt.download(run, ckpt.checkpoint_name(20), tmp_path / "dl", rank=1)
+    assert commit["step"] == 20 and mine["rank"] == 1
+    (tmp_path / "run" / ckpt.checkpoint_name(20) / "ds" / "shard0.pt").write_bytes(b"y" * 100)  # same size
+    with pytest.raises(ValueError, match=r"ds/shard0.pt: sha256 differs"):
+        ckpt.download(run, ckpt.checkpoint_name(20), tmp_path / "dl2", rank=1)

@@ -1,0 +1,70 @@
+"""Pretraining pieces that need no cluster: config checks, the DeepSpeed JSON, optimizers and the lr schedule."""
+
+import math
+
+import pytest
+import torch
+
+from pbp.config import ConfigError, load_config
+from pbp.train.config import OptimConfig, PretrainConfig
+from pbp.train.deepspeed_config import deepspeed_config
+from pbp.train.optim import Lamb, LRSchedule, build_optimizer
+
+from ..conftest import REPO
+
+
+def test_base_config_is_the_paper_recipe():
+    cfg = load_config(PretrainConfig, REPO / "configs/pretrain/base.yaml")
+    assert cfg.model.n_annotations == 8943 and cfg.model.n_blocks == 6
+    assert cfg.data.buckets == [[128, 128], [512, 64], [1024, 32]]
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.schedule) == ("lamb", 2e-4, "plateau")
+    assert cfg.corruption.p_token_noise == 0.05 and cfg.corruption.p_no_annotation_input == 0.5
+    assert cfg.scaling.use_gpu
+
+
+def test_lamb_with_zero_is_refused_naming_the_fix():
+    with pytest.raises(ConfigError, match="lamb needs deepspeed.zero_stage=0"):
+        load_config(PretrainConfig, REPO / "configs/pretrain/base.yaml", ["deepspeed.zero_stage=2"])
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_deepspeed_json_is_generated_from_the_config(stage):
+    cfg = load_config(PretrainConfig, REPO / f"configs/pretrain/zero{stage}.yaml")
+    ds = deepspeed_config(cfg, world_size=2, device_type="cpu")
+    assert ds["zero_optimization"]["stage"] == stage
+    assert ds["train_micro_batch_size_per_gpu"] == 16 and ds["train_batch_size"] == 32
+    assert ds["gradient_clipping"] == cfg.optim.grad_clip and ds["bf16"] == {"enabled": False}
+
+
+def test_lr_schedules():
+    warm = LRSchedule(OptimConfig(lr=1.0, warmup_steps=10, schedule="constant"), 100)
+    assert warm.lr(0) == pytest.approx(0.1) and warm.lr(9) == 1.0 and warm.lr(50) == 1.0
+    cos = LRSchedule(OptimConfig(lr=1.0, warmup_steps=0, schedule="cosine", min_lr=0.0), 100)
+    assert cos.lr(0) == 1.0 and cos.lr(50) == pytest.approx(0.5) and cos.lr(100) == pytest.approx(0.0)
+    plat = LRSchedule(OptimConfig(lr=1.0, warmup_steps=0, schedule="plateau", plateau_patience=5), 100)
+    for _ in range(3):
+        plat.observe(1.0)
+    for _ in range(10):
+        plat.observe(2.0)  # no improvement
+    assert plat.lr(50) == pytest.approx(0.25)
+    restored = LRSchedule(plat.cfg, 100)
+    restored.load_state_dict(plat.state_dict())
+    assert restored.lr(50) == plat.lr(50)
+    plat.observe(math.nan)  # ignored
+
+
+def test_lamb_trains_and_uses_a_per_tensor_trust_ratio():
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(20, 20))
+    opt = Lamb([w], lr=0.05)
+    x = torch.randn(64, 20)
+    y = x @ torch.randn(20, 20)
+    losses = []
+    for _ in range(100):
+        opt.zero_grad()
+        loss = ((x @ w - y) ** 2).mean()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+    assert isinstance(build_optimizer([w], OptimConfig(name="adamw")), torch.optim.AdamW)
