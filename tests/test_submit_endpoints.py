@@ -80,3 +80,14 @@ def test_cloud_environment_without_a_stack(tmp_path):
     assert ep.s3_endpoint is None and ep.s3_access_key is None  # AWS' default credential chain
     assert ep.s3_region == "eu-west-1" and ep.state_dir is None
     assert "endpoint_url" not in ep.s3fs_options()
+
+
+def test_excludes_never_drop_library_code():
+    """Ray applies the excludes to the pbp py_module too (with the module as root): no library file may match."""
+    import pathspec
+
+    spec = pathspec.PathSpec.from_lines("gitwildmatch", submit.EXCLUDES)
+    lib = REPO / "platform" / "pbp"
+    dropped = [p for p in lib.rglob("*.py") if "__pycache__" not in p.parts and spec.match_file(str(p.relative_to(lib)))]
+    assert not dropped
+    assert spec.match_file(".venv/bin/python") and spec.match_file("build/parity/checkpoint.pkl")

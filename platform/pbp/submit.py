@@ -22,15 +22,16 @@ from pathlib import Path
 
 from pbp.stack.endpoints import Endpoints, require, resolve
 
+# gitignore-style. Ray applies them to the working_dir AND to each py_module with that module as the root, so no
+# pattern may match a folder of platform/pbp (a plain "data" would drop pbp/data). Ray also honours .gitignore.
 EXCLUDES = [
-    ".git",
-    ".venv",
-    ".venv-*",
-    "build",
-    "dist",
-    ".pbp",
-    "data",
-    "mlruns",
+    "/.git",
+    "/.venv",
+    "/.venv-*",
+    "/build",
+    "/dist",
+    "/.pbp",
+    "/mlruns",
     "**/__pycache__",
     "*.egg-info",
     ".pytest_cache",
