@@ -88,6 +88,8 @@ def test_excludes_never_drop_library_code():
 
     spec = pathspec.PathSpec.from_lines("gitwildmatch", submit.EXCLUDES)
     lib = REPO / "platform" / "pbp"
-    dropped = [p for p in lib.rglob("*.py") if "__pycache__" not in p.parts and spec.match_file(str(p.relative_to(lib)))]
+    dropped = [
+        p for p in lib.rglob("*.py") if "__pycache__" not in p.parts and spec.match_file(str(p.relative_to(lib)))
+    ]
     assert not dropped
     assert spec.match_file(".venv/bin/python") and spec.match_file("build/parity/checkpoint.pkl")

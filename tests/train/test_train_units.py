@@ -68,3 +68,27 @@ def test_lamb_trains_and_uses_a_per_tensor_trust_ratio():
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
     assert isinstance(build_optimizer([w], OptimConfig(name="adamw")), torch.optim.AdamW)
+
+
+def test_evaluate_reports_losses_baselines_and_auc(tmp_path):
+    from pbp.data.shards import BuildConfig, Inputs, build
+    from pbp.data.synth import SynthConfig, write_corpus
+    from pbp.model import ModelConfig, ProteinBERT
+    from pbp.train.evaluate import evaluate, load_model
+
+    fasta, table = write_corpus(tmp_path / "s", SynthConfig(n_proteins=400, seed=3))
+    manifest = build(
+        str(tmp_path / "ds"), Inputs(fasta, table), BuildConfig(min_go_records=5, valid_fraction=0.2)
+    ).manifest
+    cfg = load_config(
+        ModelConfig, REPO / "configs/model/tiny.yaml", [f"n_annotations={len(manifest['go_vocabulary'])}"]
+    )
+    ProteinBERT(cfg).save_pretrained(tmp_path / "m")
+    res = evaluate(load_model(str(tmp_path / "m")), str(tmp_path / "ds"), "valid", seq_len=256)
+    assert res["proteins"] == manifest["splits"]["valid"]["samples"]
+    assert 2.7 < res["token_loss_baseline"] < 3.1  # entropy of a protein-like residue composition
+    assert res["token_loss"] > res["token_loss_baseline"] * 0.5  # an untrained model does not beat it by much
+    assert 0.0 <= res["annotation_auc"] <= 1.0 and res["annotation_loss_baseline"] > 0
+    with pytest.raises(ValueError, match="predicts 3 annotations"):
+        evaluate(ProteinBERT(load_config(ModelConfig, REPO / "configs/model/tiny.yaml", ["n_annotations=3"])),
+                 str(tmp_path / "ds"))  # fmt: skip

@@ -41,6 +41,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     data.add_argument("--json", type=Path, default=None)
     data.set_defaults(func=cmd_data)
 
+    train = bsub.add_parser(
+        "train",
+        help="step time: bare PyTorch vs DeepSpeed vs Ray Train + DeepSpeed (1 worker); checkpoint vs raw upload",
+    )
+    train.add_argument("--configs", default="configs/model/tiny.yaml,configs/model/base.yaml")
+    train.add_argument("--batch-size", type=int, default=8)
+    train.add_argument("--seq-len", type=int, default=512)
+    train.add_argument("--steps", type=int, default=10)
+    train.add_argument("--warmup", type=int, default=3)
+    train.add_argument("--zero-stage", type=int, default=2)
+    train.add_argument("--no-ray", action="store_true", help="skip (c); no cluster needed")
+    train.add_argument("--worker-cpus", type=float, default=1.0, help="CPUs the Ray worker asks for")
+    train.add_argument("--json", type=Path, default=None)
+    train.set_defaults(func=cmd_train)
+
     stack = bsub.add_parser(
         "stack",
         help="time the local stack from `up` to all-healthy, and `down` (cold, then warm restarts)",
@@ -123,4 +138,32 @@ def cmd_data(args: argparse.Namespace) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(r, indent=2) + "\n")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pbp.bench.train import bench_train, checkpoint_cost
+    from pbp.model import ModelConfig
+
+    out = {}
+    for path in [c.strip() for c in args.configs.split(",") if c.strip()]:
+        cfg = load_config(ModelConfig, path, section="model")
+        r = bench_train(cfg, args.batch_size, args.seq_len, args.warmup, args.steps, args.zero_stage,
+                        with_ray=not args.no_ray, cpus=args.worker_cpus)  # fmt: skip
+        r["checkpoint"] = checkpoint_cost(cfg, args.zero_stage) if not args.no_ray else None
+        out[path] = r
+        line = (f"{path}: bare {r['bare_s_per_step']:.3f} s/step | DeepSpeed {r['deepspeed_s_per_step']:.3f} "
+                f"({r['deepspeed_over_bare']:.3f}x)")  # fmt: skip
+        if "ray_deepspeed_s_per_step" in r:
+            line += (
+                f" | Ray Train + DeepSpeed {r['ray_deepspeed_s_per_step']:.3f} ({r['ray_deepspeed_over_bare']:.3f}x)"
+            )
+        print(line, flush=True)
+        if r["checkpoint"]:
+            ck = r["checkpoint"]
+            print(f"  checkpoint {ck['checkpoint_bytes'] / 1e6:.1f} MB: save+commit {ck['save_commit_s']:.2f} s vs "
+                  f"raw upload {ck['raw_upload_s']:.2f} s ({ck['ratio']:.2f}x)", flush=True)  # fmt: skip
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
     return 0

@@ -18,6 +18,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--address", default=None, help="Ray GCS address (default: RAY_ADDRESS, else the local stack)")
     p.set_defaults(func=cmd_pretrain)
 
+    e = sub.add_parser(
+        "evaluate",
+        help="a pretrained model on a dataset split: both losses against trivial baselines, annotation ROC-AUC",
+    )
+    e.add_argument("--model", required=True, help="model directory, local or s3:// (e.g. a run's final_model/)")
+    e.add_argument("--data", required=True, help="dataset URL")
+    e.add_argument("--split", default="valid", choices=("train", "valid"))
+    e.add_argument("--seq-len", type=int, default=512)
+    e.add_argument("--max-proteins", type=int, default=None)
+    e.add_argument("--json", type=Path, default=None)
+    e.set_defaults(func=cmd_evaluate)
+
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from pbp.config import load_config
@@ -27,4 +39,18 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     cfg = load_config(PretrainConfig, args.config, args.overrides)
     result = pretrain(cfg, address=args.address)
     print(f"run {cfg.run_name}: finished; metrics {result.metrics}; checkpoint {result.checkpoint}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from pbp.train.evaluate import evaluate, load_model
+
+    res = evaluate(load_model(args.model), args.data, args.split, args.seq_len, max_proteins=args.max_proteins)
+    for k, v in res.items():
+        print(f"{k:36} {v:.4f}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(res, indent=2) + "\n")
     return 0
