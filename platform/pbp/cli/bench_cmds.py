@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--seq-len", type=int, default=512)
     train.add_argument("--steps", type=int, default=10)
     train.add_argument("--warmup", type=int, default=3)
-    train.add_argument("--zero-stage", type=int, default=2)
+    train.add_argument("--zero-stage", type=int, default=0, help="0: the overhead of DeepSpeed itself; 2: ZeRO-2")
     train.add_argument("--no-ray", action="store_true", help="skip (c); no cluster needed")
     train.add_argument("--worker-cpus", type=float, default=1.0, help="CPUs the Ray worker asks for")
     train.add_argument("--json", type=Path, default=None)
@@ -142,6 +142,10 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if not args.no_ray:
+        from pbp.stack.endpoints import set_ray_auth_env
+
+        set_ray_auth_env()  # before DeepSpeed/Ray are imported
     from pbp.bench.train import bench_train, checkpoint_cost
     from pbp.model import ModelConfig
 

@@ -112,6 +112,14 @@ def resolve(state_dir: Path | None = None, env: dict[str, str] | None = None) ->
     )
 
 
+def set_ray_auth_env(endpoints: Endpoints | None = None) -> None:
+    """Token settings for a Ray client in THIS process; Ray reads them once, at import, so call this first."""
+    ep = endpoints or resolve()
+    if ep.state_dir is not None:
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+        os.environ.setdefault("RAY_AUTH_TOKEN_PATH", str(ep.state_dir / RAY_TOKEN_FILE))
+
+
 def _ray_http_address(addr: str | None) -> str | None:
     if not addr or addr == "auto":
         return None

@@ -6,12 +6,11 @@ import logging
 import os
 import subprocess
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from pbp.config import to_dict
 from pbp.data.shards import load_manifest
-from pbp.stack.endpoints import resolve
+from pbp.stack.endpoints import resolve, set_ray_auth_env
 from pbp.train.config import PretrainConfig
 
 log = logging.getLogger("pbp.train")
@@ -99,9 +98,7 @@ def connect_ray(address: str | None = None) -> None:
         state = StackState.load(ep.state_dir or default_state_dir())
         addr = state.ray_gcs_address if state else "auto"
         os.environ.pop("RAY_ADDRESS", None)
-    if ep.state_dir is not None:
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
-        os.environ.setdefault("RAY_AUTH_TOKEN_PATH", str(Path(ep.state_dir) / "ray_token"))
+    set_ray_auth_env(ep)
     import ray
 
     if not ray.is_initialized():
