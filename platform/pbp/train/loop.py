@@ -132,6 +132,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             checkpoint_dir_name=ckpt.checkpoint_name(step),
         )
         shutil.rmtree(local, ignore_errors=True)
+        if torch.distributed.is_initialized():
+            torch.distributed.barrier()  # every rank's report (and so its upload) has returned
         if ctx.is_main:
             for name in ckpt.prune(run, cfg.checkpoint.keep_last):
                 log.info("retention: deleted %s", run.url(name))
