@@ -63,6 +63,7 @@ def test_port_in_use_names_the_service_and_leaves_the_rest_running(tmp_path):
     manager.up(tmp_path, workers=0, timeout=180, log=lambda _m: None)
     try:
         state = StackState.load(tmp_path)
+        run_id = _log_run_and_register(tmp_path)
         manager.down(tmp_path, log=lambda _m: None)
         # Someone else takes MLflow's remembered port while the stack is down.
         blocker = socket.socket()
@@ -79,8 +80,37 @@ def test_port_in_use_names_the_service_and_leaves_the_rest_running(tmp_path):
         messages: list[str] = []
         manager.up(tmp_path, timeout=180, log=messages.append)  # once the port is free again, up completes
         assert any("seaweedfs" in m and "already running" in m for m in messages)
+        # MLflow runs, artifacts and the registry survived down + up.
+        client = _client(tmp_path)
+        assert client.get_run(run_id).data.params["survives"] == "yes"
+        assert client.get_model_version_by_alias("pbp-survival", "champion").run_id == run_id
     finally:
         manager.down(tmp_path, log=lambda _m: None)
+
+
+def _client(state_dir):
+    import os
+
+    from mlflow.tracking import MlflowClient
+
+    from pbp.stack.endpoints import resolve
+
+    ep = resolve(state_dir, env={})
+    os.environ.update(ep.mlflow_env())
+    return MlflowClient(ep.mlflow_uri)
+
+
+def _log_run_and_register(state_dir) -> str:
+    client = _client(state_dir)
+    exp = client.create_experiment("survival")
+    run = client.create_run(exp)
+    client.log_param(run.info.run_id, "survives", "yes")
+    client.log_text(run.info.run_id, "x", "a.txt")
+    client.set_terminated(run.info.run_id)
+    client.create_registered_model("pbp-survival")
+    mv = client.create_model_version("pbp-survival", f"runs:/{run.info.run_id}/a.txt", run_id=run.info.run_id)
+    client.set_registered_model_alias("pbp-survival", "champion", mv.version)
+    return run.info.run_id
 
 
 def test_a_second_stack_runs_beside_the_first_on_other_ports(stack_dir, tmp_path):

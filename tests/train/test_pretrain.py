@@ -145,6 +145,16 @@ def test_stop_and_go_matches_an_uninterrupted_run(baseline, stack_dir, endpoints
     )
 
 
+def test_resubmitting_the_same_run_name_continues_it(baseline, stack_dir, endpoints, dataset):
+    res = _pretrain(stack_dir, baseline, dataset, "max_steps=80")
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    assert f"checkpoint-{STEPS:09d} (step {STEPS})" in res.stdout + res.stderr  # resumed, not restarted
+    client, run = _mlflow_run(endpoints, baseline)  # still one MLflow run
+    steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss"))
+    assert steps == list(range(5, 81, 5))
+    assert ckpt.newest_complete(_run_dir(endpoints, baseline)) == ckpt.checkpoint_name(80)
+
+
 def test_too_many_non_finite_losses_stop_the_run_clearly(stack_dir, dataset):
     res = _pretrain(stack_dir, f"nan-{random.randrange(10**6)}", dataset, "scaling.max_failures=0",
                     "optim.max_nonfinite_in_a_row=3", env_extra={"PBP_TEST_INJECT_NONFINITE": "2,3,4,5"})  # fmt: skip

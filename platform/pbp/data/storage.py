@@ -13,13 +13,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from pbp.stack.endpoints import Endpoints, resolve
+from pbp.stack.state import atomic_write
 
 T = TypeVar("T")
 RETRIES = 4
@@ -95,19 +95,7 @@ class Store:
 
     def put_bytes(self, name: str, data: bytes) -> None:
         if not self.s3:
-            path = self.root / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            try:
-                os.fchmod(fd, 0o644)
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            atomic_write(self.root / name, data)
             return
         with_retries(f"put {self.join(name)}", lambda: self.fs.pipe_file(self._key(name), data))
 

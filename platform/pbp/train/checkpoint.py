@@ -11,13 +11,14 @@ damaged shard) is skipped with a warning naming it, and the previous complete on
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pbp.data.shards import file_sha256
 
 log = logging.getLogger("pbp.train.checkpoint")
 
@@ -34,18 +35,10 @@ def rank_manifest_name(rank: int) -> str:
     return f"rank-{rank:05d}.json"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def write_manifests(local_dir: Path, rank: int, step: int, reader_state: dict, commit: dict | None) -> None:
     """After DeepSpeed wrote this rank's files into ``local_dir``: the rank manifest, and (rank 0) the commit."""
     files = [
-        {"path": p.relative_to(local_dir).as_posix(), "bytes": p.stat().st_size, "sha256": _sha256(p)}
+        {"path": p.relative_to(local_dir).as_posix(), "bytes": p.stat().st_size, "sha256": file_sha256(p)}
         for p in sorted(local_dir.rglob("*"))
         if p.is_file() and p.name != COMMIT and not p.name.startswith("rank-")
     ]
@@ -154,6 +147,6 @@ def download(run: StorageDir, name: str, local: Path, rank: int) -> tuple[dict, 
     for doc_rank in {0, rank} & set(range(commit["world_size"])):
         doc = json.loads((local / rank_manifest_name(doc_rank)).read_text())
         for f in doc["files"]:
-            if _sha256(local / f["path"]) != f["sha256"]:
+            if file_sha256(local / f["path"]) != f["sha256"]:
                 raise ValueError(f"{run.url(name)}/{f['path']}: sha256 differs from rank {doc_rank}'s manifest")
     return commit, mine
