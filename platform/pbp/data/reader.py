@@ -37,7 +37,7 @@ from pbp.data.episodes import DEFAULT_BUCKETS, Bucket, choose_bucket
 from pbp.data.shards import DatasetError, load_manifest
 from pbp.data.storage import Store
 from pbp.model.pretraining import CorruptionConfig, corrupt
-from pbp.model.tokenizer import encode, pad, random_crop
+from pbp.model.tokenizer import PAD_ID, encode, pad, random_crop
 
 
 class ShardError(DatasetError):
@@ -234,7 +234,7 @@ def collate(samples: list[dict], seq_len: int, n_annotations: int, rng: random.R
     return {
         "tokens": tokens,
         "annotations": annotations,
-        "pad_mask": tokens != 25,
+        "pad_mask": tokens != PAD_ID,
         "seq_len": seq_len,
         "accessions": [s["accession"] for s in samples],
     }

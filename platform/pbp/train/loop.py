@@ -162,8 +162,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             engine.step()
             consecutive_nonfinite = 0
             schedule.observe(float(total.item()))
-        else:
-            engine.zero_grad() if hasattr(engine, "zero_grad") else None
+        else:  # skipped on every rank: no backward, so no gradient is accumulated
             nonfinite_total += 1
             consecutive_nonfinite += 1
             if consecutive_nonfinite >= cfg.optim.max_nonfinite_in_a_row:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,6 @@ class Tracker:
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled or step <= self.logged_upto:
             return
-        import time
 
         from mlflow.entities import Metric
 
