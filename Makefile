@@ -57,12 +57,12 @@ bench: setup
 	$(BIN)/pbp bench model --config configs/model/base.yaml
 
 demo:
-	@echo "make demo: not available yet. The end-to-end demo needs capabilities that are not built:" >&2
-	@echo "  - the local stack (pbp stack: SeaweedFS, MLflow, Ray), issue #3" >&2
-	@echo "  - the data path (pbp data: shards in object storage), issue #4" >&2
-	@echo "  - distributed pretraining (pbp pretrain), issue #5" >&2
-	@echo "  - fine-tuning search and the model registry (roadmap)" >&2
-	@echo "What works today: make test, pbp model info/import-keras, pbp bench model." >&2
+	@echo "make demo: not available yet. The end-to-end demo (synthetic data -> shards in S3 -> distributed" >&2
+	@echo "pretraining -> fine-tuning search -> registry -> dashboards) still needs capabilities that are not built:" >&2
+	@echo "  - fine-tuning search (Ray Tune + Optuna over the paper's benchmarks)" >&2
+	@echo "  - the model registry (gated promotion, predict/embed/attention from @champion)" >&2
+	@echo "  - the demo script and dashboards" >&2
+	@echo "What works today: pbp stack, pbp data, pbp pretrain, pbp evaluate, pbp bench (see README.md)." >&2
 	@exit 1
 
 # Re-resolve the lock from pyproject's ranges (review the diff before committing).
