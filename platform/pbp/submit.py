@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from pbp.errors import UserError
 from pbp.stack.endpoints import Endpoints, require, resolve
 
 # gitignore-style. Ray applies them to the working_dir AND to each py_module with that module as the root, so no
@@ -44,7 +45,7 @@ EXCLUDES = [
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
-class SubmitError(RuntimeError):
+class SubmitError(UserError, RuntimeError):
     """A job that cannot be submitted or followed; the message says why."""
 
 

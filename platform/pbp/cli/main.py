@@ -8,9 +8,10 @@ from collections.abc import Sequence
 
 import pbp
 from pbp.cli import bench_cmds, data_cmds, model_cmds, stack_cmds, submit_cmds, train_cmds
+from pbp.errors import UserError
 
 
-class CLIError(Exception):
+class CLIError(UserError):
     """An error to show the user without a traceback."""
 
 
@@ -46,8 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         rc = args.func(args)
-    except (CLIError, ValueError, FileNotFoundError, RuntimeError) as e:
-        # ConfigError, SequenceError, KerasCheckpointError... are ValueErrors with messages naming the culprit.
+    except (UserError, ValueError, FileNotFoundError) as e:
+        # ConfigError, SequenceError, RecordError, DatasetError... are ValueErrors, and StackStateError,
+        # ServiceError, SubmitError... UserErrors, with messages naming the culprit. Other errors keep a traceback.
         print(f"pbp: error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into head/less that closed early

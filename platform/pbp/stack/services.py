@@ -22,13 +22,14 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from pbp.errors import UserError
 from pbp.stack.state import RAY_TOKEN_FILE, Secrets, StackState, atomic_write
 
 S3_IDENTITY_FILE = "seaweedfs-s3.json"
 MLFLOW_AUTH_FILE = "mlflow-auth.ini"
 
 
-class ServiceError(RuntimeError):
+class ServiceError(UserError, RuntimeError):
     """A service that cannot start or is unhealthy; the message names it (and carries its log tail)."""
 
 

@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pbp.errors import UserError
+
 STATE_FILE = "stack.json"
 SECRETS_FILE = "secrets.json"
 RAY_TOKEN_FILE = "ray_token"
@@ -31,7 +33,7 @@ STATE_VERSION = 1
 DEFAULT_BUCKETS = {"data": "pbp-data", "runs": "pbp-runs", "mlflow": "pbp-mlflow"}
 
 
-class StackStateError(RuntimeError):
+class StackStateError(UserError, RuntimeError):
     """A state file that cannot be read; the message names the file and what to do."""
 
 

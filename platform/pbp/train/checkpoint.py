@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,11 @@ log = logging.getLogger("pbp.train.checkpoint")
 COMMIT = "pbp_checkpoint.json"
 DS_TAG = "ds"
 CKPT_RE = re.compile(r"^checkpoint-(\d{9})$")
+
+
+def scratch_dir() -> Path:
+    """A fresh local directory for one checkpoint's files (saving or loading)."""
+    return Path(tempfile.mkdtemp(prefix="pbp-train-"))
 
 
 def checkpoint_name(step: int) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import subprocess
@@ -38,9 +40,6 @@ def resolve_config(cfg: PretrainConfig) -> tuple[PretrainConfig, dict[str, Any]]
         cfg = replace(cfg, model=replace(cfg.model, n_annotations=n_terms))
     storage = cfg.checkpoint.storage_path or f"s3://{ep.buckets.get('runs', 'pbp-runs')}/pretrain"
     cfg = replace(cfg, checkpoint=replace(cfg.checkpoint, storage_path=storage))
-    import hashlib
-    import json
-
     digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
     meta = {
         "run_url": f"{storage.rstrip('/')}/{cfg.run_name}",

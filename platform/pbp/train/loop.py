@@ -17,6 +17,7 @@ import torch
 from pbp.config import from_dict
 from pbp.data.episodes import Bucket
 from pbp.data.reader import PretrainingStream, ReaderConfig, StatefulLoader
+from pbp.errors import UserError
 from pbp.model import ProteinBERT
 from pbp.model.pretraining import pretraining_loss
 from pbp.train import checkpoint as ckpt
@@ -24,12 +25,12 @@ from pbp.train.config import PretrainConfig
 from pbp.train.deepspeed_config import deepspeed_config
 from pbp.train.dist import DistContext
 from pbp.train.optim import LRSchedule, build_optimizer
-from pbp.train.tracking import Tracker, scratch_dir
+from pbp.train.tracking import Tracker
 
 log = logging.getLogger("pbp.train")
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """Too many steps in a row with a non-finite loss."""
 
 
@@ -87,7 +88,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     start_step, reader_state, mlflow_run_id, nonfinite_total = 0, None, None, 0
     chosen = _broadcast(ckpt.newest_complete(run) if ctx.is_main else None, ctx)
     if chosen is not None:
-        local = scratch_dir() / chosen
+        local = ckpt.scratch_dir() / chosen
         commit, mine = ckpt.download(run, chosen, local, ctx.rank)
         engine.load_checkpoint(str(local), tag=ckpt.DS_TAG, load_optimizer_states=True, load_lr_scheduler_states=False)
         start_step = int(commit["step"])
@@ -119,7 +120,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     window_t0, window_tokens, window_samples, window_wait = time.perf_counter(), 0, 0, 0.0
 
     def save(step: int, metrics: dict[str, float]) -> None:
-        local = scratch_dir()
+        local = ckpt.scratch_dir()
         engine.save_checkpoint(str(local), tag=ckpt.DS_TAG)
         commit = None
         if ctx.is_main:
@@ -210,7 +211,7 @@ def _export(engine, cfg: PretrainConfig, run: ckpt.StorageDir, tracker: Tracker 
         if ctx.is_main:
             model = ProteinBERT(cfg.model)
             model.load_state_dict({k: v.detach().float().cpu() for k, v in engine.module.state_dict().items()})
-            local = scratch_dir() / "final_model"
+            local = ckpt.scratch_dir() / "final_model"
             model.save_pretrained(local, metadata={"run_name": cfg.run_name, "steps": cfg.max_steps})
             pafs.copy_files(str(local), f"{run.path}/final_model", source_filesystem=pafs.LocalFileSystem(),
                             destination_filesystem=run.fs)  # fmt: skip

@@ -9,7 +9,6 @@ Credentials come from the node's environment or the local stack's state dir, nev
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -96,7 +95,3 @@ class Tracker:
     def finish(self, status: str = "FINISHED") -> None:
         if self.enabled and self.run_id:
             self.client.set_terminated(self.run_id, status=status)
-
-
-def scratch_dir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="pbp-train-"))
