@@ -1,8 +1,5 @@
-import numpy as np
 import pytest
 import torch
-from scipy.stats import spearmanr
-from sklearn.metrics import roc_auc_score
 
 from pbp.model import ModelConfig, ProteinBERT
 from pbp.model.finetune import (
@@ -12,9 +9,6 @@ from pbp.model.finetune import (
     TaskSpec,
     extract_features,
     residue_labels_to_positions,
-    roc_auc,
-    spearman,
-    task_metric,
 )
 from pbp.model.tokenizer import encode, pad
 
@@ -96,25 +90,6 @@ def test_freeze_and_unfreeze_body(tiny_cfg):
     assert not model.body_frozen
     model.loss(model(tokens), torch.tensor([1.0])).backward()
     assert model.body.embedding.weight.grad is not None
-
-
-def test_metrics_match_scipy_and_sklearn():
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 20, 500).astype(float)  # many ties
-    y = x + rng.normal(0, 5, 500)
-    assert spearman(x, y) == pytest.approx(spearmanr(x, y).statistic, abs=1e-12)
-    lab = rng.random(500) < 0.3
-    score = np.round(rng.random(500) + lab * 0.3, 1)  # ties in scores
-    assert roc_auc(score, lab) == pytest.approx(roc_auc_score(lab, score), abs=1e-12)
-    assert np.isnan(roc_auc(score, np.zeros(500, dtype=bool)))
-
-
-def test_task_metric_per_residue_skips_ignored_positions():
-    task = TaskSpec("residue_categorical", 3)
-    labels = torch.tensor([[IGNORE_INDEX, 0, 1, IGNORE_INDEX]])
-    logits = torch.zeros(1, 4, 3)
-    logits[0, 1, 0] = logits[0, 2, 2] = 5.0  # right, wrong
-    assert task_metric(task, logits, labels) == 0.5
 
 
 def test_categorical_needs_classes():

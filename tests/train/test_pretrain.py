@@ -19,7 +19,9 @@ from pbp.data.shards import BuildConfig, Inputs, build
 from pbp.data.storage import Store
 from pbp.data.synth import SynthConfig, write_corpus
 from pbp.model import ProteinBERT
+from pbp.names import name_key
 from pbp.train import checkpoint as ckpt
+from pbp.train.tracking import RUN_KEY_TAG, RUN_NAME_TAG
 
 from ..conftest import REPO
 
@@ -55,7 +57,9 @@ def _mlflow_run(endpoints, run_name):
     os.environ.update(endpoints.mlflow_env())
     client = MlflowClient(endpoints.mlflow_uri)
     exp = client.get_experiment_by_name("pbp-pretrain")
-    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`pbp.run_name` = '{run_name}'")
+    # By the name's key, as the tracker looks runs up: a run name never goes into a filter string.
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{name_key(run_name)}'")
+    runs = [r for r in runs if r.data.tags.get(RUN_NAME_TAG) == run_name]
     assert len(runs) == 1, f"expected one MLflow run for {run_name}, got {len(runs)}"
     return client, runs[0]
 

@@ -88,7 +88,9 @@ def test_evaluate_reports_losses_baselines_and_auc(tmp_path):
     assert res["proteins"] == manifest["splits"]["valid"]["samples"]
     assert 2.7 < res["token_loss_baseline"] < 3.1  # entropy of a protein-like residue composition
     assert res["token_loss"] > res["token_loss_baseline"] * 0.5  # an untrained model does not beat it by much
-    assert 0.0 <= res["annotation_auc"] <= 1.0 and res["annotation_loss_baseline"] > 0
+    assert 0.0 <= res["annotation_auc_micro"] <= 1.0 and res["annotation_loss_baseline"] > 0
+    assert 0.5 < res["annotation_auc_micro_baseline"] <= 1.0  # synthetic terms differ in frequency
+    assert 0.0 <= res["annotation_auc_macro"] <= 1.0 and res["annotation_auc_macro_baseline"] == 0.5
     with pytest.raises(ValueError, match="predicts 3 annotations"):
         evaluate(ProteinBERT(load_config(ModelConfig, REPO / "configs/model/tiny.yaml", ["n_annotations=3"])),
                  str(tmp_path / "ds"))  # fmt: skip

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import warnings
 from pathlib import Path
 
 import pbp
@@ -23,8 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     imp = msub.add_parser(
         "import-keras",
         help="convert an original ProteinBERT checkpoint (.pkl) to pbp's safetensors + JSON directory",
-        description="Reads the original's pickle of (n_annotations, weights, optimizer_weights). Pickles can run "
-        "code: only import files you trust. The output directory holds model.safetensors and config.json.",
+        description="Reads the original's pickle of (n_annotations, weights, optimizer_weights) with a restricted "
+        "unpickler that builds only numpy arrays and plain containers and refuses anything else (so a crafted file "
+        "cannot run code). The output directory holds model.safetensors and config.json.",
     )
     imp.add_argument("checkpoint", type=Path)
     imp.add_argument("--out", type=Path, required=True, help="output directory")
@@ -63,13 +63,9 @@ def cmd_import_keras(args: argparse.Namespace) -> int:
     out: Path = args.out
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"{out}: output directory is not empty; choose a new one (nothing was written)")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        model = load_keras_checkpoint(
-            args.checkpoint, wide_conv_dilation=args.wide_conv_dilation, padding_mask=not args.no_padding_mask
-        )
-    for w in caught:
-        print(f"warning: {w.message}")
+    model = load_keras_checkpoint(
+        args.checkpoint, wide_conv_dilation=args.wide_conv_dilation, padding_mask=not args.no_padding_mask
+    )
     model.save_pretrained(
         out, metadata={"source": "keras-checkpoint", "checkpoint": args.checkpoint.name, "pbp_version": pbp.__version__}
     )

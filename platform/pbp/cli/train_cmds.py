@@ -20,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     e = sub.add_parser(
         "evaluate",
-        help="a pretrained model on a dataset split: both losses against trivial baselines, annotation ROC-AUC",
+        help="a pretrained model on a dataset split: losses and annotation ROC-AUC (micro, macro), each beside a "
+        "trivial baseline",
     )
     e.add_argument("--model", required=True, help="model directory, local or s3:// (e.g. a run's final_model/)")
     e.add_argument("--data", required=True, help="dataset URL")
@@ -49,10 +50,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
     from pbp.train.evaluate import evaluate, load_model
+    from pbp.train.metrics import baseline_table
 
     res = evaluate(load_model(args.model), args.data, args.split, args.seq_len, max_proteins=args.max_proteins)
-    for k, v in res.items():
-        print(f"{k:36} {v:.4f}")
+    print(baseline_table(res))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(res, indent=2) + "\n")

@@ -18,7 +18,6 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -41,6 +40,7 @@ class TaskKind(enum.StrEnum):
 
     @property
     def metric_name(self) -> str:
+        """The headline metric's name; the metrics and their baselines are in ``pbp.train.metrics``."""
         return {"numeric": "spearman", "binary": "roc_auc", "residue_binary": "roc_auc"}.get(self.value, "accuracy")
 
 
@@ -137,55 +137,3 @@ def residue_labels_to_positions(labels: Sequence[Sequence[int]], seq_len: int) -
             raise ValueError(f"row {row}: {len(lab)} residue labels do not fit seq_len={seq_len} with START/END")
         out[row, 1 : 1 + len(lab)] = torch.as_tensor(list(lab), dtype=torch.long)
     return out
-
-
-# ---- metrics (numpy, no extra dependencies) -------------------------------------------------------------------
-
-
-def _rank(x: np.ndarray) -> np.ndarray:
-    """Average ranks (ties share the mean rank), 1-based; vectorised."""
-    n = len(x)
-    order = np.argsort(x, kind="mergesort")
-    xs = x[order]
-    new_group = np.r_[True, xs[1:] != xs[:-1]] if n else np.zeros(0, dtype=bool)
-    starts = np.flatnonzero(new_group)
-    ends = np.r_[starts[1:], n] - 1
-    group = np.cumsum(new_group) - 1
-    ranks = np.empty(n, dtype=np.float64)
-    ranks[order] = ((starts + ends) / 2.0 + 1.0)[group]
-    return ranks
-
-
-def spearman(pred: np.ndarray, target: np.ndarray) -> float:
-    rp, rt = _rank(np.asarray(pred, dtype=np.float64)), _rank(np.asarray(target, dtype=np.float64))
-    rp, rt = rp - rp.mean(), rt - rt.mean()
-    denom = np.sqrt((rp**2).sum() * (rt**2).sum())
-    return float((rp * rt).sum() / denom) if denom > 0 else float("nan")
-
-
-def roc_auc(score: np.ndarray, label: np.ndarray) -> float:
-    """Mann-Whitney form of ROC-AUC (ties count one half); NaN when only one class is present."""
-    score, label = np.asarray(score, dtype=np.float64), np.asarray(label).astype(bool)
-    n_pos, n_neg = int(label.sum()), int((~label).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = _rank(score)
-    return float((ranks[label].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def accuracy(pred_class: np.ndarray, label: np.ndarray) -> float:
-    pred_class, label = np.asarray(pred_class), np.asarray(label)
-    return float((pred_class == label).mean()) if len(label) else float("nan")
-
-
-def task_metric(task: TaskSpec, logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """The task's headline metric (Spearman, ROC-AUC or accuracy) over a whole evaluation set."""
-    logits, labels = logits.detach().float().cpu(), labels.detach().cpu()
-    if task.kind.per_residue:
-        valid = labels != IGNORE_INDEX
-        logits, labels = logits[valid], labels[valid]
-    if task.kind is TaskKind.NUMERIC:
-        return spearman(logits.numpy(), labels.numpy())
-    if task.kind in (TaskKind.BINARY, TaskKind.RESIDUE_BINARY):
-        return roc_auc(logits.numpy(), labels.numpy())
-    return accuracy(logits.argmax(-1).numpy(), labels.numpy())

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pbp.model.config import ModelConfig
 from pbp.model.pretraining import CorruptionConfig, PretrainingLossConfig
+from pbp.names import check_name
 
 
 @dataclass
@@ -80,9 +81,13 @@ class CheckpointConfig:
 @dataclass
 class TrackingConfig:
     experiment: str = "pbp-pretrain"
+    """MLflow experiment name (letters, digits, '.', '_', '-')."""
     log_every: int = 10
     """Log metrics every this many steps (rank 0)."""
     enabled: bool = True
+
+    def __post_init__(self) -> None:
+        check_name(self.experiment, "tracking.experiment")
 
 
 @dataclass
@@ -97,7 +102,7 @@ class ScalingConfig:
 @dataclass
 class PretrainConfig:
     run_name: str = "pretrain"
-    """Names the run in storage and MLflow; re-submitting the same name resumes it."""
+    """Names the run in storage and MLflow (letters, digits, '.', '_', '-'); re-submitting the same name resumes it."""
     max_steps: int = 1000
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -115,5 +120,4 @@ class PretrainConfig:
             raise ValueError("max_steps must be >= 1")
         if self.optim.name == "lamb" and self.deepspeed.zero_stage != 0:
             raise ValueError("optim.name=lamb needs deepspeed.zero_stage=0 (ZeRO partitions break LAMB's trust ratio)")
-        if not self.run_name or "/" in self.run_name:
-            raise ValueError(f"run_name must be a non-empty name without '/', got {self.run_name!r}")
+        check_name(self.run_name, "run_name")

@@ -24,6 +24,7 @@ from pbp.train import checkpoint as ckpt
 from pbp.train.config import PretrainConfig
 from pbp.train.deepspeed_config import deepspeed_config
 from pbp.train.dist import DistContext
+from pbp.train.metrics import ThroughputWindow
 from pbp.train.optim import LRSchedule, build_optimizer
 from pbp.train.tracking import Tracker
 
@@ -117,7 +118,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     )
     batches = iter(loader)
     consecutive_nonfinite = 0
-    window_t0, window_tokens, window_samples, window_wait = time.perf_counter(), 0, 0, 0.0
+    window = ThroughputWindow()
 
     def save(step: int, metrics: dict[str, float]) -> None:
         local = ckpt.scratch_dir()
@@ -172,27 +173,23 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     f"{step}); lower optim.lr, check the data, or raise optim.max_nonfinite_in_a_row"
                 )
         n_tok = int(batch["pad_mask"].sum())
-        window_tokens += n_tok * ctx.world_size
-        window_samples += len(batch["accessions"]) * ctx.world_size
-        window_wait += wait
+        window.add(n_tok * ctx.world_size, len(batch["accessions"]) * ctx.world_size, wait)
         done = step + 1
         if ctx.is_main and (done % cfg.tracking.log_every == 0 or done == cfg.max_steps):
-            elapsed = time.perf_counter() - window_t0
+            rates = window.rates()
             metrics = {
                 "loss": float(total.item()) if finite else float("nan"),
                 "token_loss": float(loss.token_loss.item()),
                 "annotation_loss": float(loss.annotation_loss.item()),
                 "lr": lr,
-                "tokens_per_s": window_tokens / elapsed,
-                "samples_per_s": window_samples / elapsed,
-                "data_wait_fraction": window_wait / elapsed,
+                **rates,
                 "skipped_steps": float(nonfinite_total),
                 "seq_len": float(batch["seq_len"]),
             }
             metrics = {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
             assert tracker is not None
             tracker.log_metrics(done, metrics)
-            window_t0, window_tokens, window_samples, window_wait = time.perf_counter(), 0, 0, 0.0
+            window.reset()
         if done % cfg.checkpoint.every_steps == 0 or done == cfg.max_steps:
             save(done, {k: metrics[k] for k in ("loss", "token_loss", "annotation_loss") if k in metrics})
 

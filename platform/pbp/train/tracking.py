@@ -14,9 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from pbp.config import dump_yaml, to_dict
+from pbp.names import name_key
 from pbp.stack.endpoints import require, resolve
 
 RUN_NAME_TAG = "pbp.run_name"
+RUN_KEY_TAG = "pbp.run_key"
+"""sha256 hex of the run name: the only thing a run lookup puts in an MLflow filter (never the name itself)."""
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -28,6 +31,18 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
+
+
+def find_run(client: Any, exp_id: str, run_name: str) -> str | None:
+    """The id of the newest run in ``exp_id`` tagged with exactly ``run_name``, or None.
+
+    The filter holds only the name's hex key, so no name can change the query; the name is then compared in Python.
+    """
+    found = client.search_runs(
+        [exp_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{name_key(run_name)}'", max_results=10,
+        order_by=["attributes.start_time DESC"],
+    )  # fmt: skip
+    return next((r.info.run_id for r in found if r.data.tags.get(RUN_NAME_TAG) == run_name), None)
 
 
 class Tracker:
@@ -47,13 +62,10 @@ class Tracker:
         exp = self.client.get_experiment_by_name(experiment)
         exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
         if run_id is None:  # no checkpoint yet: an earlier attempt may have started the run
-            found = self.client.search_runs(
-                [exp_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'", max_results=1,
-                order_by=["attributes.start_time DESC"],
-            )  # fmt: skip
-            run_id = found[0].info.run_id if found else None
+            run_id = find_run(self.client, exp_id, run_name)
         if not run_id:
-            run = self.client.create_run(exp_id, run_name=run_name, tags={RUN_NAME_TAG: run_name})
+            tags = {RUN_NAME_TAG: run_name, RUN_KEY_TAG: name_key(run_name)}
+            run = self.client.create_run(exp_id, run_name=run_name, tags=tags)
             run_id = run.info.run_id
             self.new = True
         else:
