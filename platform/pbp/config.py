@@ -137,17 +137,37 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Apply dotted overrides to a nested dict (in place; returned for convenience)."""
+    """Apply dotted overrides to a nested dict (in place; returned for convenience).
+
+    A numeric part indexes a list that the file (or the defaults) already has: ``stages.0.lr=3e-3``.
+    """
     for text in overrides:
         path, value = parse_override(text)
-        node = data
-        for part in path[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {text!r}: {part!r} is a value, not a section")
-            node = child
-        node[path[-1]] = value
+        set_dotted(data, path, value, text)
     return data
+
+
+def set_dotted(data: dict[str, Any], path: Sequence[str], value: Any, what: str = "") -> None:
+    what = what or ".".join(path)
+    node: Any = data
+    for i, part in enumerate(path):
+        last = i == len(path) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"override {what!r}: {part!r} is not an index of the {len(node)}-item list "
+                                  f"{'.'.join(path[:i])!r}")  # fmt: skip
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+            continue
+        if last:
+            node[part] = value
+            break
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict | list):
+            raise ConfigError(f"override {what!r}: {part!r} is a value, not a section")
+        node = child
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 import pbp
-from pbp.cli import bench_cmds, data_cmds, model_cmds, stack_cmds, submit_cmds, train_cmds
+from pbp.cli import bench_cmds, data_cmds, finetune_cmds, model_cmds, stack_cmds, submit_cmds, train_cmds
 from pbp.errors import UserError
 
 
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_cmds.register(sub)
     data_cmds.register(sub)
     train_cmds.register(sub)
+    finetune_cmds.register(sub)
     stack_cmds.register(sub)
     submit_cmds.register(sub)
     bench_cmds.register(sub)

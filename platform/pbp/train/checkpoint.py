@@ -14,12 +14,15 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from pbp.data.shards import file_sha256
+from pbp.train.dist import DistContext, broadcast
 
 log = logging.getLogger("pbp.train.checkpoint")
 
@@ -156,3 +159,104 @@ def download(run: StorageDir, name: str, local: Path, rank: int) -> tuple[dict, 
             if file_sha256(local / f["path"]) != f["sha256"]:
                 raise ValueError(f"{run.url(name)}/{f['path']}: sha256 differs from rank {doc_rank}'s manifest")
     return commit, mine
+
+
+# ---- the API the training loops use: one typed commit record, restore, save through Ray Train, prune ---------
+
+
+@dataclass
+class CommitRecord:
+    """Rank 0's commit record (``pbp_checkpoint.json``), written last: what a resumed run needs."""
+
+    step: int
+    """Steps (pretraining) or epochs (fine-tuning) done."""
+    world_size: int
+    run_name: str = ""
+    mlflow_run_id: str | None = None
+    schedule: dict[str, Any] = field(default_factory=dict)
+    """The learning-rate schedule's state."""
+    nonfinite_steps: int = 0
+    job: dict[str, Any] = field(default_factory=dict)
+    """Job-specific resume state (fine-tuning: stage, epoch in the stage, early-stopping state)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any], where: str) -> CommitRecord:
+        known = {f.name for f in fields(cls)}
+        try:
+            return cls(**{k: v for k, v in doc.items() if k in known})
+        except TypeError as e:
+            raise ValueError(f"{where}: not a pbp commit record ({e})") from None
+
+
+def storage_dir(url: str) -> StorageDir:
+    """A run's directory in storage from its URL: S3 through pyarrow with the resolved endpoint, or a local path."""
+    from pyarrow import fs as pafs
+
+    if url.startswith("s3://"):
+        from pbp.stack.endpoints import resolve
+
+        return StorageDir(resolve().pyarrow_fs(), url[len("s3://") :].rstrip("/"))
+    return StorageDir(pafs.LocalFileSystem(), str(Path(url).expanduser().resolve()))
+
+
+@dataclass
+class Restored:
+    """A complete checkpoint downloaded (and its digests verified) for this rank."""
+
+    name: str
+    url: str
+    local: Path
+    """The checkpoint's files here (job files, ``ds/`` for DeepSpeed)."""
+    commit: CommitRecord
+    reader_state: dict[str, Any] | None
+    """This rank's data-reader position, when the world size is unchanged."""
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.local.parent, ignore_errors=True)
+
+
+class Checkpointer:
+    """One run's checkpoints: restore the newest complete one, save through ``ray.train.report``, keep the last N.
+
+    Every rank calls ``restore`` and ``save`` (they synchronise); rank 0 chooses and prunes.
+    """
+
+    def __init__(self, run_url: str, ctx: DistContext, keep_last: int) -> None:
+        self.run, self.ctx, self.keep_last = storage_dir(run_url), ctx, keep_last
+
+    def restore(self) -> Restored | None:
+        chosen = broadcast(newest_complete(self.run) if self.ctx.is_main else None, self.ctx)
+        if chosen is None:
+            return None
+        local = scratch_dir() / chosen
+        commit_doc, mine = download(self.run, chosen, local, self.ctx.rank)
+        commit = CommitRecord.from_json(commit_doc, self.run.url(f"{chosen}/{COMMIT}"))
+        reader = mine.get("reader") if commit.world_size == self.ctx.world_size else None
+        return Restored(chosen, self.run.url(chosen), local, commit, reader)
+
+    def save(
+        self, write: Callable[[Path], None], commit: CommitRecord, metrics: dict[str, Any],
+        reader_state: dict[str, Any] | None = None,
+    ) -> None:  # fmt: skip
+        """``write(dir)`` puts this rank's files into a fresh directory; then manifests, the report, retention."""
+        import ray.train
+        import torch
+
+        local = scratch_dir()
+        write(local)
+        doc = {k: v for k, v in commit.to_json().items() if k != "step"} if self.ctx.is_main else None
+        write_manifests(local, self.ctx.rank, commit.step, reader_state or {}, doc)
+        ray.train.report(
+            metrics,
+            checkpoint=ray.train.Checkpoint.from_directory(str(local)),
+            checkpoint_dir_name=checkpoint_name(commit.step),
+        )
+        shutil.rmtree(local, ignore_errors=True)
+        if torch.distributed.is_initialized():
+            torch.distributed.barrier()  # every rank's report (and so its upload) has returned
+        if self.ctx.is_main:
+            for name in prune(self.run, self.keep_last):
+                log.info("retention: deleted %s", self.run.url(name))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -26,3 +28,54 @@ class DistContext:
     @classmethod
     def single(cls) -> DistContext:
         return cls(0, 1, 0, 0)
+
+
+def _active(ctx: DistContext) -> bool:
+    import torch.distributed as dist
+
+    return ctx.world_size > 1 and dist.is_initialized()
+
+
+def broadcast(obj: Any, ctx: DistContext) -> Any:
+    """Rank 0's ``obj`` on every rank (a picklable value such as a name or a small dict)."""
+    if not _active(ctx):
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_min(value: float, ctx: DistContext) -> float:
+    if not _active(ctx):
+        return value
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return float(t.item())
+
+
+def all_gather_objects(obj: Any, ctx: DistContext) -> list[Any]:
+    if not _active(ctx):
+        return [obj]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def average_gradients(params: Iterable[Any], ctx: DistContext) -> None:
+    """Data parallelism without a wrapper: average the gradients of ``params`` over ranks after backward (works
+    when the set of trainable parameters changes between stages, which DDP's wrapper does not allow)."""
+    if not _active(ctx):
+        return
+    import torch.distributed as dist
+
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad /= ctx.world_size

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import subprocess
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -53,35 +54,50 @@ def resolve_config(cfg: PretrainConfig) -> tuple[PretrainConfig, dict[str, Any]]
     return cfg, meta
 
 
-def build_trainer(cfg: PretrainConfig, meta: dict[str, Any]):
+def torch_trainer(
+    loop: Callable[[dict[str, Any]], None], loop_config: dict[str, Any], *, run_name: str, storage_path: str,
+    num_workers: int, use_gpu: bool, cpus_per_worker: float, max_failures: int, callbacks: list | None = None,
+):  # fmt: skip
+    """The TorchTrainer of a pbp job (pretraining, fine-tuning, a Tune trial's fine-tuning).
+
+    ``RunConfig(name, storage_path)`` is the run's stable home: a re-run or a retried trial with the same name finds
+    its checkpoints there. Retention is pbp's (checkpoint.prune): it keeps the newest COMPLETE checkpoints.
+    """
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from pbp.train.loop import train_loop_per_worker
-
-    storage = cfg.checkpoint.storage_path
     fs = None
-    if storage.startswith("s3://"):
+    if storage_path.startswith("s3://"):
         fs = resolve().pyarrow_fs()
-        storage = storage[len("s3://") :]
-    use_gpu = cfg.scaling.use_gpu
+        storage_path = storage_path[len("s3://") :]
     return TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"cfg": to_dict(cfg), "meta": meta},
+        loop,
+        train_loop_config=loop_config,
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.scaling.num_workers,
+            num_workers=num_workers,
             use_gpu=use_gpu,
-            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
+            resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
         ),
         run_config=ray.train.RunConfig(
-            name=cfg.run_name,
-            storage_path=storage,
+            name=run_name,
+            storage_path=storage_path,
             storage_filesystem=fs,
-            failure_config=ray.train.FailureConfig(max_failures=cfg.scaling.max_failures),
-            # Retention is pbp's (checkpoint.prune): it keeps the newest COMPLETE checkpoints.
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            callbacks=callbacks,
         ),
     )
+
+
+def build_trainer(cfg: PretrainConfig, meta: dict[str, Any]):
+    from pbp.train.loop import train_loop_per_worker
+
+    s = cfg.scaling
+    return torch_trainer(
+        train_loop_per_worker, {"cfg": to_dict(cfg), "meta": meta}, run_name=cfg.run_name,
+        storage_path=cfg.checkpoint.storage_path, num_workers=s.num_workers, use_gpu=s.use_gpu,
+        cpus_per_worker=s.cpus_per_worker, max_failures=s.max_failures,
+    )  # fmt: skip
 
 
 def connect_ray(address: str | None = None) -> None:

@@ -45,19 +45,34 @@ def find_run(client: Any, exp_id: str, run_name: str) -> str | None:
     return next((r.info.run_id for r in found if r.data.tags.get(RUN_NAME_TAG) == run_name), None)
 
 
+def configure_mlflow() -> str:
+    """Point this process' MLflow client at the resolved tracking server (credentials in its environment).
+
+    -> the tracking URI."""
+    import mlflow
+
+    ep = resolve()
+    os.environ.update(ep.mlflow_env())
+    uri = require(ep.mlflow_uri, "MLflow tracking URI")
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
 class Tracker:
-    def __init__(self, experiment: str, run_name: str, run_id: str | None, enabled: bool = True) -> None:
+    """One MLflow run per training run (rank 0). ``progress_metric``: the metric logged at every logging step,
+    whose history tells a resumed attempt which steps are logged already."""
+
+    def __init__(
+        self, experiment: str, run_name: str, run_id: str | None, enabled: bool = True, progress_metric: str = "loss"
+    ) -> None:
         self.run_id: str = ""
         self.enabled = enabled
         self.logged_upto = -1
         if not enabled:
             return
-        import mlflow
         from mlflow.tracking import MlflowClient
 
-        ep = resolve()
-        os.environ.update(ep.mlflow_env())
-        mlflow.set_tracking_uri(require(ep.mlflow_uri, "MLflow tracking URI"))
+        configure_mlflow()
         self.client = MlflowClient()
         exp = self.client.get_experiment_by_name(experiment)
         exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
@@ -70,7 +85,7 @@ class Tracker:
             self.new = True
         else:
             self.new = False
-            history = self.client.get_metric_history(run_id, "loss")
+            history = self.client.get_metric_history(run_id, progress_metric)
             self.logged_upto = max((m.step for m in history), default=-1)
             self.client.update_run(run_id, status="RUNNING")
         self.run_id = run_id

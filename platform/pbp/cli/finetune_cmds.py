@@ -1,0 +1,49 @@
+"""``pbp finetune`` and ``pbp tune``: fine-tuning and search campaigns on the Ray cluster (RAY_ADDRESS, else the
+local stack)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune a (pre)trained ProteinBERT on a task's CSV files with Ray Train; tracked in MLflow",
+        description="Loads the FinetuneConfig from YAML with dotted overrides (stages.0.lr=3e-3 sets the first "
+        "stage's lr); resumes a run of the same run_name from its newest complete checkpoint.",
+    )
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. init=s3://pbp-runs/pretrain/tiny/final_model/")
+    p.add_argument("--address", default=None, help="Ray GCS address (default: RAY_ADDRESS, else the local stack)")
+    p.set_defaults(func=cmd_finetune)
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from pbp.stack.endpoints import set_ray_auth_env
+
+    set_ray_auth_env()  # before anything imports Ray
+    from pbp.config import load_config
+    from pbp.finetune.config import FinetuneConfig
+    from pbp.finetune.launch import finetune
+
+    cfg = load_config(FinetuneConfig, args.config, args.overrides)
+    result = finetune(cfg, address=args.address)
+    from pbp.train.checkpoint import storage_dir
+    from pbp.train.metrics import baseline_table
+
+    del result
+    run = storage_dir(_run_url(cfg))
+    final = run.read_json("final_metrics.json") or {}
+    print(baseline_table({k: v for k, v in final.items() if not k.startswith(("test_le", "test_gt"))}))
+    print(f"run {cfg.run_name}: finished; model in {run.url('final_model')} and the MLflow run's 'model' artifact "
+          f"(experiment {cfg.tracking.experiment})")  # fmt: skip
+    return 0
+
+
+def _run_url(cfg) -> str:
+    from pbp.stack.endpoints import resolve
+
+    storage = cfg.checkpoint.storage_path or f"s3://{resolve().buckets.get('runs', 'pbp-runs')}/finetune"
+    return f"{storage.rstrip('/')}/{cfg.run_name}"

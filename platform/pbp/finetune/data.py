@@ -1,0 +1,216 @@
+"""Fine-tuning tasks: CSV files with a header, read by column NAME, labels checked against the task kind.
+
+Every sequence is encoded once (``<START> residues <END>``). Labels are kept aligned with the tokens:
+  numeric                 float per protein
+  binary                  0/1 per protein
+  categorical             class index per protein; the label set (strings, e.g. fold letters, or integers) comes
+                          from train, sorted (numerically when all are integers), and is saved with the model
+  residue_binary          one 0/1 character per residue
+  residue_categorical     one class character per residue (classes from train)
+Residue labels are stored per TOKEN position: ``IGNORE_INDEX`` at <START>/<END>, so crops and padding keep them
+aligned. Every error names the file and the CSV line (the header is line 1), or the config key.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pbp.finetune.config import TaskConfig
+from pbp.model.finetune import IGNORE_INDEX, TaskKind, TaskSpec
+from pbp.model.tokenizer import encode
+
+
+class TaskDataError(ValueError):
+    """A task file that cannot be used; the message names the file and the line or the key."""
+
+
+@dataclass
+class Split:
+    name: str
+    """train | valid | test."""
+    source: str
+    """The file it came from (with ':split' when carved out of train)."""
+    tokens: list[np.ndarray]
+    """Per example, (L,) uint8 token ids incl. <START>/<END>."""
+    labels: list[np.ndarray] | np.ndarray
+    """Per-protein kinds: (N,) float32 or int64; residue kinds: per example (L,) int64 aligned with tokens."""
+    records: list[str]
+    """``file:line`` of each example, for error messages and predictions."""
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def lengths(self) -> np.ndarray:
+        return np.array([len(t) for t in self.tokens], dtype=np.int64)
+
+    def subset(self, idx: np.ndarray | list[int]) -> Split:
+        idx = list(idx)
+        labels = [self.labels[i] for i in idx] if isinstance(self.labels, list) else self.labels[idx]
+        return Split(self.name, self.source, [self.tokens[i] for i in idx], labels, [self.records[i] for i in idx])
+
+
+@dataclass
+class TaskData:
+    spec: TaskSpec
+    train: Split
+    valid: Split
+    test: Split | None
+    classes: list[str] = field(default_factory=list)
+    """Label strings of the class indices (categorical kinds); empty otherwise."""
+    digests: dict[str, str] = field(default_factory=dict)
+    """sha256 of each input file, by role (train, valid, test)."""
+    valid_from_train: bool = False
+
+
+def _read_bytes(url: str) -> bytes:
+    if url.startswith("s3://"):
+        from pbp.data.storage import Store
+
+        parent, _, name = url.rpartition("/")
+        try:
+            return Store(parent).get_bytes(name)
+        except FileNotFoundError:
+            raise TaskDataError(f"{url}: not found") from None
+    p = Path(url).expanduser()
+    if not p.is_file():
+        raise TaskDataError(f"{p}: task file not found")
+    return p.read_bytes()
+
+
+def _rows(url: str, data: bytes, cfg: TaskConfig) -> list[tuple[int, str, str]]:
+    """-> [(line, seq, label)], columns found by name. Raises naming the file for a missing column or no rows."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise TaskDataError(f"{url}: not UTF-8 text ({e})") from None
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, None)
+    if not header or not any(h.strip() for h in header):
+        raise TaskDataError(f"{url}: empty file (expected a header with columns {cfg.seq_column!r} and "
+                            f"{cfg.label_column!r})")  # fmt: skip
+    names = [h.strip() for h in header]
+    missing = [c for c in (cfg.seq_column, cfg.label_column) if c not in names]
+    if missing:
+        raise TaskDataError(
+            f"{url}:1: no column {missing[0]!r} in the header {names} (set task.seq_column / task.label_column)"
+        )
+    si, li = names.index(cfg.seq_column), names.index(cfg.label_column)
+    out = []
+    for line, row in enumerate(reader, 2):
+        if not row or all(not c.strip() for c in row):
+            continue
+        if len(row) != len(names):
+            raise TaskDataError(f"{url}:{line}: {len(row)} fields, the header has {len(names)}")
+        out.append((line, row[si].strip(), row[li].strip()))
+        if cfg.max_rows and len(out) >= cfg.max_rows:
+            break
+    if not out:
+        raise TaskDataError(f"{url}: no data rows after the header")
+    return out
+
+
+def _class_order(values: set[str]) -> list[str]:
+    try:
+        return sorted(values, key=int)
+    except ValueError:
+        return sorted(values)
+
+
+def _per_protein_label(kind: TaskKind, raw: str, where: str, index: dict[str, int]) -> float | int:
+    if kind is TaskKind.NUMERIC:
+        try:
+            v = float(raw)
+        except ValueError:
+            v = math.nan
+        if not math.isfinite(v):
+            raise TaskDataError(f"{where}: label {raw!r} is not a finite number (task.kind=numeric)")
+        return v
+    if kind is TaskKind.BINARY:
+        if raw not in ("0", "1"):
+            raise TaskDataError(f"{where}: label {raw!r} is not 0 or 1 (task.kind=binary)")
+        return int(raw)
+    if raw not in index:
+        raise TaskDataError(f"{where}: label {raw!r} does not occur in the training file (task.kind=categorical)")
+    return index[raw]
+
+
+def _residue_label(kind: TaskKind, raw: str, n_residues: int, where: str, index: dict[str, int]) -> np.ndarray:
+    if len(raw) != n_residues:
+        raise TaskDataError(
+            f"{where}: the residue label string has {len(raw)} characters, the sequence has {n_residues} residues"
+        )
+    out = np.full(n_residues + 2, IGNORE_INDEX, dtype=np.int64)
+    for j, ch in enumerate(raw):
+        if kind is TaskKind.RESIDUE_BINARY:
+            if ch not in "01":
+                raise TaskDataError(f"{where}: residue {j + 1} has label {ch!r}, not 0 or 1 (task.kind=residue_binary)")
+            out[j + 1] = int(ch)
+        else:
+            if ch not in index:
+                raise TaskDataError(f"{where}: residue {j + 1} has label {ch!r}, which does not occur in the "
+                                    "training file (task.kind=residue_categorical)")  # fmt: skip
+            out[j + 1] = index[ch]
+    return out
+
+
+def _split(name: str, url: str, rows: list[tuple[int, str, str]], kind: TaskKind, index: dict[str, int]) -> Split:
+    tokens: list[np.ndarray] = []
+    labels: list = []
+    records: list[str] = []
+    for line, seq, raw in rows:
+        where = f"{url}:{line}"
+        ids = encode(seq, where)
+        tokens.append(np.asarray(ids, dtype=np.uint8))
+        if kind.per_residue:
+            labels.append(_residue_label(kind, raw, len(ids) - 2, where, index))
+        else:
+            labels.append(_per_protein_label(kind, raw, where, index))
+        records.append(where)
+    if kind.per_residue:
+        return Split(name, url, tokens, labels, records)
+    dtype = np.float32 if kind is TaskKind.NUMERIC else np.int64
+    return Split(name, url, tokens, np.asarray(labels, dtype=dtype), records)
+
+
+def _holdout(n: int, fraction: float, seed: int) -> np.ndarray:
+    """Row i goes to valid when a hash of (seed, i) falls below ``fraction``: stable, documented, seeded."""
+    h = [int.from_bytes(hashlib.sha256(f"pbp-valid:{seed}:{i}".encode()).digest()[:8], "big") for i in range(n)]
+    return np.asarray(h, dtype=np.float64) / 2.0**64 < fraction
+
+
+def load_task(cfg: TaskConfig, seed: int = 0) -> TaskData:
+    kind = TaskKind(cfg.kind)
+    raw = {role: _read_bytes(url) for role, url in (("train", cfg.train), ("valid", cfg.valid), ("test", cfg.test))
+           if url}  # fmt: skip
+    rows = {role: _rows(getattr(cfg, role), data, cfg) for role, data in raw.items()}
+    classes: list[str] = []
+    if kind is TaskKind.CATEGORICAL:
+        classes = _class_order({lab for _, _, lab in rows["train"]})
+    elif kind is TaskKind.RESIDUE_CATEGORICAL:
+        classes = _class_order({ch for _, _, lab in rows["train"] for ch in lab})
+    index = {c: i for i, c in enumerate(classes)}
+    if kind in (TaskKind.CATEGORICAL, TaskKind.RESIDUE_CATEGORICAL) and len(classes) < 2:
+        raise TaskDataError(f"{cfg.train}: {len(classes)} distinct label(s); task.kind={kind.value} needs at least 2")
+    train = _split("train", cfg.train, rows["train"], kind, index)
+    from_train = "valid" not in rows
+    if from_train:
+        held = _holdout(len(train), cfg.valid_fraction, seed)
+        if held.all() or not held.any():
+            raise TaskDataError(f"{cfg.train}: too few rows ({len(train)}) to hold out task.valid_fraction="
+                                f"{cfg.valid_fraction} for validation; give task.valid")  # fmt: skip
+        valid = train.subset(np.flatnonzero(held))
+        valid.name, valid.source = "valid", f"{cfg.train}:valid"
+        train = train.subset(np.flatnonzero(~held))
+    else:
+        valid = _split("valid", cfg.valid, rows["valid"], kind, index)
+    test = _split("test", cfg.test, rows["test"], kind, index) if "test" in rows else None
+    spec = TaskSpec(kind, n_classes=max(len(classes), 1))
+    digests = {role: hashlib.sha256(data).hexdigest() for role, data in raw.items()}
+    return TaskData(spec, train, valid, test, classes, digests, from_train)

@@ -1,0 +1,124 @@
+"""Fine-tuned models on disk: safetensors weights + JSON (model config, task, labels), never a pickle.
+
+A directory holds ``model.safetensors`` (the body's and the head's tensors) and ``finetuned.json``::
+
+    {"format": "pbp-finetuned", "format_version": 1, "model": {...ModelConfig...},
+     "task": {"kind": "categorical", "n_classes": 3, "classes": ["a", "b", "c"], "seq_column": "seq"},
+     "metadata": {...lineage...}}
+
+Starting points for fine-tuning (``init``) are resolved here too: a pbp model directory (local or s3://), an MLflow
+URI of one, or a fine-tuned model (its body is used).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pbp.model import ModelConfig, ProteinBERT
+from pbp.model.finetune import FinetuneModel, TaskKind, TaskSpec
+
+FORMAT = "pbp-finetuned"
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+META = "finetuned.json"
+
+
+@dataclass
+class TaskInfo:
+    kind: TaskKind
+    n_classes: int = 1
+    classes: list[str] = field(default_factory=list)
+    seq_column: str = "seq"
+
+    @property
+    def spec(self) -> TaskSpec:
+        return TaskSpec(self.kind, self.n_classes)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind.value, "n_classes": self.n_classes, "classes": self.classes,
+                "seq_column": self.seq_column}  # fmt: skip
+
+
+def save_finetuned(model: FinetuneModel, task: TaskInfo, directory: Path, metadata: dict[str, Any]) -> Path:
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / WEIGHTS), metadata={"format": FORMAT})
+    doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": model.body.config.to_dict(),
+           "task": task.to_json(), "metadata": metadata}  # fmt: skip
+    (directory / META).write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    return directory
+
+
+def load_finetuned(directory: str | Path) -> tuple[FinetuneModel, TaskInfo, dict[str, Any]]:
+    from safetensors.torch import load_file
+
+    d = Path(directory)
+    meta_path = d / META
+    if not meta_path.is_file() or not (d / WEIGHTS).is_file():
+        raise FileNotFoundError(f"{d}: not a fine-tuned pbp model (needs {META} and {WEIGHTS})")
+    doc = json.loads(meta_path.read_text())
+    if doc.get("format") != FORMAT or doc.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(f"{meta_path}: format {doc.get('format')!r} v{doc.get('format_version')} is not one this "
+                         f"pbp reads ({FORMAT} v{FORMAT_VERSION})")  # fmt: skip
+    t = doc["task"]
+    task = TaskInfo(TaskKind(t["kind"]), int(t["n_classes"]), list(t["classes"]), t.get("seq_column", "seq"))
+    model = FinetuneModel(ProteinBERT(ModelConfig(**doc["model"])), task.spec)
+    model.load_state_dict(load_file(str(d / WEIGHTS)))
+    return model.eval(), task, doc.get("metadata", {})
+
+
+def _local_copy(location: str) -> Path:
+    """A local directory holding the files at ``location`` (local dir, s3:// dir, or an MLflow artifact URI)."""
+    if location.startswith(("runs:/", "models:/", "mlflow-artifacts:/")):
+        import mlflow
+
+        from pbp.train.tracking import configure_mlflow
+
+        configure_mlflow()
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=tempfile.mkdtemp()))
+    if location.startswith("s3://"):
+        from pbp.data.storage import Store
+
+        store = Store(location)
+        tmp = Path(tempfile.mkdtemp(prefix="pbp-init-"))
+        for name in store.fs.ls(location.rstrip("/")[len("s3://") :]):
+            base = name.rsplit("/", 1)[-1]
+            if base.endswith((".json", ".safetensors")):
+                (tmp / base).write_bytes(store.get_bytes(base))
+        return tmp
+    p = Path(location).expanduser()
+    if not p.is_dir():
+        raise FileNotFoundError(f"init={location!r}: no such directory (expected a pbp model directory, an s3:// "
+                                "directory or an MLflow URI such as runs:/ID/model)")  # fmt: skip
+    return p
+
+
+def _find_model_dir(root: Path, location: str) -> Path:
+    for cand in [root, *sorted(p.parent for p in root.rglob("*.safetensors"))]:
+        if (cand / "config.json").is_file() or (cand / META).is_file():
+            return cand
+    raise FileNotFoundError(f"init={location!r}: no pbp model (config.json or {META} beside model.safetensors)")
+
+
+def load_body(location: str) -> tuple[ProteinBERT, dict[str, Any]]:
+    """The pretrained body at ``location`` -> (model, its metadata for lineage)."""
+    d = _find_model_dir(_local_copy(location), location)
+    if (d / META).is_file():
+        ft, _task, meta = load_finetuned(d)
+        return ft.body, {"source": "finetuned", **meta}
+    body = ProteinBERT.from_pretrained(d)
+    meta = json.loads((d / "config.json").read_text()).get("metadata", {})
+    return body, dict(meta)
+
+
+def predict_logits(model: FinetuneModel, tokens_BL: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(tokens_BL)

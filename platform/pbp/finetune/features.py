@@ -1,0 +1,109 @@
+"""The frozen-body feature cache: while the body is frozen its outputs do not change, so compute them once.
+
+The body has no dropout and, with the padding mask, its outputs do not depend on how a batch was padded, so the
+cached features are exactly those every epoch would recompute (up to float16 rounding where the cache is
+float16). The head (Dropout + Linear) is then trained on them: an epoch costs a matrix product instead of a body
+forward pass. Storage, chosen by size within the budget: float32 in memory, float16 in memory, a float16 file on
+local disk (memory-mapped), else no cache (recompute, the fallback).
+
+Per-protein tasks cache (N, F) global features; per-residue tasks cache every token position's local features,
+concatenated (sum of lengths, F) with offsets, and train on the flattened positions (the loss is a mean over
+valid positions, so flattening a batch changes nothing).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pbp.finetune.batching import eval_batches
+from pbp.finetune.data import Split
+from pbp.model.finetune import IGNORE_INDEX, FinetuneModel, extract_features
+
+log = logging.getLogger("pbp.finetune")
+
+
+@dataclass
+class FeatureCache:
+    features: np.ndarray | torch.Tensor
+    """(N, F) per protein, or (sum of lengths, F) per token position."""
+    labels: np.ndarray
+    """(N,) or (sum of lengths,) aligned with ``features``."""
+    offsets: np.ndarray | None
+    """Per-residue caches: (N + 1,) start of each example's positions."""
+    storage: str
+    """float32 | float16 | disk-float16."""
+
+    def __len__(self) -> int:
+        return len(self.labels) if self.offsets is None else len(self.offsets) - 1
+
+    def batch(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (features (B, F) or (positions, F) as float32, labels)."""
+        if self.offsets is None:
+            sel = np.sort(idx)
+            x, y = self.features[sel], self.labels[sel]
+        else:
+            pos = np.concatenate([np.arange(self.offsets[i], self.offsets[i + 1]) for i in idx])
+            x, y = self.features[pos], self.labels[pos]
+        xt = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
+        return xt.float(), torch.from_numpy(np.asarray(y))
+
+
+def cache_size_bytes(split: Split, per_residue: bool, n_features: int, itemsize: int) -> int:
+    rows = int(split.lengths().sum()) if per_residue else len(split)
+    return rows * n_features * itemsize
+
+
+@torch.no_grad()
+def build_cache(
+    model: FinetuneModel, split: Split, max_tokens: int, max_memory_mb: float, max_disk_mb: float,
+    device: torch.device,
+) -> FeatureCache | None:  # fmt: skip
+    """Compute the frozen body's features of every row of ``split`` (None: over both budgets, recompute)."""
+    per_residue = model.task.kind.per_residue
+    cfg = model.body.config
+    F = cfg.local_feature_dim if per_residue else cfg.global_feature_dim
+    fp32, fp16 = (cache_size_bytes(split, per_residue, F, n) / 2**20 for n in (4, 2))
+    dtype: type[np.floating]
+    if fp32 <= max_memory_mb:
+        storage, dtype = "float32", np.float32
+    elif fp16 <= max_memory_mb:
+        storage, dtype = "float16", np.float16
+    elif fp16 <= max_disk_mb:
+        storage, dtype = "disk-float16", np.float16
+    else:
+        log.warning("feature cache: %s needs %.0f MiB in float16, over both budgets; recomputing", split.name, fp16)
+        return None
+    lengths = split.lengths()
+    n_rows = int(lengths.sum()) if per_residue else len(split)
+    if storage == "disk-float16":
+        path = Path(tempfile.mkdtemp(prefix="pbp-features-")) / f"{split.name}.f16"
+        feats: np.ndarray = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(n_rows, F))
+    else:
+        feats = np.empty((n_rows, F), dtype=dtype)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]) if per_residue else None
+    if per_residue:
+        labels = np.full(n_rows, IGNORE_INDEX, dtype=np.int64)
+    else:
+        labels = np.empty(n_rows, dtype=np.asarray(split.labels).dtype)
+    was_training = model.training
+    model.body.eval()
+    for b in eval_batches(split, max_tokens):
+        local_BLF, global_BF = extract_features(model.body, b.tokens.to(device))
+        if per_residue:
+            for j, i in enumerate(b.index):
+                n = int(lengths[i])
+                feats[offsets[i] : offsets[i] + n] = local_BLF[j, :n].float().cpu().numpy()  # type: ignore[index]
+                labels[offsets[i] : offsets[i] + n] = b.labels[j, :n].numpy()  # type: ignore[index]
+        else:
+            feats[b.index] = global_BF.float().cpu().numpy()
+            labels[b.index] = b.labels.numpy()
+    model.train(was_training)
+    log.info("feature cache: %s, %d rows x %d features, %s (%.0f MiB)", split.name, n_rows, F, storage,
+             fp32 if storage == "float32" else fp16)  # fmt: skip
+    return FeatureCache(feats, labels, offsets, storage)

@@ -1,0 +1,79 @@
+"""``pbp finetune`` / ``jobs/finetune.py``: check a FinetuneConfig on the driver, then run it with Ray Train.
+
+Everything that can be checked before a worker starts is checked here (the task files' columns and labels, the
+starting point), so a bad value fails in seconds naming the file, row or key.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from pbp.config import to_dict
+from pbp.finetune.config import FinetuneConfig
+from pbp.finetune.data import TaskData, load_task
+from pbp.stack.endpoints import resolve
+
+log = logging.getLogger("pbp.finetune")
+
+
+def resolve_config(cfg: FinetuneConfig, tags: dict[str, str] | None = None) -> tuple[FinetuneConfig, dict[str, Any]]:
+    """Fill the storage path; check the task and the starting point. -> (config, meta for the workers)."""
+    from pbp.finetune.export import load_body
+    from pbp.train.launch import git_commit
+
+    # Local task files are made absolute: Ray workers run elsewhere (on a cloud cluster give s3:// URLs).
+    task = cfg.task
+    for role in ("train", "valid", "test"):
+        url = getattr(task, role)
+        if url and not url.startswith(("s3://", "/")):
+            task = replace(task, **{role: str(Path(url).expanduser().resolve())})  # type: ignore[arg-type]
+    cfg = replace(cfg, task=task)
+    data: TaskData = load_task(cfg.task, cfg.seed)
+    lineage: dict[str, str] = {"pbp.init": cfg.init}
+    if cfg.init != "none":
+        body, meta = load_body(cfg.init)
+        cfg = replace(cfg, model=body.config)
+        if meta.get("run_name"):
+            lineage["pbp.init_pretrain_run"] = str(meta["run_name"])
+    storage = cfg.checkpoint.storage_path or f"s3://{resolve().buckets.get('runs', 'pbp-runs')}/finetune"
+    cfg = replace(cfg, checkpoint=replace(cfg.checkpoint, storage_path=storage))
+    meta_out = {
+        "run_url": f"{storage.rstrip('/')}/{cfg.run_name}",
+        "tags": {
+            **lineage,
+            "pbp.run_name": cfg.run_name,
+            "pbp.git_commit": git_commit(),
+            "pbp.task.kind": data.spec.kind.value,
+            "pbp.task.rows": f"train={len(data.train)} valid={len(data.valid)} "
+            f"test={len(data.test) if data.test else 0}",
+            **(tags or {}),
+        },
+    }
+    return cfg, meta_out
+
+
+def build_trainer(cfg: FinetuneConfig, meta: dict[str, Any], callbacks: list | None = None):
+    from pbp.finetune.loop import finetune_loop_per_worker
+    from pbp.train.launch import torch_trainer
+
+    s = cfg.scaling
+    return torch_trainer(
+        finetune_loop_per_worker, {"cfg": to_dict(cfg), "meta": meta}, run_name=cfg.run_name,
+        storage_path=cfg.checkpoint.storage_path, num_workers=s.num_workers, use_gpu=s.use_gpu,
+        cpus_per_worker=s.cpus_per_worker, max_failures=s.max_failures, callbacks=callbacks,
+    )  # fmt: skip
+
+
+def finetune(cfg: FinetuneConfig, address: str | None = None):
+    """Run fine-tuning on the Ray cluster (RAY_ADDRESS, else the local stack); returns Ray Train's Result."""
+    from pbp.train.launch import connect_ray
+
+    cfg, meta = resolve_config(cfg)
+    connect_ray(address)
+    result = build_trainer(cfg, meta).fit()
+    if result.error:
+        raise result.error
+    return result

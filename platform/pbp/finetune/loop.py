@@ -1,0 +1,388 @@
+"""The fine-tuning loop run by every Ray Train worker: stages of epochs, checkpoints each epoch, MLflow on rank 0.
+
+``finetune_loop_per_worker(config)`` is importable: Ray Train calls it on each worker; Ray Tune's trials build a
+TorchTrainer around it. A step of the shared driver (``pbp.train.driver``) is one epoch; each stage is one
+``drive`` call with early stopping; the stage's best weights (lowest validation loss) are restored at its end.
+Data parallelism averages gradients over ranks after backward (``average_gradients``), so the set of trainable
+parameters may change between stages.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pbp.config import from_dict
+from pbp.finetune.batching import eval_batches, fitting_rows, train_batches
+from pbp.finetune.config import FinetuneConfig, ScheduleConfig, StageConfig
+from pbp.finetune.data import Split, TaskData, load_task
+from pbp.finetune.export import TaskInfo, load_body, save_finetuned
+from pbp.finetune.features import FeatureCache, build_cache
+from pbp.model import ProteinBERT
+from pbp.model.finetune import IGNORE_INDEX, FinetuneModel, TaskKind, TaskSpec, task_loss
+from pbp.train.checkpoint import Checkpointer, CommitRecord, Restored
+from pbp.train.dist import DistContext, all_gather_objects, average_gradients, broadcast
+from pbp.train.driver import Cadence, drive
+from pbp.train.metrics import task_metrics
+from pbp.train.tracking import Tracker
+
+log = logging.getLogger("pbp.finetune")
+STATE_FILE = "state.pt"
+
+
+@dataclass
+class Patience:
+    """Reduce-on-plateau and early stopping on the validation loss (Keras' callbacks, as the original used)."""
+
+    lr: float
+    best: float = math.inf
+    best_epoch: int = 0
+    since_best: int = 0
+    since_cut: int = 0
+
+    def observe(self, epoch: int, loss: float, cfg: ScheduleConfig) -> bool:
+        """-> True when this epoch's weights are the best so far."""
+        if loss < self.best - cfg.min_delta:
+            self.best, self.best_epoch, self.since_best, self.since_cut = loss, epoch, 0, 0
+            return True
+        self.since_best += 1
+        self.since_cut += 1
+        if cfg.plateau_patience and self.since_cut >= cfg.plateau_patience:
+            self.lr, self.since_cut = max(self.lr * cfg.plateau_factor, cfg.min_lr), 0
+        return False
+
+    def should_stop(self, cfg: ScheduleConfig) -> bool:
+        return bool(cfg.early_stopping_patience) and self.since_best >= cfg.early_stopping_patience
+
+
+@dataclass
+class Progress:
+    """Where the run is (saved in the commit record): stage, epochs done in it and in all, the stage's patience."""
+
+    stage: int = 0
+    epoch_in_stage: int = 0
+    epochs_done: int = 0
+    patience: dict[str, Any] = field(default_factory=dict)
+    stage_done: bool = False
+    best_metric: float = math.nan
+
+
+def _flat_spec(spec: TaskSpec) -> TaskSpec:
+    """Per-residue kinds evaluate as their per-protein counterpart over the flattened labelled positions."""
+    kind = {TaskKind.RESIDUE_BINARY: TaskKind.BINARY, TaskKind.RESIDUE_CATEGORICAL: TaskKind.CATEGORICAL}
+    return TaskSpec(kind.get(spec.kind, spec.kind), spec.n_classes)
+
+
+class Trainer:
+    """One worker's fine-tuning state; methods are the driver's step/evaluate/save and the stage bookkeeping."""
+
+    def __init__(self, cfg: FinetuneConfig, meta: dict[str, Any], ctx: DistContext) -> None:
+        self.cfg, self.meta, self.ctx = cfg, meta, ctx
+        self.device = torch.device(f"cuda:{ctx.local_rank}" if cfg.scaling.use_gpu and torch.cuda.is_available()
+                                   else "cpu")  # fmt: skip
+        self.data: TaskData = load_task(cfg.task, cfg.seed)
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        body = ProteinBERT(cfg.model) if cfg.init == "none" else load_body(cfg.init)[0]
+        self.model = FinetuneModel(body, self.data.spec, cfg.head_dropout).to(self.device)
+        self.flat = _flat_spec(self.data.spec)
+        self.train_ref = self._flat_labels(self.data.train)
+        self.progress = Progress()
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.patience = Patience(lr=cfg.stages[0].lr)
+        self.caches: dict[str, FeatureCache | None] = {}
+        self.rows = np.arange(len(self.data.train))
+        self.tracker: Tracker | None = None
+        self.ckpt = Checkpointer(meta["run_url"], ctx, cfg.checkpoint.keep_last)
+        self.t_start = time.perf_counter()
+
+    # ---- resume -----------------------------------------------------------------------------------------------
+
+    def restore(self) -> str | None:
+        """Load the newest complete checkpoint, if any. -> the MLflow run id it recorded."""
+        restored: Restored | None = self.ckpt.restore()
+        if restored is None:
+            return None
+        state = torch.load(restored.local / STATE_FILE, map_location=self.device, weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.best_state = state.get("best")
+        self.progress = Progress(**restored.commit.job)
+        self._pending_optimizer = state.get("optimizer")
+        restored.cleanup()
+        if self.ctx.is_main:
+            log.warning("resuming %s from %s (stage %d, epoch %d)", self.cfg.run_name, restored.url,
+                        self.progress.stage, self.progress.epoch_in_stage)  # fmt: skip
+        return restored.commit.mlflow_run_id
+
+    # ---- a stage ----------------------------------------------------------------------------------------------
+
+    def begin_stage(self, stage: StageConfig, resuming: bool) -> None:
+        m = self.model
+        m.freeze_body() if stage.freeze_body else m.unfreeze_body()
+        params = [p for p in m.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(params, lr=stage.lr)
+        self.patience = Patience(lr=stage.lr)
+        if resuming:
+            self.patience = Patience(**self.progress.patience)
+            pending = getattr(self, "_pending_optimizer", None)
+            if pending:
+                self.optimizer.load_state_dict(pending)
+            self._pending_optimizer = None
+        else:
+            self.best_state = None
+        self.rows, dropped = fitting_rows(self.data.train, stage.seq_len, self.cfg.too_long)
+        if dropped and self.ctx.is_main:
+            log.warning("stage %s: %d training sequences longer than seq_len=%d dropped (too_long=drop)",
+                        stage.name, dropped, stage.seq_len)  # fmt: skip
+        if not len(self.rows):
+            raise ValueError(f"stage {stage.name}: every training sequence is longer than seq_len={stage.seq_len}; "
+                             "raise it or set too_long=crop")  # fmt: skip
+        self.caches = {}
+        fc = self.cfg.feature_cache
+        if stage.freeze_body and fc.enabled and self.cfg.too_long == "drop" and m.body.config.padding_mask:
+            mb, disk = fc.max_memory_mb, fc.max_disk_mb
+            train_rows = self.data.train.subset(self.rows)
+            for name, split in (("train", train_rows), ("valid", self.data.valid)):
+                self.caches[name] = build_cache(m, split, self.cfg.eval_batch_tokens, mb, disk, self.device)
+                if self.caches[name] is not None:
+                    mb = max(0.0, mb - _mib(self.caches[name]))
+
+    def train_epoch(self, stage: StageConfig) -> dict[str, float]:
+        assert self.optimizer is not None
+        m, ctx = self.model, self.ctx
+        for g in self.optimizer.param_groups:
+            g["lr"] = self.patience.lr
+        rng = np.random.default_rng([self.cfg.seed, self.progress.epochs_done])
+        m.train()
+        if stage.freeze_body:
+            m.body.eval()  # the body has no dropout; kept in eval mode all the same
+        losses, n = 0.0, 0
+        cache = self.caches.get("train")
+        if cache is not None:
+            order = rng.permutation(len(cache))
+            batches = [order[i : i + stage.batch_size] for i in range(0, len(order), stage.batch_size)]
+            if ctx.world_size > 1:
+                batches = batches[: len(batches) // ctx.world_size * ctx.world_size]
+            pairs = (cache.batch(b) for b in batches[ctx.rank :: ctx.world_size])
+        else:
+            pairs = ((b.tokens, b.labels) for b in train_batches(
+                self.data.train, self.rows, stage.seq_len, stage.batch_size, rng, ctx.rank, ctx.world_size))  # fmt: skip
+        for x, y in pairs:
+            x, y = x.to(self.device), y.to(self.device)
+            logits = self._head(x) if cache is not None else m(x)
+            loss = task_loss(self.flat if cache is not None else m.task, logits, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            average_gradients((p for p in m.parameters() if p.requires_grad), ctx)
+            self.optimizer.step()
+            losses += float(loss.detach()) * len(y)
+            n += len(y)
+        mean = sum(all_gather_objects(losses, ctx)) / max(sum(all_gather_objects(n, ctx)), 1)
+        return {"train_loss": mean, "lr": self.patience.lr}
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.model.head(self.model.dropout(x))
+        return logits.squeeze(-1) if self.model.task.n_outputs == 1 else logits
+
+    @torch.no_grad()
+    def predict(self, split: Split, cache: FeatureCache | None = None) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """-> per example (row, logits over its labelled positions or of the protein, labels), all ranks merged."""
+        m, ctx = self.model.eval(), self.ctx
+        out: list[tuple[int, np.ndarray, np.ndarray]] = []
+        if cache is not None:  # every rank holds the whole cache: no exchange needed
+            if m.task.kind.per_residue:
+                for i in range(len(cache)):
+                    x, y = cache.batch(np.array([i]))
+                    keep = y.numpy() != IGNORE_INDEX
+                    out.append((i, self._head(x.to(self.device)).float().cpu().numpy()[keep], y.numpy()[keep]))
+                return out
+            for lo in range(0, len(cache), 4096):
+                idx = np.arange(lo, min(lo + 4096, len(cache)))
+                x, y = cache.batch(idx)
+                logits = self._head(x.to(self.device)).float().cpu().numpy()
+                out.extend((int(i), logits[j : j + 1], y.numpy()[j : j + 1]) for j, i in enumerate(idx))
+            return out
+        for b in eval_batches(split, self.cfg.eval_batch_tokens, ctx.rank, ctx.world_size):
+            logits = m(b.tokens.to(self.device)).float().cpu()
+            for j, i in enumerate(b.index):
+                if m.task.kind.per_residue:
+                    keep = b.labels[j] != IGNORE_INDEX
+                    out.append((int(i), logits[j][keep].numpy(), b.labels[j][keep].numpy()))
+                else:
+                    out.append((int(i), logits[j : j + 1].numpy(), b.labels[j : j + 1].numpy()))
+        merged = [x for part in all_gather_objects(out, ctx) for x in part]
+        return sorted(merged, key=lambda t: t[0])
+
+    def score(self, preds: list[tuple[int, np.ndarray, np.ndarray]], prefix: str) -> dict[str, float]:
+        logits = torch.from_numpy(np.concatenate([p[1] for p in preds]))
+        labels = torch.from_numpy(np.concatenate([p[2] for p in preds]))
+        loss = float(task_loss(self.flat, logits, labels))
+        metrics = task_metrics(self.flat, logits, labels, self.train_ref)
+        return {f"{prefix}_loss": loss, **{f"{prefix}_{k}": v for k, v in metrics.items()}}
+
+    def validate(self) -> dict[str, float]:
+        cache = self.caches.get("valid")
+        return self.score(self.predict(self.data.valid, cache), "valid")
+
+    def _flat_labels(self, split: Split) -> np.ndarray:
+        if isinstance(split.labels, list):
+            flat = np.concatenate(split.labels)
+            return flat[flat != IGNORE_INDEX]
+        return np.asarray(split.labels)
+
+    def test(self) -> dict[str, float]:
+        """Test metrics overall and per length bucket (tokens), as the original reported them."""
+        split = self.data.test
+        if split is None:
+            return {}
+        preds = self.predict(split)
+        out = self.score(preds, "test")
+        lengths = split.lengths()
+        edges = [0, *self.cfg.length_buckets, math.inf]
+        for lo, hi in itertools.pairwise(edges):
+            sel = [p for p in preds if lo < lengths[p[0]] <= hi]
+            if sel:
+                tag = f"le{hi}" if math.isfinite(hi) else f"gt{lo}"
+                bucket = self.score(sel, f"test_{tag}")
+                out.update({k: v for k, v in bucket.items() if not k.endswith("_baseline")})
+                out[f"test_{tag}_n"] = float(len(sel))
+        return out
+
+    # ---- checkpoints ------------------------------------------------------------------------------------------
+
+    def save(self, metrics: dict[str, float], run_id: str | None) -> None:
+        assert self.optimizer is not None
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "best": self.best_state}
+
+        def write(d: Path) -> None:
+            if self.ctx.is_main:
+                torch.save(state, d / STATE_FILE)
+
+        p = self.progress
+        p.patience = asdict(self.patience)
+        commit = CommitRecord(step=p.epochs_done, world_size=self.ctx.world_size, run_name=self.cfg.run_name,
+                              mlflow_run_id=run_id, job=asdict(p))  # fmt: skip
+        report = {k: v for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)}
+        self.ckpt.save(write, commit, {**report, "epoch": p.epochs_done, "stage": p.stage, "finished": 0})
+
+
+def _mib(cache: FeatureCache | None) -> float:
+    if cache is None or cache.storage == "disk-float16":
+        return 0.0
+    return float(cache.features.nbytes) / 2**20
+
+
+def run_stage(tr: Trainer, si: int, run_id: str | None) -> None:
+    cfg, stage, p = tr.cfg, tr.cfg.stages[si], tr.progress
+    resuming = p.stage == si and p.epoch_in_stage > 0
+    if p.stage != si:
+        tr.progress = p = Progress(stage=si, epochs_done=p.epochs_done, best_metric=p.best_metric)
+    if p.stage_done:
+        return
+    tr.begin_stage(stage, resuming)
+    headline = f"valid_{tr.flat.kind.metric_name}"
+
+    def step(_: int) -> dict[str, float]:
+        t0 = time.perf_counter()
+        metrics = tr.train_epoch(stage)
+        metrics["epoch_seconds"] = time.perf_counter() - t0
+        return metrics
+
+    def evaluate(done: int) -> dict[str, float]:
+        p.epoch_in_stage, p.epochs_done = done, p.epochs_done + 1
+        metrics = tr.validate()
+        if tr.patience.observe(done, metrics["valid_loss"], cfg.schedule):
+            tr.best_state = {k: v.detach().clone() for k, v in tr.model.state_dict().items()}
+            p.best_metric = metrics.get(headline, math.nan)
+        metrics["best_" + headline] = p.best_metric
+        return metrics
+
+    def log_fn(done: int, metrics: dict[str, float]) -> None:
+        if tr.tracker is not None:
+            tr.tracker.log_metrics(p.epochs_done, {**metrics, "stage": float(si)})
+        if tr.ctx.is_main:
+            shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k in
+                             ("train_loss", "valid_loss", headline, "lr"))  # fmt: skip
+            print(f"[{cfg.run_name}] stage {stage.name} epoch {done}/{stage.max_epochs} {shown}", flush=True)
+
+    def stop(_: int, __: dict[str, float]) -> bool:
+        return tr.patience.should_stop(cfg.schedule)
+
+    def save(done: int, metrics: dict[str, float]) -> None:
+        if done == stage.max_epochs or tr.patience.should_stop(cfg.schedule):
+            _finish_stage(tr)
+            metrics = {**metrics, **tr.validate()} if tr.best_state is not None else metrics
+        tr.save(metrics, run_id)
+
+    drive(p.epoch_in_stage, stage.max_epochs, step, Cadence(evaluate=1, log=1, save=1), evaluate=evaluate,
+          log=log_fn, save=save, should_stop=stop)  # fmt: skip
+
+
+def _finish_stage(tr: Trainer) -> None:
+    """End of a stage: its best weights back (Keras' restore_best_weights), marked done for a resume."""
+    if tr.best_state is not None:
+        tr.model.load_state_dict(tr.best_state)
+    tr.progress.stage_done = True
+
+
+def finetune_loop_per_worker(config: dict[str, Any]) -> None:
+    import ray.train
+
+    cfg = from_dict(FinetuneConfig, config["cfg"])
+    meta = config["meta"]
+    ctx = DistContext.from_ray()
+    torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
+    tr = Trainer(cfg, meta, ctx)
+    run_id = tr.restore()
+    if ctx.is_main:
+        tr.tracker = Tracker(cfg.tracking.experiment, cfg.run_name, run_id, cfg.tracking.enabled,
+                             progress_metric="train_loss")  # fmt: skip
+        tags = {**meta.get("tags", {}), **{f"pbp.task.{k}_sha256": v for k, v in tr.data.digests.items()}}
+        tr.tracker.log_config(cfg, tags)
+    run_id = broadcast(tr.tracker.run_id if tr.tracker else None, ctx) or None
+    for si in range(tr.progress.stage, len(cfg.stages)):
+        run_stage(tr, si, run_id)
+    final = {**tr.validate(), **tr.test()}
+    if ctx.is_main:
+        _export(tr, final)
+        for k, v in final.items():
+            print(f"[{cfg.run_name}] {k:28} {v:.4f}", flush=True)
+    report = {k: v for k, v in final.items() if math.isfinite(v)}
+    ray.train.report({**report, "epoch": tr.progress.epochs_done, "finished": 1})
+    if tr.tracker is not None:
+        tr.tracker.finish()
+
+
+def _export(tr: Trainer, final: dict[str, float]) -> None:
+    """The fine-tuned model as an MLflow model (pyfunc, safetensors + JSON) and in the run's storage dir."""
+    from pyarrow import fs as pafs
+
+    from pbp.train.checkpoint import scratch_dir
+
+    cfg, data = tr.cfg, tr.data
+    info = TaskInfo(data.spec.kind, data.spec.n_classes, data.classes, cfg.task.seq_column)
+    lineage = {"run_name": cfg.run_name, "init": cfg.init, "task_digests": data.digests,
+               **{k: v for k, v in tr.meta.get("tags", {}).items()}}  # fmt: skip
+    local = save_finetuned(tr.model.cpu(), info, scratch_dir() / "model", lineage)
+    run = tr.ckpt.run
+    with run.fs.open_output_stream(f"{run.path}/final_metrics.json") as f:
+        f.write(json.dumps(final, indent=1).encode())
+    pafs.copy_files(str(local), f"{run.path}/final_model", source_filesystem=pafs.LocalFileSystem(),
+                    destination_filesystem=run.fs)  # fmt: skip
+    if tr.tracker is not None:
+        tr.tracker.log_metrics(tr.progress.epochs_done, {k: v for k, v in final.items() if math.isfinite(v)})
+        if tr.tracker.enabled:
+            from pbp.finetune.pyfunc import log_pyfunc
+            from pbp.model.tokenizer import decode
+
+            log_pyfunc(tr.tracker.run_id, local, [decode(t) for t in data.train.tokens[:3]], cfg.task.seq_column)
+    tr.model.to(tr.device)

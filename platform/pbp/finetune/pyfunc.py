@@ -1,0 +1,108 @@
+"""Fine-tuned models as MLflow pyfunc models, through a loader module: nothing is pickled.
+
+``mlflow.pyfunc.load_model(uri)`` imports this module and calls ``_load_pyfunc(data_path)``, which reads the
+safetensors + JSON directory written by ``pbp.finetune.export.save_finetuned``. ``predict`` takes a table with a
+sequence column (``seq`` unless the task said otherwise) and returns, per row:
+  numeric              ``prediction`` (float)
+  binary               ``probability`` of class 1
+  categorical          ``label`` (the most likely class, as in the training file) and ``probabilities`` (list)
+  residue kinds        ``residue_predictions``: a list per residue (probability of 1, or the class label)
+Sequences are batched by length and never truncated.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pbp.finetune.export import TaskInfo, load_finetuned
+from pbp.model.finetune import FinetuneModel, TaskKind
+from pbp.model.tokenizer import PAD_ID, encode
+
+
+class FinetunedPredictor:
+    def __init__(self, model: FinetuneModel, task: TaskInfo, max_tokens: int = 16384) -> None:
+        self.model, self.task, self.max_tokens = model.eval(), task, max_tokens
+
+    @torch.no_grad()
+    def predict_sequences(self, seqs: list[str]) -> list[dict[str, Any]]:
+        ids = [encode(s, f"row {i}") for i, s in enumerate(seqs)]
+        order = np.argsort([len(x) for x in ids], kind="stable")
+        out: list[dict[str, Any]] = [{} for _ in seqs]
+        i = 0
+        while i < len(order):
+            j, longest = i, 0
+            while j < len(order) and max(longest, len(ids[order[j]])) * (j - i + 1) <= self.max_tokens:
+                longest = max(longest, len(ids[order[j]]))
+                j += 1
+            j = max(j, i + 1)
+            rows = [ids[k] for k in order[i:j]]
+            L = max(len(r) for r in rows)
+            tokens = torch.full((len(rows), L), PAD_ID, dtype=torch.long)
+            for r, x in enumerate(rows):
+                tokens[r, : len(x)] = torch.tensor(x)
+            logits = self.model(tokens).float()
+            for r, k in enumerate(order[i:j]):
+                out[k] = self._row(logits[r], len(rows[r]))
+            i = j
+        return out
+
+    def _row(self, logits: torch.Tensor, n_tokens: int) -> dict[str, Any]:
+        kind, classes = self.task.kind, self.task.classes
+        if kind is TaskKind.NUMERIC:
+            return {"prediction": float(logits)}
+        if kind is TaskKind.BINARY:
+            return {"probability": float(torch.sigmoid(logits))}
+        if kind is TaskKind.CATEGORICAL:
+            p = torch.softmax(logits, -1)
+            return {"label": classes[int(p.argmax())], "probabilities": p.tolist()}
+        res = logits[1 : n_tokens - 1]
+        if kind is TaskKind.RESIDUE_BINARY:
+            return {"residue_predictions": torch.sigmoid(res).tolist()}
+        return {"residue_predictions": [classes[int(c)] for c in res.argmax(-1)]}
+
+    def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> Any:
+        import pandas as pd
+
+        df = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        col = self.task.seq_column if self.task.seq_column in df.columns else "seq"
+        if col not in df.columns:
+            raise ValueError(f"input has no column {self.task.seq_column!r} (columns: {list(df.columns)})")
+        return pd.DataFrame(self.predict_sequences([str(s) for s in df[col]]))
+
+
+def _load_pyfunc(data_path: str) -> FinetunedPredictor:
+    model, task, _meta = load_finetuned(data_path)
+    return FinetunedPredictor(model, task)
+
+
+def save_pyfunc(model_dir: Path, out: Path, example_seqs: list[str], seq_column: str = "seq") -> Path:
+    """An MLflow pyfunc model directory at ``out`` wrapping the fine-tuned model at ``model_dir``."""
+    import mlflow.pyfunc
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    predictor = _load_pyfunc(str(model_dir))
+    example = pd.DataFrame({seq_column: example_seqs[:3]})
+    signature = infer_signature(example, predictor.predict(example))
+    import pbp
+
+    mlflow.pyfunc.save_model(
+        str(out), loader_module="pbp.finetune.pyfunc", data_path=str(model_dir), signature=signature,
+        input_example=example, pip_requirements=[f"pbp=={pbp.__version__}"],
+    )  # fmt: skip
+    return out
+
+
+def log_pyfunc(
+    run_id: str, model_dir: Path, examples: list[str], seq_column: str, artifact_path: str = "model"
+) -> None:
+    """Save the pyfunc and log it to the run's ``artifact_path`` (no fluent run needed)."""
+    from mlflow.tracking import MlflowClient
+
+    out = save_pyfunc(model_dir, Path(tempfile.mkdtemp(prefix="pbp-pyfunc-")) / "model", examples, seq_column)
+    MlflowClient().log_artifacts(run_id, str(out), artifact_path)
