@@ -47,3 +47,44 @@ def _run_url(cfg) -> str:
 
     storage = cfg.checkpoint.storage_path or f"s3://{resolve().buckets.get('runs', 'pbp-runs')}/finetune"
     return f"{storage.rstrip('/')}/{cfg.run_name}"
+
+
+def register_tune(sub: argparse._SubParsersAction) -> None:
+    t = sub.add_parser(
+        "tune",
+        help="a search campaign: Ray Tune + Optuna (TPE) + ASHA over fine-tuning settings; MLflow parent + child runs",
+        description="Loads the TuneConfig from YAML with dotted overrides. --resume NAME continues an interrupted "
+        "campaign from its state in storage; --warm-start OTHER seeds the search with a finished campaign's "
+        "evaluated points (same space).",
+    )
+    t.add_argument("--config", type=Path, default=None)
+    t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. num_samples=16 space.head_dropout.high=0.3")
+    t.add_argument("--resume", metavar="NAME", default=None, help="continue campaign NAME")
+    t.add_argument("--warm-start", metavar="OTHER", default=None, help="seed with campaign OTHER's evaluated points")
+    t.add_argument("--address", default=None, help="Ray GCS address (default: RAY_ADDRESS, else the local stack)")
+    t.set_defaults(func=cmd_tune)
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from pbp.stack.endpoints import set_ray_auth_env
+
+    set_ray_auth_env()  # before anything imports Ray
+    from pbp.config import load_config
+    from pbp.tune.campaign import load_campaign_config, run_campaign
+    from pbp.tune.config import TuneConfig
+
+    if args.resume:
+        if args.config or args.overrides or args.warm_start:
+            raise ValueError("--resume NAME takes the campaign's saved config: no --config, overrides or --warm-start")
+        cfg = load_campaign_config(args.resume)
+    elif args.config is None:
+        raise ValueError("give --config configs/tune/<task>.yaml (or --resume NAME)")
+    else:
+        cfg = load_config(TuneConfig, args.config, args.overrides)
+    res = run_campaign(cfg, resume=bool(args.resume), warm_start=args.warm_start, address=args.address)
+    counts = {s: sum(t.status == s for t in res.summary.trials) for s in ("completed", "pruned", "failed")}
+    print(f"campaign {cfg.name}: {len(res.summary.trials)} trials ({counts})")
+    if res.best is not None:
+        print(f"best: trial {res.best.trial_id} {res.summary.metric}={res.best.value:.4f} params {res.best.params}")
+    print(f"report: {res.report}; MLflow parent run {res.parent_run_id} (experiment {cfg.experiment})")
+    return 0

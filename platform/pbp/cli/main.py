@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_cmds.register(sub)
     train_cmds.register(sub)
     finetune_cmds.register(sub)
+    finetune_cmds.register_tune(sub)
     stack_cmds.register(sub)
     submit_cmds.register(sub)
     bench_cmds.register(sub)

@@ -1,0 +1,318 @@
+"""``pbp tune``: a search campaign. Ray Tune's ``Tuner`` over a trial function that builds and fits the fine-tuning
+TorchTrainer (Train V2), TPE (Optuna) + ASHA over epochs, state in storage, one MLflow parent run.
+
+Layout of a campaign in storage (``<storage_path>/<name>/``): Tune's experiment state (what ``--resume`` restores),
+``trials/<name>-<trial id>/`` (each trial's fine-tuning run: checkpoints, final_model), and at the end
+``study.db`` (the Optuna study, SQLite: ``optuna-dashboard study.db``; also what ``--warm-start`` reads),
+``summary.json`` and ``report.html``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from pbp.config import to_dict
+from pbp.finetune.config import FinetuneConfig
+from pbp.tune.config import TuneConfig
+from pbp.tune.report import CampaignSummary, TrialRecord, best_trial, summary_to_json, write_report
+from pbp.tune.search import EPOCH, FINISHED, check_space, distributions, make_searcher, trial_finetune_config
+
+log = logging.getLogger("pbp.tune")
+
+
+class CampaignError(ValueError):
+    """A campaign that cannot start or continue; the message says why and what to do."""
+
+
+def trial_run_name(campaign: str, trial_id: str) -> str:
+    return f"{campaign}-{trial_id}"
+
+
+def run_trial(config: dict[str, Any], base: dict[str, Any], ctx: dict[str, Any]) -> None:
+    """One trial: the sampled values on top of the base fine-tuning config, fitted by a TorchTrainer whose run name
+    and storage stay the same across retries (so a retried trial resumes from its checkpoint)."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from pbp.finetune.launch import build_trainer
+
+    trial_id = ray.tune.get_context().get_trial_id()
+    cfg = trial_finetune_config(base, config, trial_run_name(ctx["campaign"], trial_id))
+    meta = {
+        "run_url": f"{ctx['trials_url']}/{cfg.run_name}",
+        "tags": {**ctx["tags"], "mlflow.parentRunId": ctx["parent_run_id"], "pbp.trial_id": trial_id},
+    }
+    result = build_trainer(cfg, meta, callbacks=[TuneReportCallback()]).fit()
+    if result.error:
+        raise result.error
+
+
+@dataclass
+class CampaignResult:
+    summary: CampaignSummary
+    report: Path
+    parent_run_id: str
+    best: TrialRecord | None
+
+
+def _metric_and_mode(cfg: TuneConfig, base: FinetuneConfig) -> tuple[str, str]:
+    from pbp.finetune.loop import _flat_spec
+    from pbp.model.finetune import TaskSpec
+
+    kind = _flat_spec(TaskSpec(base.task.kind, 2)).kind
+    metric = cfg.metric or f"valid_{kind.metric_name}"
+    return metric, cfg.resolved_mode(metric)
+
+
+def run_campaign(cfg: TuneConfig, *, resume: bool = False, warm_start: str | None = None, address: str | None = None):
+    """Run (or, with ``resume``, continue) a campaign; everything checkable is checked before any trial starts."""
+    from pbp.finetune.launch import resolve_config
+    from pbp.train.launch import connect_ray, git_commit
+    from pbp.train.tracking import Tracker
+
+    base_cfg = check_space(cfg)
+    base_cfg, ft_meta = resolve_config(base_cfg)  # task files and starting point checked, paths made absolute
+    metric, mode = _metric_and_mode(cfg, base_cfg)
+    url = campaign_url(cfg.name, cfg.storage_path)
+    storage = url.rsplit("/", 1)[0]
+    exists = _exists(url)
+    if exists and not resume:
+        raise CampaignError(f"campaign {cfg.name!r} already exists at {url}: `pbp tune --resume {cfg.name}` "
+                            "continues it, or choose another name")  # fmt: skip
+    if resume and not exists:
+        raise CampaignError(f"campaign {cfg.name!r}: nothing to resume at {url}")
+    if not resume:
+        from pbp.config import dump_yaml
+        from pbp.data.storage import Store
+
+        Store(url).put_bytes("tune_config.yaml", dump_yaml(cfg).encode())  # what `pbp tune --resume NAME` reads
+    connect_ray(address)
+    parent = Tracker(cfg.experiment, cfg.name, None, progress_metric="best_value")
+    tags = {"pbp.campaign": cfg.name, "pbp.git_commit": git_commit(), "pbp.metric": metric, "pbp.mode": mode}
+    parent.log_config(cfg, {**tags, **{k: v for k, v in ft_meta["tags"].items() if k.startswith("pbp.task")}})
+    base = to_dict(replace(base_cfg, tracking=replace(base_cfg.tracking, experiment=cfg.experiment)))
+    base["scaling"].update(num_workers=cfg.trial_workers, cpus_per_worker=cfg.cpus_per_trial_worker,
+                           use_gpu=cfg.use_gpu, max_failures=cfg.max_failures)  # fmt: skip
+    ctx = {"campaign": cfg.name, "trials_url": f"{url}/trials", "parent_run_id": parent.run_id,
+           "tags": {**ft_meta["tags"], "pbp.campaign": cfg.name}}  # fmt: skip
+    t0 = time.time()
+    tuner = _tuner(cfg, base_cfg, base, ctx, metric, mode, url, resume, warm_start, storage)
+    grid = tuner.fit()
+    summary = summarize(grid, cfg, metric, mode)
+    report = finish_campaign(cfg, summary, parent, url, time.time() - t0)
+    return CampaignResult(summary, report, parent.run_id, best_trial(summary))
+
+
+def campaign_url(name: str, storage_path: str = "") -> str:
+    from pbp.stack.endpoints import resolve
+
+    storage = (storage_path or f"s3://{resolve().buckets.get('runs', 'pbp-runs')}/tune").rstrip("/")
+    return f"{storage}/{name}"
+
+
+def load_campaign_config(name: str, storage_path: str = "") -> TuneConfig:
+    """The config a campaign was started with (saved in its storage), for ``pbp tune --resume NAME``."""
+    import yaml
+
+    from pbp.config import from_dict
+    from pbp.data.storage import Store
+    from pbp.names import check_name
+
+    url = campaign_url(check_name(name, "--resume"), storage_path)
+    try:
+        doc = yaml.safe_load(Store(url).get_bytes("tune_config.yaml"))
+    except FileNotFoundError:
+        raise CampaignError(f"campaign {name!r}: no tune_config.yaml at {url}; nothing to resume") from None
+    return from_dict(TuneConfig, doc)
+
+
+def _exists(url: str) -> bool:
+    from pbp.train.checkpoint import storage_dir
+
+    return storage_dir(url).size("tune_config.yaml") is not None
+
+
+def _tuner(cfg: TuneConfig, base_cfg: FinetuneConfig, base: dict, ctx: dict, metric: str, mode: str, url: str,
+           resume: bool, warm_start: str | None, storage: str):  # fmt: skip
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from pbp.stack.endpoints import resolve
+    from pbp.tune.progress import CampaignStopper, LiveProgress
+
+    fs, path = None, url
+    if url.startswith("s3://"):
+        fs, path = resolve().pyarrow_fs(), url[len("s3://") :]
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, base=base, ctx=ctx), {"CPU": 0, "memory": 64 * 2**20}
+    )
+    if resume:
+        return tune.Tuner.restore(path, trainable, resume_errored=True, storage_filesystem=fs)
+    searcher = make_searcher(cfg, metric, mode)
+    if warm_start:
+        n = warm_start_from(searcher, cfg, f"{storage}/{warm_start}")
+        print(f"[{cfg.name}] warm start: {n} evaluated points from campaign {warm_start}", flush=True)
+    total_epochs = sum(s.max_epochs for s in base_cfg.stages)
+    scheduler = (
+        ASHAScheduler(time_attr=EPOCH, metric=metric, mode=mode, max_t=(cfg.asha.max_t or total_epochs) + 1,
+                      grace_period=cfg.asha.grace_period, reduction_factor=cfg.asha.reduction_factor)
+        if cfg.asha.enabled else FIFOScheduler()
+    )  # fmt: skip
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher, scheduler=scheduler, num_samples=cfg.num_samples,
+            max_concurrent_trials=cfg.max_concurrent_trials, time_budget_s=cfg.stop.time_budget_s or None,
+        ),
+        run_config=tune.RunConfig(
+            name=cfg.name, storage_path=path.rsplit("/", 1)[0], storage_filesystem=fs, verbose=0,
+            failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+            stop=CampaignStopper(metric, mode, cfg.stop.target, cfg.stop.patience_trials),
+            callbacks=[LiveProgress(cfg.name, metric, mode)],
+        ),
+    )  # fmt: skip
+
+
+def summarize(grid, cfg: TuneConfig, metric: str, mode: str) -> CampaignSummary:
+    """Tune's results -> plain records: status completed (fine-tuning finished), pruned (stopped early), failed."""
+    trials: list[TrialRecord] = []
+    for r in grid:
+        m = r.metrics or {}
+        trial_id = str(m.get("trial_id") or Path(r.path).name)
+        df = r.metrics_dataframe
+        curve: list[tuple[int, float]] = []
+        if df is not None and metric in df and EPOCH in df:
+            rows = df[df[FINISHED] != 1] if FINISHED in df else df
+            curve = [(int(e), float(v)) for e, v in zip(rows[EPOCH], rows[metric], strict=True) if v == v]
+        status = "failed" if r.error else ("completed" if m.get(FINISHED) else "pruned")
+        value = m.get(metric) if status == "completed" else (curve[-1][1] if curve else None)
+        trials.append(TrialRecord(trial_id=trial_id, number=_number(str(m.get("experiment_tag", "")), len(trials)), params=dict(r.config or {}),
+                                  status=status, value=None if status == "failed" else value, curve=curve,
+                                  seconds=float(m.get("time_total_s", 0.0))))  # fmt: skip
+    trials.sort(key=lambda t: t.number)
+    return CampaignSummary(cfg.name, metric, mode, trials)
+
+
+def _number(experiment_tag: str, fallback: int) -> int:
+    """Tune's experiment tag starts with the trial's 1-based creation number ("3_head_dropout=0.2,...")."""
+    head = experiment_tag.split("_", 1)[0]
+    return int(head) - 1 if head.isdigit() else fallback
+
+
+def study_db(summary: CampaignSummary, cfg: TuneConfig, out: Path) -> Path:
+    """The campaign as an Optuna study in SQLite (optuna-dashboard opens it; --warm-start reads it)."""
+    import optuna
+    from optuna.trial import TrialState, create_trial
+
+    out.unlink(missing_ok=True)
+    study = optuna.create_study(study_name=cfg.name, storage=f"sqlite:///{out}",
+                                direction="maximize" if summary.mode == "max" else "minimize")  # fmt: skip
+    dists = distributions(cfg.space)
+    state = {"completed": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "failed": TrialState.FAIL}
+    for t in summary.trials:
+        if t.status not in state or set(t.params) != set(dists):
+            continue
+        complete = t.status == "completed" and t.value is not None
+        study.add_trial(create_trial(
+            state=state[t.status] if t.status != "completed" or complete else TrialState.FAIL,
+            value=t.value if complete else None, params=t.params, distributions=dists,
+            intermediate_values={e: v for e, v in t.curve}, user_attrs={"ray_trial_id": t.trial_id,
+                                                                        "seconds": t.seconds},
+        ))  # fmt: skip
+    return out
+
+
+def warm_start_from(searcher, cfg: TuneConfig, other_url: str) -> int:
+    """Seed ``searcher``'s study with the completed and pruned trials of an earlier campaign on the same space."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from pbp.data.storage import Store
+
+    local = Path(tempfile.mkdtemp(prefix="pbp-warm-")) / "study.db"
+    try:
+        local.write_bytes(Store(other_url).get_bytes("study.db"))
+    except FileNotFoundError:
+        raise CampaignError(f"--warm-start: {other_url}/study.db not found (the campaign must have finished)") from None
+    other = optuna.load_study(study_name=None, storage=f"sqlite:///{local}")
+    dists = distributions(cfg.space)
+    n = 0
+    for t in other.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        if t.distributions != dists:
+            raise CampaignError(f"--warm-start: {other_url} searched another space ({sorted(t.distributions)} "
+                                f"with other ranges or types than {sorted(dists)})")  # fmt: skip
+        searcher.study.add_trial(t)
+        n += 1
+    return n
+
+
+def finish_campaign(cfg: TuneConfig, summary: CampaignSummary, parent, url: str, wall_s: float) -> Path:
+    """Child run statuses, cost ledger, study, summary and report: to MLflow (parent run) and to storage."""
+    from pbp.data.storage import Store
+
+    out = Path(cfg.report_dir) / cfg.name
+    out.mkdir(parents=True, exist_ok=True)
+    cpus = cfg.trial_workers * cfg.cpus_per_trial_worker
+    per_trial = {t.trial_id: t.seconds * (cfg.trial_workers if cfg.use_gpu else cpus) for t in summary.trials}
+    ledger: dict[str, Any] = {"unit": "GPU-seconds" if cfg.use_gpu else "CPU-seconds", "wall_seconds": wall_s,
+                              "trials": per_trial, "total": sum(per_trial.values())}  # fmt: skip
+    (out / "ledger.json").write_text(json.dumps(ledger, indent=1))
+    (out / "summary.json").write_text(summary_to_json(summary))
+    study_db(summary, cfg, out / "study.db")
+    report = write_report(summary, out)
+    store = Store(url)
+    for name in ("study.db", "summary.json", "ledger.json", "report.html"):
+        store.put_file(name, out / name)
+    best = best_trial(summary)
+    _log_parent(parent, cfg, summary, best, ledger, out)
+    return report
+
+
+def _log_parent(parent, cfg: TuneConfig, summary: CampaignSummary, best: TrialRecord | None, ledger: dict,
+                out: Path) -> None:  # fmt: skip
+    from pbp.train.tracking import find_run
+
+    if not parent.enabled:
+        return
+    client = parent.client
+    exp = client.get_experiment_by_name(cfg.experiment)
+    counts = {s: sum(t.status == s for t in summary.trials) for s in ("completed", "pruned", "failed")}
+    for t in summary.trials:
+        child = find_run(client, exp.experiment_id, trial_run_name(cfg.name, t.trial_id))
+        if child is None:
+            continue
+        client.set_tag(child, "pbp.trial_status", t.status)
+        if t.status != "completed":
+            client.set_terminated(child, status="KILLED" if t.status == "pruned" else "FAILED")
+    metrics = {f"trials_{k}": float(v) for k, v in counts.items()}
+    metrics["cost_total"] = float(ledger["total"])
+    if best is not None and best.value is not None:
+        metrics["best_value"] = float(best.value)
+        for k, v in best.params.items():
+            client.set_tag(parent.run_id, f"best.{k}", str(v))
+        child = find_run(client, exp.experiment_id, trial_run_name(cfg.name, best.trial_id))
+        if child:
+            client.set_tag(parent.run_id, "pbp.best_trial", best.trial_id)
+            client.set_tag(parent.run_id, "pbp.best_model_uri", f"runs:/{child}/model")
+            _copy_best_model(client, child, parent.run_id)
+    parent.log_metrics(len(summary.trials), metrics)
+    client.log_artifacts(parent.run_id, str(out), "campaign")
+    parent.finish()
+
+
+def _copy_best_model(client, child_run: str, parent_run: str) -> None:
+    import mlflow
+
+    try:
+        local = mlflow.artifacts.download_artifacts(run_id=child_run, artifact_path="model",
+                                                    dst_path=tempfile.mkdtemp(prefix="pbp-best-"))  # fmt: skip
+    except Exception as e:  # the child may have been stopped before it logged a model
+        log.warning("best trial's model not copied to the parent run: %s", e)
+        return
+    client.log_artifacts(parent_run, local, "best_model")

@@ -1,0 +1,67 @@
+"""What a campaign shows while it runs (one line per trial epoch with the best so far) and when it stops early."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ray import tune
+
+from pbp.tune.search import EPOCH, FINISHED
+
+
+def _better(a: float, b: float, mode: str) -> bool:
+    return a > b if mode == "max" else a < b
+
+
+class LiveProgress(tune.Callback):
+    def __init__(self, campaign: str, metric: str, mode: str) -> None:
+        self.campaign, self.metric, self.mode = campaign, metric, mode
+        self.best: tuple[float, str] | None = None
+
+    def _line(self, text: str) -> None:
+        print(f"[{self.campaign}] {text}", flush=True)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        value = result.get(self.metric)
+        if value is None or not math.isfinite(value):
+            return
+        if result.get(FINISHED) and (self.best is None or _better(value, self.best[0], self.mode)):
+            self.best = (value, trial.trial_id)
+        best = f"best so far {self.best[0]:.4f} ({self.best[1]})" if self.best else "no finished trial yet"
+        what = "finished" if result.get(FINISHED) else f"epoch {result.get(EPOCH)}"
+        self._line(f"trial {trial.trial_id} {what}: {self.metric}={value:.4f}; {best}")
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        done = sum(t.status == "TERMINATED" for t in trials)
+        self._line(f"trial {trial.trial_id} ended; {done}/{len(trials)} trials ended")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._line(f"trial {trial.trial_id} FAILED (after its retries): see its log under the campaign's storage")
+
+
+class CampaignStopper(tune.Stopper):
+    """Stops the whole campaign when a trial reaches ``target``, or after ``patience`` finished trials in a row
+    without a new best."""
+
+    def __init__(self, metric: str, mode: str, target: float | None, patience: int) -> None:
+        self.metric, self.mode, self.target, self.patience = metric, mode, target, patience
+        self.best: float | None = None
+        self.since_best = 0
+        self.reached = False
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        value = result.get(self.metric)
+        if value is None or not math.isfinite(value):
+            return False
+        if self.target is not None and (value >= self.target if self.mode == "max" else value <= self.target):
+            self.reached = True
+        if result.get(FINISHED):
+            if self.best is None or _better(value, self.best, self.mode):
+                self.best, self.since_best = value, 0
+            else:
+                self.since_best += 1
+        return False
+
+    def stop_all(self) -> bool:
+        return self.reached or (self.patience > 0 and self.since_best >= self.patience)
