@@ -13,10 +13,11 @@ from .conftest import REPO
 def test_every_shipped_yaml_loads():
     from pbp.finetune.config import FinetuneConfig
     from pbp.train.config import PretrainConfig
+    from pbp.tune.config import TuneConfig
 
     paths = sorted((REPO / "configs").rglob("*.yaml"))
     assert paths, "no configs shipped"
-    kinds = {"model": ModelConfig, "pretrain": PretrainConfig, "finetune": FinetuneConfig}
+    kinds = {"model": ModelConfig, "pretrain": PretrainConfig, "finetune": FinetuneConfig, "tune": TuneConfig}
     for p in paths:
         assert p.parent.name in kinds, f"{p}: no config class for configs/{p.parent.name}/"
         cfg = load_config(kinds[p.parent.name], p)
