@@ -24,7 +24,7 @@ import numpy as np
 
 from pbp.finetune.config import TaskConfig
 from pbp.model.finetune import IGNORE_INDEX, TaskKind, TaskSpec
-from pbp.model.tokenizer import encode
+from pbp.model.tokenizer import SequenceError, encode
 
 
 class TaskDataError(ValueError):
@@ -166,7 +166,10 @@ def _split(name: str, url: str, rows: list[tuple[int, str, str]], kind: TaskKind
     records: list[str] = []
     for line, seq, raw in rows:
         where = f"{url}:{line}"
-        ids = encode(seq, where)
+        try:
+            ids = encode(seq, where)
+        except SequenceError as e:  # one error type for a task file that cannot be used
+            raise TaskDataError(str(e)) from None
         tokens.append(np.asarray(ids, dtype=np.uint8))
         if kind.per_residue:
             labels.append(_residue_label(kind, raw, len(ids) - 2, where, index))

@@ -177,6 +177,9 @@ class Trainer:
             pairs = ((b.tokens, b.labels) for b in train_batches(
                 self.data.train, self.rows, stage.seq_len, stage.batch_size, rng, ctx.rank, ctx.world_size))  # fmt: skip
         for x, y in pairs:
+            if cache is not None and m.task.kind.per_residue:  # the cache holds <START>/<END> positions too
+                keep = y != IGNORE_INDEX
+                x, y = x[keep], y[keep]
             x, y = x.to(self.device), y.to(self.device)
             logits = self._head(x) if cache is not None else m(x)
             loss = task_loss(self.flat if cache is not None else m.task, logits, y)

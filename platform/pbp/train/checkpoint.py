@@ -149,6 +149,8 @@ def download(run: StorageDir, name: str, local: Path, rank: int) -> tuple[dict, 
     """
     from pyarrow import fs as pafs
 
+    # copy_files creates only the source's subdirectories: a flat checkpoint (fine-tuning's) needs its root made.
+    local.mkdir(parents=True, exist_ok=True)
     pafs.copy_files(f"{run.path}/{name}", str(local), source_filesystem=run.fs,
                     destination_filesystem=pafs.LocalFileSystem())  # fmt: skip
     commit = json.loads((local / COMMIT).read_text())

@@ -66,6 +66,7 @@ def torch_trainer(
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    forget_ray_snapshot(f"{storage_path.rstrip('/')}/{run_name}")
     fs = None
     if storage_path.startswith("s3://"):
         fs = resolve().pyarrow_fs()
@@ -87,6 +88,29 @@ def torch_trainer(
             callbacks=callbacks,
         ),
     )
+
+
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
+"""Ray Train's list of the checkpoints reported in a run directory, read when a run of the same name starts."""
+
+
+def forget_ray_snapshot(run_url: str) -> None:
+    """Delete Ray Train's checkpoint list in a run's directory before the run (re)starts.
+
+    pbp resumes from its own newest complete checkpoint (``checkpoint.Checkpointer.restore``), never from Ray's list,
+    and pbp's retention deletes checkpoints that the list still names; Ray Train then refuses to start a run of the
+    same name ("The run snapshot contains a reference to a checkpoint that does not exist anymore"), so a re-run
+    or a retried trial could not resume. Without the list Ray starts its bookkeeping afresh; pbp's resume is unchanged.
+    """
+    from pyarrow import fs as pafs
+
+    from pbp.train.checkpoint import storage_dir
+
+    run = storage_dir(run_url)
+    path = f"{run.path}/{RAY_SNAPSHOT}"
+    if run.fs.get_file_info(path).type == pafs.FileType.File:
+        run.fs.delete_file(path)
+        log.info("%s: Ray Train's checkpoint list removed (pbp resumes from its own complete checkpoints)", run.url())
 
 
 def build_trainer(cfg: PretrainConfig, meta: dict[str, Any]):

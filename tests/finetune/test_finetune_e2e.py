@@ -1,0 +1,205 @@
+"""``pbp finetune`` end to end on the local stack (SeaweedFS, MLflow with auth, 3-node Ray): the paper's benchmark
+files, tiny budgets; checkpoints in S3, the MLflow run and its pyfunc model; a resume after completion; a bad input
+refused on the driver before Ray starts anything."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import random
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pbp.model import ProteinBERT
+from pbp.train import checkpoint as ckpt
+from pbp.train.tracking import find_run
+
+from ..conftest import REPO, SHARED_DATA
+
+pytestmark = pytest.mark.timeout(900)
+BENCH = SHARED_DATA / "proteinbert_benchmarks"
+PREFIX = "pbp-runs/tests-ft"
+# 1 + 1 + 1 epochs over the tiny config's three stages (frozen, unfrozen, final at seq_len 256).
+SHORT = ["stages.0.max_epochs=2", "stages.1.max_epochs=1", "stages.2.max_epochs=1"]
+EPOCHS = 4
+
+
+def _finetune(stack_dir: Path, run: str, *overrides: str, timeout: int = 400) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "RAY_"))}
+    env.update(PBP_STACK_DIR=str(stack_dir))
+    cmd = [
+        str(Path(sys.executable).with_name("pbp")), "finetune", "--config", str(REPO / "configs/finetune/tiny.yaml"),
+        f"run_name={run}", f"checkpoint.storage_path=s3://{PREFIX}", *overrides,
+    ]  # fmt: skip
+    # cwd: the config's task paths (../shared/...) are relative to the repository root.
+    return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def _ok(res: subprocess.CompletedProcess) -> str:
+    assert res.returncode == 0, res.stdout[-5000:] + res.stderr[-5000:]
+    return res.stdout + res.stderr
+
+
+@pytest.fixture
+def mlflow_client(endpoints, monkeypatch):
+    """An MLflow client of the stack's server; this process' tracking URI and credentials restored afterwards."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    for k, v in endpoints.mlflow_env().items():
+        monkeypatch.setenv(k, v)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(endpoints.mlflow_uri)
+    yield MlflowClient(endpoints.mlflow_uri)
+    mlflow.set_tracking_uri(previous)
+
+
+def _mlflow_run(client, run_name: str):
+    exp = client.get_experiment_by_name("pbp-finetune")
+    assert exp is not None, "no MLflow experiment pbp-finetune"
+    run_id = find_run(client, exp.experiment_id, run_name)
+    assert run_id, f"no MLflow run named {run_name}"
+    return client.get_run(run_id)
+
+
+def _steps(client, run_id: str, key: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+def _run_dir(endpoints, run: str) -> ckpt.StorageDir:
+    return ckpt.StorageDir(endpoints.pyarrow_fs(), f"{PREFIX}/{run}")
+
+
+@pytest.fixture(scope="module")
+def numeric_run(stack_dir):
+    """Stability (numeric), no pretraining, 120 rows: run once, shared by the checks and the resume test."""
+    run = f"ft-num-{random.randrange(10**6)}"
+    t0 = time.time()
+    out = _ok(_finetune(stack_dir, run, "task.max_rows=120", *SHORT))
+    print(f"numeric fine-tuning run took {time.time() - t0:.0f}s")
+    return run, out
+
+
+def test_numeric_from_nothing_tracked_checkpointed_and_exported(numeric_run, endpoints, mlflow_client):
+    import mlflow.pyfunc
+
+    run, out = numeric_run
+    # The printed table: each figure beside its trivial baseline.
+    row = re.search(r"^test_spearman\s+(\S+)\s+(\S+)$", out, re.M)
+    assert row, out[-3000:]
+    assert row.group(2) == "0.0000" and -1.0 <= float(row.group(1)) <= 1.0
+    assert re.search(r"^test_mse\s+\S+\s+\d+\.\d{4}$", out, re.M)
+    # The MLflow run: per-epoch histories, test metrics, the task files' digests, lineage.
+    mrun = _mlflow_run(mlflow_client, run)
+    rid = mrun.info.run_id
+    assert _steps(mlflow_client, rid, "train_loss") == list(range(1, EPOCHS + 1))
+    assert sorted(set(_steps(mlflow_client, rid, "valid_loss"))) == list(range(1, EPOCHS + 1))
+    for key in ("test_spearman", "test_spearman_baseline", "test_mse", "test_mse_baseline", "test_le512_spearman"):
+        assert key in mrun.data.metrics, key
+    tags = mrun.data.tags
+    train_csv = BENCH / "stability.train.csv"
+    assert tags["pbp.task.train_sha256"] == hashlib.sha256(train_csv.read_bytes()).hexdigest()
+    assert tags["pbp.task.kind"] == "numeric" and tags["pbp.init"] == "none"
+    for secret in (endpoints.s3_secret_key, endpoints.mlflow_password):
+        assert secret not in str(mrun.data.params) and secret not in str(tags)
+    # The pyfunc model, loaded from the server in this process.
+    model = mlflow.pyfunc.load_model(f"runs:/{rid}/model")
+    pred = model.predict(pd.DataFrame({"seq": ["MKTAYIAKQR", "GSSGSSG", "MKVLAAGIVG" * 5]}))
+    assert list(pred.columns) == ["prediction"] and len(pred) == 3 and pred["prediction"].notna().all()
+    # Checkpoints in S3: the newest is complete (the last epoch's), retention kept two; the final model beside them.
+    rdir = _run_dir(endpoints, run)
+    assert ckpt.newest_complete(rdir) == ckpt.checkpoint_name(EPOCHS)
+    assert rdir.checkpoints() == [ckpt.checkpoint_name(EPOCHS), ckpt.checkpoint_name(EPOCHS - 1)]
+    commit = rdir.read_json(f"{ckpt.checkpoint_name(EPOCHS)}/{ckpt.COMMIT}")
+    assert commit["mlflow_run_id"] == rid and commit["job"]["stage"] == 2 and commit["job"]["stage_done"]
+    assert rdir.size("final_model/model.safetensors") and rdir.read_json("final_model/finetuned.json")["task"][
+        "kind"] == "numeric"  # fmt: skip
+    assert rdir.read_json("final_metrics.json")["test_spearman"] == pytest.approx(float(row.group(1)), abs=1e-4)
+
+
+def test_residue_task_from_a_pretrained_export(stack_dir, endpoints, mlflow_client, tiny_cfg, tmp_path):
+    pre = ProteinBERT(tiny_cfg).save_pretrained(tmp_path / "pre", metadata={"run_name": "pre-x"})
+    run = f"ft-ss-{random.randrange(10**6)}"
+    out = _ok(_finetune(
+        stack_dir, run, f"init={pre}", "task.kind=residue_categorical",
+        f"task.train={BENCH / 'secondary_structure.valid.csv'}", "task.valid=",
+        f"task.test={BENCH / 'secondary_structure.test.csv'}", "task.max_rows=60", "too_long=crop",
+        "stages.0.max_epochs=1", "stages.1.max_epochs=1", "stages.2.max_epochs=1",
+    ))  # fmt: skip
+    assert re.search(r"^test_accuracy\s+\S+\s+\d\.\d{4}$", out, re.M), out[-3000:]
+    mrun = _mlflow_run(mlflow_client, run)
+    tags = mrun.data.tags
+    assert tags["pbp.init"] == str(pre) and tags["pbp.init_pretrain_run"] == "pre-x"
+    assert tags["pbp.task.kind"] == "residue_categorical"
+    assert _steps(mlflow_client, mrun.info.run_id, "train_loss") == [1, 2, 3]
+    doc = _run_dir(endpoints, run).read_json("final_model/finetuned.json")
+    assert doc["task"]["classes"] == ["0", "1", "2"] and doc["metadata"]["pbp.init_pretrain_run"] == "pre-x"
+
+
+def _subset(src: Path, dst: Path, classes: set[str], per_class: int, max_len: int = 120) -> Path:
+    rows: dict[str, list[dict]] = {c: [] for c in classes}
+    with src.open() as f:
+        for r in csv.DictReader(f):
+            if r["label"] in classes and len(r["seq"]) <= max_len and len(rows[r["label"]]) < per_class:
+                rows[r["label"]].append(r)
+    with dst.open("w", newline="") as f:
+        w = csv.DictWriter(f, ["seq", "label"])
+        w.writeheader()
+        for c in sorted(classes):
+            w.writerows(rows[c])
+    return dst
+
+
+def test_categorical_remote_homology_subset(stack_dir, mlflow_client, tmp_path):
+    """Three fold classes of the real files (the test file's labels are all in train)."""
+    classes = {"22", "36", "153"}  # each with short sequences in every file
+    files = {role: _subset(BENCH / f"remote_homology.{role}.csv", tmp_path / f"{role}.csv", classes, n)
+             for role, n in (("train", 30), ("valid", 8), ("test", 8))}  # fmt: skip
+    run = f"ft-rh-{random.randrange(10**6)}"
+    out = _ok(_finetune(
+        stack_dir, run, "task.kind=categorical", *(f"task.{role}={p}" for role, p in files.items()),
+        "stages.0.max_epochs=1", "stages.1.max_epochs=1", "stages.2.max_epochs=1",
+    ))  # fmt: skip
+    row = re.search(r"^test_accuracy\s+(\S+)\s+(\S+)$", out, re.M)
+    assert row, out[-3000:]
+    assert 0.0 <= float(row.group(1)) <= 1.0 and 0.0 < float(row.group(2)) < 1.0  # majority-class baseline
+    mrun = _mlflow_run(mlflow_client, run)
+    assert mrun.data.tags["pbp.task.kind"] == "categorical"
+    assert mrun.data.tags["pbp.task.rows"].startswith("train=90 valid=")
+
+
+def test_rerun_after_completion_resumes_without_retraining(numeric_run, stack_dir, endpoints, mlflow_client):
+    run, _ = numeric_run
+    out = _ok(_finetune(stack_dir, run, "task.max_rows=120", *SHORT))
+    assert "resuming" in out and not re.search(r"stage \S+ epoch \d+/", out)  # no stage trained again
+    mrun = _mlflow_run(mlflow_client, run)
+    assert _steps(mlflow_client, mrun.info.run_id, "train_loss") == list(range(1, EPOCHS + 1))
+    assert ckpt.newest_complete(_run_dir(endpoints, run)) == ckpt.checkpoint_name(EPOCHS)
+    assert re.search(r"^test_spearman\s+\S+\s+0\.0000$", out, re.M)
+
+
+def test_a_missing_column_fails_on_the_driver_in_seconds(stack_dir, endpoints, tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("sequence,label\nMKV,1.0\n")
+    run = f"ft-bad-{random.randrange(10**6)}"
+    t0 = time.time()
+    res = _finetune(stack_dir, run, f"task.train={bad}", timeout=120)
+    elapsed = time.time() - t0
+    assert res.returncode == 2, res.stdout[-3000:] + res.stderr[-3000:]
+    lines = res.stderr.strip().splitlines()
+    assert lines == [f"pbp: error: {bad}:1: no column 'seq' in the header ['sequence', 'label'] "
+                     "(set task.seq_column / task.label_column)"], res.stderr  # fmt: skip
+    assert elapsed < 60, elapsed  # the interpreter's start; no cluster round trip
+    assert "Ray" not in res.stdout + res.stderr
+    assert _run_dir(endpoints, run).checkpoints() == []
+    from pyarrow import fs as pafs
+
+    info = endpoints.pyarrow_fs().get_file_info(f"{PREFIX}/{run}")
+    assert info.type == pafs.FileType.NotFound  # Ray Train never created the run's directory

@@ -1,0 +1,374 @@
+"""Fine-tuning pieces that need no cluster: batching, the frozen-body feature cache, the plateau/early-stopping
+bookkeeping, and the exported model (safetensors + JSON, the pyfunc predictor, MLflow's loader)."""
+
+from __future__ import annotations
+
+import random
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pbp.config import load_config
+from pbp.finetune.batching import eval_batches, fitting_rows, train_batches
+from pbp.finetune.config import FinetuneConfig, ScheduleConfig, TaskConfig
+from pbp.finetune.data import Split, load_task
+from pbp.finetune.export import TaskInfo, load_finetuned, save_finetuned
+from pbp.finetune.features import build_cache, cache_size_bytes
+from pbp.finetune.loop import STATE_FILE, Patience, Progress, Trainer
+from pbp.finetune.pyfunc import FinetunedPredictor, save_pyfunc
+from pbp.model import ProteinBERT
+from pbp.model.finetune import IGNORE_INDEX, FinetuneModel, TaskKind, TaskSpec
+from pbp.model.tokenizer import AMINO_ACIDS, END_ID, PAD_ID, START_ID, encode, pad
+from pbp.train import checkpoint as ckpt
+from pbp.train.dist import DistContext
+from pbp.train.launch import RAY_SNAPSHOT, forget_ray_snapshot
+
+from ..conftest import REPO
+
+RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
+CPU = torch.device("cpu")
+
+
+def _seqs(n: int, lo: int, hi: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return ["".join(rng.choice(RESIDUES) for _ in range(rng.randint(lo, hi))) for _ in range(n)]
+
+
+def _write(tmp_path: Path, kind: str, seqs: list[str], name: str = "t.csv") -> str:
+    """A task CSV whose labels are a function of the sequence (so a crop can be checked against its residues)."""
+    rows = ["seq,label"]
+    for i, s in enumerate(seqs):
+        label = {
+            "numeric": f"{len(s) / 10:.3f}",
+            "binary": str(i % 2),
+            "categorical": "abc"[i % 3],
+            "residue_binary": "".join("1" if c in "AILMFVW" else "0" for c in s),
+            "residue_categorical": s,  # the label of a residue is its own letter
+        }[kind]
+        rows.append(f"{s},{label}")
+    p = tmp_path / name
+    p.write_text("\n".join(rows) + "\n")
+    return str(p)
+
+
+def _load(tmp_path: Path, kind: str, seqs: list[str]):
+    path = _write(tmp_path, kind, seqs)
+    return load_task(TaskConfig(kind=TaskKind(kind), train=path, valid=path))
+
+
+# ---- batching -----------------------------------------------------------------------------------------------------
+
+
+def test_drop_leaves_out_sequences_longer_than_seq_len(tmp_path):
+    seqs = ["M" * n for n in (5, 14, 15, 30, 8)]  # 7, 16, 17, 32, 10 tokens
+    split = _load(tmp_path, "numeric", seqs).train
+    rows, dropped = fitting_rows(split, 16, "drop")
+    assert list(rows) == [0, 1, 4] and dropped == 2
+    rows, dropped = fitting_rows(split, 16, "crop")
+    assert list(rows) == [0, 1, 2, 3, 4] and dropped == 0
+
+
+def test_crop_keeps_residue_labels_with_their_residues(tmp_path):
+    data = _load(tmp_path, "residue_categorical", _seqs(40, 5, 60))
+    split, classes, seq_len = data.train, data.classes, 16
+    rows, _ = fitting_rows(split, seq_len, "crop")
+    seen = []
+    for b in train_batches(split, rows, seq_len, 8, np.random.default_rng(0)):
+        assert b.tokens.shape[1] <= seq_len and b.labels.shape == b.tokens.shape
+        for j, i in enumerate(b.index):
+            tok, lab = b.tokens[j], b.labels[j]
+            n = min(len(split.tokens[i]), seq_len)
+            assert (tok[n:] == PAD_ID).all() and (lab[n:] == IGNORE_INDEX).all()
+            # The window is a contiguous piece of the row's tokens ...
+            whole = split.tokens[i].astype(np.int64)
+            starts = [s for s in range(len(whole) - n + 1) if (whole[s : s + n] == tok[:n].numpy()).all()]
+            assert starts, f"row {i}: the crop is not a window of its tokens"
+            # ... and every residue in it carries its own label (the label of a residue is its letter here).
+            for t, y in zip(tok[:n].tolist(), lab[:n].tolist(), strict=True):
+                if t in (START_ID, END_ID):
+                    assert y == IGNORE_INDEX
+                else:
+                    assert classes[y] == AMINO_ACIDS[t]
+            seen.append(int(i))
+    assert sorted(seen) == list(range(len(split)))  # crop keeps every row
+
+
+def test_eval_batches_cover_every_row_once_within_max_tokens(tmp_path):
+    seqs = [*_seqs(50, 3, 40, seed=1), "W" * 120]  # the last one is longer than max_tokens on its own
+    split = _load(tmp_path, "residue_binary", seqs).train
+    max_tokens = 100
+    seen = []
+    for b in eval_batches(split, max_tokens):
+        if len(b.index) > 1:
+            assert b.tokens.numel() <= max_tokens
+        for j, i in enumerate(b.index):
+            n = len(split.tokens[i])
+            assert torch.equal(b.tokens[j, :n], torch.from_numpy(split.tokens[i].astype(np.int64)))  # not truncated
+            assert torch.equal(b.labels[j, :n], torch.from_numpy(split.labels[i]))
+        seen.extend(int(i) for i in b.index)
+    assert sorted(seen) == list(range(len(split)))
+    # Two ranks split the batches between them, together still every row once.
+    by_rank = [int(i) for r in (0, 1) for b in eval_batches(split, max_tokens, r, 2) for i in b.index]
+    assert sorted(by_rank) == list(range(len(split)))
+
+
+# ---- the frozen-body feature cache --------------------------------------------------------------------------------
+
+
+def _frozen(tiny_cfg, spec: TaskSpec) -> FinetuneModel:
+    model = FinetuneModel(ProteinBERT(tiny_cfg), spec)
+    model.freeze_body()
+    return model.eval()
+
+
+def _cache_logits(model: FinetuneModel, cache, i: int) -> torch.Tensor:
+    with torch.no_grad():
+        if cache.offsets is None:
+            x = torch.from_numpy(np.asarray(cache.features[i : i + 1])).float()
+            return model.head(x).squeeze(-1)[0]
+        x = torch.from_numpy(np.asarray(cache.features[cache.offsets[i] : cache.offsets[i + 1]])).float()
+        return model.head(x)
+
+
+def _full_logits(model: FinetuneModel, split: Split, i: int) -> torch.Tensor:
+    with torch.no_grad():
+        return model(torch.from_numpy(split.tokens[i].astype(np.int64))[None])[0]
+
+
+def _budget(split: Split, model: FinetuneModel, storage: str) -> float:
+    """A memory budget (MiB) that makes ``build_cache`` choose ``storage``."""
+    per_residue = model.task.kind.per_residue
+    cfg = model.body.config
+    F = cfg.local_feature_dim if per_residue else cfg.global_feature_dim
+    fp32, fp16 = (cache_size_bytes(split, per_residue, F, n) / 2**20 for n in (4, 2))
+    return fp32 * 1.01 if storage == "float32" else (fp16 + fp32) / 2
+
+
+@pytest.mark.parametrize(("kind", "storage", "tol"), [
+    ("numeric", "float32", 1e-5), ("residue_categorical", "float32", 1e-5),
+    ("numeric", "float16", 1e-2), ("residue_categorical", "float16", 1e-2),
+])  # fmt: skip
+def test_cached_features_give_the_full_models_logits(tmp_path, tiny_cfg, kind, storage, tol):
+    data = _load(tmp_path, kind, _seqs(16, 3, 50, seed=2))
+    split = data.train
+    model = _frozen(tiny_cfg, data.spec)
+    cache = build_cache(model, split, 256, _budget(split, model, storage), 0.0, CPU)
+    assert cache is not None and cache.storage == storage and len(cache) == len(split)
+    for i in range(len(split)):
+        torch.testing.assert_close(_cache_logits(model, cache, i), _full_logits(model, split, i), atol=tol, rtol=0)
+        if cache.offsets is None:
+            assert cache.labels[i] == split.labels[i]
+        else:
+            np.testing.assert_array_equal(cache.labels[cache.offsets[i] : cache.offsets[i + 1]], split.labels[i])
+
+
+def test_cache_on_disk_and_over_both_budgets(tmp_path, tiny_cfg):
+    data = _load(tmp_path, "numeric", _seqs(10, 3, 30, seed=3))
+    model = _frozen(tiny_cfg, data.spec)
+    assert build_cache(model, data.train, 256, 0.0, 0.0, CPU) is None  # recompute instead
+    cache = build_cache(model, data.train, 256, 0.0, 100.0, CPU)
+    assert cache is not None and cache.storage == "disk-float16"
+    try:
+        for i in range(len(data.train)):
+            torch.testing.assert_close(_cache_logits(model, cache, i), _full_logits(model, data.train, i), atol=1e-2,
+                                       rtol=0)  # fmt: skip
+    finally:
+        shutil.rmtree(Path(cache.features.filename).parent, ignore_errors=True)
+
+
+@pytest.mark.parametrize("kind", ["numeric", "categorical", "residue_binary", "residue_categorical"])
+def test_training_the_head_on_the_cache_equals_training_through_the_body(tmp_path, kind):
+    """One frozen-body epoch with the cache and one without (no dropout): the same head weights."""
+    path = _write(tmp_path, kind, _seqs(24, 5, 40, seed=4))
+    heads = []
+    for enabled in ("true", "false"):
+        cfg = load_config(FinetuneConfig, REPO / "configs/finetune/tiny.yaml", [
+            f"task.kind={kind}", f"task.train={path}", f"task.valid={path}", "task.test=", "head_dropout=0",
+            "stages.0.batch_size=8", f"feature_cache.enabled={enabled}",
+        ])  # fmt: skip
+        tr = Trainer(cfg, {"run_url": str(tmp_path / "run")}, DistContext.single())
+        tr.begin_stage(cfg.stages[0], resuming=False)
+        assert (tr.caches.get("train") is not None) == (enabled == "true")
+        tr.train_epoch(cfg.stages[0])
+        heads.append({k: v.detach().clone() for k, v in tr.model.head.state_dict().items()})
+        if enabled == "true":
+            cached_valid = tr.validate()
+            tr.caches = {}
+            torch.testing.assert_close(cached_valid["valid_loss"], tr.validate()["valid_loss"], atol=1e-4, rtol=0)
+    for k in heads[0]:
+        torch.testing.assert_close(heads[0][k], heads[1][k], atol=1e-5, rtol=0)
+
+
+# ---- reduce-on-plateau and early stopping -------------------------------------------------------------------------
+
+
+def test_patience_cuts_the_lr_on_a_plateau_and_stops_early():
+    cfg = ScheduleConfig(plateau_patience=2, plateau_factor=0.5, min_lr=0.3, early_stopping_patience=3)
+    p = Patience(lr=1.0)
+    trace = []
+    for epoch, loss in enumerate([1.0, 1.0, 1.1, 0.9, 0.95, 0.9, 0.91], 1):
+        best = p.observe(epoch, loss, cfg)
+        trace.append((best, p.lr, p.should_stop(cfg)))
+    assert trace == [
+        (True, 1.0, False),
+        (False, 1.0, False),  # an equal loss is no improvement
+        (False, 0.5, False),  # two epochs without one: lr * 0.5
+        (True, 0.5, False),
+        (False, 0.5, False),
+        (False, 0.3, False),  # 0.25 would be below min_lr
+        (False, 0.3, True),  # three epochs without improvement: stop
+    ]
+    assert (p.best, p.best_epoch) == (0.9, 4)
+
+
+def test_patience_min_delta_and_zero_patience():
+    p = Patience(lr=1.0)
+    cfg = ScheduleConfig(plateau_patience=1, plateau_factor=0.25, min_lr=0.0, early_stopping_patience=0, min_delta=0.1)
+    assert p.observe(1, 1.0, cfg) and not p.observe(2, 0.95, cfg)  # better, but by less than min_delta
+    assert p.lr == 0.25 and not p.should_stop(cfg)  # patience 0: never stops
+    off = ScheduleConfig(plateau_patience=0, early_stopping_patience=1)
+    q = Patience(lr=1.0)
+    q.observe(1, 1.0, off), q.observe(2, 2.0, off)
+    assert q.lr == 1.0 and q.should_stop(off)
+
+
+# ---- resume ---------------------------------------------------------------------------------------------------------
+
+
+def test_a_finetuning_checkpoint_restores_from_storage(tmp_path):
+    """A checkpoint as a worker writes it (state.pt, rank manifest, commit record: no subdirectory) is found
+    complete, downloaded and loaded: weights, stage progress and the MLflow run id."""
+    path = _write(tmp_path, "numeric", _seqs(20, 5, 30, seed=5))
+    cfg = load_config(FinetuneConfig, REPO / "configs/finetune/tiny.yaml",
+                      [f"task.train={path}", f"task.valid={path}", "task.test="])  # fmt: skip
+    meta = {"run_url": str(tmp_path / "runs" / "r")}
+    tr = Trainer(cfg, meta, DistContext.single())
+    with torch.no_grad():
+        tr.model.head.weight.add_(1.0)
+    progress = Progress(stage=1, epoch_in_stage=1, epochs_done=3, patience={"lr": 1e-3, "best": 0.5}, best_metric=0.25)
+    local = tmp_path / "runs" / "r" / ckpt.checkpoint_name(3)
+    local.mkdir(parents=True)
+    torch.save({"model": tr.model.state_dict(), "optimizer": None, "best": None}, local / STATE_FILE)
+    commit = ckpt.CommitRecord(step=3, world_size=1, run_name=cfg.run_name, mlflow_run_id="abc", job=asdict(progress))
+    ckpt.write_manifests(local, 0, 3, {}, {k: v for k, v in commit.to_json().items() if k != "step"})
+    assert ckpt.newest_complete(ckpt.storage_dir(meta["run_url"])) == ckpt.checkpoint_name(3)
+    fresh = Trainer(cfg, meta, DistContext.single())
+    assert not torch.equal(fresh.model.head.weight, tr.model.head.weight)
+    assert fresh.restore() == "abc"
+    assert torch.equal(fresh.model.head.weight, tr.model.head.weight)
+    assert fresh.progress == progress
+
+
+def test_a_rerun_forgets_ray_trains_stale_checkpoint_list(tmp_path):
+    """Ray Train refuses a run whose snapshot names a checkpoint pbp's retention deleted: the launcher drops it."""
+    run = tmp_path / "runs" / "r"
+    forget_ray_snapshot(str(run))  # nothing there yet: nothing to do
+    run.mkdir(parents=True)
+    (run / RAY_SNAPSHOT).write_text('{"checkpoint_results": []}')
+    (run / ckpt.checkpoint_name(4)).mkdir()
+    forget_ray_snapshot(str(run))
+    assert sorted(p.name for p in run.iterdir()) == [ckpt.checkpoint_name(4)]
+
+
+# ---- the exported model -------------------------------------------------------------------------------------------
+
+KINDS = {
+    "numeric": TaskInfo(TaskKind.NUMERIC),
+    "binary": TaskInfo(TaskKind.BINARY),
+    "categorical": TaskInfo(TaskKind.CATEGORICAL, 3, ["2", "10", "x.1"]),
+    "residue_binary": TaskInfo(TaskKind.RESIDUE_BINARY),
+    "residue_categorical": TaskInfo(TaskKind.RESIDUE_CATEGORICAL, 3, ["C", "E", "H"]),
+}
+SEQS = ["MKTAYIAKQRQISFVKSHFSRQ", "MKV", "GSSGSSGLLW", "ACDEFGHIKLMNPQRSTVWY" * 3]
+
+
+def _model(tiny_cfg, task: TaskInfo) -> FinetuneModel:
+    model = FinetuneModel(ProteinBERT(tiny_cfg), task.spec)
+    with torch.no_grad():
+        model.head.bias.normal_()  # a head that is not all zeros at the bias
+    return model.eval()
+
+
+def _expected(model: FinetuneModel, task: TaskInfo, seq: str) -> dict:
+    with torch.no_grad():
+        logits = model(torch.tensor([encode(seq)]))[0]
+    if task.kind is TaskKind.NUMERIC:
+        return {"prediction": float(logits)}
+    if task.kind is TaskKind.BINARY:
+        return {"probability": float(torch.sigmoid(logits))}
+    if task.kind is TaskKind.CATEGORICAL:
+        return {"label": task.classes[int(logits.argmax())], "probabilities": torch.softmax(logits, -1).tolist()}
+    res = logits[1:-1]
+    if task.kind is TaskKind.RESIDUE_BINARY:
+        return {"residue_predictions": torch.sigmoid(res).tolist()}
+    return {"residue_predictions": [task.classes[int(c)] for c in res.argmax(-1)]}
+
+
+def _assert_predictions(df: pd.DataFrame, model: FinetuneModel, task: TaskInfo, seqs: list[str]) -> None:
+    assert len(df) == len(seqs)
+    for i, seq in enumerate(seqs):
+        want = _expected(model, task, seq)
+        assert set(df.columns) == set(want)
+        for col, value in want.items():
+            got = df[col].iloc[i]
+            if isinstance(value, float):
+                assert got == pytest.approx(value, abs=1e-5)
+            elif col == "label" or task.kind is TaskKind.RESIDUE_CATEGORICAL:
+                assert list(got) == value if isinstance(value, list) else got == value
+                if col == "residue_predictions":
+                    assert len(got) == len(seq)
+            else:
+                np.testing.assert_allclose(np.asarray(got, dtype=np.float64), value, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_save_load_round_trip_and_the_predictor(tmp_path, tiny_cfg, kind):
+    task = KINDS[kind]
+    model = _model(tiny_cfg, task)
+    save_finetuned(model, task, tmp_path / "m", {"run_name": "ft-x"})
+    loaded, task2, meta = load_finetuned(tmp_path / "m")
+    assert task2 == task and meta == {"run_name": "ft-x"}
+    tokens = pad([encode(s) for s in SEQS], max(len(s) for s in SEQS) + 2)
+    with torch.no_grad():
+        assert torch.equal(model(tokens), loaded(tokens))
+    predictor = FinetunedPredictor(loaded, task2, max_tokens=64)  # several batches, one sequence longer than that
+    _assert_predictions(predictor.predict(pd.DataFrame({"seq": SEQS, "other": 1})), model, task, SEQS)
+
+
+def test_the_predictor_needs_the_sequence_column(tmp_path, tiny_cfg):
+    task = TaskInfo(TaskKind.NUMERIC, seq_column="protein")
+    predictor = FinetunedPredictor(_model(tiny_cfg, task), task)
+    with pytest.raises(ValueError, match=r"input has no column 'protein' \(columns: \['sequence'\]\)"):
+        predictor.predict(pd.DataFrame({"sequence": SEQS}))
+    assert len(predictor.predict(pd.DataFrame({"protein": SEQS}))) == len(SEQS)
+    assert len(predictor.predict({"seq": SEQS[:2]})) == 2  # 'seq' is accepted too, and a dict of columns
+
+
+def test_load_refuses_a_directory_that_is_not_a_finetuned_model(tmp_path, tiny_cfg):
+    ProteinBERT(tiny_cfg).save_pretrained(tmp_path / "pre")
+    with pytest.raises(FileNotFoundError, match="not a fine-tuned pbp model"):
+        load_finetuned(tmp_path / "pre")
+
+
+@pytest.mark.parametrize("kind", ["numeric", "categorical", "residue_categorical"])
+def test_mlflow_pyfunc_loads_the_saved_model_without_pickles(tmp_path, tiny_cfg, kind):
+    import mlflow.pyfunc
+
+    task = KINDS[kind]
+    model = _model(tiny_cfg, task)
+    save_finetuned(model, task, tmp_path / "m", {})
+    out = save_pyfunc(tmp_path / "m", tmp_path / "pyfunc", SEQS)
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert not [p for p in files if p.suffix in (".pkl", ".pickle", ".cloudpickle")], files
+    for p in files:  # no pickle stream under another name (pickle protocol 2+ starts with 0x80, then the protocol)
+        head = p.read_bytes()[:2]
+        assert p.suffix == ".safetensors" or not (head[:1] == b"\x80" and head[1:2] in b"\x02\x03\x04\x05"), p
+    mlmodel = (out / "MLmodel").read_text()
+    assert "loader_module: pbp.finetune.pyfunc" in mlmodel
+    loaded = mlflow.pyfunc.load_model(str(out))
+    _assert_predictions(loaded.predict(pd.DataFrame({"seq": SEQS})), model, task, SEQS)
