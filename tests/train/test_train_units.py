@@ -1,4 +1,5 @@
-"""Pretraining pieces that need no cluster: config checks, the DeepSpeed JSON, optimizers and the lr schedule."""
+"""Pretraining pieces that need no cluster: config checks, the DeepSpeed JSON, optimizers, the lr schedule and the
+non-finite loss guard."""
 
 import math
 
@@ -94,3 +95,14 @@ def test_evaluate_reports_losses_baselines_and_auc(tmp_path):
     with pytest.raises(ValueError, match="predicts 3 annotations"):
         evaluate(ProteinBERT(load_config(ModelConfig, REPO / "configs/model/tiny.yaml", ["n_annotations=3"])),
                  str(tmp_path / "ds"))  # fmt: skip
+
+
+def test_non_finite_steps_are_counted_and_too_many_in_a_row_stop_the_run():
+    from pbp.train.loop import NonFiniteLossError, NonFiniteSteps
+
+    guard = NonFiniteSteps("r", limit=3)
+    for step, finite in enumerate([True, False, False, True, False, False]):
+        guard.record(finite, step)
+    assert (guard.total, guard.in_a_row) == (4, 2)  # a finite step resets the run of skips, not the total
+    with pytest.raises(NonFiniteLossError, match=r"r: 3 steps in a row with a non-finite loss \(last at step 6\)"):
+        guard.record(False, 6)

@@ -1,6 +1,9 @@
 """The pretraining loop run by every Ray Train worker: DeepSpeed engine, streamed shards, checkpoints, tracking.
 
 ``train_loop_per_worker(config)`` is importable: Ray Train calls it on each worker (and Ray Tune can wrap it).
+It is the shared loop driver (``pbp.train.driver``) over optimizer steps: ``Pretrainer.step`` is one step of the
+paper's objective, ``log`` sends the windowed metrics to MLflow (rank 0), ``save`` writes a complete checkpoint
+through ``pbp.train.checkpoint.Checkpointer`` (every rank its DeepSpeed shard, rank 0 the commit record).
 """
 
 from __future__ import annotations
@@ -10,6 +13,9 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,56 +25,156 @@ from pbp.data.episodes import Bucket
 from pbp.data.reader import PretrainingStream, ReaderConfig, StatefulLoader
 from pbp.errors import UserError
 from pbp.model import ProteinBERT
-from pbp.model.pretraining import pretraining_loss
+from pbp.model.pretraining import PretrainingLoss, pretraining_loss
 from pbp.train import checkpoint as ckpt
+from pbp.train.checkpoint import Checkpointer, CommitRecord
 from pbp.train.config import PretrainConfig
 from pbp.train.deepspeed_config import deepspeed_config
-from pbp.train.dist import DistContext
+from pbp.train.dist import DistContext, all_min, broadcast
+from pbp.train.driver import Cadence, Metrics, drive
 from pbp.train.metrics import ThroughputWindow
 from pbp.train.optim import LRSchedule, build_optimizer
 from pbp.train.tracking import Tracker
 
 log = logging.getLogger("pbp.train")
 
+REPORTED = ("loss", "token_loss", "annotation_loss")
+"""The metrics reported to Ray Train with each checkpoint."""
+
 
 class NonFiniteLossError(UserError, RuntimeError):
     """Too many steps in a row with a non-finite loss."""
 
 
-def storage_dir(meta: dict[str, Any]) -> ckpt.StorageDir:
-    """The run's directory in storage (S3 through pyarrow with an explicit endpoint, or a local path)."""
-    from pyarrow import fs as pafs
+@dataclass
+class NonFiniteSteps:
+    """Steps whose loss is not finite on some rank are skipped on every rank; too many in a row stop the run."""
 
-    from pbp.stack.endpoints import resolve
+    run_name: str
+    limit: int
+    total: int = 0
+    """Skipped steps over the whole run (kept in the commit record)."""
+    in_a_row: int = 0
 
-    url = meta["run_url"]
-    if url.startswith("s3://"):
-        return ckpt.StorageDir(resolve().pyarrow_fs(), url[len("s3://") :])
-    return ckpt.StorageDir(pafs.LocalFileSystem(), url)
-
-
-def _all_min(value: float, ctx: DistContext) -> float:
-    if ctx.world_size == 1 or not torch.distributed.is_initialized():
-        return value
-    t = torch.tensor([value], dtype=torch.float64)
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
-    return float(t.item())
-
-
-def _broadcast(obj: Any, ctx: DistContext) -> Any:
-    if ctx.world_size == 1 or not torch.distributed.is_initialized():
-        return obj
-    box = [obj]
-    torch.distributed.broadcast_object_list(box, src=0)
-    return box[0]
+    def record(self, finite: bool, step: int) -> None:
+        if finite:
+            self.in_a_row = 0
+            return
+        self.total += 1
+        self.in_a_row += 1
+        if self.in_a_row >= self.limit:
+            raise NonFiniteLossError(
+                f"{self.run_name}: {self.in_a_row} steps in a row with a non-finite loss (last at step {step}); "
+                "lower optim.lr, check the data, or raise optim.max_nonfinite_in_a_row"
+            )
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    import ray.train
+def _without_nan(metrics: Metrics) -> Metrics:
+    return {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
 
-    cfg = from_dict(PretrainConfig, config["cfg"])
-    meta = config["meta"]
-    ctx = DistContext.from_ray()
+
+class Pretrainer:
+    """One worker's pretraining state; ``step``, ``log`` and ``save`` are the driver's callbacks."""
+
+    def __init__(self, cfg: PretrainConfig, meta: dict[str, Any], ctx: DistContext) -> None:
+        self.cfg, self.ctx = cfg, ctx
+        self.engine, self.device, self.bf16 = _deepspeed_engine(cfg, ctx)
+        self.schedule = LRSchedule(cfg.optim, cfg.max_steps)
+        self.ckpt = Checkpointer(meta["run_url"], ctx, cfg.checkpoint.keep_last)
+        self.nonfinite = NonFiniteSteps(cfg.run_name, cfg.optim.max_nonfinite_in_a_row)
+        # Test hook: steps whose loss is made NaN (a fault the real data cannot produce on cue).
+        self.inject_nan = frozenset(meta.get("inject_nonfinite_steps") or ())
+        self.window = ThroughputWindow()
+        self.tracker: Tracker | None = None
+        self.run_id: str | None = None
+        self.loader: StatefulLoader | None = None
+        self.batches: Iterator[dict[str, Any]] = iter(())
+
+    def restore(self) -> tuple[int, dict[str, Any] | None, str | None]:
+        """Load the newest COMPLETE checkpoint (the same on every rank), if any.
+
+        -> (steps done, this rank's reader state when the world size is unchanged, the MLflow run id)."""
+        restored = self.ckpt.restore()
+        if restored is None:
+            return 0, None, None
+        self.engine.load_checkpoint(str(restored.local), tag=ckpt.DS_TAG, load_optimizer_states=True,
+                                    load_lr_scheduler_states=False)  # fmt: skip
+        commit = restored.commit
+        self.schedule.load_state_dict(commit.schedule)
+        self.nonfinite.total = commit.nonfinite_steps
+        restored.cleanup()
+        if self.ctx.is_main:
+            log.warning("resuming %s from %s (step %d)", self.cfg.run_name, restored.url, commit.step)
+        return commit.step, restored.reader_state, commit.mlflow_run_id
+
+    def open_stream(self, reader_state: dict[str, Any] | None) -> None:
+        c, ctx = self.cfg, self.ctx
+        reader_cfg = ReaderConfig(
+            url=c.data.url, split="train", mode="resampled", shuffle_buffer=c.data.shuffle_buffer,
+            buckets=tuple(Bucket(s, b) for s, b in c.data.buckets), seed=c.seed, on_shard_error=c.data.on_shard_error,
+            corruption=c.corruption,
+        )  # fmt: skip
+        stream = PretrainingStream(reader_cfg, ctx.rank, ctx.world_size, state=reader_state)
+        self.loader = StatefulLoader(stream, c.data.num_workers)
+        self.batches = iter(self.loader)
+
+    def step(self, step: int) -> Metrics:
+        """One optimizer step: forward, loss, the non-finite check across ranks, backward, update."""
+        t0 = time.perf_counter()
+        batch = next(self.batches)
+        wait = time.perf_counter() - t0
+        lr = self.schedule.lr(step)
+        for group in self.engine.optimizer.param_groups:
+            group["lr"] = lr
+        loss = self._loss(batch)
+        total = loss.total * float("nan") if step in self.inject_nan else loss.total
+        finite = bool(all_min(float(torch.isfinite(total.detach()).item()), self.ctx))
+        if finite:  # else skipped on every rank: no backward, so no gradient is accumulated
+            self.engine.backward(total)
+            self.engine.step()
+            self.schedule.observe(float(total.item()))
+        self.nonfinite.record(finite, step)
+        world = self.ctx.world_size
+        self.window.add(int(batch["pad_mask"].sum()) * world, len(batch["accessions"]) * world, wait)
+        return {
+            "loss": float(total.item()) if finite else float("nan"),
+            "token_loss": float(loss.token_loss.item()),
+            "annotation_loss": float(loss.annotation_loss.item()),
+            "lr": lr,
+            "seq_len": float(batch["seq_len"]),
+        }
+
+    def _loss(self, batch: dict[str, Any]) -> PretrainingLoss:
+        d = self.device
+        with torch.autocast(d.type, dtype=torch.bfloat16, enabled=self.bf16 and d.type == "cpu"):
+            out = self.engine(batch["input_tokens"].to(d), batch["input_annotations"].to(d),
+                              pad_mask=batch["pad_mask"].to(d))  # fmt: skip
+        return pretraining_loss(out, batch["tokens"].to(d), batch["annotations"].to(d), self.cfg.loss)
+
+    def log(self, done: int, metrics: Metrics) -> None:
+        """Rank 0: the step's losses with throughput over the window since the last log, to MLflow."""
+        if self.tracker is None:
+            return
+        rates = self.window.rates()
+        self.tracker.log_metrics(done, _without_nan({**metrics, **rates, "skipped_steps": float(self.nonfinite.total)}))
+        self.window.reset()
+
+    def save(self, done: int, metrics: Metrics) -> None:
+        """Every rank: its DeepSpeed files and reader position; rank 0 also the commit record."""
+        assert self.loader is not None
+
+        def write(local: Path) -> None:
+            self.engine.save_checkpoint(str(local), tag=ckpt.DS_TAG)
+
+        commit = CommitRecord(step=done, world_size=self.ctx.world_size, run_name=self.cfg.run_name,
+                              mlflow_run_id=self.run_id, schedule=self.schedule.state_dict(),
+                              nonfinite_steps=self.nonfinite.total)  # fmt: skip
+        report = _without_nan({"step": done, **{k: metrics[k] for k in REPORTED}})
+        self.ckpt.save(write, commit, report, self.loader.state_dict())
+
+
+def _deepspeed_engine(cfg: PretrainConfig, ctx: DistContext) -> tuple[Any, torch.device, bool]:
+    """The model and optimizer in a DeepSpeed engine. -> (engine, device, bf16)."""
     use_cuda = cfg.scaling.use_gpu and torch.cuda.is_available()
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if use_cuda else "cpu")
     import deepspeed
@@ -81,121 +187,25 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     optimizer = build_optimizer(model.parameters(), cfg.optim)
     ds_cfg = deepspeed_config(cfg, ctx.world_size, device.type)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_cfg)
-    bf16 = ds_cfg["bf16"]["enabled"]
-    schedule = LRSchedule(cfg.optim, cfg.max_steps)
-    run = storage_dir(meta)
+    return engine, device, bool(ds_cfg["bf16"]["enabled"])
 
-    # Resume from the newest COMPLETE checkpoint (rank 0 decides; every rank loads the same one).
-    start_step, reader_state, mlflow_run_id, nonfinite_total = 0, None, None, 0
-    chosen = _broadcast(ckpt.newest_complete(run) if ctx.is_main else None, ctx)
-    if chosen is not None:
-        local = ckpt.scratch_dir() / chosen
-        commit, mine = ckpt.download(run, chosen, local, ctx.rank)
-        engine.load_checkpoint(str(local), tag=ckpt.DS_TAG, load_optimizer_states=True, load_lr_scheduler_states=False)
-        start_step = int(commit["step"])
-        schedule.load_state_dict(commit["schedule"])
-        mlflow_run_id = commit.get("mlflow_run_id")
-        nonfinite_total = int(commit.get("nonfinite_steps", 0))
-        if commit["world_size"] == ctx.world_size:
-            reader_state = mine.get("reader")
-        shutil.rmtree(local.parent, ignore_errors=True)
-        if ctx.is_main:
-            log.warning("resuming %s from %s (step %d)", cfg.run_name, run.url(chosen), start_step)
 
-    tracker = None
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    cfg = from_dict(PretrainConfig, config["cfg"])
+    meta = config["meta"]
+    ctx = DistContext.from_ray()
+    pt = Pretrainer(cfg, meta, ctx)
+    start, reader_state, run_id = pt.restore()
     if ctx.is_main:
-        tracker = Tracker(cfg.tracking.experiment, cfg.run_name, mlflow_run_id, cfg.tracking.enabled)
-        tracker.log_config(cfg, meta.get("tags", {}))
-    run_id = _broadcast(tracker.run_id if tracker else None, ctx) or None
-
-    buckets = tuple(Bucket(s, b) for s, b in cfg.data.buckets)
-    reader_cfg = ReaderConfig(
-        url=cfg.data.url, split="train", mode="resampled", shuffle_buffer=cfg.data.shuffle_buffer, buckets=buckets,
-        seed=cfg.seed, on_shard_error=cfg.data.on_shard_error, corruption=cfg.corruption,
-    )  # fmt: skip
-    loader = StatefulLoader(
-        PretrainingStream(reader_cfg, ctx.rank, ctx.world_size, state=reader_state), cfg.data.num_workers
-    )
-    batches = iter(loader)
-    consecutive_nonfinite = 0
-    window = ThroughputWindow()
-
-    def save(step: int, metrics: dict[str, float]) -> None:
-        local = ckpt.scratch_dir()
-        engine.save_checkpoint(str(local), tag=ckpt.DS_TAG)
-        commit = None
-        if ctx.is_main:
-            commit = {"world_size": ctx.world_size, "run_name": cfg.run_name, "mlflow_run_id": run_id,
-                      "schedule": schedule.state_dict(), "nonfinite_steps": nonfinite_total}  # fmt: skip
-        ckpt.write_manifests(local, ctx.rank, step, loader.state_dict(), commit)
-        ray.train.report(
-            {"step": step, **metrics},
-            checkpoint=ray.train.Checkpoint.from_directory(str(local)),
-            checkpoint_dir_name=ckpt.checkpoint_name(step),
-        )
-        shutil.rmtree(local, ignore_errors=True)
-        if torch.distributed.is_initialized():
-            torch.distributed.barrier()  # every rank's report (and so its upload) has returned
-        if ctx.is_main:
-            for name in ckpt.prune(run, cfg.checkpoint.keep_last):
-                log.info("retention: deleted %s", run.url(name))
-
-    metrics: dict[str, float] = {}
-    for step in range(start_step, cfg.max_steps):
-        t0 = time.perf_counter()
-        batch = next(batches)
-        wait = time.perf_counter() - t0
-        lr = schedule.lr(step)
-        for group in engine.optimizer.param_groups:
-            group["lr"] = lr
-        tokens, annotations = batch["tokens"].to(device), batch["annotations"].to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cpu"):
-            out = engine(
-                batch["input_tokens"].to(device), batch["input_annotations"].to(device),
-                pad_mask=batch["pad_mask"].to(device),
-            )  # fmt: skip
-        loss = pretraining_loss(out, tokens, annotations, cfg.loss)
-        total = loss.total
-        if meta.get("inject_nonfinite_steps") and step in meta["inject_nonfinite_steps"]:
-            total = total * float("nan")  # test hook: a fault the real data cannot produce on cue
-        finite = _all_min(float(torch.isfinite(total.detach()).item()), ctx)
-        if finite:
-            engine.backward(total)
-            engine.step()
-            consecutive_nonfinite = 0
-            schedule.observe(float(total.item()))
-        else:  # skipped on every rank: no backward, so no gradient is accumulated
-            nonfinite_total += 1
-            consecutive_nonfinite += 1
-            if consecutive_nonfinite >= cfg.optim.max_nonfinite_in_a_row:
-                raise NonFiniteLossError(
-                    f"{cfg.run_name}: {consecutive_nonfinite} steps in a row with a non-finite loss (last at step "
-                    f"{step}); lower optim.lr, check the data, or raise optim.max_nonfinite_in_a_row"
-                )
-        n_tok = int(batch["pad_mask"].sum())
-        window.add(n_tok * ctx.world_size, len(batch["accessions"]) * ctx.world_size, wait)
-        done = step + 1
-        if ctx.is_main and (done % cfg.tracking.log_every == 0 or done == cfg.max_steps):
-            rates = window.rates()
-            metrics = {
-                "loss": float(total.item()) if finite else float("nan"),
-                "token_loss": float(loss.token_loss.item()),
-                "annotation_loss": float(loss.annotation_loss.item()),
-                "lr": lr,
-                **rates,
-                "skipped_steps": float(nonfinite_total),
-                "seq_len": float(batch["seq_len"]),
-            }
-            metrics = {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
-            assert tracker is not None
-            tracker.log_metrics(done, metrics)
-            window.reset()
-        if done % cfg.checkpoint.every_steps == 0 or done == cfg.max_steps:
-            save(done, {k: metrics[k] for k in ("loss", "token_loss", "annotation_loss") if k in metrics})
-
-    _export(engine, cfg, run, tracker, ctx)
-    if tracker is not None:
-        tracker.finish()
+        pt.tracker = Tracker(cfg.tracking.experiment, cfg.run_name, run_id, cfg.tracking.enabled)
+        pt.tracker.log_config(cfg, meta.get("tags", {}))
+    pt.run_id = broadcast(pt.tracker.run_id if pt.tracker else None, ctx) or None
+    pt.open_stream(reader_state)
+    cadence = Cadence(log=cfg.tracking.log_every, save=cfg.checkpoint.every_steps)
+    drive(start, cfg.max_steps, pt.step, cadence, log=pt.log, save=pt.save)
+    _export(pt.engine, cfg, pt.ckpt.run, pt.tracker, ctx)
+    if pt.tracker is not None:
+        pt.tracker.finish()
 
 
 def _export(engine, cfg: PretrainConfig, run: ckpt.StorageDir, tracker: Tracker | None, ctx: DistContext) -> None:
