@@ -84,3 +84,21 @@ def test_find_run_returns_only_an_exact_name_match():
     assert find_run(client, "7", "base-run2") == "mine"
     assert find_run(_RecordingClient([_run("other", "base-run")]), "7", "base-run2") is None
     assert find_run(_RecordingClient([]), "7", "base-run") is None
+
+
+def test_log_config_never_replaces_the_run_identity_tags():
+    """A campaign passed its base config's `pbp.run_name` to every trial, which renamed the trials' runs so none
+    could be found again; the tracker owns the identity tags."""
+    from pbp.train.tracking import RUN_KEY_TAG, RUN_NAME_TAG, Tracker
+
+    class Recorder:
+        def __init__(self):
+            self.tags = {}
+
+        def set_tag(self, run_id, key, value):
+            self.tags[key] = value
+
+    t = Tracker("exp", "trial-a", None, enabled=False)
+    t.enabled, t.client, t.run_id, t.new = True, Recorder(), "rid", False
+    t.log_config(None, {RUN_NAME_TAG: "base", RUN_KEY_TAG: "x", "pbp.campaign": "c"})
+    assert t.client.tags == {"pbp.campaign": "c"}

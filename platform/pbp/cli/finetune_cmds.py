@@ -4,7 +4,8 @@ local stack)."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+
+from pbp.cli.job import add_job_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,9 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Loads the FinetuneConfig from YAML with dotted overrides (stages.0.lr=3e-3 sets the first "
         "stage's lr); resumes a run of the same run_name from its newest complete checkpoint.",
     )
-    p.add_argument("--config", type=Path, required=True)
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. init=s3://pbp-runs/pretrain/tiny/final_model/")
-    p.add_argument("--address", default=None, help="Ray GCS address (default: RAY_ADDRESS, else the local stack)")
+    add_job_args(p, "init=s3://pbp-runs/pretrain/tiny/final_model/")
     p.set_defaults(func=cmd_finetune)
 
 
@@ -29,24 +28,13 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from pbp.finetune.launch import finetune
 
     cfg = load_config(FinetuneConfig, args.config, args.overrides)
-    result = finetune(cfg, address=args.address)
-    from pbp.train.checkpoint import storage_dir
+    res = finetune(cfg, address=args.address)
     from pbp.train.metrics import baseline_table
 
-    del result
-    run = storage_dir(_run_url(cfg))
-    final = run.read_json("final_metrics.json") or {}
-    print(baseline_table({k: v for k, v in final.items() if not k.startswith(("test_le", "test_gt"))}))
-    print(f"run {cfg.run_name}: finished; model in {run.url('final_model')} and the MLflow run's 'model' artifact "
+    print(baseline_table({k: v for k, v in res.metrics.items() if not k.startswith(("test_le", "test_gt"))}))
+    print(f"run {cfg.run_name}: finished; model in {res.run_url}/final_model and the MLflow run's 'model' artifact "
           f"(experiment {cfg.tracking.experiment})")  # fmt: skip
     return 0
-
-
-def _run_url(cfg) -> str:
-    from pbp.stack.endpoints import resolve
-
-    storage = cfg.checkpoint.storage_path or f"s3://{resolve().buckets.get('runs', 'pbp-runs')}/finetune"
-    return f"{storage.rstrip('/')}/{cfg.run_name}"
 
 
 def register_tune(sub: argparse._SubParsersAction) -> None:
@@ -57,11 +45,9 @@ def register_tune(sub: argparse._SubParsersAction) -> None:
         "campaign from its state in storage; --warm-start OTHER seeds the search with a finished campaign's "
         "evaluated points (same space).",
     )
-    t.add_argument("--config", type=Path, default=None)
-    t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. num_samples=16 space.head_dropout.high=0.3")
+    add_job_args(t, "num_samples=16 space.head_dropout.high=0.3", config_required=False)
     t.add_argument("--resume", metavar="NAME", default=None, help="continue campaign NAME")
     t.add_argument("--warm-start", metavar="OTHER", default=None, help="seed with campaign OTHER's evaluated points")
-    t.add_argument("--address", default=None, help="Ray GCS address (default: RAY_ADDRESS, else the local stack)")
     t.set_defaults(func=cmd_tune)
 
 

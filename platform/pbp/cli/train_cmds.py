@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pbp.cli.job import add_job_args
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -13,9 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Loads the PretrainConfig from YAML with dotted overrides; resumes a run of the same run_name "
         "from its newest complete checkpoint. `pbp submit pretrain --config ...` runs the same inside the cluster.",
     )
-    p.add_argument("--config", type=Path, required=True)
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.url=s3://pbp-data/synth/v1/")
-    p.add_argument("--address", default=None, help="Ray GCS address (default: RAY_ADDRESS, else the local stack)")
+    add_job_args(p, "data.url=s3://pbp-data/synth/v1/")
     p.set_defaults(func=cmd_pretrain)
 
     e = sub.add_parser(

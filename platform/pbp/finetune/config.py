@@ -17,6 +17,7 @@ from typing import Literal
 from pbp.model.config import ModelConfig
 from pbp.model.finetune import TaskKind
 from pbp.names import check_name
+from pbp.train.config import ScalingConfig
 
 
 def _positive(section: str, **values: float) -> None:
@@ -133,19 +134,6 @@ class FTTrackingConfig:
 
 
 @dataclass
-class FTScalingConfig:
-    num_workers: int = 1
-    use_gpu: bool = False
-    cpus_per_worker: float = 1.0
-    max_failures: int = 2
-    """Worker failures the run survives (resuming from its newest complete checkpoint)."""
-
-    def __post_init__(self) -> None:
-        if self.num_workers < 1 or self.cpus_per_worker <= 0 or self.max_failures < 0:
-            raise ValueError("scaling: num_workers >= 1, cpus_per_worker > 0 and max_failures >= 0 are required")
-
-
-@dataclass
 class FinetuneConfig:
     run_name: str = "finetune"
     """Names the run in storage and MLflow; re-running the same name resumes it."""
@@ -170,7 +158,8 @@ class FinetuneConfig:
     feature_cache: FeatureCacheConfig = field(default_factory=FeatureCacheConfig)
     checkpoint: FTCheckpointConfig = field(default_factory=FTCheckpointConfig)
     tracking: FTTrackingConfig = field(default_factory=FTTrackingConfig)
-    scaling: FTScalingConfig = field(default_factory=FTScalingConfig)
+    scaling: ScalingConfig = field(default_factory=lambda: ScalingConfig(num_workers=1))
+    """Ray Train workers (one CPU worker by default); worker failures survived by resuming."""
 
     def __post_init__(self) -> None:
         check_name(self.run_name, "run_name")

@@ -13,15 +13,13 @@ URI of one, or a fine-tuned model (its body is used).
 from __future__ import annotations
 
 import json
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from pbp.model import ModelConfig, ProteinBERT
 from pbp.model.finetune import FinetuneModel, TaskKind, TaskSpec
+from pbp.train.artifacts import local_dir
 
 FORMAT = "pbp-finetuned"
 FORMAT_VERSION = 1
@@ -75,32 +73,6 @@ def load_finetuned(directory: str | Path) -> tuple[FinetuneModel, TaskInfo, dict
     return model.eval(), task, doc.get("metadata", {})
 
 
-def _local_copy(location: str) -> Path:
-    """A local directory holding the files at ``location`` (local dir, s3:// dir, or an MLflow artifact URI)."""
-    if location.startswith(("runs:/", "models:/", "mlflow-artifacts:/")):
-        import mlflow
-
-        from pbp.train.tracking import configure_mlflow
-
-        configure_mlflow()
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=tempfile.mkdtemp()))
-    if location.startswith("s3://"):
-        from pbp.data.storage import Store
-
-        store = Store(location)
-        tmp = Path(tempfile.mkdtemp(prefix="pbp-init-"))
-        for name in store.fs.ls(location.rstrip("/")[len("s3://") :]):
-            base = name.rsplit("/", 1)[-1]
-            if base.endswith((".json", ".safetensors")):
-                (tmp / base).write_bytes(store.get_bytes(base))
-        return tmp
-    p = Path(location).expanduser()
-    if not p.is_dir():
-        raise FileNotFoundError(f"init={location!r}: no such directory (expected a pbp model directory, an s3:// "
-                                "directory or an MLflow URI such as runs:/ID/model)")  # fmt: skip
-    return p
-
-
 def _find_model_dir(root: Path, location: str) -> Path:
     for cand in [root, *sorted(p.parent for p in root.rglob("*.safetensors"))]:
         if (cand / "config.json").is_file() or (cand / META).is_file():
@@ -110,15 +82,10 @@ def _find_model_dir(root: Path, location: str) -> Path:
 
 def load_body(location: str) -> tuple[ProteinBERT, dict[str, Any]]:
     """The pretrained body at ``location`` -> (model, its metadata for lineage)."""
-    d = _find_model_dir(_local_copy(location), location)
+    d = _find_model_dir(local_dir(location, "init"), location)
     if (d / META).is_file():
         ft, _task, meta = load_finetuned(d)
         return ft.body, {"source": "finetuned", **meta}
     body = ProteinBERT.from_pretrained(d)
     meta = json.loads((d / "config.json").read_text()).get("metadata", {})
     return body, dict(meta)
-
-
-def predict_logits(model: FinetuneModel, tokens_BL: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model.eval()(tokens_BL)

@@ -7,7 +7,7 @@ starting point), so a bad value fails in seconds naming the file, row or key.
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,6 @@ def resolve_config(cfg: FinetuneConfig, tags: dict[str, str] | None = None) -> t
         "run_url": f"{storage.rstrip('/')}/{cfg.run_name}",
         "tags": {
             **lineage,
-            "pbp.run_name": cfg.run_name,
             "pbp.git_commit": git_commit(),
             "pbp.task.kind": data.spec.kind.value,
             "pbp.task.rows": f"train={len(data.train)} valid={len(data.valid)} "
@@ -67,8 +66,17 @@ def build_trainer(cfg: FinetuneConfig, meta: dict[str, Any], callbacks: list | N
     )  # fmt: skip
 
 
-def finetune(cfg: FinetuneConfig, address: str | None = None):
-    """Run fine-tuning on the Ray cluster (RAY_ADDRESS, else the local stack); returns Ray Train's Result."""
+@dataclass
+class FinetuneResult:
+    run_url: str
+    """The run's directory in storage (checkpoints, ``final_model/``, ``final_metrics.json``)."""
+    metrics: dict[str, float]
+    """The final validation and test metrics, each beside its baseline (``final_metrics.json``)."""
+
+
+def finetune(cfg: FinetuneConfig, address: str | None = None) -> FinetuneResult:
+    """Run fine-tuning on the Ray cluster (RAY_ADDRESS, else the local stack)."""
+    from pbp.train.checkpoint import storage_dir
     from pbp.train.launch import connect_ray
 
     cfg, meta = resolve_config(cfg)
@@ -76,4 +84,4 @@ def finetune(cfg: FinetuneConfig, address: str | None = None):
     result = build_trainer(cfg, meta).fit()
     if result.error:
         raise result.error
-    return result
+    return FinetuneResult(meta["run_url"], storage_dir(meta["run_url"]).read_json("final_metrics.json") or {})

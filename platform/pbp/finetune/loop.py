@@ -28,7 +28,7 @@ from pbp.finetune.data import Split, TaskData, load_task
 from pbp.finetune.export import TaskInfo, load_body, save_finetuned
 from pbp.finetune.features import FeatureCache, build_cache
 from pbp.model import ProteinBERT
-from pbp.model.finetune import IGNORE_INDEX, FinetuneModel, TaskKind, TaskSpec, task_loss
+from pbp.model.finetune import IGNORE_INDEX, FinetuneModel, task_loss
 from pbp.train.checkpoint import Checkpointer, CommitRecord, Restored
 from pbp.train.dist import DistContext, all_gather_objects, average_gradients, broadcast
 from pbp.train.driver import Cadence, drive
@@ -76,12 +76,6 @@ class Progress:
     best_metric: float = math.nan
 
 
-def _flat_spec(spec: TaskSpec) -> TaskSpec:
-    """Per-residue kinds evaluate as their per-protein counterpart over the flattened labelled positions."""
-    kind = {TaskKind.RESIDUE_BINARY: TaskKind.BINARY, TaskKind.RESIDUE_CATEGORICAL: TaskKind.CATEGORICAL}
-    return TaskSpec(kind.get(spec.kind, spec.kind), spec.n_classes)
-
-
 class Trainer:
     """One worker's fine-tuning state; methods are the driver's step/evaluate/save and the stage bookkeeping."""
 
@@ -93,11 +87,13 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         body = ProteinBERT(cfg.model) if cfg.init == "none" else load_body(cfg.init)[0]
         self.model = FinetuneModel(body, self.data.spec, cfg.head_dropout).to(self.device)
-        self.flat = _flat_spec(self.data.spec)
+        self.flat = self.data.spec.flattened()
         self.train_ref = self._flat_labels(self.data.train)
         self.progress = Progress()
         self.best_state: dict[str, torch.Tensor] | None = None
         self.optimizer: torch.optim.Optimizer | None = None
+        self.restored_optimizer: dict[str, Any] | None = None
+        """The optimizer state of a restored checkpoint, loaded when its stage's optimizer is built."""
         self.patience = Patience(lr=cfg.stages[0].lr)
         self.caches: dict[str, FeatureCache | None] = {}
         self.rows = np.arange(len(self.data.train))
@@ -116,7 +112,7 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.best_state = state.get("best")
         self.progress = Progress(**restored.commit.job)
-        self._pending_optimizer = state.get("optimizer")
+        self.restored_optimizer = state.get("optimizer")
         restored.cleanup()
         if self.ctx.is_main:
             log.warning("resuming %s from %s (stage %d, epoch %d)", self.cfg.run_name, restored.url,
@@ -133,10 +129,9 @@ class Trainer:
         self.patience = Patience(lr=stage.lr)
         if resuming:
             self.patience = Patience(**self.progress.patience)
-            pending = getattr(self, "_pending_optimizer", None)
-            if pending:
-                self.optimizer.load_state_dict(pending)
-            self._pending_optimizer = None
+            if self.restored_optimizer:
+                self.optimizer.load_state_dict(self.restored_optimizer)
+            self.restored_optimizer = None
         else:
             self.best_state = None
         self.rows, dropped = fitting_rows(self.data.train, stage.seq_len, self.cfg.too_long)
@@ -382,7 +377,9 @@ def _export(tr: Trainer, final: dict[str, float]) -> None:
     pafs.copy_files(str(local), f"{run.path}/final_model", source_filesystem=pafs.LocalFileSystem(),
                     destination_filesystem=run.fs)  # fmt: skip
     if tr.tracker is not None:
-        tr.tracker.log_metrics(tr.progress.epochs_done, {k: v for k, v in final.items() if math.isfinite(v)})
+        # The shipped weights' validation metrics as final_valid_* (valid_* holds one point per epoch).
+        shipped = {(f"final_{k}" if k.startswith("valid_") else k): v for k, v in final.items() if math.isfinite(v)}
+        tr.tracker.log_metrics(tr.progress.epochs_done, shipped)
         if tr.tracker.enabled:
             from pbp.finetune.pyfunc import log_pyfunc
             from pbp.model.tokenizer import decode

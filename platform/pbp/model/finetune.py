@@ -59,6 +59,12 @@ class TaskSpec:
     def n_outputs(self) -> int:
         return self.n_classes if self.kind in (TaskKind.CATEGORICAL, TaskKind.RESIDUE_CATEGORICAL) else 1
 
+    def flattened(self) -> TaskSpec:
+        """Per-residue kinds as their per-protein counterpart, for losses and metrics over the labelled positions
+        flattened into one list (per-protein kinds are returned unchanged)."""
+        kind = {TaskKind.RESIDUE_BINARY: TaskKind.BINARY, TaskKind.RESIDUE_CATEGORICAL: TaskKind.CATEGORICAL}
+        return TaskSpec(kind.get(self.kind, self.kind), self.n_classes)
+
 
 def extract_features(
     model: ProteinBERT,

@@ -98,6 +98,10 @@ class ScalingConfig:
     max_failures: int = 2
     """Worker or node failures the run survives (resuming from the newest complete checkpoint)."""
 
+    def __post_init__(self) -> None:
+        if self.num_workers < 1 or self.cpus_per_worker <= 0 or self.max_failures < 0:
+            raise ValueError("scaling: num_workers >= 1, cpus_per_worker > 0 and max_failures >= 0 are required")
+
 
 @dataclass
 class PretrainConfig:

@@ -20,8 +20,6 @@ the score of a predictor that learned nothing, on the same proteins:
 from __future__ import annotations
 
 import math
-import tempfile
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -30,21 +28,15 @@ import torch.nn.functional as F
 
 from pbp.data.episodes import Bucket
 from pbp.data.reader import PretrainingStream, ReaderConfig
-from pbp.data.storage import Store
 from pbp.model import ProteinBERT
 from pbp.model.tokenizer import VOCAB_SIZE
+from pbp.train.artifacts import local_dir
 from pbp.train.metrics import roc_auc, roc_auc_macro
 
 
 def load_model(location: str) -> ProteinBERT:
-    """A model directory, local or in S3 (e.g. a run's ``final_model/``)."""
-    if not location.startswith("s3://"):
-        return ProteinBERT.from_pretrained(location)
-    store = Store(location)
-    tmp = Path(tempfile.mkdtemp(prefix="pbp-model-"))
-    for name in ("config.json", "model.safetensors"):
-        (tmp / name).write_bytes(store.get_bytes(name))
-    return ProteinBERT.from_pretrained(tmp)
+    """A model directory, local, in S3 (e.g. a run's ``final_model/``) or an MLflow artifact URI."""
+    return ProteinBERT.from_pretrained(local_dir(location))
 
 
 @torch.no_grad()

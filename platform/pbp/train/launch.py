@@ -48,7 +48,6 @@ def resolve_config(cfg: PretrainConfig) -> tuple[PretrainConfig, dict[str, Any]]
             "pbp.dataset_url": cfg.data.url,
             "pbp.dataset_manifest_sha256": digest,
             "pbp.git_commit": git_commit(),
-            "pbp.run_name": cfg.run_name,
         },
     }
     return cfg, meta

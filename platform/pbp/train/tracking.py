@@ -91,11 +91,15 @@ class Tracker:
         self.run_id = run_id
 
     def log_config(self, cfg: Any, tags: dict[str, str]) -> None:
-        """Resolved config (params + YAML artifact) once per run; tags (dataset, git commit) every attempt."""
+        """Resolved config (params + YAML artifact) once per run; tags (dataset, git commit) every attempt.
+
+        The run's identity tags (name and key) are the tracker's own, set when the run is created: a caller's tags
+        never replace them (a campaign's shared tags once renamed every trial's run, so none could be found)."""
         if not self.enabled:
             return
         for k, v in tags.items():
-            self.client.set_tag(self.run_id, k, v)
+            if k not in (RUN_NAME_TAG, RUN_KEY_TAG):
+                self.client.set_tag(self.run_id, k, v)
         if not self.new:
             return
         params = {k: str(v)[:500] for k, v in _flatten(to_dict(cfg)).items()}

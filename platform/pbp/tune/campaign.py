@@ -62,10 +62,9 @@ class CampaignResult:
 
 
 def _metric_and_mode(cfg: TuneConfig, base: FinetuneConfig) -> tuple[str, str]:
-    from pbp.finetune.loop import _flat_spec
     from pbp.model.finetune import TaskSpec
 
-    kind = _flat_spec(TaskSpec(base.task.kind, 2)).kind
+    kind = TaskSpec(base.task.kind, 2).flattened().kind
     metric = cfg.metric or f"valid_{kind.metric_name}"
     return metric, cfg.resolved_mode(metric)
 

@@ -1,0 +1,28 @@
+"""The common body of ``jobs/*.py``: parse ``--config FILE`` and dotted overrides, load the typed config, run."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def run_job(config_cls: type[T], run: Callable[[T], Any], argv: Sequence[str] | None = None) -> Any:
+    from pbp.config import load_config
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", required=True)
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args(argv)
+    return run(load_config(config_cls, args.config, args.overrides))
+
+
+def add_job_args(p: argparse.ArgumentParser, example: str, *, config_required: bool = True) -> None:
+    """``--config``, dotted overrides and ``--address``: the arguments of every command that runs a job on Ray."""
+    from pathlib import Path
+
+    p.add_argument("--config", type=Path, required=config_required, default=None)
+    p.add_argument("overrides", nargs="*", help=f"dotted overrides, e.g. {example}")
+    p.add_argument("--address", default=None, help="Ray GCS address (default: RAY_ADDRESS, else the local stack)")
