@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
@@ -10,6 +11,8 @@ from pbp.config import load_config
 from pbp.model import ModelConfig
 from pbp.stack import manager, procs
 from pbp.stack.endpoints import Endpoints, resolve
+from pbp.stack.services import ray_temp_dir
+from pbp.stack.state import StackState
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -76,3 +79,22 @@ def pytest_runtest_makereport(item, call):
     d = getattr(item.session, "_pbp_stack_dir", None)
     if report.failed and d is not None:
         report.sections.append(("pbp stack logs", _dump_logs(d)))
+
+
+def train_worker_pids(stack_dir: Path) -> list[int]:
+    """This stack's Ray Train workers only (their raylet runs in the stack's Ray temp dir): the machine may be
+    running other stacks, whose workers this test must not kill."""
+    state = StackState.load(stack_dir)
+    assert state is not None
+    raylet_flag = f"--temp_dir={ray_temp_dir(state)}"
+    out = []
+    for p in psutil.process_iter(["pid", "cmdline", "name"]):
+        text = " ".join(p.info["cmdline"] or []) + " " + (p.info["name"] or "")
+        if "RayTrainWorker" not in text:
+            continue
+        try:
+            if any(raylet_flag in parent.cmdline() for parent in p.parents()):
+                out.append(p.info["pid"])
+        except psutil.Error:
+            continue
+    return out

@@ -12,7 +12,6 @@ import threading
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from pbp.data.shards import BuildConfig, Inputs, build
@@ -20,12 +19,10 @@ from pbp.data.storage import Store
 from pbp.data.synth import SynthConfig, write_corpus
 from pbp.model import ProteinBERT
 from pbp.names import name_key
-from pbp.stack.services import ray_temp_dir
-from pbp.stack.state import StackState
 from pbp.train import checkpoint as ckpt
 from pbp.train.tracking import RUN_KEY_TAG, RUN_NAME_TAG
 
-from ..conftest import REPO
+from ..conftest import REPO, train_worker_pids
 
 pytestmark = pytest.mark.timeout(900)
 STEPS, EVERY = 60, 20
@@ -108,25 +105,6 @@ def test_end_to_end_loss_falls_checkpoints_in_s3_and_mlflow_run(baseline, endpoi
     assert model.config.d_local == 32 and model.num_parameters() > 0
 
 
-def _train_worker_pids(stack_dir: Path) -> list[int]:
-    """This stack's Ray Train workers only (their raylet runs in the stack's Ray temp dir): the machine may be
-    running other stacks, whose workers this test must not kill."""
-    state = StackState.load(stack_dir)
-    assert state is not None
-    raylet_flag = f"--temp_dir={ray_temp_dir(state)}"
-    out = []
-    for p in psutil.process_iter(["pid", "cmdline", "name"]):
-        text = " ".join(p.info["cmdline"] or []) + " " + (p.info["name"] or "")
-        if "RayTrainWorker" not in text:
-            continue
-        try:
-            if any(raylet_flag in parent.cmdline() for parent in p.parents()):
-                out.append(p.info["pid"])
-        except psutil.Error:
-            continue
-    return out
-
-
 def test_stop_and_go_matches_an_uninterrupted_run(baseline, stack_dir, endpoints, dataset):
     run = f"sag-{random.randrange(10**6)}"
     proc = _pretrain(stack_dir, run, dataset, background=True)
@@ -137,7 +115,7 @@ def test_stop_and_go_matches_an_uninterrupted_run(baseline, stack_dir, endpoints
         deadline = time.time() + 600
         while time.time() < deadline and proc.poll() is None:
             if ckpt.newest_complete(rdir) is not None:  # after the first checkpoint, kill one worker by pid
-                pids = _train_worker_pids(stack_dir)
+                pids = train_worker_pids(stack_dir)
                 if pids:
                     os.kill(pids[-1], signal.SIGKILL)
                     killed.append(pids[-1])

@@ -13,7 +13,7 @@ import json
 import logging
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from pbp.tune.report import CampaignSummary, TrialRecord, best_trial, summary_to
 from pbp.tune.search import EPOCH, FINISHED, check_space, distributions, make_searcher, trial_finetune_config
 
 log = logging.getLogger("pbp.tune")
+EPOCH_SECONDS = "epoch_seconds"  # reported by every fine-tuning epoch (pbp.finetune.loop.run_stage)
 
 
 class CampaignError(ValueError):
@@ -59,6 +60,8 @@ class CampaignResult:
     report: Path
     parent_run_id: str
     best: TrialRecord | None
+    train_seconds: dict[str, float] = field(default_factory=dict)
+    """Per trial id: seconds in its training epochs (the sum of the ``epoch_seconds`` its fine-tuning reported)."""
 
 
 def _metric_and_mode(cfg: TuneConfig, base: FinetuneConfig) -> tuple[str, str]:
@@ -72,6 +75,7 @@ def _metric_and_mode(cfg: TuneConfig, base: FinetuneConfig) -> tuple[str, str]:
 def run_campaign(cfg: TuneConfig, *, resume: bool = False, warm_start: str | None = None, address: str | None = None):
     """Run (or, with ``resume``, continue) a campaign; everything checkable is checked before any trial starts."""
     from pbp.finetune.launch import resolve_config
+    from pbp.names import check_name
     from pbp.train.launch import connect_ray, git_commit
     from pbp.train.tracking import Tracker
 
@@ -86,6 +90,7 @@ def run_campaign(cfg: TuneConfig, *, resume: bool = False, warm_start: str | Non
                             "continues it, or choose another name")  # fmt: skip
     if resume and not exists:
         raise CampaignError(f"campaign {cfg.name!r}: nothing to resume at {url}")
+    warm = warm_start_trials(cfg, f"{storage}/{check_name(warm_start, '--warm-start')}") if warm_start else []
     if not resume:
         from pbp.config import dump_yaml
         from pbp.data.storage import Store
@@ -101,11 +106,11 @@ def run_campaign(cfg: TuneConfig, *, resume: bool = False, warm_start: str | Non
     ctx = {"campaign": cfg.name, "trials_url": f"{url}/trials", "parent_run_id": parent.run_id,
            "tags": {**ft_meta["tags"], "pbp.campaign": cfg.name}}  # fmt: skip
     t0 = time.time()
-    tuner = _tuner(cfg, base_cfg, base, ctx, metric, mode, url, resume, warm_start, storage)
+    tuner = _tuner(cfg, base_cfg, base, ctx, metric, mode, url, resume, warm_start, warm)
     grid = tuner.fit()
     summary = summarize(grid, cfg, metric, mode)
     report = finish_campaign(cfg, summary, parent, url, time.time() - t0)
-    return CampaignResult(summary, report, parent.run_id, best_trial(summary))
+    return CampaignResult(summary, report, parent.run_id, best_trial(summary), train_seconds(grid))
 
 
 def campaign_url(name: str, storage_path: str = "") -> str:
@@ -138,7 +143,7 @@ def _exists(url: str) -> bool:
 
 
 def _tuner(cfg: TuneConfig, base_cfg: FinetuneConfig, base: dict, ctx: dict, metric: str, mode: str, url: str,
-           resume: bool, warm_start: str | None, storage: str):  # fmt: skip
+           resume: bool, warm_start: str | None, warm: list):  # fmt: skip
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -154,9 +159,10 @@ def _tuner(cfg: TuneConfig, base_cfg: FinetuneConfig, base: dict, ctx: dict, met
     if resume:
         return tune.Tuner.restore(path, trainable, resume_errored=True, storage_filesystem=fs)
     searcher = make_searcher(cfg, metric, mode)
-    if warm_start:
-        n = warm_start_from(searcher, cfg, f"{storage}/{warm_start}")
-        print(f"[{cfg.name}] warm start: {n} evaluated points from campaign {warm_start}", flush=True)
+    for t in warm:
+        searcher.study.add_trial(t)
+    if warm:
+        print(f"[{cfg.name}] warm start: {len(warm)} evaluated points from campaign {warm_start}", flush=True)
     total_epochs = sum(s.max_epochs for s in base_cfg.stages)
     scheduler = (
         ASHAScheduler(time_attr=EPOCH, metric=metric, mode=mode, max_t=(cfg.asha.max_t or total_epochs) + 1,
@@ -183,7 +189,7 @@ def summarize(grid, cfg: TuneConfig, metric: str, mode: str) -> CampaignSummary:
     trials: list[TrialRecord] = []
     for r in grid:
         m = r.metrics or {}
-        trial_id = str(m.get("trial_id") or Path(r.path).name)
+        trial_id = _trial_id(r)
         df = r.metrics_dataframe
         curve: list[tuple[int, float]] = []
         if df is not None and metric in df and EPOCH in df:
@@ -196,6 +202,19 @@ def summarize(grid, cfg: TuneConfig, metric: str, mode: str) -> CampaignSummary:
                                   seconds=float(m.get("time_total_s", 0.0))))  # fmt: skip
     trials.sort(key=lambda t: t.number)
     return CampaignSummary(cfg.name, metric, mode, trials)
+
+
+def train_seconds(grid) -> dict[str, float]:
+    """Per trial id: the sum of the per-epoch ``epoch_seconds`` in its reports (its time in training epochs)."""
+    out: dict[str, float] = {}
+    for r in grid:
+        df = r.metrics_dataframe
+        out[_trial_id(r)] = float(df[EPOCH_SECONDS].sum()) if df is not None and EPOCH_SECONDS in df else 0.0
+    return out
+
+
+def _trial_id(result) -> str:
+    return str((result.metrics or {}).get("trial_id") or Path(result.path).name)
 
 
 def _number(experiment_tag: str, fallback: int) -> int:
@@ -227,8 +246,9 @@ def study_db(summary: CampaignSummary, cfg: TuneConfig, out: Path) -> Path:
     return out
 
 
-def warm_start_from(searcher, cfg: TuneConfig, other_url: str) -> int:
-    """Seed ``searcher``'s study with the completed and pruned trials of an earlier campaign on the same space."""
+def warm_start_trials(cfg: TuneConfig, other_url: str) -> list:
+    """The completed and pruned trials of an earlier campaign on the same space (its study.db), to seed a new
+    campaign's study with; another space is refused naming both."""
     import optuna
     from optuna.trial import TrialState
 
@@ -241,14 +261,13 @@ def warm_start_from(searcher, cfg: TuneConfig, other_url: str) -> int:
         raise CampaignError(f"--warm-start: {other_url}/study.db not found (the campaign must have finished)") from None
     other = optuna.load_study(study_name=None, storage=f"sqlite:///{local}")
     dists = distributions(cfg.space)
-    n = 0
+    found = []
     for t in other.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
         if t.distributions != dists:
             raise CampaignError(f"--warm-start: {other_url} searched another space ({sorted(t.distributions)} "
                                 f"with other ranges or types than {sorted(dists)})")  # fmt: skip
-        searcher.study.add_trial(t)
-        n += 1
-    return n
+        found.append(t)
+    return found
 
 
 def finish_campaign(cfg: TuneConfig, summary: CampaignSummary, parent, url: str, wall_s: float) -> Path:

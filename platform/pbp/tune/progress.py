@@ -33,7 +33,7 @@ class LiveProgress(tune.Callback):
         self._line(f"trial {trial.trial_id} {what}: {self.metric}={value:.4f}; {best}")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        done = sum(t.status == "TERMINATED" for t in trials)
+        done = 1 + sum(t.status in ("TERMINATED", "ERROR") for t in trials if t is not trial)
         self._line(f"trial {trial.trial_id} ended; {done}/{len(trials)} trials ended")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

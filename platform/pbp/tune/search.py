@@ -80,6 +80,8 @@ class PruneAwareOptunaSearch(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._completed_trials or self.metric not in result or EPOCH not in result:
             return
+        if result.get(FINISHED):  # the final report repeats the last epoch's step; its value goes to tell()
+            return
         self._ot_trials[trial_id].report(float(result[self.metric]), int(result[EPOCH]))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
