@@ -189,9 +189,9 @@ def test_training_the_head_on_the_cache_equals_training_through_the_body(tmp_pat
     for enabled in ("true", "false"):
         cfg = load_config(FinetuneConfig, REPO / "configs/finetune/tiny.yaml", [
             f"task.kind={kind}", f"task.train={path}", f"task.valid={path}", "task.test=", "head_dropout=0",
-            "stages.0.batch_size=8", f"feature_cache.enabled={enabled}",
+            "stages.0.batch_size=8", f"feature_cache.enabled={enabled}", f"checkpoint.storage_path={tmp_path}",
         ])  # fmt: skip
-        tr = Trainer(cfg, {"run_url": str(tmp_path / "run")}, DistContext.single())
+        tr = Trainer(cfg, {}, DistContext.single())
         tr.begin_stage(cfg.stages[0], resuming=False)
         assert (tr.caches.get("train") is not None) == (enabled == "true")
         tr.train_epoch(cfg.stages[0])
@@ -245,8 +245,9 @@ def test_a_finetuning_checkpoint_restores_from_storage(tmp_path):
     complete, downloaded and loaded: weights, stage progress and the MLflow run id."""
     path = _write(tmp_path, "numeric", _seqs(20, 5, 30, seed=5))
     cfg = load_config(FinetuneConfig, REPO / "configs/finetune/tiny.yaml",
-                      [f"task.train={path}", f"task.valid={path}", "task.test="])  # fmt: skip
-    meta = {"run_url": str(tmp_path / "runs" / "r")}
+                      [f"task.train={path}", f"task.valid={path}", "task.test=", "run_name=r",
+                       f"checkpoint.storage_path={tmp_path / 'runs'}"])  # fmt: skip
+    meta: dict = {}
     tr = Trainer(cfg, meta, DistContext.single())
     with torch.no_grad():
         tr.model.head.weight.add_(1.0)
@@ -256,7 +257,7 @@ def test_a_finetuning_checkpoint_restores_from_storage(tmp_path):
     torch.save({"model": tr.model.state_dict(), "optimizer": None, "best": None}, local / STATE_FILE)
     commit = ckpt.CommitRecord(step=3, world_size=1, run_name=cfg.run_name, mlflow_run_id="abc", job=asdict(progress))
     ckpt.write_manifests(local, 0, 3, {}, {k: v for k, v in commit.to_json().items() if k != "step"})
-    assert ckpt.newest_complete(ckpt.storage_dir(meta["run_url"])) == ckpt.checkpoint_name(3)
+    assert ckpt.newest_complete(ckpt.storage_dir(cfg.run_url)) == ckpt.checkpoint_name(3)
     fresh = Trainer(cfg, meta, DistContext.single())
     assert not torch.equal(fresh.model.head.weight, tr.model.head.weight)
     assert fresh.restore() == "abc"

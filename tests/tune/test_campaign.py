@@ -5,13 +5,16 @@ as PRUNED in the study; a bad search-space key fails before any trial starts."""
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from ..conftest import REPO
+from ..conftest import REPO, train_worker_pids
 
 pytestmark = pytest.mark.timeout(1200)
 
@@ -80,3 +83,87 @@ def test_small_campaign_parent_children_report_and_pruned_trials(stack_dir, endp
         assert {"campaign/report.html", "campaign/study.db", "campaign/ledger.json"} <= arts
     finally:
         mlflow.set_tracking_uri(None)
+
+
+TINY = ["finetune_overrides=[task.max_rows=80, stages.0.max_epochs=1, stages.1.max_epochs=2, stages.2.max_epochs=1]",
+        "asha.enabled=false", "storage_path=s3://pbp-runs/tests-tune"]  # fmt: skip
+
+
+def _trial_lines(text: str, name: str) -> set[str]:
+    return set(re.findall(rf"^\[{re.escape(name)}\] trial (\S+) ", text, re.M))
+
+
+def test_kill_a_trial_worker_then_the_driver_then_resume_and_warm_start(stack_dir, endpoints, tmp_path, monkeypatch):
+    """A trial's worker killed after its first checkpoint: the trial resumes from it. The driver killed after a trial
+    finished: `--resume` keeps the finished trials and runs the rest, num_samples in all, one parent run. Then a
+    campaign warm-started from it sees its evaluated points; one on another space is refused before it starts."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    from pbp.names import name_key
+    from pbp.train import checkpoint as ckpt
+    from pbp.train.tracking import RUN_KEY_TAG, find_run
+
+    name = f"res-{os.getpid()}"
+    log = tmp_path / "first.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "RAY_"))}
+    env.update(PBP_STACK_DIR=str(stack_dir))
+    cmd = [str(Path(sys.executable).with_name("pbp")), "tune", "--config", "configs/tune/tiny.yaml", f"name={name}",
+           "num_samples=3", f"report_dir={tmp_path}", *TINY]  # fmt: skip
+    with log.open("w") as f:
+        driver = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
+    trials_dir = ckpt.StorageDir(endpoints.pyarrow_fs(), f"pbp-runs/tests-tune/{name}/trials")
+    killed_worker, deadline = None, time.time() + 600
+    try:
+        while time.time() < deadline and driver.poll() is None:
+            text = log.read_text()
+            if killed_worker is None:
+                runs = [i for i in _listing(trials_dir) if ckpt.newest_complete(ckpt.StorageDir(trials_dir.fs,
+                                                                                    f"{trials_dir.path}/{i}"))]  # fmt: skip
+                pids = train_worker_pids(stack_dir) if runs else []
+                if pids:
+                    os.kill(pids[-1], signal.SIGKILL)
+                    killed_worker = pids[-1]
+            elif re.search(r"trials ended", text):
+                break
+            time.sleep(1)
+    finally:
+        driver.kill()
+        driver.wait()
+    first = log.read_text()
+    assert killed_worker is not None, first[-4000:]
+    assert "trials ended" in first, first[-4000:]
+    finished_before = set(re.findall(rf"^\[{re.escape(name)}\] trial (\S+) finished", first, re.M))
+    assert finished_before, first[-4000:]
+
+    res = _pbp(stack_dir, "tune", "--resume", name)
+    second = res.stdout + res.stderr
+    assert res.returncode == 0, second[-6000:]
+    assert re.search(rf"campaign {name}: 3 trials", second), second[-3000:]
+    assert not (_trial_lines(second, name) & finished_before), "a finished trial ran again"
+    assert "resuming" in first + second  # the killed worker's trial continued from its checkpoint
+
+    for k, v in endpoints.mlflow_env().items():
+        monkeypatch.setenv(k, v)
+    client = MlflowClient(endpoints.mlflow_uri)
+    exp = client.get_experiment_by_name("pbp-tune")
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{name_key(name)}'")
+    assert len(runs) == 1 and find_run(client, exp.experiment_id, name) == runs[0].info.run_id  # one parent run
+
+    warm = _pbp(stack_dir, "tune", "--config", "configs/tune/tiny.yaml", f"name={name}-w", "num_samples=1",
+                f"report_dir={tmp_path}", *TINY, "--warm-start", name)  # fmt: skip
+    assert warm.returncode == 0, (warm.stdout + warm.stderr)[-4000:]
+    assert f"warm start: 3 evaluated points from campaign {name}" in warm.stdout + warm.stderr
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path / (name + '-w') / 'study.db'}")
+    assert len(study.trials) == 1
+
+    other = _pbp(stack_dir, "tune", "--config", "configs/tune/tiny.yaml", f"name={name}-x", "num_samples=1", *TINY,
+                 "space={head_dropout: {type: uniform, low: 0.0, high: 0.3}}", "--warm-start", name, timeout=120)  # fmt: skip
+    assert other.returncode == 2 and "searched another space" in other.stderr, other.stderr[-2000:]
+
+
+def _listing(run) -> list[str]:
+    from pyarrow import fs as pafs
+
+    sel = pafs.FileSelector(run.path, allow_not_found=True, recursive=False)
+    return [i.base_name for i in run.fs.get_file_info(sel) if i.type == pafs.FileType.Directory]

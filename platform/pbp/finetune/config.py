@@ -178,3 +178,11 @@ class FinetuneConfig:
             raise ValueError(f"length_buckets must be increasing token counts >= 8, got {self.length_buckets}")
         if not self.init:
             raise ValueError("init is empty: 'none', a pbp model directory, or an MLflow model URI")
+
+    @property
+    def run_url(self) -> str:
+        """The run's directory: Ray Train's storage for it and pbp's checkpoints, final model and metrics (one
+        value, so the two can never disagree)."""
+        if not self.checkpoint.storage_path:
+            raise ValueError("checkpoint.storage_path is empty (pbp finetune fills in the stack's runs bucket)")
+        return f"{self.checkpoint.storage_path.rstrip('/')}/{self.run_name}"

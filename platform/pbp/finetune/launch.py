@@ -41,7 +41,6 @@ def resolve_config(cfg: FinetuneConfig, tags: dict[str, str] | None = None) -> t
     storage = cfg.checkpoint.storage_path or f"s3://{resolve().buckets.get('runs', 'pbp-runs')}/finetune"
     cfg = replace(cfg, checkpoint=replace(cfg.checkpoint, storage_path=storage))
     meta_out = {
-        "run_url": f"{storage.rstrip('/')}/{cfg.run_name}",
         "tags": {
             **lineage,
             "pbp.git_commit": git_commit(),
@@ -84,4 +83,4 @@ def finetune(cfg: FinetuneConfig, address: str | None = None) -> FinetuneResult:
     result = build_trainer(cfg, meta).fit()
     if result.error:
         raise result.error
-    return FinetuneResult(meta["run_url"], storage_dir(meta["run_url"]).read_json("final_metrics.json") or {})
+    return FinetuneResult(cfg.run_url, storage_dir(cfg.run_url).read_json("final_metrics.json") or {})

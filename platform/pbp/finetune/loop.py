@@ -98,7 +98,7 @@ class Trainer:
         self.caches: dict[str, FeatureCache | None] = {}
         self.rows = np.arange(len(self.data.train))
         self.tracker: Tracker | None = None
-        self.ckpt = Checkpointer(meta["run_url"], ctx, cfg.checkpoint.keep_last)
+        self.ckpt = Checkpointer(cfg.run_url, ctx, cfg.checkpoint.keep_last)
         self.t_start = time.perf_counter()
 
     # ---- resume -----------------------------------------------------------------------------------------------

@@ -72,7 +72,9 @@ class FinetunedPredictor:
         col = self.task.seq_column if self.task.seq_column in df.columns else "seq"
         if col not in df.columns:
             raise ValueError(f"input has no column {self.task.seq_column!r} (columns: {list(df.columns)})")
-        return pd.DataFrame(self.predict_sequences([str(s) for s in df[col]]))
+        # MLflow's schema enforcement turns {"seq": [a, b]} into ONE row holding a list: one prediction per sequence.
+        seqs = [str(x) for s in df[col] for x in (s if isinstance(s, list | tuple | np.ndarray) else [s])]
+        return pd.DataFrame(self.predict_sequences(seqs))
 
 
 def _load_pyfunc(data_path: str) -> FinetunedPredictor:

@@ -44,9 +44,8 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], ctx: dict[str, Any])
     from pbp.finetune.launch import build_trainer
 
     trial_id = ray.tune.get_context().get_trial_id()
-    cfg = trial_finetune_config(base, config, trial_run_name(ctx["campaign"], trial_id))
+    cfg = trial_finetune_config(base, config, trial_run_name(ctx["campaign"], trial_id), ctx["trials_url"])
     meta = {
-        "run_url": f"{ctx['trials_url']}/{cfg.run_name}",
         "tags": {**ctx["tags"], "mlflow.parentRunId": ctx["parent_run_id"], "pbp.trial_id": trial_id},
     }
     result = build_trainer(cfg, meta, callbacks=[TuneReportCallback()]).fit()

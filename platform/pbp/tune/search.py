@@ -48,11 +48,16 @@ def base_finetune_dict(cfg: TuneConfig) -> dict[str, Any]:
     return apply_overrides(read_yaml(cfg.finetune), cfg.finetune_overrides)
 
 
-def trial_finetune_config(base: dict[str, Any], params: dict[str, Any], run_name: str) -> FinetuneConfig:
+def trial_finetune_config(
+    base: dict[str, Any], params: dict[str, Any], run_name: str, storage_path: str = ""
+) -> FinetuneConfig:
+    """The base fine-tuning config with a trial's sampled values, its run name and (in a campaign) its storage."""
     data = copy.deepcopy(base)
     for key, value in params.items():
         set_dotted(data, key.split("."), value, f"space.{key}")
     data["run_name"] = run_name
+    if storage_path:
+        data.setdefault("checkpoint", {})["storage_path"] = storage_path
     return from_dict(FinetuneConfig, data)
 
 
