@@ -136,7 +136,7 @@ def test_kill_a_trial_worker_then_the_driver_then_resume_and_warm_start(stack_di
     finished_before = set(re.findall(rf"^\[{re.escape(name)}\] trial (\S+) finished", first, re.M))
     assert finished_before, first[-4000:]
 
-    res = _pbp(stack_dir, "tune", "--resume", name)
+    res = _pbp(stack_dir, "tune", "--resume", name, "storage_path=s3://pbp-runs/tests-tune")
     second = res.stdout + res.stderr
     assert res.returncode == 0, second[-6000:]
     assert re.search(rf"campaign {name}: 3 trials", second), second[-3000:]
