@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -66,6 +68,37 @@ def register(sub: argparse._SubParsersAction) -> None:
     stack.add_argument("--rounds", type=int, default=2, help="warm restarts after the cold start")
     stack.add_argument("--json", type=Path, default=None)
     stack.set_defaults(func=cmd_stack)
+
+    tune = bsub.add_parser(
+        "tune",
+        help="fine-tuning and search: trial wall time / training time, feature cache on / off, ASHA+TPE vs random",
+        description="(overhead) a real 1-trial campaign on the local stack: the trial's wall time over its time "
+        "in training epochs; (cache) the frozen stage in-process with the feature cache over without; (search) "
+        "in-process Optuna on the tiny frozen stage: the trial-epochs ASHA+TPE needs to reach random search's "
+        "best, over random's total. Definitions: pbp.bench.tune.",
+    )
+    tune.add_argument("--parts", default="overhead,cache,search", help="comma-separated: overhead,cache,search")
+    tune.add_argument("--rows", type=int, default=2000, help="cache: stability rows (task.max_rows), tiny model")
+    tune.add_argument("--base-rows", type=int, default=200, help="cache: rows for the base model (0: skip it)")
+    tune.add_argument("--epochs", type=int, default=5, help="cache: epochs of the frozen stage")
+    tune.add_argument("--seeds", default="0,1,2", help="search: comma-separated seeds")
+    tune.add_argument("--search-rows", type=int, default=2000, help="search: stability rows (task.max_rows)")
+    tune.add_argument("--trials", type=int, default=20, help="search: num_samples of each search")
+    tune.add_argument("--search-epochs", type=int, default=12, help="search: full budget (epochs) of a trial")
+    tune.add_argument(
+        "--grace",
+        type=int,
+        default=None,
+        help="search: ASHA's grace period (min_resource) in epochs (default: configs/tune/tiny.yaml's)",
+    )
+    tune.add_argument(
+        "--reduction-factor",
+        type=int,
+        default=None,
+        help="search: ASHA's reduction factor (default: configs/tune/tiny.yaml's)",
+    )
+    tune.add_argument("--json", type=Path, default=None)
+    tune.set_defaults(func=cmd_tune)
 
 
 def cmd_model(args: argparse.Namespace) -> int:
@@ -171,3 +204,70 @@ def cmd_train(args: argparse.Namespace) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=2) + "\n")
     return 0
+
+
+TUNE_PARTS = ("overhead", "cache", "search")
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = sorted(set(parts) - set(TUNE_PARTS))
+    if unknown or not parts:
+        raise ValueError(f"--parts: unknown {', '.join(unknown) or 'nothing'} (choose from {', '.join(TUNE_PARTS)})")
+    if "overhead" in parts:
+        from pbp.stack.endpoints import set_ray_auth_env
+
+        set_ray_auth_env()  # before Ray is imported
+    from pbp.bench import tune as bt
+
+    if "overhead" in parts:
+        bt.require_stack()  # before anything slow
+    out: dict[str, object] = {}
+    print(f"{'part':9} {'figure':60} {'ratio':>7}   measured")
+    for part in parts:
+        if part == "overhead":
+            with tempfile.TemporaryDirectory(prefix="pbp-bench-tune-") as tmp:
+                out[part] = r = bt.bench_overhead(Path(tmp))
+            _row(part, "1-trial campaign (tiny): trial wall / its training epochs", r["ratio"],
+                 f"{r['trial_wall_s']:.1f} s / {r['train_s']:.2f} s")  # fmt: skip
+            _row(part, "  campaign wall (run_campaign) / the same training", r["campaign_over_train"],
+                 f"{r['campaign_wall_s']:.1f} s")  # fmt: skip
+        elif part == "cache":
+            runs = [bt.bench_cache(args.rows, args.epochs)]
+            if args.base_rows:
+                runs.append(bt.bench_cache(args.base_rows, args.epochs, bt.MODEL_BASE))
+            out[part] = runs
+            for c in runs:
+                _row(part, f"{c['label']}, {c['rows']} rows, {c['epochs']} frozen epochs: cache / none", c["ratio"],
+                     f"{c['with_cache_s']:.2f} s (build {c['cache_build_s']:.2f}) / {c['without_cache_s']:.2f} s; "
+                     f"head after epoch 1: max |diff| {c['head_max_abs_diff_epoch1']:.1e}")  # fmt: skip
+        else:
+            grace, factor = bt.asha_settings(args.grace, args.reduction_factor)
+            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+            out[part] = s = bt.bench_search(seeds, args.search_rows, args.trials, args.search_epochs, grace, factor)
+            _print_search(s)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+def _print_search(s: dict) -> None:
+    print(f"search: {s['trials']} trials x {s['epochs']} epochs, {s['rows']} rows; ASHA grace {s['grace_period']}, "
+          f"reduction factor {s['reduction_factor']}", flush=True)  # fmt: skip
+    for r in s["seeds"]:
+        got = (f"{r['compute']} in {r['trials']} trials ({r['guided_completed']} completed)" if r["reached"]
+               else f"not reached: {r['compute']}")  # fmt: skip
+        _row("search", f"seed {r['seed']}: ASHA+TPE trial-epochs to random's best / random's", r["ratio"],
+             f"{got} / {r['random_compute']}; random's best {r['target']:.4f}, first seen at "
+             f"{r['random_own_best_at']:.2f} of its compute; {r['seconds']:.0f} s")  # fmt: skip
+        _row("search", "  its best within 1/3 of random's compute / random's best",
+             r["value_at_third_over_target"], f"{r['value_at_third'] or math.nan:.4f}")  # fmt: skip
+    n = len(s["seeds"])
+    _row("search", f"mean of {n} seeds: trial-epochs ratio (target <= 0.33)", s["mean_ratio"],
+         "" if s["all_reached"] else "a seed that did not reach counts the compute it spent (>= 1)")  # fmt: skip
+    _row("search", f"mean of {n} seeds: best within 1/3 compute / random's best", s["mean_value_at_third"], "")
+
+
+def _row(part: str, figure: str, ratio: float, measured: str) -> None:
+    print(f"{part:9} {figure:60} {ratio:7.3f}   {measured}", flush=True)

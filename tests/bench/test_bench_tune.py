@@ -1,0 +1,58 @@
+"""``pbp bench tune``'s search-efficiency arithmetic (pure functions of trial records; no training)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from pbp.bench.tune import Reach, TrialRun, best_value, reach
+
+
+def done(value: float, epochs: int = 4) -> TrialRun:
+    return TrialRun(value, epochs, completed=True)
+
+
+def pruned(value: float, epochs: int = 1) -> TrialRun:
+    return TrialRun(value, epochs, completed=False)
+
+
+RANDOM = [done(0.2), done(0.5), done(0.3)]  # 3 trials x 4 epochs: best 0.5, compute 12
+
+
+def test_reach_counts_every_epoch_until_the_first_completed_trial_at_randoms_best():
+    # A pruned trial's higher intermediate value does not count; the epochs it spent do.
+    guided = [pruned(0.9), done(0.4), pruned(0.1, 2), done(0.5), done(0.7)]
+    assert reach(guided, RANDOM) == Reach(target=0.5, reached=True, compute=1 + 4 + 2 + 4, trials=4,
+                                          random_compute=12, ratio=11 / 12)  # fmt: skip
+
+
+def test_not_reached_reports_all_the_compute_spent():
+    guided = [done(0.49), pruned(0.6, 3), done(0.1)]
+    r = reach(guided, RANDOM)
+    assert (r.reached, r.compute, r.trials, r.ratio) == (False, 11, 3, 11 / 12)
+
+
+def test_reach_of_random_on_itself_is_where_it_first_had_its_best():
+    assert reach(RANDOM, RANDOM).ratio == 8 / 12
+    assert reach([done(0.5, 12)], [done(0.5, 12)]).ratio == 1.0  # equal to the target counts as reached
+
+
+def test_mode_min_and_non_finite_values():
+    random = [done(2.0), done(1.0), done(math.nan)]
+    r = reach([done(math.nan), done(1.5), done(0.9)], random, mode="min")
+    assert (r.target, r.reached, r.compute) == (1.0, True, 12)
+
+
+def test_random_without_a_completed_finite_trial_is_an_error():
+    with pytest.raises(ValueError, match="no completed trial"):
+        reach([done(0.1)], [pruned(0.3), done(math.nan)])
+
+
+def test_best_value_within_a_compute_budget():
+    runs = [pruned(0.9), done(0.4), done(0.6), done(0.5)]  # trials end at 1, 5, 9, 13 trial-epochs
+    assert best_value(runs, within=4) is None
+    assert best_value(runs, within=5) == 0.4
+    assert best_value(runs, within=12.9) == 0.6
+    assert best_value(runs) == 0.6
+    assert best_value(runs, mode="min") == 0.4
