@@ -1,0 +1,50 @@
+"""The searcher (no cluster needed): trials stopped early reach Optuna as PRUNED with their per-epoch values, finished
+ones as COMPLETE; the space is checked against the fine-tuning config before anything starts."""
+
+from __future__ import annotations
+
+import pytest
+
+from pbp.config import ConfigError, load_config
+from pbp.tune.config import TuneConfig
+from pbp.tune.search import check_space, make_searcher
+
+from ..conftest import REPO
+
+
+def _cfg(*overrides: str) -> TuneConfig:
+    return load_config(TuneConfig, REPO / "configs/tune/tiny.yaml", list(overrides))
+
+
+def test_asha_stopped_trials_are_pruned_and_finished_ones_complete():
+    searcher = make_searcher(_cfg("num_samples=3"), "valid_spearman", "max")
+    a, b, c = (searcher.suggest(t) for t in ("a", "b", "c"))
+    assert set(a) == {"stages.0.lr", "stages.1.lr", "head_dropout"}
+    for epoch, v in ((1, 0.1), (2, 0.2)):
+        searcher.on_trial_result("a", {"valid_spearman": v, "epoch": epoch, "finished": 0})
+    searcher.on_trial_result("a", {"valid_spearman": 0.3, "epoch": 2, "finished": 1})  # the final report
+    searcher.on_trial_complete("a", {"valid_spearman": 0.3, "epoch": 2, "finished": 1})
+    searcher.on_trial_result("b", {"valid_spearman": 0.9, "epoch": 1, "finished": 0})
+    searcher.on_trial_complete("b", {"valid_spearman": 0.9, "epoch": 1, "finished": 0})  # stopped by ASHA
+    searcher.on_trial_complete("c", None, error=True)
+    trials = {t.number: t for t in searcher.study.trials}
+    assert trials[0].state.name == "COMPLETE" and trials[0].value == 0.3 and trials[0].intermediate_values == {
+        1: 0.1, 2: 0.2}  # fmt: skip
+    # PRUNED, carrying its last intermediate value as Optuna does for pruned trials (TPE ranks it below complete ones)
+    assert trials[1].state.name == "PRUNED" and trials[1].intermediate_values == {1: 0.9}
+    assert trials[2].state.name == "FAIL"
+    assert searcher.study.best_trial.number == 0  # a better low-budget value does not make a pruned trial best
+
+
+def test_space_keys_and_ranges_are_checked_before_anything_starts():
+    check_space(_cfg())
+    with pytest.raises(ConfigError, match=r"space\.stages\.0\.lrr"):
+        check_space(_cfg("space={stages.0.lrr: {type: uniform, low: 0.1, high: 0.2}}"))
+    with pytest.raises(ConfigError, match=r"space\.head_dropout=1\.5"):
+        check_space(_cfg("space={head_dropout: {type: uniform, low: 0.1, high: 1.5}}"))
+    with pytest.raises(ConfigError, match=r"space\.stages\.7\.lr"):
+        check_space(_cfg("space={stages.7.lr: {type: loguniform, low: 0.001, high: 0.1}}"))
+    with pytest.raises(ConfigError, match="low must be > 0"):
+        _cfg("space={stages.0.lr: {type: loguniform, low: 0.0, high: 0.1}}")
+    with pytest.raises(ConfigError, match="name"):
+        _cfg("name=a'b")
