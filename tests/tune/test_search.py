@@ -18,7 +18,7 @@ def _cfg(*overrides: str) -> TuneConfig:
 
 def test_asha_stopped_trials_are_pruned_and_finished_ones_complete():
     searcher = make_searcher(_cfg("num_samples=3"), "valid_spearman", "max")
-    a, b, c = (searcher.suggest(t) for t in ("a", "b", "c"))
+    a, _b, _c = (searcher.suggest(t) for t in ("a", "b", "c"))
     assert set(a) == {"stages.0.lr", "stages.1.lr", "head_dropout"}
     for epoch, v in ((1, 0.1), (2, 0.2)):
         searcher.on_trial_result("a", {"valid_spearman": v, "epoch": epoch, "finished": 0})
