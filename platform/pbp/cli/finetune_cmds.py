@@ -62,8 +62,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if args.resume:
         storage = [o for o in args.overrides if o.startswith("storage_path=")]
         if args.config or args.warm_start or len(storage) != len(args.overrides):
-            raise ValueError("--resume NAME takes the campaign's saved config: no --config, --warm-start or overrides "
-                             "other than storage_path=... (where the campaign lives, if not the default)")
+            raise ValueError(
+                "--resume NAME takes the campaign's saved config: no --config, --warm-start or overrides "
+                "other than storage_path=... (where the campaign lives, if not the default)"
+            )
         cfg = load_campaign_config(args.resume, storage[-1].partition("=")[2] if storage else "")
     elif args.config is None:
         raise ValueError("give --config configs/tune/<task>.yaml (or --resume NAME)")
