@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from pbp.finetune.data import Split
 from pbp.model.finetune import IGNORE_INDEX, FinetuneModel, extract_features
 
 log = logging.getLogger("pbp.finetune")
+PROGRESS_EVERY_S = 30.0
 
 
 @dataclass
@@ -62,7 +64,7 @@ def cache_size_bytes(split: Split, per_residue: bool, n_features: int, itemsize:
 @torch.no_grad()
 def build_cache(
     model: FinetuneModel, split: Split, max_tokens: int, max_memory_mb: float, max_disk_mb: float,
-    device: torch.device,
+    device: torch.device, show_progress: bool = False,
 ) -> FeatureCache | None:  # fmt: skip
     """Compute the frozen body's features of every row of ``split`` (None: over both budgets, recompute)."""
     per_residue = model.task.kind.per_residue
@@ -93,6 +95,7 @@ def build_cache(
         labels = np.empty(n_rows, dtype=np.asarray(split.labels).dtype)
     was_training = model.training
     model.body.eval()
+    done, t0, shown = 0, time.perf_counter(), time.perf_counter()
     for b in eval_batches(split, max_tokens):
         local_BLF, global_BF = extract_features(model.body, b.tokens.to(device))
         if per_residue:
@@ -103,6 +106,12 @@ def build_cache(
         else:
             feats[b.index] = global_BF.float().cpu().numpy()
             labels[b.index] = b.labels.numpy()
+        done += len(b.index)
+        if show_progress and time.perf_counter() - shown > PROGRESS_EVERY_S:
+            shown = time.perf_counter()
+            rate = done / (shown - t0)
+            print(f"feature cache: {split.name} {done}/{len(split)} sequences, {rate:.0f}/s, "
+                  f"ETA {(len(split) - done) / rate:.0f} s", flush=True)  # fmt: skip
     model.train(was_training)
     log.info("feature cache: %s, %d rows x %d features, %s (%.0f MiB)", split.name, n_rows, F, storage,
              fp32 if storage == "float32" else fp16)  # fmt: skip

@@ -26,7 +26,7 @@ from pbp.finetune.batching import eval_batches, fitting_rows, train_batches
 from pbp.finetune.config import FinetuneConfig, ScheduleConfig, StageConfig
 from pbp.finetune.data import Split, TaskData, load_task
 from pbp.finetune.export import TaskInfo, load_body, save_finetuned
-from pbp.finetune.features import FeatureCache, build_cache
+from pbp.finetune.features import PROGRESS_EVERY_S, FeatureCache, build_cache
 from pbp.model import ProteinBERT
 from pbp.model.finetune import IGNORE_INDEX, FinetuneModel, task_loss
 from pbp.train.checkpoint import Checkpointer, CommitRecord, Restored
@@ -147,7 +147,8 @@ class Trainer:
             mb, disk = fc.max_memory_mb, fc.max_disk_mb
             train_rows = self.data.train.subset(self.rows)
             for name, split in (("train", train_rows), ("valid", self.data.valid)):
-                self.caches[name] = build_cache(m, split, self.cfg.eval_batch_tokens, mb, disk, self.device)
+                self.caches[name] = build_cache(m, split, self.cfg.eval_batch_tokens, mb, disk, self.device,
+                                                show_progress=self.ctx.is_main)  # fmt: skip
                 if self.caches[name] is not None:
                     mb = max(0.0, mb - _mib(self.caches[name]))
 
@@ -171,7 +172,8 @@ class Trainer:
         else:
             pairs = ((b.tokens, b.labels) for b in train_batches(
                 self.data.train, self.rows, stage.seq_len, stage.batch_size, rng, ctx.rank, ctx.world_size))  # fmt: skip
-        for x, y in pairs:
+        shown = time.perf_counter()
+        for i, (x, y) in enumerate(pairs, 1):
             if cache is not None and m.task.kind.per_residue:  # the cache holds <START>/<END> positions too
                 keep = y != IGNORE_INDEX
                 x, y = x[keep], y[keep]
@@ -184,6 +186,10 @@ class Trainer:
             self.optimizer.step()
             losses += float(loss.detach()) * len(y)
             n += len(y)
+            if ctx.is_main and time.perf_counter() - shown > PROGRESS_EVERY_S:  # long epochs (the base model)
+                shown = time.perf_counter()
+                print(f"[{self.cfg.run_name}] stage {stage.name} epoch {self.progress.epochs_done + 1}: batch {i}, "
+                      f"train_loss so far {losses / max(n, 1):.4g}", flush=True)  # fmt: skip
         mean = sum(all_gather_objects(losses, ctx)) / max(sum(all_gather_objects(n, ctx)), 1)
         return {"train_loss": mean, "lr": self.patience.lr}
 
