@@ -15,6 +15,11 @@ from pbp.config import load_config
 def register(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="benchmarks (figures relative to a baseline measured in the same run)")
     bsub = bench.add_subparsers(dest="bench_command", metavar="COMMAND", required=True)
+    for add in (_add_model, _add_data, _add_train, _add_stack, _add_tune):
+        add(bsub)
+
+
+def _add_model(bsub: argparse._SubParsersAction) -> None:
     model = bsub.add_parser(
         "model",
         help="forward+backward throughput of a model config as a fraction of this machine's matmul peak",
@@ -33,6 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     model.add_argument("--json", type=Path, default=None, help="also write the results here")
     model.set_defaults(func=cmd_model)
 
+
+def _add_data(bsub: argparse._SubParsersAction) -> None:
     data = bsub.add_parser(
         "data",
         help="reader throughput from S3 against raw GETs of the same shards and the base model's training rate",
@@ -43,6 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     data.add_argument("--json", type=Path, default=None)
     data.set_defaults(func=cmd_data)
 
+
+def _add_train(bsub: argparse._SubParsersAction) -> None:
     train = bsub.add_parser(
         "train",
         help="step time: bare PyTorch vs DeepSpeed vs Ray Train + DeepSpeed (1 worker); checkpoint vs raw upload",
@@ -58,6 +67,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--json", type=Path, default=None)
     train.set_defaults(func=cmd_train)
 
+
+def _add_stack(bsub: argparse._SubParsersAction) -> None:
     stack = bsub.add_parser(
         "stack",
         help="time the local stack from `up` to all-healthy, and `down` (cold, then warm restarts)",
@@ -69,6 +80,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     stack.add_argument("--json", type=Path, default=None)
     stack.set_defaults(func=cmd_stack)
 
+
+def _add_tune(bsub: argparse._SubParsersAction) -> None:
     tune = bsub.add_parser(
         "tune",
         help="fine-tuning and search: trial wall time / training time, feature cache on / off, ASHA+TPE vs random",
