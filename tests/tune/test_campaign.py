@@ -114,12 +114,7 @@ def test_kill_a_trial_worker_then_the_driver_then_resume_and_warm_start(stack_di
         while time.time() < deadline and driver.poll() is None:
             text = log.read_text()
             if killed_worker is None:
-                runs = [i for i in _listing(trials_dir) if ckpt.newest_complete(ckpt.StorageDir(trials_dir.fs,
-                                                                                    f"{trials_dir.path}/{i}"))]  # fmt: skip
-                pids = train_worker_pids(stack_dir) if runs else []
-                if pids:
-                    os.kill(pids[-1], signal.SIGKILL)
-                    killed_worker = pids[-1]
+                killed_worker = _kill_a_checkpointed_trials_worker(text, trials_dir, stack_dir)
             elif re.search(r"trials ended", text):
                 time.sleep(5)  # Tune saves its experiment state after a trial ends
                 break
@@ -158,6 +153,25 @@ def test_kill_a_trial_worker_then_the_driver_then_resume_and_warm_start(stack_di
     other = _pbp(stack_dir, "tune", "--config", "configs/tune/tiny.yaml", f"name={name}-x", "num_samples=1", *TINY,
                  "space={head_dropout: {type: uniform, low: 0.0, high: 0.3}}", "--warm-start", name, timeout=120)  # fmt: skip
     assert other.returncode == 2 and "searched another space" in other.stderr, other.stderr[-2000:]
+
+
+def _kill_a_checkpointed_trials_worker(log: str, trials_dir, stack_dir: Path) -> int | None:
+    """SIGKILL the Ray Train worker of a running trial that has a complete checkpoint; its pid is read from the
+    driver log's `(RayTrainWorker pid=N, ...) [<trial run>] stage` lines (Ray may colour the prefix), so a worker of a trial that has not
+    checkpointed yet (another concurrent trial) is never the one killed. None while there is no such trial."""
+    from pbp.train import checkpoint as ckpt
+
+    ended = set(re.findall(r"trial (\S+) ended", log))
+    alive = set(train_worker_pids(stack_dir))
+    for run in _listing(trials_dir):
+        if run.rsplit("-", 1)[-1] in ended or not ckpt.newest_complete(ckpt.StorageDir(trials_dir.fs,
+                                                                                        f"{trials_dir.path}/{run}")):
+            continue
+        pids = [int(p) for p in re.findall(rf"RayTrainWorker pid=(\d+)[^)]*\)\S* \[{re.escape(run)}\] stage", log)]
+        if pids and pids[-1] in alive:
+            os.kill(pids[-1], signal.SIGKILL)
+            return pids[-1]
+    return None
 
 
 def _listing(run) -> list[str]:

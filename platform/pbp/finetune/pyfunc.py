@@ -21,7 +21,8 @@ import torch
 
 from pbp.finetune.export import TaskInfo, load_finetuned
 from pbp.model.finetune import FinetuneModel, TaskKind
-from pbp.model.tokenizer import PAD_ID, encode
+from pbp.model.tokenizer import encode
+from pbp.predict.batches import length_batches
 
 
 class FinetunedPredictor:
@@ -31,24 +32,11 @@ class FinetunedPredictor:
     @torch.no_grad()
     def predict_sequences(self, seqs: list[str]) -> list[dict[str, Any]]:
         ids = [encode(s, f"row {i}") for i, s in enumerate(seqs)]
-        order = np.argsort([len(x) for x in ids], kind="stable")
         out: list[dict[str, Any]] = [{} for _ in seqs]
-        i = 0
-        while i < len(order):
-            j, longest = i, 0
-            while j < len(order) and max(longest, len(ids[order[j]])) * (j - i + 1) <= self.max_tokens:
-                longest = max(longest, len(ids[order[j]]))
-                j += 1
-            j = max(j, i + 1)
-            rows = [ids[k] for k in order[i:j]]
-            L = max(len(r) for r in rows)
-            tokens = torch.full((len(rows), L), PAD_ID, dtype=torch.long)
-            for r, x in enumerate(rows):
-                tokens[r, : len(x)] = torch.tensor(x)
+        for rows, tokens in length_batches(ids, self.max_tokens):
             logits = self.model(tokens).float()
-            for r, k in enumerate(order[i:j]):
-                out[k] = self._row(logits[r], len(rows[r]))
-            i = j
+            for r, k in enumerate(rows):
+                out[k] = self._row(logits[r], len(ids[k]))
         return out
 
     def _row(self, logits: torch.Tensor, n_tokens: int) -> dict[str, Any]:
