@@ -28,6 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--uniprot", type=Path, help="UniProt flat file (.dat/.txt, .gz ok) with DR GO lines")
     build.add_argument("--go-table", type=Path, help="GO annotations for --fasta: TSV (accession, GO id) or GAF 2.x")
     build.add_argument("--go-obo", type=Path, help="propagate annotations to ancestors with this go-basic.obo")
+    build.add_argument("--go-names", type=Path,
+                       help="GO term names for the manifest (an OBO, or a TSV: GO id<TAB>name); default: --go-obo's")  # fmt: skip
     build.add_argument("--out", required=True, help="s3://bucket/prefix/ or a local directory")
     build.add_argument("--shard-size-mb", type=float, default=64.0)
     build.add_argument("--min-go-records", type=int, default=100)
@@ -81,6 +83,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         on_error=args.on_error,
         unknown="error" if args.strict else "other",
         go_obo=str(args.go_obo) if args.go_obo else None,
+        go_names=str(args.go_names) if args.go_names else None,
     )
     make, bars = _progress(not args.no_progress)
     try:

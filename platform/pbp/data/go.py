@@ -5,6 +5,8 @@ counted over the whole input; it is stored in the dataset manifest, in index ord
 The original did NOT propagate annotations up the ontology. pbp can (``--go-obo go-basic.obo``): each protein then
 also carries every ``is_a`` / ``part_of`` ancestor of its terms, alt_ids are mapped to their primary term, and
 obsolete terms are dropped (counted).
+Term names (from the OBO, or a ``GO id<TAB>name`` table with ``--go-names``) are kept in the manifest beside the
+vocabulary (``go_vocabulary_names``), so a pretrained model can name its annotation outputs (:func:`vocabulary_terms`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pbp.data.records import numbered_lines, open_text
+from pbp.model.vocabulary import GoTerm
 
 PROPAGATED_RELATIONS = ("is_a", "part_of")
 
@@ -24,6 +27,8 @@ class Ontology:
     parents: dict[str, set[str]] = field(default_factory=dict)
     alt_ids: dict[str, str] = field(default_factory=dict)
     obsolete: set[str] = field(default_factory=set)
+    names: dict[str, str] = field(default_factory=dict)
+    """Term id -> name (``name:`` lines)."""
     _ancestors: dict[str, frozenset[str]] = field(default_factory=dict, repr=False)
 
     def ancestors(self, term: str) -> frozenset[str]:
@@ -56,7 +61,7 @@ class Ontology:
 
 
 def read_obo(path: str | Path) -> Ontology:
-    """Parse ``go-basic.obo`` (OBO 1.2): ``[Term]`` stanzas with id, alt_id, is_a, relationship, is_obsolete."""
+    """Parse ``go-basic.obo`` (OBO 1.2): ``[Term]`` stanzas with id, name, alt_id, is_a, relationship, is_obsolete."""
     onto = Ontology()
     term: str | None = None
     in_term = False
@@ -75,6 +80,8 @@ def read_obo(path: str | Path) -> Ontology:
                 onto.parents.setdefault(term, set())
             elif term is None:
                 continue
+            elif key == "name":
+                onto.names[term] = value
             elif key == "alt_id":
                 onto.alt_ids[value] = term
             elif key == "is_a":
@@ -91,3 +98,37 @@ def read_obo(path: str | Path) -> Ontology:
 def build_vocabulary(term_counts: Counter[str], min_records: int) -> list[str]:
     """Terms annotated on at least ``min_records`` proteins, sorted by id (the annotation vector's order)."""
     return sorted(t for t, n in term_counts.items() if n >= min_records)
+
+
+def read_go_names(path: str | Path) -> dict[str, str]:
+    """GO id -> name from an OBO file (alt_ids get their primary term's name) or a ``GO id<TAB>name`` table."""
+    name = str(path)
+    if name.endswith((".obo", ".obo.gz")):
+        onto = read_obo(path)
+        alt = {a: onto.names[t] for a, t in onto.alt_ids.items() if t in onto.names}
+        return {**alt, **onto.names}
+    names: dict[str, str] = {}
+    with open_text(path) as f:
+        for _, line in numbered_lines(f):
+            term, sep, text = line.partition("\t")
+            if sep and term.startswith("GO:"):
+                names[term.strip()] = text.strip()
+    return names
+
+
+def vocabulary_terms(manifest: dict) -> list[GoTerm]:
+    """A dataset's GO vocabulary with names, in annotation order (what a pretrained model exports).
+
+    Names come from the manifest's ``go_vocabulary_names``; a manifest built before those were kept falls back to
+    the names in the OBO its build used (``build.go_obo``), where that file is still at its recorded path; else
+    names are None.
+    """
+    vocab: list[str] = manifest["go_vocabulary"]
+    names: list[str | None] | None = manifest.get("go_vocabulary_names")
+    if names is None:
+        obo = (manifest.get("build") or {}).get("go_obo")
+        found = read_go_names(obo) if obo and Path(obo).is_file() else {}
+        names = [found.get(t) for t in vocab]
+    if len(names) != len(vocab):
+        raise ValueError(f"manifest: {len(names)} go_vocabulary_names for {len(vocab)} go_vocabulary terms")
+    return [GoTerm(t, n) for t, n in zip(vocab, names, strict=True)]

@@ -6,8 +6,8 @@ Build (two streaming passes over the input, so memory does not grow with it beyo
      shard by a seeded hash (a shuffle across shards); shuffle within each shard; write tar shards with fixed
      metadata, so the same input gives byte-identical shards.
 Then upload shards, the quarantine list, and LAST ``manifest.json``: shard names, sample counts, bytes and sha256,
-the GO vocabulary, the input files' digests, skipped-record counts, the pbp version. A prefix without a manifest is
-not a dataset; readers refuse it.
+the GO vocabulary (with term names where known), the input files' digests, skipped-record counts, the pbp version.
+A prefix without a manifest is not a dataset; readers refuse it.
 
 Sample layout: one ``<key>.json`` member per protein: ``{"accession", "sequence", "go": [vocabulary indices]}``.
 """
@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pbp.data.formats import read_fasta, read_go_table, read_uniprot_flat
-from pbp.data.go import Ontology, build_vocabulary, read_obo
+from pbp.data.go import Ontology, build_vocabulary, read_go_names, read_obo
 from pbp.data.records import ErrorLog, OnError, ProteinRecord, RecordError
 from pbp.data.storage import Store
 from pbp.model.tokenizer import UnknownPolicy
@@ -59,6 +59,8 @@ class BuildConfig:
     """``error`` rejects residues outside the 22-letter alphabet (the strict policy)."""
     go_obo: str | None = None
     """Propagate annotations to ancestors using this go-basic.obo (the original did not)."""
+    go_names: str | None = None
+    """GO term names for the manifest from this file (an OBO, or a ``GO id<TAB>name`` table); default: go_obo's."""
 
     def __post_init__(self) -> None:
         if self.shard_size_mb <= 0:
@@ -158,6 +160,7 @@ def build(
         raise DatasetError(f"{store.join(MANIFEST)}: a dataset already exists here; build into a new prefix")
     tick = progress or (lambda _label, _total: lambda _n: None)
     onto: Ontology | None = read_obo(cfg.go_obo) if cfg.go_obo else None
+    names = _term_names(cfg, onto)
     annotations = read_go_table(inputs.go_table) if inputs.go_table else None
     stats: Counter[str] = Counter()
 
@@ -246,6 +249,7 @@ def build(
         "records_without_vocabulary_annotation": unannotated,
         "splits": manifest_splits,
         "go_vocabulary": vocab,
+        "go_vocabulary_names": [names.get(t) for t in vocab],  # aligned with go_vocabulary; null where unknown
         "go": {"min_records": cfg.min_go_records, "propagated": onto is not None, **dict(stats)},
         "inputs": [{"path": str(p), "bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in inputs.files()],
         "skipped": dict(errors.counts),
@@ -254,6 +258,14 @@ def build(
     }
     store.put_bytes(MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())  # LAST: commits the dataset
     return BuildReport(manifest, store.url, time.monotonic() - t0, errors)
+
+
+def _term_names(cfg: BuildConfig, onto: Ontology | None) -> dict[str, str]:
+    if cfg.go_names:
+        return read_go_names(cfg.go_names)
+    if onto is not None:
+        return onto.names
+    return {}
 
 
 # ---- reading the manifest, inspecting ---------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from torch import nn
 
 from pbp.model.config import ModelConfig
 from pbp.model.tokenizer import PAD_ID
+from pbp.model.vocabulary import GoTerm, read_vocabulary, write_vocabulary
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -235,12 +237,20 @@ class ProteinBERT(nn.Module):
 
     # ---- framework-neutral persistence: safetensors weights + JSON config -------------------------------------
 
-    def save_pretrained(self, directory: str | Path, metadata: dict[str, object] | None = None) -> Path:
-        """Write ``model.safetensors`` and ``config.json`` into ``directory`` (created if needed)."""
+    def save_pretrained(
+        self,
+        directory: str | Path,
+        metadata: dict[str, object] | None = None,
+        vocabulary: Sequence[GoTerm] | None = None,
+    ) -> Path:
+        """Write ``model.safetensors`` and ``config.json`` into ``directory`` (created if needed), and with
+        ``vocabulary`` (one GO term per annotation output, in order) ``go_vocabulary.json``."""
         from safetensors.torch import save_file
 
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
+        if vocabulary is not None:  # first: a wrong-sized vocabulary leaves no half-written directory
+            write_vocabulary(out, vocabulary, self.config.n_annotations)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         tmp = out / (WEIGHTS_FILE + ".tmp")
         save_file(state, str(tmp), metadata={"format": FORMAT_NAME})
@@ -258,7 +268,8 @@ class ProteinBERT(nn.Module):
     def from_pretrained(cls, directory: str | Path, **config_overrides: object) -> ProteinBERT:
         """Load a directory written by :meth:`save_pretrained` (or ``pbp model import-keras``).
 
-        ``config_overrides`` may change behaviour-only fields such as ``padding_mask``.
+        ``config_overrides`` may change behaviour-only fields such as ``padding_mask``. A ``go_vocabulary.json``
+        there is checked against the model (read it with :func:`pbp.model.vocabulary.read_vocabulary`).
         """
         from safetensors.torch import load_file
 
@@ -285,6 +296,7 @@ class ProteinBERT(nn.Module):
             raise ValueError(f"unknown model config overrides {bad}")
         raw.update(config_overrides)
         model = cls(ModelConfig(**raw))  # type: ignore[arg-type]
+        read_vocabulary(d, model.config.n_annotations)  # a go_vocabulary.json, if any, must fit the model
         state = load_file(str(weights_path))
         expected = model.state_dict()
         missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))

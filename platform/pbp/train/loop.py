@@ -22,7 +22,9 @@ import torch
 
 from pbp.config import from_dict
 from pbp.data.episodes import Bucket
+from pbp.data.go import vocabulary_terms
 from pbp.data.reader import PretrainingStream, ReaderConfig, StatefulLoader
+from pbp.data.shards import load_manifest
 from pbp.errors import UserError
 from pbp.model import ProteinBERT
 from pbp.model.pretraining import PretrainingLoss, pretraining_loss
@@ -208,8 +210,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         pt.tracker.finish()
 
 
+def save_final_model(model: ProteinBERT, out: Path, cfg: PretrainConfig, manifest: dict[str, Any]) -> Path:
+    """The exported pretrained model at ``out``: ``model.safetensors``, ``config.json`` and ``go_vocabulary.json``
+    (the dataset's GO terms with names, in annotation order, so the annotation outputs can be named)."""
+    meta: dict[str, object] = {"run_name": cfg.run_name, "steps": cfg.max_steps}
+    return model.save_pretrained(out, metadata=meta, vocabulary=vocabulary_terms(manifest))
+
+
 def _export(engine, cfg: PretrainConfig, run: ckpt.StorageDir, tracker: Tracker | None, ctx: DistContext) -> None:
-    """Framework-neutral final model (safetensors + config JSON) in the run dir and as an MLflow artifact."""
+    """Framework-neutral final model (safetensors + config JSON + GO vocabulary) in the run dir and as an MLflow
+    artifact."""
     import deepspeed
     from pyarrow import fs as pafs
 
@@ -219,7 +229,7 @@ def _export(engine, cfg: PretrainConfig, run: ckpt.StorageDir, tracker: Tracker 
             model = ProteinBERT(cfg.model)
             model.load_state_dict({k: v.detach().float().cpu() for k, v in engine.module.state_dict().items()})
             local = ckpt.scratch_dir() / "final_model"
-            model.save_pretrained(local, metadata={"run_name": cfg.run_name, "steps": cfg.max_steps})
+            save_final_model(model, local, cfg, load_manifest(cfg.data.url))
             pafs.copy_files(str(local), f"{run.path}/final_model", source_filesystem=pafs.LocalFileSystem(),
                             destination_filesystem=run.fs)  # fmt: skip
             if tracker is not None:
