@@ -7,7 +7,17 @@ import sys
 from collections.abc import Sequence
 
 import pbp
-from pbp.cli import bench_cmds, data_cmds, finetune_cmds, model_cmds, stack_cmds, submit_cmds, train_cmds
+from pbp.cli import (
+    bench_cmds,
+    data_cmds,
+    finetune_cmds,
+    model_cmds,
+    predict_cmds,
+    registry_cmds,
+    stack_cmds,
+    submit_cmds,
+    train_cmds,
+)
 from pbp.errors import UserError
 
 
@@ -31,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     stack_cmds.register(sub)
     submit_cmds.register(sub)
     bench_cmds.register(sub)
+    registry_cmds.register(sub)
+    predict_cmds.register_attention(sub)
     return parser
 
 

@@ -30,6 +30,9 @@ def _positive(section: str, **values: float) -> None:
 class TaskConfig:
     kind: TaskKind = TaskKind.NUMERIC
     """numeric | binary | categorical | residue_binary | residue_categorical."""
+    name: str = ""
+    """What the task is called in the registry (models for different tasks are never compared); empty: the
+    training file's name up to its first dot (``stability.train.csv`` -> ``stability``)."""
     train: str = ""
     """CSV file with a header (local path or s3://)."""
     valid: str = ""
@@ -45,6 +48,7 @@ class TaskConfig:
     def __post_init__(self) -> None:
         if not self.train:
             raise ValueError("task.train is empty: point it at a CSV file with a header")
+        self.name = check_name(self.name or self.train.rsplit("/", 1)[-1].split(".")[0] or "task", "task.name")
         if not 0.0 < self.valid_fraction < 1.0:
             raise ValueError(f"task.valid_fraction must be in (0, 1), got {self.valid_fraction}")
         if self.max_rows < 0:

@@ -73,7 +73,7 @@ def load_finetuned(directory: str | Path) -> tuple[FinetuneModel, TaskInfo, dict
     return model.eval(), task, doc.get("metadata", {})
 
 
-def _find_model_dir(root: Path, location: str) -> Path:
+def find_model_dir(root: Path, location: str) -> Path:
     for cand in [root, *sorted(p.parent for p in root.rglob("*.safetensors"))]:
         if (cand / "config.json").is_file() or (cand / META).is_file():
             return cand
@@ -82,7 +82,7 @@ def _find_model_dir(root: Path, location: str) -> Path:
 
 def load_body(location: str) -> tuple[ProteinBERT, dict[str, Any]]:
     """The pretrained body at ``location`` -> (model, its metadata for lineage)."""
-    d = _find_model_dir(local_dir(location, "init"), location)
+    d = find_model_dir(local_dir(location, "init"), location)
     if (d / META).is_file():
         ft, _task, meta = load_finetuned(d)
         return ft.body, {"source": "finetuned", **meta}

@@ -243,7 +243,25 @@ def _check_mlflow(state: StackState, secrets: Secrets) -> str | None:
     status, body = _http(api, {"Authorization": f"Basic {basic}"}, timeout=5)
     if status != 200:
         return f"admin credentials refused ({status}: {body[:200]!r})"
-    return None
+    return _ensure_reader(state, secrets, {"Authorization": f"Basic {basic}"})
+
+
+def _ensure_reader(state: StackState, secrets: Secrets, admin: dict[str, str]) -> str | None:
+    """The stack's second MLflow user, read-only (the server's default permission is READ): created once."""
+    import urllib.parse
+
+    user = urllib.parse.quote(secrets.mlflow_reader_user)
+    status, _ = _http(f"{state.mlflow_uri}/api/2.0/mlflow/users/get?username={user}", admin, timeout=5)
+    if status == 200:
+        return None
+    body = json.dumps({"username": secrets.mlflow_reader_user, "password": secrets.mlflow_reader_password}).encode()
+    req = urllib.request.Request(f"{state.mlflow_uri}/api/2.0/mlflow/users/create", data=body, method="POST",
+                                 headers={**admin, "Content-Type": "application/json"})  # fmt: skip
+    try:
+        with urllib.request.urlopen(req, timeout=5):
+            return None
+    except urllib.error.HTTPError as e:
+        return f"could not create the read-only user {secrets.mlflow_reader_user!r} ({e.code}: {e.read()[:200]!r})"
 
 
 def ray_auth_header(state: StackState) -> dict[str, str]:

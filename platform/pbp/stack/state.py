@@ -149,6 +149,9 @@ class Secrets:
     mlflow_admin_user: str
     mlflow_admin_password: str
     flask_secret_key: str
+    mlflow_reader_user: str = "reader"
+    """A second, read-only MLflow user (default permission READ): what a colleague who may look but not promote has."""
+    mlflow_reader_password: str = ""
 
     @classmethod
     def generate(cls) -> Secrets:
@@ -158,6 +161,7 @@ class Secrets:
             mlflow_admin_user="admin",
             mlflow_admin_password=secrets.token_urlsafe(18),
             flask_secret_key=secrets.token_hex(32),
+            mlflow_reader_password=secrets.token_urlsafe(18),
         )
 
     @classmethod
@@ -176,9 +180,13 @@ class Secrets:
             raise StackStateError(f"{path}: no credentials; start the stack with `pbp stack up`")
         raw = _read_json(path)
         try:
-            return cls(**raw)
+            s = cls(**raw)
         except TypeError as e:
             raise StackStateError(f"{path}: corrupt credentials file ({e})") from None
+        if not s.mlflow_reader_password:  # a stack made before the read-only user existed: add it, keep the rest
+            s.mlflow_reader_password = secrets.token_urlsafe(18)
+            atomic_write(path, json.dumps(asdict(s), indent=2) + "\n", mode=0o600)
+        return s
 
 
 def ray_token(state_dir: Path, create: bool = False) -> str:

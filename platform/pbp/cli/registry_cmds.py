@@ -1,0 +1,80 @@
+"""``pbp registry ...``: register models, promote them through the gate, roll back, read the audit trail."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    reg = sub.add_parser("registry", help="the MLflow model registry: register, promote, rollback, history",
+                         description="See docs/registry.md. Needs the MLflow server (the local stack, or "
+                         "MLFLOW_TRACKING_URI + credentials).")  # fmt: skip
+    rsub = reg.add_subparsers(dest="registry_command", metavar="COMMAND", required=True)
+
+    r = rsub.add_parser("register", help="register a model (run id, runs:/ or models:/ URI, pbp model dir or s3://)")
+    r.add_argument("source", help="an MLflow run id, runs:/ID/model, models:/NAME/V, a model directory or s3:// URL")
+    r.add_argument("--name", required=True, help="registered model name")
+    r.add_argument("--test", default="", help="score a fine-tuned model on this test CSV now (local or s3://)")
+    r.add_argument("--description", default="")
+    r.set_defaults(func=cmd_register)
+
+    p = rsub.add_parser("promote", help="move @champion to a version that passes the gate (audited)")
+    p.add_argument("name")
+    p.add_argument("--version", required=True)
+    p.add_argument("--tolerance", type=float, default=0.0,
+                   help="promote when the candidate's test metric >= the champion's minus this (default 0)")  # fmt: skip
+    p.add_argument("--force", action="store_true", help="skip the gate (needs --reason; recorded)")
+    p.add_argument("--reason", default="", help="why: recorded in the audit trail")
+    p.set_defaults(func=cmd_promote)
+
+    b = rsub.add_parser("rollback", help="move @champion back to the champion before it (audited)")
+    b.add_argument("name")
+    b.add_argument("--reason", default="")
+    b.set_defaults(func=cmd_rollback)
+
+    h = rsub.add_parser("history", help="the audit trail of a model: who was champion when, and why")
+    h.add_argument("name")
+    h.add_argument("--json", action="store_true", help="as JSON (records, problems, verified)")
+    h.set_defaults(func=cmd_history)
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    from pbp.registry.register import register as do_register
+
+    r = do_register(args.source, args.name, test=args.test, description=args.description)
+    metrics = {k[len("pbp.metric.") :]: v for k, v in r.tags.items() if k.startswith("pbp.metric.test_")}
+    print(f"registered {r.source} as model {r.name} version {r.version} ({r.tags.get('pbp.kind')}); "
+          f"URI models:/{r.name}/{r.version}")  # fmt: skip
+    for k, v in sorted(metrics.items()):
+        print(f"  {k:28} {float(v):.4f}")
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from pbp.registry.promote import promote
+
+    out = promote(args.name, args.version, tolerance=args.tolerance, force=args.force, reason=args.reason)
+    print(out.message)
+    return 0 if out.promoted else 1
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from pbp.registry.promote import rollback
+
+    print(rollback(args.name, reason=args.reason).message)
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from pbp.registry import audit
+    from pbp.registry.server import check_model_name, client
+
+    trail = audit.read(client(), check_model_name(args.name))
+    if args.json:
+        doc = {"model": trail.model, "verified": not trail.problems, "problems": trail.problems,
+               "records": trail.records}  # fmt: skip
+        print(json.dumps(doc, indent=2))
+    else:
+        print(trail.table())
+    return 0 if not trail.problems else 1

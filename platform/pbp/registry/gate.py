@@ -1,0 +1,119 @@
+"""The promotion gate: a candidate and the current champion scored on the same test split, by its digest.
+
+The score of a version is its headline test metric (``test_<kind.metric_name>``: Spearman, ROC-AUC or accuracy;
+higher is better for each). A logged score counts only if it was computed on the reference split (same file
+sha256, same row limit); otherwise the version is re-scored on that split now, after checking that the file at the
+recorded path still has the recorded digest. The reference split is the champion's (a first promotion: the
+candidate's own).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from pbp.registry.lineage import SplitRef
+from pbp.registry.server import RegistryError
+
+
+@dataclass
+class Verdict:
+    ok: bool
+    why: str
+    metric: str = ""
+    candidate_value: float = math.nan
+    champion_value: float = math.nan
+    split: SplitRef | None = None
+    candidate_source: str = ""
+    """logged | recomputed"""
+
+
+def headline(tags: dict[str, str]) -> str:
+    from pbp.model.finetune import TaskKind
+
+    return f"test_{TaskKind(tags['pbp.task.kind']).metric_name}"
+
+
+def task_mismatch(cand: dict[str, str], champ: dict[str, str]) -> str:
+    """Why two versions are not for the same task ('' when they are)."""
+    for key, what in (("pbp.kind", "model kind"), ("pbp.task.kind", "task kind"), ("pbp.task.name", "task"),
+                      ("pbp.task.classes", "label set")):  # fmt: skip
+        a, b = cand.get(key, ""), champ.get(key, "")
+        if a and b and a != b:
+            return f"another {what}: candidate {a!r}, champion {b!r}"
+        if key != "pbp.task.name" and a != b:
+            return f"another {what}: candidate {a or '(none)'!r}, champion {b or '(none)'!r}"
+    return ""
+
+
+def decide(name: str, cand: Any, champ: Any | None, tolerance: float) -> Verdict:
+    """``cand``/``champ``: MLflow ModelVersion objects. Refusals come back as a Verdict (to be audited)."""
+    ct = dict(cand.tags)
+    if ct.get("pbp.kind") != "finetuned" or "pbp.task.kind" not in ct:
+        return Verdict(False, f"version {cand.version} is a {ct.get('pbp.kind', 'non-pbp')} model with no task test "
+                              "metric to gate on (promote it with --force --reason)")  # fmt: skip
+    metric = headline(ct)
+    ht = dict(champ.tags) if champ is not None else {}
+    if champ is not None and (why := task_mismatch(ct, ht)):
+        return Verdict(False, f"version {cand.version} is for {why}", metric)
+    ref = SplitRef.from_tags(ht if champ is not None else ct) or SplitRef.from_tags(ct)
+    if ref is None:
+        return Verdict(False, f"version {cand.version}: no test split recorded, so no {metric} to compare "
+                              "(register it with --test FILE)", metric)  # fmt: skip
+    cv, source = score(name, cand, metric, ref)
+    if math.isnan(cv):
+        return Verdict(False, f"version {cand.version}: {metric} is missing or NaN on the test split", metric, cv,
+                       split=ref)  # fmt: skip
+    if champ is None:
+        return Verdict(True, f"first champion ({metric} {cv:.4f})", metric, cv, split=ref, candidate_source=source)
+    hv, _ = score(name, champ, metric, ref)
+    ok = math.isnan(hv) or cv >= hv - tolerance
+    cmp = ">=" if ok else "<"
+    why = f"{metric} {cv:.4f} {cmp} champion v{champ.version}'s {hv:.4f} - tolerance {tolerance:g}"
+    return Verdict(ok, why, metric, cv, hv, ref, source)
+
+
+def score(name: str, mv: Any, metric: str, ref: SplitRef) -> tuple[float, str]:
+    """-> (the version's ``metric`` on the split ``ref``, 'logged' | 'recomputed')."""
+    tags = dict(mv.tags)
+    if tags.get("pbp.metric.split") == ref.key and f"pbp.metric.{metric}" in tags:
+        return float(tags[f"pbp.metric.{metric}"]), "logged"
+    from pbp.finetune.export import find_model_dir, load_finetuned
+    from pbp.train.artifacts import local_dir
+
+    uri = f"models:/{name}/{mv.version}"
+    model, task, _ = load_finetuned(find_model_dir(local_dir(uri), uri))
+    return evaluate(model, task, ref).get(metric, math.nan), "recomputed"
+
+
+def evaluate(model: Any, task: Any, ref: SplitRef) -> dict[str, float]:
+    """A fine-tuned model's test metrics on the split ``ref`` (its file checked against the recorded digest)."""
+    from pbp.finetune.data import load_split
+    from pbp.model.finetune import IGNORE_INDEX
+    from pbp.predict.batches import length_batches
+    from pbp.train.metrics import task_metrics
+
+    split, sha = load_split(ref.path, task.kind, task.classes, ref.seq_column, ref.label_column, ref.max_rows)
+    if ref.sha256 and sha != ref.sha256:
+        raise RegistryError(f"test split {ref.path}: its sha256 is now {sha[:12]}..., the registry recorded "
+                            f"{ref.sha256[:12]}...: the file changed, so scores on it are not comparable")  # fmt: skip
+    model.eval()
+    logits, labels = [], []
+    with torch.no_grad():
+        for rows, tokens in length_batches(split.tokens):
+            out = model(tokens).float()
+            for r, k in enumerate(rows):
+                if task.kind.per_residue:
+                    y = np.asarray(split.labels[k])
+                    keep = y != IGNORE_INDEX
+                    logits.append(out[r, : len(y)][torch.from_numpy(keep)])
+                    labels.append(torch.from_numpy(y[keep]))
+                else:
+                    logits.append(out[r : r + 1])
+                    labels.append(torch.as_tensor(np.asarray(split.labels)[k : k + 1]))
+    metrics = task_metrics(task.spec.flattened(), torch.cat(logits), torch.cat(labels))
+    return {f"test_{k}": float(v) for k, v in metrics.items()}

@@ -1,0 +1,114 @@
+"""``pbp registry register SOURCE --name NAME``: any pbp model into the MLflow registry as a pyfunc, with lineage.
+
+SOURCE: an MLflow run id (its ``model`` artifact), ``runs:/ID/path``, ``models:/NAME/V`` or ``models:/NAME@alias``,
+a pbp model directory (local or ``s3://``: a fine-tuned ``final_model/``, a ``pbp pretrain`` export, a ``pbp model
+import-keras`` output). A run's artifact that already is a pbp pyfunc (``pbp finetune`` logs one) is registered as
+it is; anything else is wrapped in a pyfunc (safetensors + JSON, loaded by a loader module: no pickle) logged to a
+registration run of the experiment ``pbp-registry``, so the source run is never modified.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pbp.registry import lineage
+from pbp.registry.server import RegistryError, call, check_model_name, client, error_code, experiment_id
+
+REGISTRATION_EXPERIMENT = "pbp-registry"
+EXAMPLES = [
+    "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ",
+    "MSVLTPLLLRGLTGSARRLPVPRAKIHSL",
+    "MADEEKLPPGWEKRMSRSSGRVYYFNHITNASQWERPSG",
+]
+_RUN_ID = re.compile(r"[0-9a-f]{32}")
+
+
+@dataclass
+class Registered:
+    name: str
+    version: str
+    source: str
+    tags: dict[str, str]
+
+
+def resolve_source(source: str) -> tuple[str, str | None]:
+    """-> (a location ``pbp.train.artifacts.local_dir`` reads, the MLflow run id behind it or None)."""
+    if _RUN_ID.fullmatch(source):
+        return f"runs:/{source}/model", source
+    m = re.fullmatch(r"runs:/([0-9a-f]{32})(/.*)?", source)
+    if source.startswith("runs:/") and not m:
+        raise RegistryError(f"{source!r}: expected runs:/<32-hex run id>/<artifact path>")
+    return source, (m.group(1) if m else None)
+
+
+def register(source: str, name: str, *, test: str = "", description: str = "") -> Registered:
+    from pbp.finetune.export import find_model_dir
+    from pbp.train.artifacts import local_dir
+
+    name = check_model_name(name)
+    c = client()
+    uri, run_id = resolve_source(source)
+    root = local_dir(uri, "source")
+    model_dir = find_model_dir(root, source)
+    run = call(f"run {run_id}", lambda: c.get_run(run_id)) if run_id else None
+    tags = lineage.version_tags(model_dir, source, run)
+    if test:
+        tags.update(_test_tags(model_dir, test))
+    pyfunc_ready = run_id is not None and (root / "MLmodel").is_file()
+    model_uri = uri if pyfunc_ready else _log_pyfunc(c, model_dir, name, source)
+    _ensure_registered_model(c, name, description)
+    import mlflow
+
+    mv = call(f"registering {source} as model {name}", lambda: mlflow.register_model(model_uri, name, tags=tags),
+              permission="EDIT on the registered model")  # fmt: skip
+    return Registered(name, str(mv.version), model_uri, tags)
+
+
+def _test_tags(model_dir: Path, test: str) -> dict[str, str]:
+    """``--test FILE``: score a fine-tuned model on FILE now; its digest identifies the split."""
+    from pbp.finetune.data import load_split
+    from pbp.finetune.export import load_finetuned
+    from pbp.registry.gate import evaluate
+
+    if lineage.model_kind(model_dir) != "finetuned":
+        raise RegistryError(f"--test {test}: only fine-tuned models have a task to score on a test file")
+    model, task, meta = load_finetuned(model_dir)
+    label_column = str((meta.get("test_split") or {}).get("label_column", "label"))
+    _, sha = load_split(test, task.kind, task.classes, task.seq_column, label_column)
+    ref = lineage.SplitRef(test, sha, 0, task.seq_column, label_column)
+    metrics = {k: v for k, v in evaluate(model, task, ref).items() if not k.endswith("_loss")}
+    return {**ref.tags(), **lineage.metric_tags(metrics, ref)}
+
+
+def _log_pyfunc(c: Any, model_dir: Path, name: str, source: str) -> str:
+    """Wrap ``model_dir`` in a pyfunc logged to a new registration run -> its ``runs:/`` URI."""
+    out = Path(tempfile.mkdtemp(prefix="pbp-register-")) / "model"
+    if lineage.model_kind(model_dir) == "finetuned":
+        from pbp.finetune.pyfunc import save_pyfunc
+
+        save_pyfunc(model_dir, out, EXAMPLES)
+    else:
+        from pbp.predict.pretrained import save_pyfunc as save_pretrained_pyfunc
+
+        save_pretrained_pyfunc(model_dir, out, EXAMPLES)
+    exp = experiment_id(c, REGISTRATION_EXPERIMENT)
+    run = call("creating the registration run", lambda: c.create_run(
+        exp, run_name=f"register-{name}", tags={"pbp.registered_model": name, "pbp.source": source}))  # fmt: skip
+    c.log_artifacts(run.info.run_id, str(out), "model")
+    c.set_terminated(run.info.run_id)
+    return f"runs:/{run.info.run_id}/model"
+
+
+def _ensure_registered_model(c: Any, name: str, description: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        call(f"creating registered model {name}", lambda: c.create_registered_model(name, description=description),
+             permission="create registered models")  # fmt: skip
+    except MlflowException as e:
+        if error_code(e) != "RESOURCE_ALREADY_EXISTS":
+            raise

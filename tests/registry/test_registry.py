@@ -1,0 +1,212 @@
+"""The registry workflow on the local stack (SeaweedFS, MLflow with basic-auth): register fine-tuned models with
+their lineage, the gate (the better promoted, the worse refused, a forced promotion with its reason), rollback, the
+audit trail read back and verified, two promotions racing from two processes, and the read-only user refused by the
+server. Models are tiny; their test scores are made different on purpose: the test split's labels are model A's own
+predictions, so A scores Spearman 1.0 there and B, another random model, less."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pbp.finetune.export import TaskInfo, save_finetuned
+from pbp.finetune.pyfunc import FinetunedPredictor
+from pbp.model import ModelConfig, ProteinBERT
+from pbp.model.finetune import FinetuneModel, TaskKind
+
+from ..conftest import REPO, SHARED_DATA
+
+pytestmark = pytest.mark.timeout(900)
+TINY = ModelConfig(n_annotations=16, d_local=16, d_global=32, n_blocks=2, n_heads=2, d_key=8)
+
+
+def _pbp(stack_dir: Path, *args: str, env_extra: dict[str, str] | None = None, timeout: int = 300):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "RAY_"))}
+    env.update(PBP_STACK_DIR=str(stack_dir), **(env_extra or {}))
+    cmd = [str(Path(sys.executable).with_name("pbp")), *args]
+    return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def _ok(res: subprocess.CompletedProcess) -> str:
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    return res.stdout + res.stderr
+
+
+def _model(seed: int, out: Path) -> Path:
+    import torch
+
+    torch.manual_seed(seed)
+    model = FinetuneModel(ProteinBERT(TINY), TaskInfo(TaskKind.NUMERIC).spec)
+    for p in model.parameters():  # away from Keras' initialisation so predictions vary between proteins
+        p.data.add_(torch.randn_like(p) * 0.05)
+    meta = {"run_name": f"unit-{seed}", "init": "none", "task_name": "stability", "pbp.git_commit": "test"}
+    return save_finetuned(model.eval(), TaskInfo(TaskKind.NUMERIC), out, meta)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Two fine-tuned tiny models and a test split on which A is perfect (labels = A's predictions)."""
+    from pbp.finetune.export import load_finetuned
+
+    d = tmp_path_factory.mktemp("models")
+    a, b = _model(1, d / "a"), _model(2, d / "b")
+    with (SHARED_DATA / "proteinbert_benchmarks" / "stability.test.csv").open() as f:
+        seqs = [row["seq"] for _, row in zip(range(40), csv.DictReader(f), strict=False)]
+    model_a, task, _ = load_finetuned(a)
+    preds = FinetunedPredictor(model_a, task).predict_sequences(seqs)
+    test = d / "test.csv"
+    with test.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["label", "seq"])  # label first: columns are found by name
+        w.writerows([[p["prediction"], s] for p, s in zip(preds, seqs, strict=True)])
+    return a, b, test, seqs
+
+
+def _history(stack_dir: Path, name: str) -> dict:
+    res = _pbp(stack_dir, "registry", "history", name, "--json")
+    assert res.returncode in (0, 1), res.stderr[-3000:]
+    return json.loads(res.stdout)
+
+
+def test_register_gate_promote_refuse_force_rollback_and_history(stack_dir, models):
+    a, b, test, _ = models
+    name = f"stab-{os.getpid()}"
+    out_a = _ok(_pbp(stack_dir, "registry", "register", str(a), "--name", name, "--test", str(test)))
+    out_b = _ok(_pbp(stack_dir, "registry", "register", str(b), "--name", name, "--test", str(test)))
+    assert f"model {name} version 1" in out_a and f"model {name} version 2" in out_b
+    assert "test_spearman" in out_a and "1.0000" in out_a  # A is perfect on this split
+
+    res = _pbp(stack_dir, "registry", "promote", name, "--version", "2")
+    assert res.returncode == 0 and "first champion" in res.stdout, res.stdout + res.stderr
+    res = _pbp(stack_dir, "registry", "promote", name, "--version", "1")  # better: promoted over B
+    assert res.returncode == 0 and "promoted" in res.stdout, res.stdout + res.stderr
+    res = _pbp(stack_dir, "registry", "promote", name, "--version", "2")  # worse: refused
+    assert res.returncode == 1 and "refused" in res.stdout and "test_spearman" in res.stdout, res.stdout + res.stderr
+    res = _pbp(stack_dir, "registry", "promote", name, "--version", "2", "--force")
+    assert res.returncode == 2 and "--reason" in res.stderr
+    _ok(_pbp(stack_dir, "registry", "promote", name, "--version", "2", "--force", "--reason", "hotfix for issue 42"))
+    out = _ok(_pbp(stack_dir, "registry", "rollback", name))
+    assert "from version 2 to 1" in out
+
+    doc = _history(stack_dir, name)
+    assert doc["verified"] and not doc["problems"]
+    recs = doc["records"]
+    assert [r["seq"] for r in recs] == [1, 2, 3, 4, 5]
+    assert [(r["decision"], r["version"]) for r in recs] == [
+        ("promoted", "2"), ("promoted", "1"), ("refused", "2"), ("promoted", "2"), ("rolled_back", "1")]  # fmt: skip
+    assert recs[1]["champion_before"] == "2" and recs[1]["candidate_value"] == pytest.approx(1.0)
+    assert recs[2]["champion_after"] == "1" and recs[2]["candidate_value"] < recs[2]["champion_value"]
+    assert recs[3]["forced"] and recs[3]["reason"] == "hotfix for issue 42"
+    assert all(r["user"] == "admin" for r in recs)
+    table = _ok(_pbp(stack_dir, "registry", "history", name))
+    assert "chain verified" in table and "hotfix for issue 42" in table
+
+    from mlflow.tracking import MlflowClient
+
+    client = _client(stack_dir)
+    assert client.get_model_version_by_alias(name, "champion").version == "1"
+    assert client.get_model_version_by_alias(name, "previous-champion").version == "2"
+    tags = client.get_model_version(name, "1").tags
+    assert tags["pbp.kind"] == "finetuned" and tags["pbp.task.kind"] == "numeric"
+    assert tags["pbp.task.name"] == "stability" and tags["pbp.git_commit"] == "test"
+    assert tags["pbp.test.sha256"] and tags["pbp.metric.split"].startswith(tags["pbp.test.sha256"])
+    assert isinstance(client, MlflowClient)
+
+
+def _client(stack_dir: Path):
+    from mlflow.tracking import MlflowClient
+
+    from pbp.stack.endpoints import resolve
+
+    ep = resolve(stack_dir, env={})
+    os.environ.update(ep.mlflow_env())  # restored by the autouse fixture below
+    return MlflowClient(ep.mlflow_uri)
+
+
+@pytest.fixture(autouse=True)
+def _restore_env():
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def test_unknown_model_version_other_task_and_bad_names_are_refused(stack_dir, models, tmp_path):
+    a, _b, test, _ = models
+    name = f"refuse-{os.getpid()}"
+    _ok(_pbp(stack_dir, "registry", "register", str(a), "--name", name, "--test", str(test)))
+    _ok(_pbp(stack_dir, "registry", "promote", name, "--version", "1"))
+    res = _pbp(stack_dir, "registry", "promote", name, "--version", "7")
+    assert res.returncode == 2 and "version 7" in res.stderr, res.stderr
+    res = _pbp(stack_dir, "registry", "promote", f"nope-{os.getpid()}", "--version", "1")
+    assert res.returncode == 2 and "not found" in res.stderr, res.stderr
+    for bad in ("x'y", "../etc", "a b"):
+        res = _pbp(stack_dir, "registry", "promote", bad, "--version", "1")
+        assert res.returncode == 2 and "not a valid name" in res.stderr, res.stderr
+    res = _pbp(stack_dir, "registry", "promote", name, "--version", "1 OR 1=1")
+    assert res.returncode == 2 and "positive integer" in res.stderr
+
+    import torch
+
+    torch.manual_seed(3)  # a binary-task model of the same name: refused as another task, and the refusal audited
+    other = FinetuneModel(ProteinBERT(TINY), TaskInfo(TaskKind.BINARY).spec)
+    meta = {"run_name": "unit-bin", "init": "none", "task_name": "stability"}
+    save_finetuned(other, TaskInfo(TaskKind.BINARY), tmp_path / "bin", meta)
+    bin_test = tmp_path / "bin.csv"
+    bin_test.write_text("seq,label\nMKTAYIAKQR,1\nMSVLTPLLLR,0\nMADEEKLPPG,1\n")
+    _ok(_pbp(stack_dir, "registry", "register", str(tmp_path / "bin"), "--name", name, "--test", str(bin_test)))
+    res = _pbp(stack_dir, "registry", "promote", name, "--version", "2")
+    assert res.returncode == 1 and "another task kind" in res.stdout, res.stdout + res.stderr
+    doc = _history(stack_dir, name)
+    assert doc["verified"] and [r["decision"] for r in doc["records"]] == ["promoted", "refused"]
+
+
+def test_two_racing_promotions_leave_one_champion_and_both_decisions(stack_dir, models):
+    a, b, test, _ = models
+    name = f"race-{os.getpid()}"
+    for m in (a, b):
+        _ok(_pbp(stack_dir, "registry", "register", str(m), "--name", name, "--test", str(test)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "RAY_"))}
+    env.update(PBP_STACK_DIR=str(stack_dir))
+    pbp = str(Path(sys.executable).with_name("pbp"))
+    procs = [subprocess.Popen([pbp, "registry", "promote", name, "--version", v, "--force", "--reason", f"race {v}"],
+                              env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for v in ("1", "2")]  # fmt: skip
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    doc = _history(stack_dir, name)
+    assert doc["verified"], doc["problems"]
+    recs = doc["records"]
+    assert sorted(r["version"] for r in recs) == ["1", "2"] and [r["seq"] for r in recs] == [1, 2]
+    # Serialised by the lock: the second decision saw the first's champion.
+    assert recs[0]["champion_before"] is None and recs[1]["champion_before"] == recs[0]["version"]
+    client = _client(stack_dir)
+    assert client.get_model_version_by_alias(name, "champion").version == recs[1]["version"]
+    assert client.get_model_version_by_alias(name, "previous-champion").version == recs[0]["version"]
+    assert not [m for m in client.search_registered_models() if m.name.endswith(".pbp-lock")]  # locks released
+
+
+def test_read_only_user_is_refused_by_the_server_naming_the_permission(stack_dir, models):
+    from pbp.stack.state import Secrets
+
+    a, b, test, _ = models
+    name = f"ro-{os.getpid()}"
+    for m in (a, b):
+        _ok(_pbp(stack_dir, "registry", "register", str(m), "--name", name, "--test", str(test)))
+    _ok(_pbp(stack_dir, "registry", "promote", name, "--version", "2"))
+    s = Secrets.load(stack_dir)
+    reader = {"MLFLOW_TRACKING_USERNAME": s.mlflow_reader_user, "MLFLOW_TRACKING_PASSWORD": s.mlflow_reader_password}
+    res = _pbp(stack_dir, "registry", "promote", name, "--version", "1", env_extra=reader)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "lacks permission" in res.stderr and "EDIT" in res.stderr and "reader" in res.stderr, res.stderr
+    doc = json.loads(_pbp(stack_dir, "registry", "history", name, "--json", env_extra=reader).stdout)
+    assert [r["version"] for r in doc["records"]] == ["2"]  # the reader can read the trail, not write it
+    client = _client(stack_dir)
+    assert client.get_model_version_by_alias(name, "champion").version == "2"
+    assert not [m for m in client.search_registered_models() if m.name.endswith(".pbp-lock")]
