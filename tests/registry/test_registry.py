@@ -26,11 +26,34 @@ pytestmark = pytest.mark.timeout(900)
 TINY = ModelConfig(n_annotations=16, d_local=16, d_global=32, n_blocks=2, n_heads=2, d_key=8)
 
 
-def _pbp(stack_dir: Path, *args: str, env_extra: dict[str, str] | None = None, timeout: int = 300):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "RAY_"))}
-    env.update(PBP_STACK_DIR=str(stack_dir), **(env_extra or {}))
-    cmd = [str(Path(sys.executable).with_name("pbp")), *args]
-    return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+class _Result:
+    def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+@pytest.fixture
+def pbp(stack_dir, capsys, monkeypatch):
+    """`pbp ...` run in this process (the CLI's own code path, without a 3 s interpreter start per command), with
+    the environment a user of the stack has; environment and MLflow URI are restored afterwards."""
+    import mlflow
+
+    from pbp.cli.main import main
+
+    previous = mlflow.get_tracking_uri()
+
+    def run(*args: str, env_extra: dict[str, str] | None = None) -> _Result:
+        for k in [k for k in os.environ if k.startswith(("AWS_", "MLFLOW_", "RAY_"))]:
+            monkeypatch.delenv(k)
+        monkeypatch.setenv("PBP_STACK_DIR", str(stack_dir))
+        for k, v in (env_extra or {}).items():
+            monkeypatch.setenv(k, v)
+        capsys.readouterr()
+        rc = main(list(args))
+        out = capsys.readouterr()
+        return _Result(rc, out.out, out.err)
+
+    yield run
+    mlflow.set_tracking_uri(previous)
 
 
 def _ok(res: subprocess.CompletedProcess) -> str:
@@ -68,33 +91,33 @@ def models(tmp_path_factory):
     return a, b, test, seqs
 
 
-def _history(stack_dir: Path, name: str) -> dict:
-    res = _pbp(stack_dir, "registry", "history", name, "--json")
+def _history(pbp, name: str) -> dict:
+    res = pbp("registry", "history", name, "--json")
     assert res.returncode in (0, 1), res.stderr[-3000:]
     return json.loads(res.stdout)
 
 
-def test_register_gate_promote_refuse_force_rollback_and_history(stack_dir, models):
+def test_register_gate_promote_refuse_force_rollback_and_history(stack_dir, pbp, models):
     a, b, test, _ = models
     name = f"stab-{os.getpid()}"
-    out_a = _ok(_pbp(stack_dir, "registry", "register", str(a), "--name", name, "--test", str(test)))
-    out_b = _ok(_pbp(stack_dir, "registry", "register", str(b), "--name", name, "--test", str(test)))
+    out_a = _ok(pbp("registry", "register", str(a), "--name", name, "--test", str(test)))
+    out_b = _ok(pbp("registry", "register", str(b), "--name", name, "--test", str(test)))
     assert f"model {name} version 1" in out_a and f"model {name} version 2" in out_b
     assert "test_spearman" in out_a and "1.0000" in out_a  # A is perfect on this split
 
-    res = _pbp(stack_dir, "registry", "promote", name, "--version", "2")
+    res = pbp("registry", "promote", name, "--version", "2")
     assert res.returncode == 0 and "first champion" in res.stdout, res.stdout + res.stderr
-    res = _pbp(stack_dir, "registry", "promote", name, "--version", "1")  # better: promoted over B
+    res = pbp("registry", "promote", name, "--version", "1")  # better: promoted over B
     assert res.returncode == 0 and "promoted" in res.stdout, res.stdout + res.stderr
-    res = _pbp(stack_dir, "registry", "promote", name, "--version", "2")  # worse: refused
+    res = pbp("registry", "promote", name, "--version", "2")  # worse: refused
     assert res.returncode == 1 and "refused" in res.stdout and "test_spearman" in res.stdout, res.stdout + res.stderr
-    res = _pbp(stack_dir, "registry", "promote", name, "--version", "2", "--force")
+    res = pbp("registry", "promote", name, "--version", "2", "--force")
     assert res.returncode == 2 and "--reason" in res.stderr
-    _ok(_pbp(stack_dir, "registry", "promote", name, "--version", "2", "--force", "--reason", "hotfix for issue 42"))
-    out = _ok(_pbp(stack_dir, "registry", "rollback", name))
+    _ok(pbp("registry", "promote", name, "--version", "2", "--force", "--reason", "hotfix for issue 42"))
+    out = _ok(pbp("registry", "rollback", name))
     assert "from version 2 to 1" in out
 
-    doc = _history(stack_dir, name)
+    doc = _history(pbp, name)
     assert doc["verified"] and not doc["problems"]
     recs = doc["records"]
     assert [r["seq"] for r in recs] == [1, 2, 3, 4, 5]
@@ -104,7 +127,7 @@ def test_register_gate_promote_refuse_force_rollback_and_history(stack_dir, mode
     assert recs[2]["champion_after"] == "1" and recs[2]["candidate_value"] < recs[2]["champion_value"]
     assert recs[3]["forced"] and recs[3]["reason"] == "hotfix for issue 42"
     assert all(r["user"] == "admin" for r in recs)
-    table = _ok(_pbp(stack_dir, "registry", "history", name))
+    table = _ok(pbp("registry", "history", name))
     assert "chain verified" in table and "hotfix for issue 42" in table
 
     from mlflow.tracking import MlflowClient
@@ -137,19 +160,19 @@ def _restore_env():
     os.environ.update(saved)
 
 
-def test_unknown_model_version_other_task_and_bad_names_are_refused(stack_dir, models, tmp_path):
+def test_unknown_model_version_other_task_and_bad_names_are_refused(pbp, models, tmp_path):
     a, _b, test, _ = models
     name = f"refuse-{os.getpid()}"
-    _ok(_pbp(stack_dir, "registry", "register", str(a), "--name", name, "--test", str(test)))
-    _ok(_pbp(stack_dir, "registry", "promote", name, "--version", "1"))
-    res = _pbp(stack_dir, "registry", "promote", name, "--version", "7")
+    _ok(pbp("registry", "register", str(a), "--name", name, "--test", str(test)))
+    _ok(pbp("registry", "promote", name, "--version", "1"))
+    res = pbp("registry", "promote", name, "--version", "7")
     assert res.returncode == 2 and "version 7" in res.stderr, res.stderr
-    res = _pbp(stack_dir, "registry", "promote", f"nope-{os.getpid()}", "--version", "1")
+    res = pbp("registry", "promote", f"nope-{os.getpid()}", "--version", "1")
     assert res.returncode == 2 and "not found" in res.stderr, res.stderr
     for bad in ("x'y", "../etc", "a b"):
-        res = _pbp(stack_dir, "registry", "promote", bad, "--version", "1")
+        res = pbp("registry", "promote", bad, "--version", "1")
         assert res.returncode == 2 and "not a valid name" in res.stderr, res.stderr
-    res = _pbp(stack_dir, "registry", "promote", name, "--version", "1 OR 1=1")
+    res = pbp("registry", "promote", name, "--version", "1 OR 1=1")
     assert res.returncode == 2 and "positive integer" in res.stderr
 
     import torch
@@ -160,27 +183,27 @@ def test_unknown_model_version_other_task_and_bad_names_are_refused(stack_dir, m
     save_finetuned(other, TaskInfo(TaskKind.BINARY), tmp_path / "bin", meta)
     bin_test = tmp_path / "bin.csv"
     bin_test.write_text("seq,label\nMKTAYIAKQR,1\nMSVLTPLLLR,0\nMADEEKLPPG,1\n")
-    _ok(_pbp(stack_dir, "registry", "register", str(tmp_path / "bin"), "--name", name, "--test", str(bin_test)))
-    res = _pbp(stack_dir, "registry", "promote", name, "--version", "2")
+    _ok(pbp("registry", "register", str(tmp_path / "bin"), "--name", name, "--test", str(bin_test)))
+    res = pbp("registry", "promote", name, "--version", "2")
     assert res.returncode == 1 and "another task kind" in res.stdout, res.stdout + res.stderr
-    doc = _history(stack_dir, name)
+    doc = _history(pbp, name)
     assert doc["verified"] and [r["decision"] for r in doc["records"]] == ["promoted", "refused"]
 
 
-def test_two_racing_promotions_leave_one_champion_and_both_decisions(stack_dir, models):
+def test_two_racing_promotions_leave_one_champion_and_both_decisions(stack_dir, pbp, models):
     a, b, test, _ = models
     name = f"race-{os.getpid()}"
     for m in (a, b):
-        _ok(_pbp(stack_dir, "registry", "register", str(m), "--name", name, "--test", str(test)))
+        _ok(pbp("registry", "register", str(m), "--name", name, "--test", str(test)))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "RAY_"))}
     env.update(PBP_STACK_DIR=str(stack_dir))
-    pbp = str(Path(sys.executable).with_name("pbp"))
-    procs = [subprocess.Popen([pbp, "registry", "promote", name, "--version", v, "--force", "--reason", f"race {v}"],
+    exe = str(Path(sys.executable).with_name("pbp"))
+    procs = [subprocess.Popen([exe, "registry", "promote", name, "--version", v, "--force", "--reason", f"race {v}"],
                               env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for v in ("1", "2")]  # fmt: skip
     outs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
-    doc = _history(stack_dir, name)
+    doc = _history(pbp, name)
     assert doc["verified"], doc["problems"]
     recs = doc["records"]
     assert sorted(r["version"] for r in recs) == ["1", "2"] and [r["seq"] for r in recs] == [1, 2]
@@ -192,20 +215,20 @@ def test_two_racing_promotions_leave_one_champion_and_both_decisions(stack_dir, 
     assert not [m for m in client.search_registered_models() if m.name.endswith(".pbp-lock")]  # locks released
 
 
-def test_read_only_user_is_refused_by_the_server_naming_the_permission(stack_dir, models):
+def test_read_only_user_is_refused_by_the_server_naming_the_permission(stack_dir, pbp, models):
     from pbp.stack.state import Secrets
 
     a, b, test, _ = models
     name = f"ro-{os.getpid()}"
     for m in (a, b):
-        _ok(_pbp(stack_dir, "registry", "register", str(m), "--name", name, "--test", str(test)))
-    _ok(_pbp(stack_dir, "registry", "promote", name, "--version", "2"))
+        _ok(pbp("registry", "register", str(m), "--name", name, "--test", str(test)))
+    _ok(pbp("registry", "promote", name, "--version", "2"))
     s = Secrets.load(stack_dir)
     reader = {"MLFLOW_TRACKING_USERNAME": s.mlflow_reader_user, "MLFLOW_TRACKING_PASSWORD": s.mlflow_reader_password}
-    res = _pbp(stack_dir, "registry", "promote", name, "--version", "1", env_extra=reader)
+    res = pbp("registry", "promote", name, "--version", "1", env_extra=reader)
     assert res.returncode == 2, res.stdout + res.stderr
     assert "lacks permission" in res.stderr and "EDIT" in res.stderr and "reader" in res.stderr, res.stderr
-    doc = json.loads(_pbp(stack_dir, "registry", "history", name, "--json", env_extra=reader).stdout)
+    doc = json.loads(pbp("registry", "history", name, "--json", env_extra=reader).stdout)
     assert [r["version"] for r in doc["records"]] == ["2"]  # the reader can read the trail, not write it
     client = _client(stack_dir)
     assert client.get_model_version_by_alias(name, "champion").version == "2"
