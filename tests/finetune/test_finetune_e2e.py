@@ -124,6 +124,28 @@ def test_numeric_from_nothing_tracked_checkpointed_and_exported(numeric_run, end
     assert rdir.read_json("final_metrics.json")["test_spearman"] == pytest.approx(float(row.group(1)), abs=1e-4)
 
 
+def test_a_finetune_run_registered_by_run_id_carries_its_lineage(numeric_run, stack_dir, mlflow_client):
+    """`pbp registry register RUN_ID`: the run's own pyfunc is registered as it is, with the run's test metrics on
+    the recorded test split, the task files' digests, the git commit and the run, as version tags."""
+    run, _ = numeric_run
+    mrun = _mlflow_run(mlflow_client, run)
+    name = f"reg-{run}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "RAY_"))}
+    env.update(PBP_STACK_DIR=str(stack_dir))
+    res = subprocess.run([str(Path(sys.executable).with_name("pbp")), "registry", "register", mrun.info.run_id,
+                          "--name", name], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
+    out = _ok(res)
+    assert f"model {name} version 1" in out and "test_spearman" in out
+    mv = mlflow_client.get_model_version(name, "1")
+    tags, rtags = mv.tags, mrun.data.tags
+    assert mv.run_id == mrun.info.run_id and tags["pbp.source_run_id"] == mrun.info.run_id
+    assert tags["pbp.kind"] == "finetuned" and tags["pbp.finetune.run"] == run and tags["pbp.task.name"] == "stability"
+    assert tags["pbp.git_commit"] == rtags["pbp.git_commit"]
+    assert tags["pbp.test.sha256"] == rtags["pbp.task.test_sha256"] == tags["pbp.task.test_sha256"]
+    assert tags["pbp.metric.split"] == f"{rtags['pbp.task.test_sha256']}:120"  # the 120-row test split
+    assert float(tags["pbp.metric.test_spearman"]) == pytest.approx(mrun.data.metrics["test_spearman"])
+
+
 def test_residue_task_from_a_pretrained_export(stack_dir, endpoints, mlflow_client, tiny_cfg, tmp_path):
     pre = ProteinBERT(tiny_cfg).save_pretrained(tmp_path / "pre", metadata={"run_name": "pre-x"})
     run = f"ft-ss-{random.randrange(10**6)}"

@@ -6,7 +6,6 @@ predictions, so A scores Spearman 1.0 there and B, another random model, less.""
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
@@ -16,79 +15,13 @@ from pathlib import Path
 import pytest
 
 from pbp.finetune.export import TaskInfo, save_finetuned
-from pbp.finetune.pyfunc import FinetunedPredictor
-from pbp.model import ModelConfig, ProteinBERT
+from pbp.model import ProteinBERT
 from pbp.model.finetune import FinetuneModel, TaskKind
 
-from ..conftest import REPO, SHARED_DATA
+from ..conftest import REPO
+from .conftest import TINY, client_of, ok
 
 pytestmark = pytest.mark.timeout(900)
-TINY = ModelConfig(n_annotations=16, d_local=16, d_global=32, n_blocks=2, n_heads=2, d_key=8)
-
-
-class _Result:
-    def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
-        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
-
-
-@pytest.fixture
-def pbp(stack_dir, capsys, monkeypatch):
-    """`pbp ...` run in this process (the CLI's own code path, without a 3 s interpreter start per command), with
-    the environment a user of the stack has; environment and MLflow URI are restored afterwards."""
-    import mlflow
-
-    from pbp.cli.main import main
-
-    previous = mlflow.get_tracking_uri()
-
-    def run(*args: str, env_extra: dict[str, str] | None = None) -> _Result:
-        for k in [k for k in os.environ if k.startswith(("AWS_", "MLFLOW_", "RAY_"))]:
-            monkeypatch.delenv(k)
-        monkeypatch.setenv("PBP_STACK_DIR", str(stack_dir))
-        for k, v in (env_extra or {}).items():
-            monkeypatch.setenv(k, v)
-        capsys.readouterr()
-        rc = main(list(args))
-        out = capsys.readouterr()
-        return _Result(rc, out.out, out.err)
-
-    yield run
-    mlflow.set_tracking_uri(previous)
-
-
-def _ok(res: subprocess.CompletedProcess) -> str:
-    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
-    return res.stdout + res.stderr
-
-
-def _model(seed: int, out: Path) -> Path:
-    import torch
-
-    torch.manual_seed(seed)
-    model = FinetuneModel(ProteinBERT(TINY), TaskInfo(TaskKind.NUMERIC).spec)
-    for p in model.parameters():  # away from Keras' initialisation so predictions vary between proteins
-        p.data.add_(torch.randn_like(p) * 0.05)
-    meta = {"run_name": f"unit-{seed}", "init": "none", "task_name": "stability", "pbp.git_commit": "test"}
-    return save_finetuned(model.eval(), TaskInfo(TaskKind.NUMERIC), out, meta)
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    """Two fine-tuned tiny models and a test split on which A is perfect (labels = A's predictions)."""
-    from pbp.finetune.export import load_finetuned
-
-    d = tmp_path_factory.mktemp("models")
-    a, b = _model(1, d / "a"), _model(2, d / "b")
-    with (SHARED_DATA / "proteinbert_benchmarks" / "stability.test.csv").open() as f:
-        seqs = [row["seq"] for _, row in zip(range(40), csv.DictReader(f), strict=False)]
-    model_a, task, _ = load_finetuned(a)
-    preds = FinetunedPredictor(model_a, task).predict_sequences(seqs)
-    test = d / "test.csv"
-    with test.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["label", "seq"])  # label first: columns are found by name
-        w.writerows([[p["prediction"], s] for p, s in zip(preds, seqs, strict=True)])
-    return a, b, test, seqs
 
 
 def _history(pbp, name: str) -> dict:
@@ -100,8 +33,8 @@ def _history(pbp, name: str) -> dict:
 def test_register_gate_promote_refuse_force_rollback_and_history(stack_dir, pbp, models):
     a, b, test, _ = models
     name = f"stab-{os.getpid()}"
-    out_a = _ok(pbp("registry", "register", str(a), "--name", name, "--test", str(test)))
-    out_b = _ok(pbp("registry", "register", str(b), "--name", name, "--test", str(test)))
+    out_a = ok(pbp("registry", "register", str(a), "--name", name, "--test", str(test)))
+    out_b = ok(pbp("registry", "register", str(b), "--name", name, "--test", str(test)))
     assert f"model {name} version 1" in out_a and f"model {name} version 2" in out_b
     assert "test_spearman" in out_a and "1.0000" in out_a  # A is perfect on this split
 
@@ -113,8 +46,8 @@ def test_register_gate_promote_refuse_force_rollback_and_history(stack_dir, pbp,
     assert res.returncode == 1 and "refused" in res.stdout and "test_spearman" in res.stdout, res.stdout + res.stderr
     res = pbp("registry", "promote", name, "--version", "2", "--force")
     assert res.returncode == 2 and "--reason" in res.stderr
-    _ok(pbp("registry", "promote", name, "--version", "2", "--force", "--reason", "hotfix for issue 42"))
-    out = _ok(pbp("registry", "rollback", name))
+    ok(pbp("registry", "promote", name, "--version", "2", "--force", "--reason", "hotfix for issue 42"))
+    out = ok(pbp("registry", "rollback", name))
     assert "from version 2 to 1" in out
 
     doc = _history(pbp, name)
@@ -127,12 +60,12 @@ def test_register_gate_promote_refuse_force_rollback_and_history(stack_dir, pbp,
     assert recs[2]["champion_after"] == "1" and recs[2]["candidate_value"] < recs[2]["champion_value"]
     assert recs[3]["forced"] and recs[3]["reason"] == "hotfix for issue 42"
     assert all(r["user"] == "admin" for r in recs)
-    table = _ok(pbp("registry", "history", name))
+    table = ok(pbp("registry", "history", name))
     assert "chain verified" in table and "hotfix for issue 42" in table
 
     from mlflow.tracking import MlflowClient
 
-    client = _client(stack_dir)
+    client = client_of(stack_dir)
     assert client.get_model_version_by_alias(name, "champion").version == "1"
     assert client.get_model_version_by_alias(name, "previous-champion").version == "2"
     tags = client.get_model_version(name, "1").tags
@@ -142,29 +75,11 @@ def test_register_gate_promote_refuse_force_rollback_and_history(stack_dir, pbp,
     assert isinstance(client, MlflowClient)
 
 
-def _client(stack_dir: Path):
-    from mlflow.tracking import MlflowClient
-
-    from pbp.stack.endpoints import resolve
-
-    ep = resolve(stack_dir, env={})
-    os.environ.update(ep.mlflow_env())  # restored by the autouse fixture below
-    return MlflowClient(ep.mlflow_uri)
-
-
-@pytest.fixture(autouse=True)
-def _restore_env():
-    saved = dict(os.environ)
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
-
-
 def test_unknown_model_version_other_task_and_bad_names_are_refused(pbp, models, tmp_path):
     a, _b, test, _ = models
     name = f"refuse-{os.getpid()}"
-    _ok(pbp("registry", "register", str(a), "--name", name, "--test", str(test)))
-    _ok(pbp("registry", "promote", name, "--version", "1"))
+    ok(pbp("registry", "register", str(a), "--name", name, "--test", str(test)))
+    ok(pbp("registry", "promote", name, "--version", "1"))
     res = pbp("registry", "promote", name, "--version", "7")
     assert res.returncode == 2 and "version 7" in res.stderr, res.stderr
     res = pbp("registry", "promote", f"nope-{os.getpid()}", "--version", "1")
@@ -183,7 +98,7 @@ def test_unknown_model_version_other_task_and_bad_names_are_refused(pbp, models,
     save_finetuned(other, TaskInfo(TaskKind.BINARY), tmp_path / "bin", meta)
     bin_test = tmp_path / "bin.csv"
     bin_test.write_text("seq,label\nMKTAYIAKQR,1\nMSVLTPLLLR,0\nMADEEKLPPG,1\n")
-    _ok(pbp("registry", "register", str(tmp_path / "bin"), "--name", name, "--test", str(bin_test)))
+    ok(pbp("registry", "register", str(tmp_path / "bin"), "--name", name, "--test", str(bin_test)))
     res = pbp("registry", "promote", name, "--version", "2")
     assert res.returncode == 1 and "another task kind" in res.stdout, res.stdout + res.stderr
     doc = _history(pbp, name)
@@ -194,7 +109,7 @@ def test_two_racing_promotions_leave_one_champion_and_both_decisions(stack_dir, 
     a, b, test, _ = models
     name = f"race-{os.getpid()}"
     for m in (a, b):
-        _ok(pbp("registry", "register", str(m), "--name", name, "--test", str(test)))
+        ok(pbp("registry", "register", str(m), "--name", name, "--test", str(test)))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "RAY_"))}
     env.update(PBP_STACK_DIR=str(stack_dir))
     exe = str(Path(sys.executable).with_name("pbp"))
@@ -209,7 +124,7 @@ def test_two_racing_promotions_leave_one_champion_and_both_decisions(stack_dir, 
     assert sorted(r["version"] for r in recs) == ["1", "2"] and [r["seq"] for r in recs] == [1, 2]
     # Serialised by the lock: the second decision saw the first's champion.
     assert recs[0]["champion_before"] is None and recs[1]["champion_before"] == recs[0]["version"]
-    client = _client(stack_dir)
+    client = client_of(stack_dir)
     assert client.get_model_version_by_alias(name, "champion").version == recs[1]["version"]
     assert client.get_model_version_by_alias(name, "previous-champion").version == recs[0]["version"]
     assert not [m for m in client.search_registered_models() if m.name.endswith(".pbp-lock")]  # locks released
@@ -221,8 +136,8 @@ def test_read_only_user_is_refused_by_the_server_naming_the_permission(stack_dir
     a, b, test, _ = models
     name = f"ro-{os.getpid()}"
     for m in (a, b):
-        _ok(pbp("registry", "register", str(m), "--name", name, "--test", str(test)))
-    _ok(pbp("registry", "promote", name, "--version", "2"))
+        ok(pbp("registry", "register", str(m), "--name", name, "--test", str(test)))
+    ok(pbp("registry", "promote", name, "--version", "2"))
     s = Secrets.load(stack_dir)
     reader = {"MLFLOW_TRACKING_USERNAME": s.mlflow_reader_user, "MLFLOW_TRACKING_PASSWORD": s.mlflow_reader_password}
     res = pbp("registry", "promote", name, "--version", "1", env_extra=reader)
@@ -230,6 +145,6 @@ def test_read_only_user_is_refused_by_the_server_naming_the_permission(stack_dir
     assert "lacks permission" in res.stderr and "EDIT" in res.stderr and "reader" in res.stderr, res.stderr
     doc = json.loads(pbp("registry", "history", name, "--json", env_extra=reader).stdout)
     assert [r["version"] for r in doc["records"]] == ["2"]  # the reader can read the trail, not write it
-    client = _client(stack_dir)
+    client = client_of(stack_dir)
     assert client.get_model_version_by_alias(name, "champion").version == "2"
     assert not [m for m in client.search_registered_models() if m.name.endswith(".pbp-lock")]

@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit_cmds.register(sub)
     bench_cmds.register(sub)
     registry_cmds.register(sub)
+    predict_cmds.register_predict(sub)
     predict_cmds.register_attention(sub)
     return parser
 

@@ -7,6 +7,7 @@ sequence column (``seq`` unless the task said otherwise) and returns, per row:
   binary               ``probability`` of class 1
   categorical          ``label`` (the most likely class, as in the training file) and ``probabilities`` (list)
   residue kinds        ``residue_predictions``: a list per residue (probability of 1, or the class label)
+With params ``{"output": "embeddings"}``: ``embedding``, the body's per-protein embedding (pbp.predict.embeddings).
 Sequences are batched by length and never truncated.
 """
 
@@ -62,6 +63,14 @@ class FinetunedPredictor:
             raise ValueError(f"input has no column {self.task.seq_column!r} (columns: {list(df.columns)})")
         # MLflow's schema enforcement turns {"seq": [a, b]} into ONE row holding a list: one prediction per sequence.
         seqs = [str(x) for s in df[col] for x in (s if isinstance(s, list | tuple | np.ndarray) else [s])]
+        output = (params or {}).get("output") or "predictions"
+        if output == "embeddings":  # the body's per-protein embedding (pbp.predict.embeddings)
+            from pbp.predict.embeddings import embeddings
+
+            vectors = embeddings(self.model.body, seqs, max_tokens=self.max_tokens).proteins
+            return pd.DataFrame({"embedding": [v.tolist() for v in vectors]})
+        if output != "predictions":
+            raise ValueError(f"params output={output!r}: expected 'predictions' or 'embeddings'")
         return pd.DataFrame(self.predict_sequences(seqs))
 
 
@@ -78,7 +87,7 @@ def save_pyfunc(model_dir: Path, out: Path, example_seqs: list[str], seq_column:
 
     predictor = _load_pyfunc(str(model_dir))
     example = pd.DataFrame({seq_column: example_seqs[:3]})
-    signature = infer_signature(example, predictor.predict(example))
+    signature = infer_signature(example, predictor.predict(example), params={"output": "predictions"})
     import pbp
 
     mlflow.pyfunc.save_model(

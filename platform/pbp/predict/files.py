@@ -1,0 +1,211 @@
+"""``pbp predict`` and ``pbp embed``: a FASTA or CSV file through a model, to CSV / parquet / .npy.
+
+Input: FASTA (plain or gzipped; the id is the accession of the header) or CSV with a header (``--seq-column``, default
+``seq``; ``--id-column``, default ``id`` when there is one, else the line number). A bad record (empty sequence,
+a character the tokenizer refuses, a duplicate id) is reported by file, line and id, written to ``<out>.errors.jsonl``
+and skipped: every good record is still predicted. Sequences are processed shortest first in chunks, each chunk
+length-batched (``pbp.predict.batches``), with a progress bar; output rows keep the input's order. Outputs are
+written to a temporary name and renamed at the end, so a failed run never leaves a half file under the real name.
+
+Prediction columns (CSV): ``id``, ``length``, then by model:
+  numeric       ``prediction``          binary  ``probability`` (of class 1)
+  categorical   ``label`` and ``p_<class>`` per class
+  residue kinds ``residue_predictions`` (';'-joined per residue: probability of 1, or the class label)
+  pretrained    ``go_ids``, ``go_names``, ``go_probabilities`` (';'-joined, top ``--top-k``, most probable first)
+Embeddings: parquet (``id``, ``embedding`` (list of d_global floats), with ``--per-residue`` also
+``residue_embeddings`` (one list of d_local floats per residue)), or ``.npy``: the (N, d_global) float32 matrix, with
+the ids in ``<out>.ids.txt`` (per-residue embeddings need parquet).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pbp.data.records import ErrorLog, RecordError, numbered_lines, open_text
+from pbp.model.tokenizer import SequenceError, normalize_sequence
+
+CHUNK = 512
+
+
+@dataclass
+class Inputs:
+    ids: list[str] = field(default_factory=list)
+    seqs: list[str] = field(default_factory=list)
+    errors: ErrorLog = field(default_factory=lambda: ErrorLog(on_error="skip"))
+
+
+def read_inputs(path: str, seq_column: str = "seq", id_column: str = "") -> Inputs:
+    out = Inputs()
+    records = _fasta(path, out.errors) if _is_fasta(path) else _csv(path, seq_column, id_column, out.errors)
+    seen: set[str] = set()
+    for line, rid, seq in records:
+        if rid in seen:
+            out.errors.handle(RecordError(path, line, rid, "duplicate_id", "the same id again; ids must be unique"))
+            continue
+        try:
+            clean = normalize_sequence(seq, f"{path}:{line} {rid}")
+        except SequenceError as e:
+            out.errors.handle(RecordError(path, line, rid, "invalid_sequence", str(e)))
+            continue
+        seen.add(rid)
+        out.ids.append(rid)
+        out.seqs.append(clean)
+    if not out.seqs:
+        raise ValueError(f"{path}: no usable sequences ({out.errors.total} bad records: {dict(out.errors.counts)})")
+    return out
+
+
+def _is_fasta(path: str) -> bool:
+    with open_text(path) as f:
+        for _, line in numbered_lines(f):
+            if line.strip():
+                return line.startswith(">")
+    raise ValueError(f"{path}: empty input file")
+
+
+def _fasta(path: str, errors: ErrorLog) -> Iterator[tuple[int, str, str]]:
+    from pbp.data.formats import read_fasta
+
+    for rec in read_fasta(path, errors):
+        yield rec.line, rec.accession, rec.sequence
+
+
+def _csv(path: str, seq_column: str, id_column: str, errors: ErrorLog) -> Iterator[tuple[int, str, str]]:
+    with open_text(path) as f:
+        reader = csv.reader(f)
+        header = [h.strip() for h in next(reader, [])]
+        if seq_column not in header:
+            raise ValueError(f"{path}:1: no column {seq_column!r} in the header {header} (set --seq-column)")
+        if id_column and id_column not in header:
+            raise ValueError(f"{path}:1: no column {id_column!r} in the header {header} (set --id-column)")
+        si = header.index(seq_column)
+        ii = header.index(id_column or "id") if (id_column or "id") in header else None
+        for line, row in enumerate(reader, 2):
+            if not row or all(not c.strip() for c in row):
+                continue
+            if len(row) != len(header):
+                errors.handle(RecordError(path, line, None, "bad_row", f"{len(row)} fields, the header has "
+                                                                       f"{len(header)}"))  # fmt: skip
+                continue
+            yield line, (row[ii].strip() if ii is not None else f"line{line}"), row[si]
+
+
+def in_chunks(seqs: list[str], fn: Callable[[list[str]], list[Any]], desc: str) -> list[Any]:
+    """``fn`` over ``seqs`` shortest first, CHUNK at a time, with a progress bar -> results in input order."""
+    from tqdm import tqdm
+
+    order = np.argsort([len(s) for s in seqs], kind="stable")
+    out: list[Any] = [None] * len(seqs)
+    with tqdm(total=len(seqs), desc=desc, unit="seq", mininterval=1.0, disable=None) as bar:
+        for lo in range(0, len(order), CHUNK):
+            idx = order[lo : lo + CHUNK]
+            for i, r in zip(idx, fn([seqs[i] for i in idx]), strict=True):
+                out[i] = r
+            bar.update(len(idx))
+    return out
+
+
+def _flat(kind: str, row: Any, classes: list[str]) -> dict[str, Any]:
+    if kind == "pretrained":
+        return {"go_ids": ";".join(str(t["id"] or t["index"]) for t in row),
+                "go_names": ";".join(str(t["name"] or "") for t in row),
+                "go_probabilities": ";".join(f"{t['probability']:.6g}" for t in row)}  # fmt: skip
+    flat = {k: v for k, v in row.items() if k not in ("probabilities", "residue_predictions")}
+    if "probabilities" in row:
+        flat.update({f"p_{c}": p for c, p in zip(classes, row["probabilities"], strict=True)})
+    if "residue_predictions" in row:
+        flat["residue_predictions"] = ";".join(f"{v:.6g}" if isinstance(v, float) else str(v)
+                                               for v in row["residue_predictions"])  # fmt: skip
+    return flat
+
+
+def predict_file(model_uri: str, input_path: str, out: Path, *, seq_column: str = "seq", id_column: str = "",
+                 top_k: int = 10, max_tokens: int = 16384) -> tuple[int, ErrorLog]:  # fmt: skip
+    """-> (rows written, the bad records skipped)."""
+    from pbp.predict.models import load_model
+
+    inputs = read_inputs(input_path, seq_column, id_column)
+    m = load_model(model_uri, max_tokens)
+    if m.kind == "pretrained":
+        rows = in_chunks(inputs.seqs, lambda s: m.predictor.top_go_terms(s, top_k), "predict")
+        classes: list[str] = []
+    else:
+        rows = in_chunks(inputs.seqs, m.predictor.predict_sequences, "predict")
+        classes = list(m.predictor.task.classes)
+    flat = [{"id": i, "length": len(s), **_flat(m.kind, r, classes)}
+            for i, s, r in zip(inputs.ids, inputs.seqs, rows, strict=True)]  # fmt: skip
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(flat[0]))
+            w.writeheader()
+            w.writerows(flat)
+
+    _atomic(out, write)
+    _write_errors(out, inputs.errors)
+    return len(flat), inputs.errors
+
+
+def embed_file(model_uri: str, input_path: str, out: Path, *, per_residue: bool = False, seq_column: str = "seq",
+               id_column: str = "", max_tokens: int = 16384) -> tuple[int, ErrorLog]:  # fmt: skip
+    from pbp.predict.embeddings import embeddings
+    from pbp.predict.models import load_model
+
+    if out.suffix not in (".parquet", ".npy"):
+        raise ValueError(f"--out {out}: write embeddings to a .parquet or .npy file")
+    if per_residue and out.suffix != ".parquet":
+        raise ValueError(f"--out {out}: per-residue embeddings (one matrix per protein) need a .parquet file")
+    inputs = read_inputs(input_path, seq_column, id_column)
+    body = load_model(model_uri, max_tokens).body
+    parts = in_chunks(inputs.seqs, lambda s: _embed_rows(embeddings(body, s, per_residue=per_residue,
+                                                                    max_tokens=max_tokens)), "embed")  # fmt: skip
+    proteins = np.stack([p[0] for p in parts]).astype(np.float32)
+    if out.suffix == ".npy":
+
+        def save(tmp: Path) -> None:
+            with tmp.open("wb") as f:
+                np.save(f, proteins)
+
+        _atomic(out, save)
+        _atomic(out.with_name(out.name + ".ids.txt"), lambda tmp: tmp.write_text("\n".join(inputs.ids) + "\n"))
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        cols = {"id": inputs.ids, "embedding": [p.tolist() for p in proteins]}
+        if per_residue:
+            cols["residue_embeddings"] = [p[1].tolist() for p in parts]
+        _atomic(out, lambda tmp: pq.write_table(pa.table(cols), str(tmp)))
+    _write_errors(out, inputs.errors)
+    return len(inputs.ids), inputs.errors
+
+
+def _embed_rows(e: Any) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    res = e.residues if e.residues is not None else [None] * len(e.proteins)
+    return list(zip(e.proteins, res, strict=True))
+
+
+def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_errors(out: Path, errors: ErrorLog) -> None:
+    path = out.with_name(out.name + ".errors.jsonl")
+    if errors.total:
+        _atomic(path, lambda tmp: tmp.write_text("".join(json.dumps(e) + "\n" for e in errors.entries)))
+    else:
+        path.unlink(missing_ok=True)
