@@ -164,8 +164,9 @@ def _kill_a_checkpointed_trials_worker(log: str, trials_dir, stack_dir: Path) ->
     ended = set(re.findall(r"trial (\S+) ended", log))
     alive = set(train_worker_pids(stack_dir))
     for run in _listing(trials_dir):
-        if run.rsplit("-", 1)[-1] in ended or not ckpt.newest_complete(ckpt.StorageDir(trials_dir.fs,
-                                                                                        f"{trials_dir.path}/{run}")):
+        if run.rsplit("-", 1)[-1] in ended or not ckpt.newest_complete(
+            ckpt.StorageDir(trials_dir.fs, f"{trials_dir.path}/{run}")
+        ):
             continue
         pids = [int(p) for p in re.findall(rf"RayTrainWorker pid=(\d+)[^)]*\)\S* \[{re.escape(run)}\] stage", log)]
         if pids and pids[-1] in alive:

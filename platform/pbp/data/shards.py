@@ -271,6 +271,11 @@ def _term_names(cfg: BuildConfig, onto: Ontology | None) -> dict[str, str]:
 # ---- reading the manifest, inspecting ---------------------------------------------------------------------------
 
 
+def manifest_digest(manifest: dict) -> str:
+    """sha256 of the manifest as canonical JSON: identifies a dataset in lineage tags."""
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+
+
 def load_manifest(url: str, store: Store | None = None) -> dict:
     store = store or Store(url)
     try:

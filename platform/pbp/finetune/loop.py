@@ -375,8 +375,17 @@ def _export(tr: Trainer, final: dict[str, float]) -> None:
     cfg, data = tr.cfg, tr.data
     info = TaskInfo(data.spec.kind, data.spec.n_classes, data.classes, cfg.task.seq_column)
     # The test split as the registry's gate identifies it: file, digest, columns and the row limit it was read with.
-    test_split = {"path": cfg.task.test, "sha256": data.digests.get("test", ""), "max_rows": cfg.task.max_rows,
-                  "seq_column": cfg.task.seq_column, "label_column": cfg.task.label_column} if cfg.task.test else {}
+    test_split = (
+        {
+            "path": cfg.task.test,
+            "sha256": data.digests.get("test", ""),
+            "max_rows": cfg.task.max_rows,
+            "seq_column": cfg.task.seq_column,
+            "label_column": cfg.task.label_column,
+        }
+        if cfg.task.test
+        else {}
+    )
     lineage = {"run_name": cfg.run_name, "init": cfg.init, "task_name": cfg.task.name, "task_digests": data.digests,
                "test_split": test_split,
                **{k: v for k, v in tr.meta.get("tags", {}).items()}}  # fmt: skip

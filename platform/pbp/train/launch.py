@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import subprocess
@@ -12,7 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 from pbp.config import to_dict
-from pbp.data.shards import load_manifest
+from pbp.data.shards import load_manifest, manifest_digest
 from pbp.stack.endpoints import resolve, set_ray_auth_env
 from pbp.train.config import PretrainConfig
 
@@ -41,7 +39,7 @@ def resolve_config(cfg: PretrainConfig) -> tuple[PretrainConfig, dict[str, Any]]
         cfg = replace(cfg, model=replace(cfg.model, n_annotations=n_terms))
     storage = cfg.checkpoint.storage_path or f"s3://{ep.buckets.get('runs', 'pbp-runs')}/pretrain"
     cfg = replace(cfg, checkpoint=replace(cfg.checkpoint, storage_path=storage))
-    digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+    digest = manifest_digest(manifest)
     meta = {
         "run_url": f"{storage.rstrip('/')}/{cfg.run_name}",
         "tags": {

@@ -24,7 +24,7 @@ from pbp.config import from_dict
 from pbp.data.episodes import Bucket
 from pbp.data.go import vocabulary_terms
 from pbp.data.reader import PretrainingStream, ReaderConfig, StatefulLoader
-from pbp.data.shards import load_manifest
+from pbp.data.shards import load_manifest, manifest_digest
 from pbp.errors import UserError
 from pbp.model import ProteinBERT
 from pbp.model.pretraining import PretrainingLoss, pretraining_loss
@@ -213,7 +213,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 def save_final_model(model: ProteinBERT, out: Path, cfg: PretrainConfig, manifest: dict[str, Any]) -> Path:
     """The exported pretrained model at ``out``: ``model.safetensors``, ``config.json`` and ``go_vocabulary.json``
     (the dataset's GO terms with names, in annotation order, so the annotation outputs can be named)."""
-    meta: dict[str, object] = {"run_name": cfg.run_name, "steps": cfg.max_steps}
+    meta: dict[str, object] = {
+        "run_name": cfg.run_name,
+        "steps": cfg.max_steps,
+        "pbp.dataset_url": cfg.data.url,
+        "pbp.dataset_manifest_sha256": manifest_digest(manifest),
+    }  # lineage (registry tags)
     return model.save_pretrained(out, metadata=meta, vocabulary=vocabulary_terms(manifest))
 
 
