@@ -59,9 +59,9 @@ bench: setup
 demo:
 	@echo "make demo: not available yet. The end-to-end demo (synthetic data -> shards in S3 -> distributed" >&2
 	@echo "pretraining -> fine-tuning search -> registry -> dashboards) still needs capabilities that are not built:" >&2
-	@echo "  - the model registry (gated promotion, predict/embed/attention from @champion)" >&2
-	@echo "  - the demo script and dashboards" >&2
-	@echo "What works today: pbp stack, pbp data, pbp pretrain, pbp evaluate, pbp finetune, pbp tune, pbp bench" >&2
+	@echo "  - the demo script, metrics (Prometheus) and dashboards" >&2
+	@echo "What works today: pbp stack, pbp data, pbp pretrain, pbp evaluate, pbp finetune, pbp tune, pbp registry," >&2
+	@echo "pbp predict, pbp embed, pbp attention, pbp bench" >&2
 	@echo "(see README.md)." >&2
 	@exit 1
 

@@ -3,6 +3,7 @@ worker, tiny model, ZeRO-2, checkpoints in S3, MLflow over HTTP; stop-and-go; no
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -98,11 +99,18 @@ def test_end_to_end_loss_falls_checkpoints_in_s3_and_mlflow_run(baseline, endpoi
     assert commit["world_size"] == 2 and commit["mlflow_run_id"] == run.info.run_id
     assert rdir.read_json(f"{ckpt.checkpoint_name(60)}/rank-00001.json")["reader"]
     # The exported model: an MLflow artifact and in the run dir, loadable without DeepSpeed.
-    assert {a.path for a in client.list_artifacts(run.info.run_id, "model")} == {"model/config.json",
-                                                                                 "model/model.safetensors"}  # fmt: skip
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "model")} == {
+        "model/config.json", "model/model.safetensors", "model/go_vocabulary.json"}  # fmt: skip
     local = Path(client.download_artifacts(run.info.run_id, "model", str(tmp_path)))
     model = ProteinBERT.from_pretrained(local)
     assert model.config.d_local == 32 and model.num_parameters() > 0
+    # Its GO vocabulary (annotation outputs -> GO terms) and its dataset lineage travel with the weights.
+    from pbp.model.vocabulary import read_vocabulary
+
+    terms = read_vocabulary(local, model.config.n_annotations)
+    assert terms and all(t.id.startswith("GO:") for t in terms)
+    meta = json.loads((local / "config.json").read_text())["metadata"]
+    assert meta["pbp.dataset_manifest_sha256"] == run.data.tags["pbp.dataset_manifest_sha256"]
 
 
 def test_stop_and_go_matches_an_uninterrupted_run(baseline, stack_dir, endpoints, dataset):

@@ -15,7 +15,7 @@ from pbp.config import load_config
 def register(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="benchmarks (figures relative to a baseline measured in the same run)")
     bsub = bench.add_subparsers(dest="bench_command", metavar="COMMAND", required=True)
-    for add in (_add_model, _add_data, _add_train, _add_stack, _add_tune):
+    for add in (_add_model, _add_data, _add_train, _add_stack, _add_tune, _add_predict):
         add(bsub)
 
 
@@ -112,6 +112,44 @@ def _add_tune(bsub: argparse._SubParsersAction) -> None:
     )
     tune.add_argument("--json", type=Path, default=None)
     tune.set_defaults(func=cmd_tune)
+
+
+def _add_predict(bsub: argparse._SubParsersAction) -> None:
+    pr = bsub.add_parser(
+        "predict",
+        help="pbp predict vs a bare forward pass; mlflow models serve at batch 1 and 64 vs in-process predict",
+        description="Definitions: pbp.bench.predict. Needs no stack (the served model is a local pyfunc dir).",
+    )
+    pr.add_argument("--model", default="base", help="tiny or base (the paper's model; default)")
+    pr.add_argument("--n", type=int, default=1000, help="sequences from the stability test file (default 1000)")
+    pr.add_argument("--serve-seconds", type=float, default=10.0, help="timed seconds per served batch size")
+    pr.add_argument("--parts", default="predict,serve", help="comma-separated: predict,serve")
+    pr.add_argument("--json", type=Path, default=None)
+    pr.set_defaults(func=cmd_predict)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from pbp.bench import predict as bp
+
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    if not parts or set(parts) - {"predict", "serve"}:
+        raise ValueError(f"--parts {args.parts!r}: choose from predict,serve")
+    out: dict[str, object] = {}
+    print(f"{'part':9} {'figure':60} {'ratio':>7}   measured")
+    if "predict" in parts:
+        out["predict"] = r = bp.bench_predict(args.model, args.n)
+        _row("predict", f"{r['model']}, {r['n']} seqs: pbp predict seq/s / bare forward seq/s (>= 0.9)", r["ratio"],
+             f"{r['predict_seq_per_s']:.1f} / {r['bare_seq_per_s']:.1f} seq/s ({r['tokens']} tokens)")  # fmt: skip
+    if "serve" in parts:
+        out["serve"] = r = bp.bench_serve(args.model, args.serve_seconds)
+        for b in r["batches"]:
+            _row("serve", f"{r['model']}, batch {b['batch']}: served seq/s / in-process pyfunc seq/s", b["ratio"],
+                 f"{b['requests_per_s']:.1f} requests/s = {b['seq_per_s']:.1f} seq/s; in-process "
+                 f"{b['inprocess_seq_per_s']:.1f} seq/s")  # fmt: skip
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
+    return 0
 
 
 def cmd_model(args: argparse.Namespace) -> int:

@@ -38,6 +38,8 @@ def resolve_config(cfg: FinetuneConfig, tags: dict[str, str] | None = None) -> t
         cfg = replace(cfg, model=body.config)
         if meta.get("run_name"):
             lineage["pbp.init_pretrain_run"] = str(meta["run_name"])
+        if meta.get("pbp.dataset_manifest_sha256"):  # the pretraining data behind the starting point
+            lineage["pbp.init_dataset_manifest_sha256"] = str(meta["pbp.dataset_manifest_sha256"])
     storage = cfg.checkpoint.storage_path or f"s3://{resolve().buckets.get('runs', 'pbp-runs')}/finetune"
     cfg = replace(cfg, checkpoint=replace(cfg.checkpoint, storage_path=storage))
     meta_out = {
