@@ -1,4 +1,7 @@
+import os
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import pytest
@@ -11,13 +14,15 @@ from .conftest import REPO
 
 
 def test_every_shipped_yaml_loads():
+    from pbp.demo.pipeline import DemoConfig
     from pbp.finetune.config import FinetuneConfig
     from pbp.train.config import PretrainConfig
     from pbp.tune.config import TuneConfig
 
     paths = sorted((REPO / "configs").rglob("*.yaml"))
     assert paths, "no configs shipped"
-    kinds = {"model": ModelConfig, "pretrain": PretrainConfig, "finetune": FinetuneConfig, "tune": TuneConfig}
+    kinds = {"model": ModelConfig, "pretrain": PretrainConfig, "finetune": FinetuneConfig, "tune": TuneConfig,
+             "demo": DemoConfig}  # fmt: skip
     for p in paths:
         assert p.parent.name in kinds, f"{p}: no config class for configs/{p.parent.name}/"
         cfg = load_config(kinds[p.parent.name], p)
@@ -106,3 +111,32 @@ def test_dump_roundtrip(tmp_path):
 def test_corruption_rates_are_checked():
     with pytest.raises(ConfigError, match="p_token_noise must be a probability"):
         load_config(CorruptionConfig, None, ["p_token_noise=1.5"])
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["checkpoint.every_steps=0", "tracking.log_every=0", "checkpoint.keep_last=0", "optim.lr=nan", "optim.lr=inf",
+     "optim.lr=0", "scaling.num_workers=0", "optim.eps=0", "optim.betas=[0.9, 1.5]", "optim.min_lr=1",
+     "optim.warmup_steps=-1", "optim.grad_clip=-1", "deepspeed.gradient_accumulation_steps=0", "max_steps=0",
+     "data.num_workers=-1", "loss.annotation_loss_weight=nan", "seed=-1", "scaling.cpus_per_worker=0"],
+)  # fmt: skip
+def test_every_numeric_pretraining_field_is_range_checked_at_load_naming_the_key(override):
+    """Before: every_steps=0 and log_every=0 started Ray workers and died there with ZeroDivisionError."""
+    from pbp.train.config import PretrainConfig
+
+    key = override.split("=")[0].split(".")[-1]
+    with pytest.raises(ValueError, match=re.escape(key)):
+        load_config(PretrainConfig, REPO / "configs/pretrain/tiny.yaml", [override])
+
+
+def test_a_bad_pretraining_value_fails_the_command_in_seconds_before_ray():
+    import subprocess
+    import sys
+    import time
+
+    t0 = time.monotonic()
+    res = subprocess.run([str(Path(sys.executable).with_name("pbp")), "pretrain", "--config",
+                          "configs/pretrain/tiny.yaml", "checkpoint.every_steps=0"], cwd=REPO, capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "PBP_STACK_DIR": "/nonexistent"})  # fmt: skip
+    assert res.returncode == 2 and "checkpoint.every_steps must be a finite number >= 1, got 0" in res.stderr
+    assert "Ray" not in res.stderr and time.monotonic() - t0 < 60

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -27,6 +28,21 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A config that cannot be loaded; the message names the file and the dotted key."""
+
+
+def check_range(key: str, value: float, low: float | None = None, high: float | None = None, *,
+                low_open: bool = False, high_open: bool = False) -> None:  # fmt: skip
+    """A ValueError naming ``key`` unless ``value`` is a finite number within [low, high] (open ends where asked):
+    every numeric config field is checked when the config is built, before any worker starts."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        lo = "" if low is None else (f"> {low}" if low_open else f">= {low}")
+        hi = "" if high is None else (f"< {high}" if high_open else f"<= {high}")
+        raise ConfigError(f"{key} must be a finite number {' and '.join(x for x in (lo, hi) if x)}, got {value!r}")
 
 
 def _type_name(tp: Any) -> str:

@@ -19,6 +19,7 @@ instead, which only rescales a batch's loss by its fraction of non-pad positions
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -54,6 +55,12 @@ class CorruptionConfig:
 class PretrainingLossConfig:
     annotation_loss_weight: float = 1.0
     """Weight of the annotation BCE relative to the token CE (the original's ``annots_loss_weight``)."""
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.annotation_loss_weight) and self.annotation_loss_weight >= 0):
+            raise ValueError(
+                f"loss.annotation_loss_weight must be a finite number >= 0, got {self.annotation_loss_weight}"
+            )
 
 
 @dataclass

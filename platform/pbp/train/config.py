@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from pbp.config import check_range
 from pbp.model.config import ModelConfig
 from pbp.model.pretraining import CorruptionConfig, PretrainingLossConfig
 from pbp.names import check_name
@@ -25,6 +26,8 @@ class DataConfig:
         for b in self.buckets:
             if len(b) != 2 or b[0] < 8 or b[1] < 1:
                 raise ValueError(f"data.buckets: each entry is [seq_len >= 8, batch_size >= 1], got {b}")
+        check_range("data.shuffle_buffer", self.shuffle_buffer, 0)
+        check_range("data.num_workers", self.num_workers, 0)
 
 
 @dataclass
@@ -50,10 +53,17 @@ class OptimConfig:
     """Steps with a non-finite loss are skipped and counted; this many in a row stops the run."""
 
     def __post_init__(self) -> None:
-        if self.lr <= 0 or self.min_lr < 0:
-            raise ValueError("optim.lr must be > 0 and optim.min_lr >= 0")
-        if not 0 < self.plateau_factor < 1:
-            raise ValueError("optim.plateau_factor must be in (0, 1)")
+        check_range("optim.lr", self.lr, 0, low_open=True)
+        check_range("optim.min_lr", self.min_lr, 0, self.lr)
+        for i, b in enumerate(self.betas):
+            check_range(f"optim.betas[{i}]", b, 0, 1, high_open=True)
+        check_range("optim.eps", self.eps, 0, low_open=True)
+        check_range("optim.weight_decay", self.weight_decay, 0)
+        check_range("optim.warmup_steps", self.warmup_steps, 0)
+        check_range("optim.plateau_patience", self.plateau_patience, 1)
+        check_range("optim.plateau_factor", self.plateau_factor, 0, 1, low_open=True, high_open=True)
+        check_range("optim.grad_clip", self.grad_clip, 0)
+        check_range("optim.max_nonfinite_in_a_row", self.max_nonfinite_in_a_row, 1)
 
 
 @dataclass
@@ -67,6 +77,7 @@ class DeepSpeedConfig:
     def __post_init__(self) -> None:
         if self.zero_stage not in (0, 1, 2, 3):
             raise ValueError(f"deepspeed.zero_stage must be 0-3, got {self.zero_stage}")
+        check_range("deepspeed.gradient_accumulation_steps", self.gradient_accumulation_steps, 1)
 
 
 @dataclass
@@ -76,6 +87,10 @@ class CheckpointConfig:
     """Complete checkpoints kept in storage."""
     storage_path: str = ""
     """Where runs live (s3://bucket/prefix or a directory); empty: s3://<runs bucket of the local stack>/pretrain."""
+
+    def __post_init__(self) -> None:
+        check_range("checkpoint.every_steps", self.every_steps, 1)
+        check_range("checkpoint.keep_last", self.keep_last, 1)
 
 
 @dataclass
@@ -88,6 +103,7 @@ class TrackingConfig:
 
     def __post_init__(self) -> None:
         check_name(self.experiment, "tracking.experiment")
+        check_range("tracking.log_every", self.log_every, 1)
 
 
 @dataclass
@@ -99,8 +115,9 @@ class ScalingConfig:
     """Worker or node failures the run survives (resuming from the newest complete checkpoint)."""
 
     def __post_init__(self) -> None:
-        if self.num_workers < 1 or self.cpus_per_worker <= 0 or self.max_failures < 0:
-            raise ValueError("scaling: num_workers >= 1, cpus_per_worker > 0 and max_failures >= 0 are required")
+        check_range("scaling.num_workers", self.num_workers, 1)
+        check_range("scaling.cpus_per_worker", self.cpus_per_worker, 0, low_open=True)
+        check_range("scaling.max_failures", self.max_failures, 0)
 
 
 @dataclass
@@ -120,8 +137,8 @@ class PretrainConfig:
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
 
     def __post_init__(self) -> None:
-        if self.max_steps < 1:
-            raise ValueError("max_steps must be >= 1")
+        check_range("max_steps", self.max_steps, 1)
+        check_range("seed", self.seed, 0)
         if self.optim.name == "lamb" and self.deepspeed.zero_stage != 0:
             raise ValueError("optim.name=lamb needs deepspeed.zero_stage=0 (ZeRO partitions break LAMB's trust ratio)")
         check_name(self.run_name, "run_name")
