@@ -190,3 +190,39 @@ def test_build_with_go_propagation(tmp_path):
     assert plain["go_vocabulary"] == ["GO:0005761"] and not plain["go"]["propagated"]
     assert prop["go"]["propagated"] and "GO:0005575" in prop["go_vocabulary"]
     assert len(prop["go_vocabulary"]) > 5
+
+
+def _truncated_gz(path, text: str, keep: float = 0.6):
+    data = gzip.compress(text.encode())
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+def test_a_cut_short_gzip_fasta_names_the_file_and_the_last_complete_record(tmp_path):
+    """Before: a bare EOFError traceback that named nothing."""
+    import random
+
+    rng = random.Random(0)
+    text = "".join(f">sp|P{i:05d}|X\n{''.join(rng.choices('ACDEFGHIKLMNPQRSTVWY', k=300))}\n" for i in range(200))
+    path = _truncated_gz(tmp_path / "cut.fasta.gz", text)
+    with pytest.raises(RecordError) as e:
+        list(read_fasta(path))
+    msg = str(e.value)
+    assert str(path) in msg and "cut short or corrupt" in msg and "the last complete record is 'P" in msg
+    errors = ErrorLog("skip")  # --on-error skip: every complete record before the cut is kept, the cut counted
+    got = [r.accession for r in read_fasta(path, errors)]
+    assert got and got == [f"P{i:05d}" for i in range(len(got))] and len(got) < 200
+    assert errors.counts == Counter({"truncated_input": 1}) and errors.entries[0]["file"] == str(path)
+    assert f"'{got[-1]}'" in errors.entries[0]["detail"]
+
+
+def test_a_cut_short_gzip_go_table_and_flat_file_name_the_file(tmp_path):
+    rows = "".join(f"P{i:05d}\tGO:{i:07d}\tF\n" for i in range(5000))
+    path = _truncated_gz(tmp_path / "go.tsv.gz", rows)
+    with pytest.raises(RecordError, match=r"go\.tsv\.gz:\d+: compressed input cut short"):
+        read_go_table(path)
+    entry = "ID   X   Reviewed; 10 AA.\nAC   P{0:05d};\nSQ   SEQUENCE   10 AA;\n     MKTAYIAKQR\n//\n"
+    flat = _truncated_gz(tmp_path / "u.dat.gz", "".join(entry.format(i) for i in range(2000)))
+    errors = ErrorLog("skip")
+    got = list(read_uniprot_flat(flat, errors))
+    assert got and errors.counts["truncated_input"] == 1 and got[-1].accession in errors.entries[0]["detail"]

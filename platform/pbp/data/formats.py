@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pbp.data.records import ErrorLog, ProteinRecord, RecordError, numbered_lines, open_text
+from pbp.data.records import TRUNCATED, ErrorLog, ProteinRecord, RecordError, numbered_lines, open_text
 from pbp.model.tokenizer import SequenceError, UnknownPolicy, normalize_sequence
 
 GO_ID = re.compile(r"^GO:\d{7}$")
@@ -35,6 +35,11 @@ def _record(path: str, line: int, acc: str, raw: str, go: Iterable[str], unknown
         reason = "empty_sequence" if "empty" in str(e) else ("non_ascii" if "ASCII" in str(e) else "invalid_character")
         raise RecordError(path, line, acc, reason, str(e)) from None
     return ProteinRecord(acc, seq, tuple(sorted(set(go))), source=path, line=line)
+
+
+def _truncated(e: RecordError, last: str | None) -> RecordError:
+    after = f"; the last complete record is {last!r}" if last else "; no complete record before it"
+    return RecordError(e.path, e.line, None, TRUNCATED, e.detail + after)
 
 
 def read_fasta(
@@ -64,16 +69,24 @@ def read_fasta(
         except RecordError as e:
             errors.handle(e)
 
+    last = None  # the last complete record, named when the file turns out to be cut short
     with open_text(path) as f:
-        for i, line in numbered_lines(f):
-            if line.startswith(">"):
-                if header is not None:
-                    yield from emit()
-                header, header_line, chunks = line[1:], i, []
-            elif line.strip() and not line.startswith(";"):
-                if header is None:
-                    raise RecordError(name, i, None, "not_fasta", "sequence data before the first '>' header")
-                chunks.append(line)
+        try:
+            for i, line in numbered_lines(f, name):
+                if line.startswith(">"):
+                    if header is not None:
+                        yield from emit()
+                        last = fasta_accession(header)
+                    header, header_line, chunks = line[1:], i, []
+                elif line.strip() and not line.startswith(";"):
+                    if header is None:
+                        raise RecordError(name, i, None, "not_fasta", "sequence data before the first '>' header")
+                    chunks.append(line)
+        except RecordError as e:
+            if e.reason != TRUNCATED:
+                raise
+            errors.handle(_truncated(e, last))  # skip mode: what was read is kept, the partial record is not
+            return
         if header is not None:
             yield from emit()
 
@@ -89,32 +102,42 @@ def read_uniprot_flat(
     go: list[str] = []
     seq: list[str] = []
     in_seq = False
+    last = None
     with open_text(path) as f:
-        for i, line in numbered_lines(f):
-            code = line[:2]
-            if code == "ID" and acc is None and not seq:
-                start = i
-            if code == "AC" and acc is None:
-                acc = line[5:].split(";")[0].strip()
-            elif line.startswith("DR   GO;"):
-                term = line[8:].split(";")[0].strip()
-                if GO_ID.match(term):
-                    go.append(term)
-            elif code == "SQ":
-                in_seq = True
-            elif line.startswith("//"):
-                if not acc:
-                    errors.handle(RecordError(name, start or i, None, "missing_accession", "entry without an AC line"))
-                elif not seq:
-                    errors.handle(RecordError(name, start, acc, "missing_sequence", "entry without a sequence"))
-                else:
-                    try:
-                        yield _record(name, start, acc, "".join(seq), go, unknown)
-                    except RecordError as e:
-                        errors.handle(e)
-                acc, go, seq, in_seq, start = None, [], [], False, i + 1
-            elif in_seq and line.startswith("     "):
-                seq.append(line)
+        try:
+            for i, line in numbered_lines(f, name):
+                code = line[:2]
+                if code == "ID" and acc is None and not seq:
+                    start = i
+                if code == "AC" and acc is None:
+                    acc = line[5:].split(";")[0].strip()
+                elif line.startswith("DR   GO;"):
+                    term = line[8:].split(";")[0].strip()
+                    if GO_ID.match(term):
+                        go.append(term)
+                elif code == "SQ":
+                    in_seq = True
+                elif line.startswith("//"):
+                    if not acc:
+                        errors.handle(
+                            RecordError(name, start or i, None, "missing_accession", "entry without an AC line")
+                        )
+                    elif not seq:
+                        errors.handle(RecordError(name, start, acc, "missing_sequence", "entry without a sequence"))
+                    else:
+                        try:
+                            yield _record(name, start, acc, "".join(seq), go, unknown)
+                            last = acc
+                        except RecordError as e:
+                            errors.handle(e)
+                    acc, go, seq, in_seq, start = None, [], [], False, i + 1
+                elif in_seq and line.startswith("     "):
+                    seq.append(line)
+        except RecordError as e:
+            if e.reason != TRUNCATED:
+                raise
+            errors.handle(_truncated(e, last))
+            return
         if acc is not None or seq:
             errors.handle(RecordError(name, start, acc, "truncated_entry", "last entry has no '//' terminator"))
 
@@ -124,7 +147,7 @@ def read_go_tsv(path: str | Path) -> dict[str, set[str]]:
     out: dict[str, set[str]] = defaultdict(set)
     name = str(path)
     with open_text(path) as f:
-        for i, line in numbered_lines(f):
+        for i, line in numbered_lines(f, name):
             if not line.strip() or line.startswith("#"):
                 continue
             cols = line.split("\t")
@@ -144,7 +167,7 @@ def read_gaf(path: str | Path) -> dict[str, set[str]]:
     out: dict[str, set[str]] = defaultdict(set)
     name = str(path)
     with open_text(path) as f:
-        for i, line in numbered_lines(f):
+        for i, line in numbered_lines(f, name):
             if not line or line.startswith("!"):
                 continue
             cols = line.split("\t")

@@ -66,7 +66,7 @@ def read_obo(path: str | Path) -> Ontology:
     term: str | None = None
     in_term = False
     with open_text(path) as f:
-        for _, line in numbered_lines(f):
+        for _, line in numbered_lines(f, path):
             if line.startswith("["):
                 in_term = line.strip() == "[Term]"
                 term = None
@@ -109,7 +109,7 @@ def read_go_names(path: str | Path) -> dict[str, str]:
         return {**alt, **onto.names}
     names: dict[str, str] = {}
     with open_text(path) as f:
-        for _, line in numbered_lines(f):
+        for _, line in numbered_lines(f, path):
             term, sep, text = line.partition("\t")
             if sep and term.startswith("GO:"):
                 names[term.strip()] = text.strip()

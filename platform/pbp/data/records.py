@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -75,7 +76,18 @@ def open_text(path: str | Path) -> IO[str]:
     return io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
 
 
-def numbered_lines(f: IO[str]) -> Iterator[tuple[int, str]]:
-    """(1-based line number, line without its line ending); CRLF and CR-LF mixtures are accepted."""
-    for i, line in enumerate(f, 1):
-        yield i, line.rstrip("\r\n")
+TRUNCATED = "truncated_input"
+
+
+def numbered_lines(f: IO[str], path: str | Path = "") -> Iterator[tuple[int, str]]:
+    """(1-based line number, line without its line ending); CRLF and CR-LF mixtures are accepted.
+
+    A gzipped file cut short or corrupt raises a :class:`RecordError` (reason ``truncated_input``) naming the file
+    and the last line read, instead of a bare ``EOFError`` / ``BadGzipFile``."""
+    i = 0
+    try:
+        for i, line in enumerate(f, 1):
+            yield i, line.rstrip("\r\n")
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise RecordError(str(path) or "input", i + 1, None, TRUNCATED, f"compressed input cut short or corrupt "
+                          f"after line {i} ({type(e).__name__}: {e})") from None  # fmt: skip
