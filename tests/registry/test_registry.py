@@ -148,3 +148,38 @@ def test_read_only_user_is_refused_by_the_server_naming_the_permission(stack_dir
     client = client_of(stack_dir)
     assert client.get_model_version_by_alias(name, "champion").version == "2"
     assert not [m for m in client.search_registered_models() if m.name.endswith(".pbp-lock")]
+
+
+def test_a_tampered_trail_is_detected_and_blocks_promotion_until_forced(stack_dir, pbp, models):
+    """A record cut off the end (its run retagged) and one deleted both show; a plain promotion is refused then,
+    a forced rollback still works and is recorded."""
+    from pbp.names import name_key
+    from pbp.registry.audit import EXPERIMENT, KEY_TAG
+
+    a, b, test, _ = models
+    name = f"tamper-{os.getpid()}"
+    for m in (a, b):
+        ok(pbp("registry", "register", str(m), "--name", name, "--test", str(test)))
+    ok(pbp("registry", "promote", name, "--version", "1"))
+    ok(pbp("registry", "promote", name, "--version", "2", "--force", "--reason", "test"))
+    client = client_of(stack_dir)
+    exp = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    runs = client.search_runs([exp], filter_string=f"tags.`{KEY_TAG}` = '{name_key(name)}'")
+    last = max(runs, key=lambda r: int(r.data.tags["pbp.audit.seq"]))
+    client.set_tag(last.info.run_id, KEY_TAG, "0" * 64)  # cut the last record off the trail
+    doc = _history(pbp, name)
+    assert not doc["verified"] and any("removed or retagged at its end" in p for p in doc["problems"])
+    client.set_tag(last.info.run_id, KEY_TAG, name_key(name))
+    assert _history(pbp, name)["verified"]
+
+    first = min(runs, key=lambda r: int(r.data.tags["pbp.audit.seq"]))
+    client.delete_run(first.info.run_id)
+    doc = _history(pbp, name)
+    assert not doc["verified"] and any("record 1" in p and "deleted" in p for p in doc["problems"])
+    res = pbp("registry", "promote", name, "--version", "1")
+    assert res.returncode == 2 and "does not verify" in res.stderr, res.stdout + res.stderr
+    assert pbp("registry", "rollback", name).returncode == 2
+    out = ok(pbp("registry", "rollback", name, "--force", "--reason", "incident 7: v2 is broken"))
+    assert "from version 2 to 1" in out
+    assert client.get_model_version_by_alias(name, "champion").version == "1"
+    assert pbp("registry", "promote", f"{name}.pbp-lock", "--version", "1").returncode == 2

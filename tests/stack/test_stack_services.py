@@ -40,6 +40,29 @@ def test_credentials_are_generated_private_and_not_in_stack_json(stack_dir):
     assert secrets["mlflow_admin_password"] not in ("password1234", "")
 
 
+def test_the_state_dir_and_everything_the_services_wrote_there_is_private(stack_dir, endpoints):
+    """Before: the MLflow auth database and SeaweedFS' object files were 0644 in 0755 directories. Now every
+    directory is 0700 (nothing inside is reachable by other users) and the files are 0600, except those SeaweedFS
+    creates later with a mode of its own (its volume-info .vif files, 0644 inside the 0700 directories)."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=endpoints.s3_endpoint, aws_access_key_id=endpoints.s3_access_key,
+                      aws_secret_access_key=endpoints.s3_secret_key, region_name="us-east-1")  # fmt: skip
+    s3.put_object(Bucket="pbp-data", Key="tests/private.txt", Body=b"x" * 1000)  # make SeaweedFS write files
+    for f in ("data/mlflow/basic_auth.db", "data/mlflow/mlflow.db", "logs/mlflow.log", "logs/ray-head.log",
+              "stack.json", "secrets.json"):  # fmt: skip
+        assert stat.S_IMODE((stack_dir / f).stat().st_mode) == 0o600, f
+    loose = []
+    for d, _dirs, files in os.walk(stack_dir):
+        if stat.S_IMODE(os.stat(d).st_mode) != 0o700:
+            loose.append(d)
+        for f in files:
+            p = os.path.join(d, f)
+            if not p.endswith(".vif") and not os.path.islink(p) and stat.S_IMODE(os.stat(p).st_mode) & 0o077:
+                loose.append(p)
+    assert not loose, f"readable by other users: {loose[:10]}"
+
+
 def test_object_roundtrip_with_boto3_s3fs_and_pyarrow(endpoints):
     import s3fs
 

@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--name", required=True, help="registered model name")
     r.add_argument("--test", default="", help="score a fine-tuned model on this test CSV now (local or s3://)")
     r.add_argument("--description", default="")
-    r.set_defaults(func=cmd_register)
+    r.set_defaults(func=_mlflow_errors(cmd_register))
 
     p = rsub.add_parser("promote", help="move @champion to a version that passes the gate (audited)")
     p.add_argument("name")
@@ -26,17 +26,35 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="promote when the candidate's test metric >= the champion's minus this (default 0)")  # fmt: skip
     p.add_argument("--force", action="store_true", help="skip the gate (needs --reason; recorded)")
     p.add_argument("--reason", default="", help="why: recorded in the audit trail")
-    p.set_defaults(func=cmd_promote)
+    p.set_defaults(func=_mlflow_errors(cmd_promote))
 
     b = rsub.add_parser("rollback", help="move @champion back to the champion before it (audited)")
     b.add_argument("name")
     b.add_argument("--reason", default="")
-    b.set_defaults(func=cmd_rollback)
+    b.add_argument("--force", action="store_true", help="even if the audit trail does not verify (needs --reason)")
+    b.set_defaults(func=_mlflow_errors(cmd_rollback))
 
     h = rsub.add_parser("history", help="the audit trail of a model: who was champion when, and why")
     h.add_argument("name")
     h.add_argument("--json", action="store_true", help="as JSON (records, problems, verified)")
-    h.set_defaults(func=cmd_history)
+    h.set_defaults(func=_mlflow_errors(cmd_history))
+
+
+def _mlflow_errors(fn):
+    """Any other refusal of the MLflow server is an error (exit 2) with its message, never exit 1, which means
+    'refused by the gate'."""
+
+    def run(args: argparse.Namespace) -> int:
+        from mlflow.exceptions import MlflowException
+
+        from pbp.registry.server import RegistryError
+
+        try:
+            return fn(args)
+        except MlflowException as e:
+            raise RegistryError(f"the MLflow server refused a request ({e.error_code}): {e.message}") from None
+
+    return run
 
 
 def cmd_register(args: argparse.Namespace) -> int:
@@ -62,7 +80,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
 def cmd_rollback(args: argparse.Namespace) -> int:
     from pbp.registry.promote import rollback
 
-    print(rollback(args.name, reason=args.reason).message)
+    print(rollback(args.name, reason=args.reason, force=args.force).message)
     return 0
 
 

@@ -4,9 +4,12 @@ MLflow keeps no alias history. pbp writes each decision as one run of the experi
   tags    ``pbp.audit.model_key`` (sha256 of the model name: no user text in a search filter), ``pbp.audit.seq``
   params  ``record`` (the decision as canonical JSON) and ``sha256`` (of that JSON)
 MLflow params cannot be changed once logged, so a record cannot be edited in place. Each record holds the sha256 of
-the one before it (``prev_sha256``): a record removed (a deleted run) or forged into the middle breaks the chain,
-which ``read`` reports (``Trail.problems``) rather than hides. Records are appended under the model's promotion lock
-(``pbp.registry.lock``), so their sequence numbers are contiguous and say who was champion when.
+the one before it (``prev_sha256``), and the registered model's tag ``pbp.audit.head`` names the last record
+(``seq:sha256``): a record removed (a deleted or retagged run), altered or forged into the middle, or records cut off
+the end, break the chain, which ``read`` reports (``Trail.problems``) rather than hides. Records are appended under
+the model's promotion lock (``pbp.registry.lock``), so their sequence numbers are contiguous and say who was
+champion when. A decision's run is created before any alias moves (so a user who may not write the trail changes
+nothing), and its record is logged, tags and params in one request, after the aliases moved.
 
 A record: seq, time (UTC ISO 8601), user (the MLflow user the server authenticated), os_user, host, action
 (promote | rollback), decision (promoted | refused | rolled_back), version, champion_before, champion_after,
@@ -26,14 +29,15 @@ from pbp.names import name_key
 from pbp.registry.server import RegistryError, call, experiment_id, who
 
 EXPERIMENT = "pbp-registry-audit"
-KEY_TAG, SEQ_TAG = "pbp.audit.model_key", "pbp.audit.seq"
-MAX_REASON = 2000
+KEY_TAG, SEQ_TAG, HEAD_TAG = "pbp.audit.model_key", "pbp.audit.seq", "pbp.audit.head"
+MAX_RECORD = 6000  # MLflow's limit on a param value
+MAX_TEXT = 1000
 COLUMNS = ("seq", "time", "user", "action", "decision", "version", "champion_before", "champion_after", "metric",
            "candidate_value", "champion_value", "reason")  # fmt: skip
 
 
 def canonical(record: dict[str, Any]) -> str:
-    return json.dumps(record, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
 
 
 def digest(record: dict[str, Any]) -> str:
@@ -51,12 +55,16 @@ class Trail:
     def head(self) -> str:
         return digest(self.records[-1]) if self.records else ""
 
-    def champion_before(self, version: str) -> str | None:
-        """Who was champion before ``version`` last became champion (None: nobody, or the trail does not say)."""
-        for r in reversed(self.records):
-            if r.get("champion_after") == version and r.get("champion_before") != version:
-                return r.get("champion_before")
-        return None
+    def champions(self) -> list[str]:
+        """The champion stack the trail describes: a promotion pushes its version, a rollback pops one. Its last
+        entry is the current champion; the one before it is where a rollback goes."""
+        stack: list[str] = []
+        for r in self.records:
+            if r.get("decision") == "promoted":
+                stack.append(str(r.get("version")))
+            elif r.get("decision") == "rolled_back" and stack:
+                stack.pop()
+        return stack
 
     def table(self) -> str:
         rows = [[_cell(r.get(c)) for c in COLUMNS] for r in self.records]
@@ -90,60 +98,104 @@ def read(client: Any, model: str) -> Trail:
 
     trail = Trail(model)
     exp = _experiment_id(client, create=False)
-    if exp is None:
-        return trail
     runs, token = [], None
-    while True:
+    while exp is not None:
         page = client.search_runs([exp], filter_string=f"tags.`{KEY_TAG}` = '{name_key(model)}'",
                                   run_view_type=ViewType.ALL, max_results=1000, page_token=token)  # fmt: skip
         runs.extend(page)
         token = page.token
         if not token:
             break
-    found = []
+    found: list[dict[str, Any]] = []
     for run in runs:
-        raw, sha = run.data.params.get("record"), run.data.params.get("sha256")
-        try:
-            rec = json.loads(raw or "")
-        except json.JSONDecodeError:
-            trail.problems.append(f"run {run.info.run_id}: record is not JSON")
-            continue
-        if digest(rec) != sha:
-            trail.problems.append(f"record {rec.get('seq')}: its content does not match its sha256")
-        if run.info.lifecycle_stage == "deleted":
-            trail.problems.append(f"record {rec.get('seq')} (run {run.info.run_id}) was deleted")
-        if rec.get("model") != model:
-            continue
-        found.append(rec)
-    found.sort(key=lambda r: int(r.get("seq", 0)))
-    prev = ""
-    for i, rec in enumerate(found, 1):
-        if rec.get("seq") != i:
-            trail.problems.append(f"record {i} is missing (next found: {rec.get('seq')})")
+        rec = _record_of(run, trail)
+        if rec is not None:
+            found.append(rec)
+    found.sort(key=lambda r: r["seq"])
+    prev, expected, seen = "", 1, set()
+    for rec in found:
+        if rec["seq"] in seen:
+            trail.problems.append(f"record {rec['seq']} appears twice")
+        else:
+            if rec["seq"] != expected:
+                trail.problems.append(f"record {expected} is missing (next found: {rec['seq']})")
+            expected = rec["seq"] + 1
+            seen.add(rec["seq"])
         if rec.get("prev_sha256") != prev:
-            trail.problems.append(f"record {rec.get('seq')}: does not chain to the record before it")
+            trail.problems.append(f"record {rec['seq']}: does not chain to the record before it")
         prev = digest(rec)
     trail.records = found
+    head = _model_tags(client, model).get(HEAD_TAG)
+    last = f"{found[-1]['seq']}:{digest(found[-1])}" if found else ""
+    if head and head != last:
+        trail.problems.append(f"the model's {HEAD_TAG} names record {head.split(':')[0]}, the trail ends at "
+                              f"{last.split(':')[0] or 'nothing'}: records were removed or retagged at its end")  # fmt: skip
     return trail
 
 
-def append(client: Any, model: str, decision: dict[str, Any]) -> dict[str, Any]:
-    """Write one decision after the trail's last record (call it under the model's lock) -> the stored record."""
-    trail = read(client, model)
+def _record_of(run: Any, trail: Trail) -> dict[str, Any] | None:
+    raw, sha = run.data.params.get("record"), run.data.params.get("sha256")
+    try:
+        rec = json.loads(raw or "")
+        if not isinstance(rec, dict) or not isinstance(rec.get("seq"), int):
+            raise ValueError("not a record")
+    except ValueError:
+        trail.problems.append(f"run {run.info.run_id}: holds no valid audit record")
+        return None
+    if digest(rec) != sha:
+        trail.problems.append(f"record {rec['seq']}: its content does not match its sha256")
+    if run.info.lifecycle_stage == "deleted":
+        trail.problems.append(f"record {rec['seq']} (run {run.info.run_id}) was deleted")
+    if rec.get("model") != trail.model:
+        trail.problems.append(f"run {run.info.run_id}: a record of model {rec.get('model')!r} tagged as this model's")
+        return None
+    return rec
+
+
+def _model_tags(client: Any, model: str) -> dict[str, str]:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return dict(client.get_registered_model(model).tags)
+    except MlflowException:
+        return {}
+
+
+def build(trail: Trail, decision: dict[str, Any]) -> dict[str, Any]:
+    """The record that follows ``trail`` (call under the model's lock), checked to fit MLflow's param limit."""
     rec = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in decision.items()}
+    for k in ("reason", "gate"):
+        if isinstance(rec.get(k), str):
+            rec[k] = rec[k][:MAX_TEXT]
     rec.update(who())
-    rec.update(model=model, seq=len(trail.records) + 1, prev_sha256=trail.head,
-               time=datetime.now(UTC).isoformat(timespec="seconds"), reason=str(rec.get("reason") or "")[:MAX_REASON])  # fmt: skip
+    rec.update(model=trail.model, seq=max((r["seq"] for r in trail.records), default=0) + 1, prev_sha256=trail.head,
+               time=datetime.now(UTC).isoformat(timespec="seconds"))  # fmt: skip
+    if len(canonical(rec)) > MAX_RECORD:
+        raise RegistryError(f"model {trail.model}: the audit record would be {len(canonical(rec))} characters, over "
+                            f"MLflow's {MAX_RECORD}; shorten --reason")  # fmt: skip
+    return rec
+
+
+def open_run(client: Any, model: str) -> str:
+    """The run that will hold the next record, created before anything changes: a user who may not write the
+    trail is refused here, with nothing moved. Until ``commit`` tags it, it is not part of any trail."""
     exp = _experiment_id(client, create=True)
-    what = f"writing the audit record of model {model}"
-    run = call(what, lambda: client.create_run(exp, run_name=f"{model}-{rec['seq']:06d}",
-                                               tags={KEY_TAG: name_key(model), SEQ_TAG: str(rec["seq"])}),
-               permission="EDIT on the experiment pbp-registry-audit")  # fmt: skip
-    from mlflow.entities import Param
+    run = call(f"model {model}: writing its audit record", lambda: client.create_run(exp, run_name=f"{model}-pending"),
+               permission=f"EDIT on the experiment {EXPERIMENT}")  # fmt: skip
+    return run.info.run_id
+
+
+def commit(client: Any, model: str, run_id: str, rec: dict[str, Any]) -> dict[str, Any]:
+    from mlflow.entities import Param, RunTag
 
     params = [Param("record", canonical(rec)), Param("sha256", digest(rec))]
-    call(what, lambda: client.log_batch(run.info.run_id, params=params), permission="EDIT on pbp-registry-audit")
-    client.set_terminated(run.info.run_id)
+    tags = [RunTag(KEY_TAG, name_key(model)), RunTag(SEQ_TAG, str(rec["seq"])),
+            RunTag("mlflow.runName", f"{model}-{rec['seq']:06d}")]  # fmt: skip
+    what = f"model {model}: writing audit record {rec['seq']}"
+    call(what, lambda: client.log_batch(run_id, params=params, tags=tags), permission=f"EDIT on {EXPERIMENT}")
+    client.set_terminated(run_id)
+    call(what, lambda: client.set_registered_model_tag(model, HEAD_TAG, f"{rec['seq']}:{digest(rec)}"),
+         permission="EDIT on the registered model")  # fmt: skip
     return rec
 
 

@@ -1,10 +1,11 @@
 """One decision at a time per registered model, across processes and machines, held on the MLflow server itself.
 
 MLflow has no compare-and-set for aliases. Registered model names are unique on the server, so creating the
-registered model ``<name>.pbp-lock`` is an atomic test-and-set: whoever creates it holds the lock, and deletes it
-when done. The lock carries its holder and an expiry (``lease_s``): a lock left by a crashed process is broken once
-it has expired. Two processes breaking the same stale lock at the same moment is the one race this does not close
-(it needs a crash first, then two promotions within the same second); the audit chain would still show both.
+registered model ``<name>.pbp-lock`` is an atomic test-and-set: whoever creates it holds the lock. Its holder tag
+carries a random token; the holder checks the lock is still its own before it moves an alias, and deletes it only
+if it is. A lock older than ``lease_s`` by the server's own creation time (which no client can change) is stale and
+may be broken by the next promotion; deleting another user's lock needs MANAGE on it, so without that right pbp says
+whom to ask. Model names ending in ``.pbp-lock`` are refused (``server.check_model_name``).
 """
 
 from __future__ import annotations
@@ -12,62 +13,93 @@ from __future__ import annotations
 import json
 import random
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from pbp.registry.server import RegistryError, call, error_code, who
+from pbp.registry.server import LOCK_SUFFIX, RegistryError, call, error_code, who
 
-SUFFIX = ".pbp-lock"
 HOLDER_TAG = "pbp.lock.holder"
-EXPIRES_TAG = "pbp.lock.expires"
 
 
-@contextmanager
-def model_lock(client: Any, model: str, *, wait_s: float = 120.0, lease_s: float = 300.0) -> Iterator[None]:
-    from mlflow.exceptions import MlflowException
+class Lock:
+    def __init__(self, client: Any, model: str) -> None:
+        self.client, self.model, self.name = client, model, model + LOCK_SUFFIX
+        self.token = uuid.uuid4().hex
+        self.holder = json.dumps({**who(), "token": self.token})
 
-    lock, holder = model + SUFFIX, json.dumps(who())
-    deadline = time.monotonic() + wait_s
-    while True:
-        tags = {HOLDER_TAG: holder, EXPIRES_TAG: f"{time.time() + lease_s:.3f}"}
+    def try_take(self) -> bool:
+        from mlflow.exceptions import MlflowException
+
         try:
-            call(f"model {model}: taking its promotion lock", lambda tags=tags: client.create_registered_model(
-                lock, tags=tags, description=f"pbp promotion lock of {model}: deleted when the decision is made"),
+            call(f"model {self.model}: taking its promotion lock", lambda: self.client.create_registered_model(
+                self.name, tags={HOLDER_TAG: self.holder},
+                description=f"pbp promotion lock of {self.model}: deleted when the decision is made"),
                 permission="create registered models")  # fmt: skip
-            break
+            return True
         except MlflowException as e:
             if error_code(e) != "RESOURCE_ALREADY_EXISTS":
                 raise
-        held = _holder(client, lock)
-        if held is not None and float(held.get(EXPIRES_TAG, 0) or 0) < time.time():
-            _delete(client, lock)  # stale: its holder died without releasing it
-            continue
+            return False
+
+    def held(self) -> Any | None:
+        """The lock's registered model as the server has it now (None: no lock)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_registered_model(self.name)
+        except MlflowException as e:
+            if error_code(e) in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
+                return None
+            raise
+
+    def check(self) -> None:
+        """Still ours? (A holder slower than the lease may have lost it: then it must not move anything.)"""
+        rm = self.held()
+        if rm is None or _token(rm) != self.token:
+            raise RegistryError(f"model {self.model}: the promotion lock expired while deciding and another process "
+                                "took it; nothing was changed, run the command again")  # fmt: skip
+
+    def delete(self, what: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.delete_registered_model(self.name)
+        except MlflowException as e:
+            if error_code(e) == "PERMISSION_DENIED":
+                raise RegistryError(f"model {self.model}: the {what} lock {self.name!r} is not yours to delete; ask "
+                                    "an MLflow admin to delete that registered model") from None  # fmt: skip
+            if error_code(e) != "RESOURCE_DOES_NOT_EXIST":
+                raise
+
+
+def _token(rm: Any) -> str:
+    try:
+        return str(json.loads(dict(rm.tags).get(HOLDER_TAG, "{}")).get("token", ""))
+    except (json.JSONDecodeError, AttributeError):
+        return ""
+
+
+@contextmanager
+def model_lock(client: Any, model: str, *, wait_s: float = 300.0, lease_s: float = 600.0) -> Iterator[Lock]:
+    lock = Lock(client, model)
+    deadline = time.monotonic() + wait_s
+    while not lock.try_take():
+        rm = lock.held()
+        if rm is not None and HOLDER_TAG in dict(rm.tags):
+            age = time.time() - rm.creation_timestamp / 1000.0
+            if age > lease_s:
+                lock.delete("stale")  # its holder died without releasing it
+                continue
         if time.monotonic() > deadline:
-            raise RegistryError(f"model {model}: another promotion has held its lock for over {wait_s:.0f} s "
-                                f"({(held or {}).get(HOLDER_TAG, 'holder unknown')}); try again later, or delete "
-                                f"the registered model {lock!r} if its holder is gone")  # fmt: skip
+            holder = dict(rm.tags).get(HOLDER_TAG, "holder unknown") if rm is not None else "released meanwhile"
+            raise RegistryError(f"model {model}: waited {wait_s:.0f} s for its promotion lock, held by {holder}; "
+                                f"try again later (a lock older than {lease_s:.0f} s is broken automatically)")  # fmt: skip
         time.sleep(0.2 + random.random() * 0.3)
     try:
-        yield
+        yield lock
     finally:
-        _delete(client, lock)
-
-
-def _holder(client: Any, lock: str) -> dict[str, str] | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return dict(client.get_registered_model(lock).tags)
-    except MlflowException:
-        return None
-
-
-def _delete(client: Any, lock: str) -> None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        client.delete_registered_model(lock)
-    except MlflowException as e:
-        if error_code(e) != "RESOURCE_DOES_NOT_EXIST":
-            raise
+        rm = lock.held()
+        if rm is not None and _token(rm) == lock.token:
+            lock.delete("own")

@@ -56,7 +56,8 @@ def register(source: str, name: str, *, test: str = "", description: str = "") -
     model_dir = find_model_dir(root, source)
     run = call(f"run {run_id}", lambda: c.get_run(run_id)) if run_id else None
     tags = lineage.version_tags(model_dir, source, run)
-    if test:
+    if test:  # scores on another split replace the run's: metric tags always describe one split
+        tags = {k: v for k, v in tags.items() if not k.startswith(("pbp.metric.", "pbp.test."))}
         tags.update(_test_tags(model_dir, test))
     pyfunc_ready = run_id is not None and (root / "MLmodel").is_file()
     model_uri = uri if pyfunc_ready else _log_pyfunc(c, model_dir, name, source)
@@ -73,6 +74,9 @@ def _test_tags(model_dir: Path, test: str) -> dict[str, str]:
     from pbp.finetune.data import load_split
     from pbp.finetune.export import load_finetuned
     from pbp.registry.gate import evaluate
+
+    if not test.startswith("s3://"):  # recorded for re-scoring later, maybe from another directory
+        test = str(Path(test).expanduser().resolve())
 
     if lineage.model_kind(model_dir) != "finetuned":
         raise RegistryError(f"--test {test}: only fine-tuned models have a task to score on a test file")

@@ -15,6 +15,7 @@ from pbp.names import check_name
 
 T = TypeVar("T")
 CHAMPION, PREVIOUS = "champion", "previous-champion"
+LOCK_SUFFIX = ".pbp-lock"
 _VERSION = re.compile(r"[1-9][0-9]{0,9}")
 
 
@@ -23,8 +24,12 @@ class RegistryError(UserError):
 
 
 def check_model_name(name: str) -> str:
-    """Registered model names reach URIs (``models:/NAME@alias``) and filters: pbp's safe name rules apply."""
-    return check_name(name, "model name")
+    """Registered model names reach URIs (``models:/NAME@alias``) and filters: pbp's safe name rules apply; names
+    ending in the lock suffix are pbp's own (``pbp.registry.lock``)."""
+    check_name(name, "model name")
+    if name.endswith(LOCK_SUFFIX):
+        raise RegistryError(f"model name {name!r}: names ending in {LOCK_SUFFIX!r} are reserved for pbp's locks")
+    return name
 
 
 def check_version(version: str | int) -> str:
@@ -60,10 +65,11 @@ def call(what: str, fn: Callable[[], T], *, permission: str = "") -> T:
         return fn()
     except MlflowException as e:
         code = error_code(e)
-        if code == "PERMISSION_DENIED" or "403" in str(e)[:200]:
+        if code == "PERMISSION_DENIED":  # the basic-auth plugin also answers 403 for some things that do not exist
             need = f" (needs the {permission} permission)" if permission else ""
             raise RegistryError(f"{what}: refused by the MLflow server: user {who()['user']!r} lacks permission"
-                                f"{need}; an admin grants it (docs/registry.md, 'Who can promote')") from None  # fmt: skip
+                                f"{need}, or it does not exist; an admin grants permissions (docs/registry.md, "
+                                "'Who can promote')") from None  # fmt: skip
         if code == "RESOURCE_DOES_NOT_EXIST":
             raise RegistryError(f"{what}: not found ({e.message})") from None
         raise

@@ -7,6 +7,7 @@ tail of its log, and leaves every other service and all data as they were.
 
 from __future__ import annotations
 
+import os
 import shlex
 import signal
 import threading
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pbp.stack import procs
 from pbp.stack.services import (
@@ -35,6 +37,7 @@ from pbp.stack.state import (
     ServiceRecord,
     StackState,
     StackStateError,
+    make_private,
     ray_token,
 )
 
@@ -114,7 +117,19 @@ def status(state_dir: Path) -> tuple[StackState | None, list[ServiceStatus]]:
     return state, out
 
 
-def up(
+def up(state_dir: Path, **kwargs: Any) -> StackState:
+    """Start (or repair) the stack; see ``_up``. Everything it creates in the state dir is private to this user
+    (umask 077 here and in every service; the state dir and its subdirectories 0700)."""
+    previous = os.umask(0o077)
+    try:
+        state = _up(state_dir, **kwargs)
+    finally:
+        os.umask(previous)
+    make_private(state.dir)  # what the services wrote while starting, with modes of their own choosing
+    return state
+
+
+def _up(
     state_dir: Path,
     *,
     workers: int | None = None,
@@ -125,8 +140,8 @@ def up(
     log: Log = print,
 ) -> StackState:
     state = load_or_init(state_dir, workers, buckets)
-    state.dir.mkdir(parents=True, exist_ok=True)
-    (state.dir / "logs").mkdir(exist_ok=True)
+    make_private(state.dir)
+    (state.dir / "logs").mkdir(exist_ok=True, mode=0o700)
     secrets = Secrets.load_or_create(state.dir)
     ray_token(state.dir, create=True)
     services = services_for(state.workers)

@@ -71,6 +71,7 @@ def start(cmd: list[str], log: Path, env: dict[str, str], cwd: Path) -> subproce
             env=env,
             cwd=cwd,
             start_new_session=True,
+            umask=0o077,  # the service's files (auth database, objects, logs) private to this user
         )
 
 

@@ -42,7 +42,22 @@ def default_state_dir() -> Path:
     return Path(env).expanduser().resolve() if env else (Path.home() / ".pbp" / "stack").resolve()
 
 
-def atomic_write(path: Path, content: str | bytes, mode: int = 0o644) -> None:
+def make_private(root: Path) -> None:
+    """The state dir and everything in it readable by this user only (dirs 0700, files 0600, executables 0700):
+    it holds the MLflow auth database, object data and logs. Fixes stacks made before this was enforced; the
+    services themselves run with umask 077 (``pbp.stack.procs.start``), so what they create is private too."""
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for d, dirs, files in os.walk(root):
+        os.chmod(d, 0o700)
+        for f in files:
+            p = os.path.join(d, f)
+            if not os.path.islink(p):
+                mode = os.stat(p).st_mode
+                os.chmod(p, 0o700 if mode & 0o100 else 0o600)
+        dirs[:] = [x for x in dirs if not os.path.islink(os.path.join(d, x))]
+
+
+def atomic_write(path: Path, content: str | bytes, mode: int = 0o600) -> None:
     """Write via a temp file + rename in the same directory: readers see the old file or the new one, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
