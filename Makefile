@@ -8,7 +8,7 @@ PARITY_STAMP := $(PARITY_VENV)/.installed
 PARITY_DIR := build/parity
 PARITY_REF := $(PARITY_DIR)/reference.npz
 
-.PHONY: setup test test-slow lint format typecheck parity demo bench lock clean
+.PHONY: setup test test-slow lint format typecheck parity demo demo-down bench lock clean
 
 setup: $(STAMP)
 
@@ -56,14 +56,13 @@ bench: setup
 	$(BIN)/pbp bench model --config configs/model/tiny.yaml
 	$(BIN)/pbp bench model --config configs/model/base.yaml
 
-demo:
-	@echo "make demo: not available yet. The end-to-end demo (synthetic data -> shards in S3 -> distributed" >&2
-	@echo "pretraining -> fine-tuning search -> registry -> dashboards) still needs capabilities that are not built:" >&2
-	@echo "  - the demo script, metrics (Prometheus) and dashboards" >&2
-	@echo "What works today: pbp stack, pbp data, pbp pretrain, pbp evaluate, pbp finetune, pbp tune, pbp registry," >&2
-	@echo "pbp predict, pbp embed, pbp attention, pbp bench" >&2
-	@echo "(see README.md)." >&2
-	@exit 1
+# The whole pipeline on the local stack (docs/demo.md): venv, stack, then `pbp demo`; a second run reuses them.
+demo: setup
+	$(BIN)/pbp stack up
+	$(BIN)/pbp demo --config configs/demo/default.yaml
+
+demo-down: setup
+	$(BIN)/pbp stack down
 
 # Re-resolve the lock from pyproject's ranges (review the diff before committing).
 lock:

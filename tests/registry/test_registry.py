@@ -104,6 +104,18 @@ def test_unknown_model_version_other_task_and_bad_names_are_refused(pbp, models,
     doc = _history(pbp, name)
     assert doc["verified"] and [r["decision"] for r in doc["records"]] == ["promoted", "refused"]
 
+    # B scored on another file (the same rows, reordered: another digest): the gate re-scores it on the champion's.
+    _a, b, _t, _ = models
+    rows = test.read_text().splitlines()
+    other = tmp_path / "reordered.csv"
+    other.write_text("\n".join([rows[0], *reversed(rows[1:])]) + "\n")
+    ok(pbp("registry", "register", str(b), "--name", name, "--test", str(other)))
+    res = pbp("registry", "promote", name, "--version", "3")
+    assert res.returncode == 1, res.stdout + res.stderr
+    rec = _history(pbp, name)["records"][-1]
+    assert rec["candidate_score"] == "recomputed" and rec["split"]["sha256"] != client_of_sha(other)
+    assert rec["champion_value"] == pytest.approx(1.0) and rec["candidate_value"] < 1.0
+
 
 def test_two_racing_promotions_leave_one_champion_and_both_decisions(stack_dir, pbp, models):
     a, b, test, _ = models
@@ -183,3 +195,9 @@ def test_a_tampered_trail_is_detected_and_blocks_promotion_until_forced(stack_di
     assert "from version 2 to 1" in out
     assert client.get_model_version_by_alias(name, "champion").version == "1"
     assert pbp("registry", "promote", f"{name}.pbp-lock", "--version", "1").returncode == 2
+
+
+def client_of_sha(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()

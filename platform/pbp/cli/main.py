@@ -10,6 +10,7 @@ import pbp
 from pbp.cli import (
     bench_cmds,
     data_cmds,
+    demo_cmds,
     finetune_cmds,
     model_cmds,
     predict_cmds,
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     registry_cmds.register(sub)
     predict_cmds.register_predict(sub)
     predict_cmds.register_attention(sub)
+    demo_cmds.register(sub)
     return parser
 
 

@@ -37,11 +37,11 @@ class SynthConfig:
     seed: int = 0
 
 
-def _motif_term(i: int) -> str:
+def motif_term(i: int) -> str:
     return f"GO:99{i:05d}"
 
 
-def _family_term(f: int) -> str:
+def family_term(f: int) -> str:
     return f"GO:98{f:05d}"
 
 
@@ -60,7 +60,7 @@ def generate(cfg: SynthConfig) -> list[tuple[str, str, list[str]]]:
             for m in rng.sample(range(cfg.n_motifs), k):
                 pos = rng.randrange(0, max(1, length - MOTIF_LEN))
                 seq[pos : pos + MOTIF_LEN] = motifs[m]
-                terms |= {_motif_term(m), _family_term(m // cfg.motifs_per_family)}
+                terms |= {motif_term(m), family_term(m // cfg.motifs_per_family)}
         out.append((f"SYN{n:07d}", "".join(seq[:length]), sorted(terms)))
     return out
 

@@ -1,0 +1,171 @@
+"""The demo's steps, in order (``STEPS``): each takes the ``Demo`` and returns its one-line figure."""
+
+from __future__ import annotations
+
+import csv
+from typing import Any
+
+from pbp.demo.pipeline import Demo, DemoSummary
+
+
+def stack(d: Demo) -> str:
+    from pbp.stack.state import StackState, default_state_dir
+
+    out = d.pbp("stack", "stack", "up")
+    state = StackState.load(default_state_dir())
+    assert state is not None
+    d.state["links"] = {"MLflow UI": state.mlflow_uri, "Ray dashboard": state.ray_dashboard_url}
+    reused = "already running" in out or "healthy in 0." in out
+    return f"{state.workers} Ray worker nodes, S3, MLflow ({'reused' if reused else 'started'})"
+
+
+def corpus(d: Demo) -> str:
+    out = d.out / "synth"
+    d.pbp("corpus", "data", "synth", "--out", str(out), "--proteins", str(d.cfg.proteins))
+    d.state["fasta"], d.state["go"] = out / "synth.fasta.gz", out / "synth_go.tsv"
+    return f"{d.cfg.proteins} SYNTHETIC proteins with planted motifs -> {out}"
+
+
+def shards(d: Demo) -> str:
+    from pbp.data.storage import Store
+    from pbp.stack.endpoints import resolve
+
+    bucket = resolve().buckets.get("data", "pbp-data")
+    url = f"s3://{bucket}/{d.cfg.name}/p{d.cfg.proteins}-g{d.cfg.min_go_records}/"
+    d.state["data_url"] = url
+    if not Store(url).exists("manifest.json"):
+        d.pbp("shards", "data", "build", "--fasta", str(d.state["fasta"]), "--go-table", str(d.state["go"]),
+              "--min-go-records", str(d.cfg.min_go_records), "--out", url)  # fmt: skip
+        how = "built"
+    else:
+        how = "reused"
+    from pbp.data.shards import inspect
+
+    info = inspect(url, verify=True)
+    if info["problems"]:
+        raise ValueError(f"{url}: {info['problems']}")
+    n = sum(v["shards"] for v in info["splits"].values())
+    return f"{how}: {info['records']} proteins, {info['go_vocabulary']} GO terms, {n} shards (verified) in {url}"
+
+
+def pretrain(d: Demo) -> str:
+    run = f"{d.cfg.name}-pretrain"
+    out = d.pbp("pretrain", "pretrain", "--config", "configs/pretrain/tiny.yaml", f"run_name={run}",
+                f"data.url={d.state['data_url']}", f"max_steps={d.cfg.pretrain_steps}", "scaling.num_workers=2")  # fmt: skip
+    d.state["pretrained"] = _pretrained_url(run)
+    losses = _last_losses(out)
+    return f"{d.cfg.pretrain_steps} steps on 2 Ray workers (DeepSpeed ZeRO-2){losses}; model {d.state['pretrained']}"
+
+
+def _pretrained_url(run: str) -> str:
+    from pbp.stack.endpoints import resolve
+
+    return f"s3://{resolve().buckets.get('runs', 'pbp-runs')}/pretrain/{run}/final_model/"
+
+
+def _last_losses(out: str) -> str:
+    import re
+
+    found = re.findall(r"loss[= ]+([0-9.]+)", out)
+    return f", last loss {found[-1]}" if found else ""
+
+
+def task(d: Demo) -> str:
+    from pbp.data.synth import SynthConfig
+    from pbp.demo.task import make_task
+
+    paths = make_task(d.out / "task", SynthConfig(n_proteins=d.cfg.proteins))
+    d.state["task"] = paths
+    counts = {k: sum(1 for _ in csv.DictReader(p.open())) for k, p in paths.items()}
+    pos = sum(int(r["label"]) for r in csv.DictReader(paths["train"].open()))
+    return (f"binary 'carries a family-0 motif': train {counts['train']} ({pos} positive), valid {counts['valid']}, "
+            f"test {counts['test']}")  # fmt: skip
+
+
+def campaign(d: Demo) -> str:
+    from pbp.train.tracking import configure_mlflow, find_run
+
+    name = f"{d.cfg.name}-campaign"
+    t = d.state["task"]
+    e = d.cfg.trial_epochs
+    overrides = (f"finetune_overrides=[init={d.state['pretrained']}, task.kind=binary, task.name={d.cfg.name}-motif, "
+                 f"task.train={t['train']}, task.valid={t['valid']}, task.test={t['test']}, "
+                 f"task.max_rows={d.cfg.task_max_rows}, stages.0.max_epochs={e[0]}, stages.1.max_epochs={e[1]}, "
+                 f"stages.2.max_epochs={e[2]}, stages.0.seq_len=256, stages.1.seq_len=256, stages.2.seq_len=256]")  # fmt: skip
+    args = ["tune", "--config", "configs/tune/tiny.yaml", f"name={name}", f"num_samples={d.cfg.trials}",
+            f"report_dir={d.out / 'tune'}", "asha.grace_period=1", overrides]  # fmt: skip
+    try:
+        d.pbp("campaign", *args)
+    except Exception as e:
+        if "already exists" not in str(e):
+            raise
+        d.pbp("campaign", "tune", "--resume", name)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(configure_mlflow())
+    exp = client.get_experiment_by_name("pbp-tune")
+    parent = client.get_run(find_run(client, exp.experiment_id, name))
+    d.state["best_uri"] = parent.data.tags["pbp.best_model_uri"]
+    d.state["report"] = d.out / "tune" / name / "report.html"
+    m = parent.data.metrics
+    return (f"{d.cfg.trials} trials (ASHA + TPE): {int(m.get('trials_completed', 0))} completed, "
+            f"{int(m.get('trials_pruned', 0))} pruned; best valid ROC-AUC {m.get('best_value', float('nan')):.3f}")  # fmt: skip
+
+
+def register(d: Demo) -> str:
+    from pbp.registry.register import register as do_register
+
+    r = do_register(d.state["best_uri"], d.cfg.name)
+    d.state["version"] = r.version
+    return f"{d.state['best_uri']} -> models:/{r.name}/{r.version}"
+
+
+def promote(d: Demo) -> str:
+    from pbp.registry.promote import promote as do_promote
+
+    out = do_promote(d.cfg.name, d.state["version"])
+    rec = out.record
+    if not out.promoted:
+        return f"refused by the gate: {out.message}"
+    return f"@champion = version {rec['version']}: {rec['metric']} {rec['candidate_value']:.3f} ({rec['gate']})"
+
+
+def predict(d: Demo) -> str:
+    from pbp.predict.files import predict_file
+
+    test = d.state["task"]["test"]
+    rows = list(csv.DictReader(test.open()))[: d.cfg.predict_rows]
+    inp = d.out / "predict_input.csv"
+    with inp.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["id", "seq"])
+        w.writeheader()
+        w.writerows({"id": r["id"], "seq": r["seq"]} for r in rows)
+    out = d.out / "predictions.csv"
+    n, _ = predict_file(f"models:/{d.cfg.name}@champion", str(inp), out)
+    preds = {r["id"]: float(r["probability"]) for r in csv.DictReader(out.open())}
+    hits = sum((preds[r["id"]] > 0.5) == (r["label"] == "1") for r in rows)
+    majority = max(sum(r["label"] == "1" for r in rows), sum(r["label"] == "0" for r in rows))
+    d.state["predictions"] = out
+    return f"{n} test proteins from @champion: {hits}/{n} right (majority class: {majority}/{n}) -> {out}"
+
+
+def attention(d: Demo) -> str:
+    from pbp.predict.attention import model_attention, save_attention_figure
+
+    seq = next(csv.DictReader(d.state["task"]["test"].open()))["seq"]
+    amap, parent = model_attention(f"models:/{d.cfg.name}@champion", seq, "auto")
+    out = save_attention_figure(amap, d.out / "attention.png")
+    d.state["attention"] = out
+    return f"attention of @champion minus its parent {parent}: {amap.shape[0]} heads x {amap.shape[1]} residues -> {out}"
+
+
+STEPS = [("stack", stack), ("corpus", corpus), ("shards", shards), ("pretrain", pretrain), ("task", task),
+         ("campaign", campaign), ("register", register), ("promote", promote), ("predict", predict),
+         ("attention", attention)]  # fmt: skip
+
+
+def summary(d: Demo) -> DemoSummary:
+    files: dict[str, Any] = {"campaign report": d.state.get("report"), "predictions": d.state.get("predictions"),
+                             "attention figure": d.state.get("attention"), "step logs": d.logs}  # fmt: skip
+    links = {**d.state.get("links", {}), "Prometheus": "not part of the stack yet (issue: metrics and dashboards)"}
+    return DemoSummary(d.steps, links, {k: str(v) for k, v in files.items() if v})

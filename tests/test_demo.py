@@ -1,0 +1,64 @@
+"""`pbp demo`: the generated task and the config (no stack), then the whole pipeline at its smallest on the local
+stack, twice: the second run reuses the stack, dataset, pretraining run and campaign, and is faster; a failing step
+stops the demo with its log's tail."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from pbp.config import load_config
+from pbp.data.synth import SynthConfig
+from pbp.demo.pipeline import Demo, DemoConfig, DemoStepError, run_demo
+from pbp.demo.task import TERM, make_task
+
+from .conftest import REPO
+
+
+def test_the_generated_task_is_binary_split_and_reproducible(tmp_path):
+    a = make_task(tmp_path / "a", SynthConfig(n_proteins=600))
+    b = make_task(tmp_path / "b", SynthConfig(n_proteins=600))
+    ids = {}
+    for split, path in a.items():
+        rows = list(csv.DictReader(path.open()))
+        assert rows and {r["label"] for r in rows} == {"0", "1"} and all(len(r["seq"]) <= 254 for r in rows)
+        assert path.read_bytes() == b[split].read_bytes()
+        ids[split] = {r["id"] for r in rows}
+    assert not (ids["train"] & ids["test"]) and not (ids["train"] & ids["valid"])
+    assert TERM == "GO:9800000"
+
+
+def test_demo_config_is_checked_before_anything_runs():
+    for bad in (["trials=0"], ["trial_epochs=[1, 1]"], ["name=a b"], ["proteins=-5"]):
+        with pytest.raises(ValueError):
+            load_config(DemoConfig, REPO / "configs/demo/small.yaml", bad)
+
+
+def test_demo_end_to_end_twice_and_a_failing_step(stack_env, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)  # the configs' relative paths, as `make demo` runs it
+    cfg = load_config(DemoConfig, REPO / "configs/demo/small.yaml", [f"out={tmp_path / 'demo'}",
+                                                                      f"name=demo-{tmp_path.name[-6:]}"])  # fmt: skip
+    lines: list[str] = []
+    first = run_demo(cfg, echo=lines.append)
+    names = [s.name for s in first.steps]
+    assert names == ["stack", "corpus", "shards", "pretrain", "task", "campaign", "register", "promote", "predict",
+                     "attention"]  # fmt: skip
+    fig = {s.name: s.figure for s in first.steps}
+    assert fig["shards"].startswith("built") and "@champion = version 1" in fig["promote"]
+    assert "right (majority class:" in fig["predict"]
+    out = tmp_path / "demo"
+    assert (out / "attention.png").read_bytes()[:4] == b"\x89PNG" and (out / "predictions.csv").is_file()
+    text = first.render()
+    assert "MLflow UI" in text and "Ray dashboard" in text and "report.html" in text
+    assert any("pretrain" in x for x in lines)  # progress on the terminal
+
+    second = run_demo(cfg, echo=lines.append)
+    fig2 = {s.name: s.figure for s in second.steps}
+    assert fig2["shards"].startswith("reused") and "reused" in fig2["stack"]
+    assert sum(s.seconds for s in second.steps) < sum(s.seconds for s in first.steps)
+
+    with pytest.raises(DemoStepError) as e:
+        Demo(cfg, echo=lines.append).pbp("broken", "data", "inspect", "s3://pbp-data/no-such-dataset/")
+    msg = str(e.value)
+    assert "demo step 'broken' failed" in msg and "broken.log" in msg and "no-such-dataset" in msg
