@@ -29,7 +29,11 @@ def test_readme_shows_the_two_commands_and_ci_runs_the_test_one():
 
 def test_make_demo_runs_the_pipeline_command():
     res = subprocess.run(["make", "-n", "demo"], cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert res.returncode == 0 and "pbp stack up" in res.stdout and "pbp demo --config configs/demo/default.yaml" in res.stdout
+    assert (
+        res.returncode == 0
+        and "pbp stack up" in res.stdout
+        and "pbp demo --config configs/demo/default.yaml" in res.stdout
+    )
 
 
 def test_lock_pins_the_measured_set():

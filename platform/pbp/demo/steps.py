@@ -156,7 +156,9 @@ def attention(d: Demo) -> str:
     amap, parent = model_attention(f"models:/{d.cfg.name}@champion", seq, "auto")
     out = save_attention_figure(amap, d.out / "attention.png")
     d.state["attention"] = out
-    return f"attention of @champion minus its parent {parent}: {amap.shape[0]} heads x {amap.shape[1]} residues -> {out}"
+    return (
+        f"attention of @champion minus its parent {parent}: {amap.shape[0]} heads x {amap.shape[1]} residues -> {out}"
+    )
 
 
 STEPS = [("stack", stack), ("corpus", corpus), ("shards", shards), ("pretrain", pretrain), ("task", task),
