@@ -11,7 +11,7 @@ import pytest
 from pbp.config import load_config
 from pbp.data.synth import SynthConfig
 from pbp.demo.pipeline import Demo, DemoConfig, DemoStepError, run_demo
-from pbp.demo.task import TERM, make_task
+from pbp.demo.task import CHARGED, make_task
 
 from .conftest import REPO
 
@@ -26,7 +26,10 @@ def test_the_generated_task_is_binary_split_and_reproducible(tmp_path):
         assert path.read_bytes() == b[split].read_bytes()
         ids[split] = {r["id"] for r in rows}
     assert not (ids["train"] & ids["test"]) and not (ids["train"] & ids["valid"])
-    assert TERM == "GO:9800000"
+    charged = {k: [sum(c in CHARGED for c in r["seq"]) / len(r["seq"]) for r in csv.DictReader(a["train"].open())
+                   if r["label"] == k] for k in ("0", "1")}  # fmt: skip
+    assert min(map(len, charged.values())) > 50
+    assert sum(charged["1"]) / len(charged["1"]) > sum(charged["0"]) / len(charged["0"]) + 0.1  # the signal is there
 
 
 def test_demo_config_is_checked_before_anything_runs():

@@ -64,10 +64,14 @@ def _pretrained_url(run: str) -> str:
 
 
 def _last_losses(out: str) -> str:
+    """``, loss 1.23 (step 50) -> 0.58 (step 200)`` from the reported training results."""
     import re
 
-    found = re.findall(r"loss[= ]+([0-9.]+)", out)
-    return f", last loss {found[-1]}" if found else ""
+    found = re.findall(r"'step': (\d+), 'loss': ([0-9.eE+-]+)", out)
+    if not found:
+        return ""
+    (s0, l0), (s1, l1) = min(found, key=lambda x: int(x[0])), max(found, key=lambda x: int(x[0]))
+    return f", loss {float(l0):.3f} (step {s0}) -> {float(l1):.3f} (step {s1})"
 
 
 def task(d: Demo) -> str:
@@ -78,7 +82,7 @@ def task(d: Demo) -> str:
     d.state["task"] = paths
     counts = {k: sum(1 for _ in csv.DictReader(p.open())) for k, p in paths.items()}
     pos = sum(int(r["label"]) for r in csv.DictReader(paths["train"].open()))
-    return (f"binary 'carries a family-0 motif': train {counts['train']} ({pos} positive), valid {counts['valid']}, "
+    return (f"binary 'made charge-rich': train {counts['train']} ({pos} positive), valid {counts['valid']}, "
             f"test {counts['test']}")  # fmt: skip
 
 
@@ -88,7 +92,7 @@ def campaign(d: Demo) -> str:
     name = f"{d.cfg.name}-campaign"
     t = d.state["task"]
     e = d.cfg.trial_epochs
-    overrides = (f"finetune_overrides=[init={d.state['pretrained']}, task.kind=binary, task.name={d.cfg.name}-motif, "
+    overrides = (f"finetune_overrides=[init={d.state['pretrained']}, task.kind=binary, task.name={d.cfg.name}-charge, "
                  f"task.train={t['train']}, task.valid={t['valid']}, task.test={t['test']}, "
                  f"task.max_rows={d.cfg.task_max_rows}, stages.0.max_epochs={e[0]}, stages.1.max_epochs={e[1]}, "
                  f"stages.2.max_epochs={e[2]}, stages.0.seq_len=256, stages.1.seq_len=256, stages.2.seq_len=256]")  # fmt: skip
