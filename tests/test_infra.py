@@ -2,6 +2,7 @@
 entrypoint and config they reference exists in the repo."""
 
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -45,6 +46,24 @@ def test_aws_cluster_launcher_config():
     assert start.count("RAY_AUTH_MODE=token") == 2
     assert "--dashboard-host=127.0.0.1" in start
     assert any("requirements.lock" in c for c in cfg["setup_commands"])
+
+
+def test_aws_cluster_config_validates_against_the_launchers_own_schema():
+    """The schema `ray up` checks a cluster config against, shipped in the ray wheel (so the test follows the
+    pinned Ray); a misspelt or misplaced key fails here, not at `ray up` time."""
+    import json
+
+    import jsonschema
+    import ray.autoscaler
+
+    schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
+    cfg = _docs(INFRA / "aws/cluster.yaml")[0]
+    jsonschema.validate(cfg, schema)
+    head = cfg["available_node_types"]["head"]
+    for bad in ({**cfg, "max_worker": 2}, {**cfg, "max_workers": "two"},  # strict enough to catch a typo
+                {**cfg, "available_node_types": {**cfg["available_node_types"], "head": {**head, "min_worker": 0}}}):  # fmt: skip
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, schema)
 
 
 def test_kuberay_manifests_have_token_auth_and_required_fields():
