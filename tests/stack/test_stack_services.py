@@ -128,6 +128,30 @@ def test_smoke_job_through_pbp_submit_sees_every_node(stack_env, capsys):
     assert set(env_vars) <= {"PBP_SUBMISSION_ID", "PYTHONUNBUFFERED", "PBP_GIT_COMMIT"}
 
 
+def test_a_line_printed_on_a_worker_node_reaches_the_driver_once(stack_dir):
+    """Before: every line reached the driver three times, once per local Ray node (each node's log monitor tailed
+    the one session log dir the nodes share on this machine)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import time\n"
+        "from pbp.train.launch import connect_ray\n"
+        "connect_ray()\n"
+        "import ray\n"
+        "@ray.remote(num_cpus=1, resources={'pbp-node-worker-1': 1})\n"
+        "def f():\n"
+        "    print('PBP-ONCE-' + 'TOKEN', flush=True)\n"
+        "ray.get(f.remote())\n"
+        "time.sleep(5)\n"  # the log monitor forwards lines within about a second
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "RAY_"))}
+    env["PBP_STACK_DIR"] = str(stack_dir)
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (res.stdout + res.stderr).count("PBP-ONCE-TOKEN") == 1, res.stdout[-3000:]
+
+
 def test_job_submission_without_the_token_is_refused(stack_dir):
     from ray.job_submission import JobSubmissionClient
 

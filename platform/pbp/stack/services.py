@@ -128,8 +128,10 @@ def command(svc: Service, state: StackState, secrets: Secrets, object_store_mb: 
         ]  # fmt: skip
     node_tag = {node_resource(svc.name): 1}
     return [
+        # The nodes of the local stack share the head's session log dir: one log monitor (the head's) forwards every
+        # worker's output to its driver once; one per node forwarded each line three times.
         _bin("ray"), "start", f"--address={state.ray_gcs_address}", f"--num-cpus={worker_cpus}",
-        f"--resources={json.dumps(node_tag)}", *common,
+        f"--resources={json.dumps(node_tag)}", "--include-log-monitor=false", *common,
     ]  # fmt: skip
 
 
