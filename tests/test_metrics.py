@@ -134,3 +134,13 @@ def test_throughput_window_rates_with_an_injected_clock():
     window.reset()  # t0 = 104
     window.add(tokens=50, samples=1, wait_s=0.25)
     assert window.rates() == {"tokens_per_s": 50.0, "samples_per_s": 1.0, "data_wait_fraction": 0.25}
+
+
+def test_progress_line_shows_step_losses_throughput_and_eta():
+    from pbp.train.metrics import progress_line
+
+    line = progress_line("tiny", 150, 200, {"loss": 0.47, "token_loss": 0.27, "annotation_loss": 0.2},
+                         {"tokens_per_s": 1234.5, "data_wait_fraction": 0.031}, steps_per_s=0.5)  # fmt: skip
+    assert line == ("[tiny] step 150/200: loss 0.4700 (token 0.2700, annotation 0.2000), 1,234 tokens/s, "
+                    "data wait 3%, ETA 00:01:40")  # fmt: skip
+    assert progress_line("t", 1, 2, {}, {}, steps_per_s=0.0).endswith("ETA ?")

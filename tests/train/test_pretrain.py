@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -74,7 +75,11 @@ def baseline(stack_dir, endpoints, dataset):
     run = f"e2e-{random.randrange(10**6)}"
     res = _pretrain(stack_dir, run, dataset, env_extra={"PBP_TEST_INJECT_NONFINITE": "7,8"})
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    OUTPUT[run] = res.stdout + res.stderr
     return run
+
+
+OUTPUT: dict[str, str] = {}
 
 
 def test_end_to_end_loss_falls_checkpoints_in_s3_and_mlflow_run(baseline, endpoints, tmp_path):
@@ -87,6 +92,11 @@ def test_end_to_end_loss_falls_checkpoints_in_s3_and_mlflow_run(baseline, endpoi
                 "skipped_steps"):  # fmt: skip
         assert key in run.data.metrics, key
     assert run.data.metrics["skipped_steps"] == 2  # the injected non-finite steps were skipped, not applied
+    # The user sees one progress line per logging step (rank 0, forwarded once), not Ray's raw report dumps.
+    out = OUTPUT[baseline]
+    steps = re.findall(rf"\[{re.escape(baseline)}\] step (\d+)/{STEPS}: loss \d\.\d+ \(token .*tokens/s.*ETA", out)
+    assert [int(x) for x in steps] == list(range(5, STEPS + 1, 5)), out[-3000:]
+    assert "Reporting training result" not in out
     assert run.data.params["deepspeed.zero_stage"] == "2" and run.data.params["scaling.num_workers"] == "2"
     assert run.data.tags["pbp.dataset_url"].startswith("s3://") and len(run.data.tags["pbp.git_commit"]) >= 7
     for value in (endpoints.s3_secret_key, endpoints.mlflow_password):

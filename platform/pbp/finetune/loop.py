@@ -30,7 +30,7 @@ from pbp.finetune.features import PROGRESS_EVERY_S, FeatureCache, build_cache
 from pbp.model import ProteinBERT
 from pbp.model.finetune import IGNORE_INDEX, FinetuneModel, task_loss
 from pbp.train.checkpoint import Checkpointer, CommitRecord, Restored
-from pbp.train.dist import DistContext, all_gather_objects, average_gradients, broadcast
+from pbp.train.dist import DistContext, all_gather_objects, average_gradients, broadcast, quiet_ray_train_reports
 from pbp.train.driver import Cadence, drive
 from pbp.train.metrics import task_metrics
 from pbp.train.tracking import Tracker
@@ -341,6 +341,7 @@ def _finish_stage(tr: Trainer) -> None:
 def finetune_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
 
+    quiet_ray_train_reports()
     cfg = from_dict(FinetuneConfig, config["cfg"])
     meta = config["meta"]
     ctx = DistContext.from_ray()

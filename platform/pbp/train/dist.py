@@ -79,3 +79,15 @@ def average_gradients(params: Iterable[Any], ctx: DistContext) -> None:
         if p.grad is not None:
             dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
             p.grad /= ctx.world_size
+
+
+def quiet_ray_train_reports() -> None:
+    """In a Ray Train worker: drop Ray's INFO line per ``ray.train.report`` ("Reporting training result N:
+    TrainingReport(...)", a raw dump repeated per rank); pbp prints its own progress lines. Warnings still show."""
+    import logging
+
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray layout: keep its lines
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)

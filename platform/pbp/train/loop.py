@@ -32,9 +32,9 @@ from pbp.train import checkpoint as ckpt
 from pbp.train.checkpoint import Checkpointer, CommitRecord
 from pbp.train.config import PretrainConfig
 from pbp.train.deepspeed_config import deepspeed_config
-from pbp.train.dist import DistContext, all_min, broadcast
+from pbp.train.dist import DistContext, all_min, broadcast, quiet_ray_train_reports
 from pbp.train.driver import Cadence, Metrics, drive
-from pbp.train.metrics import ThroughputWindow
+from pbp.train.metrics import ThroughputWindow, progress_line
 from pbp.train.optim import LRSchedule, build_optimizer
 from pbp.train.tracking import Tracker
 
@@ -87,6 +87,7 @@ class Pretrainer:
         # Test hook: steps whose loss is made NaN (a fault the real data cannot produce on cue).
         self.inject_nan = frozenset(meta.get("inject_nonfinite_steps") or ())
         self.window = ThroughputWindow()
+        self.first_log: tuple[int, float] | None = None
         self.tracker: Tracker | None = None
         self.run_id: str | None = None
         self.loader: StatefulLoader | None = None
@@ -159,6 +160,12 @@ class Pretrainer:
             return
         rates = self.window.rates()
         self.tracker.log_metrics(done, _without_nan({**metrics, **rates, "skipped_steps": float(self.nonfinite.total)}))
+        now = time.perf_counter()
+        if self.first_log is None:  # the ETA's step rate is measured from the first logging window on
+            self.first_log = (max(done - self.cfg.tracking.log_every, 0), self.window.t0)
+        steps, start = done - self.first_log[0], self.first_log[1]
+        print(progress_line(self.cfg.run_name, done, self.cfg.max_steps, metrics, rates,
+                            steps / max(now - start, 1e-9)), flush=True)  # fmt: skip
         self.window.reset()
 
     def save(self, done: int, metrics: Metrics) -> None:
@@ -193,6 +200,7 @@ def _deepspeed_engine(cfg: PretrainConfig, ctx: DistContext) -> tuple[Any, torch
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
+    quiet_ray_train_reports()
     cfg = from_dict(PretrainConfig, config["cfg"])
     meta = config["meta"]
     ctx = DistContext.from_ray()

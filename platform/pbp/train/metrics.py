@@ -183,3 +183,15 @@ class ThroughputWindow:
             "samples_per_s": self.samples / elapsed,
             "data_wait_fraction": self.wait_s / elapsed,
         }
+
+
+def progress_line(run: str, done: int, total: int, metrics: Mapping[str, float], rates: Mapping[str, float],
+                  steps_per_s: float) -> str:  # fmt: skip
+    """One human line per logging step: ``[run] step 150/200: loss 0.4723 (token 0.2706, annotation 0.2017),
+    1,234 tokens/s, data wait 3%, ETA 0:00:35``."""
+    eta = (total - done) / steps_per_s if steps_per_s > 0 else math.nan
+    eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if math.isfinite(eta) and eta < 86400 else "?"
+    return (f"[{run}] step {done}/{total}: loss {metrics.get('loss', math.nan):.4f} (token "
+            f"{metrics.get('token_loss', math.nan):.4f}, annotation {metrics.get('annotation_loss', math.nan):.4f}), "
+            f"{rates.get('tokens_per_s', 0):,.0f} tokens/s, data wait {rates.get('data_wait_fraction', 0):.0%}, "
+            f"ETA {eta_text}")  # fmt: skip
