@@ -64,10 +64,10 @@ def _pretrained_url(run: str) -> str:
 
 
 def _last_losses(out: str) -> str:
-    """``, loss 1.23 (step 50) -> 0.58 (step 200)`` from the reported training results."""
+    """``, loss 4.30 (step 5) -> 0.58 (step 200)`` from pbp pretrain's progress lines."""
     import re
 
-    found = re.findall(r"'step': (\d+), 'loss': ([0-9.eE+-]+)", out)
+    found = re.findall(r"\] step (\d+)/\d+: loss ([0-9.]+)", out)
     if not found:
         return ""
     (s0, l0), (s1, l1) = min(found, key=lambda x: int(x[0])), max(found, key=lambda x: int(x[0]))

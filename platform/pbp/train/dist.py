@@ -82,12 +82,17 @@ def average_gradients(params: Iterable[Any], ctx: DistContext) -> None:
 
 
 def quiet_ray_train_reports() -> None:
-    """In a Ray Train worker: drop Ray's INFO line per ``ray.train.report`` ("Reporting training result N:
-    TrainingReport(...)", a raw dump repeated per rank); pbp prints its own progress lines. Warnings still show."""
+    """In a Ray Train worker, before anything prints: (1) ``print`` back to Python's own (Ray Train V2 patches it to
+    tee every line to stdout AND to the root logger, i.e. stderr, so each line reached the terminal twice); (2)
+    drop Ray's INFO line per ``ray.train.report`` ("Reporting training result N: TrainingReport(...)", a raw dump
+    repeated per rank): pbp prints its own progress lines. Warnings still show."""
+    import builtins
     import logging
 
     try:
         from ray.train.v2._internal.execution import context
-    except ImportError:  # another Ray layout: keep its lines
+        from ray.train.v2._internal.logging import patch_print
+    except ImportError:  # another Ray layout: keep its behaviour
         return
+    builtins.print = patch_print._original_print
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
