@@ -12,14 +12,6 @@ def test_platform_dir_is_not_a_package_and_stdlib_platform_works():
     assert platform.system()  # the standard library's module, not our folder
 
 
-def test_model_package_imports_nothing_of_distribution_or_other_pbp_layers():
-    for path in (REPO / "platform" / "pbp" / "model").glob("*.py"):
-        text = path.read_text()
-        for banned in ("import ray", "from ray", "deepspeed", "mlflow", "from pbp.train", "from pbp.data",
-                       "from pbp.cli", "from pbp.bench", "from pbp.config"):  # fmt: skip
-            assert banned not in text, f"{path.name} mentions {banned!r}"
-
-
 def test_readme_shows_the_two_commands_and_ci_runs_the_test_one():
     readme = (REPO / "README.md").read_text()
     assert "make demo" in readme and "make test" in readme
