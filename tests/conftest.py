@@ -18,6 +18,43 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+class ProcessState:
+    """What a test may change in this process and must give back: the environment, MLflow's tracking URI (set by
+    pbp's configure_mlflow, the in-process CLI, or a test) and webdataset's URL openers (pbp registers s3://)."""
+
+    def __init__(self) -> None:
+        import sys
+
+        self.env = dict(os.environ)
+        self.mlflow = sys.modules.get("mlflow.tracking._tracking_service.utils")
+        self.uri = getattr(self.mlflow, "_tracking_uri", None)
+        self.gopen = sys.modules.get("webdataset.gopen")
+        self.schemes = dict(self.gopen.gopen_schemes) if self.gopen else None
+
+    def restore(self) -> None:
+        import sys
+
+        os.environ.clear()
+        os.environ.update(self.env)
+        utils = sys.modules.get("mlflow.tracking._tracking_service.utils")
+        if utils is not None and utils._tracking_uri != self.uri:
+            utils._tracking_uri = self.uri  # not set_tracking_uri: that would write MLFLOW_TRACKING_URI again
+        gopen = sys.modules.get("webdataset.gopen")
+        if gopen is not None:
+            schemes = self.schemes if self.schemes is not None else {k: v for k, v in gopen.gopen_schemes.items()
+                                                                     if k != "s3"}  # fmt: skip
+            gopen.gopen_schemes.clear()
+            gopen.gopen_schemes.update(schemes)
+
+
+@pytest.fixture(autouse=True)
+def _restore_process_state():
+    """Every test gets the process state it started with back, whatever it changed."""
+    state = ProcessState()
+    yield
+    state.restore()
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)

@@ -244,7 +244,7 @@ def test_stage_override_by_index():
         ("head_dropout=1.0", "head_dropout"),
         ("schedule.plateau_factor=2", r"schedule\.plateau_factor"),
         ("task.valid_fraction=0", r"task\.valid_fraction"),
-        ("scaling.num_workers=0", r"scaling: .*num_workers >= 1"),
+        ("scaling.num_workers=0", r"scaling.num_workers must be a finite number >= 1"),
         ("task.colum=x", r"unknown key 'task\.colum'"),
         ("too_long=cut", "too_long"),
     ],
