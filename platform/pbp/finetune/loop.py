@@ -33,7 +33,7 @@ from pbp.train.checkpoint import Checkpointer, CommitRecord, Restored
 from pbp.train.dist import DistContext, all_gather_objects, average_gradients, broadcast, quiet_ray_train_reports
 from pbp.train.driver import Cadence, drive
 from pbp.train.metrics import task_metrics
-from pbp.train.tracking import Tracker
+from pbp.train.tracking import Tracker, finish_on_error
 
 log = logging.getLogger("pbp.finetune")
 STATE_FILE = "state.pt"
@@ -354,13 +354,14 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
         tags = {**meta.get("tags", {}), **{f"pbp.task.{k}_sha256": v for k, v in tr.data.digests.items()}}
         tr.tracker.log_config(cfg, tags)
     run_id = broadcast(tr.tracker.run_id if tr.tracker else None, ctx) or None
-    for si in range(tr.progress.stage, len(cfg.stages)):
-        run_stage(tr, si, run_id)
-    final = {**tr.validate(), **tr.test()}
-    if ctx.is_main:
-        _export(tr, final)
-        for k, v in final.items():
-            print(f"[{cfg.run_name}] {k:28} {v:.4f}", flush=True)
+    with finish_on_error(tr.tracker):
+        for si in range(tr.progress.stage, len(cfg.stages)):
+            run_stage(tr, si, run_id)
+        final = {**tr.validate(), **tr.test()}
+        if ctx.is_main:
+            _export(tr, final)
+            for k, v in final.items():
+                print(f"[{cfg.run_name}] {k:28} {v:.4f}", flush=True)
     report = {k: v for k, v in final.items() if math.isfinite(v)}
     ray.train.report({**report, "epoch": tr.progress.epochs_done, "finished": 1})
     if tr.tracker is not None:
@@ -404,5 +405,8 @@ def _export(tr: Trainer, final: dict[str, float]) -> None:
             from pbp.finetune.pyfunc import log_pyfunc
             from pbp.model.tokenizer import decode
 
-            log_pyfunc(tr.tracker.run_id, local, [decode(t) for t in data.train.tokens[:3]], cfg.task.seq_column)
+            examples = [decode(t) for t in data.train.tokens[:3]]
+            if not tr.tracker.try_send(lambda: log_pyfunc(tr.tracker.run_id, local, examples, cfg.task.seq_column)):
+                log.warning("the MLflow model of %s was not logged (MLflow unreachable); the model is in %s/final_model",
+                            cfg.run_name, run.path)  # fmt: skip
     tr.model.to(tr.device)

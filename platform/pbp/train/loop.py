@@ -36,7 +36,7 @@ from pbp.train.dist import DistContext, all_min, broadcast, quiet_ray_train_repo
 from pbp.train.driver import Cadence, Metrics, drive
 from pbp.train.metrics import ThroughputWindow, progress_line
 from pbp.train.optim import LRSchedule, build_optimizer
-from pbp.train.tracking import Tracker
+from pbp.train.tracking import Tracker, finish_on_error
 
 log = logging.getLogger("pbp.train")
 
@@ -212,8 +212,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     pt.run_id = broadcast(pt.tracker.run_id if pt.tracker else None, ctx) or None
     pt.open_stream(reader_state)
     cadence = Cadence(log=cfg.tracking.log_every, save=cfg.checkpoint.every_steps)
-    drive(start, cfg.max_steps, pt.step, cadence, log=pt.log, save=pt.save)
-    _export(pt.engine, cfg, pt.ckpt.run, pt.tracker, ctx)
+    with finish_on_error(pt.tracker):
+        drive(start, cfg.max_steps, pt.step, cadence, log=pt.log, save=pt.save)
+        _export(pt.engine, cfg, pt.ckpt.run, pt.tracker, ctx)
     if pt.tracker is not None:
         pt.tracker.finish()
 

@@ -4,12 +4,22 @@ The run id is kept in every checkpoint; a resumed run (after a worker failure or
 run name) logs to the same MLflow run. Steps that the interrupted attempt already logged (those after its last
 checkpoint) are recomputed but not logged again, so no step appears twice and the loss curve continues.
 Credentials come from the node's environment or the local stack's state dir, never from params or tags.
+
+Tracking trouble never stops or stalls training: a failed request puts the tracker in outage mode (one warning),
+metrics are buffered (up to ``MAX_PENDING``, oldest dropped beyond and counted) and the server is tried again every
+``RETRY_S`` seconds, the buffer sent in order once it answers; MLflow's own HTTP retries are kept short
+(``configure_mlflow``) so one attempt costs seconds, not minutes. A run that ends badly is marked FAILED (KILLED when
+interrupted) when the server can be reached.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +27,12 @@ from pbp.config import dump_yaml, to_dict
 from pbp.names import name_key
 from pbp.stack.endpoints import require, resolve
 
+log = logging.getLogger("pbp.tracking")
 RUN_NAME_TAG = "pbp.run_name"
+MAX_PENDING = 200_000
+"""Metrics kept while MLflow is unreachable (a few MB)."""
+RETRY_S = 30.0
+"""While MLflow is unreachable, the server is tried again this often (other calls do not wait for it)."""
 RUN_KEY_TAG = "pbp.run_key"
 """sha256 hex of the run name: the only thing a run lookup puts in an MLflow filter (never the name itself)."""
 
@@ -53,6 +68,9 @@ def configure_mlflow() -> str:
 
     ep = resolve()
     os.environ.update(ep.mlflow_env())
+    # MLflow retries a failed request 7 times with backoff (about 255 s): a training step must not wait that long.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     uri = require(ep.mlflow_uri, "MLflow tracking URI")
     mlflow.set_tracking_uri(uri)
     return uri
@@ -63,17 +81,24 @@ class Tracker:
     whose history tells a resumed attempt which steps are logged already."""
 
     def __init__(
-        self, experiment: str, run_name: str, run_id: str | None, enabled: bool = True, progress_metric: str = "loss"
-    ) -> None:
+        self, experiment: str, run_name: str, run_id: str | None, enabled: bool = True, progress_metric: str = "loss",
+        client: Any | None = None,
+    ) -> None:  # fmt: skip
         self.run_id: str = ""
         self.enabled = enabled
         self.logged_upto = -1
+        self.pending: deque[Any] = deque()
+        self.dropped = 0
+        self.down_since: float | None = None
+        self.retry_at = 0.0
         if not enabled:
             return
-        from mlflow.tracking import MlflowClient
+        if client is None:
+            from mlflow.tracking import MlflowClient
 
-        configure_mlflow()
-        self.client = MlflowClient()
+            configure_mlflow()
+            client = MlflowClient()
+        self.client = client
         exp = self.client.get_experiment_by_name(experiment)
         exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
         if run_id is None:  # no checkpoint yet: an earlier attempt may have started the run
@@ -113,16 +138,69 @@ class Tracker:
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled or step <= self.logged_upto:
             return
-
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()])
+        for k, v in metrics.items():
+            if len(self.pending) >= MAX_PENDING:
+                self.pending.popleft()
+                self.dropped += 1
+            self.pending.append(Metric(k, float(v), ts, step))
+        self.flush()
+
+    def flush(self) -> bool:
+        """Send the buffered metrics in order, unless the server is known to be down -> all sent?"""
+        while self.pending:
+            batch = [self.pending[i] for i in range(min(1000, len(self.pending)))]
+            if not self.try_send(lambda batch=batch: self.client.log_batch(self.run_id, metrics=batch)):
+                return False
+            for _ in batch:
+                self.pending.popleft()
+        return True
+
+    def try_send(self, fn: Any) -> bool:
+        """One server request, skipped while in outage mode until the next retry time -> did it succeed?"""
+        now = time.monotonic()
+        if self.down_since is not None and now < self.retry_at:
+            return False
+        try:
+            fn()
+        except Exception as e:  # any failure to reach or use the server: training goes on
+            if self.down_since is None:
+                log.warning("MLflow unreachable (%s: %s); training continues, metrics are buffered (up to %d) and "
+                            "sent when it answers again", type(e).__name__, str(e)[:200], MAX_PENDING)  # fmt: skip
+                self.down_since = now
+            self.retry_at = time.monotonic() + RETRY_S
+            return False
+        if self.down_since is not None:
+            log.warning("MLflow answers again after %.0f s; sending %d buffered metrics%s", now - self.down_since,
+                        len(self.pending), f" ({self.dropped} oldest dropped)" if self.dropped else "")  # fmt: skip
+            self.down_since = None
+        return True
 
     def log_model_dir(self, local_dir: Path, artifact_path: str = "model") -> None:
         if self.enabled:
-            self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
+            self.try_send(lambda: self.client.log_artifacts(self.run_id, str(local_dir), artifact_path))
 
     def finish(self, status: str = "FINISHED") -> None:
-        if self.enabled and self.run_id:
-            self.client.set_terminated(self.run_id, status=status)
+        """Send what is buffered (one last try, even in outage mode) and mark the run ``status``."""
+        if not (self.enabled and self.run_id):
+            return
+        self.retry_at = 0.0
+        sent = self.flush()
+        if sent and self.try_send(lambda: self.client.set_terminated(self.run_id, status=status)):
+            return
+        log.warning("MLflow unreachable at the end of run %s: %d metrics not delivered%s, status %s not recorded",
+                    self.run_id, len(self.pending), f" ({self.dropped} dropped)" if self.dropped else "", status)  # fmt: skip
+
+
+@contextmanager
+def finish_on_error(tracker: Tracker | None) -> Iterator[None]:
+    """A run that ends with an exception is marked FAILED in MLflow (KILLED when interrupted), then re-raised; a
+    retried attempt (Ray Train's max_failures) marks it RUNNING again when it resumes."""
+    try:
+        yield
+    except BaseException as e:
+        if tracker is not None:
+            tracker.finish("KILLED" if isinstance(e, KeyboardInterrupt | SystemExit) else "FAILED")
+        raise

@@ -1,0 +1,89 @@
+"""MLflow unreachable during training: nothing stalls or stops, metrics are buffered and delivered in order when the
+server answers again, a run that ends badly is marked FAILED. The outage is injected in the client (the one fault
+here a real server cannot produce on cue: refusing exactly some requests, then answering again)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+
+from pbp.train import tracking
+from pbp.train.tracking import Tracker, finish_on_error
+
+
+class FlakyClient:
+    """Enough of MlflowClient for a Tracker; ``down`` makes every request fail like a refused connection."""
+
+    def __init__(self) -> None:
+        self.down, self.calls, self.metrics, self.status = False, 0, [], None
+
+    def _call(self) -> None:
+        self.calls += 1
+        if self.down:
+            raise ConnectionRefusedError("[Errno 111] Connection refused")
+
+    def get_experiment_by_name(self, name):
+        return type("E", (), {"experiment_id": "1"})
+
+    def search_runs(self, *a, **k):
+        return []
+
+    def create_run(self, exp, run_name, tags):
+        return type("R", (), {"info": type("I", (), {"run_id": "r1"})})
+
+    def log_batch(self, run_id, metrics=(), params=(), tags=()):
+        self._call()
+        self.metrics.extend((m.key, m.step, m.value) for m in metrics)
+
+    def set_terminated(self, run_id, status="FINISHED"):
+        self._call()
+        self.status = status
+
+
+@pytest.fixture
+def fast_retry(monkeypatch):
+    monkeypatch.setattr(tracking, "RETRY_S", 0.2)
+
+
+def test_an_outage_neither_stalls_nor_loses_metrics(fast_retry, caplog):
+    client = FlakyClient()
+    t = Tracker("exp", "run", None, client=client)
+    t.log_metrics(1, {"loss": 1.0})
+    client.down = True
+    with caplog.at_level(logging.WARNING, "pbp.tracking"):
+        t0 = time.monotonic()
+        for step in range(2, 50):
+            t.log_metrics(step, {"loss": 1.0 / step})
+        assert time.monotonic() - t0 < 1.0  # no request waits for a server that is down
+        assert client.calls < 10  # tried again every RETRY_S, not on every step
+        client.down = False
+        time.sleep(0.25)
+        t.log_metrics(50, {"loss": 0.02})
+    assert [s for _, s, _ in client.metrics] == list(range(1, 51))  # everything, in order, once
+    warnings = [r.getMessage() for r in caplog.records]
+    assert sum("MLflow unreachable" in w for w in warnings) == 1 and any("answers again" in w for w in warnings)
+    t.finish()
+    assert client.status == "FINISHED"
+
+
+def test_a_server_down_for_good_ends_the_run_with_a_warning_not_an_error(fast_retry, caplog):
+    client = FlakyClient()
+    t = Tracker("exp", "run", None, client=client)
+    client.down = True
+    t.log_metrics(1, {"loss": 1.0})
+    with caplog.at_level(logging.WARNING, "pbp.tracking"):
+        t.finish()
+    assert client.status is None and "1 metrics not delivered" in caplog.text
+
+
+def test_a_run_that_fails_is_marked_failed_and_the_error_goes_on():
+    client = FlakyClient()
+    t = Tracker("exp", "run", None, client=client)
+    with pytest.raises(ZeroDivisionError), finish_on_error(t):
+        1 / 0  # noqa: B018
+    assert client.status == "FAILED"
+    with pytest.raises(KeyboardInterrupt), finish_on_error(t):
+        raise KeyboardInterrupt
+    assert client.status == "KILLED"
