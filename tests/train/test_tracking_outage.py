@@ -87,3 +87,23 @@ def test_a_run_that_fails_is_marked_failed_and_the_error_goes_on():
     with pytest.raises(KeyboardInterrupt), finish_on_error(t):
         raise KeyboardInterrupt
     assert client.status == "KILLED"
+
+
+@pytest.mark.parametrize("job", ["pretrain --config configs/pretrain/tiny.yaml data.url=s3://pbp-data/none/",
+                                 "finetune --config configs/finetune/tiny.yaml"])  # fmt: skip
+def test_a_tracking_server_down_at_the_start_fails_the_command_at_once_naming_it(job):
+    """Before: the workers started, each request waited ~255 s in MLflow's retries, then a traceback."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from ..conftest import REPO
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "RAY_"))}
+    env.update(PBP_STACK_DIR="/nonexistent", MLFLOW_TRACKING_URI="http://127.0.0.1:9")
+    t0 = time.monotonic()
+    res = subprocess.run([str(Path(sys.executable).with_name("pbp")), *job.split()], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert res.returncode == 2 and "MLflow at http://127.0.0.1:9 does not answer" in res.stderr, res.stderr[-2000:]
+    assert "tracking.enabled=false" in res.stderr and time.monotonic() - t0 < 60

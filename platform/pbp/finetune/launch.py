@@ -23,6 +23,10 @@ def resolve_config(cfg: FinetuneConfig, tags: dict[str, str] | None = None) -> t
     """Fill the storage path; check the task and the starting point. -> (config, meta for the workers)."""
     from pbp.finetune.export import load_body
     from pbp.train.launch import git_commit
+    from pbp.train.tracking import check_tracking_server
+
+    if cfg.tracking.enabled:
+        check_tracking_server()
 
     # Local task files are made absolute: Ray workers run elsewhere (on a cloud cluster give s3:// URLs).
     task = cfg.task

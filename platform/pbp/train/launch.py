@@ -13,6 +13,7 @@ from pbp.config import to_dict
 from pbp.data.shards import load_manifest, manifest_digest
 from pbp.stack.endpoints import resolve, set_ray_auth_env
 from pbp.train.config import PretrainConfig
+from pbp.train.tracking import check_tracking_server
 
 log = logging.getLogger("pbp.train")
 
@@ -32,6 +33,8 @@ def resolve_config(cfg: PretrainConfig) -> tuple[PretrainConfig, dict[str, Any]]
     ep = resolve()
     if not cfg.data.url:
         raise ValueError("data.url is empty: point it at a dataset built by `pbp data build`")
+    if cfg.tracking.enabled:
+        check_tracking_server()
     manifest = load_manifest(cfg.data.url)
     n_terms = len(manifest["go_vocabulary"])
     if cfg.model.n_annotations != n_terms:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pbp.config import dump_yaml, to_dict
+from pbp.errors import UserError
 from pbp.names import name_key
 from pbp.stack.endpoints import require, resolve
 
@@ -74,6 +75,30 @@ def configure_mlflow() -> str:
     uri = require(ep.mlflow_uri, "MLflow tracking URI")
     mlflow.set_tracking_uri(uri)
     return uri
+
+
+class TrackingUnavailableError(UserError):
+    """The tracking server does not answer when a run starts; the message names it and the way out."""
+
+
+def check_tracking_server() -> None:
+    """On the driver, before any worker starts: the MLflow server answers ``/health`` (a run needs it to find or
+    create its MLflow run; once running, outages are buffered by the Tracker)."""
+    import urllib.error
+    import urllib.request
+
+    uri = resolve().mlflow_uri or ""
+    if not uri.startswith(("http://", "https://")):
+        return  # a file or database store: nothing to reach
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10) as r:
+            if r.status == 200:
+                return
+            why = f"HTTP {r.status}"
+    except (urllib.error.URLError, OSError) as e:
+        why = str(getattr(e, "reason", e))
+    raise TrackingUnavailableError(f"MLflow at {uri} does not answer ({why}): start it (`pbp stack up` for the local "
+                              "stack) or run with tracking.enabled=false")  # fmt: skip
 
 
 class Tracker:
