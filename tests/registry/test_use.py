@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -36,12 +33,6 @@ def _fasta(path: Path) -> Path:
     bad = ">sp|BAD1|non-ascii\nMKT\u00e9AYIAK\n>sp|BAD2|empty\n\n"
     path.write_text("".join(f">sp|{k}|protein {k}\n{v}\n" for k, v in GOOD.items()) + bad)
     return path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _champion(pbp, models, name: str) -> None:
@@ -94,30 +85,10 @@ def test_predict_embed_pyfunc_serve_and_attention_from_champion_match_the_model(
 
 def _serve(uri: str, env: dict[str, str], tmp_path: Path, payload: dict) -> dict:
     """`mlflow models serve -m URI --env-manager local`, one POST /invocations, stopped."""
-    port = _free_port()
-    mlflow = str(Path(sys.executable).with_name("mlflow"))
-    log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen([mlflow, "models", "serve", "-m", uri, "--env-manager", "local", "-h", "127.0.0.1",
-                             "-p", str(port), "-w", "1"], env=env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
-    try:
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
-                    break
-            except OSError:
-                time.sleep(1)
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(payload).encode(),
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return json.loads(r.read())
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    from pbp.predict.serve import invoke, served
+
+    with (tmp_path / "serve.log").open("w") as log, served(uri, env, log) as port:
+        return invoke(port, payload, timeout=60)
 
 
 def test_pretrained_model_registers_with_its_go_vocabulary_and_predicts_named_terms(pbp, tmp_path):

@@ -17,12 +17,8 @@ from __future__ import annotations
 
 import csv
 import json
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -91,8 +87,11 @@ def bench_predict(model_name: str, n: int, max_tokens: int = 16384) -> dict[str,
 
 
 def bench_serve(model_name: str, seconds: float, batches: tuple[int, ...] = (1, 64)) -> dict[str, Any]:
+    import pandas as pd
+
     from pbp.finetune.export import load_finetuned
     from pbp.finetune.pyfunc import FinetunedPredictor, save_pyfunc
+    from pbp.predict.serve import invoke, served
 
     seqs = sequences(max(batches))
     with tempfile.TemporaryDirectory(prefix="pbp-bench-serve-") as tmp:
@@ -100,26 +99,15 @@ def bench_serve(model_name: str, seconds: float, batches: tuple[int, ...] = (1, 
         pyfunc = save_pyfunc(mdir, Path(tmp) / "pyfunc", seqs[:3])
         model, task, _ = load_finetuned(mdir)
         local = FinetunedPredictor(model, task)
-        port = _free_port()
-        proc = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m", str(pyfunc),
-                                 "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                                env={**_env(), "PATH": f"{Path(sys.executable).parent}:{_env()['PATH']}"})  # fmt: skip
-        try:
-            _wait(port, proc)
-            rows = []
+        rows = []
+        with served(str(pyfunc), _env()) as port:
             for bs in batches:
                 body = json.dumps({"dataframe_split": {"columns": ["seq"], "data": [[s] for s in seqs[:bs]]}}).encode()
-                served = _rate(lambda body=body: _post(port, body), seconds)
-                import pandas as pd
-
+                rate = _rate(lambda body=body: invoke(port, body), seconds)
                 df = pd.DataFrame({"seq": seqs[:bs]})
                 inproc = _rate(lambda df=df: local.predict(df), seconds / 2)
-                rows.append({"batch": bs, "requests_per_s": served, "seq_per_s": served * bs,
-                             "inprocess_seq_per_s": inproc * bs, "ratio": served / inproc})  # fmt: skip
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+                rows.append({"batch": bs, "requests_per_s": rate, "seq_per_s": rate * bs,
+                             "inprocess_seq_per_s": inproc * bs, "ratio": rate / inproc})  # fmt: skip
     return {"model": model_name, "batches": rows}
 
 
@@ -127,32 +115,6 @@ def _env() -> dict[str, str]:
     import os
 
     return {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(port: int, proc: subprocess.Popen, timeout: float = 180.0) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mlflow models serve exited with {proc.returncode} before answering /ping")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise RuntimeError(f"mlflow models serve did not answer /ping within {timeout:.0f} s")
-
-
-def _post(port: int, body: bytes) -> None:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
-                                 headers={"Content-Type": "application/json"})  # fmt: skip
-    with urllib.request.urlopen(req, timeout=120) as r:
-        r.read()
 
 
 def _rate(fn, seconds: float) -> float:
