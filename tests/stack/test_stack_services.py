@@ -28,6 +28,25 @@ def test_all_services_healthy_and_on_loopback(stack_dir):
     assert state.mlflow_uri.startswith("http://127.0.0.1:")
 
 
+def test_stack_ports_are_outside_the_kernels_ephemeral_range(stack_dir):
+    """Kernel-chosen ports (any process's bind(0) or outgoing connection) can never take a stack port between its
+    allocation and the service's own bind (a CI run lost a Ray worker's metrics port that way)."""
+    state, _ = manager.status(stack_dir)
+    eph = procs.ephemeral_range()
+    ports = [p for rec in state.services.values() for p in rec.ports.values()]
+    assert len(ports) == len(set(ports)) > 20
+    assert not [p for p in ports if p in eph or p + 10000 in eph or 10002 <= p < 20000]
+
+
+def test_port_candidates_follow_the_ephemeral_range(tmp_path):
+    (tmp_path / "range").write_text("20000\t40000\n")
+    narrow = procs.ephemeral_range(str(tmp_path / "range"))
+    assert narrow == range(20000, 40001)
+    cands = procs.candidate_ports(ephemeral=narrow)
+    assert cands and all(p not in narrow and p + 10000 not in narrow and not 10002 <= p < 20000 for p in cands)
+    assert procs.ephemeral_range(str(tmp_path / "missing")) == range(32768, 61000)
+
+
 def test_credentials_are_generated_private_and_not_in_stack_json(stack_dir):
     for name in ("secrets.json", "ray_token", "seaweedfs-s3.json"):
         assert stat.S_IMODE((stack_dir / name).stat().st_mode) == 0o600, name

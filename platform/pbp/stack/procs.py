@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -25,25 +26,51 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
-def free_ports(n: int, host: str = "127.0.0.1", avoid: Iterable[int] = (), below: int = 55000) -> list[int]:
-    """``n`` distinct free ports (kernel-chosen, then checked), none in ``avoid`` and all below ``below``.
+# Ray's workers bind ports in 10002-19999 (its --min/--max-worker-port defaults); stack ports stay clear of them.
+_RAY_WORKER_PORTS = range(10002, 20000)
+_FIRST_PORT = 20000
 
-    ``below`` keeps room for services that derive a second port as +10000 (SeaweedFS' gRPC convention).
+
+def ephemeral_range(path: str = "/proc/sys/net/ipv4/ip_local_port_range") -> range:
+    """The kernel's ephemeral ports (what ``bind(0)`` and outgoing connections get); 32768-60999 if unreadable."""
+    with contextlib.suppress(OSError, ValueError):
+        lo, hi = (int(x) for x in Path(path).read_text().split())
+        return range(lo, hi + 1)
+    return range(32768, 61000)
+
+
+def candidate_ports(offset: int = 10000, ephemeral: range | None = None) -> list[int]:
+    """Ports a stack service may take: outside the kernel's ephemeral range and Ray's worker range, and so is
+    ``port + offset`` (SeaweedFS derives gRPC ports as +10000).
+
+    Kernel-chosen ports (``bind(0)``) would race: between our check and the service's own bind, any process on the
+    machine (Ray's dashboard helpers do) may get the same port from the kernel. Ports outside the ephemeral range
+    are never handed out that way.
     """
+    eph = ephemeral or ephemeral_range()
+
+    def ok(p: int) -> bool:
+        return p not in eph and p not in _RAY_WORKER_PORTS and 1024 <= p <= 65535
+
+    out = [p for p in range(_FIRST_PORT, 65536 - offset) if ok(p) and ok(p + offset)]
+    if not out:  # an unusual ephemeral range: anything clear of it
+        out = [p for p in range(1024, 65536 - offset) if ok(p) and ok(p + offset)]
+    return out
+
+
+def free_ports(n: int, host: str = "127.0.0.1", avoid: Iterable[int] = (), offset: int = 10000) -> list[int]:
+    """``n`` distinct free ports from :func:`candidate_ports` (random order, then checked), none in ``avoid``."""
     taken = set(avoid)
+    cands = [p for p in candidate_ports(offset) if p not in taken]
+    random.SystemRandom().shuffle(cands)  # not the global generator: a seeded test would pick the same ports
     out: list[int] = []
-    for _ in range(n * 50):
+    for port in cands:
         if len(out) == n:
             break
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((host, 0))
-            port = s.getsockname()[1]
-        if port in taken or port >= below:
-            continue
-        taken.add(port)
-        out.append(port)
+        if port_is_free(port, host):
+            out.append(port)
     if len(out) < n:
-        raise RuntimeError(f"could not find {n} free ports on {host}")
+        raise RuntimeError(f"could not find {n} free ports on {host} outside the ephemeral range")
     return out
 
 
