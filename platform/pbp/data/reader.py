@@ -10,10 +10,12 @@ Splitting: in ``exact`` mode (one pass, for evaluation) shard ``i`` goes to glob
 sample is yielded exactly once. In ``resampled`` mode (pretraining, infinite) each reader draws shards with
 replacement from a generator seeded by (seed, rank, worker), as webdataset's ResampledShards.
 
-Resume guarantee: a reader's position (shards drawn or passed, samples read from the current one) is exact; samples
-that were read into the shuffle buffer or a bucket's partial batch but not yet yielded when the state was taken are
-not replayed, so a resumed run skips at most ``shuffle_buffer + sum(batch sizes)`` samples per reader and never
-replays a whole epoch.
+Resume guarantee: exact. A reader's state is its position (shards drawn or passed, samples read from the current
+one), the samples it holds but has not yielded yet (shuffle buffer and each bucket's partial batch, as references
+``[shard draw, index in shard]``, re-read on resume) and the number of batches it yielded; its random generators
+(shuffling, bucket choice, cropping, corruption) are re-seeded from that count after every batch. A resumed stream
+therefore yields exactly the batches, corruption included, that the uninterrupted stream would have yielded next.
+The state costs two integers per held sample (``shuffle_buffer + sum(batch sizes)`` at most).
 
 Damaged shards: a shard whose size differs from the manifest, that is not a valid tar, is truncated, or whose sha256
 (computed while streaming) differs, raises :class:`ShardError` naming its URL; with ``on_shard_error="skip"`` it is
@@ -68,6 +70,14 @@ class Position:
     """Samples read from the current shard."""
     epoch: int = 0
     shard_errors: int = 0
+    batches: int = 0
+    """Batches this reader has yielded (seeds its generators)."""
+    buffer: list[list[int]] = field(default_factory=list)
+    """Held in the shuffle buffer, in order: ``[shard draw, index in shard]`` each."""
+    pending: list[list[list[int]]] = field(default_factory=list)
+    """Each bucket's partial batch, the same way."""
+    draining: bool = False
+    """The shards are done and the shuffle buffer is being emptied (exact mode's end)."""
 
 
 def _shard_samples(store: Store, shard: dict, skip: int) -> Iterator[dict]:
@@ -140,25 +150,61 @@ class PretrainingStream(IterableDataset):
         return self.rank * nw + w, self.world_size * nw
 
     def exact_shards(self, reader: int, n_readers: int) -> list[dict]:
-        return self.shards[reader::n_readers]
+        mine = self.shards[reader::n_readers]
+        if not mine:
+            raise DatasetError(
+                f"{self.store.url}: the {self.cfg.split!r} split has {len(self.shards)} shard(s) for {n_readers} "
+                f"readers (ranks x DataLoader workers), so reader {reader} would read nothing: use at most "
+                f"{len(self.shards)} readers, or rebuild with a smaller shard_size_mb"
+            )
+        return mine
 
-    def _shard_sequence(self, reader: int, n_readers: int, pos: Position) -> Iterator[dict]:
-        """This reader's shards from ``pos.shards_started`` on (the caller advances ``pos`` after each shard)."""
+    def _shard_sequence(self, reader: int, n_readers: int, start: int) -> Iterator[dict]:
+        """This reader's shards from draw ``start`` on (exact: its list; resampled: seeded draws, replayed)."""
         if self.cfg.mode == "exact":
-            yield from self.exact_shards(reader, n_readers)[pos.shards_started :]
+            yield from self.exact_shards(reader, n_readers)[start:]
             return
         rng = random.Random(f"{self.cfg.seed}-{self.rank}-{reader}")
-        for _ in range(pos.shards_started):  # replay the draws made before the saved position
+        for _ in range(start):  # replay the draws made before the saved position
             rng.randrange(len(self.shards))
         while True:
             yield self.shards[rng.randrange(len(self.shards))]
 
+    def _reread(self, refs: list[list[int]], reader: int, n_readers: int, pos: Position) -> dict[tuple[int, int], dict]:
+        """The held samples of a saved state, read again from their shards (each shard once, from its first ref)."""
+        wanted: dict[int, set[int]] = {}
+        for draw, index in refs:
+            wanted.setdefault(draw, set()).add(index)
+        found: dict[tuple[int, int], dict] = {}
+        if not wanted:
+            return found
+        first = min(wanted)
+        for draw, shard in enumerate(self._shard_sequence(reader, n_readers, first), start=first):
+            if draw > max(wanted):
+                break
+            if draw not in wanted:
+                continue
+            lo, hi = min(wanted[draw]), max(wanted[draw])
+            try:
+                for index, sample in enumerate(_shard_samples(self.store, shard, lo), start=lo):
+                    if index in wanted[draw]:
+                        sample["_ref"] = [draw, index]
+                        found[(draw, index)] = sample
+                    if index >= hi:
+                        break
+            except ShardError:
+                if self.cfg.on_shard_error == "raise":
+                    raise
+                pos.shard_errors += 1  # those held samples are lost, as on first reading
+        return found
+
     # -- samples, shuffled, bucketed, collated ---------------------------------------------------------------------
 
     def samples(self, pos: Position, reader: int, n_readers: int) -> Iterator[dict]:
-        for shard in self._shard_sequence(reader, n_readers, pos):
+        for shard in self._shard_sequence(reader, n_readers, pos.shards_started):
             try:
                 for sample in _shard_samples(self.store, shard, pos.in_shard):
+                    sample["_ref"] = [pos.shards_started, pos.in_shard]
                     pos.in_shard += 1
                     yield sample
             except ShardError:
@@ -172,18 +218,30 @@ class PretrainingStream(IterableDataset):
         reader, n_readers = self.reader_index()
         saved = self.state.get(str(reader))
         pos = Position(**saved) if saved else Position()
-        rng = random.Random(f"{self.cfg.seed}-rng-{reader}-{pos.shards_started}-{pos.in_shard}")
-        gen = torch.Generator().manual_seed(rng.getrandbits(62))
+        if len(pos.pending) not in (0, len(self.cfg.buckets)):
+            raise DatasetError(
+                f"{self.store.url}: the saved reader state has {len(pos.pending)} buckets, the config "
+                f"{len(self.cfg.buckets)}: resume with the data.buckets the run started with"
+            )
+        held = self._reread(pos.buffer + [r for p in pos.pending for r in p], reader, n_readers, pos)
+        buffer: list[dict] = [held[tuple(r)] for r in pos.buffer if tuple(r) in held]
+        pending: list[list[dict]] = [[held[tuple(r)] for r in p if tuple(r) in held] for p in pos.pending] or [
+            [] for _ in self.cfg.buckets
+        ]
         seq_lens = [b.seq_len for b in self.cfg.buckets]
-        pending: list[list[dict]] = [[] for _ in self.cfg.buckets]
-        buffer: list[dict] = []
+        rng, gen = self._generators(reader, pos.batches)
 
         def place(sample: dict) -> Iterator[dict[str, Any]]:
+            nonlocal rng, gen
             b = choose_bucket(len(sample["sequence"]), seq_lens, rng)
             pending[b].append(sample)
             if len(pending[b]) == self.cfg.buckets[b].batch_size:
-                yield self._collate(pending[b], self.cfg.buckets[b].seq_len, rng, gen, pos, reader)
-                pending[b] = []
+                full, pending[b] = pending[b], []
+                pos.batches += 1
+                pos.buffer = [s["_ref"] for s in buffer]
+                pos.pending = [[s["_ref"] for s in p] for p in pending]
+                yield self._collate(full, self.cfg.buckets[b].seq_len, rng, gen, pos, reader)
+                rng, gen = self._generators(reader, pos.batches)
 
         for sample in self.samples(pos, reader, n_readers):
             if self.cfg.shuffle_buffer > 0:
@@ -193,12 +251,23 @@ class PretrainingStream(IterableDataset):
                 i = rng.randrange(len(buffer))
                 buffer[i], sample = sample, buffer[i]
             yield from place(sample)
-        rng.shuffle(buffer)  # exact mode: drain what is left, then the partial batches
-        for sample in buffer:
-            yield from place(sample)
+        if not pos.draining:  # exact mode: drain what is left (shuffled once, also across a resume), then the rest
+            rng.shuffle(buffer)
+            pos.draining = True
+        while buffer:
+            yield from place(buffer.pop(0))
         for b, rest in enumerate(pending):
             if rest:
+                pending[b] = []
+                pos.batches += 1
+                pos.buffer, pos.pending = [], [[s["_ref"] for s in p] for p in pending]
                 yield self._collate(rest, self.cfg.buckets[b].seq_len, rng, gen, pos, reader)
+                rng, gen = self._generators(reader, pos.batches)
+
+    def _generators(self, reader: int, batches: int) -> tuple[random.Random, torch.Generator]:
+        """Fresh generators for the reader's next batch: a resumed stream draws exactly what it would have drawn."""
+        rng = random.Random(f"{self.cfg.seed}-rng-{reader}-{batches}")
+        return rng, torch.Generator().manual_seed(rng.getrandbits(62))
 
     def _collate(
         self, samples: list[dict], seq_len: int, rng: random.Random, gen: torch.Generator, pos: Position, reader: int
@@ -214,7 +283,8 @@ class PretrainingStream(IterableDataset):
         batch["reader"] = reader
         batch["position"] = {
             "shards_started": pos.shards_started, "in_shard": pos.in_shard, "epoch": pos.epoch,
-            "shard_errors": pos.shard_errors,
+            "shard_errors": pos.shard_errors, "batches": pos.batches, "buffer": list(pos.buffer),
+            "pending": [list(p) for p in pos.pending], "draining": pos.draining,
         }  # fmt: skip
         batch["shard_errors"] = pos.shard_errors
         return batch

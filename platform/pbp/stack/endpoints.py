@@ -15,6 +15,10 @@ from typing import Any
 
 from pbp.stack.state import RAY_TOKEN_FILE, Secrets, StackState, StackStateError, default_state_dir
 
+S3_MAX_ATTEMPTS = 10
+"""Attempts per S3 request in every client pbp makes (boto3, s3fs, pyarrow), with the SDKs' standard backoff: under
+a 30 % error rate a request then fails for good with probability 0.3**10 ~ 6e-6 (with AWS' default of 3, 2.7 %)."""
+
 
 @dataclass(frozen=True)
 class Endpoints:
@@ -44,12 +48,15 @@ class Endpoints:
             aws_access_key_id=self.s3_access_key,
             aws_secret_access_key=self.s3_secret_key,
             region_name=self.s3_region,
-            config=Config(retries={"max_attempts": 5, "mode": "standard"}, **config),
+            config=Config(retries={"max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"}, **config),
         )
 
     def s3fs_options(self) -> dict[str, Any]:
         """``storage_options`` for s3fs / fsspec."""
-        opts: dict[str, Any] = {"client_kwargs": {"region_name": self.s3_region}}
+        opts: dict[str, Any] = {
+            "client_kwargs": {"region_name": self.s3_region},
+            "config_kwargs": {"retries": {"max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"}},
+        }
         if self.s3_endpoint:
             opts["endpoint_url"] = self.s3_endpoint
         if self.s3_access_key:
@@ -60,7 +67,9 @@ class Endpoints:
         """A pyarrow S3FileSystem. pyarrow ignores AWS_ENDPOINT_URL, so the endpoint is passed explicitly."""
         from pyarrow import fs
 
-        kwargs: dict[str, Any] = {"region": self.s3_region}
+        kwargs: dict[str, Any] = {
+            "region": self.s3_region, "retry_strategy": fs.AwsStandardS3RetryStrategy(max_attempts=S3_MAX_ATTEMPTS),
+        }  # fmt: skip
         if self.s3_endpoint:
             scheme, _, rest = self.s3_endpoint.partition("://")
             kwargs.update(endpoint_override=rest, scheme=scheme)

@@ -1,0 +1,90 @@
+"""Object storage that fails often: 30 % of S3 requests answered 503 SlowDown by a proxy in front of SeaweedFS.
+Data build, reading and checkpointing finish with results identical to the same work done directly."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+
+import pytest
+import torch
+
+from pbp.data.reader import PretrainingStream, ReaderConfig
+from pbp.data.shards import BuildConfig, DatasetError, Inputs, build
+from pbp.data.storage import Store
+from pbp.data.synth import SynthConfig, write_corpus
+from pbp.train import checkpoint as ckpt
+
+from ..faultproxy import FaultProxy
+
+RATE = 0.3
+
+
+def _read_all(url, store):
+    cfg = ReaderConfig(url=url, split="train", mode="exact", shuffle_buffer=50, seed=1)
+    return [(b["accessions"], b["input_tokens"]) for b in PretrainingStream(cfg, store=store)]
+
+
+def _checkpoint(local, rank_files: dict[str, bytes]):
+    for rel, data in rank_files.items():
+        (local / rel).parent.mkdir(parents=True, exist_ok=True)
+        (local / rel).write_bytes(data)
+    ckpt.write_manifests(local, 0, 10, {"0": {"batches": 3}}, {"world_size": 1, "schedule": {"step": 10}})
+
+
+def test_build_read_and_checkpoint_survive_30_percent_503s_with_identical_results(endpoints, tmp_path):
+    from ray.train.v2._internal.execution.storage import _upload_to_fs_path  # what ray.train.report uploads with
+
+    fasta, table = write_corpus(tmp_path, SynthConfig(n_proteins=400, seed=7))
+    bucket = endpoints.buckets["data"]
+    base = f"tests/s3-faults-{random.randrange(10**9)}"
+    cfg = BuildConfig(shard_size_mb=0.03, min_go_records=5)
+    direct_url, faulty_url = f"s3://{bucket}/{base}/direct/", f"s3://{bucket}/{base}/faulty/"
+    direct = build(direct_url, Inputs(fasta, table), cfg, store=Store(direct_url, endpoints)).manifest
+    files = {"ds/mp_rank_00_model_states.pt": random.randbytes(300_000), "trainer.json": b'{"epoch": 2}'}
+
+    with FaultProxy(endpoints.s3_endpoint, rate=RATE, seed=11) as proxy:
+        ep = dataclasses.replace(endpoints, s3_endpoint=proxy.url)
+        faulty = build(faulty_url, Inputs(fasta, table), cfg, store=Store(faulty_url, ep)).manifest
+        read_faulty = _read_all(faulty_url, Store(faulty_url, ep))
+        # A checkpoint uploaded as Ray Train does, found complete, downloaded and verified, all through the proxy.
+        _checkpoint(tmp_path / "ckpt", files)
+        run = ckpt.StorageDir(ep.pyarrow_fs(), f"{endpoints.buckets['runs']}/{base}/run")
+        _upload_to_fs_path(str(tmp_path / "ckpt"), run.fs, f"{run.path}/{ckpt.checkpoint_name(10)}")
+        assert ckpt.newest_complete(run) == ckpt.checkpoint_name(10)
+        commit, mine = ckpt.download(run, ckpt.checkpoint_name(10), tmp_path / "back", 0)
+    print(f"\n503 SlowDown answered to {proxy.injected} of {proxy.injected + proxy.forwarded} S3 requests "
+          f"({proxy.by_method}); every one was retried and the work finished")  # fmt: skip
+    assert proxy.injected >= 30 and {"GET", "PUT", "HEAD"} <= set(proxy.by_method), proxy.by_method
+
+    shards = lambda m: [(s["name"], s["bytes"], s["sha256"]) for sp in ("train", "valid") for s in m["splits"][sp]["shards"]]  # noqa: E731
+    assert len(shards(direct)) > 5 and shards(faulty) == shards(direct)
+    assert faulty["go_vocabulary"] == direct["go_vocabulary"] and faulty["records"] == direct["records"]
+    read_direct = _read_all(direct_url, Store(direct_url, endpoints))
+    assert len(read_faulty) == len(read_direct) >= 5
+    for (a1, t1), (a2, t2) in zip(read_faulty, read_direct, strict=True):
+        assert a1 == a2 and torch.equal(t1, t2)
+    for rel, data in files.items():
+        assert (tmp_path / "back" / rel).read_bytes() == data
+    assert commit["schedule"] == {"step": 10} and mine["reader"] == {"0": {"batches": 3}}
+
+
+def test_a_reader_without_shards_is_a_clear_error(endpoints, tmp_path):
+    """More readers (ranks x DataLoader workers) than shards in exact mode: one reader would read nothing, and a
+    distributed evaluation would hang waiting for it. Refused, naming the split, the counts and the fix."""
+    fasta, table = write_corpus(tmp_path, SynthConfig(n_proteins=120, seed=8))
+    url = f"s3://{endpoints.buckets['data']}/tests/few-shards-{random.randrange(10**9)}/"
+    store = Store(url, endpoints)
+    manifest = build(url, Inputs(fasta, table), BuildConfig(min_go_records=5), store=store).manifest
+    n = len(manifest["splits"]["valid"]["shards"])
+    cfg = ReaderConfig(url=url, split="valid", mode="exact", shuffle_buffer=0)
+    with pytest.raises(DatasetError, match=rf"'valid' split has {n} shard\(s\) for {n + 1} readers.*reader {n} "):
+        next(iter(PretrainingStream(cfg, rank=n, world_size=n + 1, store=store)))
+    # An empty shard list in the manifest is refused when the stream is made.
+    doc = json.loads(store.get_bytes("manifest.json"))
+    doc["splits"]["valid"]["shards"] = []
+    empty_url = url.rstrip("/") + "-empty/"
+    Store(empty_url, endpoints).put_bytes("manifest.json", json.dumps(doc).encode())
+    with pytest.raises(DatasetError, match="no 'valid' shards in the manifest"):
+        PretrainingStream(cfg.__class__(url=empty_url, split="valid"), store=Store(empty_url, endpoints))
