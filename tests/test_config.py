@@ -118,7 +118,8 @@ def test_corruption_rates_are_checked():
     ["checkpoint.every_steps=0", "tracking.log_every=0", "checkpoint.keep_last=0", "optim.lr=nan", "optim.lr=inf",
      "optim.lr=0", "scaling.num_workers=0", "optim.eps=0", "optim.betas=[0.9, 1.5]", "optim.min_lr=1",
      "optim.warmup_steps=-1", "optim.grad_clip=-1", "deepspeed.gradient_accumulation_steps=0", "max_steps=0",
-     "data.num_workers=-1", "loss.annotation_loss_weight=nan", "seed=-1", "scaling.cpus_per_worker=0"],
+     "data.num_workers=-1", "loss.annotation_loss_weight=nan", "seed=-1", "scaling.cpus_per_worker=0",
+     "scaling.resource_wait_s=0"],
 )  # fmt: skip
 def test_every_numeric_pretraining_field_is_range_checked_at_load_naming_the_key(override):
     """Before: every_steps=0 and log_every=0 started Ray workers and died there with ZeroDivisionError."""

@@ -71,9 +71,9 @@ def _run_dir(endpoints, run_name) -> ckpt.StorageDir:
 
 @pytest.fixture(scope="module")
 def baseline(stack_dir, endpoints, dataset):
-    """One uninterrupted run (with two injected non-finite steps, which are skipped and counted)."""
+    """One uninterrupted run, its loss logged at every step (the stop-and-go test compares every step with it)."""
     run = f"e2e-{random.randrange(10**6)}"
-    res = _pretrain(stack_dir, run, dataset, env_extra={"PBP_TEST_INJECT_NONFINITE": "7,8"})
+    res = _pretrain(stack_dir, run, dataset, "tracking.log_every=1")
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
     OUTPUT[run] = res.stdout + res.stderr
     return run
@@ -85,17 +85,17 @@ OUTPUT: dict[str, str] = {}
 def test_end_to_end_loss_falls_checkpoints_in_s3_and_mlflow_run(baseline, endpoints, tmp_path):
     client, run = _mlflow_run(endpoints, baseline)
     loss = sorted(client.get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)
-    assert [m.step for m in loss] == list(range(5, STEPS + 1, 5))
-    first, last = sum(m.value for m in loss[:2]) / 2, sum(m.value for m in loss[-2:]) / 2
+    assert [m.step for m in loss] == list(range(1, STEPS + 1))
+    first, last = sum(m.value for m in loss[:5]) / 5, sum(m.value for m in loss[-5:]) / 5
     assert last < 0.8 * first, (first, last)
     for key in ("token_loss", "annotation_loss", "lr", "tokens_per_s", "samples_per_s", "data_wait_fraction",
                 "skipped_steps"):  # fmt: skip
         assert key in run.data.metrics, key
-    assert run.data.metrics["skipped_steps"] == 2  # the injected non-finite steps were skipped, not applied
+    assert run.data.metrics["skipped_steps"] == 0
     # The user sees one progress line per logging step (rank 0, forwarded once), not Ray's raw report dumps.
     out = OUTPUT[baseline]
     steps = re.findall(rf"\[{re.escape(baseline)}\] step (\d+)/{STEPS}: loss \d\.\d+ \(token .*tokens/s.*ETA", out)
-    assert [int(x) for x in steps] == list(range(5, STEPS + 1, 5)), out[-3000:]
+    assert [int(x) for x in steps] == list(range(1, STEPS + 1)), out[-3000:]
     assert "Reporting training result" not in out
     assert run.data.params["deepspeed.zero_stage"] == "2" and run.data.params["scaling.num_workers"] == "2"
     assert run.data.tags["pbp.dataset_url"].startswith("s3://") and len(run.data.tags["pbp.git_commit"]) >= 7
@@ -123,9 +123,18 @@ def test_end_to_end_loss_falls_checkpoints_in_s3_and_mlflow_run(baseline, endpoi
     assert meta["pbp.dataset_manifest_sha256"] == run.data.tags["pbp.dataset_manifest_sha256"]
 
 
-def test_stop_and_go_matches_an_uninterrupted_run(baseline, stack_dir, endpoints, dataset):
+# Losses and weights of a killed-and-resumed run against the uninterrupted baseline. The resumed run replays the
+# very batches (the reader's resume is exact, corruption draws included: tests/data), restores the fp32 weights,
+# Adam moments and schedule from the DeepSpeed checkpoint, and runs the same CPU kernels with the same thread count,
+# so the arithmetic is the same: we expect bit-identical results and allow 1e-6 (relative on losses, absolute on
+# weights of order 0.1) only for a kernel that picks another summation order on a second start. A resume that lost
+# or repeated one batch, or reset Adam's moments, moves the losses by ~1e-2 and the weights by ~1e-3.
+LOSS_RTOL = WEIGHT_ATOL = 1e-6
+
+
+def test_stop_and_go_matches_an_uninterrupted_run(baseline, stack_dir, endpoints, dataset, tmp_path):
     run = f"sag-{random.randrange(10**6)}"
-    proc = _pretrain(stack_dir, run, dataset, background=True)
+    proc = _pretrain(stack_dir, run, dataset, "tracking.log_every=1", background=True)
     rdir = _run_dir(endpoints, run)
     killed: list[int] = []
 
@@ -148,30 +157,48 @@ def test_stop_and_go_matches_an_uninterrupted_run(baseline, stack_dir, endpoints
     assert proc.returncode == 0, out[-5000:]
     assert "resuming" in out
     client, mrun = _mlflow_run(endpoints, run)
-    _, _base = _mlflow_run(endpoints, baseline)
-    steps = [m.step for m in client.get_metric_history(mrun.info.run_id, "loss")]
-    assert sorted(steps) == list(range(5, STEPS + 1, 5))  # the curve continues, no step counted twice
-    assert len(steps) == len(set(steps))
+    _, brun = _mlflow_run(endpoints, baseline)
+    history = client.get_metric_history(mrun.info.run_id, "loss")
+    steps = [m.step for m in history]
+    assert sorted(steps) == list(range(1, STEPS + 1)) and len(steps) == len(set(steps))  # no step twice
+    got = {m.step: m.value for m in history}
+    want = {m.step: m.value for m in client.get_metric_history(brun.info.run_id, "loss")}
+    worst = max(abs(got[s] - want[s]) / abs(want[s]) for s in want)
+    assert worst <= LOSS_RTOL, [(s, want[s], got[s]) for s in sorted(want) if got[s] != want[s]][:5]
     assert (
         ckpt.newest_complete(rdir) == ckpt.checkpoint_name(STEPS) == ckpt.newest_complete(_run_dir(endpoints, baseline))
     )
+    from safetensors.torch import load_file
+
+    weights = [
+        load_file(client.download_artifacts(r.info.run_id, "model/model.safetensors", str(tmp_path / name)))
+        for r, name in ((mrun, "resumed"), (brun, "baseline"))
+    ]
+    assert weights[0].keys() == weights[1].keys()
+    diff = max(float((weights[0][k] - weights[1][k]).abs().max()) for k in weights[0])
+    assert diff <= WEIGHT_ATOL, f"final weights differ by up to {diff:.2e}"
 
 
 def test_resubmitting_the_same_run_name_continues_it(baseline, stack_dir, endpoints, dataset):
-    res = _pretrain(stack_dir, baseline, dataset, "max_steps=80")
+    res = _pretrain(stack_dir, baseline, dataset, "max_steps=80", "tracking.log_every=1")
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
     assert f"checkpoint-{STEPS:09d} (step {STEPS})" in res.stdout + res.stderr  # resumed, not restarted
     client, run = _mlflow_run(endpoints, baseline)  # still one MLflow run
     steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss"))
-    assert steps == list(range(5, 81, 5))
+    assert steps == list(range(1, 81))
     assert ckpt.newest_complete(_run_dir(endpoints, baseline)) == ckpt.checkpoint_name(80)
 
 
-def test_too_many_non_finite_losses_stop_the_run_clearly(stack_dir, dataset):
-    res = _pretrain(stack_dir, f"nan-{random.randrange(10**6)}", dataset, "scaling.max_failures=0",
-                    "optim.max_nonfinite_in_a_row=3", env_extra={"PBP_TEST_INJECT_NONFINITE": "2,3,4,5"})  # fmt: skip
+def test_non_finite_losses_are_skipped_and_counted_then_too_many_stop_the_run(stack_dir, endpoints, dataset):
+    run = f"nan-{random.randrange(10**6)}"
+    res = _pretrain(stack_dir, run, dataset, "scaling.max_failures=0", "optim.max_nonfinite_in_a_row=3",
+                    env_extra={"PBP_TEST_INJECT_NONFINITE": "2,3,7,8,9,10"})  # fmt: skip
     assert res.returncode != 0
     assert "3 steps in a row with a non-finite loss" in res.stdout + res.stderr
+    client, mrun = _mlflow_run(endpoints, run)
+    skipped = {m.step: m.value for m in client.get_metric_history(mrun.info.run_id, "skipped_steps")}
+    assert skipped[5] == 2  # steps 2 and 3 were skipped (not applied) and counted; the run went on
+    assert mrun.info.status == "FAILED"
 
 
 def test_incomplete_checkpoints_are_skipped_with_a_warning(tmp_path, caplog):
@@ -214,3 +241,33 @@ def test_incomplete_checkpoints_are_skipped_with_a_warning(tmp_path, caplog):
     (tmp_path / "run" / ckpt.checkpoint_name(20) / "ds" / "shard0.pt").write_bytes(b"y" * 100)  # same size
     with pytest.raises(ValueError, match=r"ds/shard0.pt: sha256 differs"):
         ckpt.download(run, ckpt.checkpoint_name(20), tmp_path / "dl2", rank=1)
+
+
+def test_a_lost_worker_node_fails_the_run_after_a_bounded_wait_naming_it(stack_dir, endpoints, dataset):
+    """Ray Train alone retries placing the workers forever once a node is gone; pbp gives up after
+    scaling.resource_wait_s, naming the node and the fix. The node is then brought back for the other tests."""
+    from pbp.stack import manager, procs
+    from pbp.stack.state import StackState
+
+    run = f"lost-{random.randrange(10**6)}"
+    pid = StackState.load(stack_dir).services["ray-worker-2"].pid
+    proc = _pretrain(stack_dir, run, dataset, "scaling.resource_wait_s=20", "scaling.max_failures=1", background=True)
+    rdir = _run_dir(endpoints, run)
+    try:
+        deadline = time.time() + 400
+        while ckpt.newest_complete(rdir) is None and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.5)
+        assert proc.poll() is None, "the run ended before its first checkpoint"
+        os.killpg(pid, signal.SIGKILL)  # the node's raylet and its workers, as a crashed machine
+        lost_at = time.time()
+        out, _ = proc.communicate(timeout=600)
+        waited = time.time() - lost_at
+        assert proc.returncode != 0
+        msg = next((line for line in out.splitlines() if "had no room for 2 worker(s)" in line), "")
+        assert "scaling.resource_wait_s=20s" in msg and "ray-worker-2" in msg and "`pbp stack up`" in msg, out[-3000:]
+        assert waited < 20 + 150, waited  # the wait, plus Ray noticing the node and one restart try
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        procs.stop_group(pid, grace=5)  # reap
+        manager.up(stack_dir, log=lambda _m: None)  # the node back, for the tests after this one

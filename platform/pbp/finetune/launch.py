@@ -63,11 +63,9 @@ def build_trainer(cfg: FinetuneConfig, meta: dict[str, Any], callbacks: list | N
     from pbp.finetune.loop import finetune_loop_per_worker
     from pbp.train.launch import torch_trainer
 
-    s = cfg.scaling
     return torch_trainer(
         finetune_loop_per_worker, {"cfg": to_dict(cfg), "meta": meta}, run_name=cfg.run_name,
-        storage_path=cfg.checkpoint.storage_path, num_workers=s.num_workers, use_gpu=s.use_gpu,
-        cpus_per_worker=s.cpus_per_worker, max_failures=s.max_failures, callbacks=callbacks,
+        storage_path=cfg.checkpoint.storage_path, scaling=cfg.scaling, callbacks=callbacks,
     )  # fmt: skip
 
 
@@ -82,11 +80,9 @@ class FinetuneResult:
 def finetune(cfg: FinetuneConfig, address: str | None = None) -> FinetuneResult:
     """Run fine-tuning on the Ray cluster (RAY_ADDRESS, else the local stack)."""
     from pbp.train.checkpoint import storage_dir
-    from pbp.train.launch import connect_ray
+    from pbp.train.launch import connect_ray, fit
 
     cfg, meta = resolve_config(cfg)
     connect_ray(address)
-    result = build_trainer(cfg, meta).fit()
-    if result.error:
-        raise result.error
+    fit(build_trainer(cfg, meta), cfg.scaling)
     return FinetuneResult(cfg.run_url, storage_dir(cfg.run_url).read_json("final_metrics.json") or {})

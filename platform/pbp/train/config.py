@@ -113,11 +113,15 @@ class ScalingConfig:
     cpus_per_worker: float = 1.0
     max_failures: int = 2
     """Worker or node failures the run survives (resuming from the newest complete checkpoint)."""
+    resource_wait_s: float = 300.0
+    """How long, in all, the run waits for the cluster to have room for its workers (at the start, and after a node
+    is lost) before it fails naming the lost nodes; Ray Train alone would wait forever."""
 
     def __post_init__(self) -> None:
         check_range("scaling.num_workers", self.num_workers, 1)
         check_range("scaling.cpus_per_worker", self.cpus_per_worker, 0, low_open=True)
         check_range("scaling.max_failures", self.max_failures, 0)
+        check_range("scaling.resource_wait_s", self.resource_wait_s, 1)
 
 
 @dataclass

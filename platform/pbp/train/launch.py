@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import subprocess
 from collections.abc import Callable
@@ -11,8 +12,9 @@ from typing import Any
 
 from pbp.config import to_dict
 from pbp.data.shards import load_manifest, manifest_digest
+from pbp.errors import UserError
 from pbp.stack.endpoints import resolve, set_ray_auth_env
-from pbp.train.config import PretrainConfig
+from pbp.train.config import PretrainConfig, ScalingConfig
 from pbp.train.tracking import check_tracking_server
 
 log = logging.getLogger("pbp.train")
@@ -56,12 +58,13 @@ def resolve_config(cfg: PretrainConfig) -> tuple[PretrainConfig, dict[str, Any]]
 
 def torch_trainer(
     loop: Callable[[dict[str, Any]], None], loop_config: dict[str, Any], *, run_name: str, storage_path: str,
-    num_workers: int, use_gpu: bool, cpus_per_worker: float, max_failures: int, callbacks: list | None = None,
+    scaling: ScalingConfig, callbacks: list | None = None,
 ):  # fmt: skip
     """The TorchTrainer of a pbp job (pretraining, fine-tuning, a Tune trial's fine-tuning).
 
     ``RunConfig(name, storage_path)`` is the run's stable home: a re-run or a retried trial with the same name finds
     its checkpoints there. Retention is pbp's (checkpoint.prune): it keeps the newest COMPLETE checkpoints.
+    Waiting for resources is bounded by ``scaling.resource_wait_s`` (see :func:`resource_wait`).
     """
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -71,23 +74,106 @@ def torch_trainer(
     if storage_path.startswith("s3://"):
         fs = resolve().pyarrow_fs()
         storage_path = storage_path[len("s3://") :]
+    per_try, tries = resource_wait(scaling.resource_wait_s)
+    os.environ[START_TIMEOUT_ENV] = str(per_try)  # Ray Train passes it on to its controller
     return TorchTrainer(
         loop,
         train_loop_config=loop_config,
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=num_workers,
-            use_gpu=use_gpu,
-            resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
+            num_workers=scaling.num_workers,
+            use_gpu=scaling.use_gpu,
+            resources_per_worker={"CPU": scaling.cpus_per_worker, **({"GPU": 1} if scaling.use_gpu else {})},
         ),
         run_config=ray.train.RunConfig(
             name=run_name,
             storage_path=storage_path,
             storage_filesystem=fs,
-            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            failure_config=ray.train.FailureConfig(
+                max_failures=scaling.max_failures, controller_failure_limit=tries - 1
+            ),
             callbacks=callbacks,
         ),
     )
+
+
+START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+MAX_TRY_S = 60.0
+
+
+def resource_wait(total_s: float) -> tuple[float, int]:
+    """``scaling.resource_wait_s`` as Ray Train's (worker group start timeout, number of tries).
+
+    Ray Train V2 retries a worker group that cannot be placed without limit (``controller_failure_limit=-1``), each
+    try waiting ``RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S`` (60 s): with a node gone, a run waits forever. pbp bounds
+    the tries so that they add up to the configured wait (counted over the whole run, not per incident).
+    """
+    per_try = min(MAX_TRY_S, total_s)
+    return per_try, max(1, math.ceil(total_s / per_try))
+
+
+class ClusterCapacityError(UserError, RuntimeError):
+    """The cluster did not have room for the run's workers within ``scaling.resource_wait_s``."""
+
+
+def fit(trainer, scaling: ScalingConfig):
+    """``trainer.fit()``, with Ray Train's errors that users can act on turned into messages that say what to do."""
+    try:
+        result = trainer.fit()
+        if result.error:
+            raise result.error
+    except Exception as e:
+        better = capacity_error(e, scaling)
+        if better is None:
+            raise
+        raise better from None
+    return result
+
+
+def capacity_error(error: BaseException, scaling: ScalingConfig) -> ClusterCapacityError | None:
+    """A ClusterCapacityError naming the lost nodes and the fix, if ``error`` is Ray Train giving up on placing
+    the workers; else None."""
+    from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
+    from ray.train.v2.api.exceptions import ControllerError
+
+    if not (
+        isinstance(error, ControllerError) and isinstance(error.controller_failure, WorkerGroupStartupTimeoutError)
+    ):
+        return None
+    need = f"{scaling.num_workers} worker(s) x {scaling.cpus_per_worker:g} CPU" + (
+        " + 1 GPU" if scaling.use_gpu else ""
+    )
+    lost = lost_nodes()
+    where = f"node(s) lost: {', '.join(lost)}" if lost else "no node was lost: the cluster is too small or busy"
+    fix = (
+        "`pbp stack up` restarts the local stack's nodes" if any("ray-worker" in n or "ray-head" in n for n in lost)
+        else "add nodes (or let the autoscaler) or lower scaling.num_workers / scaling.cpus_per_worker"
+    )  # fmt: skip
+    return ClusterCapacityError(
+        f"the Ray cluster had no room for {need} for scaling.resource_wait_s={scaling.resource_wait_s:g}s; {where}. "
+        f"Fix: {fix}, then run the same command again: it resumes from the newest complete checkpoint."
+    )
+
+
+def lost_nodes() -> list[str]:
+    """Dead Ray nodes, named by the local stack's service where it is one (else ip:port)."""
+    import ray
+
+    from pbp.stack.state import StackState, default_state_dir
+
+    ep = resolve()
+    state = StackState.load(ep.state_dir or default_state_dir())
+    by_port = {}
+    if state is not None:
+        by_port = {rec.ports.get("node_manager"): name for name, rec in state.services.items()}
+    out = []
+    for n in ray.nodes():
+        if n.get("Alive"):
+            continue
+        port = n.get("NodeManagerPort")
+        label = by_port.get(port) or f"{n.get('NodeManagerAddress')}:{port}"
+        out.append(f"{label} (Ray node {str(n.get('NodeID', ''))[:8]})")
+    return sorted(set(out))
 
 
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
@@ -116,11 +202,9 @@ def forget_ray_snapshot(run_url: str) -> None:
 def build_trainer(cfg: PretrainConfig, meta: dict[str, Any]):
     from pbp.train.loop import train_loop_per_worker
 
-    s = cfg.scaling
     return torch_trainer(
         train_loop_per_worker, {"cfg": to_dict(cfg), "meta": meta}, run_name=cfg.run_name,
-        storage_path=cfg.checkpoint.storage_path, num_workers=s.num_workers, use_gpu=s.use_gpu,
-        cpus_per_worker=s.cpus_per_worker, max_failures=s.max_failures,
+        storage_path=cfg.checkpoint.storage_path, scaling=cfg.scaling,
     )  # fmt: skip
 
 
@@ -151,8 +235,4 @@ def pretrain(cfg: PretrainConfig, meta_extra: dict[str, Any] | None = None, addr
     if os.environ.get("PBP_TEST_INJECT_NONFINITE"):  # test hook: NaN losses at these steps (a fault on cue)
         meta["inject_nonfinite_steps"] = [int(s) for s in os.environ["PBP_TEST_INJECT_NONFINITE"].split(",")]
     connect_ray(address)
-    trainer = build_trainer(cfg, meta)
-    result = trainer.fit()
-    if result.error:
-        raise result.error
-    return result
+    return fit(build_trainer(cfg, meta), cfg.scaling)

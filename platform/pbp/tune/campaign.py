@@ -42,15 +42,14 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], ctx: dict[str, Any])
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from pbp.finetune.launch import build_trainer
+    from pbp.train.launch import fit
 
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = trial_finetune_config(base, config, trial_run_name(ctx["campaign"], trial_id), ctx["trials_url"])
     meta = {
         "tags": {**ctx["tags"], "mlflow.parentRunId": ctx["parent_run_id"], "pbp.trial_id": trial_id},
     }
-    result = build_trainer(cfg, meta, callbacks=[TuneReportCallback()]).fit()
-    if result.error:
-        raise result.error
+    fit(build_trainer(cfg, meta, callbacks=[TuneReportCallback()]), cfg.scaling)
 
 
 @dataclass
