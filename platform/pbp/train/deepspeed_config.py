@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from pbp.hardware import cpu_bf16_native, cpu_model
 from pbp.train.config import PretrainConfig
+
+log = logging.getLogger("pbp.train")
 
 
 def bf16_enabled(cfg: PretrainConfig, device_type: str) -> bool:
+    """auto: CUDA with bf16 only. On a CPU, even one with native bf16, fp32 stays the default (bf16 autocast on CPU
+    is opt-in with ``true``, which warns where the CPU would emulate it)."""
     import torch
 
     if cfg.deepspeed.bf16 == "true":
+        if device_type == "cpu" and not cpu_bf16_native():
+            log.warning("deepspeed.bf16=true on %s, which has no native bf16: PyTorch emulates it, much slower than "
+                        "fp32 (deepspeed.bf16=auto keeps fp32 there)", cpu_model())  # fmt: skip
         return True
     if cfg.deepspeed.bf16 == "false":
         return False
