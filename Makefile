@@ -8,7 +8,7 @@ PARITY_STAMP := $(PARITY_VENV)/.installed
 PARITY_DIR := build/parity
 PARITY_REF := $(PARITY_DIR)/reference.npz
 
-.PHONY: setup test test-slow lint format typecheck parity demo demo-down bench lock clean
+.PHONY: prometheus setup test test-slow lint format typecheck parity demo demo-down bench lock clean
 
 setup: $(STAMP)
 
@@ -20,8 +20,18 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/pip install -q -c requirements.lock -e '.[dev]'
 	@touch $@
 
+# Prometheus (Debian's package, 2.x) for the stack's metrics and the dashboard tests: installed where we may (root with
+# apt-get, as in CI); elsewhere one line says how, the stack runs without it and the metrics tests fail saying why.
+prometheus:
+	@command -v prometheus >/dev/null 2>&1 || [ -x /usr/bin/prometheus ] || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing prometheus (apt-get)"; \
+	    apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 || \
+	      { apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }; \
+	  else echo "prometheus is not installed: sudo apt-get install -y --no-install-recommends prometheus"; fi; }
+
 # The default suite, including parity with the original Keras ProteinBERT (reference built once, then cached).
-test: setup $(PARITY_REF)
+test: setup prometheus $(PARITY_REF)
 	PBP_PARITY_DIR=$(PARITY_DIR) $(BIN)/pytest -m "not slow"
 
 test-slow: setup
@@ -52,12 +62,22 @@ format: setup
 typecheck: setup
 	$(BIN)/mypy
 
-bench: setup
-	$(BIN)/pbp bench model --config configs/model/tiny.yaml
-	$(BIN)/pbp bench model --config configs/model/base.yaml
+# Every benchmark, then one report (build/bench/report.md and .json): about an hour on 2 CPU cores (the search
+# efficiency part of `bench tune` dominates). Each figure is a ratio against a baseline measured in the same run.
+BENCH := build/bench
+bench: setup prometheus
+	mkdir -p $(BENCH)
+	$(BIN)/pbp stack up
+	$(BIN)/pbp bench model --config configs/model/base.yaml --json $(BENCH)/model.json
+	$(BIN)/pbp bench arch --json $(BENCH)/arch.json
+	$(BIN)/pbp bench data --json $(BENCH)/data.json
+	$(BIN)/pbp bench train --json $(BENCH)/train.json
+	$(BIN)/pbp bench predict --json $(BENCH)/predict.json
+	$(BIN)/pbp bench tune --json $(BENCH)/tune.json
+	$(BIN)/pbp bench report $(BENCH)
 
 # The whole pipeline on the local stack (docs/demo.md): venv, stack, then `pbp demo`; a second run reuses them.
-demo: setup
+demo: setup prometheus
 	$(BIN)/pbp stack up
 	$(BIN)/pbp demo --config configs/demo/default.yaml
 

@@ -15,7 +15,7 @@ from pbp.config import load_config
 def register(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="benchmarks (figures relative to a baseline measured in the same run)")
     bsub = bench.add_subparsers(dest="bench_command", metavar="COMMAND", required=True)
-    for add in (_add_model, _add_data, _add_train, _add_stack, _add_tune, _add_predict):
+    for add in (_add_model, _add_data, _add_train, _add_stack, _add_tune, _add_predict, _add_arch, _add_report):
         add(bsub)
 
 
@@ -34,6 +34,7 @@ def _add_model(bsub: argparse._SubParsersAction) -> None:
     model.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32,bf16")
     model.add_argument("--seconds", type=float, default=10.0, help="minimum timed seconds per dtype")
     model.add_argument("--compile", action="store_true", help="torch.compile the model first")
+    model.add_argument("--force-bf16", action="store_true", help="time bf16 even where the CPU emulates it")
     model.add_argument("--device", default="cpu", help="cpu or cuda")
     model.add_argument("--json", type=Path, default=None, help="also write the results here")
     model.set_defaults(func=cmd_model)
@@ -114,6 +115,64 @@ def _add_tune(bsub: argparse._SubParsersAction) -> None:
     tune.set_defaults(func=cmd_tune)
 
 
+def _add_arch(bsub: argparse._SubParsersAction) -> None:
+    a = bsub.add_parser(
+        "arch",
+        help="ProteinBERT's training step against a TAPE-sized Transformer (params, samples/s, peak memory)",
+        description="The paper's claim, measured here: definitions in pbp.bench.arch. Each measurement runs in a "
+        "fresh process; ratios are ProteinBERT / Transformer at the same length and batch.",
+    )
+    a.add_argument("--config", default="configs/model/base.yaml", help="ProteinBERT's config (default: the paper's)")
+    a.add_argument("overrides", nargs="*", help="dotted model overrides")
+    a.add_argument("--seq-lens", default="128,512,1024")
+    a.add_argument("--batch-size", type=int, default=8)
+    a.add_argument("--steps", type=int, default=2, help="timed steps per measurement (after one warm-up step)")
+    a.add_argument("--device", default="cpu", help="cpu or cuda")
+    a.add_argument("--json", type=Path, default=None)
+    a.set_defaults(func=cmd_arch)
+
+
+def cmd_arch(args: argparse.Namespace) -> int:
+    from pbp.bench.arch import bench_arch
+    from pbp.model import ModelConfig
+
+    cfg = load_config(ModelConfig, args.config, args.overrides, section="model")
+    lens = tuple(int(x) for x in args.seq_lens.split(",") if x.strip())
+    if not lens or min(lens) < 8:
+        raise ValueError(f"--seq-lens {args.seq_lens!r}: comma-separated lengths >= 8")
+    rows = bench_arch(cfg, lens, args.batch_size, args.steps, device=args.device)
+    print(f"{'L':>5} {'params':>14} {'samples/s':>18} {'peak MiB':>18}   (ProteinBERT / Transformer = ratio)")
+    for r in rows:
+        pb, tf = r.proteinbert, r.transformer
+        print(f"{r.seq_len:5d} {pb['params'] / 1e6:4.1f}M/{tf['params'] / 1e6:4.1f}M={r.params_ratio:4.2f} "
+              f"{pb['samples_per_s']:6.2f}/{tf['samples_per_s']:6.2f}={r.speed_ratio:5.2f} "
+              f"{pb['peak_mib']:6.0f}/{tf['peak_mib']:6.0f}={r.memory_ratio:5.2f}")  # fmt: skip
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"bench": "arch", "device": args.device, "rows": [asdict(r) for r in rows]},
+                                        indent=2) + "\n")  # fmt: skip
+    return 0
+
+
+def _add_report(bsub: argparse._SubParsersAction) -> None:
+    r = bsub.add_parser(
+        "report",
+        help="every benchmark JSON in a directory as one markdown table and one JSON (make bench)",
+        description="Definitions: pbp.bench.report. Writes DIR/report.md and DIR/report.json.",
+    )
+    r.add_argument("dir", type=Path, nargs="?", default=Path("build/bench"))
+    r.set_defaults(func=cmd_report)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pbp.bench.report import write_report
+
+    md, js = write_report(args.dir)
+    print(md.read_text())
+    print(f"written: {md} and {js}")
+    return 0
+
+
 def _add_predict(bsub: argparse._SubParsersAction) -> None:
     pr = bsub.add_parser(
         "predict",
@@ -161,6 +220,14 @@ def cmd_model(args: argparse.Namespace) -> int:
     for d in dtypes:
         if d not in DTYPES:
             raise ValueError(f"--dtypes: unknown dtype {d!r} (choose from {', '.join(DTYPES)})")
+    from pbp.hardware import cpu_bf16_native, cpu_model
+
+    if args.device == "cpu" and "bf16" in dtypes and not cpu_bf16_native() and not args.force_bf16:
+        dtypes.remove("bf16")
+        print(f"bf16 skipped: {cpu_model()} has no native bf16 (AVX-512 BF16 / AMX), so PyTorch would emulate it "
+              "(~14x slower than fp32 here); --force-bf16 times it anyway")  # fmt: skip
+        if not dtypes:
+            return 0
     results = []
     print(f"model: {args.config or 'paper default'}  seq_len={args.seq_len}  batch_size={args.batch_size}")
     print(
