@@ -12,6 +12,13 @@ from pathlib import Path
 from pbp.config import load_config
 
 
+def _write_json(path: Path | None, doc: object) -> None:
+    """``--json PATH``: the bench's figures, for ``pbp bench report``."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(doc, indent=2) + "\n")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="benchmarks (figures relative to a baseline measured in the same run)")
     bsub = bench.add_subparsers(dest="bench_command", metavar="COMMAND", required=True)
@@ -147,10 +154,7 @@ def cmd_arch(args: argparse.Namespace) -> int:
         print(f"{r.seq_len:5d} {pb['params'] / 1e6:4.1f}M/{tf['params'] / 1e6:4.1f}M={r.params_ratio:4.2f} "
               f"{pb['samples_per_s']:6.2f}/{tf['samples_per_s']:6.2f}={r.speed_ratio:5.2f} "
               f"{pb['peak_mib']:6.0f}/{tf['peak_mib']:6.0f}={r.memory_ratio:5.2f}")  # fmt: skip
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"bench": "arch", "device": args.device, "rows": [asdict(r) for r in rows]},
-                                        indent=2) + "\n")  # fmt: skip
+    _write_json(args.json, {"bench": "arch", "device": args.device, "rows": [asdict(r) for r in rows]})
     return 0
 
 
@@ -205,9 +209,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             _row("serve", f"{r['model']}, batch {b['batch']}: served seq/s / in-process pyfunc seq/s", b["ratio"],
                  f"{b['requests_per_s']:.1f} requests/s = {b['seq_per_s']:.1f} seq/s; in-process "
                  f"{b['inprocess_seq_per_s']:.1f} seq/s")  # fmt: skip
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2) + "\n")
+    _write_json(args.json, out)
     return 0
 
 
@@ -249,9 +251,7 @@ def cmd_model(args: argparse.Namespace) -> int:
             f"{r.model_flops_per_s / 1e9:11.1f} {r.matmul_peak_flops_per_s / 1e9:10.1f} {r.fraction_of_peak:8.3f}",
             flush=True,
         )
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"config": args.config, "results": results}, indent=2) + "\n")
+    _write_json(args.json, {"config": args.config, "results": results})
     return 0
 
 
@@ -266,9 +266,7 @@ def cmd_stack(args: argparse.Namespace) -> int:
         per = " ".join(f"{k}={v:.1f}" for k, v in r["per_service_s"].items())
         print(f"{r['start']:6} {r['up_s']:13.1f}s {r['down_s']:7.1f}s   {per}")
     print(f"worst up / target = {res['worst_up_over_target']:.2f}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(res, indent=2) + "\n")
+    _write_json(args.json, res)
     return 0
 
 
@@ -286,9 +284,7 @@ def cmd_data(args: argparse.Namespace) -> int:
           f"   = {r['reader_over_raw_get']:.2f} x raw GET")  # fmt: skip
     print(f"base model training  {r['model_base_fp32_samples_s']:19.1f} samples/s (fp32, L=512, batch 16)"
           f"   reader = {r['reader_over_model']:.0f} x what training consumes")  # fmt: skip
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(r, indent=2) + "\n")
+    _write_json(args.json, r)
     return 0
 
 
@@ -318,9 +314,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             ck = r["checkpoint"]
             print(f"  checkpoint {ck['checkpoint_bytes'] / 1e6:.1f} MB: save+commit {ck['save_commit_s']:.2f} s vs "
                   f"raw upload {ck['raw_upload_s']:.2f} s ({ck['ratio']:.2f}x)", flush=True)  # fmt: skip
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2) + "\n")
+    _write_json(args.json, out)
     return 0
 
 
@@ -364,9 +358,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
             seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
             out[part] = s = bt.bench_search(seeds, args.search_rows, args.trials, args.search_epochs, grace, factor)
             _print_search(s)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2) + "\n")
+    _write_json(args.json, out)
     return 0
 
 
