@@ -58,7 +58,9 @@ def test_build_read_and_checkpoint_survive_30_percent_503s_with_identical_result
           f"({proxy.by_method}); every one was retried and the work finished")  # fmt: skip
     assert proxy.injected >= 30 and {"GET", "PUT", "HEAD"} <= set(proxy.by_method), proxy.by_method
 
-    shards = lambda m: [(s["name"], s["bytes"], s["sha256"]) for sp in ("train", "valid") for s in m["splits"][sp]["shards"]]  # noqa: E731
+    def shards(m):
+        return [(s["name"], s["bytes"], s["sha256"]) for sp in ("train", "valid") for s in m["splits"][sp]["shards"]]
+
     assert len(shards(direct)) > 5 and shards(faulty) == shards(direct)
     assert faulty["go_vocabulary"] == direct["go_vocabulary"] and faulty["records"] == direct["records"]
     read_direct = _read_all(direct_url, Store(direct_url, endpoints))

@@ -208,6 +208,46 @@ def test_altered_shard_is_refused_naming_it(small_dataset):
         list(PretrainingStream(cfg, store=store))
 
 
+def test_no_sample_of_an_altered_shard_is_used_even_by_a_read_that_stops_early(small_dataset):
+    """Before: the digest was checked at the shard's end, so `pbp evaluate --max-proteins 32` used an altered shard's
+    first samples and exited 0."""
+    url, store, manifest = small_dataset
+    shard = manifest["splits"]["valid"]["shards"][0]
+    data = bytearray(store.get_bytes(shard["name"]))
+    data[-2000] ^= 0x01  # one bit, late in the shard: a streaming check would have yielded samples first
+    store.put_bytes(shard["name"], bytes(data))
+    cfg = ReaderConfig(url=url, split="valid", mode="exact", shuffle_buffer=0, buckets=(Bucket(128, 1),))
+    with pytest.raises(ShardError, match=rf"{shard['name']}: sha256 .* differs from the manifest's \(altered"):
+        next(iter(PretrainingStream(cfg, store=store)))
+
+
+def test_a_member_missing_a_field_is_a_shard_error_naming_the_member(small_dataset, endpoints):
+    import hashlib
+    import io
+    import tarfile
+
+    url, store, _ = small_dataset
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, doc in (("v0_0.json", {"accession": "A1", "sequence": "MKV", "go": []}),
+                          ("v0_1.json", {"accession": "A2", "sequence": "MKV"})):  # fmt: skip
+            raw = json.dumps(doc).encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(raw)
+            tar.addfile(info, io.BytesIO(raw))
+    data = buf.getvalue()
+    bad_url = url.rstrip("/") + "-schema/"
+    bad = Store(bad_url, endpoints)
+    bad.put_bytes("valid-000000.tar", data)
+    doc = json.loads(store.get_bytes("manifest.json"))
+    doc["splits"]["valid"]["shards"] = [{"name": "valid-000000.tar", "url": bad.join("valid-000000.tar"), "samples": 2,
+                                         "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}]  # fmt: skip
+    bad.put_bytes("manifest.json", json.dumps(doc).encode())
+    cfg = ReaderConfig(url=bad_url, split="valid", mode="exact", shuffle_buffer=0, buckets=(Bucket(128, 1),))
+    with pytest.raises(ShardError, match=r"valid-000000\.tar: member v0_1\.json: no 'go' field"):
+        list(PretrainingStream(cfg, store=bad))
+
+
 def test_truncated_shard_errors_or_is_skipped(small_dataset):
     url, store, manifest = small_dataset
     shard = manifest["splits"]["train"]["shards"][0]
@@ -230,6 +270,34 @@ def test_rebuilding_the_same_input_gives_the_same_shards(small_dataset, endpoint
     assert digests(again.manifest) == digests(manifest)
     with pytest.raises(DatasetError, match="already exists"):
         build(str(tmp_path / "ds"), Inputs(fasta, table), BuildConfig(shard_size_mb=0.2, min_go_records=5))
+
+
+def test_a_build_never_overwrites_files_silently_nor_creates_a_bucket(endpoints, tmp_path, capsys):
+    """Before: same-named shards in a local --out were overwritten, and a missing bucket was created."""
+    fasta, table = write_corpus(tmp_path / "synth", SynthConfig(n_proteins=150, seed=2))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "train-000000.tar").write_bytes(b"someone else's shard")
+    (out / "notes.txt").write_text("unrelated files are fine")
+    cfg = BuildConfig(min_go_records=5)
+    with pytest.raises(
+        DatasetError, match=r"holds 1 file\(s\) this build would overwrite \(train-000000\.tar\).*--force"
+    ):
+        build(str(out), Inputs(fasta, table), cfg)
+    assert (out / "train-000000.tar").read_bytes() == b"someone else's shard"  # nothing was touched
+    assert build(str(out), Inputs(fasta, table), cfg, overwrite=True).manifest["records"] == 150
+    # The CLI: refused without --force, naming the directory.
+    assert main(["data", "build", "--fasta", str(fasta), "--go-table", str(table), "--out", str(tmp_path / "out2"),
+                 "--no-progress", "--min-go-records", "5"]) == 0  # fmt: skip
+    (tmp_path / "out2" / "manifest.json").unlink()  # an interrupted build's leftovers
+    assert main(["data", "build", "--fasta", str(fasta), "--go-table", str(table), "--out", str(tmp_path / "out2"),
+                 "--no-progress", "--min-go-records", "5"]) != 0  # fmt: skip
+    assert "would overwrite" in capsys.readouterr().err
+    # A bucket that does not exist is named, not created.
+    url = f"s3://no-such-bucket-{random.randrange(10**6)}/x/"
+    with pytest.raises(DatasetError, match=r"bucket 'no-such-bucket-\d+' does not exist; pbp does not create"):
+        build(url, Inputs(fasta, table), cfg, store=Store(url, endpoints))
+    assert not Store(url, endpoints).bucket_exists()
 
 
 def test_webdataset_reads_s3_through_the_registered_opener(small_dataset, endpoints):

@@ -39,6 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="bad records: stop with an error naming them, or skip them into quarantine.jsonl")  # fmt: skip
     build.add_argument("--strict", action="store_true", help="reject residues outside the 22-letter alphabet")
     build.add_argument("--no-progress", action="store_true")
+    build.add_argument("--force", action="store_true", help="overwrite shards of an earlier build in a local --out")
     build.set_defaults(func=cmd_build)
 
     insp = dsub.add_parser("inspect", help="manifest summary; verifies every shard's size and sha256")
@@ -87,7 +88,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     )
     make, bars = _progress(not args.no_progress)
     try:
-        report = build(args.out, Inputs(args.fasta, args.go_table, args.uniprot), cfg, progress=make)
+        report = build(args.out, Inputs(args.fasta, args.go_table, args.uniprot), cfg, progress=make,
+                       overwrite=args.force)  # fmt: skip
     finally:
         for b in bars:
             b.close()

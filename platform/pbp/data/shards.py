@@ -142,6 +142,31 @@ class BuildReport:
     errors: ErrorLog = field(default_factory=ErrorLog)
 
 
+def check_destination(store: Store, overwrite: bool = False) -> None:
+    """Before reading any input: an S3 bucket must exist (pbp never creates one: a typo would otherwise become a new
+    bucket); a complete dataset is never overwritten; a local directory holding files the build writes (shards,
+    quarantine) is refused unless ``overwrite``."""
+    if store.s3:
+        bucket = store.url[len("s3://") :].split("/", 1)[0]
+        if not store.bucket_exists():
+            raise DatasetError(
+                f"{store.url}: bucket {bucket!r} does not exist; pbp does not create buckets (a typo would become a "
+                f"new bucket): create it (`aws s3 mb s3://{bucket}`) or use an existing one, e.g. one of the local "
+                "stack's (`pbp stack status`)"
+            )
+    if store.exists(MANIFEST):
+        raise DatasetError(f"{store.join(MANIFEST)}: a dataset already exists here; build into a new prefix")
+    if not store.s3 and store.root.is_dir() and not overwrite:
+        ours = sorted(p.name for p in store.root.iterdir() if p.name == QUARANTINE
+                      or (p.suffix == ".tar" and p.name.split("-", 1)[0] in SPLITS))  # fmt: skip
+        if ours:
+            more = f" and {len(ours) - 3} more" if len(ours) > 3 else ""
+            raise DatasetError(
+                f"{store.root}: holds {len(ours)} file(s) this build would overwrite ({', '.join(ours[:3])}{more}); "
+                "build into an empty directory, remove them, or pass --force to overwrite"
+            )
+
+
 def build(
     out_url: str,
     inputs: Inputs,
@@ -149,15 +174,16 @@ def build(
     *,
     store: Store | None = None,
     progress: Callable[[str, int | None], Callable[[int], None]] | None = None,
+    overwrite: bool = False,
 ) -> BuildReport:
-    """Build a dataset at ``out_url`` (see module docstring). ``progress(label, total)`` returns an updater."""
+    """Build a dataset at ``out_url`` (see module docstring). ``progress(label, total)`` returns an updater.
+    ``overwrite`` lets a build replace same-named files in a local directory (``--force``)."""
     import pbp
 
     cfg = cfg or BuildConfig()
     t0 = time.monotonic()
     store = store or Store(out_url)
-    if store.exists(MANIFEST):
-        raise DatasetError(f"{store.join(MANIFEST)}: a dataset already exists here; build into a new prefix")
+    check_destination(store, overwrite)
     tick = progress or (lambda _label, _total: lambda _n: None)
     onto: Ontology | None = read_obo(cfg.go_obo) if cfg.go_obo else None
     names = _term_names(cfg, onto)

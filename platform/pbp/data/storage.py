@@ -83,6 +83,11 @@ class Store:
     def _key(self, name: str) -> str:
         return self.join(name)[len("s3://") :]
 
+    def bucket_exists(self) -> bool:
+        """S3 only: does this URL's bucket exist (and can these credentials see it)?"""
+        bucket = self.url[len("s3://") :].split("/", 1)[0]
+        return bool(with_retries(f"head bucket {bucket}", lambda: self.fs.exists(bucket)))
+
     def exists(self, name: str) -> bool:
         if not self.s3:
             return (self.root / name).exists()
