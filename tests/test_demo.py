@@ -5,6 +5,7 @@ stops the demo with its log's tail."""
 from __future__ import annotations
 
 import csv
+import time
 
 import pytest
 
@@ -12,8 +13,10 @@ from pbp.config import load_config
 from pbp.data.synth import SynthConfig
 from pbp.demo.pipeline import Demo, DemoConfig, DemoStepError, run_demo
 from pbp.demo.task import CHARGED, make_task
+from pbp.stack.state import StackState
 
 from .conftest import REPO
+from .promql import panels_without_data
 
 
 def test_the_generated_task_is_binary_split_and_reproducible(tmp_path):
@@ -43,6 +46,7 @@ def test_demo_end_to_end_twice_and_a_failing_step(stack_env, tmp_path, monkeypat
     cfg = load_config(DemoConfig, REPO / "configs/demo/small.yaml", [f"out={tmp_path / 'demo'}",
                                                                       f"name=demo-{tmp_path.name[-6:]}"])  # fmt: skip
     lines: list[str] = []
+    t0 = time.time()
     first = run_demo(cfg, echo=lines.append)
     names = [s.name for s in first.steps]
     assert names == ["stack", "corpus", "shards", "pretrain", "task", "campaign", "register", "promote", "predict",
@@ -55,6 +59,11 @@ def test_demo_end_to_end_twice_and_a_failing_step(stack_env, tmp_path, monkeypat
     text = first.render()
     assert "MLflow UI" in text and "Ray dashboard" in text and "report.html" in text
     assert any("pretrain" in x for x in lines)  # progress on the terminal
+    # Every panel of every Grafana dashboard has data in the stack's Prometheus after this real pretraining run and
+    # campaign (pbp's metrics go through Ray's metrics agents, which Prometheus scrapes).
+    prom = StackState.load(stack_env).prometheus_url
+    assert prom and f"Prometheus {prom}" in " ".join(text.split())
+    assert not panels_without_data(prom, t0), panels_without_data(prom, t0, wait_s=0)
 
     second = run_demo(cfg, echo=lines.append)
     fig2 = {s.name: s.figure for s in second.steps}

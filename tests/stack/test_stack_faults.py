@@ -53,7 +53,7 @@ def test_service_dying_during_up_names_it_and_shows_its_log(tmp_path, monkeypatc
         assert (tmp_path / "secrets.json").exists()  # generated credentials are kept for the next try
         # The services that do not depend on storage came up and stay up.
         _, rows = manager.status(tmp_path)
-        assert {r.name for r in rows if r.running} == {"mlflow", "ray-head"}
+        assert {r.name for r in rows if r.running} == {"mlflow", "ray-head", "prometheus"}
     finally:
         manager.down(tmp_path, log=lambda _m: None)
 
@@ -124,7 +124,7 @@ def test_a_second_stack_runs_beside_the_first_on_other_ports(stack_dir, tmp_path
         assert all(r.healthy for r in manager.status(tmp_path)[1])
     finally:
         stopped = manager.down(tmp_path, log=lambda _m: None)
-    assert stopped == 3  # only its own services
+    assert stopped == 4  # only its own services (storage, MLflow, Ray head, Prometheus)
     assert all(r.healthy for r in manager.status(stack_dir)[1])  # the first stack is untouched
 
 

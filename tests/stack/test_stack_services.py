@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import stat
+import time
 import urllib.error
 import urllib.request
 
@@ -22,7 +23,8 @@ pytestmark = pytest.mark.timeout(600)
 
 def test_all_services_healthy_and_on_loopback(stack_dir):
     state, rows = manager.status(stack_dir)
-    assert [r.name for r in rows] == ["seaweedfs", "mlflow", "ray-head", "ray-worker-1", "ray-worker-2"]
+    # Prometheus too: `make test` installs it (CI), and a missing one fails here rather than skipping.
+    assert [r.name for r in rows] == ["seaweedfs", "mlflow", "ray-head", "prometheus", "ray-worker-1", "ray-worker-2"]
     assert all(r.healthy for r in rows), [(r.name, r.detail) for r in rows]
     assert state.s3_endpoint.startswith("http://127.0.0.1:")
     assert state.mlflow_uri.startswith("http://127.0.0.1:")
@@ -45,6 +47,24 @@ def test_port_candidates_follow_the_ephemeral_range(tmp_path):
     cands = procs.candidate_ports(ephemeral=narrow)
     assert cands and all(p not in narrow and p + 10000 not in narrow and not 10002 <= p < 20000 for p in cands)
     assert procs.ephemeral_range(str(tmp_path / "missing")) == range(32768, 61000)
+
+
+def test_prometheus_scrapes_every_ray_node_through_rays_service_discovery(stack_dir):
+    """Prometheus finds each node's metrics agent in the file Ray's head writes, and stores Ray's metrics."""
+    from ..promql import query_range
+
+    state, _ = manager.status(stack_dir)
+    metrics_ports = {rec.ports["metrics"] for name, rec in state.services.items() if name.startswith("ray-")}
+    deadline, up = time.time() + 90, []
+    while time.time() < deadline:
+        with urllib.request.urlopen(f"{state.prometheus_url}/api/v1/targets", timeout=10) as r:
+            targets = json.load(r)["data"]["activeTargets"]
+        up = [t for t in targets if t["labels"]["job"] == "ray" and t["health"] == "up"]
+        if {int(t["labels"]["instance"].rsplit(":", 1)[1]) for t in up} >= metrics_ports:
+            break
+        time.sleep(2)
+    assert {int(t["labels"]["instance"].rsplit(":", 1)[1]) for t in up} >= metrics_ports, up
+    assert query_range(state.prometheus_url, "ray_node_cpu_count", time.time() - 600)
 
 
 def test_credentials_are_generated_private_and_not_in_stack_json(stack_dir):
@@ -189,7 +209,7 @@ def test_job_submission_without_the_token_is_refused(stack_dir):
 def test_up_on_a_running_stack_reports_it(stack_dir):
     messages: list[str] = []
     manager.up(stack_dir, log=messages.append)
-    assert len(messages) == 5 and all("already running" in m for m in messages)
+    assert len(messages) == 6 and all("already running" in m for m in messages)
 
 
 def test_killed_storage_is_reported_and_restored_with_its_data(stack_dir, endpoints):
@@ -207,5 +227,5 @@ def test_killed_storage_is_reported_and_restored_with_its_data(stack_dir, endpoi
     messages: list[str] = []
     manager.up(stack_dir, log=messages.append)
     assert any(m.strip().startswith("seaweedfs") and "started" in m for m in messages)
-    assert sum("already running" in m for m in messages) == 4
+    assert sum("already running" in m for m in messages) == 5  # mlflow, ray-head, prometheus, two workers
     assert s3.get_object(Bucket=bucket, Key="tests/survivor.txt")["Body"].read() == b"still here"

@@ -17,14 +17,16 @@ one), the samples it holds but has not yielded yet (shuffle buffer and each buck
 therefore yields exactly the batches, corruption included, that the uninterrupted stream would have yielded next.
 The state costs two integers per held sample (``shuffle_buffer + sum(batch sizes)`` at most).
 
-Damaged shards: a shard whose size differs from the manifest, that is not a valid tar, is truncated, or whose sha256
-(computed while streaming) differs, raises :class:`ShardError` naming its URL; with ``on_shard_error="skip"`` it is
-counted (``batch["shard_errors"]``) and reading continues (samples already read from it stay used).
+Damaged shards: a shard is read whole and verified (size, then sha256 against the manifest) before any of its
+samples is used, and each member's fields are checked; a missing, truncated, altered or malformed shard raises
+:class:`ShardError` naming its URL (and the member); with ``on_shard_error="skip"`` it is counted
+(``batch["shard_errors"]``) and reading continues with the next shard.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import random
 import tarfile
@@ -78,10 +80,34 @@ class Position:
     """Each bucket's partial batch, the same way."""
     draining: bool = False
     """The shards are done and the shuffle buffer is being emptied (exact mode's end)."""
+    bytes_read: int = 0
+    """Shard bytes this reader has read from storage (for the ``pbp_data_bytes_read`` metric)."""
 
 
-def _shard_samples(store: Store, shard: dict, skip: int) -> Iterator[dict]:
-    """Samples of one shard, after ``skip``; checks size up front and sha256 at the end."""
+SAMPLE_FIELDS = {"accession": str, "sequence": str, "go": list}
+
+
+def _check_sample(url: str, member: str, sample: object, n_annotations: int | None) -> dict:
+    """A shard member's JSON has the fields the reader uses, with their types; else a ShardError naming both."""
+    if not isinstance(sample, dict):
+        raise ShardError(f"{url}: member {member}: not a JSON object")
+    for key, kind in SAMPLE_FIELDS.items():
+        if key not in sample:
+            raise ShardError(f"{url}: member {member}: no {key!r} field (fields: {', '.join(sorted(sample))})")
+        if not isinstance(sample[key], kind):
+            raise ShardError(f"{url}: member {member}: {key!r} is {type(sample[key]).__name__}, not {kind.__name__}")
+    go = sample["go"]
+    if n_annotations is not None and not all(isinstance(t, int) and 0 <= t < n_annotations for t in go):
+        raise ShardError(f"{url}: member {member}: 'go' holds an index outside the vocabulary (0..{n_annotations - 1})")
+    return sample
+
+
+def _shard_samples(store: Store, shard: dict, skip: int, pos: Position | None = None,
+                   n_annotations: int | None = None) -> Iterator[dict]:  # fmt: skip
+    """Samples of one shard, after ``skip``, only once the whole shard is verified: it is read into memory (one
+    shard per reader at a time; shards are ``shard_size_mb``, 64 MiB by default), its size and sha256 checked against
+    the manifest, and only then parsed, each member's fields checked. A read that stops early (``--max-proteins``,
+    resampled pretraining) so never uses a sample of an altered shard. Bytes are counted in ``pos``."""
     url = store.join(shard["name"])
     try:
         size = store.size(shard["name"])
@@ -89,33 +115,38 @@ def _shard_samples(store: Store, shard: dict, skip: int) -> Iterator[dict]:
         raise ShardError(f"{url}: shard listed in the manifest is missing") from None
     if size != shard["bytes"]:
         raise ShardError(f"{url}: {size} bytes, the manifest says {shard['bytes']} (truncated or replaced)")
+    buf = io.BytesIO()
     digest = hashlib.sha256()
-    with store.open(shard["name"]) as raw:
-
-        class Hashing:
-            def read(self, n: int = -1) -> bytes:
-                b = raw.read(n)
-                digest.update(b)
-                return b
-
-        n = 0
-        hashing = Hashing()
-        try:
-            with tarfile.open(fileobj=hashing, mode="r|") as tar:  # type: ignore[call-overload]
-                for member in tar:
-                    if not member.isfile() or not member.name.endswith(".json"):
-                        continue
-                    f = tar.extractfile(member)
-                    data = f.read() if f is not None else b""
-                    if n >= skip:
-                        yield json.loads(data)
-                    n += 1
-            while hashing.read(1 << 20):  # hash what tar did not need (end-of-archive padding)
-                pass
-        except (tarfile.TarError, EOFError, OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ShardError(f"{url}: corrupt or truncated shard ({type(e).__name__}: {e})") from None
+    try:
+        with store.open(shard["name"]) as raw:
+            while chunk := raw.read(8 << 20):
+                digest.update(chunk)
+                buf.write(chunk)
+    except OSError as e:
+        raise ShardError(f"{url}: could not be read ({type(e).__name__}: {e})") from None
+    if pos is not None:
+        pos.bytes_read += buf.tell()
+    if buf.tell() != shard["bytes"]:
+        raise ShardError(f"{url}: read {buf.tell()} bytes, the manifest says {shard['bytes']} (truncated)")
     if digest.hexdigest() != shard["sha256"]:
-        raise ShardError(f"{url}: sha256 {digest.hexdigest()[:12]}... differs from the manifest's")
+        raise ShardError(f"{url}: sha256 {digest.hexdigest()[:12]}... differs from the manifest's (altered shard)")
+    buf.seek(0)
+    n = 0
+    try:
+        with tarfile.open(fileobj=buf, mode="r:") as tar:
+            for member in tar:
+                if not member.isfile() or not member.name.endswith(".json"):
+                    continue
+                if n >= skip:
+                    f = tar.extractfile(member)
+                    try:
+                        sample = json.loads(f.read() if f is not None else b"")
+                    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                        raise ShardError(f"{url}: member {member.name}: not JSON ({e})") from None
+                    yield _check_sample(url, member.name, sample, n_annotations)
+                n += 1
+    except (tarfile.TarError, EOFError) as e:
+        raise ShardError(f"{url}: corrupt shard ({type(e).__name__}: {e})") from None
 
 
 class PretrainingStream(IterableDataset):
@@ -186,7 +217,9 @@ class PretrainingStream(IterableDataset):
                 continue
             lo, hi = min(wanted[draw]), max(wanted[draw])
             try:
-                for index, sample in enumerate(_shard_samples(self.store, shard, lo), start=lo):
+                for index, sample in enumerate(
+                    _shard_samples(self.store, shard, lo, pos, self.n_annotations), start=lo
+                ):
                     if index in wanted[draw]:
                         sample["_ref"] = [draw, index]
                         found[(draw, index)] = sample
@@ -203,7 +236,7 @@ class PretrainingStream(IterableDataset):
     def samples(self, pos: Position, reader: int, n_readers: int) -> Iterator[dict]:
         for shard in self._shard_sequence(reader, n_readers, pos.shards_started):
             try:
-                for sample in _shard_samples(self.store, shard, pos.in_shard):
+                for sample in _shard_samples(self.store, shard, pos.in_shard, pos, self.n_annotations):
                     sample["_ref"] = [pos.shards_started, pos.in_shard]
                     pos.in_shard += 1
                     yield sample
@@ -224,8 +257,8 @@ class PretrainingStream(IterableDataset):
                 f"{len(self.cfg.buckets)}: resume with the data.buckets the run started with"
             )
         held = self._reread(pos.buffer + [r for p in pos.pending for r in p], reader, n_readers, pos)
-        buffer: list[dict] = [held[tuple(r)] for r in pos.buffer if tuple(r) in held]
-        pending: list[list[dict]] = [[held[tuple(r)] for r in p if tuple(r) in held] for p in pos.pending] or [
+        buffer: list[dict] = [held[(r[0], r[1])] for r in pos.buffer if (r[0], r[1]) in held]
+        pending: list[list[dict]] = [[held[(r[0], r[1])] for r in p if (r[0], r[1]) in held] for p in pos.pending] or [
             [] for _ in self.cfg.buckets
         ]
         seq_lens = [b.seq_len for b in self.cfg.buckets]
@@ -284,7 +317,7 @@ class PretrainingStream(IterableDataset):
         batch["position"] = {
             "shards_started": pos.shards_started, "in_shard": pos.in_shard, "epoch": pos.epoch,
             "shard_errors": pos.shard_errors, "batches": pos.batches, "buffer": list(pos.buffer),
-            "pending": [list(p) for p in pos.pending], "draining": pos.draining,
+            "pending": [list(p) for p in pos.pending], "draining": pos.draining, "bytes_read": pos.bytes_read,
         }  # fmt: skip
         batch["shard_errors"] = pos.shard_errors
         return batch

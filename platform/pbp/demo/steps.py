@@ -14,9 +14,18 @@ def stack(d: Demo) -> str:
     out = d.pbp("stack", "stack", "up")
     state = StackState.load(default_state_dir())
     assert state is not None
-    d.state["links"] = {"MLflow UI": state.mlflow_uri, "Ray dashboard": state.ray_dashboard_url}
+    from pbp.stack.services import PROMETHEUS_HINT
+
+    d.state["links"] = {
+        "MLflow UI": state.mlflow_uri,
+        "Ray dashboard": state.ray_dashboard_url,
+        "Prometheus": f"{state.prometheus_url}  (Grafana dashboards: dashboards/grafana/)"
+        if state.prometheus_url
+        else PROMETHEUS_HINT,
+    }
     reused = "already running" in out or "healthy in 0." in out
-    return f"{state.workers} Ray worker nodes, S3, MLflow ({'reused' if reused else 'started'})"
+    parts = "S3, MLflow" + (", Prometheus" if state.prometheus_url else "")
+    return f"{state.workers} Ray worker nodes, {parts} ({'reused' if reused else 'started'})"
 
 
 def corpus(d: Demo) -> str:
@@ -108,7 +117,10 @@ def campaign(d: Demo) -> str:
 
     client = MlflowClient(configure_mlflow())
     exp = client.get_experiment_by_name("pbp-tune")
-    parent = client.get_run(find_run(client, exp.experiment_id, name))
+    run_id = find_run(client, exp.experiment_id, name) if exp is not None else None
+    if run_id is None:
+        raise RuntimeError(f"campaign {name}: no parent run in the MLflow experiment pbp-tune")
+    parent = client.get_run(run_id)
     d.state["best_uri"] = parent.data.tags["pbp.best_model_uri"]
     d.state["report"] = d.out / "tune" / name / "report.html"
     m = parent.data.metrics
@@ -173,5 +185,4 @@ STEPS = [("stack", stack), ("corpus", corpus), ("shards", shards), ("pretrain", 
 def summary(d: Demo) -> DemoSummary:
     files: dict[str, Any] = {"campaign report": d.state.get("report"), "predictions": d.state.get("predictions"),
                              "attention figure": d.state.get("attention"), "step logs": d.logs}  # fmt: skip
-    links = {**d.state.get("links", {}), "Prometheus": "not part of the stack yet (issue: metrics and dashboards)"}
-    return DemoSummary(d.steps, links, {k: str(v) for k, v in files.items() if v})
+    return DemoSummary(d.steps, d.state.get("links", {}), {k: str(v) for k, v in files.items() if v})

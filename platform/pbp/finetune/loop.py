@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pbp import telemetry
 from pbp.config import from_dict
 from pbp.finetune.batching import eval_batches, fitting_rows, train_batches
 from pbp.finetune.config import FinetuneConfig, ScheduleConfig, StageConfig
@@ -190,8 +191,9 @@ class Trainer:
                 shown = time.perf_counter()
                 print(f"[{self.cfg.run_name}] stage {stage.name} epoch {self.progress.epochs_done + 1}: batch {i}, "
                       f"train_loss so far {losses / max(n, 1):.4g}", flush=True)  # fmt: skip
-        mean = sum(all_gather_objects(losses, ctx)) / max(sum(all_gather_objects(n, ctx)), 1)
-        return {"train_loss": mean, "lr": self.patience.lr}
+        total = sum(all_gather_objects(n, ctx))
+        mean = sum(all_gather_objects(losses, ctx)) / max(total, 1)
+        return {"train_loss": mean, "lr": self.patience.lr, "train_items": float(total)}
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.model.head(self.model.dropout(x))
@@ -276,7 +278,10 @@ class Trainer:
         commit = CommitRecord(step=p.epochs_done, world_size=self.ctx.world_size, run_name=self.cfg.run_name,
                               mlflow_run_id=run_id, job=asdict(p))  # fmt: skip
         report = {k: v for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)}
+        t0 = time.perf_counter()
         self.ckpt.save(write, commit, {**report, "epoch": p.epochs_done, "stage": p.stage, "finished": 0})
+        if self.ctx.is_main:
+            telemetry.checkpoint_saved("finetune", self.cfg.run_name, time.perf_counter() - t0)
 
 
 def _mib(cache: FeatureCache | None) -> float:
@@ -314,6 +319,9 @@ def run_stage(tr: Trainer, si: int, run_id: str | None) -> None:
         if tr.tracker is not None:
             tr.tracker.log_metrics(p.epochs_done, {**metrics, "stage": float(si)})
         if tr.ctx.is_main:
+            seconds = metrics.get("epoch_seconds", math.nan)
+            telemetry.training("finetune", cfg.run_name, p.epochs_done, {"loss": metrics.get("train_loss", math.nan)},
+                               {"samples_per_s": metrics.get("train_items", 0.0) / seconds}, seconds, 0)  # fmt: skip
             shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k in
                              ("train_loss", "valid_loss", headline, "lr"))  # fmt: skip
             print(f"[{cfg.run_name}] stage {stage.name} epoch {done}/{stage.max_epochs} {shown}", flush=True)

@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from pbp import telemetry
 from pbp.registry import audit, gate
 from pbp.registry.lock import Lock, model_lock
 from pbp.registry.server import CHAMPION, PREVIOUS, RegistryError, call, check_model_name, check_version, client
@@ -44,8 +45,11 @@ def _record(c: Any, lock: Lock, trail: audit.Trail, decision: dict[str, Any], mo
     run_id = audit.open_run(c, name)
     lock.check()
     for alias, version in moves.items():
-        call(f"model {name}: moving @{alias}", lambda a=alias, v=version: c.set_registered_model_alias(name, a, v),
-             permission=ALIAS_PERMISSION)  # fmt: skip
+
+        def move(a: str = alias, v: str = version) -> None:
+            c.set_registered_model_alias(name, a, v)
+
+        call(f"model {name}: moving @{alias}", move, permission=ALIAS_PERMISSION)
     return audit.commit(c, name, run_id, rec)
 
 
@@ -85,6 +89,7 @@ def promote(name: str, version: str | int, *, tolerance: float = 0.0, force: boo
             "gate": verdict.why, "reason": reason or why,
         }, moves)  # fmt: skip
     verb = f"promoted to @{CHAMPION}" if promoted else "refused"
+    telemetry.registry_event(name, "promoted" if promoted else "refused")
     return Outcome(promoted, record, f"model {name} version {version} {verb}: {why} (audit record {record['seq']})")
 
 
@@ -113,4 +118,5 @@ def rollback(name: str, *, reason: str = "", force: bool = False, wait_s: float 
             "champion_after": target, "forced": force, "reason": reason or f"rollback of version {current}",
         }, {CHAMPION: target, PREVIOUS: current})  # fmt: skip
     msg = f"model {name}: @{CHAMPION} rolled back from version {current} to {target} (audit record {record['seq']})"
+    telemetry.registry_event(name, "rolled_back")
     return Outcome(True, record, msg)

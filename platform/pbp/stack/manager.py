@@ -20,13 +20,16 @@ from typing import Any
 
 from pbp.stack import procs
 from pbp.stack.services import (
+    PROMETHEUS_HINT,
     Service,
     ServiceError,
     check,
     command,
+    prometheus_binary,
     ray_temp_dir,
     service_env,
     services_for,
+    with_prometheus,
     write_service_files,
 )
 from pbp.stack.state import (
@@ -105,7 +108,7 @@ def status(state_dir: Path) -> tuple[StackState | None, list[ServiceStatus]]:
         return None, []
     secrets = Secrets.load(state.dir) if (state.dir / SECRETS_FILE).exists() else None
     out = []
-    for svc in services_for(state.workers):
+    for svc in services_for(state.workers, with_prometheus(state)):
         rec = state.services.get(svc.name, ServiceRecord())
         running = procs.group_alive(rec.pid, svc.marker)
         reason = None
@@ -144,7 +147,9 @@ def _up(
     (state.dir / "logs").mkdir(exist_ok=True, mode=0o700)
     secrets = Secrets.load_or_create(state.dir)
     ray_token(state.dir, create=True)
-    services = services_for(state.workers)
+    services = services_for(state.workers, prometheus_binary() is not None)
+    if prometheus_binary() is None:
+        log(f"  {'prometheus':14} {PROMETHEUS_HINT}")
     _allocate_ports(state, services)
     state.save()
     write_service_files(state, secrets)
@@ -173,8 +178,10 @@ def _up(
 
     # Storage, tracking and the Ray head do not depend on each other: start them together, then the workers.
     results: dict[str, bool] = {}
-    core = [s for s in services if not s.name.startswith("ray-worker")]
+    # Prometheus last: it watches the service-discovery file in the Ray head's session dir, which must exist.
+    core = [s for s in services if not s.name.startswith("ray-worker") and s.name != "prometheus"]
     workers_ = [s for s in services if s.name.startswith("ray-worker")]
+    late = [s for s in services if s.name == "prometheus"]
     errors: list[Exception] = []
     with ThreadPoolExecutor(max_workers=len(core)) as pool:
         futures = {svc.name: pool.submit(ensure, svc) for svc in core}
@@ -191,6 +198,12 @@ def _up(
                 ensure(svc, head_restarted)
             except Exception as e:
                 errors.append(e)
+    for svc in late:
+        try:
+            if not ensure(svc) and (pid := state.services[svc.name].pid):
+                os.kill(pid, signal.SIGHUP)  # already running: reload the rewritten config (a new Ray session dir)
+        except Exception as e:
+            errors.append(e)
     if errors:
         raise errors[0]
     return state
@@ -265,7 +278,7 @@ def down(state_dir: Path, log: Log = print) -> int:
         return 0
     running = [
         (svc, rec.pid)
-        for svc in services_for(state.workers)
+        for svc in services_for(state.workers, with_prometheus(state))
         if (rec := state.services.get(svc.name)) is not None and procs.group_alive(rec.pid, svc.marker)
     ]
 
@@ -311,6 +324,9 @@ def describe(state: StackState) -> list[str]:
         f"S3:          {state.s3_endpoint}   buckets: {', '.join(state.buckets.values())}",
         f"MLflow:      {state.mlflow_uri}   (basic auth; user admin)",
         f"Ray:         {state.ray_dashboard_url}   (GCS {state.ray_gcs_address}; {state.workers} worker nodes; token auth)",
+        f"Prometheus:  {state.prometheus_url}   (scrapes Ray's metrics agents; dashboards/ for Grafana)"
+        if state.prometheus_url
+        else f"Prometheus:  {PROMETHEUS_HINT}",
         f"credentials: {state.dir / SECRETS_FILE} and {state.dir / RAY_TOKEN_FILE} (mode 600)",
         f"logs:        {state.dir / 'logs'}   Ray session: {ray_temp_dir(state)}",
         f'shell:       eval "$(pbp stack env --state-dir {shlex.quote(str(state.dir))})"',

@@ -5,6 +5,8 @@
     ray-head    ``ray start --head --num-cpus 0 --block`` with token auth (runs drivers, not training)
     ray-worker-N ``ray start --address ... --block``, one per simulated node, each tagged with a custom
                 resource ``pbp-node-worker-N`` so work can be pinned to it
+    prometheus  the Prometheus server (Debian's ``prometheus`` package) scraping every Ray node's metrics agent
+                through Ray's service discovery file; started only where the binary is installed
 
 Everything binds 127.0.0.1. Secrets reach the services through their own process environment or 0600 files in
 the state dir, never through command lines (visible in ``ps``).
@@ -27,6 +29,9 @@ from pbp.stack.state import RAY_TOKEN_FILE, Secrets, StackState, atomic_write
 
 S3_IDENTITY_FILE = "seaweedfs-s3.json"
 MLFLOW_AUTH_FILE = "mlflow-auth.ini"
+PROMETHEUS_CONFIG = "prometheus.yml"
+SCRAPE_INTERVAL_S = 5
+RAY_SD_FILE = "prom_metrics_service_discovery.json"
 
 
 class ServiceError(UserError, RuntimeError):
@@ -47,14 +52,38 @@ RAY_NODE_PORTS = ("agent_listen", "agent_grpc", "runtime_env", "metrics", "node_
 RAY_HEAD_PORTS = ("gcs", "dashboard", "client", *RAY_NODE_PORTS)
 
 
-def services_for(workers: int) -> list[Service]:
+PROMETHEUS = Service("prometheus", ("http",), "prometheus")
+PROMETHEUS_HINT = (
+    "not installed, so Ray's and pbp's metrics are not stored: `sudo apt-get install -y --no-install-recommends "
+    "prometheus` (or any Prometheus 2.x on PATH, or PBP_PROMETHEUS=/path/to/prometheus), then `pbp stack up`"
+)
+
+
+def prometheus_binary() -> str | None:
+    """Prometheus from PBP_PROMETHEUS, else on PATH (Debian installs /usr/bin/prometheus)."""
+    explicit = os.environ.get("PBP_PROMETHEUS")
+    if explicit:
+        return explicit if Path(explicit).exists() else None
+    return shutil.which("prometheus") or (
+        str(Path("/usr/bin/prometheus")) if Path("/usr/bin/prometheus").exists() else None
+    )
+
+
+def services_for(workers: int, prometheus: bool = False) -> list[Service]:
+    """The stack's services in start order; ``prometheus`` where its binary is installed (see ``with_prometheus``)."""
     out = [
         Service("seaweedfs", SEAWEEDFS_PORTS, "weed"),
         Service("mlflow", ("http",), "mlflow"),
         Service("ray-head", RAY_HEAD_PORTS, "ray"),
     ]
+    out += [PROMETHEUS] if prometheus else []
     out += [Service(f"ray-worker-{i}", RAY_NODE_PORTS, "ray") for i in range(1, workers + 1)]
     return out
+
+
+def with_prometheus(state: StackState) -> bool:
+    """Does this stack run Prometheus: its binary is installed now, or it was started before (so it is stopped)."""
+    return prometheus_binary() is not None or state.services.get("prometheus", None) is not None
 
 
 def _bin(name: str) -> str:
@@ -106,6 +135,14 @@ def command(svc: Service, state: StackState, secrets: Secrets, object_store_mb: 
             f"-admin.port={p['admin']}", "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0",
             "-s3.port.lance=0", f"-s3.config={d / S3_IDENTITY_FILE}", f"-bucket={','.join(state.buckets.values())}",
         ]  # fmt: skip
+    if svc.name == "prometheus":
+        binary = prometheus_binary()
+        if binary is None:
+            raise ServiceError(f"prometheus: {PROMETHEUS_HINT}")
+        return [
+            binary, f"--config.file={d / PROMETHEUS_CONFIG}", f"--storage.tsdb.path={d / 'data' / 'prometheus'}",
+            f"--web.listen-address={host}:{p['http']}", "--storage.tsdb.retention.time=15d",
+        ]  # fmt: skip
     if svc.name == "mlflow":
         db = d / "data" / "mlflow" / "mlflow.db"
         return [
@@ -142,6 +179,8 @@ def node_resource(service_name: str) -> str:
 
 def service_env(svc: Service, state: StackState, secrets: Secrets) -> dict[str, str]:
     env = base_env(state)
+    if svc.name == "ray-head" and "prometheus" in state.services:
+        env["RAY_PROMETHEUS_HOST"] = f"http://{state.host}:{state.port('prometheus')}"  # the dashboard's charts
     if svc.name == "mlflow":
         env.update(
             {
@@ -183,6 +222,25 @@ def write_service_files(state: StackState, secrets: Secrets) -> None:
     )
     (state.dir / "data" / "mlflow").mkdir(parents=True, exist_ok=True)
     (state.dir / "data" / "seaweedfs").mkdir(parents=True, exist_ok=True)
+    (state.dir / "data" / "prometheus").mkdir(parents=True, exist_ok=True)
+    atomic_write(state.dir / PROMETHEUS_CONFIG, prometheus_config(state))
+
+
+def prometheus_config(state: StackState) -> str:
+    """Scrape every Ray node's metrics agent, found through the service-discovery file Ray's head keeps up to date
+    in its session dir (the same file KubeRay's and Ray's own Prometheus setups read)."""
+    sd = Path(ray_temp_dir(state)) / RAY_SD_FILE
+    return (
+        "# Written by `pbp stack up` (rewritten on every start).\n"
+        f"global:\n  scrape_interval: {SCRAPE_INTERVAL_S}s\n  evaluation_interval: {SCRAPE_INTERVAL_S}s\n"
+        "scrape_configs:\n"
+        "  - job_name: ray\n"
+        f"    file_sd_configs:\n      - files: ['{sd}']\n        refresh_interval: {SCRAPE_INTERVAL_S}s\n"
+        "  - job_name: prometheus\n"
+        f"    static_configs:\n      - targets: ['{state.host}:{state.port('prometheus')}']\n"
+        if "prometheus" in state.services
+        else "# Prometheus is not part of this stack.\n"
+    )
 
 
 # ---- health checks: return None when healthy, else a short reason ---------------------------------------------
@@ -203,6 +261,9 @@ def check(svc: Service, state: StackState, secrets: Secrets) -> str | None:
             return _check_s3(state, secrets)
         if svc.name == "mlflow":
             return _check_mlflow(state, secrets)
+        if svc.name == "prometheus":
+            status, _ = _http(f"http://{state.host}:{state.port('prometheus')}/-/ready")
+            return None if status == 200 else f"/-/ready answered {status}"
         return _check_ray(svc, state)
     except (OSError, urllib.error.URLError) as e:
         return f"not answering ({e})"

@@ -131,6 +131,12 @@ class StackState:
     def ray_dashboard_url(self) -> str:
         return f"http://{self.host}:{self.port('ray-head', 'dashboard')}"
 
+    @property
+    def prometheus_url(self) -> str | None:
+        """None where the stack runs without Prometheus (its binary is not installed)."""
+        rec = self.services.get("prometheus")
+        return f"http://{self.host}:{rec.ports['http']}" if rec and "http" in rec.ports else None
+
     def save(self) -> None:
         atomic_write(self.dir / STATE_FILE, json.dumps(asdict(self), indent=2) + "\n")
 

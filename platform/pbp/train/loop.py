@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from pbp import telemetry
 from pbp.config import from_dict
 from pbp.data.episodes import Bucket
 from pbp.data.go import vocabulary_terms
@@ -87,6 +88,8 @@ class Pretrainer:
         # Test hook: steps whose loss is made NaN (a fault the real data cannot produce on cue).
         self.inject_nan = frozenset(meta.get("inject_nonfinite_steps") or ())
         self.window = ThroughputWindow()
+        self.bytes_seen: dict[int, int] = {}
+        """Each reader's shard bytes already counted (for the bytes-read metric)."""
         self.first_log: tuple[int, float] | None = None
         self.tracker: Tracker | None = None
         self.run_id: str | None = None
@@ -120,6 +123,8 @@ class Pretrainer:
         stream = PretrainingStream(reader_cfg, ctx.rank, ctx.world_size, state=reader_state)
         self.loader = StatefulLoader(stream, c.data.num_workers)
         self.batches = iter(self.loader)
+        # Bytes already counted: none on a fresh start, the saved totals on a resume.
+        self.bytes_seen = {int(k): int(v.get("bytes_read", 0)) for k, v in (reader_state or {}).items()}
 
     def step(self, step: int) -> Metrics:
         """One optimizer step: forward, loss, the non-finite check across ranks, backward, update."""
@@ -139,6 +144,9 @@ class Pretrainer:
         self.nonfinite.record(finite, step)
         world = self.ctx.world_size
         self.window.add(int(batch["pad_mask"].sum()) * world, len(batch["accessions"]) * world, wait)
+        read = int(batch["position"].get("bytes_read", 0))  # every rank counts its own reader's bytes
+        telemetry.bytes_read("pretrain", self.cfg.run_name, read - self.bytes_seen.get(batch["reader"], 0))
+        self.bytes_seen[batch["reader"]] = read
         return {
             "loss": float(total.item()) if finite else float("nan"),
             "token_loss": float(loss.token_loss.item()),
@@ -161,6 +169,8 @@ class Pretrainer:
         rates = self.window.rates()
         self.tracker.log_metrics(done, _without_nan({**metrics, **rates, "skipped_steps": float(self.nonfinite.total)}))
         now = time.perf_counter()
+        step_s = (now - self.window.t0) / max(1, min(self.cfg.tracking.log_every, done))
+        telemetry.training("pretrain", self.cfg.run_name, done, metrics, rates, step_s, self.nonfinite.total)
         if self.first_log is None:  # the ETA's step rate is measured from the first logging window on
             self.first_log = (max(done - self.cfg.tracking.log_every, 0), self.window.t0)
         steps, start = done - self.first_log[0], self.first_log[1]
@@ -179,7 +189,10 @@ class Pretrainer:
                               mlflow_run_id=self.run_id, schedule=self.schedule.state_dict(),
                               nonfinite_steps=self.nonfinite.total)  # fmt: skip
         report = _without_nan({"step": done, **{k: metrics[k] for k in REPORTED}})
+        t0 = time.perf_counter()
         self.ckpt.save(write, commit, report, self.loader.state_dict())
+        if self.ctx.is_main:
+            telemetry.checkpoint_saved("pretrain", self.cfg.run_name, time.perf_counter() - t0)
 
 
 def _deepspeed_engine(cfg: PretrainConfig, ctx: DistContext) -> tuple[Any, torch.device, bool]:

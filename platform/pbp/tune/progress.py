@@ -7,6 +7,7 @@ from typing import Any
 
 from ray import tune
 
+from pbp import telemetry
 from pbp.tune.search import EPOCH, FINISHED
 
 
@@ -22,6 +23,23 @@ class LiveProgress(tune.Callback):
     def _line(self, text: str) -> None:
         print(f"[{self.campaign}] {text}", flush=True)
 
+    def _export(self, trials: list, ending: Any = None, as_status: str = "") -> None:
+        """Trials by state to Prometheus (through Ray's metrics): ended trials count as completed when their last
+        result was the final one, else as pruned (stopped by ASHA)."""
+        states = {"running": 0, "completed": 0, "pruned": 0, "failed": 0}
+        for t in trials:
+            status = as_status if t is ending else t.status  # Tune updates the status after its callbacks
+            if status == "RUNNING":
+                states["running"] += 1
+            elif status == "ERROR":
+                states["failed"] += 1
+            elif status == "TERMINATED":
+                states["completed" if (t.last_result or {}).get(FINISHED) else "pruned"] += 1
+        telemetry.campaign(self.campaign, states, self.metric, self.best[0] if self.best else None)
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._export(trials)
+
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         value = result.get(self.metric)
         if value is None or not math.isfinite(value):
@@ -31,13 +49,16 @@ class LiveProgress(tune.Callback):
         best = f"best so far {self.best[0]:.4f} ({self.best[1]})" if self.best else "no finished trial yet"
         what = "finished" if result.get(FINISHED) else f"epoch {result.get(EPOCH)}"
         self._line(f"trial {trial.trial_id} {what}: {self.metric}={value:.4f}; {best}")
+        self._export(trials)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         done = 1 + sum(t.status in ("TERMINATED", "ERROR") for t in trials if t is not trial)
         self._line(f"trial {trial.trial_id} ended; {done}/{len(trials)} trials ended")
+        self._export(trials, trial, "TERMINATED")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._line(f"trial {trial.trial_id} FAILED (after its retries): see its log under the campaign's storage")
+        self._export(trials, trial, "ERROR")
 
 
 class CampaignStopper(tune.Stopper):
