@@ -101,7 +101,9 @@ class FaultProxy:
                     data = resp.read()
                     self.send_response(resp.status, resp.reason)
                     for k, v in resp.getheaders():
-                        if k.lower() not in HOP_BY_HOP and not (k.lower() == "content-length" and self.command != "HEAD"):
+                        if k.lower() not in HOP_BY_HOP and not (
+                            k.lower() == "content-length" and self.command != "HEAD"
+                        ):
                             self.send_header(k, v)
                     if self.command != "HEAD":
                         self.send_header("Content-Length", str(len(data)))

@@ -89,6 +89,9 @@ TINY = ["finetune_overrides=[task.max_rows=80, stages.0.max_epochs=1, stages.1.m
         "asha.enabled=false", "storage_path=s3://pbp-runs/tests-tune"]  # fmt: skip
 
 
+# ~5 min on 2 cores: outside the default suite's ~25-minute budget; `make test-slow` runs it (it passed in the
+# clean-clone run of 2026-11-26 before it was moved there).
+@pytest.mark.slow
 def test_kill_a_trial_worker_then_the_driver_then_resume_and_warm_start(stack_dir, endpoints, tmp_path, monkeypatch):
     """A trial's worker killed after its first checkpoint: the trial resumes from it. The driver killed after a trial
     finished: `--resume` keeps the finished trials and runs the rest, num_samples in all, one parent run. Then a

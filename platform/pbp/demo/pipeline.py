@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -131,5 +132,5 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoSummar
 
     demo = Demo(cfg, echo)
     for name, fn in steps.STEPS:
-        demo.step(name, lambda fn=fn: fn(demo))
+        demo.step(name, partial(fn, demo))
     return steps.summary(demo)

@@ -175,7 +175,7 @@ def embed_file(model_uri: str, input_path: str, out: Path, *, per_residue: bool 
                 np.save(f, proteins)
 
         _atomic(out, save)
-        _atomic(out.with_name(out.name + ".ids.txt"), lambda tmp: tmp.write_text("\n".join(inputs.ids) + "\n"))
+        _atomic(out.with_name(out.name + ".ids.txt"), lambda tmp: _write_text(tmp, "\n".join(inputs.ids) + "\n"))
     else:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -193,6 +193,10 @@ def _embed_rows(e: Any) -> list[tuple[np.ndarray, np.ndarray | None]]:
     return list(zip(e.proteins, res, strict=True))
 
 
+def _write_text(path: Path, text: str) -> None:
+    path.write_text(text)
+
+
 def _atomic(path: Path, write: Callable[[Path], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -206,6 +210,6 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> None:
 def _write_errors(out: Path, errors: ErrorLog) -> None:
     path = out.with_name(out.name + ".errors.jsonl")
     if errors.total:
-        _atomic(path, lambda tmp: tmp.write_text("".join(json.dumps(e) + "\n" for e in errors.entries)))
+        _atomic(path, lambda tmp: _write_text(tmp, "".join(json.dumps(e) + "\n" for e in errors.entries)))
     else:
         path.unlink(missing_ok=True)

@@ -165,8 +165,9 @@ def build(trail: Trail, decision: dict[str, Any]) -> dict[str, Any]:
     """The record that follows ``trail`` (call under the model's lock), checked to fit MLflow's param limit."""
     rec = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in decision.items()}
     for k in ("reason", "gate"):
-        if isinstance(rec.get(k), str):
-            rec[k] = rec[k][:MAX_TEXT]
+        text = rec.get(k)
+        if isinstance(text, str):
+            rec[k] = text[:MAX_TEXT]
     rec.update(who())
     rec.update(model=trail.model, seq=max((r["seq"] for r in trail.records), default=0) + 1, prev_sha256=trail.head,
                time=datetime.now(UTC).isoformat(timespec="seconds"))  # fmt: skip

@@ -104,7 +104,7 @@ def evaluate(model: Any, task: Any, ref: SplitRef) -> dict[str, float]:
     model.eval()
     logits, labels = [], []
     with torch.no_grad():
-        for rows, tokens in length_batches(split.tokens):
+        for rows, tokens in length_batches(split.tokens):  # type: ignore[arg-type]  # arrays of token ids
             out = model(tokens).float()
             for r, k in enumerate(rows):
                 if task.kind.per_residue:

@@ -89,7 +89,7 @@ def torch_trainer(
             name=run_name,
             storage_path=storage_path,
             storage_filesystem=fs,
-            failure_config=ray.train.FailureConfig(
+            failure_config=ray.train.FailureConfig(  # type: ignore[call-arg]  # Train V2's FailureConfig
                 max_failures=scaling.max_failures, controller_failure_limit=tries - 1
             ),
             callbacks=callbacks,
