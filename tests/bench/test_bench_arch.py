@@ -31,7 +31,8 @@ def test_bench_arch_then_one_report_holding_every_figure(tmp_path, capsys):
         assert r["params_ratio"] == pytest.approx(pb_params / tf_params)
         assert r["speed_ratio"] == pytest.approx(pb["samples_per_s"] / tf["samples_per_s"])
         assert r["memory_ratio"] == pytest.approx(pb["peak_mib"] / tf["peak_mib"])
-        assert pb["samples_per_s"] > 0 and tf["peak_mib"] > pb["peak_mib"] > 0  # 38M params against ~70k
+        # The Transformer's gradients alone (38.9M fp32 = 148 MiB) exceed all the tiny model's step needs.
+        assert pb["samples_per_s"] > 0 and tf["peak_mib"] > 140 and tf["peak_mib"] > pb["peak_mib"] >= 0
     # Another benchmark's JSON beside it; the report holds every ratio of both, and the machine.
     other = {"predict": {"ratio": 0.97, "n": 10}, "results": [{"dtype": "fp32", "fraction_of_peak": 0.3}],
              "worst_up_over_target": 0.5, "seconds": 12.0}  # fmt: skip

@@ -3,9 +3,8 @@ against a TAPE-sized Transformer encoder (12 layers, hidden 512, 8 heads, FFN 20
 parameters, as TAPE's) at several sequence lengths: parameters, samples/s and peak memory, as ratios
 ProteinBERT / Transformer, both measured in the same run on the same synthetic batches.
 
-Each measurement runs in a fresh Python process, so its peak resident memory (``ru_maxrss``, CPU) or peak CUDA
-allocation is its own; the memory figure is the step's peak above the process's footprint once model and batch
-exist (weights, gradients, activations, temporaries). Both models train on a masked-token loss over every
+Each measurement runs in a fresh Python process, its peak resident memory (VmHWM, reset once model and batch
+exist) or peak CUDA allocation its own; the memory figure is the step's peak above the process's footprint then (weights, gradients, activations, temporaries). Both models train on a masked-token loss over every
 position (ProteinBERT adds its annotation loss); no optimizer step, as ``pbp bench model``.
 """
 
@@ -68,6 +67,26 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
+def _reset_peak_rss() -> None:
+    """Linux: reset this process' peak RSS (VmHWM), so imports and set-up before the step do not count."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _peak_rss_mb() -> float:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def measure(arch: str, model_cfg: dict, seq_len: int, batch_size: int, steps: int, warmup: int, device: str,
             transformer: dict | None = None) -> dict[str, float]:  # fmt: skip
     """One architecture at one length, in this process: params, samples/s, peak memory of the step (MiB)."""
@@ -95,6 +114,7 @@ def measure(arch: str, model_cfg: dict, seq_len: int, batch_size: int, steps: in
         model.zero_grad(set_to_none=True)
         loss().backward()
 
+    _reset_peak_rss()
     base = _rss_mb()
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -108,10 +128,7 @@ def measure(arch: str, model_cfg: dict, seq_len: int, batch_size: int, steps: in
         step()
     sync()
     elapsed = time.perf_counter() - t0
-    if device.startswith("cuda"):
-        peak = torch.cuda.max_memory_allocated() / 2**20 - base
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base  # ru_maxrss: KiB on Linux
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else _peak_rss_mb()) - base
     return {"params": float(n_params(model)), "samples_per_s": steps * batch_size / elapsed, "peak_mib": peak}
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pbp.data.shards import file_sha256
+from pbp.data.storage import with_retries
 from pbp.train.dist import DistContext, broadcast
 
 log = logging.getLogger("pbp.train.checkpoint")
@@ -74,11 +75,15 @@ class StorageDir:
     def read_json(self, rel: str) -> dict | None:
         from pyarrow import fs as pafs
 
-        info = self.fs.get_file_info(f"{self.path}/{rel}")
-        if info.type != pafs.FileType.File:
-            return None
-        with self.fs.open_input_stream(f"{self.path}/{rel}") as f:
-            return json.loads(f.read())
+        def read() -> dict | None:
+            info = self.fs.get_file_info(f"{self.path}/{rel}")
+            if info.type != pafs.FileType.File:
+                return None
+            with self.fs.open_input_stream(f"{self.path}/{rel}") as f:
+                return json.loads(f.read())
+
+        # The SDK retries throttling itself; a response cut mid-stream surfaces as OSError: try again from the top.
+        return with_retries(f"read {self.url(rel)}", read)
 
     def size(self, rel: str) -> int | None:
         from pyarrow import fs as pafs
@@ -151,8 +156,8 @@ def download(run: StorageDir, name: str, local: Path, rank: int) -> tuple[dict, 
 
     # copy_files creates only the source's subdirectories: a flat checkpoint (fine-tuning's) needs its root made.
     local.mkdir(parents=True, exist_ok=True)
-    pafs.copy_files(f"{run.path}/{name}", str(local), source_filesystem=run.fs,
-                    destination_filesystem=pafs.LocalFileSystem())  # fmt: skip
+    with_retries(f"download {run.url(name)}", lambda: pafs.copy_files(
+        f"{run.path}/{name}", str(local), source_filesystem=run.fs, destination_filesystem=pafs.LocalFileSystem()))  # fmt: skip
     commit = json.loads((local / COMMIT).read_text())
     mine = json.loads((local / rank_manifest_name(rank)).read_text()) if rank < commit["world_size"] else {}
     for doc_rank in {0, rank} & set(range(commit["world_size"])):

@@ -15,7 +15,7 @@ from pbp.data.shards import load_manifest, manifest_digest
 from pbp.errors import UserError
 from pbp.stack.endpoints import resolve, set_ray_auth_env
 from pbp.train.config import PretrainConfig, ScalingConfig
-from pbp.train.tracking import check_tracking_server
+from pbp.train.tracking import check_tracking_server, mark_unfinished
 
 log = logging.getLogger("pbp.train")
 
@@ -235,4 +235,10 @@ def pretrain(cfg: PretrainConfig, meta_extra: dict[str, Any] | None = None, addr
     if os.environ.get("PBP_TEST_INJECT_NONFINITE"):  # test hook: NaN losses at these steps (a fault on cue)
         meta["inject_nonfinite_steps"] = [int(s) for s in os.environ["PBP_TEST_INJECT_NONFINITE"].split(",")]
     connect_ray(address)
-    return fit(build_trainer(cfg, meta), cfg.scaling)
+    try:
+        return fit(build_trainer(cfg, meta), cfg.scaling)
+    except BaseException as e:
+        if cfg.tracking.enabled:
+            mark_unfinished(cfg.tracking.experiment, cfg.run_name,
+                            "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")  # fmt: skip
+        raise

@@ -61,6 +61,22 @@ def find_run(client: Any, exp_id: str, run_name: str) -> str | None:
     return next((r.info.run_id for r in found if r.data.tags.get(RUN_NAME_TAG) == run_name), None)
 
 
+def mark_unfinished(experiment: str, run_name: str, status: str = "FAILED") -> None:
+    """Driver side, after a run raised: its MLflow run, if still RUNNING, gets ``status``. The workers mark it
+    themselves (``finish_on_error``), but a worker killed by Ray Train (another rank failed first, a lost node) never
+    gets to. Best effort: a tracking problem here is logged, never raised over the run's own error."""
+    try:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(configure_mlflow())
+        exp = client.get_experiment_by_name(experiment)
+        run_id = find_run(client, exp.experiment_id, run_name) if exp is not None else None
+        if run_id is not None and client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, status)
+    except Exception as e:  # the run's own error is what the user must see
+        log.warning("could not mark MLflow run %s %s: %s", run_name, status, e)
+
+
 def configure_mlflow() -> str:
     """Point this process' MLflow client at the resolved tracking server (credentials in its environment).
 
