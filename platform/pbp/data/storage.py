@@ -23,6 +23,12 @@ from pbp.stack.state import atomic_write
 
 T = TypeVar("T")
 RETRIES = 4
+SMALL_READ_RETRIES = 9
+"""For pyarrow reads of small objects: pyarrow hands the AWS SDK a buffer the size of the requested range, a 503's
+XML error body does not fit in it, and the SDK then reports a non-retryable INTERNAL_FAILURE ("Failed to flush response
+stream") instead of retrying the 503 itself (the same bug as apache/doris#66557). At 30 % 503s one attempt of a small
+read fails with p=0.3, so ten attempts fail together with p=6e-6."""
+MAX_BACKOFF_S = 5.0
 
 
 def is_s3(url: str) -> bool:
@@ -30,7 +36,7 @@ def is_s3(url: str) -> bool:
 
 
 def with_retries(what: str, fn: Callable[[], T], retries: int = RETRIES) -> T:
-    """Run ``fn``; on transient I/O errors retry with exponential backoff (0.2 s, 0.4 s, ...)."""
+    """Run ``fn``; on transient I/O errors retry with exponential backoff (0.2 s, 0.4 s, ... at most 5 s)."""
     for attempt in range(retries + 1):
         try:
             return fn()
@@ -39,7 +45,7 @@ def with_retries(what: str, fn: Callable[[], T], retries: int = RETRIES) -> T:
         except (OSError, TimeoutError, ConnectionError) as e:
             if attempt == retries:
                 raise OSError(f"{what}: failed after {retries + 1} attempts: {e}") from e
-            time.sleep(0.2 * 2**attempt)
+            time.sleep(min(0.2 * 2**attempt, MAX_BACKOFF_S))
     raise AssertionError("unreachable")
 
 

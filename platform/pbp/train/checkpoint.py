@@ -17,12 +17,13 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from pbp.data.shards import file_sha256
-from pbp.data.storage import with_retries
+from pbp.data.storage import SMALL_READ_RETRIES, with_retries
 from pbp.train.dist import DistContext, broadcast
 
 log = logging.getLogger("pbp.train.checkpoint")
@@ -82,8 +83,8 @@ class StorageDir:
             with self.fs.open_input_stream(f"{self.path}/{rel}") as f:
                 return json.loads(f.read())
 
-        # The SDK retries throttling itself; a response cut mid-stream surfaces as OSError: try again from the top.
-        return with_retries(f"read {self.url(rel)}", read)
+        # A 503 on a small read surfaces as a non-retried INTERNAL_FAILURE (see storage.SMALL_READ_RETRIES).
+        return with_retries(f"read {self.url(rel)}", read, retries=SMALL_READ_RETRIES)
 
     def size(self, rel: str) -> int | None:
         from pyarrow import fs as pafs
@@ -154,10 +155,22 @@ def download(run: StorageDir, name: str, local: Path, rank: int) -> tuple[dict, 
     """
     from pyarrow import fs as pafs
 
-    # copy_files creates only the source's subdirectories: a flat checkpoint (fine-tuning's) needs its root made.
     local.mkdir(parents=True, exist_ok=True)
-    with_retries(f"download {run.url(name)}", lambda: pafs.copy_files(
-        f"{run.path}/{name}", str(local), source_filesystem=run.fs, destination_filesystem=pafs.LocalFileSystem()))  # fmt: skip
+    src = f"{run.path}/{name}"
+    infos = with_retries(f"list {run.url(name)}", lambda: run.fs.get_file_info(pafs.FileSelector(src, recursive=True)))
+    files = [i.path for i in infos if i.type == pafs.FileType.File]
+
+    def fetch(path: str) -> None:
+        dest = local / path[len(src) + 1 :]
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        # One file per attempt: a 503 on a small file's read is not retried by the SDK (storage.SMALL_READ_RETRIES),
+        # and retrying the whole directory would redo every other file each time.
+        with_retries(f"download {run.url(name)}/{dest.relative_to(local)}", lambda: pafs.copy_files(
+            path, str(dest), source_filesystem=run.fs, destination_filesystem=pafs.LocalFileSystem()),
+            retries=SMALL_READ_RETRIES)  # fmt: skip
+
+    with ThreadPoolExecutor(max_workers=min(8, max(1, len(files)))) as pool:
+        list(pool.map(fetch, files))
     commit = json.loads((local / COMMIT).read_text())
     mine = json.loads((local / rank_manifest_name(rank)).read_text()) if rank < commit["world_size"] else {}
     for doc_rank in {0, rank} & set(range(commit["world_size"])):
