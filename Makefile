@@ -71,6 +71,7 @@ bench: setup prometheus
 	$(BIN)/pbp bench model --config configs/model/base.yaml --json $(BENCH)/model.json
 	$(BIN)/pbp bench arch --json $(BENCH)/arch.json
 	$(BIN)/pbp bench data --json $(BENCH)/data.json
+	$(BIN)/pbp bench build --json $(BENCH)/build.json
 	$(BIN)/pbp bench train --json $(BENCH)/train.json
 	$(BIN)/pbp bench predict --json $(BENCH)/predict.json
 	$(BIN)/pbp bench tune --json $(BENCH)/tune.json

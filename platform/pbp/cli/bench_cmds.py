@@ -22,7 +22,17 @@ def _write_json(path: Path | None, doc: object) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="benchmarks (figures relative to a baseline measured in the same run)")
     bsub = bench.add_subparsers(dest="bench_command", metavar="COMMAND", required=True)
-    for add in (_add_model, _add_data, _add_train, _add_stack, _add_tune, _add_predict, _add_arch, _add_report):
+    for add in (
+        _add_model,
+        _add_data,
+        _add_train,
+        _add_stack,
+        _add_tune,
+        _add_predict,
+        _add_arch,
+        _add_build,
+        _add_report,
+    ):
         add(bsub)
 
 
@@ -54,7 +64,11 @@ def _add_data(bsub: argparse._SubParsersAction) -> None:
     )
     data.add_argument("--url", default=None, help="dataset URL (default: a synthetic one in the local stack)")
     data.add_argument("--proteins", type=int, default=20000, help="size of the synthetic dataset")
-    data.add_argument("--workers", type=int, default=0, help="DataLoader worker processes for the reader")
+    data.add_argument(
+        "--workers",
+        default="0,2",
+        help="DataLoader worker counts to measure, comma-separated (0: in the calling process)",
+    )
     data.add_argument("--json", type=Path, default=None)
     data.set_defaults(func=cmd_data)
 
@@ -155,6 +169,33 @@ def cmd_arch(args: argparse.Namespace) -> int:
               f"{pb['samples_per_s']:6.2f}/{tf['samples_per_s']:6.2f}={r.speed_ratio:5.2f} "
               f"{pb['peak_mib']:6.0f}/{tf['peak_mib']:6.0f}={r.memory_ratio:5.2f}")  # fmt: skip
     _write_json(args.json, {"bench": "arch", "device": args.device, "rows": [asdict(r) for r in rows]})
+    return 0
+
+
+def _add_build(bsub: argparse._SubParsersAction) -> None:
+    b = bsub.add_parser(
+        "build",
+        help="`pbp data build`'s peak memory at several input sizes (target: 4x the records, <= 1.2x the memory)",
+        description="Definitions in pbp.bench.build. Each build runs in a fresh process; no stack needed. The "
+        "default sizes take about 15 minutes and 6 GB of temporary disk on 2 cores.",
+    )
+    b.add_argument("--sizes", default="1000000,4000000", help="record counts, smallest first")
+    b.add_argument("--work-dir", default=None, help="where inputs and outputs go (default: the system's temp dir)")
+    b.add_argument("--json", type=Path, default=None)
+    b.set_defaults(func=cmd_build)
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from pbp.bench.build import bench_build
+
+    sizes = tuple(int(x) for x in args.sizes.split(",") if x.strip())
+    r = bench_build(sizes, args.work_dir)
+    for row in r["builds"]:
+        print(f"{row['records']:>10,} records  {row['seconds']:7.1f} s  {row['records'] / row['seconds']:8.0f} "
+              f"records/s  peak RSS {row['peak_rss_kb'] / 1024:6.0f} MiB  (imports {row['import_rss_kb'] / 1024:.0f})")  # fmt: skip
+    print(f"{r['records_ratio']:.1f}x the records: peak RSS {r['peak_rss_ratio']:.2f}x (target <= 1.2), above the "
+          f"imports {r['peak_above_imports_ratio']:.2f}x; records/s {r['records_per_s_ratio']:.2f}x")  # fmt: skip
+    _write_json(args.json, {"bench": "build", **r})
     return 0
 
 
@@ -273,16 +314,21 @@ def cmd_stack(args: argparse.Namespace) -> int:
 def cmd_data(args: argparse.Namespace) -> int:
     import tempfile
 
-    from pbp.bench.data import bench_data, ensure_bench_dataset
+    from pbp.bench.data import TARGET_SAMPLES_S, bench_data, ensure_bench_dataset
 
+    workers = tuple(int(x) for x in args.workers.split(",") if x.strip())
     with tempfile.TemporaryDirectory() as tmp:
         url = ensure_bench_dataset(args.url, args.proteins, Path(tmp))
-    r = bench_data(url, num_workers=args.workers)
+    r = bench_data(url, workers=workers)
     print(f"dataset {r['url']}: {r['shards']} shards, {r['samples']} samples, {r['bytes'] / 1e6:.1f} MB")
     print(f"raw sequential GET   {r['raw_get_mb_s']:8.1f} MB/s {r['raw_get_samples_s']:10.0f} samples/s")
-    print(f"reader ({r['reader_workers']} workers)   {r['reader_mb_s']:8.1f} MB/s {r['reader_samples_s']:10.0f} samples/s"
-          f"   = {r['reader_over_raw_get']:.2f} x raw GET")  # fmt: skip
-    print(f"base model training  {r['model_base_fp32_samples_s']:19.1f} samples/s (fp32, L=512, batch 16)"
+    for w in r["workers"]:
+        label = "in-process" if w["workers"] == 0 else f"{w['workers']} workers"
+        print(f"reader, {label:11s} {w['samples_s']:10.0f} samples/s at L={r['seq_len']}   = {w['speedup']:.2f} x "
+              "the first")  # fmt: skip
+    print(f"reader / target ({TARGET_SAMPLES_S:,} samples/s per process) = {r['reader_over_target']:.2f}; "
+          f"reader / raw GET = {r['reader_over_raw_get']:.3f}")  # fmt: skip
+    print(f"base model training  {r['model_base_fp32_samples_s']:19.1f} samples/s (fp32, L={r['seq_len']}, batch 16)"
           f"   reader = {r['reader_over_model']:.0f} x what training consumes")  # fmt: skip
     _write_json(args.json, r)
     return 0

@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     build = dsub.add_parser(
         "build",
         help="FASTA/UniProt (+ GO table) -> WebDataset shards + manifest at a local or s3:// URL",
-        description="Two streaming passes; deterministic train/valid split and shuffle; manifest.json written last.",
+        description="Reads the input once, bounded memory (hash partitions spilled to --tmp-dir); deterministic "
+        "train/valid split and shuffle; manifest.json written last.",
     )
     src = build.add_mutually_exclusive_group(required=True)
     src.add_argument("--fasta", type=Path, help="FASTA (.gz ok), UniProt/UniRef or bare headers")
@@ -40,6 +41,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--strict", action="store_true", help="reject residues outside the 22-letter alphabet")
     build.add_argument("--no-progress", action="store_true")
     build.add_argument("--force", action="store_true", help="overwrite shards of an earlier build in a local --out")
+    build.add_argument(
+        "--tmp-dir",
+        default=None,
+        help="where the build spills (about twice the input's uncompressed size); default: system temp",
+    )
     build.set_defaults(func=cmd_build)
 
     insp = dsub.add_parser("inspect", help="manifest summary; verifies every shard's size and sha256")
@@ -85,6 +91,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         unknown="error" if args.strict else "other",
         go_obo=str(args.go_obo) if args.go_obo else None,
         go_names=str(args.go_names) if args.go_names else None,
+        tmp_dir=args.tmp_dir,
     )
     make, bars = _progress(not args.no_progress)
     try:

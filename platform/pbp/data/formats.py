@@ -1,7 +1,7 @@
 """Streaming readers of real protein formats: FASTA, UniProt flat files, GO tables (TSV, GAF 2.x), benchmark CSVs.
 
-Memory does not grow with the sequence input: records are yielded one at a time. GO tables are read into an
-accession -> terms map (their size, not the FASTA's, bounds that).
+Memory does not grow with the input: records and GO table rows are yielded one at a time (``read_go_*`` collect a
+table into an accession -> terms map for callers that want one).
 """
 
 from __future__ import annotations
@@ -142,9 +142,8 @@ def read_uniprot_flat(
             errors.handle(RecordError(name, start, acc, "truncated_entry", "last entry has no '//' terminator"))
 
 
-def read_go_tsv(path: str | Path) -> dict[str, set[str]]:
-    """``accession<TAB>GO id[<TAB>aspect]`` rows (CAFA-style; a header row is allowed) -> accession -> terms."""
-    out: dict[str, set[str]] = defaultdict(set)
+def iter_go_tsv(path: str | Path) -> Iterator[tuple[str, str]]:
+    """``accession<TAB>GO id[<TAB>aspect]`` rows (CAFA-style; a header row is allowed) -> (accession, GO id)."""
     name = str(path)
     with open_text(path) as f:
         for i, line in numbered_lines(f, name):
@@ -158,13 +157,11 @@ def read_go_tsv(path: str | Path) -> dict[str, set[str]]:
                 if i == 1:
                     continue  # header row
                 raise RecordError(name, i, acc, "bad_go_id", f"{term!r} is not a GO id (GO:NNNNNNN)")
-            out[acc].add(term)
-    return dict(out)
+            yield acc, term
 
 
-def read_gaf(path: str | Path) -> dict[str, set[str]]:
+def iter_gaf(path: str | Path) -> Iterator[tuple[str, str]]:
     """GAF 2.x (UniProt-GOA): column 2 accession, 4 qualifier, 5 GO id. ``NOT`` annotations are excluded."""
-    out: dict[str, set[str]] = defaultdict(set)
     name = str(path)
     with open_text(path) as f:
         for i, line in numbered_lines(f, name):
@@ -178,18 +175,38 @@ def read_gaf(path: str | Path) -> dict[str, set[str]]:
                 raise RecordError(name, i, acc, "bad_go_id", f"{term!r} is not a GO id")
             if "NOT" in qualifier.split("|"):
                 continue
-            out[acc].add(term)
-    return dict(out)
+            yield acc, term
 
 
-def read_go_table(path: str | Path) -> dict[str, set[str]]:
-    """A GO annotation table by format: GAF (``!gaf-version`` header or ``.gaf``) or TSV."""
+def iter_go_table(path: str | Path) -> Iterator[tuple[str, str]]:
+    """A GO annotation table by format, streamed: GAF (``!gaf-version`` header or ``.gaf``) or TSV."""
     p = Path(path)
     with open_text(p) as f:
         first = f.readline()
     if first.startswith("!gaf-version") or ".gaf" in p.name:
-        return read_gaf(p)
-    return read_go_tsv(p)
+        return iter_gaf(p)
+    return iter_go_tsv(p)
+
+
+def collect_go(pairs: Iterable[tuple[str, str]]) -> dict[str, set[str]]:
+    """(accession, GO id) pairs -> accession -> terms."""
+    out: dict[str, set[str]] = defaultdict(set)
+    for acc, term in pairs:
+        out[acc].add(term)
+    return dict(out)
+
+
+def read_go_tsv(path: str | Path) -> dict[str, set[str]]:
+    return collect_go(iter_go_tsv(path))
+
+
+def read_gaf(path: str | Path) -> dict[str, set[str]]:
+    return collect_go(iter_gaf(path))
+
+
+def read_go_table(path: str | Path) -> dict[str, set[str]]:
+    """The whole table in memory (accession -> terms); ``pbp data build`` streams it instead (``iter_go_table``)."""
+    return collect_go(iter_go_table(path))
 
 
 # ---- ProteinBERT benchmark CSVs -------------------------------------------------------------------------------

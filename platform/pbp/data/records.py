@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import tempfile
 import zlib
 from collections import Counter
 from collections.abc import Iterator
@@ -42,26 +43,46 @@ class ProteinRecord:
 
 @dataclass
 class ErrorLog:
-    """Counts skipped records per reason and keeps them for the quarantine file."""
+    """Counts skipped records per reason and keeps them for the quarantine file.
+
+    The first ``keep`` entries stay in memory (``entries``, for messages); every entry also goes to an unnamed
+    temporary file, so a build that skips millions of records keeps bounded memory and loses none of them."""
 
     on_error: OnError = "raise"
     counts: Counter[str] = field(default_factory=Counter)
     entries: list[dict[str, object]] = field(default_factory=list)
+    keep: int = 1000
+    _spill: IO[str] | None = field(default=None, repr=False)
 
     def handle(self, err: RecordError) -> None:
         if self.on_error == "raise":
             raise err
         self.counts[err.reason] += 1
-        self.entries.append(
-            {"file": err.path, "line": err.line, "record": err.record, "reason": err.reason, "detail": err.detail}
-        )
+        entry = {"file": err.path, "line": err.line, "record": err.record, "reason": err.reason, "detail": err.detail}
+        if len(self.entries) < self.keep:
+            self.entries.append(entry)
+        if self._spill is None:
+            self._spill = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115 - lives with the log
+        self._spill.write(json.dumps(entry) + "\n")
 
     @property
     def total(self) -> int:
         return sum(self.counts.values())
 
+    def write_jsonl(self, out: IO[bytes]) -> None:
+        """Every entry, one JSON object per line, in the order they were handled (streamed, bounded memory)."""
+        if self._spill is None:
+            return
+        self._spill.flush()
+        self._spill.seek(0)
+        for line in self._spill:
+            out.write(line.encode())
+        self._spill.seek(0, io.SEEK_END)
+
     def quarantine_jsonl(self) -> bytes:
-        return "".join(json.dumps(e) + "\n" for e in self.entries).encode()
+        buf = io.BytesIO()
+        self.write_jsonl(buf)
+        return buf.getvalue()
 
 
 def open_text(path: str | Path) -> IO[str]:

@@ -1,10 +1,12 @@
 """``pbp data build`` / ``pbp data inspect``: versioned WebDataset shards plus a manifest that commits them.
 
-Build (two streaming passes over the input, so memory does not grow with it beyond one shard):
-  1. read and validate every record (bad ones raise, or are skipped into the quarantine), count GO terms;
-  2. assign each protein to train/valid by a hash of its accession (stable across re-runs and inputs), and to a
-     shard by a seeded hash (a shuffle across shards); shuffle within each shard; write tar shards with fixed
-     metadata, so the same input gives byte-identical shards.
+Build (the input read once; memory bounded whatever its size, see ``BuildConfig.partition_mb``):
+  1. read and validate every record, spill it (and the GO table's rows) to hash partitions by accession;
+  2. per partition: drop duplicate accessions, join GO annotations, propagate them, count terms and sizes;
+  3. assign each protein to train/valid by a hash of its accession (stable across re-runs and inputs), and to a
+     shard by a seeded hash (a shuffle across shards);
+  4. per shard: input order, a seeded shuffle, a tar with fixed metadata, so the same input gives byte-identical
+     shards (whatever the partitioning).
 Then upload shards, the quarantine list, and LAST ``manifest.json``: shard names, sample counts, bytes and sha256,
 the GO vocabulary (with term names where known), the input files' digests, skipped-record counts, the pbp version.
 A prefix without a manifest is not a dataset; readers refuse it.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import math
 import random
@@ -27,9 +30,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pbp.data.formats import read_fasta, read_go_table, read_uniprot_flat
+from pbp.data.formats import collect_go, iter_go_table, read_fasta, read_uniprot_flat
 from pbp.data.go import Ontology, build_vocabulary, read_go_names, read_obo
 from pbp.data.records import ErrorLog, OnError, ProteinRecord, RecordError
+from pbp.data.spill import Partitions, key_hash, max_open_files, partitions_for
 from pbp.data.storage import Store
 from pbp.model.tokenizer import UnknownPolicy
 
@@ -61,6 +65,11 @@ class BuildConfig:
     """Propagate annotations to ancestors using this go-basic.obo (the original did not)."""
     go_names: str | None = None
     """GO term names for the manifest from this file (an OBO, or a ``GO id<TAB>name`` table); default: go_obo's."""
+    partition_mb: float = 64.0
+    """Spilled records per partition of the duplicate check and GO join: the build's memory grows with this (and
+    with ``shard_size_mb``), not with the input. Does not change the output."""
+    tmp_dir: str | None = None
+    """Where the build spills (about twice the input's uncompressed size at its peak); default: the system's."""
 
     def __post_init__(self) -> None:
         if self.shard_size_mb <= 0:
@@ -69,10 +78,12 @@ class BuildConfig:
             raise ValueError("valid_fraction must be in [0, 1)")
         if self.min_go_records < 1:
             raise ValueError("min_go_records must be >= 1")
+        if self.partition_mb <= 0:
+            raise ValueError("partition_mb must be > 0")
 
 
 def _h64(text: str, salt: str = "") -> int:
-    return int.from_bytes(hashlib.blake2b(f"{salt}\0{text}".encode(), digest_size=8).digest(), "big")
+    return key_hash(text, salt)
 
 
 def split_of(accession: str, valid_fraction: float) -> str:
@@ -103,28 +114,29 @@ class Inputs:
         return [p for p in (self.fasta, self.go_table, self.uniprot) if p is not None]
 
 
-def _records(inputs: Inputs, cfg: BuildConfig, errors: ErrorLog, annotations) -> Iterator[ProteinRecord]:
+def _records(inputs: Inputs, cfg: BuildConfig, errors: ErrorLog) -> Iterator[ProteinRecord]:
     if inputs.uniprot is not None:
         return read_uniprot_flat(inputs.uniprot, errors, cfg.unknown)
-    return read_fasta(inputs.fasta, errors, cfg.unknown, annotations)  # type: ignore[arg-type]
+    return read_fasta(inputs.fasta, errors, cfg.unknown)  # type: ignore[arg-type]
 
 
 def _dedup(records: Iterator[ProteinRecord], errors: ErrorLog) -> Iterator[ProteinRecord]:
-    first_line: dict[int, int] = {}  # 64-bit hash of the accession -> line where it was first seen
+    """Drop every record whose accession came earlier (reported naming the first line). Holds one entry per
+    accession: the build calls it on one partition at a time (all records of an accession share a partition)."""
+    first_line: dict[str, int] = {}
     for rec in records:
-        h = _h64(rec.accession)
-        if h in first_line:
+        if rec.accession in first_line:
             errors.handle(
                 RecordError(
                     rec.source,
                     rec.line,
                     rec.accession,
                     "duplicate_accession",
-                    f"duplicate accession (first at line {first_line[h]})",
+                    f"duplicate accession (first at line {first_line[rec.accession]})",
                 )
             )
             continue
-        first_line[h] = rec.line
+        first_line[rec.accession] = rec.line
         yield rec
 
 
@@ -178,112 +190,178 @@ def build(
 ) -> BuildReport:
     """Build a dataset at ``out_url`` (see module docstring). ``progress(label, total)`` returns an updater.
     ``overwrite`` lets a build replace same-named files in a local directory (``--force``)."""
-    import pbp
-
     cfg = cfg or BuildConfig()
     t0 = time.monotonic()
     store = store or Store(out_url)
     check_destination(store, overwrite)
     tick = progress or (lambda _label, _total: lambda _n: None)
     onto: Ontology | None = read_obo(cfg.go_obo) if cfg.go_obo else None
-    names = _term_names(cfg, onto)
-    annotations = read_go_table(inputs.go_table) if inputs.go_table else None
-    stats: Counter[str] = Counter()
-
-    def records(errors: ErrorLog) -> Iterator[ProteinRecord]:
-        for rec in _dedup(_records(inputs, cfg, errors, annotations), errors):
-            if onto is not None and rec.go_terms:
-                rec = ProteinRecord(
-                    rec.accession, rec.sequence, onto.propagate(rec.go_terms, stats), rec.source, rec.line
-                )
-            yield rec
-
-    # Pass 1: validate, count terms and sizes.
     errors = ErrorLog(cfg.on_error)
-    term_counts: Counter[str] = Counter()
-    split_bytes: Counter[str] = Counter()
-    n_records = 0
-    update = tick("reading", None)
-    for rec in records(errors):
-        term_counts.update(rec.go_terms)
-        # JSON text plus the tar member's header and padding (~1 KiB)
-        split_bytes[split_of(rec.accession, cfg.valid_fraction)] += len(rec.sequence) + 6 * len(rec.go_terms) + 1100
-        n_records += 1
-        update(1)
-    if n_records == 0:
-        raise DatasetError(f"no valid records in {', '.join(map(str, inputs.files()))}")
-    vocab = build_vocabulary(term_counts, cfg.min_go_records)
-    index = {t: i for i, t in enumerate(vocab)}
-    shard_bytes = cfg.shard_size_mb * 2**20
-    n_shards = {s: max(1, math.ceil(split_bytes[s] / shard_bytes)) if split_bytes[s] else 0 for s in SPLITS}
+    with tempfile.TemporaryDirectory(prefix="pbp-build-", dir=cfg.tmp_dir) as tmp_name:
+        tmp = Path(tmp_name)
+        records, go = _partition(inputs, cfg, errors, tmp, tick)
+        counts = _check_and_join(records, go, inputs, onto, errors, cfg, tmp / "clean.jsonl", tick)
+        if counts.records == 0:
+            raise DatasetError(f"no valid records in {', '.join(map(str, inputs.files()))}")
+        vocab = build_vocabulary(counts.terms, cfg.min_go_records)
+        shard_bytes = cfg.shard_size_mb * 2**20
+        n_shards = {s: max(1, math.ceil(counts.split_bytes[s] / shard_bytes)) if counts.split_bytes[s] else 0
+                    for s in SPLITS}  # fmt: skip
+        unannotated = _route(tmp / "clean.jsonl", {t: i for i, t in enumerate(vocab)}, n_shards, cfg, tmp, tick)
+        splits = _write_shards(store, n_shards, cfg, tmp, tick)
+        quarantine = None
+        if errors.total:
+            with (tmp / QUARANTINE).open("wb") as f:
+                errors.write_jsonl(f)
+            store.put_file(QUARANTINE, tmp / QUARANTINE)
+            quarantine = QUARANTINE
+    manifest = _manifest(inputs, cfg, onto, counts, vocab, splits, unannotated, errors, quarantine)
+    store.put_bytes(MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())  # LAST: commits the dataset
+    return BuildReport(manifest, store.url, time.monotonic() - t0, errors)
 
-    # Pass 2: spill records into per-shard files (bounded memory), then shuffle and tar each shard.
-    manifest_splits: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory(prefix="pbp-build-") as tmp:
-        spill = {
-            (s, i): open(Path(tmp) / f"{s}-{i:06d}.jsonl", "w")  # noqa: SIM115 - closed below
-            for s in SPLITS
-            for i in range(n_shards[s])
-        }
-        update = tick("encoding", n_records)
-        unannotated = 0
-        for rec in records(ErrorLog("skip")):  # pass 1 already raised or counted every error
-            s = split_of(rec.accession, cfg.valid_fraction)
-            go = [index[t] for t in rec.go_terms if t in index]
-            unannotated += not go
-            sample = {"accession": rec.accession, "sequence": rec.sequence, "go": go}
-            spill[(s, _h64(rec.accession, f"shard{cfg.seed}") % n_shards[s])].write(json.dumps(sample) + "\n")
-            update(1)
+
+def _input_bytes(inputs: Inputs) -> int:
+    """The inputs' size, gzipped files counted at 4x (a typical ratio for FASTA and GO tables)."""
+    total = 0
+    for p in inputs.files():
+        with p.open("rb") as f:
+            total += p.stat().st_size * (4 if f.read(2) == b"\x1f\x8b" else 1)
+    return total
+
+
+def _partition(inputs: Inputs, cfg: BuildConfig, errors: ErrorLog, tmp: Path, tick) -> tuple[Partitions, Partitions]:
+    """Pass 1: the GO table (if any), then every sequence record read and validated once, both spilled to the same
+    partitions by a hash of the accession. Bad records raise or go to ``errors`` here; duplicates are found later."""
+    n = partitions_for(_input_bytes(inputs), cfg.partition_mb)
+    go = Partitions(tmp, "go", n)
+    if inputs.go_table is not None:
+        for acc, rows in itertools.groupby(iter_go_table(inputs.go_table), key=lambda row: row[0]):
+            go.add(acc, [acc, [term for _, term in rows]])  # tables are usually grouped by accession: one row each
+    go.close()
+    records = Partitions(tmp, "records", n)
+    update = tick("reading", None)
+    for rec in _records(inputs, cfg, errors):
+        records.add(rec.accession, [rec.line, rec.accession, rec.sequence, rec.go_terms])
+        update(1)
+    records.close()
+    return records, go
+
+
+@dataclass
+class _Counts:
+    records: int = 0
+    terms: Counter[str] = field(default_factory=Counter)
+    split_bytes: Counter[str] = field(default_factory=Counter)
+    go_stats: Counter[str] = field(default_factory=Counter)
+
+
+def _check_and_join(records: Partitions, go: Partitions, inputs: Inputs, onto: Ontology | None, errors: ErrorLog,
+                    cfg: BuildConfig, out: Path, tick) -> _Counts:  # fmt: skip
+    """Pass 2, one partition at a time: drop duplicate accessions, join the GO table's annotations, propagate them,
+    count terms and sizes; the surviving records go to ``out`` as ``[line, accession, sequence, terms]`` rows."""
+    source = str(inputs.uniprot or inputs.fasta)
+    c = _Counts()
+    update = tick("checking", records.rows_written)
+    with out.open("w", encoding="utf-8") as f:
+        for i in range(records.n):
+            annotations = None
+            if inputs.go_table is not None:
+                annotations = collect_go((acc, term) for acc, terms in go.rows(i) for term in terms)
+            rows = (ProteinRecord(acc, seq, tuple(terms), source, line) for line, acc, seq, terms in records.rows(i))
+            for rec in _dedup(rows, errors):
+                terms = rec.go_terms if annotations is None else tuple(sorted(annotations.get(rec.accession, ())))
+                if onto is not None and terms:
+                    terms = onto.propagate(terms, c.go_stats)
+                c.terms.update(terms)
+                # JSON text plus the tar member's header and padding (~1 KiB)
+                c.split_bytes[split_of(rec.accession, cfg.valid_fraction)] += len(rec.sequence) + 6 * len(terms) + 1100
+                c.records += 1
+                f.write(json.dumps([rec.line, rec.accession, rec.sequence, terms]) + "\n")
+                update(1)
+            records.remove(i)
+            go.remove(i)
+    return c
+
+
+def _route(clean: Path, index: dict[str, int], n_shards: dict[str, int], cfg: BuildConfig, tmp: Path, tick) -> int:
+    """Pass 3: encode each record's terms as vocabulary indices and append it to its shard's spill file (at most
+    ``max_open_files()`` open at once: more shards take more passes over ``clean``). -> records without any
+    vocabulary term."""
+    keys = [(s, i) for s in SPLITS for i in range(n_shards[s])]
+    group = max_open_files()
+    unannotated = 0
+    update = tick("encoding", None)
+    for g in range(0, len(keys), group):
+        spill = {k: (tmp / f"{k[0]}-{k[1]:06d}.jsonl").open("w", encoding="utf-8") for k in keys[g : g + group]}
+        with clean.open(encoding="utf-8") as rows:
+            for row in rows:
+                line, acc, seq, terms = json.loads(row)
+                s = split_of(acc, cfg.valid_fraction)
+                f = spill.get((s, _h64(acc, f"shard{cfg.seed}") % n_shards[s]))
+                if f is None:
+                    continue
+                go = [index[t] for t in terms if t in index]
+                unannotated += not go
+                f.write(f"{line}\t" + json.dumps({"accession": acc, "sequence": seq, "go": go}) + "\n")
+                update(1)
         for f in spill.values():
             f.close()
-        update = tick("writing shards", sum(n_shards.values()))
-        for s in SPLITS:
-            shards = []
-            for i in range(n_shards[s]):
-                lines = (Path(tmp) / f"{s}-{i:06d}.jsonl").read_text().splitlines()
-                random.Random(f"{cfg.seed}-{s}-{i}").shuffle(lines)
-                name = f"{s}-{i:06d}.tar"
-                local = Path(tmp) / name
-                with tarfile.open(local, "w", format=tarfile.USTAR_FORMAT) as tar:
-                    for j, line in enumerate(lines):
-                        _tar_member(tar, f"{s[0]}{i:06d}_{j:07d}.json", line.encode() + b"\n")
-                digest = file_sha256(local)
-                store.put_file(name, local)
-                shards.append(
-                    {
-                        "name": name,
-                        "url": store.join(name),
-                        "samples": len(lines),
-                        "bytes": local.stat().st_size,
-                        "sha256": digest,
-                    }
-                )
-                local.unlink()
-                update(1)
-            manifest_splits[s] = {"samples": sum(x["samples"] for x in shards), "shards": shards}
+    return unannotated
 
-    quarantine = None
-    if errors.total:
-        store.put_bytes(QUARANTINE, errors.quarantine_jsonl())
-        quarantine = QUARANTINE
-    manifest = {
+
+def _write_shards(store: Store, n_shards: dict[str, int], cfg: BuildConfig, tmp: Path, tick) -> dict[str, dict]:
+    """Pass 4, one shard in memory at a time: input order (by line), a seeded shuffle, a tar with fixed metadata
+    (so the same input gives byte-identical shards), its sha256, the upload."""
+    update = tick("writing shards", sum(n_shards.values()))
+    splits: dict[str, dict] = {}
+    for s in SPLITS:
+        shards = []
+        for i in range(n_shards[s]):
+            spill = tmp / f"{s}-{i:06d}.jsonl"
+            numbered = [x.split("\t", 1) for x in spill.read_text(encoding="utf-8").splitlines()]
+            spill.unlink()
+            numbered.sort(key=lambda x: int(x[0]))
+            lines = [doc for _, doc in numbered]
+            del numbered
+            random.Random(f"{cfg.seed}-{s}-{i}").shuffle(lines)
+            name = f"{s}-{i:06d}.tar"
+            local = tmp / name
+            with tarfile.open(local, "w", format=tarfile.USTAR_FORMAT) as tar:
+                for j, line in enumerate(lines):
+                    _tar_member(tar, f"{s[0]}{i:06d}_{j:07d}.json", line.encode() + b"\n")
+            digest = file_sha256(local)
+            store.put_file(name, local)
+            size = local.stat().st_size
+            shards.append(
+                {"name": name, "url": store.join(name), "samples": len(lines), "bytes": size, "sha256": digest}
+            )
+            local.unlink()
+            update(1)
+        splits[s] = {"samples": sum(x["samples"] for x in shards), "shards": shards}
+    return splits
+
+
+def _manifest(inputs: Inputs, cfg: BuildConfig, onto: Ontology | None, counts: _Counts, vocab: list[str],
+              splits: dict[str, dict], unannotated: int, errors: ErrorLog, quarantine: str | None) -> dict:  # fmt: skip
+    import pbp
+
+    names = _term_names(cfg, onto)
+    return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "pbp_version": pbp.__version__,
         "created_unix": int(time.time()),
-        "records": n_records,
+        "records": counts.records,
         "records_without_vocabulary_annotation": unannotated,
-        "splits": manifest_splits,
+        "splits": splits,
         "go_vocabulary": vocab,
         "go_vocabulary_names": [names.get(t) for t in vocab],  # aligned with go_vocabulary; null where unknown
-        "go": {"min_records": cfg.min_go_records, "propagated": onto is not None, **dict(stats)},
+        "go": {"min_records": cfg.min_go_records, "propagated": onto is not None, **dict(counts.go_stats)},
         "inputs": [{"path": str(p), "bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in inputs.files()],
         "skipped": dict(errors.counts),
         "quarantine": quarantine,
-        "build": asdict(cfg),
+        "build": {k: v for k, v in asdict(cfg).items() if k not in ("partition_mb", "tmp_dir")},  # output-neutral
     }
-    store.put_bytes(MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())  # LAST: commits the dataset
-    return BuildReport(manifest, store.url, time.monotonic() - t0, errors)
 
 
 def _term_names(cfg: BuildConfig, onto: Ontology | None) -> dict[str, str]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import io
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,12 +46,11 @@ def family_term(f: int) -> str:
     return f"GO:98{f:05d}"
 
 
-def generate(cfg: SynthConfig) -> list[tuple[str, str, list[str]]]:
-    """-> [(accession, sequence, GO-like terms)]."""
+def iter_proteins(cfg: SynthConfig) -> Iterator[tuple[str, str, list[str]]]:
+    """(accession, sequence, GO-like terms), one protein at a time (memory does not grow with ``n_proteins``)."""
     rng = random.Random(cfg.seed)
     residues, weights = list(COMPOSITION), list(COMPOSITION.values())
     motifs = ["".join(rng.choices(residues, weights, k=MOTIF_LEN)) for _ in range(cfg.n_motifs)]
-    out = []
     for n in range(cfg.n_proteins):
         length = int(min(cfg.max_len, max(cfg.min_len, rng.lognormvariate(5.7, 0.6))))
         seq = rng.choices(residues, weights, k=length)
@@ -61,22 +61,28 @@ def generate(cfg: SynthConfig) -> list[tuple[str, str, list[str]]]:
                 pos = rng.randrange(0, max(1, length - MOTIF_LEN))
                 seq[pos : pos + MOTIF_LEN] = motifs[m]
                 terms |= {motif_term(m), family_term(m // cfg.motifs_per_family)}
-        out.append((f"SYN{n:07d}", "".join(seq[:length]), sorted(terms)))
-    return out
+        yield f"SYN{n:07d}", "".join(seq[:length]), sorted(terms)
 
 
-def write_corpus(out_dir: Path, cfg: SynthConfig) -> tuple[Path, Path]:
-    """Write ``synth.fasta.gz`` and ``synth_go.tsv`` into ``out_dir``; returns their paths."""
+def generate(cfg: SynthConfig) -> list[tuple[str, str, list[str]]]:
+    """-> [(accession, sequence, GO-like terms)]."""
+    return list(iter_proteins(cfg))
+
+
+def write_corpus(out_dir: Path, cfg: SynthConfig, compresslevel: int = 9) -> tuple[Path, Path]:
+    """Write ``synth.fasta.gz`` and ``synth_go.tsv`` into ``out_dir`` (streamed); returns their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     fasta, table = out_dir / "synth.fasta.gz", out_dir / "synth_go.tsv"
-    proteins = generate(cfg)
-    with fasta.open("wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz, io.TextIOWrapper(gz) as f:
-        for acc, seq, _ in proteins:
+    with (
+        fasta.open("wb") as raw,
+        gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=compresslevel) as gz,
+        io.TextIOWrapper(gz) as f,
+        table.open("w") as t,
+    ):
+        for acc, seq, terms in iter_proteins(cfg):
             f.write(f">{acc} synthetic protein (pbp data synth, seed {cfg.seed})\n")
             for i in range(0, len(seq), 60):
                 f.write(seq[i : i + 60] + "\n")
-    with table.open("w") as f:
-        for acc, _, terms in proteins:
-            for t in terms:
-                f.write(f"{acc}\t{t}\tF\n")
+            for term in terms:
+                t.write(f"{acc}\t{term}\tF\n")
     return fasta, table

@@ -56,6 +56,7 @@ TooLongPolicy = Literal["error", "crop_start", "crop_center"]
 _STRIP = str.maketrans("", "", " \t\r\n\v\f0123456789")
 _DELETE_AMINO_ACIDS = str.maketrans("", "", AMINO_ACIDS)
 # Lookup table for fast encoding: byte value -> token id (OTHER for anything not a known letter).
+_FRAME_START, _FRAME_END = bytes([START_ID]), bytes([END_ID])
 _BYTE_TO_ID = bytes(TOKEN_TO_ID[chr(b)] if chr(b) in AMINO_ACIDS else OTHER_ID for b in range(256))
 
 
@@ -143,8 +144,19 @@ def encode(
     stats: TokenStats | None = None,
 ) -> list[int]:
     """Normalise and encode one sequence as ``[<START>, residues..., <END>]``."""
+    return list(encode_bytes(seq, record, unknown=unknown, stats=stats))
+
+
+def encode_bytes(
+    seq: str | bytes,
+    record: str | None = None,
+    *,
+    unknown: UnknownPolicy = "other",
+    stats: TokenStats | None = None,
+) -> bytes:
+    """:func:`encode` as one byte per token (every id is < 256), built in C: ``np.frombuffer(b, np.uint8)``."""
     clean = normalize_sequence(seq, record, unknown=unknown, stats=stats)
-    return [START_ID, *clean.encode("ascii").translate(_BYTE_TO_ID), END_ID]
+    return _FRAME_START + clean.encode("ascii").translate(_BYTE_TO_ID) + _FRAME_END
 
 
 def decode(ids: Iterable[int]) -> str:

@@ -20,7 +20,6 @@ the ids in ``<out>.ids.txt`` (per-residue embeddings need parquet).
 from __future__ import annotations
 
 import csv
-import json
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -207,9 +206,14 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _write_errors_to(tmp: Path, errors: ErrorLog) -> None:
+    with tmp.open("wb") as f:
+        errors.write_jsonl(f)
+
+
 def _write_errors(out: Path, errors: ErrorLog) -> None:
     path = out.with_name(out.name + ".errors.jsonl")
     if errors.total:
-        _atomic(path, lambda tmp: _write_text(tmp, "".join(json.dumps(e) + "\n" for e in errors.entries)))
+        _atomic(path, lambda tmp: _write_errors_to(tmp, errors))
     else:
         path.unlink(missing_ok=True)
