@@ -34,7 +34,7 @@ def test_bench_data_reads_the_same_samples_in_process_and_with_two_workers(stack
     fasta, table = write_corpus(tmp_path, SynthConfig(n_proteins=1500, seed=2))
     url = f"s3://{endpoints.buckets['data']}/tests/bench-data-{random.randrange(10**9)}/"
     build(url, Inputs(fasta, table), BuildConfig(shard_size_mb=0.3, min_go_records=5), store=Store(url, endpoints))
-    doc = bench_data(url, workers=(0, 2), model_seconds=0.5, max_shards=4, seq_len=64, batch_size=4)
+    doc = bench_data(url, workers=(0, 2), model_seconds=0.5, max_shards=4, seq_len=64, batch_size=4, model_batch_size=2)
     assert [w["workers"] for w in doc["workers"]] == [0, 2]
     assert doc["workers"][0]["samples"] == doc["workers"][1]["samples"] == doc["samples"] > 100
     assert doc["workers"][0]["speedup"] == 1 and doc["reader_over_target"] > 0

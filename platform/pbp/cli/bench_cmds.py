@@ -63,7 +63,7 @@ def _add_data(bsub: argparse._SubParsersAction) -> None:
         help="reader throughput from S3 against raw GETs of the same shards and the base model's training rate",
     )
     data.add_argument("--url", default=None, help="dataset URL (default: a synthetic one in the local stack)")
-    data.add_argument("--proteins", type=int, default=20000, help="size of the synthetic dataset")
+    data.add_argument("--proteins", type=int, default=60000, help="size of the synthetic dataset")
     data.add_argument(
         "--workers",
         default="0,2",

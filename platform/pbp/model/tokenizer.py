@@ -171,10 +171,18 @@ def decode(ids: Iterable[int]) -> str:
     return "".join(out)
 
 
+def encode_normalized(clean: str) -> bytes:
+    """:func:`encode_bytes` for residues already normalised (a dataset shard's, which ``pbp data build`` normalised):
+    one C translation, no checks. A non-ASCII character raises UnicodeEncodeError."""
+    return _FRAME_START + clean.encode("ascii").translate(_BYTE_TO_ID) + _FRAME_END
+
+
 def random_crop(ids: Sequence[int], seq_len: int, rng: random.Random) -> list[int]:
-    """Pretraining crop, as the original: a uniformly random window of ``seq_len`` tokens (or all of it)."""
-    max_offset = max(len(ids) - seq_len, 0)
-    offset = rng.randint(0, max_offset)
+    """Pretraining crop, as the original: a uniformly random window of ``seq_len`` tokens (or all of it; then
+    nothing is drawn from ``rng``)."""
+    if len(ids) <= seq_len:
+        return list(ids)
+    offset = rng.randint(0, len(ids) - seq_len)
     return list(ids[offset : offset + seq_len])
 
 
