@@ -1,6 +1,6 @@
 """`pbp demo`: the generated task and the config (no stack), then the whole pipeline at its smallest on the local
-stack, twice: the second run reuses the stack, dataset, pretraining run and campaign, and is faster; a failing step
-stops the demo with its log's tail."""
+stack; a failing step stops the demo with its log's tail. A second run reuses the stack, dataset, pretraining run and
+campaign, and is faster (`slow`: it runs the demo twice)."""
 
 from __future__ import annotations
 
@@ -41,16 +41,21 @@ def test_demo_config_is_checked_before_anything_runs():
             load_config(DemoConfig, REPO / "configs/demo/small.yaml", bad)
 
 
-def test_demo_end_to_end_twice_and_a_failing_step(stack_env, tmp_path, monkeypatch):
+def _first_run(tmp_path, monkeypatch, lines: list[str]):
     monkeypatch.chdir(REPO)  # the configs' relative paths, as `make demo` runs it
     cfg = load_config(DemoConfig, REPO / "configs/demo/small.yaml", [f"out={tmp_path / 'demo'}",
                                                                       f"name=demo-{tmp_path.name[-6:]}"])  # fmt: skip
-    lines: list[str] = []
-    t0 = time.time()
     first = run_demo(cfg, echo=lines.append)
     names = [s.name for s in first.steps]
     assert names == ["stack", "corpus", "shards", "pretrain", "task", "campaign", "register", "promote", "predict",
                      "attention"]  # fmt: skip
+    return cfg, first
+
+
+def test_demo_end_to_end_and_a_failing_step(stack_env, tmp_path, monkeypatch):
+    lines: list[str] = []
+    t0 = time.time()
+    cfg, first = _first_run(tmp_path, monkeypatch, lines)
     fig = {s.name: s.figure for s in first.steps}
     assert fig["shards"].startswith("built") and "@champion = version 1" in fig["promote"]
     assert "right (majority class:" in fig["predict"]
@@ -65,12 +70,17 @@ def test_demo_end_to_end_twice_and_a_failing_step(stack_env, tmp_path, monkeypat
     assert prom and f"Prometheus {prom}" in " ".join(text.split())
     assert not panels_without_data(prom, t0), panels_without_data(prom, t0, wait_s=0)
 
-    second = run_demo(cfg, echo=lines.append)
-    fig2 = {s.name: s.figure for s in second.steps}
-    assert fig2["shards"].startswith("reused") and "reused" in fig2["stack"]
-    assert sum(s.seconds for s in second.steps) < sum(s.seconds for s in first.steps)
-
     with pytest.raises(DemoStepError) as e:
         Demo(cfg, echo=lines.append).pbp("broken", "data", "inspect", "s3://pbp-data/no-such-dataset/")
     msg = str(e.value)
     assert "demo step 'broken' failed" in msg and "broken.log" in msg and "no-such-dataset" in msg
+
+
+@pytest.mark.slow
+def test_a_second_demo_run_reuses_everything_and_is_faster(stack_env, tmp_path, monkeypatch):
+    lines: list[str] = []
+    cfg, first = _first_run(tmp_path, monkeypatch, lines)
+    second = run_demo(cfg, echo=lines.append)
+    fig2 = {s.name: s.figure for s in second.steps}
+    assert fig2["shards"].startswith("reused") and "reused" in fig2["stack"]
+    assert sum(s.seconds for s in second.steps) < sum(s.seconds for s in first.steps)
