@@ -6,6 +6,10 @@ by a fresh Python process, which reports its peak resident memory (VmHWM) and it
 Figures: peak RSS of the largest build / of the smallest (target <= 1.2 for 4x the records), the same for the peak
 above the import footprint (the build's own memory, a stricter view), and records/s of each build against the
 smallest one's (so a per-record slowdown at scale shows too).
+
+``bench_build_ray`` (``--ray-workers 1,2``, needs the local stack): the same input built in one process and with
+its shards written by 1 and 2 Ray tasks at once, into the stack's S3: time ratios, and whether the shards are the
+same bytes (they must be).
 """
 
 from __future__ import annotations
@@ -17,12 +21,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from pbp.data.synth import SynthConfig, write_corpus
 
 CHILD = """
 import json, sys, time
 from pathlib import Path
+from typing import Any
 from pbp.bench.build import _vm
 from pbp.data.shards import BuildConfig, Inputs, build
 fasta, table, out = map(Path, sys.argv[1:4])
@@ -62,6 +68,7 @@ def measure(n: int, work: Path, echo=print) -> dict:
 
 
 def bench_build(sizes: tuple[int, ...] = (1_000_000, 4_000_000), work_dir: str | None = None, echo=print) -> dict:
+    """Peak memory at each size (module docstring)."""
     if len(sizes) < 2 or list(sizes) != sorted(sizes):
         raise ValueError("give at least two sizes, smallest first")
     with tempfile.TemporaryDirectory(prefix="pbp-bench-build-", dir=work_dir) as tmp:
@@ -76,3 +83,37 @@ def bench_build(sizes: tuple[int, ...] = (1_000_000, 4_000_000), work_dir: str |
         "records_per_s_ratio": (large["records"] / large["seconds"]) / (small["records"] / small["seconds"]),
         "target_peak_rss_ratio": 1.2,
     }
+
+
+def bench_build_ray(n: int = 200_000, workers: tuple[int, ...] = (1, 2), echo=print) -> dict:
+    """The same synthetic input built into the stack's S3 in this process, then with shards written by Ray tasks
+    (``pbp data build --ray-workers``) for each count in ``workers``; figures: build time against the in-process
+    build and against the first Ray count, and whether every build's shards are the same bytes."""
+    from pbp.data.shards import BuildConfig, Inputs, build
+    from pbp.stack.endpoints import require, resolve
+    from pbp.train.launch import RayShardMap
+
+    ep = resolve()
+    require(ep.s3_endpoint, "S3 endpoint (start the local stack: pbp stack up)")
+    base = f"s3://{ep.buckets.get('data') or 'pbp-data'}/bench/build-ray-{int(time.time())}"
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="pbp-bench-build-ray-") as tmp:
+        fasta, table = write_corpus(Path(tmp), SynthConfig(n_proteins=n, seed=0), compresslevel=1)
+        for w in (0, *workers):
+            shard_map = RayShardMap(w) if w else None
+            t0 = time.perf_counter()
+            m = build(
+                f"{base}/w{w}/", Inputs(fasta, table), BuildConfig(shard_size_mb=16), shard_map=shard_map
+            ).manifest
+            seconds = time.perf_counter() - t0
+            digests = [s["sha256"] for sp in m["splits"].values() for s in sp["shards"]]
+            rows.append({"ray_workers": w, "seconds": seconds, "shards": len(digests), "digests": digests})
+            echo(f"  {'in-process' if not w else f'{w} Ray workers'}: {seconds:.1f} s, {len(digests)} shards")
+    first = rows[0]["digests"]
+    for r in rows:
+        r["speedup"] = rows[0]["seconds"] / r["seconds"]  # against the in-process build
+        r["identical_shards"] = r.pop("digests") == first
+    out: dict = {"records": n, "builds": rows, "prefix": base}
+    if len(rows) > 2:
+        out["last_over_first_ray_speedup"] = rows[1]["seconds"] / rows[-1]["seconds"]
+    return out

@@ -181,12 +181,19 @@ def _add_build(bsub: argparse._SubParsersAction) -> None:
     )
     b.add_argument("--sizes", default="1000000,4000000", help="record counts, smallest first")
     b.add_argument("--work-dir", default=None, help="where inputs and outputs go (default: the system's temp dir)")
+    b.add_argument(
+        "--ray-workers",
+        default="",
+        help="also: shards written by these many Ray tasks, e.g. 1,2 "
+        "(needs the local stack; compared with an in-process build of --ray-records)",
+    )
+    b.add_argument("--ray-records", type=int, default=200_000)
     b.add_argument("--json", type=Path, default=None)
     b.set_defaults(func=cmd_build)
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from pbp.bench.build import bench_build
+    from pbp.bench.build import bench_build, bench_build_ray
 
     sizes = tuple(int(x) for x in args.sizes.split(",") if x.strip())
     r = bench_build(sizes, args.work_dir)
@@ -195,6 +202,13 @@ def cmd_build(args: argparse.Namespace) -> int:
               f"records/s  peak RSS {row['peak_rss_kb'] / 1024:6.0f} MiB  (imports {row['import_rss_kb'] / 1024:.0f})")  # fmt: skip
     print(f"{r['records_ratio']:.1f}x the records: peak RSS {r['peak_rss_ratio']:.2f}x (target <= 1.2), above the "
           f"imports {r['peak_above_imports_ratio']:.2f}x; records/s {r['records_per_s_ratio']:.2f}x")  # fmt: skip
+    if args.ray_workers:
+        workers = tuple(int(x) for x in args.ray_workers.split(",") if x.strip())
+        r["ray"] = bench_build_ray(args.ray_records, workers)
+        for row in r["ray"]["builds"]:
+            label = f"{row['ray_workers']} Ray workers" if row["ray_workers"] else "in-process"
+            print(f"{args.ray_records:,} records, {label:14s} {row['seconds']:7.1f} s  = {row['speedup']:.2f} x "
+                  f"in-process; same shards: {row['identical_shards']}")  # fmt: skip
     _write_json(args.json, {"bench": "build", **r})
     return 0
 

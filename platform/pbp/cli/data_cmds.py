@@ -41,6 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--strict", action="store_true", help="reject residues outside the 22-letter alphabet")
     build.add_argument("--no-progress", action="store_true")
     build.add_argument("--force", action="store_true", help="overwrite shards of an earlier build in a local --out")
+    build.add_argument("--ray-workers", type=int, default=0,
+                       help="write shards as this many Ray tasks at once on the cluster (--out must be s3://)")  # fmt: skip
+    build.add_argument("--address", default=None, help="Ray GCS address (default: RAY_ADDRESS, else the local stack)")
     build.add_argument(
         "--tmp-dir",
         default=None,
@@ -93,10 +96,18 @@ def cmd_build(args: argparse.Namespace) -> int:
         go_names=str(args.go_names) if args.go_names else None,
         tmp_dir=args.tmp_dir,
     )
+    shard_map = None
+    if args.ray_workers:
+        if not args.out.startswith("s3://"):
+            raise ValueError(f"--out {args.out}: --ray-workers writes shards from Ray workers, which may run on other "
+                             "machines: give an s3:// --out")  # fmt: skip
+        from pbp.train.launch import RayShardMap
+
+        shard_map = RayShardMap(args.ray_workers, args.address)
     make, bars = _progress(not args.no_progress)
     try:
         report = build(args.out, Inputs(args.fasta, args.go_table, args.uniprot), cfg, progress=make,
-                       overwrite=args.force)  # fmt: skip
+                       overwrite=args.force, shard_map=shard_map)  # fmt: skip
     finally:
         for b in bars:
             b.close()

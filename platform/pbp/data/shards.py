@@ -36,6 +36,7 @@ from pbp.data.records import ErrorLog, OnError, ProteinRecord, RecordError
 from pbp.data.spill import Partitions, key_hash, max_open_files, partitions_for
 from pbp.data.storage import Store
 from pbp.model.tokenizer import UnknownPolicy
+from pbp.stack.endpoints import Endpoints
 
 MANIFEST = "manifest.json"
 QUARANTINE = "quarantine.jsonl"
@@ -187,9 +188,11 @@ def build(
     store: Store | None = None,
     progress: Callable[[str, int | None], Callable[[int], None]] | None = None,
     overwrite: bool = False,
+    shard_map: ShardMap | None = None,
 ) -> BuildReport:
     """Build a dataset at ``out_url`` (see module docstring). ``progress(label, total)`` returns an updater.
-    ``overwrite`` lets a build replace same-named files in a local directory (``--force``)."""
+    ``overwrite`` lets a build replace same-named files in a local directory (``--force``). ``shard_map`` writes
+    the shards elsewhere (Ray tasks: ``pbp data build --ray-workers``); the output is the same bytes."""
     cfg = cfg or BuildConfig()
     t0 = time.monotonic()
     store = store or Store(out_url)
@@ -208,7 +211,7 @@ def build(
         n_shards = {s: max(1, math.ceil(counts.split_bytes[s] / shard_bytes)) if counts.split_bytes[s] else 0
                     for s in SPLITS}  # fmt: skip
         unannotated = _route(tmp / "clean.jsonl", {t: i for i, t in enumerate(vocab)}, n_shards, cfg, tmp, tick)
-        splits = _write_shards(store, n_shards, cfg, tmp, tick)
+        splits = _write_shards(store, n_shards, cfg, tmp, tick, shard_map)
         quarantine = None
         if errors.total:
             with (tmp / QUARANTINE).open("wb") as f:
@@ -309,34 +312,69 @@ def _route(clean: Path, index: dict[str, int], n_shards: dict[str, int], cfg: Bu
     return unannotated
 
 
-def _write_shards(store: Store, n_shards: dict[str, int], cfg: BuildConfig, tmp: Path, tick) -> dict[str, dict]:
-    """Pass 4, one shard in memory at a time: input order (by line), a seeded shuffle, a tar with fixed metadata
-    (so the same input gives byte-identical shards), its sha256, the upload."""
+@dataclass(frozen=True)
+class ShardJob:
+    """Everything needed to write one shard anywhere (pass 4): a Ray task on another node gets exactly this."""
+
+    url: str
+    """The dataset's URL."""
+    endpoints: Endpoints | None
+    """S3 endpoints and credentials (None for a local directory)."""
+    split: str
+    index: int
+    rows: bytes
+    """The shard's samples as ``line<TAB>JSON`` rows, in any order."""
+    seed: int
+
+
+ShardMap = Callable[[list[ShardJob]], list[dict]]
+"""Writes shard jobs somewhere else (``pbp.train.launch.ray_shard_map``: Ray tasks), returning their records in
+order; ``window`` attribute: how many jobs (their rows held by the caller) go at once."""
+
+
+def write_shard(job: ShardJob, tmp_dir: str | None = None) -> dict:
+    """Input order (by line), a seeded shuffle, a tar with fixed metadata (so the same input gives byte-identical
+    shards wherever this runs), its sha256, the upload. -> the shard's manifest record."""
+    store = Store(job.url, job.endpoints)
+    numbered = [x.split("\t", 1) for x in job.rows.decode("utf-8").splitlines()]
+    numbered.sort(key=lambda x: int(x[0]))
+    lines = [doc for _, doc in numbered]
+    del numbered
+    s, i = job.split, job.index
+    random.Random(f"{job.seed}-{s}-{i}").shuffle(lines)
+    name = f"{s}-{i:06d}.tar"
+    with tempfile.TemporaryDirectory(prefix="pbp-shard-", dir=tmp_dir) as tmp:
+        local = Path(tmp) / name
+        with tarfile.open(local, "w", format=tarfile.USTAR_FORMAT) as tar:
+            for j, line in enumerate(lines):
+                _tar_member(tar, f"{s[0]}{i:06d}_{j:07d}.json", line.encode() + b"\n")
+        digest = file_sha256(local)
+        store.put_file(name, local)
+        size = local.stat().st_size
+    return {"name": name, "url": store.join(name), "samples": len(lines), "bytes": size, "sha256": digest}
+
+
+def _write_shards(store: Store, n_shards: dict[str, int], cfg: BuildConfig, tmp: Path, tick,
+                  shard_map: ShardMap | None) -> dict[str, dict]:  # fmt: skip
+    """Pass 4: every shard by :func:`write_shard`, here one at a time, or ``shard_map``'s window at a time."""
     update = tick("writing shards", sum(n_shards.values()))
+    endpoints = store.endpoints if store.s3 else None
+    window = getattr(shard_map, "window", 1) if shard_map is not None else 1
+    records: dict[tuple[str, int], dict] = {}
+    keys = [(s, i) for s in SPLITS for i in range(n_shards[s])]
+    for w in range(0, len(keys), window):
+        jobs = []
+        for s, i in keys[w : w + window]:
+            spill = tmp / f"{s}-{i:06d}.jsonl"
+            jobs.append(ShardJob(store.url, endpoints, s, i, spill.read_bytes(), cfg.seed))
+            spill.unlink()
+        done = shard_map(jobs) if shard_map is not None else [write_shard(j, cfg.tmp_dir) for j in jobs]
+        for job, rec in zip(jobs, done, strict=True):
+            records[(job.split, job.index)] = rec
+        update(len(jobs))
     splits: dict[str, dict] = {}
     for s in SPLITS:
-        shards = []
-        for i in range(n_shards[s]):
-            spill = tmp / f"{s}-{i:06d}.jsonl"
-            numbered = [x.split("\t", 1) for x in spill.read_text(encoding="utf-8").splitlines()]
-            spill.unlink()
-            numbered.sort(key=lambda x: int(x[0]))
-            lines = [doc for _, doc in numbered]
-            del numbered
-            random.Random(f"{cfg.seed}-{s}-{i}").shuffle(lines)
-            name = f"{s}-{i:06d}.tar"
-            local = tmp / name
-            with tarfile.open(local, "w", format=tarfile.USTAR_FORMAT) as tar:
-                for j, line in enumerate(lines):
-                    _tar_member(tar, f"{s[0]}{i:06d}_{j:07d}.json", line.encode() + b"\n")
-            digest = file_sha256(local)
-            store.put_file(name, local)
-            size = local.stat().st_size
-            shards.append(
-                {"name": name, "url": store.join(name), "samples": len(lines), "bytes": size, "sha256": digest}
-            )
-            local.unlink()
-            update(1)
+        shards = [records[(s, i)] for i in range(n_shards[s])]
         splits[s] = {"samples": sum(x["samples"] for x in shards), "shards": shards}
     return splits
 

@@ -86,6 +86,11 @@ class Store:
     def fs(self):
         return s3_filesystem(self._endpoints)
 
+    @property
+    def endpoints(self) -> Endpoints:
+        """The endpoints and credentials this store uses (given, else resolved: environment, then local stack)."""
+        return self._endpoints or resolve()
+
     def _key(self, name: str) -> str:
         return self.join(name)[len("s3://") :]
 

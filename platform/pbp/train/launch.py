@@ -228,6 +228,28 @@ def connect_ray(address: str | None = None) -> None:
         ray.init(address=addr, log_to_driver=True)
 
 
+class RayShardMap:
+    """``pbp data build --ray-workers N``: writes the dataset's shards (sort, shuffle, tar, sha256, upload) as Ray
+    tasks of one CPU, N at a time, on whichever nodes have room; a task lost with its node is retried (the upload is
+    the same bytes). The rows travel through Ray's object store, so workers need no shared disk, only the S3."""
+
+    def __init__(self, workers: int, address: str | None = None) -> None:
+        if workers < 1:
+            raise ValueError(f"ray workers must be >= 1, got {workers}")
+        connect_ray(address)
+        import ray
+
+        from pbp.data.shards import write_shard
+
+        self.window = workers
+        self._task = ray.remote(num_cpus=1, max_retries=3)(write_shard)
+
+    def __call__(self, jobs: list) -> list[dict]:
+        import ray
+
+        return ray.get([self._task.remote(job) for job in jobs])
+
+
 def pretrain(cfg: PretrainConfig, meta_extra: dict[str, Any] | None = None, address: str | None = None):
     """Run pretraining on the Ray cluster; returns Ray Train's Result."""
     cfg, meta = resolve_config(cfg)
