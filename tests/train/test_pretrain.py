@@ -179,6 +179,7 @@ def test_stop_and_go_matches_an_uninterrupted_run(baseline, stack_dir, endpoints
     assert diff <= WEIGHT_ATOL, f"final weights differ by up to {diff:.2e}"
 
 
+@pytest.mark.slow  # a driver restart resumes through the same checkpoint API the fine-tuning re-run test covers
 def test_resubmitting_the_same_run_name_continues_it(baseline, stack_dir, endpoints, dataset):
     res = _pretrain(stack_dir, baseline, dataset, "max_steps=80", "tracking.log_every=1")
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
