@@ -67,6 +67,8 @@ def test_many_partitions_give_the_bytes_of_one_and_find_every_duplicate(corpus, 
     for n, line in enumerate(fasta.read_text().splitlines(), 1):
         if line.startswith(">"):
             first_line.setdefault(line[1:].split()[0], n)
+    # The quarantine is the same bytes too: duplicates in input order whatever the partitioning.
+    assert (tmp_path / "many" / "quarantine.jsonl").read_bytes() == (tmp_path / "one" / "quarantine.jsonl").read_bytes()
     for report in (one, many):
         q = [json.loads(x) for x in (tmp_path / ("one" if report is one else "many") / "quarantine.jsonl").open()]
         dups = [e for e in q if e["reason"] == "duplicate_accession"]
@@ -104,3 +106,15 @@ def test_the_quarantine_keeps_every_entry_while_memory_keeps_a_few():
     assert [x["record"] for x in lines] == ["R0", "R1", "R2", "R3", "R4"]
     log.handle(RecordError("in.fasta", 9, "R5", "empty_sequence", "empty"))  # still appends after a read
     assert [json.loads(x)["record"] for x in log.quarantine_jsonl().decode().splitlines()][-1] == "R5"
+
+
+def test_raise_mode_names_the_first_duplicate_in_the_input_whatever_the_partitioning(tmp_path):
+    text = "".join(f">P{i}\nMKV{'A' * (i % 7)}\n" for i in range(300))
+    fasta = tmp_path / "dups.fasta"
+    fasta.write_text(text + ">P250\nMKV\n>P7\nMKV\n>P123\nMKV\n")  # line 601 repeats P250: the first duplicate
+    for mb in (1e6, 0.0005):
+        with pytest.raises(
+            RecordError, match=r"dups.fasta:601: record 'P250' duplicate accession \(first at line 501\)"
+        ):
+            build(str(tmp_path / f"out-{mb}"), Inputs(fasta), BuildConfig(min_go_records=1, partition_mb=mb))
+        assert not (tmp_path / f"out-{mb}" / "manifest.json").exists()

@@ -16,7 +16,9 @@ Sample layout: one ``<key>.json`` member per protein: ``{"accession", "sequence"
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import heapq
 import io
 import itertools
 import json
@@ -68,7 +70,7 @@ class BuildConfig:
     """GO term names for the manifest from this file (an OBO, or a ``GO id<TAB>name`` table); default: go_obo's."""
     partition_mb: float = 64.0
     """Spilled records per partition of the duplicate check and GO join: the build's memory grows with this (and
-    with ``shard_size_mb``), not with the input. Does not change the output."""
+    with ``shard_size_mb``), not with the input. Changes no output (shards, manifest, quarantine order)."""
     tmp_dir: str | None = None
     """Where the build spills (about twice the input's uncompressed size at its peak); default: the system's."""
 
@@ -237,16 +239,20 @@ def _partition(inputs: Inputs, cfg: BuildConfig, errors: ErrorLog, tmp: Path, ti
     partitions by a hash of the accession. Bad records raise or go to ``errors`` here; duplicates are found later."""
     n = partitions_for(_input_bytes(inputs), cfg.partition_mb)
     go = Partitions(tmp, "go", n)
-    if inputs.go_table is not None:
-        for acc, rows in itertools.groupby(iter_go_table(inputs.go_table), key=lambda row: row[0]):
-            go.add(acc, [acc, [term for _, term in rows]])  # tables are usually grouped by accession: one row each
-    go.close()
+    try:
+        if inputs.go_table is not None:
+            for acc, rows in itertools.groupby(iter_go_table(inputs.go_table), key=lambda row: row[0]):
+                go.add(acc, [acc, [term for _, term in rows]])  # tables are usually grouped by accession
+    finally:
+        go.close()
     records = Partitions(tmp, "records", n)
     update = tick("reading", None)
-    for rec in _records(inputs, cfg, errors):
-        records.add(rec.accession, [rec.line, rec.accession, rec.sequence, rec.go_terms])
-        update(1)
-    records.close()
+    try:
+        for rec in _records(inputs, cfg, errors):
+            records.add(rec.accession, [rec.line, rec.accession, rec.sequence, rec.go_terms])
+            update(1)
+    finally:
+        records.close()
     return records, go
 
 
@@ -265,13 +271,15 @@ def _check_and_join(records: Partitions, go: Partitions, inputs: Inputs, onto: O
     source = str(inputs.uniprot or inputs.fasta)
     c = _Counts()
     update = tick("checking", records.rows_written)
+    runs: list[Path] = []  # per partition, its duplicates in input order, merged by line at the end
     with out.open("w", encoding="utf-8") as f:
         for i in range(records.n):
             annotations = None
             if inputs.go_table is not None:
                 annotations = collect_go((acc, term) for acc, terms in go.rows(i) for term in terms)
             rows = (ProteinRecord(acc, seq, tuple(terms), source, line) for line, acc, seq, terms in records.rows(i))
-            for rec in _dedup(rows, errors):
+            dups = _Deferred("skip")
+            for rec in _dedup(rows, dups):
                 terms = rec.go_terms if annotations is None else tuple(sorted(annotations.get(rec.accession, ())))
                 if onto is not None and terms:
                     terms = onto.propagate(terms, c.go_stats)
@@ -283,7 +291,34 @@ def _check_and_join(records: Partitions, go: Partitions, inputs: Inputs, onto: O
                 update(1)
             records.remove(i)
             go.remove(i)
+            if dups.deferred:
+                runs.append(out.with_name(f"duplicates-{i:05d}.jsonl"))
+                runs[-1].write_text("".join(json.dumps([e.line, e.record, e.detail]) + "\n" for e in dups.deferred))
+    _report_duplicates(runs, source, errors)
     return c
+
+
+class _Deferred(ErrorLog):
+    """Collects one partition's duplicate-accession errors instead of handling them (see ``_report_duplicates``)."""
+
+    def __init__(self, on_error: OnError) -> None:
+        super().__init__(on_error)
+        self.deferred: list[RecordError] = []
+
+    def handle(self, err: RecordError) -> None:
+        self.deferred.append(err)
+
+
+def _report_duplicates(runs: list[Path], source: str, errors: ErrorLog) -> None:
+    """Every partition's duplicates, merged into input order (a k-way merge of per-partition files: bounded memory),
+    handed to ``errors``: the quarantine lists them in input order and ``on_error=raise`` names the first duplicate
+    in the input, whatever the partitioning."""
+    with contextlib.ExitStack() as stack:
+        files = [stack.enter_context(p.open(encoding="utf-8")) for p in runs]
+        for line, acc, detail in heapq.merge(*((json.loads(x) for x in f) for f in files), key=lambda r: r[0]):
+            errors.handle(RecordError(source, line, acc, "duplicate_accession", detail))
+    for p in runs:
+        p.unlink()
 
 
 def _route(clean: Path, index: dict[str, int], n_shards: dict[str, int], cfg: BuildConfig, tmp: Path, tick) -> int:
@@ -295,8 +330,9 @@ def _route(clean: Path, index: dict[str, int], n_shards: dict[str, int], cfg: Bu
     unannotated = 0
     update = tick("encoding", None)
     for g in range(0, len(keys), group):
-        spill = {k: (tmp / f"{k[0]}-{k[1]:06d}.jsonl").open("w", encoding="utf-8") for k in keys[g : g + group]}
-        with clean.open(encoding="utf-8") as rows:
+        with contextlib.ExitStack() as files, clean.open(encoding="utf-8") as rows:
+            spill = {k: files.enter_context((tmp / f"{k[0]}-{k[1]:06d}.jsonl").open("w", encoding="utf-8"))
+                     for k in keys[g : g + group]}  # fmt: skip
             for row in rows:
                 line, acc, seq, terms = json.loads(row)
                 s = split_of(acc, cfg.valid_fraction)
@@ -307,8 +343,6 @@ def _route(clean: Path, index: dict[str, int], n_shards: dict[str, int], cfg: Bu
                 unannotated += not go
                 f.write(f"{line}\t" + json.dumps({"accession": acc, "sequence": seq, "go": go}) + "\n")
                 update(1)
-        for f in spill.values():
-            f.close()
     return unannotated
 
 
@@ -328,7 +362,7 @@ class ShardJob:
 
 
 ShardMap = Callable[[list[ShardJob]], list[dict]]
-"""Writes shard jobs somewhere else (``pbp.train.launch.ray_shard_map``: Ray tasks), returning their records in
+"""Writes shard jobs somewhere else (``pbp.train.launch.RayShardMap``: Ray tasks), returning their records in
 order; ``window`` attribute: how many jobs (their rows held by the caller) go at once."""
 
 
