@@ -30,12 +30,9 @@ def _checkpoint(local, rank_files: dict[str, bytes]):
     for rel, data in rank_files.items():
         (local / rel).parent.mkdir(parents=True, exist_ok=True)
         (local / rel).write_bytes(data)
-    ckpt.write_manifests(local, 0, 10, {"0": {"batches": 3}}, {"world_size": 1, "schedule": {"step": 10}})
 
 
 def test_build_read_and_checkpoint_survive_30_percent_503s_with_identical_results(endpoints, tmp_path):
-    from ray.train.v2._internal.execution.storage import _upload_to_fs_path  # what ray.train.report uploads with
-
     fasta, table = write_corpus(tmp_path, SynthConfig(n_proteins=400, seed=7))
     bucket = endpoints.buckets["data"]
     base = f"tests/s3-faults-{random.randrange(10**9)}"
@@ -48,10 +45,11 @@ def test_build_read_and_checkpoint_survive_30_percent_503s_with_identical_result
         ep = dataclasses.replace(endpoints, s3_endpoint=proxy.url)
         faulty = build(faulty_url, Inputs(fasta, table), cfg, store=Store(faulty_url, ep)).manifest
         read_faulty = _read_all(faulty_url, Store(faulty_url, ep))
-        # A checkpoint uploaded as Ray Train does, found complete, downloaded and verified, all through the proxy.
+        # A checkpoint uploaded as Checkpointer.save does (each file hashed on the way), found complete, downloaded and verified, all through the proxy.
         _checkpoint(tmp_path / "ckpt", files)
         run = ckpt.StorageDir(ep.pyarrow_fs(), f"{endpoints.buckets['runs']}/{base}/run")
-        _upload_to_fs_path(str(tmp_path / "ckpt"), run.fs, f"{run.path}/{ckpt.checkpoint_name(10)}")
+        ckpt.upload(tmp_path / "ckpt", run, ckpt.checkpoint_name(10), 0, 10, {"0": {"batches": 3}},
+                    {"world_size": 1, "schedule": {"step": 10}})  # fmt: skip
         assert ckpt.newest_complete(run) == ckpt.checkpoint_name(10)
         commit, mine = ckpt.download(run, ckpt.checkpoint_name(10), tmp_path / "back", 0)
     print(f"\n503 SlowDown answered to {proxy.injected} of {proxy.injected + proxy.forwarded} S3 requests "

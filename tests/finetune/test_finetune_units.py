@@ -252,11 +252,12 @@ def test_a_finetuning_checkpoint_restores_from_storage(tmp_path):
     with torch.no_grad():
         tr.model.head.weight.add_(1.0)
     progress = Progress(stage=1, epoch_in_stage=1, epochs_done=3, patience={"lr": 1e-3, "best": 0.5}, best_metric=0.25)
-    local = tmp_path / "runs" / "r" / ckpt.checkpoint_name(3)
-    local.mkdir(parents=True)
+    local = tmp_path / "scratch"
+    local.mkdir()
     torch.save({"model": tr.model.state_dict(), "optimizer": None, "best": None}, local / STATE_FILE)
     commit = ckpt.CommitRecord(step=3, world_size=1, run_name=cfg.run_name, mlflow_run_id="abc", job=asdict(progress))
-    ckpt.write_manifests(local, 0, 3, {}, {k: v for k, v in commit.to_json().items() if k != "step"})
+    ckpt.upload(local, ckpt.storage_dir(cfg.run_url), ckpt.checkpoint_name(3), 0, 3, {},
+                {k: v for k, v in commit.to_json().items() if k != "step"})  # fmt: skip
     assert ckpt.newest_complete(ckpt.storage_dir(cfg.run_url)) == ckpt.checkpoint_name(3)
     fresh = Trainer(cfg, meta, DistContext.single())
     assert not torch.equal(fresh.model.head.weight, tr.model.head.weight)

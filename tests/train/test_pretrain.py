@@ -213,11 +213,7 @@ def test_incomplete_checkpoints_are_skipped_with_a_warning(tmp_path, caplog):
             local = tmp_path / f"l{step}-{r}"
             (local / "ds").mkdir(parents=True)
             (local / "ds" / f"shard{r}.pt").write_bytes(b"x" * (100 + r))
-            ckpt.write_manifests(local, r, step, {"0": {}}, {"world_size": 2, "schedule": {}} if r == 0 else None)
-            for f in local.rglob("*"):
-                if f.is_file():
-                    (d / f.relative_to(local)).parent.mkdir(parents=True, exist_ok=True)
-                    (d / f.relative_to(local)).write_bytes(f.read_bytes())
+            ckpt.upload(local, run, d.name, r, step, {"0": {}}, {"world_size": 2, "schedule": {}} if r == 0 else None)
         if drop:
             (d / drop).unlink()
         if truncate:

@@ -30,7 +30,7 @@ from pbp.finetune.export import TaskInfo, load_body, save_finetuned
 from pbp.finetune.features import PROGRESS_EVERY_S, FeatureCache, build_cache
 from pbp.model import ProteinBERT
 from pbp.model.finetune import IGNORE_INDEX, FinetuneModel, task_loss
-from pbp.train.checkpoint import Checkpointer, CommitRecord, Restored
+from pbp.train.checkpoint import Checkpointer, CommitRecord, Restored, Upload
 from pbp.train.dist import DistContext, all_gather_objects, average_gradients, broadcast, quiet_ray_train_reports
 from pbp.train.driver import Cadence, drive
 from pbp.train.metrics import task_metrics
@@ -269,9 +269,10 @@ class Trainer:
         assert self.optimizer is not None
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "best": self.best_state}
 
-        def write(d: Path) -> None:
+        def write(d: Path, up: Upload) -> None:
             if self.ctx.is_main:
-                torch.save(state, d / STATE_FILE)
+                with up.open(d / STATE_FILE) as f:  # uploaded as it is written
+                    torch.save(state, f)
 
         p = self.progress
         p.patience = asdict(self.patience)

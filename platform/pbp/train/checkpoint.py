@@ -1,6 +1,7 @@
 """Checkpoints: every rank saves its DeepSpeed shard; manifests make a checkpoint complete; loading falls back.
 
-A checkpoint directory ``<run dir>/checkpoint-<step>/`` (Ray Train merges every rank's files into it) holds:
+A checkpoint directory ``<run dir>/checkpoint-<step>/`` (every rank uploads its files into it through
+``ray.train.report``'s upload hook, each file read once and hashed on the way) holds:
     ds/...                    DeepSpeed's files (model states from rank 0, one optimizer shard per rank)
     rank-<r>.json             per rank: its files with sizes and sha256, and its data reader's position
     pbp_checkpoint.json       rank 0's commit record: step, world size, MLflow run id, schedule state
@@ -11,18 +12,19 @@ damaged shard) is skipped with a warning naming it, and the previous complete on
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
-from pbp.data.shards import file_sha256
 from pbp.data.storage import SMALL_READ_RETRIES, with_retries
 from pbp.train.dist import DistContext, broadcast
 
@@ -46,17 +48,220 @@ def rank_manifest_name(rank: int) -> str:
     return f"rank-{rank:05d}.json"
 
 
-def write_manifests(local_dir: Path, rank: int, step: int, reader_state: dict, commit: dict | None) -> None:
-    """After DeepSpeed wrote this rank's files into ``local_dir``: the rank manifest, and (rank 0) the commit."""
-    files = [
-        {"path": p.relative_to(local_dir).as_posix(), "bytes": p.stat().st_size, "sha256": file_sha256(p)}
-        for p in sorted(local_dir.rglob("*"))
-        if p.is_file() and p.name != COMMIT and not p.name.startswith("rank-")
-    ]
-    doc = {"rank": rank, "step": step, "files": files, "reader": reader_state}
-    (local_dir / rank_manifest_name(rank)).write_text(json.dumps(doc, indent=1))
-    if commit is not None:
-        (local_dir / COMMIT).write_text(json.dumps({"step": step, **commit}, indent=1))
+UPLOAD_CHUNK = 8 << 20
+UPLOAD_THREADS = 8
+
+
+def _parent_dir(fs: Any, dest: str) -> None:
+    """A local filesystem needs the directory; S3 has none to make."""
+    if fs.type_name == "local":
+        fs.create_dir(dest.rsplit("/", 1)[0], recursive=True)
+
+
+def _put_file(fs: Any, src: Path, dest: str, what: str) -> tuple[int, str]:
+    """Copy one local file to ``dest`` in ``fs``, hashing the bytes as they go: the file is read once. -> (bytes, sha256)."""
+
+    def attempt() -> tuple[int, str]:
+        _parent_dir(fs, dest)
+        h, n = hashlib.sha256(), 0
+        with src.open("rb") as f, fs.open_output_stream(dest) as out:
+            while chunk := f.read(UPLOAD_CHUNK):
+                h.update(chunk)  # releases the GIL, like the write: files hash and upload in parallel
+                out.write(chunk)
+                n += len(chunk)
+        return n, h.hexdigest()
+
+    return with_retries(what, attempt, retries=SMALL_READ_RETRIES)
+
+
+def _get_file(fs: Any, src: str, dest: Path, what: str) -> str:
+    """Copy ``src`` in ``fs`` to the local ``dest``, hashing the bytes as they arrive. -> sha256."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+
+    def attempt() -> str:
+        h = hashlib.sha256()
+        with fs.open_input_stream(src) as f, dest.open("wb") as out:
+            while chunk := f.read(UPLOAD_CHUNK):
+                h.update(chunk)
+                out.write(chunk)
+        return h.hexdigest()
+
+    return with_retries(what, attempt, retries=SMALL_READ_RETRIES)
+
+
+def _put_json(fs: Any, dest: str, doc: dict, what: str) -> None:
+    data = json.dumps(doc, indent=1).encode()
+
+    def attempt() -> None:
+        _parent_dir(fs, dest)
+        with fs.open_output_stream(dest) as out:
+            out.write(data)
+
+    with_retries(what, attempt, retries=SMALL_READ_RETRIES)
+
+
+class _TeeWriter:
+    """A binary file-like object (``write``, ``flush``) for ``torch.save``: each chunk goes to the local file, into the
+    sha256 and into an upload stream already open in storage, so the file is uploaded as it is serialised and never
+    read back. The local copy is what a failed stream is retried from."""
+
+    def __init__(self, path: Path, fs: Any, dest: str) -> None:
+        self.path, self.fs, self.dest = path, fs, dest
+        self.local = path.open("wb")
+        self.sha, self.nbytes = hashlib.sha256(), 0
+        self.remote: Any = None
+        self.error: BaseException | None = None
+        try:
+            _parent_dir(fs, dest)
+            self.remote = fs.open_output_stream(dest)
+        except Exception as e:  # retried from the local copy in finish()
+            self.error = e
+
+    def write(self, data: Any) -> int:
+        self.local.write(data)
+        self.sha.update(data)
+        if self.remote is not None and self.error is None:
+            try:
+                self.remote.write(data)  # buffered; parts go up in pyarrow's background threads
+            except Exception as e:
+                self.error = e
+        n = memoryview(data).nbytes
+        self.nbytes += n
+        return n
+
+    def flush(self) -> None:
+        self.local.flush()
+
+
+class Upload:
+    """One rank's checkpoint going up to ``run/name``, each file read at most once, uploads overlapping the writing:
+
+    - ``open(path)``: a writer for ``torch.save`` that uploads and hashes the bytes while they are written;
+    - ``ready(path)``: a file someone else wrote is complete: it goes up now (hashed from the bytes sent) while the
+      next one is written;
+    - ``finish``: sends the rest, waits, then writes the rank manifest (sizes and sha256) and, for rank 0, the commit
+      record.
+
+    A checkpoint is trusted only once complete (``check_complete``), so the order across ranks does not matter, and a
+    rank that fails half-way leaves files without a manifest: an incomplete checkpoint that loading skips.
+    """
+
+    def __init__(self, local_dir: Path, run: StorageDir, name: str) -> None:
+        self.local, self.run, self.name = local_dir.resolve(), run, name
+        self._pool: ThreadPoolExecutor | None = None
+        self._sent: dict[Path, Future[dict[str, Any]]] = {}
+
+    def _submit(self, path: Path, fn: Callable[[], dict[str, Any]]) -> None:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=UPLOAD_THREADS, thread_name_prefix="pbp-ckpt-upload")
+        self._sent[path] = self._pool.submit(fn)
+
+    def _rel(self, path: Path) -> str:
+        return path.relative_to(self.local).as_posix()
+
+    @contextmanager
+    def open(self, path: Path) -> Iterator[IO[bytes]]:
+        """Write ``path`` (inside the local directory) through the returned writer: uploaded as it is written."""
+        path = Path(path).resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rel = self._rel(path)
+        tee = _TeeWriter(path, self.run.fs, f"{self.run.path}/{self.name}/{rel}")
+        try:
+            yield cast("IO[bytes]", tee)  # what torch.save uses of a file: write and flush
+        except BaseException:
+            tee.local.close()
+            if tee.remote is not None:  # a partial object, without a manifest: an incomplete checkpoint
+                with suppress(Exception):
+                    tee.remote.close()
+            raise
+        tee.local.close()
+
+        def close() -> dict[str, Any]:
+            try:
+                if tee.error is None and tee.remote is not None:
+                    tee.remote.close()  # waits for the last parts
+                    return {"path": rel, "bytes": tee.nbytes, "sha256": tee.sha.hexdigest()}
+            except Exception as e:
+                tee.error = e
+            log.warning("upload of %s/%s failed while writing (%s); sending it again from the local copy",
+                        self.run.url(self.name), rel, tee.error)  # fmt: skip
+            return self._put(path)
+
+        self._submit(path, close)
+
+    def ready(self, path: Path) -> None:
+        """``path`` (inside the local directory) is written and closed: start its upload."""
+        path = Path(path).resolve()
+        if path not in self._sent:
+            self._submit(path, lambda: self._put(path))
+
+    def _put(self, p: Path) -> dict[str, Any]:
+        rel = self._rel(p)
+        dest = f"{self.run.path}/{self.name}/{rel}"
+        nbytes, digest = _put_file(self.run.fs, p, dest, f"upload {self.run.url(self.name)}/{rel}")
+        return {"path": rel, "bytes": nbytes, "sha256": digest}
+
+    def finish(self, rank: int, step: int, reader_state: dict, commit: dict | None) -> None:
+        """Upload what is not sent yet, wait for every file, then the manifest and the commit record. Can be called
+        again after it raised (Ray Train retries an upload): only the files that failed go up again."""
+        try:
+            for p in sorted(self.local.rglob("*")):
+                if p.is_file() and p.name != COMMIT and not p.name.startswith("rank-"):
+                    self.ready(p)
+            wait(self._sent.values())
+            failed = [p for p, f in self._sent.items() if f.exception() is not None]
+            for p in failed:
+                self._sent.pop(p).result()  # raises the first failure, naming the file
+            files = sorted((f.result() for f in self._sent.values()), key=lambda f: f["path"])
+        finally:
+            self.abandon()
+        dest = f"{self.run.path}/{self.name}"
+        doc = {"rank": rank, "step": step, "files": files, "reader": reader_state}
+        manifest = rank_manifest_name(rank)
+        _put_json(self.run.fs, f"{dest}/{manifest}", doc, f"upload {self.run.url(self.name)}/{manifest}")
+        if commit is not None:
+            where = f"upload {self.run.url(self.name)}/{COMMIT}"
+            _put_json(self.run.fs, f"{dest}/{COMMIT}", {"step": step, **commit}, where)
+
+    def abandon(self) -> None:
+        """Stop: wait for the uploads under way, start no more."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+def upload(local_dir: Path, run: StorageDir, name: str, rank: int, step: int, reader_state: dict,
+           commit: dict | None) -> None:  # fmt: skip
+    """Upload the files in ``local_dir`` as this rank's part of checkpoint ``run/name`` (see ``Upload``)."""
+    Upload(local_dir, run, name).finish(rank, step, reader_state, commit)
+
+
+@contextmanager
+def upload_as_saved(engine: Any, up: Upload) -> Iterator[None]:
+    """While DeepSpeed's ``engine.save_checkpoint`` runs inside: every file its checkpoint engine saves goes up as
+    it is written (``Upload.open``, with DeepSpeed's default engine, which is a ``torch.save``), or as soon as it is
+    written (``Upload.ready``, any other engine)."""
+    inner = engine.checkpoint_engine
+
+    class Uploading:
+        def __getattr__(self, attr: str) -> Any:
+            return getattr(inner, attr)
+
+        def save(self, state_dict: Any, path: str) -> None:
+            if type(inner).__name__ == "TorchCheckpointEngine" and hasattr(inner, "zipfile_serialization"):
+                import torch
+
+                with up.open(Path(path)) as f:  # what TorchCheckpointEngine.save does, into the upload
+                    torch.save(state_dict, f, _use_new_zipfile_serialization=inner.zipfile_serialization)
+            else:
+                inner.save(state_dict, path)
+                up.ready(Path(path))
+
+    engine.checkpoint_engine = Uploading()
+    try:
+        yield
+    finally:
+        engine.checkpoint_engine = inner
 
 
 @dataclass
@@ -160,23 +365,20 @@ def download(run: StorageDir, name: str, local: Path, rank: int) -> tuple[dict, 
     infos = with_retries(f"list {run.url(name)}", lambda: run.fs.get_file_info(pafs.FileSelector(src, recursive=True)))
     files = [i.path for i in infos if i.type == pafs.FileType.File]
 
-    def fetch(path: str) -> None:
-        dest = local / path[len(src) + 1 :]
-        dest.parent.mkdir(parents=True, exist_ok=True)
+    def fetch(path: str) -> tuple[str, str]:
+        rel = path[len(src) + 1 :]
         # One file per attempt: a 503 on a small file's read is not retried by the SDK (storage.SMALL_READ_RETRIES),
         # and retrying the whole directory would redo every other file each time.
-        with_retries(f"download {run.url(name)}/{dest.relative_to(local)}", lambda: pafs.copy_files(
-            path, str(dest), source_filesystem=run.fs, destination_filesystem=pafs.LocalFileSystem()),
-            retries=SMALL_READ_RETRIES)  # fmt: skip
+        return rel, _get_file(run.fs, path, local / rel, f"download {run.url(name)}/{rel}")
 
-    with ThreadPoolExecutor(max_workers=min(8, max(1, len(files)))) as pool:
-        list(pool.map(fetch, files))
+    with ThreadPoolExecutor(max_workers=max(1, min(UPLOAD_THREADS, len(files)))) as pool:
+        digests = dict(pool.map(fetch, files))
     commit = json.loads((local / COMMIT).read_text())
     mine = json.loads((local / rank_manifest_name(rank)).read_text()) if rank < commit["world_size"] else {}
     for doc_rank in {0, rank} & set(range(commit["world_size"])):
         doc = json.loads((local / rank_manifest_name(doc_rank)).read_text())
         for f in doc["files"]:
-            if file_sha256(local / f["path"]) != f["sha256"]:
+            if digests.get(f["path"]) != f["sha256"]:
                 raise ValueError(f"{run.url(name)}/{f['path']}: sha256 differs from rank {doc_rank}'s manifest")
     return commit, mine
 
@@ -258,25 +460,40 @@ class Checkpointer:
         return Restored(chosen, self.run.url(chosen), local, commit, reader)
 
     def save(
-        self, write: Callable[[Path], None], commit: CommitRecord, metrics: dict[str, Any],
+        self, write: Callable[[Path, Upload], None], commit: CommitRecord, metrics: dict[str, Any],
         reader_state: dict[str, Any] | None = None,
     ) -> None:  # fmt: skip
-        """``write(dir)`` puts this rank's files into a fresh directory; then manifests, the report, retention."""
+        """``write(dir, upload)`` puts this rank's files into a fresh directory, through ``upload.open`` or announcing
+        them with ``upload.ready`` where it can (see ``Upload``; the rest go up when it returns). Then the manifests
+        through ``ray.train.report``, and retention."""
         import ray.train
         import torch
 
         local = scratch_dir()
-        write(local)
+        name = checkpoint_name(commit.step)
+        up = Upload(local, self.run, name)
+        try:
+            write(local, up)
+        except BaseException:
+            up.abandon()
+            shutil.rmtree(local, ignore_errors=True)
+            raise
         doc = {k: v for k, v in commit.to_json().items() if k != "step"} if self.ctx.is_main else None
-        write_manifests(local, self.ctx.rank, commit.step, reader_state or {}, doc)
+
+        def upload_fn(_: ray.train.Checkpoint, dir_name: str) -> ray.train.Checkpoint:
+            assert dir_name == name, (dir_name, name)
+            up.finish(self.ctx.rank, commit.step, reader_state or {}, doc)
+            return ray.train.Checkpoint(path=f"{self.run.path}/{dir_name}", filesystem=self.run.fs)
+
         ray.train.report(
             metrics,
             checkpoint=ray.train.Checkpoint.from_directory(str(local)),
-            checkpoint_dir_name=checkpoint_name(commit.step),
+            checkpoint_dir_name=name,
+            checkpoint_upload_fn=upload_fn,  # pbp's upload: each file read once (hashed on the way), in parallel
         )
         shutil.rmtree(local, ignore_errors=True)
         if torch.distributed.is_initialized():
             torch.distributed.barrier()  # every rank's report (and so its upload) has returned
         if self.ctx.is_main:
-            for name in prune(self.run, self.keep_last):
-                log.info("retention: deleted %s", self.run.url(name))
+            for old in prune(self.run, self.keep_last):
+                log.info("retention: deleted %s", self.run.url(old))

@@ -182,8 +182,9 @@ class Pretrainer:
         """Every rank: its DeepSpeed files and reader position; rank 0 also the commit record."""
         assert self.loader is not None
 
-        def write(local: Path) -> None:
-            self.engine.save_checkpoint(str(local), tag=ckpt.DS_TAG)
+        def write(local: Path, up: ckpt.Upload) -> None:
+            with ckpt.upload_as_saved(self.engine, up):  # each file goes up as DeepSpeed writes it
+                self.engine.save_checkpoint(str(local), tag=ckpt.DS_TAG)
 
         commit = CommitRecord(step=done, world_size=self.ctx.world_size, run_name=self.cfg.run_name,
                               mlflow_run_id=self.run_id, schedule=self.schedule.state_dict(),

@@ -1,0 +1,149 @@
+"""How a rank's checkpoint goes up (``checkpoint.Upload``): each file read once and hashed from the bytes sent,
+uploads started as files are written, a failed file retried alone, and the checkpoint complete only at the end."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from pyarrow import fs as pafs
+
+from pbp.train import checkpoint as ckpt
+
+
+def _run(tmp_path) -> ckpt.StorageDir:
+    return ckpt.StorageDir(pafs.LocalFileSystem(), str(tmp_path / "run"))
+
+
+def _manifest(tmp_path, name: str, rank: int = 0) -> dict:
+    return json.loads((tmp_path / "run" / name / ckpt.rank_manifest_name(rank)).read_text())
+
+
+def test_the_digest_is_of_the_bytes_uploaded_and_the_file_is_not_read_again(tmp_path):
+    """A file handed to ``ready`` goes up at once; ``finish`` does not read it a second time to hash it: changing the
+    local copy after its upload leaves the manifest describing what storage holds."""
+    local = tmp_path / "local"
+    (local / "ds").mkdir(parents=True)
+    (local / "ds" / "model.pt").write_bytes(b"m" * 5000)
+    run, name = _run(tmp_path), ckpt.checkpoint_name(7)
+    up = ckpt.Upload(local, run, name)
+    up.ready(local / "ds" / "model.pt")
+    up._sent[(local / "ds" / "model.pt").resolve()].result()  # uploaded
+    (local / "ds" / "model.pt").write_bytes(b"changed")
+    (local / "latest").write_text("ds")  # never announced: goes up in finish
+    up.finish(0, 7, {"0": {"batches": 2}}, {"world_size": 1, "schedule": {}})
+
+    stored = tmp_path / "run" / name
+    assert (stored / "ds" / "model.pt").read_bytes() == b"m" * 5000
+    files = {f["path"]: f for f in _manifest(tmp_path, name)["files"]}
+    assert files["ds/model.pt"] == {"path": "ds/model.pt", "bytes": 5000,
+                                    "sha256": hashlib.sha256(b"m" * 5000).hexdigest()}  # fmt: skip
+    assert files["latest"]["sha256"] == hashlib.sha256(b"ds").hexdigest()
+    assert ckpt.check_complete(run, name) is None
+    commit, mine = ckpt.download(run, name, tmp_path / "back", rank=0)
+    assert commit == {"step": 7, "world_size": 1, "schedule": {}} and mine["reader"] == {"0": {"batches": 2}}
+
+
+def test_files_are_announced_as_the_deepspeed_engine_saves_them(tmp_path):
+    """``upload_as_saved`` hands each file to the upload when DeepSpeed's checkpoint engine has written it, before
+    the next one is written, and puts the engine back afterwards."""
+    order: list[str] = []
+
+    class Engine:  # DeepSpeed's engine as save_checkpoint uses it: every file through self.checkpoint_engine.save
+        class checkpoint_engine:  # noqa: N801
+            @staticmethod
+            def save(state_dict, path):
+                order.append(f"write {Path(path).name}")
+                Path(path).write_bytes(state_dict)
+
+        def save_checkpoint(self, d):
+            Path(d).mkdir(parents=True)
+            self.checkpoint_engine.save(b"model", f"{d}/model_states.pt")
+            self.checkpoint_engine.save(b"optim", f"{d}/optim_states.pt")
+
+    class Up:
+        def ready(self, p):
+            order.append(f"ready {p.name}")
+
+    engine, original = Engine(), Engine.checkpoint_engine
+    with ckpt.upload_as_saved(engine, Up()):
+        engine.save_checkpoint(tmp_path / "ds")
+    assert order == ["write model_states.pt", "ready model_states.pt", "write optim_states.pt", "ready optim_states.pt"]
+    assert engine.checkpoint_engine is original
+
+
+class _FailingFor:
+    """A filesystem whose writes to one path fail ``times`` times: the fault a real server cannot be told to make
+    for one chosen file."""
+
+    def __init__(self, inner, suffix: str, times: int) -> None:
+        self.inner, self.suffix, self.times, self.opened = inner, suffix, times, []
+
+    def open_output_stream(self, path):
+        self.opened.append(path)
+        if path.endswith(self.suffix) and self.times > 0:
+            self.times -= 1
+            raise OSError(f"injected failure writing {path}")
+        return self.inner.open_output_stream(path)
+
+    def __getattr__(self, attr):
+        return getattr(self.inner, attr)
+
+
+def test_a_failed_file_leaves_an_incomplete_checkpoint_and_a_second_finish_sends_only_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(ckpt, "SMALL_READ_RETRIES", 0)  # no backoff: the file fails on its first attempt
+    local = tmp_path / "local"
+    local.mkdir()
+    for n in ("a.pt", "b.pt", "c.pt"):
+        (local / n).write_bytes(n.encode() * 100)
+    fs = _FailingFor(pafs.LocalFileSystem(), "/b.pt", times=1)
+    run, name = ckpt.StorageDir(fs, str(tmp_path / "run")), ckpt.checkpoint_name(3)
+    up = ckpt.Upload(local, run, name)
+    with pytest.raises(OSError, match=r"upload .*checkpoint-000000003/b.pt: failed after 1 attempts"):
+        up.finish(0, 3, {}, {"world_size": 1})
+    assert ckpt.check_complete(run, name) == "no pbp_checkpoint.json (not committed)"
+    assert ckpt.newest_complete(run) is None
+
+    fs.opened.clear()
+    up.finish(0, 3, {}, {"world_size": 1})  # as Ray Train retries a failed upload
+    assert [Path(p).name for p in fs.opened] == ["b.pt", ckpt.rank_manifest_name(0), ckpt.COMMIT]
+    assert ckpt.newest_complete(run) == name
+    assert [f["path"] for f in _manifest(tmp_path, name)["files"]] == ["a.pt", "b.pt", "c.pt"]
+
+
+def test_a_file_written_through_open_is_uploaded_as_written_and_loads_back(tmp_path):
+    """``Upload.open`` is what the loops give ``torch.save``: the object in storage, the local copy and the manifest's
+    digest are the same bytes, and the checkpoint downloads and loads."""
+    import torch
+
+    local = tmp_path / "local"
+    local.mkdir()
+    run, name = _run(tmp_path), ckpt.checkpoint_name(1)
+    state = {"w": torch.arange(100_000, dtype=torch.float32), "step": 1}
+    up = ckpt.Upload(local, run, name)
+    with up.open(local / "ds" / "model_states.pt") as f:
+        torch.save(state, f, _use_new_zipfile_serialization=False)  # DeepSpeed's default serialisation
+    up.finish(0, 1, {}, {"world_size": 1})
+    stored = (tmp_path / "run" / name / "ds" / "model_states.pt").read_bytes()
+    assert stored == (local / "ds" / "model_states.pt").read_bytes()
+    assert _manifest(tmp_path, name)["files"] == [
+        {"path": "ds/model_states.pt", "bytes": len(stored), "sha256": hashlib.sha256(stored).hexdigest()}
+    ]
+    ckpt.download(run, name, tmp_path / "back", rank=0)
+    back = torch.load(tmp_path / "back" / "ds" / "model_states.pt", weights_only=True)
+    assert torch.equal(back["w"], state["w"]) and back["step"] == 1
+
+
+def test_a_stream_that_fails_while_written_is_sent_again_from_the_local_copy(tmp_path, caplog):
+    local = tmp_path / "local"
+    local.mkdir()
+    fs = _FailingFor(pafs.LocalFileSystem(), "/model.pt", times=1)  # the stream cannot even be opened
+    run, name = ckpt.StorageDir(fs, str(tmp_path / "run")), ckpt.checkpoint_name(2)
+    up = ckpt.Upload(local, run, name)
+    with up.open(local / "model.pt") as f:
+        f.write(b"weights" * 1000)
+    with caplog.at_level("WARNING", logger="pbp.train.checkpoint"):
+        up.finish(0, 2, {}, {"world_size": 1})
+    assert "checkpoint-000000002/model.pt failed while writing (injected failure" in caplog.text
+    assert (tmp_path / "run" / name / "model.pt").read_bytes() == b"weights" * 1000
+    assert ckpt.newest_complete(run) == name
