@@ -12,6 +12,7 @@ from pbp.cli import (
     data_cmds,
     demo_cmds,
     finetune_cmds,
+    infra_cmds,
     model_cmds,
     predict_cmds,
     registry_cmds,
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     finetune_cmds.register_tune(sub)
     stack_cmds.register(sub)
     submit_cmds.register(sub)
+    infra_cmds.register(sub)
     bench_cmds.register(sub)
     registry_cmds.register(sub)
     predict_cmds.register_predict(sub)
