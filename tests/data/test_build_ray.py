@@ -3,8 +3,10 @@ one process writes, and the manifest is still committed last by the driver."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import pickle
 import random
 import subprocess
 import sys
@@ -42,6 +44,16 @@ def test_shards_written_by_ray_tasks_are_the_bytes_of_a_local_build(stack_dir, e
     for key in ("records", "go_vocabulary", "records_without_vocabulary_annotation"):
         assert ray[key] == here[key], key
     assert json.loads(json.dumps(ray["build"])) == here["build"]
+
+
+def test_shard_tasks_carry_no_credentials(endpoints):
+    from pbp.data.shards import ShardJob
+    from pbp.train.launch import RayShardMap
+
+    job = ShardJob("s3://b/ds/", endpoints, "train", 0, b"0\t{}", seed=1)
+    sent = RayShardMap.for_tasks([job])
+    assert endpoints.s3_secret_key and endpoints.s3_secret_key.encode() not in pickle.dumps(sent)
+    assert dataclasses.replace(sent[0], endpoints=endpoints) == job
 
 
 def test_ray_workers_need_an_s3_output(stack_dir, tmp_path):

@@ -247,7 +247,14 @@ class RayShardMap:
     def __call__(self, jobs: list) -> list[dict]:
         import ray
 
-        return ray.get([self._task.remote(job) for job in jobs])
+        return ray.get([self._task.remote(job) for job in self.for_tasks(jobs)])
+
+    @staticmethod
+    def for_tasks(jobs: list) -> list:
+        """The jobs without the driver's S3 credentials: a task's arguments are kept in the cluster's object store
+        and GCS, so each task resolves storage on its node, as training workers do (environment, instance role or
+        ServiceAccount, the local stack's state dir)."""
+        return [replace(job, endpoints=None) for job in jobs]
 
 
 def pretrain(cfg: PretrainConfig, meta_extra: dict[str, Any] | None = None, address: str | None = None):
