@@ -109,11 +109,14 @@ def bench_build_ray(n: int = 200_000, workers: tuple[int, ...] = (1, 2), echo=pr
             digests = [s["sha256"] for sp in m["splits"].values() for s in sp["shards"]]
             rows.append({"ray_workers": w, "seconds": seconds, "shards": len(digests), "digests": digests})
             echo(f"  {'in-process' if not w else f'{w} Ray workers'}: {seconds:.1f} s, {len(digests)} shards")
+    from pbp.data.storage import s3_filesystem
+
+    s3_filesystem(ep).rm(base[len("s3://") :], recursive=True)  # the benchmark's datasets, not the user's
     first = rows[0]["digests"]
     for r in rows:
         r["speedup"] = rows[0]["seconds"] / r["seconds"]  # against the in-process build
         r["identical_shards"] = r.pop("digests") == first
-    out: dict = {"records": n, "builds": rows, "prefix": base}
+    out: dict = {"records": n, "builds": rows}
     if len(rows) > 2:
         out["last_over_first_ray_speedup"] = rows[1]["seconds"] / rows[-1]["seconds"]
     return out

@@ -85,12 +85,8 @@ class BuildConfig:
             raise ValueError("partition_mb must be > 0")
 
 
-def _h64(text: str, salt: str = "") -> int:
-    return key_hash(text, salt)
-
-
 def split_of(accession: str, valid_fraction: float) -> str:
-    return "valid" if _h64(accession, "split") % 1_000_000 < valid_fraction * 1_000_000 else "train"
+    return "valid" if key_hash(accession, "split") % 1_000_000 < valid_fraction * 1_000_000 else "train"
 
 
 def file_sha256(path: Path) -> str:
@@ -336,7 +332,7 @@ def _route(clean: Path, index: dict[str, int], n_shards: dict[str, int], cfg: Bu
             for row in rows:
                 line, acc, seq, terms = json.loads(row)
                 s = split_of(acc, cfg.valid_fraction)
-                f = spill.get((s, _h64(acc, f"shard{cfg.seed}") % n_shards[s]))
+                f = spill.get((s, key_hash(acc, f"shard{cfg.seed}") % n_shards[s]))
                 if f is None:
                     continue
                 go = [index[t] for t in terms if t in index]
