@@ -209,9 +209,9 @@ class Upload:
                 if p.is_file() and p.name != COMMIT and not p.name.startswith("rank-"):
                     self.ready(p)
             wait(self._sent.values())
-            failed = [p for p, f in self._sent.items() if f.exception() is not None]
-            for p in failed:
-                self._sent.pop(p).result()  # raises the first failure, naming the file
+            failed = [self._sent.pop(p) for p, f in list(self._sent.items()) if f.exception() is not None]
+            if failed:
+                failed[0].result()  # raises the first failure, naming the file; all of them go again next time
             files = sorted((f.result() for f in self._sent.values()), key=lambda f: f["path"])
         finally:
             self.abandon()
@@ -485,13 +485,15 @@ class Checkpointer:
             up.finish(self.ctx.rank, commit.step, reader_state or {}, doc)
             return ray.train.Checkpoint(path=f"{self.run.path}/{dir_name}", filesystem=self.run.fs)
 
-        ray.train.report(
-            metrics,
-            checkpoint=ray.train.Checkpoint.from_directory(str(local)),
-            checkpoint_dir_name=name,
-            checkpoint_upload_fn=upload_fn,  # pbp's upload: each file read once (hashed on the way), in parallel
-        )
-        shutil.rmtree(local, ignore_errors=True)
+        try:
+            ray.train.report(
+                metrics,
+                checkpoint=ray.train.Checkpoint.from_directory(str(local)),
+                checkpoint_dir_name=name,
+                checkpoint_upload_fn=upload_fn,  # pbp's upload: each file read once (hashed on the way), in parallel
+            )
+        finally:
+            shutil.rmtree(local, ignore_errors=True)
         if torch.distributed.is_initialized():
             torch.distributed.barrier()  # every rank's report (and so its upload) has returned
         if self.ctx.is_main:
