@@ -109,20 +109,19 @@ def check(manifests: Iterable[Path], crd_files: Iterable[Path]) -> tuple[list[Pr
     """
     import jsonschema
 
-    schemas = {key: strict(s) for key, s in load_schemas(list(crd_files)).items()}
+    validators = {key: jsonschema.Draft7Validator(strict(s)) for key, s in load_schemas(list(crd_files)).items()}
     problems: list[Problem] = []
     checked = 0
     for f in manifests:
         for i, doc in _documents(f):
             key = (str(doc.get("apiVersion", "")), str(doc.get("kind", "")))
-            schema = schemas.get(key)
-            if schema is None:
+            validator = validators.get(key)
+            if validator is None:
                 if key[0].startswith("ray.io/"):
-                    known = ", ".join(f"{a} {k}" for a, k in sorted(schemas))
+                    known = ", ".join(f"{a} {k}" for a, k in sorted(validators))
                     problems.append(Problem(f, i, key[1], "", f"no CRD given for {key[0]} {key[1]} (given: {known})"))
                 continue
             checked += 1
-            validator = jsonschema.Draft7Validator(schema)
             for err in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path))):
                 problems.append(Problem(f, i, key[1], _where(err), err.message))
     return problems, checked

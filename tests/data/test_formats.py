@@ -101,7 +101,7 @@ def test_bad_records_skipped_and_counted(tmp_path):
     f = tmp_path / "bad.fasta"
     f.write_text(BAD_FASTA)
     errors = ErrorLog("skip")
-    recs = list(_dedup(read_fasta(f, errors), errors))
+    recs = list(_dedup(read_fasta(f, errors), errors.handle))
     assert [r.accession for r in recs] == ["OK1", "OTHERS"]
     assert errors.counts == Counter({"missing_sequence": 1, "non_ascii": 1, "duplicate_accession": 1})
     lines = [json.loads(x) for x in errors.quarantine_jsonl().decode().splitlines()]

@@ -28,7 +28,6 @@ from pbp.data.synth import SynthConfig, write_corpus
 CHILD = """
 import json, sys, time
 from pathlib import Path
-from typing import Any
 from pbp.bench.build import _vm
 from pbp.data.shards import BuildConfig, Inputs, build
 fasta, table, out = map(Path, sys.argv[1:4])

@@ -119,13 +119,13 @@ def _records(inputs: Inputs, cfg: BuildConfig, errors: ErrorLog) -> Iterator[Pro
     return read_fasta(inputs.fasta, errors, cfg.unknown)  # type: ignore[arg-type]
 
 
-def _dedup(records: Iterator[ProteinRecord], errors: ErrorLog) -> Iterator[ProteinRecord]:
+def _dedup(records: Iterator[ProteinRecord], on_duplicate: Callable[[RecordError], None]) -> Iterator[ProteinRecord]:
     """Drop every record whose accession came earlier (reported naming the first line). Holds one entry per
     accession: the build calls it on one partition at a time (all records of an accession share a partition)."""
     first_line: dict[str, int] = {}
     for rec in records:
         if rec.accession in first_line:
-            errors.handle(
+            on_duplicate(
                 RecordError(
                     rec.source,
                     rec.line,
@@ -274,8 +274,8 @@ def _check_and_join(records: Partitions, go: Partitions, inputs: Inputs, onto: O
             if inputs.go_table is not None:
                 annotations = collect_go((acc, term) for acc, terms in go.rows(i) for term in terms)
             rows = (ProteinRecord(acc, seq, tuple(terms), source, line) for line, acc, seq, terms in records.rows(i))
-            dups = _Deferred("skip")
-            for rec in _dedup(rows, dups):
+            dups: list[RecordError] = []
+            for rec in _dedup(rows, dups.append):
                 terms = rec.go_terms if annotations is None else tuple(sorted(annotations.get(rec.accession, ())))
                 if onto is not None and terms:
                     terms = onto.propagate(terms, c.go_stats)
@@ -287,22 +287,11 @@ def _check_and_join(records: Partitions, go: Partitions, inputs: Inputs, onto: O
                 update(1)
             records.remove(i)
             go.remove(i)
-            if dups.deferred:
+            if dups:
                 runs.append(out.with_name(f"duplicates-{i:05d}.jsonl"))
-                runs[-1].write_text("".join(json.dumps([e.line, e.record, e.detail]) + "\n" for e in dups.deferred))
+                runs[-1].write_text("".join(json.dumps([e.line, e.record, e.detail]) + "\n" for e in dups))
     _report_duplicates(runs, source, errors)
     return c
-
-
-class _Deferred(ErrorLog):
-    """Collects one partition's duplicate-accession errors instead of handling them (see ``_report_duplicates``)."""
-
-    def __init__(self, on_error: OnError) -> None:
-        super().__init__(on_error)
-        self.deferred: list[RecordError] = []
-
-    def handle(self, err: RecordError) -> None:
-        self.deferred.append(err)
 
 
 def _report_duplicates(runs: list[Path], source: str, errors: ErrorLog) -> None:
@@ -349,7 +338,7 @@ class ShardJob:
     url: str
     """The dataset's URL."""
     endpoints: Endpoints | None
-    """S3 endpoints and credentials (None for a local directory)."""
+    """The S3 endpoints and credentials given to the build (None: resolved where the shard is written)."""
     split: str
     index: int
     rows: bytes
@@ -388,7 +377,6 @@ def _write_shards(store: Store, n_shards: dict[str, int], cfg: BuildConfig, tmp:
                   shard_map: ShardMap | None) -> dict[str, dict]:  # fmt: skip
     """Pass 4: every shard by :func:`write_shard`, here one at a time, or ``shard_map``'s window at a time."""
     update = tick("writing shards", sum(n_shards.values()))
-    endpoints = store.endpoints if store.s3 else None
     window = getattr(shard_map, "window", 1) if shard_map is not None else 1
     records: dict[tuple[str, int], dict] = {}
     keys = [(s, i) for s in SPLITS for i in range(n_shards[s])]
@@ -396,7 +384,7 @@ def _write_shards(store: Store, n_shards: dict[str, int], cfg: BuildConfig, tmp:
         jobs = []
         for s, i in keys[w : w + window]:
             spill = tmp / f"{s}-{i:06d}.jsonl"
-            jobs.append(ShardJob(store.url, endpoints, s, i, spill.read_bytes(), cfg.seed))
+            jobs.append(ShardJob(store.url, store.endpoints, s, i, spill.read_bytes(), cfg.seed))
             spill.unlink()
         done = shard_map(jobs) if shard_map is not None else [write_shard(j, cfg.tmp_dir) for j in jobs]
         for job, rec in zip(jobs, done, strict=True):

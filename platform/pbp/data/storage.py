@@ -72,7 +72,8 @@ class Store:
             url = url[len("file://") :]
         self.s3 = is_s3(url)
         self.url = url.rstrip("/") + "/"
-        self._endpoints = endpoints
+        self.endpoints = endpoints
+        """The endpoints and credentials given; None: resolved where used (environment, then the local stack)."""
         if not self.s3:
             self.root = Path(url).expanduser().resolve()
 
@@ -84,12 +85,7 @@ class Store:
 
     @property
     def fs(self):
-        return s3_filesystem(self._endpoints)
-
-    @property
-    def endpoints(self) -> Endpoints:
-        """The endpoints and credentials this store uses (given, else resolved: environment, then local stack)."""
-        return self._endpoints or resolve()
+        return s3_filesystem(self.endpoints)
 
     def _key(self, name: str) -> str:
         return self.join(name)[len("s3://") :]

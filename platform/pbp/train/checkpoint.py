@@ -58,18 +58,23 @@ def _parent_dir(fs: Any, dest: str) -> None:
         fs.create_dir(dest.rsplit("/", 1)[0], recursive=True)
 
 
+def _copy_hashing(src: Any, dst: Any) -> tuple[int, str]:
+    """Copy stream to stream in chunks, hashing the bytes on the way (read once). -> (bytes, sha256)."""
+    h, n = hashlib.sha256(), 0
+    while chunk := src.read(UPLOAD_CHUNK):
+        h.update(chunk)  # releases the GIL, like the I/O: files hash and copy in parallel
+        dst.write(chunk)
+        n += len(chunk)
+    return n, h.hexdigest()
+
+
 def _put_file(fs: Any, src: Path, dest: str, what: str) -> tuple[int, str]:
-    """Copy one local file to ``dest`` in ``fs``, hashing the bytes as they go: the file is read once. -> (bytes, sha256)."""
+    """Copy one local file to ``dest`` in ``fs``, hashing the bytes as they go. -> (bytes, sha256)."""
 
     def attempt() -> tuple[int, str]:
         _parent_dir(fs, dest)
-        h, n = hashlib.sha256(), 0
         with src.open("rb") as f, fs.open_output_stream(dest) as out:
-            while chunk := f.read(UPLOAD_CHUNK):
-                h.update(chunk)  # releases the GIL, like the write: files hash and upload in parallel
-                out.write(chunk)
-                n += len(chunk)
-        return n, h.hexdigest()
+            return _copy_hashing(f, out)
 
     return with_retries(what, attempt, retries=SMALL_READ_RETRIES)
 
@@ -79,12 +84,8 @@ def _get_file(fs: Any, src: str, dest: Path, what: str) -> str:
     dest.parent.mkdir(parents=True, exist_ok=True)
 
     def attempt() -> str:
-        h = hashlib.sha256()
         with fs.open_input_stream(src) as f, dest.open("wb") as out:
-            while chunk := f.read(UPLOAD_CHUNK):
-                h.update(chunk)
-                out.write(chunk)
-        return h.hexdigest()
+            return _copy_hashing(f, out)[1]
 
     return with_retries(what, attempt, retries=SMALL_READ_RETRIES)
 
@@ -106,7 +107,6 @@ class _TeeWriter:
     read back. The local copy is what a failed stream is retried from."""
 
     def __init__(self, path: Path, fs: Any, dest: str) -> None:
-        self.path, self.fs, self.dest = path, fs, dest
         self.local = path.open("wb")
         self.sha, self.nbytes = hashlib.sha256(), 0
         self.remote: Any = None
