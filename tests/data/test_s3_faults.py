@@ -32,7 +32,12 @@ def _checkpoint(local, rank_files: dict[str, bytes]):
         (local / rel).write_bytes(data)
 
 
-def test_build_read_and_checkpoint_survive_30_percent_503s_with_identical_results(endpoints, tmp_path):
+def test_build_read_and_checkpoint_survive_30_percent_503s_with_identical_results(endpoints, tmp_path, monkeypatch):
+    # boto's backoff waits up to 2^(attempt-1) s (random) after each 503, most of this test's time: shortened here.
+    # What is tested stays: every refused request is retried and the work finishes with identical results.
+    import botocore.retries.standard
+
+    monkeypatch.setattr(botocore.retries.standard.ExponentialBackoff, "delay_amount", lambda self, context: 0.01)
     fasta, table = write_corpus(tmp_path, SynthConfig(n_proteins=400, seed=7))
     bucket = endpoints.buckets["data"]
     base = f"tests/s3-faults-{random.randrange(10**9)}"
