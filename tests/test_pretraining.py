@@ -48,6 +48,34 @@ def test_annotation_noise_rates():
     assert abs(added - 0.01) < 0.001
 
 
+def test_added_annotations_fall_only_on_absent_terms_uniformly_at_the_rate_whatever_its_size():
+    """Adds are drawn sparsely (a binomial count placed among absent terms): same distribution as a draw per term."""
+    tokens, ann = _batch(n=1000, n_ann=300, p_ann=0.05)
+    present = ann.bool()
+    for p_add, seed in ((0.004, 4), (0.9, 5)):  # the sparse draw, and the dense regime near 1
+        cfg = CorruptionConfig(p_no_annotation_input=0.0, p_annotation_drop=1.0, p_annotation_add=p_add)
+        out = corrupt(tokens, ann, cfg, torch.Generator().manual_seed(seed)).annotations.bool()
+        assert not (out & present).any()  # every present one dropped; nothing added on top of them
+        n_absent = (~present).sum().item()
+        sd = (n_absent * p_add * (1 - p_add)) ** 0.5
+        assert abs(out.sum().item() - n_absent * p_add) < 4 * sd
+        per_term = out.sum(0).float() / (~present).sum(0).float()  # uniform over terms and over samples
+        per_sample = out.sum(1).float() / (~present).sum(1).float()
+        assert (per_term.std() / per_term.mean()) < 4 * ((1 - p_add) / (p_add * 1000)) ** 0.5
+        assert (per_sample.std() / per_sample.mean()) < 4 * ((1 - p_add) / (p_add * 300)) ** 0.5
+
+
+def test_absent_annotations_are_chosen_among_the_absent_only():
+    import numpy as np
+
+    from pbp.model.pretraining import _choose_outside
+
+    rng = np.random.default_rng(0)
+    for excluded in ([], [0], [2, 3, 9], list(range(0, 40, 3)), [39]):
+        got = _choose_outside(rng, 40, np.array(excluded, dtype=np.int64), 1.0)
+        assert sorted(got.tolist()) == [i for i in range(40) if i not in excluded]
+
+
 def test_half_the_samples_lose_all_annotation_input():
     tokens, ann = _batch(n=4000, n_ann=50, p_ann=0.5)
     out = corrupt(tokens, ann, CorruptionConfig(), torch.Generator().manual_seed(3))
