@@ -39,6 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--on-error", choices=("raise", "skip"), default="raise",
                        help="bad records: stop with an error naming them, or skip them into quarantine.jsonl")  # fmt: skip
     build.add_argument("--strict", action="store_true", help="reject residues outside the 22-letter alphabet")
+    build.add_argument("--format-version", type=int, choices=(1, 2), default=2,
+                       help="2: shards carry an index of token ids (pbp's reader reads it, not the JSON); 1: no index, "
+                       "for pbp readers older than format 2")  # fmt: skip
     build.add_argument("--no-progress", action="store_true")
     build.add_argument("--force", action="store_true", help="overwrite shards of an earlier build in a local --out")
     build.add_argument("--ray-workers", type=int, default=0,
@@ -95,6 +98,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         go_obo=str(args.go_obo) if args.go_obo else None,
         go_names=str(args.go_names) if args.go_names else None,
         tmp_dir=args.tmp_dir,
+        format_version=args.format_version,
     )
     shard_map = None
     if args.ray_workers:

@@ -11,7 +11,10 @@ Then upload shards, the quarantine list, and LAST ``manifest.json``: shard names
 the GO vocabulary (with term names where known), the input files' digests, skipped-record counts, the pbp version.
 A prefix without a manifest is not a dataset; readers refuse it.
 
-Sample layout: one ``<key>.json`` member per protein: ``{"accession", "sequence", "go": [vocabulary indices]}``.
+Sample layout: one ``<key>.json`` member per protein: ``{"accession", "sequence", "go": [vocabulary indices]}``
+(what ``wds.WebDataset(url)`` reads); format 2 (the default) adds, last, an ``__pbp_index__`` member holding the same
+samples as arrays (token ids, GO indices, accessions: :mod:`pbp.data.shard_index`), located by the manifest's
+``index`` record of each shard, which is what pbp's reader reads. Format 1 (``format_version: 1``) has no index.
 """
 
 from __future__ import annotations
@@ -35,15 +38,18 @@ from pathlib import Path
 from pbp.data.formats import collect_go, iter_go_table, read_fasta, read_uniprot_flat
 from pbp.data.go import Ontology, build_vocabulary, read_go_names, read_obo
 from pbp.data.records import ErrorLog, OnError, ProteinRecord, RecordError
+from pbp.data.shard_index import MEMBER as INDEX_MEMBER
+from pbp.data.shard_index import encode_index
 from pbp.data.spill import Partitions, key_hash, max_open_files, partitions_for
 from pbp.data.storage import Store
-from pbp.model.tokenizer import UnknownPolicy
+from pbp.model.tokenizer import UnknownPolicy, encode_normalized
 from pbp.stack.endpoints import Endpoints
 
 MANIFEST = "manifest.json"
 QUARANTINE = "quarantine.jsonl"
 FORMAT = "pbp.dataset"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+FORMAT_VERSIONS = (1, 2)
 SPLITS = ("train", "valid")
 
 
@@ -73,8 +79,13 @@ class BuildConfig:
     with ``shard_size_mb``), not with the input. Changes no output (shards, manifest, quarantine order)."""
     tmp_dir: str | None = None
     """Where the build spills (about twice the input's uncompressed size at its peak); default: the system's."""
+    format_version: int = FORMAT_VERSION
+    """2: each shard carries an index of token ids that the reader reads instead of its JSON members (see
+    :mod:`pbp.data.shard_index`); 1: no index, the format pbp wrote before (a reader of that time refuses 2)."""
 
     def __post_init__(self) -> None:
+        if self.format_version not in FORMAT_VERSIONS:
+            raise ValueError(f"format_version must be one of {FORMAT_VERSIONS}, got {self.format_version!r}")
         if self.shard_size_mb <= 0:
             raise ValueError("shard_size_mb must be > 0")
         if not 0.0 <= self.valid_fraction < 1.0:
@@ -139,10 +150,13 @@ def _dedup(records: Iterator[ProteinRecord], on_duplicate: Callable[[RecordError
         yield rec
 
 
-def _tar_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+def _tar_member(tar: tarfile.TarFile, name: str, data: bytes) -> int:
+    """Adds a member with fixed metadata; -> where its data starts in the archive."""
     info = tarfile.TarInfo(name)
     info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = len(data), 0, 0o644, 0, 0, "", ""
+    start = tar.offset
     tar.addfile(info, io.BytesIO(data))
+    return start + len(info.tobuf(tarfile.USTAR_FORMAT))
 
 
 @dataclass
@@ -344,6 +358,7 @@ class ShardJob:
     rows: bytes
     """The shard's samples as ``line<TAB>JSON`` rows, in any order."""
     seed: int
+    format_version: int = FORMAT_VERSION
 
 
 ShardMap = Callable[[list[ShardJob]], list[dict]]
@@ -364,13 +379,22 @@ def write_shard(job: ShardJob, tmp_dir: str | None = None) -> dict:
     name = f"{s}-{i:06d}.tar"
     with tempfile.TemporaryDirectory(prefix="pbp-shard-", dir=tmp_dir) as tmp:
         local = Path(tmp) / name
+        index: dict[str, int] = {}
         with tarfile.open(local, "w", format=tarfile.USTAR_FORMAT) as tar:
             for j, line in enumerate(lines):
                 _tar_member(tar, f"{s[0]}{i:06d}_{j:07d}.json", line.encode() + b"\n")
+            if job.format_version >= 2:
+                raw = encode_index([_index_row(json.loads(line)) for line in lines])
+                index = {"offset": _tar_member(tar, INDEX_MEMBER, raw), "bytes": len(raw)}
         digest = file_sha256(local)
         store.put_file(name, local)
         size = local.stat().st_size
-    return {"name": name, "url": store.join(name), "samples": len(lines), "bytes": size, "sha256": digest}
+    record = {"name": name, "url": store.join(name), "samples": len(lines), "bytes": size, "sha256": digest}
+    return record | ({"index": index} if index else {})
+
+
+def _index_row(doc: dict) -> tuple[str, bytes, list[int]]:
+    return doc["accession"], encode_normalized(doc["sequence"]), doc["go"]
 
 
 def _write_shards(store: Store, n_shards: dict[str, int], cfg: BuildConfig, tmp: Path, tick,
@@ -384,7 +408,7 @@ def _write_shards(store: Store, n_shards: dict[str, int], cfg: BuildConfig, tmp:
         jobs = []
         for s, i in keys[w : w + window]:
             spill = tmp / f"{s}-{i:06d}.jsonl"
-            jobs.append(ShardJob(store.url, store.endpoints, s, i, spill.read_bytes(), cfg.seed))
+            jobs.append(ShardJob(store.url, store.endpoints, s, i, spill.read_bytes(), cfg.seed, cfg.format_version))
             spill.unlink()
         done = shard_map(jobs) if shard_map is not None else [write_shard(j, cfg.tmp_dir) for j in jobs]
         for job, rec in zip(jobs, done, strict=True):
@@ -404,7 +428,7 @@ def _manifest(inputs: Inputs, cfg: BuildConfig, onto: Ontology | None, counts: _
     names = _term_names(cfg, onto)
     return {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": cfg.format_version,
         "pbp_version": pbp.__version__,
         "created_unix": int(time.time()),
         "records": counts.records,
@@ -452,7 +476,10 @@ def load_manifest(url: str, store: Store | None = None) -> dict:
     if manifest.get("format") != FORMAT:
         raise DatasetError(f"{store.join(MANIFEST)}: format {manifest.get('format')!r} is not {FORMAT!r}")
     if manifest.get("format_version", 0) > FORMAT_VERSION:
-        raise DatasetError(f"{store.join(MANIFEST)}: format_version {manifest['format_version']} is too new")
+        raise DatasetError(
+            f"{store.join(MANIFEST)}: format_version {manifest['format_version']} is newer than this pbp reads "
+            f"({', '.join(map(str, FORMAT_VERSIONS))}): upgrade pbp, or rebuild the dataset with this one"
+        )
     return manifest
 
 
