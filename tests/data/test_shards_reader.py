@@ -203,9 +203,13 @@ def test_altered_shard_is_refused_naming_it(small_dataset):
     store.put_bytes(shard["name"], bytes(data))
     info = inspect(url, store=store)
     assert len(info["problems"]) == 1 and shard["name"] in info["problems"][0] and "sha256" in info["problems"][0]
-    cfg = ReaderConfig(url=url, mode="exact", shuffle_buffer=0, corrupt_inputs=False)
+    cfg = ReaderConfig(url=url, mode="exact", shuffle_buffer=0, corrupt_inputs=False, buckets=(Bucket(1024, 1),))
+    seen = []
     with pytest.raises(ShardError, match=shard["name"]):
-        list(PretrainingStream(cfg, store=store))
+        for batch in PretrainingStream(cfg, store=store):
+            seen += batch["accessions"]
+    # the next shard is fetched and verified while this one is read: its error comes after this one's samples
+    assert len(seen) == manifest["splits"]["train"]["shards"][0]["samples"]
 
 
 def test_no_sample_of_an_altered_shard_is_used_even_by_a_read_that_stops_early(small_dataset):
@@ -240,6 +244,7 @@ def test_a_member_missing_a_field_is_a_shard_error_naming_the_member(small_datas
     bad = Store(bad_url, endpoints)
     bad.put_bytes("valid-000000.tar", data)
     doc = json.loads(store.get_bytes("manifest.json"))
+    doc["format_version"] = 1  # read from its JSON members (format 2's index is checked in test_reader_decode.py)
     doc["splits"]["valid"]["shards"] = [{"name": "valid-000000.tar", "url": bad.join("valid-000000.tar"), "samples": 2,
                                          "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}]  # fmt: skip
     bad.put_bytes("manifest.json", json.dumps(doc).encode())
@@ -306,8 +311,10 @@ def test_webdataset_reads_s3_through_the_registered_opener(small_dataset, endpoi
     _url, store, manifest = small_dataset
     register_webdataset_opener(endpoints)
     shard = manifest["splits"]["valid"]["shards"][0]
-    samples = list(wds.WebDataset(store.join(shard["name"]), shardshuffle=False))
-    assert len(samples) == shard["samples"] and "json" in samples[0]
+    samples = list(wds.WebDataset(store.join(shard["name"]), shardshuffle=False).decode())
+    # every sample is a protein with its fields; format 2's index member (__pbp_index__) is skipped by webdataset
+    assert len(samples) == shard["samples"] and all(x.keys() == {"__key__", "__url__", "json"} for x in samples)
+    assert {"accession", "sequence", "go"} == samples[0]["json"].keys() and manifest["format_version"] == 2
 
 
 def test_cli_build_skip_mode_writes_quarantine_and_inspect(tmp_path, capsys):
