@@ -338,8 +338,9 @@ def cmd_data(args: argparse.Namespace) -> int:
     print(f"raw sequential GET   {r['raw_get_mb_s']:8.1f} MB/s {r['raw_get_samples_s']:10.0f} samples/s")
     for w in r["workers"]:
         label = "in-process" if w["workers"] == 0 else f"{w['workers']} workers"
+        runs = ", ".join(f"{x:.0f}" for x in w["runs_samples_s"])
         print(f"reader, {label:11s} {w['samples_s']:10.0f} samples/s at L={r['seq_len']}   = {w['speedup']:.2f} x "
-              "the first")  # fmt: skip
+              f"the first   (median of {runs})")  # fmt: skip
     print(f"reader / target ({TARGET_SAMPLES_S:,} samples/s per process) = {r['reader_over_target']:.2f}; "
           f"reader / raw GET = {r['reader_over_raw_get']:.3f}")  # fmt: skip
     print(f"base model training  {r['model_base_fp32_samples_s']:19.1f} samples/s (fp32, L={r['seq_len']}, batch 16)"
