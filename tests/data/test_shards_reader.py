@@ -330,7 +330,13 @@ def test_cli_build_skip_mode_writes_quarantine_and_inspect(tmp_path, capsys):
     q = [json.loads(x) for x in (out / "quarantine.jsonl").read_text().splitlines()]
     assert {x["reason"] for x in q} == {"missing_sequence", "duplicate_accession"}
     assert main(["data", "inspect", str(out)]) == 0
-    assert "verified (size + sha256): ok" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "verified (size + sha256): ok" in text and "GO terms, format 2, built by pbp" in text
+    v1 = tmp_path / "ds-v1"
+    assert main(["data", "build", "--fasta", str(f), "--out", str(v1), "--no-progress", "--on-error", "skip",
+                 "--format-version", "1"]) == 0  # fmt: skip
+    assert main(["data", "inspect", str(v1)]) == 0 and "format 1," in capsys.readouterr().out
+    assert "index" not in json.loads((v1 / "manifest.json").read_text())["splits"]["train"]["shards"][0]
 
 
 def test_episode_assignment_follows_the_original_formula():

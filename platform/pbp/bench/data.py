@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from pbp.data.episodes import Bucket
 from pbp.data.reader import PretrainingStream, ReaderConfig, StatefulLoader

@@ -134,7 +134,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2))
     else:
         print(f"dataset {info['url']}: {info['records']} records, {info['go_vocabulary']} GO terms, "
-              f"built by pbp {info['pbp_version']}")  # fmt: skip
+              f"format {info['format_version']}, built by pbp {info['pbp_version']}")  # fmt: skip
         for s, v in info["splits"].items():
             print(f"  {s:6} {v['samples']:>9} samples in {v['shards']} shards")
         if info["skipped"]:

@@ -502,6 +502,7 @@ def inspect(url: str, verify: bool = True, store: Store | None = None) -> dict:
         "go": manifest["go"],
         "skipped": manifest["skipped"],
         "pbp_version": manifest["pbp_version"],
+        "format_version": manifest.get("format_version", 1),
         "verified": verify,
         "problems": problems,
     }
