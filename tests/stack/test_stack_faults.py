@@ -113,6 +113,21 @@ def _log_run_and_register(state_dir) -> str:
     return run.info.run_id
 
 
+def test_a_port_held_on_another_address_is_not_free():
+    """Ray's runtime env agent listens on the machine's address, not the node's 127.0.0.1: a second stack once took
+    such a port (the first stack's worker agent on 192.0.2.2:22053) because it was free on 127.0.0.1."""
+    import socket
+
+    from pbp.stack import procs
+
+    with socket.socket() as other:
+        other.bind(("127.0.0.2", 0))  # another address of this machine (all of 127/8 is loopback on Linux)
+        other.listen()
+        port = other.getsockname()[1]
+        assert not procs.port_is_free(port, "127.0.0.1")
+    assert procs.port_is_free(port, "127.0.0.1")
+
+
 def test_a_second_stack_runs_beside_the_first_on_other_ports(stack_dir, tmp_path):
     manager.up(tmp_path, workers=0, timeout=180, log=lambda _m: None)
     try:

@@ -16,13 +16,17 @@ import psutil
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    """Can a server bind ``port``? (SO_REUSEADDR as servers set it, so TIME_WAIT leftovers do not count.)"""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
+    """Can a server bind ``port`` on ``host``, and does nothing listen on it on another address? Ray's runtime env
+    agent binds the machine's own address whatever ``--node-ip-address`` says (seen: 192.0.2.2:P for a 127.0.0.1
+    node), so a port free on 127.0.0.1 alone could be another stack's. The wildcard bind fails if any address holds
+    it. (SO_REUSEADDR as servers set it, so TIME_WAIT leftovers do not count.)"""
+    for address in dict.fromkeys((host, "")):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((address, port))
+            except OSError:
+                return False
     return True
 
 
