@@ -142,8 +142,8 @@ def test_resume_with_buffers_and_corruption_is_exact(swissprot, mode):
     cfg = ReaderConfig(url=url, split="valid", mode=mode, shuffle_buffer=100, buckets=SMALL_BUCKETS, seed=4)
     n = None if mode == "exact" else 120
     full = _batches(PretrainingStream(cfg, store=store), n)
-    for cut in (37, len(full) - 3):  # mid-stream, and while the exact mode drains its buffer
-        loader = StatefulLoader(PretrainingStream(cfg, store=store))
+    for cut, workers in ((37, 0), (len(full) - 3, 0), (37, 1)):  # mid-stream, draining; from a DataLoader worker
+        loader = StatefulLoader(PretrainingStream(cfg, store=store), num_workers=workers)
         first = _batches(None, cut, loader)
         state = json.loads(json.dumps(loader.state_dict()))  # what a checkpoint stores
         assert state["0"]["batches"] == cut and (state["0"]["buffer"] or cut != 37)

@@ -507,8 +507,15 @@ pickle, 8x smaller than int64 ids."""
 
 
 def _compact(batch: Any) -> Any:
-    """In a DataLoader worker (its collate_fn): batch tensors as compact numpy arrays (see ``_COMPACT``)."""
-    return {k: v.numpy().astype(_COMPACT[k][0]) if k in _COMPACT else v for k, v in batch.items()}
+    """In a DataLoader worker (its collate_fn): batch tensors as compact numpy arrays (see ``_COMPACT``), and the
+    position's held-sample references as (N, 2) int arrays: as lists, a reference per held sample, unpickling them
+    cost the training process 0.26 ms of the 0.33 ms a batch took to unpickle. :meth:`StatefulLoader.state_dict`
+    turns them back into lists."""
+    out = {k: v.numpy().astype(_COMPACT[k][0]) if k in _COMPACT else v for k, v in batch.items()}
+    pos = out["position"] = dict(batch["position"])
+    pos["buffer"] = np.array(pos["buffer"], dtype=np.int64).reshape(-1, 2)
+    pos["pending"] = [np.array(p, dtype=np.int64).reshape(-1, 2) for p in pos["pending"]]
+    return out
 
 
 def _expand(batch: dict[str, Any]) -> dict[str, Any]:
@@ -544,4 +551,13 @@ class StatefulLoader:
 
     def state_dict(self) -> dict[str, dict]:
         """Per-reader positions (JSON-serialisable); pass as ``state`` to a new stream to resume."""
-        return {k: dict(v) for k, v in self.positions.items()}
+        return {k: {f: _as_lists(x) for f, x in v.items()} for k, v in self.positions.items()}
+
+
+def _as_lists(value: Any) -> Any:
+    """A position field as JSON has it: the (N, 2) reference arrays of ``_compact`` as lists of pairs."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, list) and any(isinstance(x, np.ndarray) for x in value):
+        return [x.tolist() if isinstance(x, np.ndarray) else x for x in value]
+    return value
