@@ -18,9 +18,14 @@ therefore yields exactly the batches, corruption included, that the uninterrupte
 The state costs two integers per held sample (``shuffle_buffer + sum(batch sizes)`` at most).
 
 Damaged shards: a shard is read whole and verified (size, then sha256 against the manifest) before any of its
-samples is used, and each member's fields are checked; a missing, truncated, altered or malformed shard raises
+samples is used, and its contents are checked; a missing, truncated, altered or malformed shard raises
 :class:`ShardError` naming its URL (and the member); with ``on_shard_error="skip"`` it is counted
 (``batch["shard_errors"]``) and reading continues with the next shard.
+
+Formats: a format-2 dataset is read from each shard's ``__pbp_index__`` member (token ids, GO indices and accessions
+as arrays, checked as arrays: :mod:`pbp.data.shard_index`); a format-1 dataset from its JSON members (each member's
+fields checked). The next shard is fetched and verified in a background thread while the current one is read (two
+shards in memory at most).
 """
 
 from __future__ import annotations
