@@ -48,21 +48,12 @@ def bench_data(url: str, workers: tuple[int, ...] = (0, 2), model_seconds: float
         store.get_bytes(s["name"])
     raw_s = time.perf_counter() - t0
 
-    # The reader over exactly those shards: verify + untar + decode JSON + encode + crop + corrupt + collate.
+    # The reader over exactly those shards (a format-2 dataset: its index; format 1: untar + JSON + encode), crop,
+    # corrupt, collate: the median of ``repeats`` reads, since single reads vary by 10-20 % on a shared 2-core machine.
     cfg = ReaderConfig(url=url, mode="exact", shuffle_buffer=1000, buckets=(Bucket(seq_len, batch_size),))
-
-    def read(n: int) -> tuple[int, float]:
-        stream = PretrainingStream(cfg, store=store)
-        stream.shards = shards
-        t0 = time.perf_counter()
-        seen = 0
-        for batch in StatefulLoader(stream, num_workers=n):
-            seen += len(batch["accessions"])
-        return seen, seen / (time.perf_counter() - t0)
-
     runs: list[dict[str, Any]] = []
-    for n in workers:  # the median of ``repeats`` reads: single reads vary by 10-20 % on a shared 2-core machine
-        reads = [read(n) for _ in range(repeats)]
+    for n in workers:
+        reads = [_read(cfg, store, shards, n) for _ in range(repeats)]
         rates = sorted(rate for _, rate in reads)
         runs.append(
             {"workers": n, "samples": reads[0][0], "samples_s": statistics.median(rates), "runs_samples_s": rates}
@@ -93,6 +84,17 @@ def bench_data(url: str, workers: tuple[int, ...] = (0, 2), model_seconds: float
         "model_base_fp32_samples_s": model.samples_per_s,
         "reader_over_model": first["samples_s"] / model.samples_per_s,
     }
+
+
+def _read(cfg: ReaderConfig, store: Store, shards: list[dict], workers: int) -> tuple[int, float]:
+    """One read of ``shards`` with ``workers`` DataLoader workers -> (samples, samples/s)."""
+    stream = PretrainingStream(cfg, store=store)
+    stream.shards = shards
+    t0 = time.perf_counter()
+    seen = 0
+    for batch in StatefulLoader(stream, num_workers=workers):
+        seen += len(batch["accessions"])
+    return seen, seen / (time.perf_counter() - t0)
 
 
 TARGET_SAMPLES_S = 22_000
