@@ -56,3 +56,18 @@ def test_best_value_within_a_compute_budget():
     assert best_value(runs, within=12.9) == 0.6
     assert best_value(runs) == 0.6
     assert best_value(runs, mode="min") == 0.4
+
+
+def test_the_guided_searchs_pruner_by_name():
+    import optuna
+
+    from pbp.bench.tune import bench_search, make_pruner
+
+    assert isinstance(make_pruner("asha", 2, 2, 12), optuna.pruners.SuccessiveHalvingPruner)
+    assert isinstance(make_pruner("hyperband", 1, 3, 12), optuna.pruners.HyperbandPruner)
+    assert isinstance(make_pruner("none", 2, 2, 12), optuna.pruners.NopPruner)
+    # A bad choice fails naming it, before a body is built or a trial trained.
+    with pytest.raises(ValueError, match="unknown pruner 'median'"):
+        bench_search([0], rows=10, trials=2, epochs=2, grace=1, reduction_factor=2, pruner="median")
+    with pytest.raises(ValueError, match="startup_trials must be >= 0"):
+        bench_search([0], rows=10, trials=2, epochs=2, grace=1, reduction_factor=2, startup_trials=-1)

@@ -34,6 +34,8 @@ how much compute ASHA + TPE needs to match random search. Every figure is a rati
                did not reach: the figure is the compute it spent (>= 1 x random's), marked as not reached.
     ratio    = that compute / random's total compute (num_samples x E); per seed (0, 1, 2 by default) and their
                mean. Target <= 1/3.
+    For experiments, ``--pruner hyperband|none`` and ``--startup-trials N`` change the guided search (the
+    campaign's is ``asha`` with 4 start-up trials); docs/benchmarks.md has their figures.
 """
 
 from __future__ import annotations
@@ -275,18 +277,44 @@ def search_space() -> dict[str, Any]:
     return distributions({k: space[k] for k in SEARCH_KEYS})
 
 
+PRUNERS = ("asha", "hyperband", "none")
+"""``--pruner``: the campaign's ASHA (default), Optuna's HyperbandPruner, or none (TPE alone at full budget)."""
+
+
+def make_pruner(name: str, grace: int, reduction_factor: int, epochs: int):
+    """The guided search's pruner: ``asha`` = SuccessiveHalvingPruner(grace, factor) as the campaign runs it;
+    ``hyperband`` = HyperbandPruner(min_resource=grace, max_resource=epochs, factor); ``none`` = NopPruner."""
+    import optuna
+
+    if name == "asha":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=grace, reduction_factor=reduction_factor)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=grace, max_resource=epochs,
+                                              reduction_factor=reduction_factor)  # fmt: skip
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise ValueError(f"search: unknown pruner {name!r} (choose from {', '.join(PRUNERS)})")
+
+
 def bench_search(seeds: Sequence[int], rows: int, trials: int, epochs: int, grace: int,
-                 reduction_factor: int) -> dict[str, Any]:  # fmt: skip
-    """ASHA+TPE against random search per seed (see the module docstring)."""
-    per_seed = [search_seed(seed, rows, trials, epochs, grace, reduction_factor) for seed in seeds]
+                 reduction_factor: int, pruner: str = "asha", startup_trials: int = 4) -> dict[str, Any]:  # fmt: skip
+    """ASHA+TPE against random search per seed (see the module docstring); ``pruner`` and ``startup_trials``
+    (TPE's random start-up trials) vary the guided search for experiments."""
+    make_pruner(pruner, grace, reduction_factor, epochs)  # a bad name fails before any training
+    if startup_trials < 0:
+        raise ValueError(f"search: startup_trials must be >= 0, got {startup_trials}")
+    per_seed = [search_seed(seed, rows, trials, epochs, grace, reduction_factor, pruner, startup_trials)
+                for seed in seeds]  # fmt: skip
     return {"rows": rows, "trials": trials, "epochs": epochs, "grace_period": grace,
-            "reduction_factor": reduction_factor, "seeds": per_seed,
+            "reduction_factor": reduction_factor, "pruner": pruner, "startup_trials": startup_trials,
+            "seeds": per_seed,
             "mean_ratio": float(np.mean([s["ratio"] for s in per_seed])),
             "mean_value_at_third": float(np.mean([s["value_at_third_over_target"] for s in per_seed])),
             "all_reached": all(s["reached"] for s in per_seed)}  # fmt: skip
 
 
-def search_seed(seed: int, rows: int, trials: int, epochs: int, grace: int, reduction_factor: int) -> dict[str, Any]:
+def search_seed(seed: int, rows: int, trials: int, epochs: int, grace: int, reduction_factor: int,
+                pruner: str = "asha", startup_trials: int = 4) -> dict[str, Any]:  # fmt: skip
     import optuna
 
     dists = search_space()
@@ -304,9 +332,9 @@ def search_seed(seed: int, rows: int, trials: int, epochs: int, grace: int, redu
         def reached_or_spent(runs: list[TrialRun]) -> bool:
             return bool(runs) and (reach(runs, rnd).reached or sum(t.epochs for t in runs) >= budget)
 
-        tpe = optuna.samplers.TPESampler(seed=2 * seed + 1, n_startup_trials=min(4, trials))
-        asha = optuna.pruners.SuccessiveHalvingPruner(min_resource=grace, reduction_factor=reduction_factor)
-        guided = run_search(objective, tpe, asha, dists, reached_or_spent)
+        tpe = optuna.samplers.TPESampler(seed=2 * seed + 1, n_startup_trials=min(startup_trials, trials))
+        guided = run_search(objective, tpe, make_pruner(pruner, grace, reduction_factor, epochs), dists,
+                            reached_or_spent)  # fmt: skip
     r = reach(guided, rnd)
     at_third = best_value(guided, within=budget / 3)
     return {"seed": seed, **asdict(r), "seconds": time.perf_counter() - t0,

@@ -132,6 +132,16 @@ def _add_tune(bsub: argparse._SubParsersAction) -> None:
         default=None,
         help="search: ASHA's reduction factor (default: configs/tune/tiny.yaml's)",
     )
+    tune.add_argument(
+        "--pruner",
+        choices=("asha", "hyperband", "none"),
+        default="asha",
+        help="search: the guided search's pruner: the campaign's ASHA (default), Optuna's Hyperband "
+        "(grace..epochs, the reduction factor), or none (TPE alone at full budget)",
+    )
+    tune.add_argument(
+        "--startup-trials", type=int, default=4, help="search: TPE's random start-up trials (the campaign's: 4)"
+    )
     tune.add_argument("--json", type=Path, default=None)
     tune.set_defaults(func=cmd_tune)
 
@@ -417,15 +427,17 @@ def cmd_tune(args: argparse.Namespace) -> int:
         else:
             grace, factor = bt.asha_settings(args.grace, args.reduction_factor)
             seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-            out[part] = s = bt.bench_search(seeds, args.search_rows, args.trials, args.search_epochs, grace, factor)
+            out[part] = s = bt.bench_search(seeds, args.search_rows, args.trials, args.search_epochs, grace, factor,
+                                            args.pruner, args.startup_trials)  # fmt: skip
             _print_search(s)
     _write_json(args.json, out)
     return 0
 
 
 def _print_search(s: dict) -> None:
-    print(f"search: {s['trials']} trials x {s['epochs']} epochs, {s['rows']} rows; ASHA grace {s['grace_period']}, "
-          f"reduction factor {s['reduction_factor']}", flush=True)  # fmt: skip
+    print(f"search: {s['trials']} trials x {s['epochs']} epochs, {s['rows']} rows; pruner {s['pruner']}, grace "
+          f"{s['grace_period']}, reduction factor {s['reduction_factor']}; TPE start-up trials {s['startup_trials']}",
+          flush=True)  # fmt: skip
     for r in s["seeds"]:
         got = (f"{r['compute']} in {r['trials']} trials ({r['guided_completed']} completed)" if r["reached"]
                else f"not reached: {r['compute']}")  # fmt: skip
