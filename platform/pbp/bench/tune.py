@@ -242,7 +242,9 @@ def run_search(objective: FrozenHeadObjective, sampler, pruner, dists: dict[str,
     from optuna.trial import TrialState
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
+    # A fixed name: Optuna's HyperbandPruner assigns trials to brackets by a hash of the study's name, and an
+    # unnamed study gets a random one, which would make its figures differ from run to run.
+    study = optuna.create_study(study_name="pbp-bench-search", direction="maximize", sampler=sampler, pruner=pruner)
     runs: list[TrialRun] = []
     while not done(runs):
         trial = study.ask(dists)
