@@ -71,3 +71,11 @@ def test_the_guided_searchs_pruner_by_name():
         bench_search([0], rows=10, trials=2, epochs=2, grace=1, reduction_factor=2, pruner="median")
     with pytest.raises(ValueError, match="startup_trials must be >= 0"):
         bench_search([0], rows=10, trials=2, epochs=2, grace=1, reduction_factor=2, startup_trials=-1)
+
+
+def test_bench_tune_refuses_a_bad_search_option_before_any_part_runs(capsys):
+    from pbp.cli.main import main
+
+    # overhead would need the stack and cache would train for minutes: both come first, neither may run.
+    assert main(["bench", "tune", "--startup-trials", "-1"]) == 2
+    assert "--startup-trials must be >= 0, got -1" in capsys.readouterr().err

@@ -397,6 +397,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     unknown = sorted(set(parts) - set(TUNE_PARTS))
     if unknown or not parts:
         raise ValueError(f"--parts: unknown {', '.join(unknown) or 'nothing'} (choose from {', '.join(TUNE_PARTS)})")
+    if args.startup_trials < 0:  # before the parts that come first spend minutes
+        raise ValueError(f"--startup-trials must be >= 0, got {args.startup_trials}")
     if "overhead" in parts:
         from pbp.stack.endpoints import set_ray_auth_env
 
