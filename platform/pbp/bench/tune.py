@@ -21,8 +21,9 @@ how much compute ASHA + TPE needs to match random search. Every figure is a rati
     optimizer and the same torch seed, so the objective is a deterministic function of the parameters.
 
     random   = ``RandomSampler(2 seed)``, no pruner: num_samples trials of E epochs each.
-    ASHA+TPE = ``TPESampler(2 seed + 1, n_startup_trials=min(4, num_samples))`` (as the campaign's searcher; its
-               start-up trials are random draws, which with random's seed would replay random's first trials) +
+    ASHA+TPE = ``TPESampler(2 seed + 1, n_startup_trials=min(TPE_STARTUP_TRIALS, num_samples))`` (as the
+               campaign's searcher; its start-up trials are random draws, which with random's seed would replay
+               random's first trials) +
                ``SuccessiveHalvingPruner(min_resource=grace, reduction_factor)`` (ASHA; the trials run one after
                another here), ``trial.report(value, epoch)`` / ``trial.should_prune()`` every epoch; a pruned
                trial stops there. It runs trials until it reaches (below) or has spent random's total compute, so
@@ -53,6 +54,7 @@ import torch
 
 from pbp.config import apply_overrides, load_config, read_yaml
 from pbp.finetune.config import FinetuneConfig
+from pbp.tune.config import TPE_STARTUP_TRIALS
 
 FINETUNE_TINY = "configs/finetune/tiny.yaml"
 TUNE_TINY = "configs/tune/tiny.yaml"
@@ -299,7 +301,8 @@ def make_pruner(name: str, grace: int, reduction_factor: int, epochs: int):
 
 
 def bench_search(seeds: Sequence[int], rows: int, trials: int, epochs: int, grace: int,
-                 reduction_factor: int, pruner: str = "asha", startup_trials: int = 4) -> dict[str, Any]:  # fmt: skip
+                 reduction_factor: int, pruner: str = "asha",
+                 startup_trials: int = TPE_STARTUP_TRIALS) -> dict[str, Any]:  # fmt: skip
     """ASHA+TPE against random search per seed (see the module docstring); ``pruner`` and ``startup_trials``
     (TPE's random start-up trials) vary the guided search for experiments."""
     make_pruner(pruner, grace, reduction_factor, epochs)  # a bad name fails before any training
@@ -316,7 +319,7 @@ def bench_search(seeds: Sequence[int], rows: int, trials: int, epochs: int, grac
 
 
 def search_seed(seed: int, rows: int, trials: int, epochs: int, grace: int, reduction_factor: int,
-                pruner: str = "asha", startup_trials: int = 4) -> dict[str, Any]:  # fmt: skip
+                pruner: str = "asha", startup_trials: int = TPE_STARTUP_TRIALS) -> dict[str, Any]:  # fmt: skip
     import optuna
 
     dists = search_space()

@@ -140,7 +140,10 @@ def _add_tune(bsub: argparse._SubParsersAction) -> None:
         "(grace..epochs, the reduction factor), or none (TPE alone at full budget)",
     )
     tune.add_argument(
-        "--startup-trials", type=int, default=4, help="search: TPE's random start-up trials (the campaign's: 4)"
+        "--startup-trials",
+        type=int,
+        default=None,
+        help="search: TPE's random start-up trials (default: the campaign's)",
     )
     tune.add_argument("--json", type=Path, default=None)
     tune.set_defaults(func=cmd_tune)
@@ -397,8 +400,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
     unknown = sorted(set(parts) - set(TUNE_PARTS))
     if unknown or not parts:
         raise ValueError(f"--parts: unknown {', '.join(unknown) or 'nothing'} (choose from {', '.join(TUNE_PARTS)})")
-    if args.startup_trials < 0:  # before the parts that come first spend minutes
-        raise ValueError(f"--startup-trials must be >= 0, got {args.startup_trials}")
+    from pbp.tune.config import TPE_STARTUP_TRIALS
+
+    startup = TPE_STARTUP_TRIALS if args.startup_trials is None else args.startup_trials
+    if startup < 0:  # before the parts that come first spend minutes
+        raise ValueError(f"--startup-trials must be >= 0, got {startup}")
     if "overhead" in parts:
         from pbp.stack.endpoints import set_ray_auth_env
 
@@ -430,7 +436,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
             grace, factor = bt.asha_settings(args.grace, args.reduction_factor)
             seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
             out[part] = s = bt.bench_search(seeds, args.search_rows, args.trials, args.search_epochs, grace, factor,
-                                            args.pruner, args.startup_trials)  # fmt: skip
+                                            args.pruner, startup)  # fmt: skip
             _print_search(s)
     _write_json(args.json, out)
     return 0

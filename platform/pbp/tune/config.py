@@ -19,6 +19,9 @@ from typing import Any, Literal
 
 from pbp.names import check_name
 
+TPE_STARTUP_TRIALS = 4
+"""Random trials before TPE models the space (the campaign's searcher; ``pbp bench tune`` compares against it)."""
+
 
 @dataclass
 class ParamSpec:

@@ -20,7 +20,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from pbp.config import ConfigError, from_dict, read_yaml, set_dotted
 from pbp.finetune.config import FinetuneConfig
-from pbp.tune.config import ParamSpec, TuneConfig
+from pbp.tune.config import TPE_STARTUP_TRIALS, ParamSpec, TuneConfig
 
 FINISHED = "finished"
 EPOCH = "epoch"
@@ -112,7 +112,9 @@ class PruneAwareOptunaSearch(OptunaSearch):
 def make_searcher(cfg: TuneConfig, metric: str, mode: str) -> PruneAwareOptunaSearch:
     """A seeded TPE searcher (``constant_liar`` when trials run in parallel) that records ASHA stops as PRUNED."""
     sampler = optuna.samplers.TPESampler(
-        seed=cfg.seed, constant_liar=cfg.max_concurrent_trials > 1, n_startup_trials=min(4, cfg.num_samples)
+        seed=cfg.seed,
+        constant_liar=cfg.max_concurrent_trials > 1,
+        n_startup_trials=min(TPE_STARTUP_TRIALS, cfg.num_samples),
     )
     return PruneAwareOptunaSearch(
         space=distributions(cfg.space), metric=metric, mode=mode, sampler=sampler, study_name=cfg.name
