@@ -79,3 +79,25 @@ def test_bench_tune_refuses_a_bad_search_option_before_any_part_runs(capsys):
     # overhead would need the stack and cache would train for minutes: both come first, neither may run.
     assert main(["bench", "tune", "--startup-trials", "-1"]) == 2
     assert "--startup-trials must be >= 0, got -1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("pruner", "name"), [("asha", "ASHA+TPE"), ("hyperband", "Hyperband+TPE"), ("none", "TPE")])
+def test_the_search_rows_name_the_guided_search_that_ran(capsys, pruner, name):
+    from pbp.bench.tune import GUIDED, Reach
+    from pbp.cli.bench_cmds import _print_search
+
+    seed = {
+        "seed": 0,
+        **Reach(0.3, True, 60, 9, 240, 0.25).__dict__,
+        "guided_completed": 2,
+        "random_own_best_at": 0.5,
+        "seconds": 1.0,
+        "value_at_third": 0.31,
+        "value_at_third_over_target": 1.03,
+    }
+    _print_search({"trials": 20, "epochs": 12, "rows": 2000, "pruner": pruner, "guided": GUIDED[pruner],
+                   "grace_period": 2, "reduction_factor": 2, "startup_trials": 4, "seeds": [seed],
+                   "mean_ratio": 0.25, "mean_value_at_third": 1.03, "all_reached": True})  # fmt: skip
+    out = capsys.readouterr().out
+    assert f"seed 0: {name} trial-epochs to random's best" in out
+    assert pruner == "asha" or "ASHA" not in out

@@ -281,8 +281,10 @@ def search_space() -> dict[str, Any]:
     return distributions({k: space[k] for k in SEARCH_KEYS})
 
 
-PRUNERS = ("asha", "hyperband", "none")
-"""``--pruner``: the campaign's ASHA (default), Optuna's HyperbandPruner, or none (TPE alone at full budget)."""
+GUIDED = {"asha": "ASHA+TPE", "hyperband": "Hyperband+TPE", "none": "TPE"}
+"""``--pruner`` -> the guided search's name in the output: the campaign's ASHA (default), Optuna's HyperbandPruner,
+or none (TPE alone at full budget)."""
+PRUNERS = tuple(GUIDED)
 
 
 def make_pruner(name: str, grace: int, reduction_factor: int, epochs: int):
@@ -311,7 +313,8 @@ def bench_search(seeds: Sequence[int], rows: int, trials: int, epochs: int, grac
     per_seed = [search_seed(seed, rows, trials, epochs, grace, reduction_factor, pruner, startup_trials)
                 for seed in seeds]  # fmt: skip
     return {"rows": rows, "trials": trials, "epochs": epochs, "grace_period": grace,
-            "reduction_factor": reduction_factor, "pruner": pruner, "startup_trials": startup_trials,
+            "reduction_factor": reduction_factor, "pruner": pruner, "guided": GUIDED[pruner],
+            "startup_trials": startup_trials,
             "seeds": per_seed,
             "mean_ratio": float(np.mean([s["ratio"] for s in per_seed])),
             "mean_value_at_third": float(np.mean([s["value_at_third_over_target"] for s in per_seed])),

@@ -449,7 +449,7 @@ def _print_search(s: dict) -> None:
     for r in s["seeds"]:
         got = (f"{r['compute']} in {r['trials']} trials ({r['guided_completed']} completed)" if r["reached"]
                else f"not reached: {r['compute']}")  # fmt: skip
-        _row("search", f"seed {r['seed']}: ASHA+TPE trial-epochs to random's best / random's", r["ratio"],
+        _row("search", f"seed {r['seed']}: {s['guided']} trial-epochs to random's best / random's", r["ratio"],
              f"{got} / {r['random_compute']}; random's best {r['target']:.4f}, first seen at "
              f"{r['random_own_best_at']:.2f} of its compute; {r['seconds']:.0f} s")  # fmt: skip
         _row("search", "  its best within 1/3 of random's compute / random's best",
