@@ -106,3 +106,21 @@ def test_non_finite_steps_are_counted_and_too_many_in_a_row_stop_the_run():
     assert (guard.total, guard.in_a_row) == (4, 2)  # a finite step resets the run of skips, not the total
     with pytest.raises(NonFiniteLossError, match=r"r: 3 steps in a row with a non-finite loss \(last at step 6\)"):
         guard.record(False, 6)
+
+
+def test_a_cluster_too_small_for_the_workers_is_said_before_waiting():
+    from pbp.train.config import ScalingConfig
+    from pbp.train.launch import capacity_note
+
+    head, one, two = {"Resources": {}}, {"Resources": {"CPU": 1.0}}, {"Resources": {"CPU": 2.0, "GPU": 1.0}}
+    assert capacity_note([head, one, one], ScalingConfig(num_workers=2)) is None
+    assert capacity_note([head, two], ScalingConfig(num_workers=2)) is None  # two 1-CPU workers on one node
+    note = capacity_note([head, one], ScalingConfig(num_workers=2, resource_wait_s=30))
+    assert note and "2 node(s) with 1 CPU: room for 1 of 2 worker(s) x 1 CPU" in note, note
+    assert "scaling.resource_wait_s=30s" in note and "pbp stack up --workers N" in note
+    # A worker needs all its CPUs on one node: three 1-CPU nodes hold no 2-CPU worker.
+    note = capacity_note([one, one, one], ScalingConfig(num_workers=1, cpus_per_worker=2))
+    assert note and "room for 0 of 1 worker(s) x 2 CPU" in note
+    # GPU workers count the GPUs too.
+    note = capacity_note([two, one], ScalingConfig(num_workers=2, use_gpu=True))
+    assert note and "3 CPU and 1 GPU: room for 1 of 2 worker(s) x 1 CPU + 1 GPU" in note

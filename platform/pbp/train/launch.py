@@ -117,7 +117,15 @@ class ClusterCapacityError(UserError, RuntimeError):
 
 
 def fit(trainer, scaling: ScalingConfig):
-    """``trainer.fit()``, with Ray Train's errors that users can act on turned into messages that say what to do."""
+    """``trainer.fit()``, with Ray Train's errors that users can act on turned into messages that say what to do.
+
+    When the cluster's nodes as they are cannot hold the workers, it says so first (Ray Train's own retries print
+    only tracebacks while it waits)."""
+    import ray
+
+    note = capacity_note([n for n in ray.nodes() if n.get("Alive")], scaling) if ray.is_initialized() else None
+    if note:
+        print(f"pbp: {note}", flush=True)
     try:
         result = trainer.fit()
         if result.error:
@@ -128,6 +136,29 @@ def fit(trainer, scaling: ScalingConfig):
             raise
         raise better from None
     return result
+
+
+def capacity_note(nodes: list[dict[str, Any]], scaling: ScalingConfig) -> str | None:
+    """A line saying that ``nodes`` (``ray.nodes()``'s alive ones), counted by their total resources, cannot hold
+    ``scaling``'s workers and what the run does about it; None when they can."""
+    if scaling.cpus_per_worker <= 0:
+        return None
+    slots = 0
+    for n in nodes:
+        res = n.get("Resources", {})
+        fits = math.floor(res.get("CPU", 0.0) / scaling.cpus_per_worker + 1e-9)
+        slots += min(fits, math.floor(res.get("GPU", 0.0))) if scaling.use_gpu else fits
+    if slots >= scaling.num_workers:
+        return None
+    cpus = sum(n.get("Resources", {}).get("CPU", 0.0) for n in nodes)
+    gpus = sum(n.get("Resources", {}).get("GPU", 0.0) for n in nodes)
+    have = f"{len(nodes)} node(s) with {cpus:g} CPU" + (f" and {gpus:g} GPU" if scaling.use_gpu else "")
+    need = f"{scaling.num_workers} worker(s) x {scaling.cpus_per_worker:g} CPU" + (
+        " + 1 GPU" if scaling.use_gpu else ""
+    )
+    return (f"the Ray cluster has {have}: room for {slots} of {need}. Waiting up to scaling.resource_wait_s="
+            f"{scaling.resource_wait_s:g}s for nodes to join (an autoscaler, or `pbp stack up --workers N` on the "
+            "local stack); or lower scaling.num_workers / scaling.cpus_per_worker")  # fmt: skip
 
 
 def capacity_error(error: BaseException, scaling: ScalingConfig) -> ClusterCapacityError | None:
