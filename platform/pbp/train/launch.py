@@ -138,6 +138,11 @@ def fit(trainer, scaling: ScalingConfig):
     return result
 
 
+def _request(scaling: ScalingConfig) -> str:
+    gpu = " + 1 GPU" if scaling.use_gpu else ""
+    return f"{scaling.num_workers} worker(s) x {scaling.cpus_per_worker:g} CPU{gpu}"
+
+
 def capacity_note(nodes: list[dict[str, Any]], scaling: ScalingConfig) -> str | None:
     """A line saying that ``nodes`` (``ray.nodes()``'s alive ones), counted by their total resources, cannot hold
     ``scaling``'s workers and what the run does about it; None when they can."""
@@ -153,9 +158,7 @@ def capacity_note(nodes: list[dict[str, Any]], scaling: ScalingConfig) -> str | 
     cpus = sum(n.get("Resources", {}).get("CPU", 0.0) for n in nodes)
     gpus = sum(n.get("Resources", {}).get("GPU", 0.0) for n in nodes)
     have = f"{len(nodes)} node(s) with {cpus:g} CPU" + (f" and {gpus:g} GPU" if scaling.use_gpu else "")
-    need = f"{scaling.num_workers} worker(s) x {scaling.cpus_per_worker:g} CPU" + (
-        " + 1 GPU" if scaling.use_gpu else ""
-    )
+    need = _request(scaling)
     return (f"the Ray cluster has {have}: room for {slots} of {need}. Waiting up to scaling.resource_wait_s="
             f"{scaling.resource_wait_s:g}s for nodes to join (an autoscaler, or `pbp stack up --workers N` on the "
             "local stack); or lower scaling.num_workers / scaling.cpus_per_worker")  # fmt: skip
@@ -171,9 +174,7 @@ def capacity_error(error: BaseException, scaling: ScalingConfig) -> ClusterCapac
         isinstance(error, ControllerError) and isinstance(error.controller_failure, WorkerGroupStartupTimeoutError)
     ):
         return None
-    need = f"{scaling.num_workers} worker(s) x {scaling.cpus_per_worker:g} CPU" + (
-        " + 1 GPU" if scaling.use_gpu else ""
-    )
+    need = _request(scaling)
     lost = lost_nodes()
     where = f"node(s) lost: {', '.join(lost)}" if lost else "no node was lost: the cluster is too small or busy"
     fix = (
