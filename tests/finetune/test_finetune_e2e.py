@@ -179,15 +179,15 @@ def _subset(src: Path, dst: Path, classes: set[str], per_class: int, max_len: in
     return dst
 
 
-def test_categorical_remote_homology_subset(stack_dir, mlflow_client, tmp_path):
-    """Three fold classes of the real files (the test file's labels are all in train)."""
+def test_categorical_remote_homology_subset_on_two_workers(stack_dir, endpoints, mlflow_client, tmp_path):
+    """Three fold classes of the real files (the test file's labels are all in train), on 2 Ray Train workers."""
     classes = {"22", "36", "153"}  # each with short sequences in every file
     files = {role: _subset(BENCH / f"remote_homology.{role}.csv", tmp_path / f"{role}.csv", classes, n)
              for role, n in (("train", 30), ("valid", 8), ("test", 8))}  # fmt: skip
     run = f"ft-rh-{random.randrange(10**6)}"
     out = _ok(_finetune(
         stack_dir, run, "task.kind=categorical", *(f"task.{role}={p}" for role, p in files.items()),
-        "stages.0.max_epochs=1", "stages.1.max_epochs=1", "stages.2.max_epochs=1",
+        "stages.0.max_epochs=1", "stages.1.max_epochs=1", "stages.2.max_epochs=1", "scaling.num_workers=2",
     ))  # fmt: skip
     row = re.search(r"^test_accuracy\s+(\S+)\s+(\S+)$", out, re.M)
     assert row, out[-3000:]
@@ -195,6 +195,12 @@ def test_categorical_remote_homology_subset(stack_dir, mlflow_client, tmp_path):
     mrun = _mlflow_run(mlflow_client, run)
     assert mrun.data.tags["pbp.task.kind"] == "categorical"
     assert mrun.data.tags["pbp.task.rows"].startswith("train=90 valid=")
+    # Both ranks trained and checkpointed; the test metric covers every test row once (the ranks' parts merged).
+    rdir = _run_dir(endpoints, run)
+    newest = ckpt.newest_complete(rdir)
+    assert newest and rdir.read_json(f"{newest}/{ckpt.COMMIT}")["world_size"] == 2
+    final = rdir.read_json("final_metrics.json")
+    assert sum(v for k, v in final.items() if k.startswith("test_") and k.endswith("_n")) == 24, final
 
 
 def test_rerun_after_completion_resumes_without_retraining(numeric_run, stack_dir, endpoints, mlflow_client):

@@ -4,7 +4,6 @@ bookkeeping, and the exported model (safetensors + JSON, the pyfunc predictor, M
 from __future__ import annotations
 
 import random
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -173,12 +172,58 @@ def test_cache_on_disk_and_over_both_budgets(tmp_path, tiny_cfg):
     assert build_cache(model, data.train, 256, 0.0, 0.0, CPU) is None  # recompute instead
     cache = build_cache(model, data.train, 256, 0.0, 100.0, CPU)
     assert cache is not None and cache.storage == "disk-float16"
+    # The file is unlinked once mapped: its space is freed with the cache, and nothing is left in the temp dir.
+    assert not Path(cache.features.filename).parent.exists()
+    for i in range(len(data.train)):
+        torch.testing.assert_close(_cache_logits(model, cache, i), _full_logits(model, data.train, i), atol=1e-2,
+                                   rtol=0)  # fmt: skip
+
+
+def _cache_on_rank(rank: int, tmp: str, kind: str, memory_mb: float, disk_mb: float) -> None:
+    """One of 2 ranks (gloo, spawned): build the cache with the parent's model; save what this rank holds and how
+    many rows its own body forwards computed."""
+    import torch.distributed as dist
+
+    import pbp.finetune.features as features
+    from pbp.model.config import ModelConfig
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/pg", rank=rank, world_size=2)
     try:
-        for i in range(len(data.train)):
-            torch.testing.assert_close(_cache_logits(model, cache, i), _full_logits(model, data.train, i), atol=1e-2,
-                                       rtol=0)  # fmt: skip
+        data = load_task(TaskConfig(kind=TaskKind(kind), train=f"{tmp}/t.csv", valid=f"{tmp}/t.csv"))
+        model = FinetuneModel(ProteinBERT(load_config(ModelConfig, REPO / "configs/model/tiny.yaml")), data.spec)
+        model.load_state_dict(torch.load(f"{tmp}/model.pt", weights_only=True))
+        model.freeze_body()
+        computed = []
+        extract = features.extract_features
+        features.extract_features = lambda body, tokens: computed.append(len(tokens)) or extract(body, tokens)
+        cache = build_cache(model.eval(), data.train, 64, memory_mb, disk_mb, CPU, ctx=DistContext(rank, 2, rank, 0))
+        assert cache is not None
+        np.savez(f"{tmp}/rank{rank}.npz", features=np.asarray(cache.features, dtype=np.float32),
+                 labels=cache.labels, computed=sum(computed), storage=cache.storage)  # fmt: skip
     finally:
-        shutil.rmtree(Path(cache.features.filename).parent, ignore_errors=True)
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize(("kind", "storage"), [("numeric", "float32"), ("residue_categorical", "disk-float16")])
+def test_two_ranks_each_compute_half_of_the_cache_and_both_hold_all_of_it(tmp_path, tiny_cfg, kind, storage):
+    seqs = _seqs(23, 3, 50, seed=5)
+    data = _load(tmp_path, kind, seqs)  # writes t.csv, which the ranks read
+    model = _frozen(tiny_cfg, data.spec)
+    torch.save(model.state_dict(), tmp_path / "model.pt")
+    memory_mb, disk_mb = (_budget(data.train, model, "float32"), 0.0) if storage == "float32" else (0.0, 100.0)
+    alone = build_cache(model, data.train, 64, memory_mb, disk_mb, CPU)
+    assert alone is not None and alone.storage == storage
+    torch.multiprocessing.start_processes(_cache_on_rank, (str(tmp_path), kind, memory_mb, disk_mb), nprocs=2,
+                                          start_method="spawn")  # fmt: skip
+    ranks = [np.load(tmp_path / f"rank{r}.npz") for r in (0, 1)]
+    for got in ranks:
+        assert str(got["storage"]) == storage
+        np.testing.assert_allclose(got["features"], np.asarray(alone.features, dtype=np.float32), atol=1e-3, rtol=0)
+        np.testing.assert_array_equal(got["labels"], alone.labels)
+    # Each rank ran the body on its own batches only: together every row once, about half each.
+    computed = [int(got["computed"]) for got in ranks]
+    assert sum(computed) == len(seqs) and min(computed) >= len(seqs) // 4, computed
 
 
 @pytest.mark.parametrize("kind", ["numeric", "categorical", "residue_binary", "residue_categorical"])

@@ -75,9 +75,9 @@ def train_batches(
         yield collate(split, b, windows)
 
 
-def eval_batches(split: Split, max_tokens: int, rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
-    """Sorted by length, up to ``max_tokens`` tokens per batch (one sequence at least); rank r takes every
-    world_size-th batch."""
+def eval_groups(split: Split, max_tokens: int) -> list[np.ndarray]:
+    """Row indices of the evaluation batches, in order: sorted by length, up to ``max_tokens`` tokens per batch
+    (one sequence at least). Every rank computes the same list."""
     lengths = split.lengths()
     order = np.argsort(lengths, kind="stable")
     batches: list[np.ndarray] = []
@@ -92,5 +92,10 @@ def eval_batches(split: Split, max_tokens: int, rank: int = 0, world_size: int =
         cur_max = max(cur_max, n)
     if cur:
         batches.append(np.asarray(cur))
-    for b in batches[rank::world_size]:
+    return batches
+
+
+def eval_batches(split: Split, max_tokens: int, rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
+    """The batches of :func:`eval_groups`; rank r takes every world_size-th batch."""
+    for b in eval_groups(split, max_tokens)[rank::world_size]:
         yield collate(split, b)

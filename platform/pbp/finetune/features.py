@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pbp.finetune.batching import eval_batches
+from pbp.finetune.batching import collate, eval_groups
 from pbp.finetune.data import Split
 from pbp.model.finetune import IGNORE_INDEX, FinetuneModel, extract_features
+from pbp.train.dist import DistContext, all_gather_objects
 
 log = logging.getLogger("pbp.finetune")
 PROGRESS_EVERY_S = 30.0
@@ -64,9 +65,13 @@ def cache_size_bytes(split: Split, per_residue: bool, n_features: int, itemsize:
 @torch.no_grad()
 def build_cache(
     model: FinetuneModel, split: Split, max_tokens: int, max_memory_mb: float, max_disk_mb: float,
-    device: torch.device, show_progress: bool = False,
+    device: torch.device, show_progress: bool = False, ctx: DistContext | None = None,
 ) -> FeatureCache | None:  # fmt: skip
-    """Compute the frozen body's features of every row of ``split`` (None: over both budgets, recompute)."""
+    """Compute the frozen body's features of every row of ``split`` (None: over both budgets, recompute).
+
+    With several ranks (``ctx``) each computes every world_size-th evaluation batch and the ranks exchange their
+    features batch by batch (one all-gather per round), so every rank ends with the whole cache at 1/world_size of
+    the body's compute, holding at most one round of other ranks' features beyond its cache."""
     per_residue = model.task.kind.per_residue
     cfg = model.body.config
     F = cfg.local_feature_dim if per_residue else cfg.global_feature_dim
@@ -86,6 +91,8 @@ def build_cache(
     if storage == "disk-float16":
         path = Path(tempfile.mkdtemp(prefix="pbp-features-")) / f"{split.name}.f16"
         feats: np.ndarray = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(n_rows, F))
+        path.unlink()  # the mapping keeps the file's space until the cache is dropped: nothing is left behind
+        path.parent.rmdir()
     else:
         feats = np.empty((n_rows, F), dtype=dtype)
     offsets = np.concatenate([[0], np.cumsum(lengths)]) if per_residue else None
@@ -95,18 +102,22 @@ def build_cache(
         labels = np.empty(n_rows, dtype=np.asarray(split.labels).dtype)
     was_training = model.training
     model.body.eval()
+    ctx = ctx or DistContext.single()
+    groups = eval_groups(split, max_tokens)
+    mine = groups[ctx.rank :: ctx.world_size]
     done, t0, shown = 0, time.perf_counter(), time.perf_counter()
-    for b in eval_batches(split, max_tokens):
-        local_BLF, global_BF = extract_features(model.body, b.tokens.to(device))
-        if per_residue:
-            for j, i in enumerate(b.index):
-                n = int(lengths[i])
-                feats[offsets[i] : offsets[i] + n] = local_BLF[j, :n].float().cpu().numpy()  # type: ignore[index]
-                labels[offsets[i] : offsets[i] + n] = b.labels[j, :n].numpy()  # type: ignore[index]
-        else:
-            feats[b.index] = global_BF.float().cpu().numpy()
-            labels[b.index] = b.labels.numpy()
-        done += len(b.index)
+    for r in range(-(-len(groups) // ctx.world_size)):  # every rank takes part in every round's all-gather
+        part = _features(model, split, mine[r], device, dtype) if r < len(mine) else None
+        for got in all_gather_objects(part, ctx):
+            if got is None:
+                continue
+            index, f, lab = got
+            if offsets is None:
+                feats[index], labels[index] = f, lab
+            else:
+                pos = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in index])
+                feats[pos], labels[pos] = f, lab
+            done += len(index)
         if show_progress and time.perf_counter() - shown > PROGRESS_EVERY_S:
             shown = time.perf_counter()
             rate = done / (shown - t0)
@@ -116,3 +127,19 @@ def build_cache(
     log.info("feature cache: %s, %d rows x %d features, %s (%.0f MiB)", split.name, n_rows, F, storage,
              fp32 if storage == "float32" else fp16)  # fmt: skip
     return FeatureCache(feats, labels, offsets, storage)
+
+
+def _features(
+    model: FinetuneModel, split: Split, index: np.ndarray, device: torch.device, dtype: type[np.floating],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """One evaluation batch -> (its rows, their features as ``dtype``: (B, F), or (sum of lengths, F) in row order
+    per residue, the matching labels)."""
+    b = collate(split, index)
+    local_BLF, global_BF = extract_features(model.body, b.tokens.to(device))
+    if model.task.kind.per_residue:
+        lengths = torch.from_numpy(split.lengths()[b.index].astype(np.int64))
+        real_BL = torch.arange(b.tokens.shape[1])[None, :] < lengths[:, None]
+        feats, labels = local_BLF[real_BL.to(local_BLF.device)], b.labels[real_BL]
+    else:
+        feats, labels = global_BF, b.labels
+    return b.index, feats.float().cpu().numpy().astype(dtype, copy=False), labels.numpy()

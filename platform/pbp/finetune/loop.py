@@ -149,7 +149,7 @@ class Trainer:
             train_rows = self.data.train.subset(self.rows)
             for name, split in (("train", train_rows), ("valid", self.data.valid)):
                 self.caches[name] = build_cache(m, split, self.cfg.eval_batch_tokens, mb, disk, self.device,
-                                                show_progress=self.ctx.is_main)  # fmt: skip
+                                                show_progress=self.ctx.is_main, ctx=self.ctx)  # fmt: skip
                 if self.caches[name] is not None:
                     mb = max(0.0, mb - _mib(self.caches[name]))
 
