@@ -101,3 +101,11 @@ def test_the_search_rows_name_the_guided_search_that_ran(capsys, pruner, name):
     out = capsys.readouterr().out
     assert f"seed 0: {name} trial-epochs to random's best" in out
     assert pruner == "asha" or "ASHA" not in out
+
+
+def test_the_cache_build_on_two_ranks_is_timed_against_one_and_gives_the_same_features():
+    from pbp.bench.tune import bench_cache_ranks
+
+    r = bench_cache_ranks(rows=24, ranks=2, repeats=1)
+    assert r["features_max_abs_diff"] == 0.0 and r["ranks"] == 2
+    assert r["one_rank_s"] > 0 and r["ranks_s"] > 0 and r["ratio"] == r["ranks_s"] / r["one_rank_s"]

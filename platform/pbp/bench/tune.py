@@ -11,6 +11,9 @@ how much compute ASHA + TPE needs to match random search. Every figure is a rati
     stability task (train and valid files); fastest of 2 alternating runs each, after an untimed warm-up epoch.
     Ratio = seconds with / seconds without. ``head_dropout=0`` so that the two runs must agree: the
     largest absolute difference of the head's weights after epoch 1 is printed (exactness, not a timing).
+    Also the cache build shared by R gloo ranks (spawned processes, one thread each; ``--cache-ranks``, default 2)
+    against one rank: ratio = the slowest rank's ``begin_stage`` / the one rank's, fastest of 2 alternating runs;
+    every rank's train features must equal the one rank's (max |diff| printed).
 (3) search: in-process with Optuna itself (a Ray trial costs tens of seconds of overhead on 2 cores, see (1); the
     sampler and the pruner are what is measured). Objective: the frozen stage of the tiny fine-tuning on the first
     N stability rows (train and valid files), on the feature cache (exact, see (2)), E epochs (no early stopping;
@@ -191,6 +194,58 @@ def bench_cache(rows: int, epochs: int, model: str | None = None, repeats: int =
             "without_cache_s": off["seconds"], "ratio": on["seconds"] / off["seconds"],
             "head_max_abs_diff_epoch1": max(float((h1[k] - h0[k]).abs().max()) for k in h1),
             "valid_loss_with": on["valid_loss"], "valid_loss_without": off["valid_loss"]}  # fmt: skip
+
+
+def _cache_build_rank(rank: int, world: int, cfg: FinetuneConfig, tmp: str) -> None:
+    """One rank of :func:`bench_cache_ranks` (a spawned process, one thread): time ``begin_stage``, which builds the
+    train and valid caches, and save this rank's train features."""
+    import torch.distributed as dist
+
+    from pbp.finetune.loop import Trainer
+    from pbp.train.dist import DistContext
+
+    torch.set_num_threads(1)
+    if world > 1:
+        dist.init_process_group("gloo", init_method=f"file://{tmp}/pg-{world}", rank=rank, world_size=world)
+    try:
+        run = replace(cfg.checkpoint, storage_path=f"{tmp}/run-{world}-{rank}")
+        tr = Trainer(replace(cfg, checkpoint=run), {}, DistContext(rank, world, rank, 0))
+        t0 = time.perf_counter()
+        tr.begin_stage(cfg.stages[0], resuming=False)
+        seconds = time.perf_counter() - t0
+        cache = tr.caches.get("train")
+        if cache is None:
+            raise RuntimeError("feature cache: none was built (feature_cache.enabled is off?)")
+        np.save(f"{tmp}/features-{world}-{rank}.npy", np.asarray(cache.features, dtype=np.float32))
+        Path(f"{tmp}/seconds-{world}-{rank}").write_text(str(seconds))
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+
+
+def bench_cache_ranks(rows: int, ranks: int = 2, model: str | None = None, repeats: int = 2) -> dict[str, Any]:
+    """The cache build (``begin_stage`` of the frozen stage: train and valid) on ``ranks`` gloo ranks against one
+    rank: spawned processes with one thread each, the slowest rank's time; fastest of ``repeats`` alternating runs.
+    Every rank must end with the one rank's features (max |diff| returned)."""
+    import torch.multiprocessing as mp
+
+    cfg = finetune_config(rows, ["head_dropout=0"], model)
+    times: dict[int, list[float]] = {1: [], ranks: []}
+    diff = 0.0
+    with tempfile.TemporaryDirectory(prefix="pbp-bench-tune-") as tmp:
+        for _ in range(repeats):
+            for world in (1, ranks):
+                for f in Path(tmp).glob(f"pg-{world}*"):
+                    f.unlink()
+                mp.start_processes(_cache_build_rank, (world, cfg, tmp), nprocs=world, start_method="spawn")
+                times[world].append(max(float(Path(f"{tmp}/seconds-{world}-{r}").read_text()) for r in range(world)))
+            alone = np.load(f"{tmp}/features-1-0.npy")
+            for r in range(ranks):
+                diff = max(diff, float(np.abs(np.load(f"{tmp}/features-{ranks}-{r}.npy") - alone).max()))
+    one, many = min(times[1]), min(times[ranks])
+    return {"model": model or FINETUNE_TINY, "label": "base" if model else "tiny", "rows": rows, "ranks": ranks,
+            "repeats": repeats, "one_rank_s": one, "ranks_s": many, "ratio": many / one,
+            "features_max_abs_diff": diff}  # fmt: skip
 
 
 # ---- (3) the search -----------------------------------------------------------------------------------------------
