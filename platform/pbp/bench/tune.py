@@ -11,9 +11,11 @@ how much compute ASHA + TPE needs to match random search. Every figure is a rati
     stability task (train and valid files); fastest of 2 alternating runs each, after an untimed warm-up epoch.
     Ratio = seconds with / seconds without. ``head_dropout=0`` so that the two runs must agree: the
     largest absolute difference of the head's weights after epoch 1 is printed (exactness, not a timing).
-    Also the cache build shared by R gloo ranks (spawned processes, one thread each; ``--cache-ranks``, default 2)
-    against one rank: ratio = the slowest rank's ``begin_stage`` / the one rank's, fastest of 2 alternating runs;
-    every rank's train features must equal the one rank's (max |diff| printed).
+    Also the base model's cache build (``--ranks-rows``, 2,000 rows: enough evaluation batches to share) on R gloo
+    ranks (spawned processes, one thread each; ``--cache-ranks``, default 2) against one rank: ratio = the slowest
+    rank's ``begin_stage`` / the one rank's, fastest of 2 alternating runs; every rank's train features must equal
+    the one rank's (max |diff| printed). A process's first forward passes pay a fixed start-up cost that the ranks
+    do not share, so with few rows the ratio tends to 1.
 (3) search: in-process with Optuna itself (a Ray trial costs tens of seconds of overhead on 2 cores, see (1); the
     sampler and the pruner are what is measured). Objective: the frozen stage of the tiny fine-tuning on the first
     N stability rows (train and valid files), on the feature cache (exact, see (2)), E epochs (no early stopping;
