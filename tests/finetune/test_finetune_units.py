@@ -24,7 +24,7 @@ from pbp.model import ProteinBERT
 from pbp.model.finetune import IGNORE_INDEX, FinetuneModel, TaskKind, TaskSpec
 from pbp.model.tokenizer import AMINO_ACIDS, END_ID, PAD_ID, START_ID, encode, pad
 from pbp.train import checkpoint as ckpt
-from pbp.train.dist import DistContext
+from pbp.train.dist import DistContext, spawn_gloo_ranks
 from pbp.train.launch import RAY_SNAPSHOT, forget_ray_snapshot
 
 from ..conftest import REPO
@@ -179,30 +179,23 @@ def test_cache_on_disk_and_over_both_budgets(tmp_path, tiny_cfg):
                                    rtol=0)  # fmt: skip
 
 
-def _cache_on_rank(rank: int, tmp: str, kind: str, memory_mb: float, disk_mb: float) -> None:
+def _cache_on_rank(ctx: DistContext, tmp: str, kind: str, memory_mb: float, disk_mb: float) -> None:
     """One of 2 ranks (gloo, spawned): build the cache with the parent's model; save what this rank holds and how
     many rows its own body forwards computed."""
-    import torch.distributed as dist
-
     import pbp.finetune.features as features
     from pbp.model.config import ModelConfig
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{tmp}/pg", rank=rank, world_size=2)
-    try:
-        data = load_task(TaskConfig(kind=TaskKind(kind), train=f"{tmp}/t.csv", valid=f"{tmp}/t.csv"))
-        model = FinetuneModel(ProteinBERT(load_config(ModelConfig, REPO / "configs/model/tiny.yaml")), data.spec)
-        model.load_state_dict(torch.load(f"{tmp}/model.pt", weights_only=True))
-        model.freeze_body()
-        computed = []
-        extract = features.extract_features
-        features.extract_features = lambda body, tokens: computed.append(len(tokens)) or extract(body, tokens)
-        cache = build_cache(model.eval(), data.train, 64, memory_mb, disk_mb, CPU, ctx=DistContext(rank, 2, rank, 0))
-        assert cache is not None
-        np.savez(f"{tmp}/rank{rank}.npz", features=np.asarray(cache.features, dtype=np.float32),
-                 labels=cache.labels, computed=sum(computed), storage=cache.storage)  # fmt: skip
-    finally:
-        dist.destroy_process_group()
+    data = load_task(TaskConfig(kind=TaskKind(kind), train=f"{tmp}/t.csv", valid=f"{tmp}/t.csv"))
+    model = FinetuneModel(ProteinBERT(load_config(ModelConfig, REPO / "configs/model/tiny.yaml")), data.spec)
+    model.load_state_dict(torch.load(f"{tmp}/model.pt", weights_only=True))
+    model.freeze_body()
+    computed = []
+    extract = features.extract_features
+    features.extract_features = lambda body, tokens: computed.append(len(tokens)) or extract(body, tokens)
+    cache = build_cache(model.eval(), data.train, 64, memory_mb, disk_mb, CPU, ctx=ctx)
+    assert cache is not None
+    np.savez(f"{tmp}/rank{ctx.rank}.npz", features=np.asarray(cache.features, dtype=np.float32),
+             labels=cache.labels, computed=sum(computed), storage=cache.storage)  # fmt: skip
 
 
 @pytest.mark.parametrize(("kind", "storage"), [("numeric", "float32"), ("residue_categorical", "disk-float16")])
@@ -214,8 +207,7 @@ def test_two_ranks_each_compute_half_of_the_cache_and_both_hold_all_of_it(tmp_pa
     memory_mb, disk_mb = (_budget(data.train, model, "float32"), 0.0) if storage == "float32" else (0.0, 100.0)
     alone = build_cache(model, data.train, 64, memory_mb, disk_mb, CPU)
     assert alone is not None and alone.storage == storage
-    torch.multiprocessing.start_processes(_cache_on_rank, (str(tmp_path), kind, memory_mb, disk_mb), nprocs=2,
-                                          start_method="spawn")  # fmt: skip
+    spawn_gloo_ranks(_cache_on_rank, 2, (str(tmp_path), kind, memory_mb, disk_mb), str(tmp_path / "pg"))
     ranks = [np.load(tmp_path / f"rank{r}.npz") for r in (0, 1)]
     for got in ranks:
         assert str(got["storage"]) == storage
