@@ -76,30 +76,12 @@ def build_cache(
     cfg = model.body.config
     F = cfg.local_feature_dim if per_residue else cfg.global_feature_dim
     fp32, fp16 = (cache_size_bytes(split, per_residue, F, n) / 2**20 for n in (4, 2))
-    dtype: type[np.floating]
-    if fp32 <= max_memory_mb:
-        storage, dtype = "float32", np.float32
-    elif fp16 <= max_memory_mb:
-        storage, dtype = "float16", np.float16
-    elif fp16 <= max_disk_mb:
-        storage, dtype = "disk-float16", np.float16
-    else:
+    storage = choose_storage(fp32, fp16, max_memory_mb, max_disk_mb)
+    if storage is None:
         log.warning("feature cache: %s needs %.0f MiB in float16, over both budgets; recomputing", split.name, fp16)
         return None
-    lengths = split.lengths()
-    n_rows = int(lengths.sum()) if per_residue else len(split)
-    if storage == "disk-float16":
-        path = Path(tempfile.mkdtemp(prefix="pbp-features-")) / f"{split.name}.f16"
-        feats: np.ndarray = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(n_rows, F))
-        path.unlink()  # the mapping keeps the file's space until the cache is dropped: nothing is left behind
-        path.parent.rmdir()
-    else:
-        feats = np.empty((n_rows, F), dtype=dtype)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]) if per_residue else None
-    if per_residue:
-        labels = np.full(n_rows, IGNORE_INDEX, dtype=np.int64)
-    else:
-        labels = np.empty(n_rows, dtype=np.asarray(split.labels).dtype)
+    feats, labels = _allocate(split, per_residue, F, storage)
+    offsets = np.concatenate([[0], np.cumsum(split.lengths())]) if per_residue else None
     was_training = model.training
     model.body.eval()
     ctx = ctx or DistContext.single()
@@ -107,7 +89,7 @@ def build_cache(
     mine = groups[ctx.rank :: ctx.world_size]
     done, t0, shown = 0, time.perf_counter(), time.perf_counter()
     for r in range(-(-len(groups) // ctx.world_size)):  # every rank takes part in every round's all-gather
-        part = _features(model, split, mine[r], device, dtype) if r < len(mine) else None
+        part = _features(model, split, mine[r], device, feats.dtype.type) if r < len(mine) else None
         for got in all_gather_objects(part, ctx):
             if got is None:
                 continue
@@ -124,9 +106,41 @@ def build_cache(
             print(f"feature cache: {split.name} {done}/{len(split)} sequences, {rate:.0f}/s, "
                   f"ETA {(len(split) - done) / rate:.0f} s", flush=True)  # fmt: skip
     model.train(was_training)
-    log.info("feature cache: %s, %d rows x %d features, %s (%.0f MiB)", split.name, n_rows, F, storage,
+    log.info("feature cache: %s, %d rows x %d features, %s (%.0f MiB)", split.name, len(feats), F, storage,
              fp32 if storage == "float32" else fp16)  # fmt: skip
     return FeatureCache(feats, labels, offsets, storage)
+
+
+def choose_storage(fp32_mb: float, fp16_mb: float, max_memory_mb: float, max_disk_mb: float) -> str | None:
+    """float32 in memory if it fits the memory budget, else float16 in memory, else float16 on disk within the disk
+    budget; None: over both, recompute."""
+    if fp32_mb <= max_memory_mb:
+        return "float32"
+    if fp16_mb <= max_memory_mb:
+        return "float16"
+    if fp16_mb <= max_disk_mb:
+        return "disk-float16"
+    return None
+
+
+def _allocate(split: Split, per_residue: bool, F: int, storage: str) -> tuple[np.ndarray, np.ndarray]:
+    """The cache's empty arrays: features (rows, F) in ``storage`` (rows: one per residue or per sequence) and
+    labels (IGNORE_INDEX per residue until filled). A disk cache is a float16 memmap whose file is unlinked at once:
+    the mapping keeps its space until the cache is dropped, so nothing is left behind, also when a run is killed."""
+    n_rows = int(split.lengths().sum()) if per_residue else len(split)
+    feats: np.ndarray
+    if storage == "disk-float16":
+        path = Path(tempfile.mkdtemp(prefix="pbp-features-")) / f"{split.name}.f16"
+        feats = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(n_rows, F))
+        path.unlink()
+        path.parent.rmdir()
+    else:
+        feats = np.empty((n_rows, F), dtype=np.float32 if storage == "float32" else np.float16)
+    if per_residue:
+        labels = np.full(n_rows, IGNORE_INDEX, dtype=np.int64)
+    else:
+        labels = np.empty(n_rows, dtype=np.asarray(split.labels).dtype)
+    return feats, labels
 
 
 def _features(
