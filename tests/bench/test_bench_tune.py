@@ -94,13 +94,44 @@ def test_the_search_rows_name_the_guided_search_that_ran(capsys, pruner, name):
         "seconds": 1.0,
         "value_at_third": 0.31,
         "value_at_third_over_target": 1.03,
+        "unguided_ratio": 1.01,
+        "unguided_reached": False,
     }
     _print_search({"trials": 20, "epochs": 12, "rows": 2000, "pruner": pruner, "guided": GUIDED[pruner],
                    "grace_period": 2, "reduction_factor": 2, "startup_trials": 4, "seeds": [seed],
-                   "mean_ratio": 0.25, "mean_value_at_third": 1.03, "all_reached": True})  # fmt: skip
+                   "mean_ratio": 0.25, "mean_unguided_ratio": 1.01, "mean_value_at_third": 1.03,
+                   "all_reached": True})  # fmt: skip
     out = capsys.readouterr().out
     assert f"seed 0: {name} trial-epochs to random's best" in out
     assert pruner == "asha" or "ASHA" not in out
+    assert "baseline, random search from the same start-up draws: the same ratio   1.010   not reached" in out
+    assert "mean of 1 seeds: the baseline's (no guidance)" in out
+
+
+def test_the_unguided_baseline_starts_with_the_guided_searchs_start_up_draws():
+    """The baseline's RandomSampler(seed) replays TPESampler(seed)'s random start-up trials, then differs."""
+    import optuna
+
+    from pbp.tune.config import ParamSpec
+    from pbp.tune.search import distributions
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    dists = distributions({"lr": ParamSpec("loguniform", low=1e-5, high=1.0),
+                           "p": ParamSpec("uniform", low=0.0, high=0.9)})  # fmt: skip
+
+    def draws(sampler, n: int) -> list[dict]:
+        study = optuna.create_study(direction="maximize", sampler=sampler)
+        out = []
+        for _ in range(n):
+            t = study.ask(dists)
+            study.tell(t, -abs(math.log10(t.params["lr"]) + 2) - t.params["p"])
+            out.append(t.params)
+        return out
+
+    guided = draws(optuna.samplers.TPESampler(seed=7, n_startup_trials=4), 10)
+    unguided = draws(optuna.samplers.RandomSampler(seed=7), 10)
+    assert guided[:4] == unguided[:4]
+    assert guided[4:] != unguided[4:]
 
 
 def test_the_cache_build_on_two_ranks_is_timed_against_one_and_gives_the_same_features():
@@ -109,3 +140,23 @@ def test_the_cache_build_on_two_ranks_is_timed_against_one_and_gives_the_same_fe
     r = bench_cache_ranks(rows=24, ranks=2, repeats=1)
     assert r["features_max_abs_diff"] == 0.0 and r["ranks"] == 2
     assert r["one_rank_s"] > 0 and r["ranks_s"] > 0 and r["ratio"] == r["ranks_s"] / r["one_rank_s"]
+
+
+def test_one_seed_of_the_search_part_measures_the_guided_search_and_the_unguided_baseline():
+    from pbp.bench.tune import search_seed
+
+    r = search_seed(0, rows=48, trials=3, epochs=2, grace=1, reduction_factor=2)
+    assert r["random_compute"] == 3 * 2
+    for ratio, reached in ((r["ratio"], r["reached"]), (r["unguided_ratio"], r["unguided_reached"])):
+        assert 0 < ratio <= 1 + 2 / 6  # it stops once it reached or spent random's compute (one trial may overrun)
+        assert ratio <= 1 if reached else ratio >= 1
+
+
+def test_search_seeds_are_a_list_or_ranges_and_a_bad_one_is_named():
+    from pbp.cli.bench_cmds import parse_seeds
+
+    assert parse_seeds("0,1,2") == [0, 1, 2]
+    assert parse_seeds("0-4, 9") == [0, 1, 2, 3, 4, 9]
+    for bad in ("0,x", "3-", "", "5-2"):
+        with pytest.raises(ValueError, match="--seeds"):
+            parse_seeds(bad)

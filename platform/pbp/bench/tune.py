@@ -40,6 +40,10 @@ how much compute ASHA + TPE needs to match random search. Every figure is a rati
                did not reach: the figure is the compute it spent (>= 1 x random's), marked as not reached.
     ratio    = that compute / random's total compute (num_samples x E); per seed (0, 1, 2 by default) and their
                mean. Target <= 1/3.
+    baseline = the same figure for a search with no guidance: ``RandomSampler(2 seed + 1)`` (so its first trials
+               are the guided search's own start-up draws), no pruner, run until it reaches or has spent random's
+               compute. Two random searches are alike, so this is what luck alone gives: reaching the best of
+               num_samples draws within another num_samples has probability 1/2, and the mean ratio is about 0.7.
     For experiments, ``--pruner hyperband|none`` and ``--startup-trials N`` change the guided search (the
     campaign's is ``asha`` with 4 start-up trials); docs/benchmarks.md has their figures.
 """
@@ -198,48 +202,37 @@ def bench_cache(rows: int, epochs: int, model: str | None = None, repeats: int =
             "valid_loss_with": on["valid_loss"], "valid_loss_without": off["valid_loss"]}  # fmt: skip
 
 
-def _cache_build_rank(rank: int, world: int, cfg: FinetuneConfig, tmp: str) -> None:
+def _cache_build_rank(ctx, cfg: FinetuneConfig, tmp: str) -> None:
     """One rank of :func:`bench_cache_ranks` (a spawned process, one thread): time ``begin_stage``, which builds the
     train and valid caches, and save this rank's train features."""
-    import torch.distributed as dist
-
     from pbp.finetune.loop import Trainer
-    from pbp.train.dist import DistContext
 
-    torch.set_num_threads(1)
-    if world > 1:
-        dist.init_process_group("gloo", init_method=f"file://{tmp}/pg-{world}", rank=rank, world_size=world)
-    try:
-        run = replace(cfg.checkpoint, storage_path=f"{tmp}/run-{world}-{rank}")
-        tr = Trainer(replace(cfg, checkpoint=run), {}, DistContext(rank, world, rank, 0))
-        t0 = time.perf_counter()
-        tr.begin_stage(cfg.stages[0], resuming=False)
-        seconds = time.perf_counter() - t0
-        cache = tr.caches.get("train")
-        if cache is None:
-            raise RuntimeError("feature cache: none was built (feature_cache.enabled is off?)")
-        np.save(f"{tmp}/features-{world}-{rank}.npy", np.asarray(cache.features, dtype=np.float32))
-        Path(f"{tmp}/seconds-{world}-{rank}").write_text(str(seconds))
-    finally:
-        if world > 1:
-            dist.destroy_process_group()
+    world, rank = ctx.world_size, ctx.rank
+    run = replace(cfg.checkpoint, storage_path=f"{tmp}/run-{world}-{rank}")
+    tr = Trainer(replace(cfg, checkpoint=run), {}, ctx)
+    t0 = time.perf_counter()
+    tr.begin_stage(cfg.stages[0], resuming=False)
+    seconds = time.perf_counter() - t0
+    cache = tr.caches.get("train")
+    if cache is None:
+        raise RuntimeError("feature cache: none was built (feature_cache.enabled is off?)")
+    np.save(f"{tmp}/features-{world}-{rank}.npy", np.asarray(cache.features, dtype=np.float32))
+    Path(f"{tmp}/seconds-{world}-{rank}").write_text(str(seconds))
 
 
 def bench_cache_ranks(rows: int, ranks: int = 2, model: str | None = None, repeats: int = 2) -> dict[str, Any]:
     """The cache build (``begin_stage`` of the frozen stage: train and valid) on ``ranks`` gloo ranks against one
     rank: spawned processes with one thread each, the slowest rank's time; fastest of ``repeats`` alternating runs.
     Every rank must end with the one rank's features (max |diff| returned)."""
-    import torch.multiprocessing as mp
+    from pbp.train.dist import spawn_gloo_ranks
 
     cfg = finetune_config(rows, ["head_dropout=0"], model)
     times: dict[int, list[float]] = {1: [], ranks: []}
     diff = 0.0
     with tempfile.TemporaryDirectory(prefix="pbp-bench-tune-") as tmp:
-        for _ in range(repeats):
+        for i in range(repeats):
             for world in (1, ranks):
-                for f in Path(tmp).glob(f"pg-{world}*"):
-                    f.unlink()
-                mp.start_processes(_cache_build_rank, (world, cfg, tmp), nprocs=world, start_method="spawn")
+                spawn_gloo_ranks(_cache_build_rank, world, (cfg, tmp), f"{tmp}/pg-{world}-{i}")
                 times[world].append(max(float(Path(f"{tmp}/seconds-{world}-{r}").read_text()) for r in range(world)))
             alone = np.load(f"{tmp}/features-1-0.npy")
             for r in range(ranks):
@@ -374,6 +367,7 @@ def bench_search(seeds: Sequence[int], rows: int, trials: int, epochs: int, grac
             "startup_trials": startup_trials,
             "seeds": per_seed,
             "mean_ratio": float(np.mean([s["ratio"] for s in per_seed])),
+            "mean_unguided_ratio": float(np.mean([s["unguided_ratio"] for s in per_seed])),
             "mean_value_at_third": float(np.mean([s["value_at_third_over_target"] for s in per_seed])),
             "all_reached": all(s["reached"] for s in per_seed)}  # fmt: skip
 
@@ -400,9 +394,14 @@ def search_seed(seed: int, rows: int, trials: int, epochs: int, grace: int, redu
         tpe = optuna.samplers.TPESampler(seed=2 * seed + 1, n_startup_trials=min(startup_trials, trials))
         guided = run_search(objective, tpe, make_pruner(pruner, grace, reduction_factor, epochs), dists,
                             reached_or_spent)  # fmt: skip
-    r = reach(guided, rnd)
+        # The baseline: no guidance. TPE's start-up draws come from RandomSampler(its seed), so this search
+        # starts with the guided search's own first trials and then goes on drawing at random, at full budget.
+        unguided = run_search(objective, optuna.samplers.RandomSampler(seed=2 * seed + 1),
+                              optuna.pruners.NopPruner(), dists, reached_or_spent)  # fmt: skip
+    r, u = reach(guided, rnd), reach(unguided, rnd)
     at_third = best_value(guided, within=budget / 3)
     return {"seed": seed, **asdict(r), "seconds": time.perf_counter() - t0,
+            "unguided_ratio": u.ratio, "unguided_reached": u.reached,
             "guided_completed": sum(t.completed for t in guided[: r.trials]),
             "random_own_best_at": reach(rnd, rnd).ratio,  # where random search itself first had its best
             "value_at_third": at_third,

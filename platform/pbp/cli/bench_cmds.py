@@ -128,7 +128,7 @@ def _add_tune(bsub: argparse._SubParsersAction) -> None:
         default=2000,
         help="cache: stability rows for the ranks' build (enough batches to share; base model)",
     )
-    tune.add_argument("--seeds", default="0,1,2", help="search: comma-separated seeds")
+    tune.add_argument("--seeds", default="0,1,2", help="search: seeds, comma-separated, ranges allowed: 0-19")
     tune.add_argument("--search-rows", type=int, default=2000, help="search: stability rows (task.max_rows)")
     tune.add_argument("--trials", type=int, default=20, help="search: num_samples of each search")
     tune.add_argument("--search-epochs", type=int, default=12, help="search: full budget (epochs) of a trial")
@@ -417,6 +417,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     startup = TPE_STARTUP_TRIALS if args.startup_trials is None else args.startup_trials
     if startup < 0:  # before the parts that come first spend minutes
         raise ValueError(f"--startup-trials must be >= 0, got {startup}")
+    seeds = parse_seeds(args.seeds)
     if "overhead" in parts:
         from pbp.stack.endpoints import set_ray_auth_env
 
@@ -451,12 +452,26 @@ def cmd_tune(args: argparse.Namespace) -> int:
                      f"{c['features_max_abs_diff']:.1e}")  # fmt: skip
         else:
             grace, factor = bt.asha_settings(args.grace, args.reduction_factor)
-            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
             out[part] = s = bt.bench_search(seeds, args.search_rows, args.trials, args.search_epochs, grace, factor,
                                             args.pruner, startup)  # fmt: skip
             _print_search(s)
     _write_json(args.json, out)
     return 0
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds``: "0,1,2", "0-19" or a mix ("0-4,9") -> the seeds in order."""
+    seeds: list[int] = []
+    for part in (p.strip() for p in text.split(",")):
+        lo, dash, hi = part.partition("-")
+        try:
+            first, last = int(lo), int(hi if dash else lo)
+        except ValueError:
+            first, last = 0, -1
+        if last < first:
+            raise ValueError(f"--seeds: {part!r} is not a seed or a range A-B with A <= B (in {text!r})")
+        seeds += range(first, last + 1)
+    return seeds
 
 
 def _print_search(s: dict) -> None:
@@ -471,9 +486,12 @@ def _print_search(s: dict) -> None:
              f"{r['random_own_best_at']:.2f} of its compute; {r['seconds']:.0f} s")  # fmt: skip
         _row("search", "  its best within 1/3 of random's compute / random's best",
              r["value_at_third_over_target"], f"{r['value_at_third'] or math.nan:.4f}")  # fmt: skip
+        _row("search", "  baseline, random search from the same start-up draws: the same ratio",
+             r["unguided_ratio"], "" if r["unguided_reached"] else "not reached")  # fmt: skip
     n = len(s["seeds"])
     _row("search", f"mean of {n} seeds: trial-epochs ratio (target <= 0.33)", s["mean_ratio"],
          "" if s["all_reached"] else "a seed that did not reach counts the compute it spent (>= 1)")  # fmt: skip
+    _row("search", f"mean of {n} seeds: the baseline's (no guidance)", s["mean_unguided_ratio"], "")
     _row("search", f"mean of {n} seeds: best within 1/3 compute / random's best", s["mean_value_at_third"], "")
 
 
