@@ -160,3 +160,11 @@ def test_search_seeds_are_a_list_or_ranges_and_a_bad_one_is_named():
     for bad in ("0,x", "3-", "", "5-2"):
         with pytest.raises(ValueError, match="--seeds"):
             parse_seeds(bad)
+
+
+def test_the_gradient_exchange_is_timed_bucketed_against_per_tensor():
+    from pbp.bench.tune import bench_gradient_exchange
+
+    r = bench_gradient_exchange("configs/model/tiny.yaml", ranks=2, steps=1, repeats=1)
+    assert r["tensors"] > 10 and r["elements"] > 0
+    assert r["per_tensor"] > 0 and r["bucketed"] > 0 and r["ratio"] == r["bucketed"] / r["per_tensor"]

@@ -16,6 +16,10 @@ how much compute ASHA + TPE needs to match random search. Every figure is a rati
     rank's ``begin_stage`` / the one rank's, fastest of 2 alternating runs; every rank's train features must equal
     the one rank's (max |diff| printed). A process's first forward passes pay a fixed start-up cost that the ranks
     do not share, so with few rows the ratio tends to 1.
+exchange: fine-tuning's gradient exchange (``pbp.train.dist.average_gradients``, what every data-parallel step of an
+    unfrozen stage runs after backward) of the base model's body (145 tensors, 16M weights) on 2 gloo ranks
+    (spawned processes, one thread each), random gradients: bucketed (the default) / one all-reduce per tensor
+    (``bucket_bytes=0``); seconds per exchange, mean of 5, fastest of 3 alternating runs.
 (3) search: in-process with Optuna itself (a Ray trial costs tens of seconds of overhead on 2 cores, see (1); the
     sampler and the pruner are what is measured). Objective: the frozen stage of the tiny fine-tuning on the first
     N stability rows (train and valid files), on the feature cache (exact, see (2)), E epochs (no early stopping;
@@ -50,6 +54,7 @@ how much compute ASHA + TPE needs to match random search. Every figure is a rati
 
 from __future__ import annotations
 
+import json
 import math
 import tempfile
 import time
@@ -241,6 +246,51 @@ def bench_cache_ranks(rows: int, ranks: int = 2, model: str | None = None, repea
     return {"model": model or FINETUNE_TINY, "label": "base" if model else "tiny", "rows": rows, "ranks": ranks,
             "repeats": repeats, "one_rank_s": one, "ranks_s": many, "ratio": many / one,
             "features_max_abs_diff": diff}  # fmt: skip
+
+
+def _exchange_rank(ctx, model: str, steps: int, repeats: int, tmp: str) -> None:
+    """One rank of :func:`bench_gradient_exchange`: the body's gradients, exchanged per tensor and bucketed."""
+    import torch.distributed as dist
+
+    from pbp.model.config import ModelConfig
+    from pbp.model.proteinbert import ProteinBERT
+    from pbp.train.dist import average_gradients
+
+    params = list(ProteinBERT(load_config(ModelConfig, model)).parameters())
+    g = torch.Generator().manual_seed(ctx.rank)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=g)
+    times: dict[str, list[float]] = {"per_tensor": [], "bucketed": []}
+    for _ in range(repeats):
+        for name, bucket_bytes in (("per_tensor", 0), ("bucketed", None)):
+            dist.barrier()
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                if bucket_bytes is None:
+                    average_gradients(params, ctx)
+                else:
+                    average_gradients(params, ctx, bucket_bytes=bucket_bytes)
+            times[name].append((time.perf_counter() - t0) / steps)
+    if ctx.is_main:
+        Path(f"{tmp}/exchange.json").write_text(
+            json.dumps({k: min(v) for k, v in times.items()} | {"tensors": len(params),
+                                                                 "elements": sum(p.numel() for p in params)})
+        )  # fmt: skip
+
+
+def bench_gradient_exchange(
+    model: str = MODEL_BASE, ranks: int = 2, steps: int = 5, repeats: int = 3
+) -> dict[str, Any]:
+    """Fine-tuning's gradient exchange (``average_gradients``) of a whole body on ``ranks`` gloo ranks (spawned
+    processes, one thread each): bucketed (the default) against one all-reduce per tensor; seconds per exchange,
+    mean of ``steps``, fastest of ``repeats`` alternating runs."""
+    from pbp.train.dist import spawn_gloo_ranks
+
+    with tempfile.TemporaryDirectory(prefix="pbp-bench-tune-") as tmp:
+        spawn_gloo_ranks(_exchange_rank, ranks, (model, steps, repeats, tmp), f"{tmp}/pg")
+        r = json.loads(Path(f"{tmp}/exchange.json").read_text())
+    return {"model": model, "ranks": ranks, "steps": steps, "repeats": repeats, **r,
+            "ratio": r["bucketed"] / r["per_tensor"]}  # fmt: skip
 
 
 # ---- (3) the search -----------------------------------------------------------------------------------------------

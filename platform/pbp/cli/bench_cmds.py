@@ -108,11 +108,13 @@ def _add_tune(bsub: argparse._SubParsersAction) -> None:
         "tune",
         help="fine-tuning and search: trial wall time / training time, feature cache on / off, ASHA+TPE vs random",
         description="(overhead) a real 1-trial campaign on the local stack: the trial's wall time over its time "
-        "in training epochs; (cache) the frozen stage in-process with the feature cache over without; (search) "
+        "in training epochs; (cache) the frozen stage in-process with the feature cache over without; (exchange) "
+        "fine-tuning's gradient exchange on 2 gloo ranks, bucketed over per tensor; (search) "
         "in-process Optuna on the tiny frozen stage: the trial-epochs ASHA+TPE needs to reach random search's "
         "best, over random's total. Definitions: pbp.bench.tune.",
     )
-    tune.add_argument("--parts", default="overhead,cache,search", help="comma-separated: overhead,cache,search")
+    tune.add_argument("--parts", default="overhead,cache,exchange,search",
+                      help="comma-separated: overhead,cache,exchange,search")  # fmt: skip
     tune.add_argument("--rows", type=int, default=2000, help="cache: stability rows (task.max_rows), tiny model")
     tune.add_argument("--base-rows", type=int, default=200, help="cache: rows for the base model (0: skip it)")
     tune.add_argument("--epochs", type=int, default=5, help="cache: epochs of the frozen stage")
@@ -404,7 +406,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-TUNE_PARTS = ("overhead", "cache", "search")
+TUNE_PARTS = ("overhead", "cache", "exchange", "search")
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -450,6 +452,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
                 _row(part, f"{c['label']}, {c['rows']} rows: cache build on {c['ranks']} ranks / 1 rank", c["ratio"],
                      f"{c['ranks_s']:.2f} s / {c['one_rank_s']:.2f} s (1 thread each); features max |diff| "
                      f"{c['features_max_abs_diff']:.1e}")  # fmt: skip
+        elif part == "exchange":
+            out[part] = x = bt.bench_gradient_exchange()
+            _row(part, f"base body's gradients ({x['tensors']} tensors), {x['ranks']} gloo ranks: bucketed / "
+                 "per tensor", x["ratio"], f"{x['bucketed']:.3f} s / {x['per_tensor']:.3f} s per exchange "
+                 "(1 thread each)")  # fmt: skip
         else:
             grace, factor = bt.asha_settings(args.grace, args.reduction_factor)
             out[part] = s = bt.bench_search(seeds, args.search_rows, args.trials, args.search_epochs, grace, factor,

@@ -68,17 +68,49 @@ def all_gather_objects(obj: Any, ctx: DistContext) -> list[Any]:
     return out
 
 
-def average_gradients(params: Iterable[Any], ctx: DistContext) -> None:
+GRADIENT_BUCKET_BYTES = 25 * 2**20
+"""Gradients are exchanged in buckets of about this size (DDP's default): one all-reduce per bucket instead of per
+tensor. The base model's body has 145 tensors; on 2 gloo ranks one bucketed exchange took 0.3-0.6 of the per-tensor
+time (``pbp bench tune --parts exchange``)."""
+
+
+def average_gradients(params: Iterable[Any], ctx: DistContext, bucket_bytes: int = GRADIENT_BUCKET_BYTES) -> None:
     """Data parallelism without a wrapper: average the gradients of ``params`` over ranks after backward (works
-    when the set of trainable parameters changes between stages, which DDP's wrapper does not allow)."""
+    when the set of trainable parameters changes between stages, which DDP's wrapper does not allow). Small
+    gradients travel together, flattened into buckets of up to ``bucket_bytes``; a bucket of one tensor is reduced in
+    place (no copy). Every rank must pass the same parameters in the same order with the same gradients present."""
     if not _active(ctx):
         return
+    import torch
     import torch.distributed as dist
 
-    for p in params:
-        if p.grad is not None:
-            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-            p.grad /= ctx.world_size
+    for bucket in gradient_buckets([p.grad for p in params if p.grad is not None], bucket_bytes):
+        if len(bucket) == 1:
+            flat = bucket[0]
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        else:
+            flat = torch._utils._flatten_dense_tensors(bucket)
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            for g, reduced in zip(bucket, torch._utils._unflatten_dense_tensors(flat, bucket), strict=True):
+                g.copy_(reduced)
+        for g in bucket:
+            g /= ctx.world_size
+
+
+def gradient_buckets(grads: list[Any], bucket_bytes: int) -> list[list[Any]]:
+    """Consecutive tensors of one dtype and device, at most ``bucket_bytes`` together (a larger tensor alone)."""
+    buckets: list[list[Any]] = []
+    size = 0
+    for g in grads:
+        nbytes = g.numel() * g.element_size()
+        last = buckets[-1] if buckets else None
+        if last is None or size + nbytes > bucket_bytes or (g.dtype, g.device) != (last[0].dtype, last[0].device):
+            buckets.append([g])
+            size = nbytes
+        else:
+            last.append(g)
+            size += nbytes
+    return buckets
 
 
 def quiet_ray_train_reports() -> None:
