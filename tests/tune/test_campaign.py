@@ -47,6 +47,10 @@ def test_small_campaign_parent_children_report_and_pruned_trials(stack_dir, endp
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-6000:]
     assert f"[{name}] trial" in out and "best so far" in out  # the live lines
+    assert f"campaign {name}: 4 trials: " in res.stdout and "best:    trial " in res.stdout
+    assert "View run" not in res.stdout and "Downloading artifacts" not in out  # MLflow's per-run lines and bars
+    link = re.search(r"MLflow:  (http://\S+/#/experiments/\d+/runs/(\w+)) \(parent run", res.stdout)
+    assert link, res.stdout[-3000:]
     report = tmp_path / name / "report.html"
     assert report.is_file() and report.read_text().count("data:image/png;base64,") >= 3
     study = optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path / name / 'study.db'}")
@@ -66,7 +70,7 @@ def test_small_campaign_parent_children_report_and_pruned_trials(stack_dir, endp
         from pbp.train.tracking import find_run
 
         parent = find_run(client, exp.experiment_id, name)
-        assert parent is not None
+        assert parent is not None and link.group(2) == parent
         children = client.search_runs([exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
         assert len(children) == 4
         statuses = {c.data.tags.get("pbp.trial_status") for c in children}

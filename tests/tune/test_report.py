@@ -146,3 +146,17 @@ def test_json_round_trip() -> None:
     assert isinstance(again.trials[0].curve[0], tuple)
     with pytest.raises(ValueError, match="colour"):
         summary_from_json(summary_to_json(summary).replace('"status"', '"colour"', 1))
+
+
+def test_the_campaigns_closing_lines_count_trials_by_status_and_name_the_best_with_its_parameters() -> None:
+    from pbp.cli.finetune_cmds import campaign_lines
+
+    summary = _summary()
+    text = campaign_lines("lr-sweep", summary, best_trial(summary))
+    assert text.splitlines() == [
+        "campaign lr-sweep: 8 trials: 5 completed, 2 pruned, 1 failed",
+        "best:    trial t002 valid_spearman=0.7800 with optim.lr=0.001, model.layers=2, activation=gelu",
+    ]
+    assert campaign_lines("none", CampaignSummary("none", "valid_spearman", "max", []), None) == (
+        "campaign none: 0 trials: 0 completed, 0 pruned, 0 failed"
+    )

@@ -18,7 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     from pbp.config import load_config
     from pbp.demo.pipeline import DemoConfig, run_demo
+    from pbp.train.tracking import quiet_mlflow_driver
 
+    quiet_mlflow_driver()  # the demo prints the MLflow links itself
     cfg = load_config(DemoConfig, args.config, args.overrides)
     print(run_demo(cfg).render())
     return 0

@@ -56,6 +56,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     set_ray_auth_env()  # before anything imports Ray
     from pbp.config import load_config
+    from pbp.train.tracking import quiet_mlflow_driver, run_link
+
+    quiet_mlflow_driver()  # the parent run's link is printed at the end
     from pbp.tune.campaign import load_campaign_config, run_campaign
     from pbp.tune.config import TuneConfig
 
@@ -72,9 +75,16 @@ def cmd_tune(args: argparse.Namespace) -> int:
     else:
         cfg = load_config(TuneConfig, args.config, args.overrides)
     res = run_campaign(cfg, resume=bool(args.resume), warm_start=args.warm_start, address=args.address)
-    counts = {s: sum(t.status == s for t in res.summary.trials) for s in ("completed", "pruned", "failed")}
-    print(f"campaign {cfg.name}: {len(res.summary.trials)} trials ({counts})")
-    if res.best is not None:
-        print(f"best: trial {res.best.trial_id} {res.summary.metric}={res.best.value:.4f} params {res.best.params}")
-    print(f"report: {res.report}; MLflow parent run {res.parent_run_id} (experiment {cfg.experiment})")
+    print(campaign_lines(cfg.name, res.summary, res.best))
+    print(f"report: {res.report}\nMLflow:  {run_link(res.parent_run_id)} (parent run, experiment {cfg.experiment})")
     return 0
+
+
+def campaign_lines(name: str, summary, best) -> str:
+    """The campaign's closing lines: trials by status, then the best trial, its value and its parameters."""
+    counts = ", ".join(f"{sum(t.status == s for t in summary.trials)} {s}" for s in ("completed", "pruned", "failed"))
+    lines = [f"campaign {name}: {len(summary.trials)} trials: {counts}"]
+    if best is not None:
+        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.params.items())
+        lines.append(f"best:    trial {best.trial_id} {summary.metric}={best.value:.4f} with {params}")
+    return "\n".join(lines)

@@ -93,6 +93,25 @@ def configure_mlflow() -> str:
     return uri
 
 
+def quiet_mlflow_driver() -> None:
+    """For a driver that ends many MLflow runs and copies models (a campaign, the demo): no "View run" / "View
+    experiment" lines per run and no progress bar per artifact copy; the driver prints the links that matter.
+    A user's own setting of either variable wins."""
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def run_link(run_id: str) -> str:
+    """The MLflow UI's address of a run (the bare run id if the server cannot be asked)."""
+    import mlflow
+
+    try:
+        exp = mlflow.MlflowClient().get_run(run_id).info.experiment_id
+    except Exception:  # a link is a convenience: never fail a finished job over it
+        return run_id
+    return f"{mlflow.get_tracking_uri().rstrip('/')}/#/experiments/{exp}/runs/{run_id}"
+
+
 class TrackingUnavailableError(UserError):
     """The tracking server does not answer when a run starts; the message names it and the way out."""
 

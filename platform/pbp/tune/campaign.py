@@ -20,7 +20,7 @@ from typing import Any
 from pbp.config import to_dict
 from pbp.finetune.config import FinetuneConfig
 from pbp.tune.config import TuneConfig
-from pbp.tune.report import CampaignSummary, TrialRecord, best_trial, summary_to_json, write_report
+from pbp.tune.report import CampaignSummary, TrialRecord, best_trial, quiet_optuna, summary_to_json, write_report
 from pbp.tune.search import EPOCH, FINISHED, check_space, distributions, make_searcher, trial_finetune_config
 
 log = logging.getLogger("pbp.tune")
@@ -48,6 +48,7 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], ctx: dict[str, Any])
     cfg = trial_finetune_config(base, config, trial_run_name(ctx["campaign"], trial_id), ctx["trials_url"])
     meta = {
         "tags": {**ctx["tags"], "mlflow.parentRunId": ctx["parent_run_id"], "pbp.trial_id": trial_id},
+        "mlflow_links": False,  # no "View run" lines per trial: the campaign prints its parent run's link
     }
     fit(build_trainer(cfg, meta, callbacks=[TuneReportCallback()]), cfg.scaling)
 
@@ -227,8 +228,9 @@ def study_db(summary: CampaignSummary, cfg: TuneConfig, out: Path) -> Path:
     from optuna.trial import TrialState, create_trial
 
     out.unlink(missing_ok=True)
-    study = optuna.create_study(study_name=cfg.name, storage=f"sqlite:///{out}",
-                                direction="maximize" if summary.mode == "max" else "minimize")  # fmt: skip
+    with quiet_optuna():
+        study = optuna.create_study(study_name=cfg.name, storage=f"sqlite:///{out}",
+                                    direction="maximize" if summary.mode == "max" else "minimize")  # fmt: skip
     dists = distributions(cfg.space)
     state = {"completed": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "failed": TrialState.FAIL}
     for t in summary.trials:

@@ -18,7 +18,8 @@ import io
 import json
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -70,6 +71,19 @@ class CampaignSummary:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Analysis
+
+
+@contextmanager
+def quiet_optuna() -> Iterator[None]:
+    """Optuna's INFO lines off for a block ("A new study created in memory / in RDB ...", one per study)."""
+    import optuna
+
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(verbosity)
 
 
 def _finite(value: float | None) -> bool:
@@ -155,12 +169,8 @@ def _importances(summary: CampaignSummary) -> tuple[dict[str, float], str]:
     import optuna
     from optuna.distributions import FloatDistribution
 
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created in memory" line per report
-    try:
+    with quiet_optuna():
         study = optuna.create_study(direction="maximize" if summary.mode == "max" else "minimize")
-    finally:
-        optuna.logging.set_verbosity(verbosity)
     for t in trials:
         params = {n: float(t.params[n]) if isinstance(d, FloatDistribution) else t.params[n] for n, d in dists.items()}
         study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=t.value))
