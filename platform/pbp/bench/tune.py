@@ -68,6 +68,7 @@ import torch
 
 from pbp.config import apply_overrides, load_config, read_yaml
 from pbp.finetune.config import FinetuneConfig
+from pbp.train.dist import DistContext
 from pbp.tune.config import TPE_STARTUP_TRIALS
 
 FINETUNE_TINY = "configs/finetune/tiny.yaml"
@@ -207,7 +208,7 @@ def bench_cache(rows: int, epochs: int, model: str | None = None, repeats: int =
             "valid_loss_with": on["valid_loss"], "valid_loss_without": off["valid_loss"]}  # fmt: skip
 
 
-def _cache_build_rank(ctx, cfg: FinetuneConfig, tmp: str) -> None:
+def _cache_build_rank(ctx: DistContext, cfg: FinetuneConfig, tmp: str) -> None:
     """One rank of :func:`bench_cache_ranks` (a spawned process, one thread): time ``begin_stage``, which builds the
     train and valid caches, and save this rank's train features."""
     from pbp.finetune.loop import Trainer
@@ -248,13 +249,13 @@ def bench_cache_ranks(rows: int, ranks: int = 2, model: str | None = None, repea
             "features_max_abs_diff": diff}  # fmt: skip
 
 
-def _exchange_rank(ctx, model: str, steps: int, repeats: int, tmp: str) -> None:
+def _exchange_rank(ctx: DistContext, model: str, steps: int, repeats: int, tmp: str) -> None:
     """One rank of :func:`bench_gradient_exchange`: the body's gradients, exchanged per tensor and bucketed."""
     import torch.distributed as dist
 
     from pbp.model.config import ModelConfig
     from pbp.model.proteinbert import ProteinBERT
-    from pbp.train.dist import average_gradients
+    from pbp.train.dist import GRADIENT_BUCKET_BYTES, average_gradients
 
     params = list(ProteinBERT(load_config(ModelConfig, model)).parameters())
     g = torch.Generator().manual_seed(ctx.rank)
@@ -262,14 +263,11 @@ def _exchange_rank(ctx, model: str, steps: int, repeats: int, tmp: str) -> None:
         p.grad = torch.randn(p.shape, generator=g)
     times: dict[str, list[float]] = {"per_tensor": [], "bucketed": []}
     for _ in range(repeats):
-        for name, bucket_bytes in (("per_tensor", 0), ("bucketed", None)):
+        for name, bucket_bytes in (("per_tensor", 0), ("bucketed", GRADIENT_BUCKET_BYTES)):
             dist.barrier()
             t0 = time.perf_counter()
             for _ in range(steps):
-                if bucket_bytes is None:
-                    average_gradients(params, ctx)
-                else:
-                    average_gradients(params, ctx, bucket_bytes=bucket_bytes)
+                average_gradients(params, ctx, bucket_bytes=bucket_bytes)
             times[name].append((time.perf_counter() - t0) / steps)
     if ctx.is_main:
         Path(f"{tmp}/exchange.json").write_text(

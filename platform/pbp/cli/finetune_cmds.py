@@ -4,8 +4,12 @@ local stack)."""
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from pbp.cli.job import add_job_args
+
+if TYPE_CHECKING:
+    from pbp.tune.report import CampaignSummary, TrialRecord
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -80,7 +84,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
-def campaign_lines(name: str, summary, best) -> str:
+def campaign_lines(name: str, summary: CampaignSummary, best: TrialRecord | None) -> str:
     """The campaign's closing lines: trials by status, then the best trial, its value and its parameters."""
     counts = ", ".join(f"{sum(t.status == s for t in summary.trials)} {s}" for s in ("completed", "pruned", "failed"))
     lines = [f"campaign {name}: {len(summary.trials)} trials: {counts}"]
