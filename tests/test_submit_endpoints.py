@@ -93,3 +93,51 @@ def test_excludes_never_drop_library_code():
     ]
     assert not dropped
     assert spec.match_file(".venv/bin/python") and spec.match_file("build/parity/checkpoint.pkl")
+
+
+def _project(tmp_path):
+    """A small project (jobs/, platform/pbp/) beside a data file outside it."""
+    root = tmp_path / "proj"
+    for d in ("jobs", "platform/pbp", "configs", "data", "build"):
+        (root / d).mkdir(parents=True)
+    (tmp_path / "outside.csv").write_text("seq,label\n")
+    (root / "data" / "inside.csv").write_text("seq,label\n")
+    (root / "build" / "made.csv").write_text("seq,label\n")
+    (root / "configs" / "ft.yaml").write_text(
+        "task:\n  train: ../outside.csv\n  valid: data/inside.csv\n  test: build/made.csv\nreport_dir: build\n"
+    )
+    (root / "configs" / "tune.yaml").write_text("finetune: configs/ft.yaml\nfinetune_overrides: []\nname: x\n")
+    return root
+
+
+def test_local_paths_a_remote_cluster_cannot_reach_are_named_with_their_keys(tmp_path):
+    root = _project(tmp_path)
+    errors, warnings = submit.unreachable_paths(root / "configs" / "ft.yaml", [], root)
+    assert len(errors) == 2 and not warnings
+    assert errors[0].startswith("task.train=../outside.csv: outside the project") and "s3://" in errors[0]
+    assert errors[1].startswith("task.test=build/made.csv: not shipped with the job")
+    # A linked config is read with its overrides; an override fixes what it replaces; an absolute path warns.
+    tune = root / "configs" / "tune.yaml"
+    errors, _ = submit.unreachable_paths(tune, [], root)
+    assert [e.split(":")[0] for e in errors] == [
+        "finetune -> task.train=../outside.csv",
+        "finetune -> task.test=build/made.csv",
+    ]
+    fixed = f"finetune_overrides=[task.train=s3://b/t.csv, task.test={tmp_path / 'outside.csv'}]"
+    errors, warnings = submit.unreachable_paths(tune, [fixed], root)
+    assert not errors
+    assert len(warnings) == 1 and "a local absolute path" in warnings[0] and "task.test=" in warnings[0]
+
+
+def test_a_submission_to_a_remote_cluster_is_refused_before_any_request_when_a_task_file_cannot_reach_it():
+    with pytest.raises(
+        submit.SubmitError, match=r"(?s)cannot reach.*finetune -> task.train=\.\./shared.*finetune_overrides"
+    ):
+        submit.submit("tune", REPO / "configs" / "tune" / "tiny.yaml", address="http://10.255.255.1:8265", root=REPO)
+
+
+@pytest.mark.parametrize(("address", "here"), [("http://127.0.0.1:8265", True), ("localhost:8265", True),
+                                               ("http://[::1]:8265", True), ("http://10.0.0.5:8265", False),
+                                               ("https://ray.example.org", False)])  # fmt: skip
+def test_a_cluster_on_this_machine_is_told_by_its_address(address, here):
+    assert submit.on_this_machine(address) is here

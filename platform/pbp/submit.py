@@ -6,6 +6,11 @@
 * The Ray token travels as an ``Authorization`` header, never in the runtime_env; no secret is put in the
   runtime_env's ``env_vars`` (they show in Ray's dashboard): nodes read credentials from their own environment
   or the stack's state dir.
+* Local paths in the job's config: on a cluster on this machine (the local stack) the job runs in the project
+  directory (``PBP_SUBMIT_DIR``), so relative paths mean what they mean for ``pbp finetune`` run there. For a cluster
+  elsewhere, a relative path that leaves the project or a file the project does not ship (git-ignored or excluded)
+  cannot reach the job: it is refused before submitting, naming the key and the fix (an s3:// URL); an absolute
+  local path is accepted with a warning (it must exist on the nodes: a shared filesystem).
 * Submission ids are stable: ``pbp-<job>-<config>-<digest of job, config text and overrides>``. Submitting the same
   thing while it runs reports the running job instead of starting a second; after it ended, a suffix ``-rN``
   makes the next id.
@@ -70,6 +75,92 @@ def client(address: str | None = None, endpoints: Endpoints | None = None):
     return JobSubmissionClient(addr, headers=ep.ray_headers())
 
 
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def on_this_machine(address: str) -> bool:
+    """Whether the Ray Jobs API at ``address`` is on this machine (the local stack): its jobs see this filesystem."""
+    from urllib.parse import urlparse
+
+    return urlparse(address if "://" in address else f"http://{address}").hostname in LOOPBACK
+
+
+_OVERRIDE = re.compile(r"^([A-Za-z_][\w.]*)=(.*)$", re.S)
+_EXCLUDED_DIRS = {"build", "dist", ".pbp", "mlruns", ".venv", ".git"}
+_EXCLUDED_SUFFIXES = {".safetensors", ".tar", ".pkl"}
+
+
+def _strings(doc: object, key: str, root: Path) -> list[tuple[str, str]]:
+    """(dotted key, value) of every string in a config document. An override string ("a.b=v", as in
+    ``finetune_overrides``) counts as its value under its own key; a key naming a YAML file of the project is read
+    too, with its sibling ``<key>_overrides`` applied (``finetune`` + ``finetune_overrides``)."""
+    from pbp.config import ConfigError, apply_overrides, read_yaml
+
+    out: list[tuple[str, str]] = []
+    if isinstance(doc, dict):
+        linked = {k: root / v for k, v in doc.items() if isinstance(v, str) and v.endswith((".yaml", ".yml"))}
+        linked = {k: p for k, p in linked.items() if p.is_file()}
+        for k, v in doc.items():
+            sub = f"{key}.{k}" if key else str(k)
+            if k in linked:
+                try:
+                    nested = apply_overrides(read_yaml(linked[k]), [str(o) for o in doc.get(f"{k}_overrides") or []])
+                except ConfigError:
+                    nested = {}  # the job reports a bad file itself; here only paths are looked for
+                out += [(f"{sub} -> {kk}", vv) for kk, vv in _strings(nested, "", root)]
+                out.append((sub, v))  # the linked file itself must travel too
+            elif not (isinstance(k, str) and k.endswith("_overrides") and k.removesuffix("_overrides") in linked):
+                out += _strings(v, sub, root)  # (a linked config's overrides were applied to it above)
+    elif isinstance(doc, list):
+        for i, v in enumerate(doc):
+            out += _strings(v, f"{key}.{i}", root)
+    elif isinstance(doc, str):
+        m = _OVERRIDE.match(doc)
+        out.append((f"{key}: {m.group(1)}", m.group(2)) if m else (key, doc))
+    return out
+
+
+def _shipped(path: Path, root: Path) -> bool:
+    """Whether a file inside the project travels in the job's working_dir (not excluded, not git-ignored)."""
+    import subprocess
+
+    rel = path.relative_to(root)
+    if rel.parts[0] in _EXCLUDED_DIRS or path.suffix in _EXCLUDED_SUFFIXES or "__pycache__" in rel.parts:
+        return False
+    try:
+        ignored = subprocess.run(["git", "-C", str(root), "check-ignore", "-q", str(rel)], timeout=10).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        ignored = False
+    return not ignored
+
+
+def unreachable_paths(config: Path | None, overrides: Sequence[str], root: Path) -> tuple[list[str], list[str]]:
+    """For a cluster elsewhere: (errors, warnings) about local paths in the job's config (with its overrides)."""
+    from pbp.config import apply_overrides, read_yaml
+
+    doc = apply_overrides(read_yaml(config) if config is not None else {}, overrides)
+    errors, warnings = [], []
+    fix = "put it in S3 and give its s3:// URL (an object store every node reaches)"
+    for key, value in _strings(doc, "", root):
+        if not value or "://" in value or "\n" in value or len(value) > 4096:
+            continue
+        p = Path(value).expanduser()
+        if p.is_absolute():
+            if p.exists():
+                warnings.append(f"{key}={value}: a local absolute path; it must exist on the cluster's nodes too "
+                                "(a shared filesystem), else the job fails to find it")  # fmt: skip
+            continue
+        full = (root / p).resolve()
+        if not full.exists():
+            continue  # not a path here (a name, a value), or one the job creates
+        if not full.is_relative_to(root):
+            errors.append(f"{key}={value}: outside the project, so it does not travel with the job; {fix}")
+        elif full.is_file() and not _shipped(full, root):
+            errors.append(f"{key}={value}: not shipped with the job (git-ignored or excluded from the working_dir); "
+                          f"{fix}, or keep it in a shipped folder of the project")  # fmt: skip
+    return errors, warnings
+
+
 def submission_id(job: str, config: Path | None, overrides: Sequence[str]) -> str:
     h = hashlib.sha256(job.encode())
     if config is not None:
@@ -110,7 +201,23 @@ def submit(
     args += list(overrides)
     entrypoint = shlex.join(args)
 
-    c = client(address)
+    ep = resolve()
+    addr = require(address or ep.ray_address, "Ray address (RAY_ADDRESS)")
+    local = on_this_machine(addr)
+    if not local:
+        errors, warnings = unreachable_paths(config, overrides, root)
+        for w in warnings:
+            log(f"warning: {w}")
+        if errors:
+            how = (
+                "\n(a key of a linked config, shown as 'finetune -> task.train', is overridden through the linked "
+                "key's list: finetune_overrides=[task.train=s3://...])"
+                if any(" -> " in e for e in errors)
+                else ""
+            )
+            raise SubmitError(f"the job's config names local paths the cluster at {addr} cannot reach:\n  "
+                              + "\n  ".join(errors) + how)  # fmt: skip
+    c = client(addr, ep)
     base = submission_id(job, config, overrides)
     sid = base
     for attempt in range(2, 1000):
@@ -122,11 +229,14 @@ def submit(
             log(f"{sid} is already {info.status.name}: not submitting it twice")
             return sid
         sid = f"{base}-r{attempt}"
+    env_vars = {"PBP_SUBMISSION_ID": sid, "PYTHONUNBUFFERED": "1", "PBP_GIT_COMMIT": _git_commit(root)}
+    if local:  # the job's driver shares this filesystem: it runs in the project, as the direct command would
+        env_vars["PBP_SUBMIT_DIR"] = str(root)
     runtime_env = {
         "working_dir": str(root),
         "excludes": EXCLUDES,
         "py_modules": [str(root / "platform" / "pbp")],
-        "env_vars": {"PBP_SUBMISSION_ID": sid, "PYTHONUNBUFFERED": "1", "PBP_GIT_COMMIT": _git_commit(root)},
+        "env_vars": env_vars,
     }
     c.submit_job(
         entrypoint=entrypoint,

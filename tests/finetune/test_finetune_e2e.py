@@ -231,3 +231,20 @@ def test_a_missing_column_fails_on_the_driver_in_seconds(stack_dir, endpoints, t
 
     info = endpoints.pyarrow_fs().get_file_info(f"{PREFIX}/{run}")
     assert info.type == pafs.FileType.NotFound  # Ray Train never created the run's directory
+
+
+def test_a_job_submitted_to_the_local_stack_reads_the_configs_relative_task_files(stack_dir, mlflow_client):
+    """`pbp submit finetune --config configs/finetune/tiny.yaml`: the config's task files are ../shared/... paths,
+    relative to the project. Ray unpacks the project elsewhere; on a cluster on this machine the job runs in the
+    project it was submitted from (PBP_SUBMIT_DIR), so it finds them as the direct command does."""
+    run = f"ft-sub-{random.randrange(10**6)}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "RAY_"))}
+    env.update(PBP_STACK_DIR=str(stack_dir))
+    cmd = [str(Path(sys.executable).with_name("pbp")), "submit", "finetune", "--config", "configs/finetune/tiny.yaml",
+           f"run_name={run}", f"checkpoint.storage_path=s3://{PREFIX}", "task.max_rows=40", "stages.0.max_epochs=1",
+           "stages.1.max_epochs=1", "stages.2.max_epochs=1", "--wait", "--timeout", "600"]  # fmt: skip
+    res = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=700)
+    assert res.returncode == 0, res.stdout[-5000:] + res.stderr[-5000:]
+    assert "SUCCEEDED" in res.stdout
+    got = _mlflow_run(mlflow_client, run)
+    assert got.info.status == "FINISHED" and "test_spearman" in got.data.metrics

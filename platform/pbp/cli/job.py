@@ -16,7 +16,21 @@ def run_job(config_cls: type[T], run: Callable[[T], Any], argv: Sequence[str] | 
     ap.add_argument("--config", required=True)
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
+    enter_submit_dir()
     return run(load_config(config_cls, args.config, args.overrides))
+
+
+def enter_submit_dir() -> None:
+    """A job submitted to a cluster on the submitter's machine (the local stack) runs in the project directory it was
+    submitted from (``PBP_SUBMIT_DIR``, set by ``pbp submit``), not in Ray's unpacked copy of it: relative paths in
+    its config (``../shared/...`` task files, ``build/...`` outputs) then mean what they mean for the direct command.
+    The code still comes from the copy (the submitted snapshot)."""
+    import os
+    from pathlib import Path
+
+    here = os.environ.get("PBP_SUBMIT_DIR")
+    if here and Path(here).is_dir():
+        os.chdir(here)
 
 
 def add_job_args(p: argparse.ArgumentParser, example: str, *, config_required: bool = True) -> None:
