@@ -3,9 +3,9 @@
 pbp submit finetune --config configs/finetune/tiny.yaml init=s3://pbp-runs/pretrain/tiny/final_model/
 """
 
+from pbp.cli.finetune_cmds import finetune_and_report
 from pbp.cli.job import run_job
 from pbp.finetune.config import FinetuneConfig
-from pbp.finetune.launch import finetune
 
 if __name__ == "__main__":
-    run_job(FinetuneConfig, finetune)
+    run_job(FinetuneConfig, finetune_and_report)

@@ -4,8 +4,8 @@ pbp submit pretrain --config configs/pretrain/tiny.yaml data.url=s3://pbp-data/s
 """
 
 from pbp.cli.job import run_job
+from pbp.cli.train_cmds import pretrain_and_report
 from pbp.train.config import PretrainConfig
-from pbp.train.launch import pretrain
 
 if __name__ == "__main__":
-    run_job(PretrainConfig, pretrain)
+    run_job(PretrainConfig, pretrain_and_report)

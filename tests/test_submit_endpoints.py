@@ -141,3 +141,12 @@ def test_a_submission_to_a_remote_cluster_is_refused_before_any_request_when_a_t
                                                ("https://ray.example.org", False)])  # fmt: skip
 def test_a_cluster_on_this_machine_is_told_by_its_address(address, here):
     assert submit.on_this_machine(address) is here
+
+
+def test_every_job_script_imports_what_it_runs():
+    """jobs/*.py are thin: an import error would show only on the cluster, after a submission."""
+    import runpy
+
+    for job in submit.available_jobs(REPO):
+        ns = runpy.run_path(str(REPO / "jobs" / f"{job}.py"), run_name="not_main")
+        assert "run_job" in ns or job == "smoke", job

@@ -246,5 +246,6 @@ def test_a_job_submitted_to_the_local_stack_reads_the_configs_relative_task_file
     res = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=700)
     assert res.returncode == 0, res.stdout[-5000:] + res.stderr[-5000:]
     assert "SUCCEEDED" in res.stdout
+    assert f"run {run}: finished; model in" in res.stdout and "test_spearman" in res.stdout  # the command's ending
     got = _mlflow_run(mlflow_client, run)
     assert got.info.status == "FINISHED" and "test_spearman" in got.data.metrics

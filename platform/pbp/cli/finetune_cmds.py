@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 from pbp.cli.job import add_job_args
 
 if TYPE_CHECKING:
+    from pbp.finetune.config import FinetuneConfig
+    from pbp.tune.config import TuneConfig
     from pbp.tune.report import CampaignSummary, TrialRecord
 
 
@@ -29,16 +31,21 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     set_ray_auth_env()  # before anything imports Ray
     from pbp.config import load_config
     from pbp.finetune.config import FinetuneConfig
-    from pbp.finetune.launch import finetune
 
-    cfg = load_config(FinetuneConfig, args.config, args.overrides)
-    res = finetune(cfg, address=args.address)
+    finetune_and_report(load_config(FinetuneConfig, args.config, args.overrides), address=args.address)
+    return 0
+
+
+def finetune_and_report(cfg: FinetuneConfig, address: str | None = None) -> None:
+    """Run fine-tuning, then print its metrics beside their baselines and where the model is: the end of
+    ``pbp finetune`` and of the submitted job (``jobs/finetune.py``) alike."""
+    from pbp.finetune.launch import finetune
     from pbp.train.metrics import baseline_table
 
+    res = finetune(cfg, address=address)
     print(baseline_table({k: v for k, v in res.metrics.items() if not k.startswith(("test_le", "test_gt"))}))
     print(f"run {cfg.run_name}: finished; model in {res.run_url}/final_model and the MLflow run's 'model' artifact "
           f"(experiment {cfg.tracking.experiment})")  # fmt: skip
-    return 0
 
 
 def register_tune(sub: argparse._SubParsersAction) -> None:
@@ -60,10 +67,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     set_ray_auth_env()  # before anything imports Ray
     from pbp.config import load_config
-    from pbp.train.tracking import quiet_mlflow_driver, run_link
-
-    quiet_mlflow_driver()  # the parent run's link is printed at the end
-    from pbp.tune.campaign import load_campaign_config, run_campaign
+    from pbp.tune.campaign import load_campaign_config
     from pbp.tune.config import TuneConfig
 
     if args.resume:
@@ -78,10 +82,21 @@ def cmd_tune(args: argparse.Namespace) -> int:
         raise ValueError("give --config configs/tune/<task>.yaml (or --resume NAME)")
     else:
         cfg = load_config(TuneConfig, args.config, args.overrides)
-    res = run_campaign(cfg, resume=bool(args.resume), warm_start=args.warm_start, address=args.address)
+    tune_and_report(cfg, resume=bool(args.resume), warm_start=args.warm_start, address=args.address)
+    return 0
+
+
+def tune_and_report(cfg: TuneConfig, *, resume: bool = False, warm_start: str | None = None,
+                    address: str | None = None) -> None:  # fmt: skip
+    """Run (or resume) a campaign, then print its closing lines (trials by status, the best trial, the report, the
+    parent run's MLflow link): the end of ``pbp tune`` and of the submitted job (``jobs/tune.py``) alike."""
+    from pbp.train.tracking import quiet_mlflow_driver, run_link
+    from pbp.tune.campaign import run_campaign
+
+    quiet_mlflow_driver()  # the parent run's link is printed at the end
+    res = run_campaign(cfg, resume=resume, warm_start=warm_start, address=address)
     print(campaign_lines(cfg.name, res.summary, res.best))
     print(f"report: {res.report}\nMLflow:  {run_link(res.parent_run_id)} (parent run, experiment {cfg.experiment})")
-    return 0
 
 
 def campaign_lines(name: str, summary: CampaignSummary, best: TrialRecord | None) -> str:

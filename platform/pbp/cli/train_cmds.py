@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pbp.cli.job import add_job_args
+
+if TYPE_CHECKING:
+    from pbp.train.config import PretrainConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,12 +42,18 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     set_ray_auth_env()  # before anything imports Ray
     from pbp.config import load_config
     from pbp.train.config import PretrainConfig
+
+    pretrain_and_report(load_config(PretrainConfig, args.config, args.overrides), address=args.address)
+    return 0
+
+
+def pretrain_and_report(cfg: PretrainConfig, address: str | None = None) -> None:
+    """Run pretraining, then say where its checkpoint is: the end of ``pbp pretrain`` and of the submitted job
+    (``jobs/pretrain.py``) alike."""
     from pbp.train.launch import pretrain
 
-    cfg = load_config(PretrainConfig, args.config, args.overrides)
-    result = pretrain(cfg, address=args.address)
+    result = pretrain(cfg, address=address)
     print(f"run {cfg.run_name}: finished; metrics {result.metrics}; checkpoint {result.checkpoint}")
-    return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
