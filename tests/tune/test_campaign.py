@@ -85,6 +85,13 @@ def test_small_campaign_parent_children_report_and_pruned_trials(stack_dir, endp
         assert len(preds) == 2
         arts = {a.path for a in client.list_artifacts(parent, "campaign")}
         assert {"campaign/report.html", "campaign/study.db", "campaign/ledger.json"} <= arts
+        # The closing lines say how to register the best trial's model; the parent run's id is enough for that.
+        assert f"pbp registry register {parent} --name MODEL_NAME" in res.stdout
+        from pbp.registry.register import register
+
+        reg = register(parent, f"camp-best-{os.getpid()}")
+        assert reg.source == best_uri and reg.campaign == name
+        assert reg.tags.get("pbp.campaign") == name
     finally:
         mlflow.set_tracking_uri(None)
 

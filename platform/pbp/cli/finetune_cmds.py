@@ -97,6 +97,8 @@ def tune_and_report(cfg: TuneConfig, *, resume: bool = False, warm_start: str | 
     res = run_campaign(cfg, resume=resume, warm_start=warm_start, address=address)
     print(campaign_lines(cfg.name, res.summary, res.best))
     print(f"report: {res.report}\nMLflow:  {run_link(res.parent_run_id)} (parent run, experiment {cfg.experiment})")
+    if res.best is not None:
+        print(f"register the best trial's model: pbp registry register {res.parent_run_id} --name MODEL_NAME")
 
 
 def campaign_lines(name: str, summary: CampaignSummary, best: TrialRecord | None) -> str:

@@ -62,7 +62,8 @@ def cmd_register(args: argparse.Namespace) -> int:
 
     r = do_register(args.source, args.name, test=args.test, description=args.description)
     metrics = {k[len("pbp.metric.") :]: v for k, v in r.tags.items() if k.startswith("pbp.metric.test_")}
-    print(f"registered {r.source} as model {r.name} version {r.version} ({r.tags.get('pbp.kind')}); "
+    best = f" (campaign {r.campaign}'s best trial)" if r.campaign else ""
+    print(f"registered {r.source}{best} as model {r.name} version {r.version} ({r.tags.get('pbp.kind')}); "
           f"URI models:/{r.name}/{r.version}")  # fmt: skip
     for k, v in sorted(metrics.items()):
         print(f"  {k:28} {float(v):.4f}")

@@ -1,6 +1,6 @@
 """``pbp registry register SOURCE --name NAME``: any pbp model into the MLflow registry as a pyfunc, with lineage.
 
-SOURCE: an MLflow run id (its ``model`` artifact), ``runs:/ID/path``, ``models:/NAME/V`` or ``models:/NAME@alias``,
+SOURCE: an MLflow run id (its ``model`` artifact; a campaign's parent run id: its best trial's), ``runs:/ID/path``, ``models:/NAME/V`` or ``models:/NAME@alias``,
 a pbp model directory (local or ``s3://``: a fine-tuned ``final_model/``, a ``pbp pretrain`` export, a ``pbp model
 import-keras`` output). A run's artifact that already is a pbp pyfunc (``pbp finetune`` logs one) is registered as
 it is; anything else is wrapped in a pyfunc (safetensors + JSON, loaded by a loader module: no pickle) logged to a
@@ -33,6 +33,8 @@ class Registered:
     version: str
     source: str
     tags: dict[str, str]
+    campaign: str = ""
+    """Set when the source was a campaign's parent run: the campaign whose best trial was registered."""
 
 
 def resolve_source(source: str) -> tuple[str, str | None]:
@@ -45,12 +47,36 @@ def resolve_source(source: str) -> tuple[str, str | None]:
     return source, (m.group(1) if m else None)
 
 
+BEST_MODEL_TAG = "pbp.best_model_uri"
+"""Set on a campaign's parent run: the best trial's model (``runs:/<trial run>/model``)."""
+
+
+def campaign_best(c: Any, source: str) -> tuple[str, str] | None:
+    """A campaign's parent run id (what ``pbp tune`` prints) -> (its best trial's model URI, the campaign's name);
+    None for any other source."""
+    if not _RUN_ID.fullmatch(source):
+        return None
+    run = call(f"run {source}", lambda: c.get_run(source))
+    campaign = run.data.tags.get("pbp.campaign")
+    if not campaign or run.data.tags.get("mlflow.parentRunId"):
+        return None  # not a campaign's parent run (a trial's run registers its own model)
+    best = run.data.tags.get(BEST_MODEL_TAG)
+    if not best:
+        raise RegistryError(f"run {source} is campaign {campaign!r}'s parent run and has no {BEST_MODEL_TAG} tag: "
+                            "the campaign had no completed trial, or has not finished")  # fmt: skip
+    return best, campaign
+
+
 def register(source: str, name: str, *, test: str = "", description: str = "") -> Registered:
+    """Register ``source`` (see the module docstring; a campaign's parent run id registers its best trial's model)
+    as a new version of ``name``."""
     from pbp.finetune.export import find_model_dir
     from pbp.train.artifacts import local_dir
 
     name = check_model_name(name)
     c = client()
+    best = campaign_best(c, source)
+    source, campaign = best if best else (source, "")
     uri, run_id = resolve_source(source)
     root = local_dir(uri, "source")
     model_dir = find_model_dir(root, source)
@@ -66,7 +92,7 @@ def register(source: str, name: str, *, test: str = "", description: str = "") -
 
     mv = call(f"registering {source} as model {name}", lambda: mlflow.register_model(model_uri, name, tags=tags),
               permission="EDIT on the registered model")  # fmt: skip
-    return Registered(name, str(mv.version), model_uri, tags)
+    return Registered(name, str(mv.version), model_uri, tags, campaign)
 
 
 def _test_tags(model_dir: Path, test: str) -> dict[str, str]:
