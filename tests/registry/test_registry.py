@@ -38,10 +38,12 @@ def test_register_gate_promote_refuse_force_rollback_and_history(stack_dir, pbp,
     assert f"model {name} version 1" in out_a and f"model {name} version 2" in out_b
     assert "test_spearman" in out_a and "1.0000" in out_a  # A is perfect on this split
 
+    # B ranks the proteins against A's order (Spearman about -0.15): not above a constant's 0, so not even a first
+    # champion; the refusal is audited.
     res = pbp("registry", "promote", name, "--version", "2")
+    assert res.returncode == 1 and "not above its trivial baseline's 0.0000" in res.stdout, res.stdout + res.stderr
+    res = pbp("registry", "promote", name, "--version", "1")
     assert res.returncode == 0 and "first champion" in res.stdout, res.stdout + res.stderr
-    res = pbp("registry", "promote", name, "--version", "1")  # better: promoted over B
-    assert res.returncode == 0 and "promoted" in res.stdout, res.stdout + res.stderr
     res = pbp("registry", "promote", name, "--version", "2")  # worse: refused
     assert res.returncode == 1 and "refused" in res.stdout and "test_spearman" in res.stdout, res.stdout + res.stderr
     res = pbp("registry", "promote", name, "--version", "2", "--force")
@@ -55,8 +57,9 @@ def test_register_gate_promote_refuse_force_rollback_and_history(stack_dir, pbp,
     recs = doc["records"]
     assert [r["seq"] for r in recs] == [1, 2, 3, 4, 5]
     assert [(r["decision"], r["version"]) for r in recs] == [
-        ("promoted", "2"), ("promoted", "1"), ("refused", "2"), ("promoted", "2"), ("rolled_back", "1")]  # fmt: skip
-    assert recs[1]["champion_before"] == "2" and recs[1]["candidate_value"] == pytest.approx(1.0)
+        ("refused", "2"), ("promoted", "1"), ("refused", "2"), ("promoted", "2"), ("rolled_back", "1")]  # fmt: skip
+    assert recs[0]["champion_after"] is None and recs[0]["candidate_value"] < 0
+    assert recs[1]["champion_before"] is None and recs[1]["candidate_value"] == pytest.approx(1.0)
     assert recs[2]["champion_after"] == "1" and recs[2]["candidate_value"] < recs[2]["champion_value"]
     assert recs[3]["forced"] and recs[3]["reason"] == "hotfix for issue 42"
     assert all(r["user"] == "admin" for r in recs)
@@ -149,7 +152,7 @@ def test_read_only_user_is_refused_by_the_server_naming_the_permission(stack_dir
     name = f"ro-{os.getpid()}"
     for m in (a, b):
         ok(pbp("registry", "register", str(m), "--name", name, "--test", str(test)))
-    ok(pbp("registry", "promote", name, "--version", "2"))
+    ok(pbp("registry", "promote", name, "--version", "2", "--force", "--reason", "B below its baseline, for the test"))
     s = Secrets.load(stack_dir)
     reader = {"MLFLOW_TRACKING_USERNAME": s.mlflow_reader_user, "MLFLOW_TRACKING_PASSWORD": s.mlflow_reader_password}
     res = pbp("registry", "promote", name, "--version", "1", env_extra=reader)

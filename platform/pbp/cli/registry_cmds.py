@@ -57,7 +57,16 @@ def _mlflow_errors(fn):
     return run
 
 
+def _quiet() -> None:
+    """Every decision is an MLflow run of the audit trail: no "View run" link per record (the command prints the
+    outcome), no progress bar per model download."""
+    from pbp.train.tracking import quiet_mlflow_driver
+
+    quiet_mlflow_driver()
+
+
 def cmd_register(args: argparse.Namespace) -> int:
+    _quiet()
     from pbp.registry.register import register as do_register
 
     r = do_register(args.source, args.name, test=args.test, description=args.description)
@@ -71,6 +80,7 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
+    _quiet()
     from pbp.registry.promote import promote
 
     out = promote(args.name, args.version, tolerance=args.tolerance, force=args.force, reason=args.reason)
@@ -79,6 +89,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
+    _quiet()
     from pbp.registry.promote import rollback
 
     print(rollback(args.name, reason=args.reason, force=args.force).message)

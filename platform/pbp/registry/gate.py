@@ -5,6 +5,10 @@ higher is better for each). A logged score counts only if it was computed on the
 sha256, same row limit); otherwise the version is re-scored on that split now, after checking that the file at the
 recorded path still has the recorded digest. The reference split is the champion's (a first promotion: the
 candidate's own).
+
+A candidate must also beat its headline metric's trivial baseline on that split (``test_<metric>_baseline``: a
+constant prediction's Spearman 0, a constant score's ROC-AUC 0.5, the train split's majority class's accuracy), also
+as the first champion: a model no better than predicting a constant is refused (``--force --reason`` to override).
 """
 
 from __future__ import annotations
@@ -64,30 +68,47 @@ def decide(name: str, cand: Any, champ: Any | None, tolerance: float) -> Verdict
     if ref is None:
         return Verdict(False, f"version {cand.version}: no test split recorded, so no {metric} to compare "
                               "(register it with --test FILE)", metric)  # fmt: skip
-    cv, source = score(name, cand, metric, ref)
+    cv, cb, source = score(name, cand, metric, ref)
     if math.isnan(cv):
         return Verdict(False, f"version {cand.version}: {metric} is missing or NaN on the test split", metric, cv,
                        split=ref)  # fmt: skip
+    hv = score(name, champ, metric, ref)[0] if champ is not None else math.nan
+    if not math.isnan(cb) and cv <= cb:  # never a champion that a constant or majority-class predictor matches
+        return Verdict(False, f"{metric} {cv:.4f} is not above its trivial baseline's {cb:.4f} on the test split "
+                              f"({BASELINES.get(metric, 'a trivial predictor')})", metric, cv, hv, ref, source)  # fmt: skip
     if champ is None:
-        return Verdict(True, f"first champion ({metric} {cv:.4f})", metric, cv, split=ref, candidate_source=source)
-    hv, _ = score(name, champ, metric, ref)
+        return Verdict(True, f"first champion ({metric} {cv:.4f}, trivial baseline {cb:.4f})", metric, cv, split=ref,
+                       candidate_source=source)  # fmt: skip
     ok = math.isnan(hv) or cv >= hv - tolerance
     cmp = ">=" if ok else "<"
     why = f"{metric} {cv:.4f} {cmp} champion v{champ.version}'s {hv:.4f} - tolerance {tolerance:g}"
     return Verdict(ok, why, metric, cv, hv, ref, source)
 
 
-def score(name: str, mv: Any, metric: str, ref: SplitRef) -> tuple[float, str]:
-    """-> (the version's ``metric`` on the split ``ref``, 'logged' | 'recomputed')."""
+BASELINES = {
+    "test_spearman": "a constant prediction",
+    "test_roc_auc": "a constant score",
+    "test_accuracy": "the train split's majority class",
+}
+"""What each headline metric's trivial baseline (``<metric>_baseline``, pbp.train.metrics) predicts."""
+
+
+def score(name: str, mv: Any, metric: str, ref: SplitRef) -> tuple[float, float, str]:
+    """-> (the version's ``metric`` on the split ``ref``, that metric's trivial baseline there (NaN when none was
+    recorded), 'logged' | 'recomputed')."""
+    from pbp.train.metrics import BASELINE_SUFFIX
+
     tags = dict(mv.tags)
     if tags.get("pbp.metric.split") == ref.key and f"pbp.metric.{metric}" in tags:
-        return float(tags[f"pbp.metric.{metric}"]), "logged"
+        baseline = float(tags.get(f"pbp.metric.{metric}{BASELINE_SUFFIX}", "nan"))
+        return float(tags[f"pbp.metric.{metric}"]), baseline, "logged"
     from pbp.finetune.export import find_model_dir, load_finetuned
     from pbp.train.artifacts import local_dir
 
     uri = f"models:/{name}/{mv.version}"
     model, task, _ = load_finetuned(find_model_dir(local_dir(uri), uri))
-    return evaluate(model, task, ref).get(metric, math.nan), "recomputed"
+    got = evaluate(model, task, ref)
+    return got.get(metric, math.nan), got.get(f"{metric}{BASELINE_SUFFIX}", math.nan), "recomputed"
 
 
 def evaluate(model: Any, task: Any, ref: SplitRef) -> dict[str, float]:
