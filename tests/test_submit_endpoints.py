@@ -136,11 +136,15 @@ def test_a_submission_to_a_remote_cluster_is_refused_before_any_request_when_a_t
         submit.submit("tune", REPO / "configs" / "tune" / "tiny.yaml", address="http://10.255.255.1:8265", root=REPO)
 
 
-@pytest.mark.parametrize(("address", "here"), [("http://127.0.0.1:8265", True), ("localhost:8265", True),
-                                               ("http://[::1]:8265", True), ("http://10.0.0.5:8265", False),
-                                               ("https://ray.example.org", False)])  # fmt: skip
-def test_a_cluster_on_this_machine_is_told_by_its_address(address, here):
-    assert submit.on_this_machine(address) is here
+def test_only_the_local_stacks_own_ray_counts_as_this_machine(tmp_path):
+    """Its jobs share this filesystem; another address, even a loopback one (a port-forward to a remote cluster),
+    gets the check for paths that cannot travel."""
+    _fake_stack(tmp_path)
+    ep = resolve(tmp_path, env={})
+    assert submit.is_local_stack("http://127.0.0.1:4444", ep) and submit.is_local_stack("localhost:4444/", ep)
+    assert not submit.is_local_stack("http://127.0.0.1:8265", ep)  # kubectl port-forward svc/raycluster-head 8265
+    assert not submit.is_local_stack("http://10.0.0.5:4444", ep)
+    assert not submit.is_local_stack("http://127.0.0.1:4444", resolve(tmp_path / "none", env={}))  # no stack here
 
 
 def test_every_job_script_imports_what_it_runs():

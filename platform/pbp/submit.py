@@ -6,7 +6,7 @@
 * The Ray token travels as an ``Authorization`` header, never in the runtime_env; no secret is put in the
   runtime_env's ``env_vars`` (they show in Ray's dashboard): nodes read credentials from their own environment
   or the stack's state dir.
-* Local paths in the job's config: on a cluster on this machine (the local stack) the job runs in the project
+* Local paths in the job's config: on the local stack (its own Ray address) the job runs in the project
   directory (``PBP_SUBMIT_DIR``), so relative paths mean what they mean for ``pbp finetune`` run there. For a cluster
   elsewhere, a relative path that leaves the project or a file the project does not ship (git-ignored or excluded)
   cannot reach the job: it is refused before submitting, naming the key and the fix (an s3:// URL); an absolute
@@ -75,14 +75,22 @@ def client(address: str | None = None, endpoints: Endpoints | None = None):
     return JobSubmissionClient(addr, headers=ep.ray_headers())
 
 
-LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-
-
-def on_this_machine(address: str) -> bool:
-    """Whether the Ray Jobs API at ``address`` is on this machine (the local stack): its jobs see this filesystem."""
+def is_local_stack(address: str, endpoints: Endpoints) -> bool:
+    """Whether ``address`` is the local stack's own Ray (its state dir says which): its jobs share this machine's
+    filesystem. Any other address counts as elsewhere, also a loopback one (``kubectl port-forward`` to KubeRay)."""
     from urllib.parse import urlparse
 
-    return urlparse(address if "://" in address else f"http://{address}").hostname in LOOPBACK
+    from pbp.stack.state import StackState
+
+    state = StackState.load(endpoints.state_dir) if endpoints.state_dir is not None else None
+    if state is None or "ray-head" not in state.services:
+        return False
+
+    def where(url: str) -> tuple[str | None, int | None]:
+        u = urlparse(url if "://" in url else f"http://{url}")
+        return (u.hostname or "").replace("localhost", "127.0.0.1"), u.port
+
+    return where(address) == where(state.ray_dashboard_url)
 
 
 _OVERRIDE = re.compile(r"^([A-Za-z_][\w.]*)=(.*)$", re.S)
@@ -203,7 +211,7 @@ def submit(
 
     ep = resolve()
     addr = require(address or ep.ray_address, "Ray address (RAY_ADDRESS)")
-    local = on_this_machine(addr)
+    local = is_local_stack(addr, ep)
     if not local:
         errors, warnings = unreachable_paths(config, overrides, root)
         for w in warnings:

@@ -18,6 +18,8 @@ from pbp.cli.main import main
 from pbp.stack import manager, procs
 from pbp.stack.state import StackState
 
+from ..conftest import REPO
+
 pytestmark = pytest.mark.timeout(600)
 
 
@@ -164,7 +166,8 @@ def test_smoke_job_through_pbp_submit_sees_every_node(stack_env, capsys):
     env_vars = (jobs[sid].runtime_env or {}).get("env_vars", {})
     secrets = json.loads((stack_env / "secrets.json").read_text())
     assert not set(secrets.values()) & set(env_vars.values())
-    assert set(env_vars) <= {"PBP_SUBMISSION_ID", "PYTHONUNBUFFERED", "PBP_GIT_COMMIT"}
+    assert set(env_vars) <= {"PBP_SUBMISSION_ID", "PYTHONUNBUFFERED", "PBP_GIT_COMMIT", "PBP_SUBMIT_DIR"}
+    assert env_vars["PBP_SUBMIT_DIR"] == str(REPO)  # the local stack's job runs in the project it came from
 
 
 def test_a_line_printed_on_a_worker_node_reaches_the_driver_once(stack_dir):
