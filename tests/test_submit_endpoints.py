@@ -1,6 +1,7 @@
 """Submission and endpoint resolution without a cluster (the stack tests cover the real thing)."""
 
 import json
+import os
 
 import pytest
 
@@ -113,9 +114,20 @@ def _project(tmp_path):
 def test_local_paths_a_remote_cluster_cannot_reach_are_named_with_their_keys(tmp_path):
     root = _project(tmp_path)
     errors, warnings = submit.unreachable_paths(root / "configs" / "ft.yaml", [], root)
-    assert len(errors) == 2 and not warnings
+    assert len(errors) == 2
     assert errors[0].startswith("task.train=../outside.csv: outside the project") and "s3://" in errors[0]
     assert errors[1].startswith("task.test=build/made.csv: not shipped with the job")
+    assert len(warnings) == 1 and warnings[0].startswith("report_dir=build: a folder the job's working_dir does not")
+    # A path that leaves the project is refused by its form, also where it does not exist here; values that are
+    # no path this filesystem can look up (a long sequence, "~nobody...") are not paths, not crashes.
+    odd = ["task.valid=../nowhere/x.csv", f"note=~nosuchuser{os.getpid()}/x", f"seq={'M' * 300}"]
+    errors, _ = submit.unreachable_paths(root / "configs" / "ft.yaml", odd, root)
+    assert [e.split(":")[0] for e in errors] == ["task.train=../outside.csv", "task.valid=../nowhere/x.csv",
+                                                 "task.test=build/made.csv"]  # fmt: skip
+    # A config that links itself is read a few levels deep, not for ever.
+    (root / "configs" / "loop.yaml").write_text("again: configs/loop.yaml\ndata: ../outside.csv\n")
+    errors, _ = submit.unreachable_paths(root / "configs" / "loop.yaml", [], root)
+    assert errors and all("outside the project" in e for e in errors)
     # A linked config is read with its overrides; an override fixes what it replaces; an absolute path warns.
     tune = root / "configs" / "tune.yaml"
     errors, _ = submit.unreachable_paths(tune, [], root)
@@ -126,7 +138,8 @@ def test_local_paths_a_remote_cluster_cannot_reach_are_named_with_their_keys(tmp
     fixed = f"finetune_overrides=[task.train=s3://b/t.csv, task.test={tmp_path / 'outside.csv'}]"
     errors, warnings = submit.unreachable_paths(tune, [fixed], root)
     assert not errors
-    assert len(warnings) == 1 and "a local absolute path" in warnings[0] and "task.test=" in warnings[0]
+    absolute = [w for w in warnings if "a local absolute path" in w]
+    assert len(absolute) == 1 and "task.test=" in absolute[0]
 
 
 def test_a_submission_to_a_remote_cluster_is_refused_before_any_request_when_a_task_file_cannot_reach_it():

@@ -98,7 +98,7 @@ _EXCLUDED_DIRS = {"build", "dist", ".pbp", "mlruns", ".venv", ".git"}
 _EXCLUDED_SUFFIXES = {".safetensors", ".tar", ".pkl"}
 
 
-def _strings(doc: object, key: str, root: Path) -> list[tuple[str, str]]:
+def _strings(doc: object, key: str, root: Path, depth: int = 0) -> list[tuple[str, str]]:
     """(dotted key, value) of every string in a config document. An override string ("a.b=v", as in
     ``finetune_overrides``) counts as its value under its own key; a key naming a YAML file of the project is read
     too, with its sibling ``<key>_overrides`` applied (``finetune`` + ``finetune_overrides``)."""
@@ -106,7 +106,9 @@ def _strings(doc: object, key: str, root: Path) -> list[tuple[str, str]]:
 
     out: list[tuple[str, str]] = []
     if isinstance(doc, dict):
-        linked = {k: root / v for k, v in doc.items() if isinstance(v, str) and v.endswith((".yaml", ".yml"))}
+        linked = {
+            k: root / v for k, v in doc.items() if isinstance(v, str) and v.endswith((".yaml", ".yml")) and depth < 4
+        }  # a config linking itself (or a cycle) is read a few levels deep, not for ever
         linked = {k: p for k, p in linked.items() if p.is_file()}
         for k, v in doc.items():
             sub = f"{key}.{k}" if key else str(k)
@@ -115,13 +117,13 @@ def _strings(doc: object, key: str, root: Path) -> list[tuple[str, str]]:
                     nested = apply_overrides(read_yaml(linked[k]), [str(o) for o in doc.get(f"{k}_overrides") or []])
                 except ConfigError:
                     nested = {}  # the job reports a bad file itself; here only paths are looked for
-                out += [(f"{sub} -> {kk}", vv) for kk, vv in _strings(nested, "", root)]
+                out += [(f"{sub} -> {kk}", vv) for kk, vv in _strings(nested, "", root, depth + 1)]
                 out.append((sub, v))  # the linked file itself must travel too
             elif not (isinstance(k, str) and k.endswith("_overrides") and k.removesuffix("_overrides") in linked):
-                out += _strings(v, sub, root)  # (a linked config's overrides were applied to it above)
+                out += _strings(v, sub, root, depth)  # (a linked config's overrides were applied to it above)
     elif isinstance(doc, list):
         for i, v in enumerate(doc):
-            out += _strings(v, f"{key}.{i}", root)
+            out += _strings(v, f"{key}.{i}", root, depth)
     elif isinstance(doc, str):
         m = _OVERRIDE.match(doc)
         out.append((f"{key}: {m.group(1)}", m.group(2)) if m else (key, doc))
@@ -152,21 +154,43 @@ def unreachable_paths(config: Path | None, overrides: Sequence[str], root: Path)
     for key, value in _strings(doc, "", root):
         if not value or "://" in value or "\n" in value or len(value) > 4096:
             continue
-        p = Path(value).expanduser()
-        if p.is_absolute():
-            if p.exists():
-                warnings.append(f"{key}={value}: a local absolute path; it must exist on the cluster's nodes too "
-                                "(a shared filesystem), else the job fails to find it")  # fmt: skip
+        try:
+            problem = _path_problem(value, root)
+        except (OSError, RuntimeError, ValueError):  # not a path this filesystem can even look up: a plain value
             continue
-        full = (root / p).resolve()
-        if not full.exists():
-            continue  # not a path here (a name, a value), or one the job creates
-        if not full.is_relative_to(root):
+        if problem == "absolute":
+            warnings.append(f"{key}={value}: a local absolute path; it must exist on the cluster's nodes too "
+                            "(a shared filesystem), else the job fails to find it")  # fmt: skip
+        elif problem == "outside":
             errors.append(f"{key}={value}: outside the project, so it does not travel with the job; {fix}")
-        elif full.is_file() and not _shipped(full, root):
+        elif problem == "unshipped":
             errors.append(f"{key}={value}: not shipped with the job (git-ignored or excluded from the working_dir); "
                           f"{fix}, or keep it in a shipped folder of the project")  # fmt: skip
+        elif problem == "unshipped-dir":
+            warnings.append(f"{key}={value}: a folder the job's working_dir does not ship (git-ignored or excluded); "
+                            f"fine for an output, but an input there will not be found: {fix}")  # fmt: skip
     return errors, warnings
+
+
+def _path_problem(value: str, root: Path) -> str:
+    """Why a config value that names a local path cannot reach a remote job: 'absolute' (an existing absolute path),
+    'outside' (relative, leaving the project, whether or not it exists here), 'unshipped' (a project file the
+    working_dir drops), 'unshipped-dir' (such a folder: an output, or an input that will be missing); '' for none."""
+    import os
+
+    p = Path(value).expanduser()
+    if p.is_absolute():
+        return "absolute" if p.exists() else ""
+    if not Path(os.path.normpath(root / p)).is_relative_to(root):
+        return "outside"  # ../x: a path by its form, and never in the working_dir
+    full = (root / p).resolve()
+    if not full.exists():
+        return ""  # not a path here (a name, a value), or one the job creates
+    if not full.is_relative_to(root):
+        return "outside"  # through a symlink
+    if not _shipped(full, root):
+        return "unshipped" if full.is_file() else "unshipped-dir"
+    return ""
 
 
 def submission_id(job: str, config: Path | None, overrides: Sequence[str]) -> str:

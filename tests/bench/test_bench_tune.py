@@ -156,7 +156,7 @@ def test_search_seeds_are_a_list_or_ranges_and_a_bad_one_is_named():
     from pbp.cli.bench_cmds import parse_seeds
 
     assert parse_seeds("0,1,2") == [0, 1, 2]
-    assert parse_seeds("0-4, 9") == [0, 1, 2, 3, 4, 9]
+    assert parse_seeds("0-4, 9") == [0, 1, 2, 3, 4, 9] and parse_seeds("0,1,") == [0, 1]
     for bad in ("0,x", "3-", "", "5-2"):
         with pytest.raises(ValueError, match="--seeds"):
             parse_seeds(bad)

@@ -470,6 +470,8 @@ def parse_seeds(text: str) -> list[int]:
     """``--seeds``: "0,1,2", "0-19" or a mix ("0-4,9") -> the seeds in order."""
     seeds: list[int] = []
     for part in (p.strip() for p in text.split(",")):
+        if not part and seeds:
+            continue  # a trailing or doubled comma
         lo, dash, hi = part.partition("-")
         try:
             first, last = int(lo), int(hi if dash else lo)

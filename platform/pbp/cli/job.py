@@ -16,15 +16,17 @@ def run_job(config_cls: type[T], run: Callable[[T], Any], argv: Sequence[str] | 
     ap.add_argument("--config", required=True)
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
+    cfg = load_config(config_cls, args.config, args.overrides)  # the submitted copy's file, before moving
     enter_submit_dir()
-    return run(load_config(config_cls, args.config, args.overrides))
+    return run(cfg)
 
 
 def enter_submit_dir() -> None:
     """A job submitted to a cluster on the submitter's machine (the local stack) runs in the project directory it was
     submitted from (``PBP_SUBMIT_DIR``, set by ``pbp submit``), not in Ray's unpacked copy of it: relative paths in
     its config (``../shared/...`` task files, ``build/...`` outputs) then mean what they mean for the direct command.
-    The code still comes from the copy (the submitted snapshot)."""
+    The code and the job's own config file come from the copy (the submitted snapshot); a file that config links
+    (a tune config's ``finetune:``) is read in the project when the job reads it."""
     import os
     from pathlib import Path
 

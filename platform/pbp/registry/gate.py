@@ -7,9 +7,10 @@ recorded path still has the recorded digest. The reference split is the champion
 candidate's own).
 
 A candidate must also beat its headline metric's trivial baseline on that split (``test_<metric>_baseline``: a
-constant prediction's Spearman 0, a constant score's ROC-AUC 0.5, the train split's majority class's accuracy), also
-as the first champion: a model no better than predicting a constant is refused (``--force --reason`` to override).
-"""
+constant prediction's Spearman 0, a constant score's ROC-AUC 0.5, a majority-class prediction's accuracy: the train
+split's majority where the fine-tuning run logged it, the test split's own when the gate re-scores a version, which
+is the stricter of the two), also as the first champion: a model no better than predicting a constant is refused
+(``--force --reason`` to override)."""
 
 from __future__ import annotations
 
@@ -88,7 +89,7 @@ def decide(name: str, cand: Any, champ: Any | None, tolerance: float) -> Verdict
 BASELINES = {
     "test_spearman": "a constant prediction",
     "test_roc_auc": "a constant score",
-    "test_accuracy": "the train split's majority class",
+    "test_accuracy": "a majority-class prediction",
 }
 """What each headline metric's trivial baseline (``<metric>_baseline``, pbp.train.metrics) predicts."""
 
