@@ -18,12 +18,14 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import shlex
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from pbp.errors import UserError
 from pbp.stack.endpoints import Endpoints, require, resolve
@@ -94,8 +96,6 @@ def is_local_stack(address: str, endpoints: Endpoints) -> bool:
 
 
 _OVERRIDE = re.compile(r"^([A-Za-z_][\w.]*)=(.*)$", re.S)
-_EXCLUDED_DIRS = {"build", "dist", ".pbp", "mlruns", ".venv", ".git"}
-_EXCLUDED_SUFFIXES = {".safetensors", ".tar", ".pkl"}
 
 
 def _strings(doc: object, key: str, root: Path, depth: int = 0) -> list[tuple[str, str]]:
@@ -130,15 +130,23 @@ def _strings(doc: object, key: str, root: Path, depth: int = 0) -> list[tuple[st
     return out
 
 
+@functools.cache
+def _excludes() -> Any:
+    import pathspec
+
+    return pathspec.PathSpec.from_lines("gitignore", EXCLUDES)
+
+
 def _shipped(path: Path, root: Path) -> bool:
-    """Whether a file inside the project travels in the job's working_dir (not excluded, not git-ignored)."""
+    """Whether a file or folder inside the project travels in the job's working_dir: not matched by ``EXCLUDES``
+    (read with pathspec, as Ray reads them) and not git-ignored (Ray honours .gitignore)."""
     import subprocess
 
-    rel = path.relative_to(root)
-    if rel.parts[0] in _EXCLUDED_DIRS or path.suffix in _EXCLUDED_SUFFIXES or "__pycache__" in rel.parts:
+    rel = path.relative_to(root).as_posix() + ("/" if path.is_dir() else "")
+    if _excludes().match_file(rel):
         return False
     try:
-        ignored = subprocess.run(["git", "-C", str(root), "check-ignore", "-q", str(rel)], timeout=10).returncode == 0
+        ignored = subprocess.run(["git", "-C", str(root), "check-ignore", "-q", rel], timeout=10).returncode == 0
     except (OSError, subprocess.SubprocessError):
         ignored = False
     return not ignored
@@ -217,50 +225,20 @@ def submit(
     root = root or project_root()
     if job not in available_jobs(root):
         raise SubmitError(f"no job {job!r} in {root / 'jobs'} (available: {', '.join(available_jobs(root))})")
-    if config is not None:
-        config = config.resolve()
-        if not config.is_file():
-            raise SubmitError(f"{config}: config file not found")
-        try:
-            rel_config = config.relative_to(root)
-        except ValueError:
-            raise SubmitError(
-                f"{config}: the config must be inside the project ({root}) to travel with the job"
-            ) from None
-    args = ["python", f"jobs/{job}.py"]
-    if config is not None:
-        args += ["--config", str(rel_config)]
-    args += list(overrides)
-    entrypoint = shlex.join(args)
-
+    config = config.resolve() if config is not None else None
+    rel_config = _inside_project(config, root) if config is not None else None
+    entrypoint = shlex.join(["python", f"jobs/{job}.py", *(["--config", str(rel_config)] if rel_config else []),
+                             *overrides])  # fmt: skip
     ep = resolve()
     addr = require(address or ep.ray_address, "Ray address (RAY_ADDRESS)")
     local = is_local_stack(addr, ep)
     if not local:
-        errors, warnings = unreachable_paths(config, overrides, root)
-        for w in warnings:
-            log(f"warning: {w}")
-        if errors:
-            how = (
-                "\n(a key of a linked config, shown as 'finetune -> task.train', is overridden through the linked "
-                "key's list: finetune_overrides=[task.train=s3://...])"
-                if any(" -> " in e for e in errors)
-                else ""
-            )
-            raise SubmitError(f"the job's config names local paths the cluster at {addr} cannot reach:\n  "
-                              + "\n  ".join(errors) + how)  # fmt: skip
+        _check_paths_travel(config, overrides, root, addr, log)
     c = client(addr, ep)
-    base = submission_id(job, config, overrides)
-    sid = base
-    for attempt in range(2, 1000):
-        try:
-            info = c.get_job_info(sid)
-        except RuntimeError:
-            break  # no such job: this id is free
-        if str(info.status) not in TERMINAL and info.status.name not in TERMINAL:
-            log(f"{sid} is already {info.status.name}: not submitting it twice")
-            return sid
-        sid = f"{base}-r{attempt}"
+    sid, running = _free_submission_id(c, submission_id(job, config, overrides))
+    if running:
+        log(f"{sid} is already {running}: not submitting it twice")
+        return sid
     env_vars = {"PBP_SUBMISSION_ID": sid, "PYTHONUNBUFFERED": "1", "PBP_GIT_COMMIT": _git_commit(root)}
     if local:  # the job's driver shares this filesystem: it runs in the project, as the direct command would
         env_vars["PBP_SUBMIT_DIR"] = str(root)
@@ -274,11 +252,53 @@ def submit(
         entrypoint=entrypoint,
         submission_id=sid,
         runtime_env=runtime_env,
-        metadata={"pbp_job": job, "config": str(rel_config) if config is not None else ""},
+        metadata={"pbp_job": job, "config": str(rel_config or "")},
         entrypoint_resources=entrypoint_resources,
     )
     log(f"submitted {sid}: {entrypoint}")
     return sid
+
+
+def _inside_project(config: Path, root: Path) -> Path:
+    """The (resolved) config file's path relative to the project, which it must be inside to travel with the job."""
+    if not config.is_file():
+        raise SubmitError(f"{config}: config file not found")
+    try:
+        return config.relative_to(root)
+    except ValueError:
+        raise SubmitError(f"{config}: the config must be inside the project ({root}) to travel with the job") from None
+
+
+def _check_paths_travel(config: Path | None, overrides: Sequence[str], root: Path, addr: str,
+                        log: Callable[[str], None]) -> None:  # fmt: skip
+    """For a cluster elsewhere: print the warnings of :func:`unreachable_paths`, raise on its errors."""
+    errors, warnings = unreachable_paths(config, overrides, root)
+    for w in warnings:
+        log(f"warning: {w}")
+    if errors:
+        how = (
+            "\n(a key of a linked config, shown as 'finetune -> task.train', is overridden through the linked "
+            "key's list: finetune_overrides=[task.train=s3://...])"
+            if any(" -> " in e for e in errors)
+            else ""
+        )
+        raise SubmitError(f"the job's config names local paths the cluster at {addr} cannot reach:\n  "
+                          + "\n  ".join(errors) + how)  # fmt: skip
+
+
+def _free_submission_id(c: Any, base: str) -> tuple[str, str]:
+    """-> (the id to use, '' ) or (a running identical job's id, its status): ``base``, else ``base-rN`` after the
+    jobs with the earlier ids ended."""
+    sid = base
+    for attempt in range(2, 1000):
+        try:
+            info = c.get_job_info(sid)
+        except RuntimeError:
+            break  # no such job: this id is free
+        if str(info.status) not in TERMINAL and info.status.name not in TERMINAL:
+            return sid, info.status.name
+        sid = f"{base}-r{attempt}"
+    return sid, ""
 
 
 def _git_commit(root: Path) -> str:
