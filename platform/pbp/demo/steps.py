@@ -96,7 +96,7 @@ def task(d: Demo) -> str:
 
 
 def campaign(d: Demo) -> str:
-    from pbp.train.tracking import configure_mlflow, find_run
+    from pbp.train.tracking import BEST_MODEL_TAG, configure_mlflow, find_run
 
     name = f"{d.cfg.name}-campaign"
     t = d.state["task"]
@@ -121,7 +121,7 @@ def campaign(d: Demo) -> str:
     if run_id is None:
         raise RuntimeError(f"campaign {name}: no parent run in the MLflow experiment pbp-tune")
     parent = client.get_run(run_id)
-    d.state["best_uri"] = parent.data.tags["pbp.best_model_uri"]
+    d.state["best_uri"] = parent.data.tags[BEST_MODEL_TAG]
     d.state["report"] = d.out / "tune" / name / "report.html"
     m = parent.data.metrics
     return (f"{d.cfg.trials} trials (ASHA + TPE): {int(m.get('trials_completed', 0))} completed, "

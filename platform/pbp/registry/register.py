@@ -47,23 +47,18 @@ def resolve_source(source: str) -> tuple[str, str | None]:
     return source, (m.group(1) if m else None)
 
 
-BEST_MODEL_TAG = "pbp.best_model_uri"
-"""Set on a campaign's parent run: the best trial's model (``runs:/<trial run>/model``)."""
+def campaign_best(run: Any) -> tuple[str, str] | None:
+    """A campaign's parent run (its id is what ``pbp tune`` prints) -> (its best trial's model URI, the campaign's
+    name); None for any other run."""
+    from pbp.train.tracking import BEST_MODEL_TAG
 
-
-def campaign_best(c: Any, source: str) -> tuple[str, str] | None:
-    """A campaign's parent run id (what ``pbp tune`` prints) -> (its best trial's model URI, the campaign's name);
-    None for any other source."""
-    if not _RUN_ID.fullmatch(source):
-        return None
-    run = call(f"run {source}", lambda: c.get_run(source))
     campaign = run.data.tags.get("pbp.campaign")
     if not campaign or run.data.tags.get("mlflow.parentRunId"):
         return None  # not a campaign's parent run (a trial's run registers its own model)
     best = run.data.tags.get(BEST_MODEL_TAG)
     if not best:
-        raise RegistryError(f"run {source} is campaign {campaign!r}'s parent run and has no {BEST_MODEL_TAG} tag: "
-                            "the campaign had no completed trial, or has not finished")  # fmt: skip
+        raise RegistryError(f"run {run.info.run_id} is campaign {campaign!r}'s parent run and has no {BEST_MODEL_TAG} "
+                            "tag: the campaign had no completed trial, or has not finished")  # fmt: skip
     return best, campaign
 
 
@@ -75,12 +70,15 @@ def register(source: str, name: str, *, test: str = "", description: str = "") -
 
     name = check_model_name(name)
     c = client()
-    best = campaign_best(c, source)
-    source, campaign = best if best else (source, "")
+    campaign = ""
     uri, run_id = resolve_source(source)
+    run = call(f"run {run_id}", lambda: c.get_run(run_id)) if run_id else None
+    if run is not None and _RUN_ID.fullmatch(source) and (best := campaign_best(run)):
+        source, campaign = best
+        uri, run_id = resolve_source(source)
+        run = call(f"run {run_id}", lambda: c.get_run(run_id))
     root = local_dir(uri, "source")
     model_dir = find_model_dir(root, source)
-    run = call(f"run {run_id}", lambda: c.get_run(run_id)) if run_id else None
     tags = lineage.version_tags(model_dir, source, run)
     if test:  # scores on another split replace the run's: metric tags always describe one split
         tags = {k: v for k, v in tags.items() if not k.startswith(("pbp.metric.", "pbp.test."))}

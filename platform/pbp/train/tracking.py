@@ -36,6 +36,9 @@ RETRY_S = 30.0
 """While MLflow is unreachable, the server is tried again this often (other calls do not wait for it)."""
 RUN_KEY_TAG = "pbp.run_key"
 """sha256 hex of the run name: the only thing a run lookup puts in an MLflow filter (never the name itself)."""
+BEST_MODEL_TAG = "pbp.best_model_uri"
+"""On a campaign's parent run: its best trial's model (``runs:/<trial run>/model``); ``pbp registry register
+PARENT_RUN_ID`` registers that."""
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:

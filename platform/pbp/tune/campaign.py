@@ -294,7 +294,7 @@ def finish_campaign(cfg: TuneConfig, summary: CampaignSummary, parent, url: str,
 
 def _log_parent(parent, cfg: TuneConfig, summary: CampaignSummary, best: TrialRecord | None, ledger: dict,
                 out: Path) -> None:  # fmt: skip
-    from pbp.train.tracking import find_run
+    from pbp.train.tracking import BEST_MODEL_TAG, find_run
 
     if not parent.enabled:
         return
@@ -317,7 +317,7 @@ def _log_parent(parent, cfg: TuneConfig, summary: CampaignSummary, best: TrialRe
         child = find_run(client, exp.experiment_id, trial_run_name(cfg.name, best.trial_id))
         if child:
             client.set_tag(parent.run_id, "pbp.best_trial", best.trial_id)
-            client.set_tag(parent.run_id, "pbp.best_model_uri", f"runs:/{child}/model")
+            client.set_tag(parent.run_id, BEST_MODEL_TAG, f"runs:/{child}/model")
             _copy_best_model(client, child, parent.run_id)
     parent.log_metrics(len(summary.trials), metrics)
     client.log_artifacts(parent.run_id, str(out), "campaign")
