@@ -249,3 +249,4 @@ def test_a_job_submitted_to_the_local_stack_reads_the_configs_relative_task_file
     assert f"run {run}: finished; model in" in res.stdout and "test_spearman" in res.stdout  # the command's ending
     got = _mlflow_run(mlflow_client, run)
     assert got.info.status == "FINISHED" and "test_spearman" in got.data.metrics
+    assert f"register it: pbp registry register {got.info.run_id} --name MODEL_NAME" in res.stdout  # the run's id

@@ -96,7 +96,17 @@ def test_end_to_end_loss_falls_checkpoints_in_s3_and_mlflow_run(baseline, endpoi
     out = OUTPUT[baseline]
     steps = re.findall(rf"\[{re.escape(baseline)}\] step (\d+)/{STEPS}: loss \d\.\d+ \(token .*tokens/s.*ETA", out)
     assert [int(x) for x in steps] == list(range(1, STEPS + 1)), out[-3000:]
-    assert "Reporting training result" not in out
+    assert "Reporting training result" not in out and "all_gather_into_tensor` is deprecated" not in out
+    # It ends saying where the model, the checkpoint and the MLflow run are (no dict or Checkpoint repr).
+    url = f"s3://pbp-runs/tests/{baseline}"
+    assert re.search(
+        rf"run {re.escape(baseline)}: finished at step {STEPS}: loss \d\.\d{{4}} \(token \d\.\d{{4}}, annotation", out
+    )
+    assert f"model:      {url}/final_model  (fine-tune it" in out
+    assert f"checkpoint: {url}/{ckpt.checkpoint_name(STEPS)}\n" in out
+    assert re.search(rf"MLflow:     http://127\.0\.0\.1:\d+/#/experiments/\d+/runs/{run.info.run_id}\n", out), out[
+        -800:
+    ]
     assert run.data.params["deepspeed.zero_stage"] == "2" and run.data.params["scaling.num_workers"] == "2"
     assert run.data.tags["pbp.dataset_url"].startswith("s3://") and len(run.data.tags["pbp.git_commit"]) >= 7
     for value in (endpoints.s3_secret_key, endpoints.mlflow_password):

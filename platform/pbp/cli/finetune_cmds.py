@@ -41,11 +41,15 @@ def finetune_and_report(cfg: FinetuneConfig, address: str | None = None) -> None
     ``pbp finetune`` and of the submitted job (``jobs/finetune.py``) alike."""
     from pbp.finetune.launch import finetune
     from pbp.train.metrics import baseline_table
+    from pbp.train.tracking import run_id_of, run_link
 
     res = finetune(cfg, address=address)
     print(baseline_table({k: v for k, v in res.metrics.items() if not k.startswith(("test_le", "test_gt"))}))
     print(f"run {cfg.run_name}: finished; model in {res.run_url}/final_model and the MLflow run's 'model' artifact "
           f"(experiment {cfg.tracking.experiment})")  # fmt: skip
+    run_id = run_id_of(cfg.tracking.experiment, cfg.run_name) if cfg.tracking.enabled else None
+    if run_id is not None:
+        print(f"MLflow:  {run_link(run_id)}\nregister it: pbp registry register {run_id} --name MODEL_NAME")
 
 
 def register_tune(sub: argparse._SubParsersAction) -> None:

@@ -51,9 +51,27 @@ def pretrain_and_report(cfg: PretrainConfig, address: str | None = None) -> None
     """Run pretraining, then say where its checkpoint is: the end of ``pbp pretrain`` and of the submitted job
     (``jobs/pretrain.py``) alike."""
     from pbp.train.launch import pretrain
+    from pbp.train.tracking import run_id_of
 
-    result = pretrain(cfg, address=address)
-    print(f"run {cfg.run_name}: finished; metrics {result.metrics}; checkpoint {result.checkpoint}")
+    res = pretrain(cfg, address=address)
+    run_id = run_id_of(cfg.tracking.experiment, cfg.run_name) if cfg.tracking.enabled else None
+    print(pretrain_lines(cfg.run_name, res.metrics, res.run_url, res.checkpoint_url, run_id))
+
+
+def pretrain_lines(run_name: str, metrics: dict, run_url: str, checkpoint_url: str | None, run_id: str | None) -> str:
+    """The closing lines of a pretraining run: its last loss, where its model and checkpoint are, its MLflow run."""
+    from pbp.train.tracking import run_link
+
+    loss = ""
+    if {"loss", "token_loss", "annotation_loss"} <= metrics.keys():  # as the progress lines put it
+        loss = (f": loss {metrics['loss']:.4f} (token {metrics['token_loss']:.4f}, "
+                f"annotation {metrics['annotation_loss']:.4f})")  # fmt: skip
+    lines = [f"run {run_name}: finished at step {metrics.get('step', '?')}{loss}",
+             f"model:      {run_url}/final_model  (fine-tune it: pbp finetune --config ... init={run_url}/final_model)",
+             f"checkpoint: {checkpoint_url or 'none'}"]  # fmt: skip
+    if run_id is not None:
+        lines.append(f"MLflow:     {run_link(run_id)}")
+    return "\n".join(lines)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

@@ -117,10 +117,18 @@ def quiet_ray_train_reports() -> None:
     """In a Ray Train worker, before anything prints: (1) ``print`` back to Python's own (Ray Train V2 patches it to
     tee every line to stdout AND to the root logger, i.e. stderr, so each line reached the terminal twice); (2)
     drop Ray's INFO line per ``ray.train.report`` ("Reporting training result N: TrainingReport(...)", a raw dump
-    repeated per rank): pbp prints its own progress lines. Warnings still show."""
+    repeated per rank): pbp prints its own progress lines; (3) torch's FutureWarning that DeepSpeed's ZeRO gather
+    calls a deprecated collective (printed per rank, about DeepSpeed's code, nothing a user can act on). Other
+    warnings still show. (4) stdout line-buffered: a worker's stdout is a file, so a library's unflushed ``print``
+    (DeepSpeed's op-build line) reached the terminal when the worker exited, after the run's closing lines."""
     import builtins
     import logging
+    import sys
+    import warnings
 
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)
+    warnings.filterwarnings("ignore", r"`torch\.distributed\.all_gather_into_tensor` is deprecated", FutureWarning)
     try:
         from ray.train.v2._internal.execution import context
         from ray.train.v2._internal.logging import patch_print

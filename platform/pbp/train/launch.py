@@ -7,7 +7,7 @@ import math
 import os
 import subprocess
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pbp.config import to_dict
@@ -289,15 +289,30 @@ class RayShardMap:
         return [replace(job, endpoints=None) for job in jobs]
 
 
-def pretrain(cfg: PretrainConfig, meta_extra: dict[str, Any] | None = None, address: str | None = None):
-    """Run pretraining on the Ray cluster; returns Ray Train's Result."""
+@dataclass
+class PretrainResult:
+    run_url: str
+    """The run's directory in storage (checkpoints, ``final_model/``)."""
+    metrics: dict[str, Any]
+    """The last step's metrics as rank 0 reported them (``step``, ``loss``, ``token_loss``, ``annotation_loss``)."""
+    checkpoint_url: str | None
+    """The newest complete checkpoint."""
+
+
+def pretrain(
+    cfg: PretrainConfig, meta_extra: dict[str, Any] | None = None, address: str | None = None
+) -> PretrainResult:
+    """Run pretraining on the Ray cluster."""
     cfg, meta = resolve_config(cfg)
     meta.update(meta_extra or {})
     if os.environ.get("PBP_TEST_INJECT_NONFINITE"):  # test hook: NaN losses at these steps (a fault on cue)
         meta["inject_nonfinite_steps"] = [int(s) for s in os.environ["PBP_TEST_INJECT_NONFINITE"].split(",")]
     connect_ray(address)
     try:
-        return fit(build_trainer(cfg, meta), cfg.scaling)
+        result = fit(build_trainer(cfg, meta), cfg.scaling)
+        ckpt = result.checkpoint  # in the run's directory (Ray's path has no scheme)
+        where = None if ckpt is None else f"{meta['run_url']}/{ckpt.path.rstrip('/').rsplit('/', 1)[-1]}"
+        return PretrainResult(meta["run_url"], dict(result.metrics or {}), where)
     except BaseException as e:
         if cfg.tracking.enabled:
             mark_unfinished(cfg.tracking.experiment, cfg.run_name,

@@ -72,12 +72,28 @@ def mark_unfinished(experiment: str, run_name: str, status: str = "FAILED") -> N
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(configure_mlflow())
-        exp = client.get_experiment_by_name(experiment)
-        run_id = find_run(client, exp.experiment_id, run_name) if exp is not None else None
+        run_id = _lookup(client, experiment, run_name)
         if run_id is not None and client.get_run(run_id).info.status == "RUNNING":
             client.set_terminated(run_id, status)
     except Exception as e:  # the run's own error is what the user must see
         log.warning("could not mark MLflow run %s %s: %s", run_name, status, e)
+
+
+def _lookup(client: Any, experiment: str, run_name: str) -> str | None:
+    exp = client.get_experiment_by_name(experiment)
+    return find_run(client, exp.experiment_id, run_name) if exp is not None else None
+
+
+def run_id_of(experiment: str, run_name: str) -> str | None:
+    """Driver side, after a run finished: its MLflow run id (for the closing lines), or None when the server cannot
+    say (a finished run is never failed over a link)."""
+    try:
+        from mlflow.tracking import MlflowClient
+
+        return _lookup(MlflowClient(configure_mlflow()), experiment, run_name)
+    except Exception as e:
+        log.warning("could not look up MLflow run %s: %s", run_name, e)
+        return None
 
 
 def configure_mlflow() -> str:
