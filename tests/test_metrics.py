@@ -115,11 +115,11 @@ def test_residue_kinds_skip_ignored_positions():
 
 
 def test_baseline_table_puts_each_figure_beside_its_baseline():
-    text = baseline_table({"proteins": 10.0, "loss": 0.25, "loss_baseline": 0.5, "orphan_baseline": 1.0})
+    text = baseline_table({"proteins": 10, "loss": 0.25, "loss_baseline": 0.5, "orphan_baseline": 1.0})
     rows = [line.split() for line in text.splitlines()]
     assert rows == [
         ["metric", "model", "baseline"],
-        ["proteins", "10.0000", "-"],
+        ["proteins", "10", "-"],  # a count as such
         ["loss", "0.2500", "0.5000"],
         ["orphan_baseline", "1.0000", "-"],  # a baseline without its metric is still shown
     ]

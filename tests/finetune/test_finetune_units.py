@@ -411,3 +411,17 @@ def test_mlflow_pyfunc_loads_the_saved_model_without_pickles(tmp_path, tiny_cfg,
     assert "loader_module: pbp.finetune.pyfunc" in mlmodel
     loaded = mlflow.pyfunc.load_model(str(out))
     _assert_predictions(loaded.predict(pd.DataFrame({"seq": SEQS})), model, task, SEQS)
+
+
+def test_the_closing_lines_give_the_test_metrics_per_length_bucket_apart_from_the_overall_table() -> None:
+    from pbp.cli.finetune_cmds import BUCKET_KEY, length_table
+
+    metrics = {"test_loss": 0.6, "test_spearman": 0.2, "test_le512_loss": 0.5, "test_le512_spearman": 0.25,
+               "test_le512_n": 300.0, "test_gt512_n": 4.0, "test_gt512_loss": 0.9}  # fmt: skip
+    assert [line.split() for line in length_table(metrics).splitlines()] == [
+        ["test", "by", "length", "n", "loss", "spearman"],
+        ["tokens", "<=", "512", "300", "0.5000", "0.2500"],
+        ["tokens", ">", "512", "4", "0.9000", "-"],  # a bucket too small to score a Spearman on
+    ]
+    assert [k for k in metrics if not BUCKET_KEY.match(k)] == ["test_loss", "test_spearman"]
+    assert length_table({"test_loss": 0.6}) == ""

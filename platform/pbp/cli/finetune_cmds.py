@@ -4,6 +4,7 @@ local stack)."""
 from __future__ import annotations
 
 import argparse
+import re
 from typing import TYPE_CHECKING
 
 from pbp.cli.job import add_job_args
@@ -44,12 +45,38 @@ def finetune_and_report(cfg: FinetuneConfig, address: str | None = None) -> None
     from pbp.train.tracking import run_id_of, run_link
 
     res = finetune(cfg, address=address)
-    print(baseline_table({k: v for k, v in res.metrics.items() if not k.startswith(("test_le", "test_gt"))}))
+    print(baseline_table({k: v for k, v in res.metrics.items() if not BUCKET_KEY.match(k)}))
+    by_length = length_table(res.metrics)
+    if by_length:
+        print(by_length)
     print(f"run {cfg.run_name}: finished; model in {res.run_url}/final_model and the MLflow run's 'model' artifact "
           f"(experiment {cfg.tracking.experiment})")  # fmt: skip
     run_id = run_id_of(cfg.tracking.experiment, cfg.run_name) if cfg.tracking.enabled else None
     if run_id is not None:
         print(f"MLflow:  {run_link(run_id)}\nregister it: pbp registry register {run_id} --name MODEL_NAME")
+
+
+BUCKET_KEY = re.compile(r"test_((?:le|gt)\d+)_(\w+)$")
+"""A test metric of one length bucket (``test_le512_spearman``, ``test_gt1024_n``: sequences of up to 512 tokens,
+of more than 1024)."""
+
+
+def length_table(metrics: dict[str, float]) -> str:
+    """The test metrics per length bucket, a row per bucket (its row count ``n`` first); empty without buckets."""
+    rows: dict[str, dict[str, float]] = {}
+    for key, value in metrics.items():
+        if m := BUCKET_KEY.match(key):
+            rows.setdefault(m.group(1), {})[m.group(2)] = value
+    if not rows:
+        return ""
+    names = ["n", *dict.fromkeys(k for r in rows.values() for k in r if k != "n")]
+    lines = [("test by length", *names)] + [
+        (f"tokens {'<=' if b.startswith('le') else '>'} {b[2:]}",
+         *("-" if k not in r else str(int(r[k])) if k == "n" else f"{r[k]:.4f}" for k in names))
+        for b, r in rows.items()
+    ]  # fmt: skip
+    width = max(len(line[0]) for line in lines)
+    return "\n".join(f"{line[0]:{width}}" + "".join(f"  {c:>10}" for c in line[1:]) for line in lines)
 
 
 def register_tune(sub: argparse._SubParsersAction) -> None:

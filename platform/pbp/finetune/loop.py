@@ -371,9 +371,7 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
             run_stage(tr, si, run_id)
         final = {**tr.validate(), **tr.test()}
         if ctx.is_main:
-            _export(tr, final)
-            for k, v in final.items():
-                print(f"[{cfg.run_name}] {k:28} {v:.4f}", flush=True)
+            _export(tr, final)  # the driver prints the final metrics (``final_metrics.json``)
     report = {k: v for k, v in final.items() if math.isfinite(v)}
     ray.train.report({**report, "epoch": tr.progress.epochs_done, "finished": 1})
     if tr.tracker is not None:

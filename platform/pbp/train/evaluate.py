@@ -85,7 +85,7 @@ def evaluate(
     token_baseline = float(-(freq[freq > 0] * freq[freq > 0].log()).sum())  # CE of predicting the frequencies
     n_terms = stream.n_annotations
     return {
-        "proteins": float(n_prot),
+        "proteins": n_prot,
         "token_loss": sums["ce"] / max(sums["n_tok"], 1),
         "token_loss_baseline": token_baseline,
         "corrupted_token_accuracy": sums["corr_ok"] / max(sums["n_corr"], 1),

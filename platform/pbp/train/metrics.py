@@ -153,9 +153,14 @@ def baseline_table(metrics: Mapping[str, float]) -> str:
         if name.endswith(BASELINE_SUFFIX) and name[: -len(BASELINE_SUFFIX)] in metrics:
             continue
         base = metrics.get(name + BASELINE_SUFFIX)
-        rows.append((name, f"{value:.4f}", "-" if base is None else f"{base:.4f}"))
+        rows.append((name, _figure(value), "-" if base is None else _figure(base)))
     width = max(len(r[0]) for r in rows)
     return "\n".join(f"{n:{width}}  {m:>10}  {b:>10}" for n, m, b in rows)
+
+
+def _figure(value: float) -> str:
+    """A count (an ``int``, e.g. ``proteins``) as such, any other figure to 4 decimals."""
+    return str(value) if isinstance(value, int) else f"{value:.4f}"
 
 
 class ThroughputWindow:
