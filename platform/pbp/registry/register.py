@@ -86,11 +86,29 @@ def register(source: str, name: str, *, test: str = "", description: str = "") -
     pyfunc_ready = run_id is not None and (root / "MLmodel").is_file()
     model_uri = uri if pyfunc_ready else _log_pyfunc(c, model_dir, name, source)
     _ensure_registered_model(c, name, description)
-    import mlflow
-
-    mv = call(f"registering {source} as model {name}", lambda: mlflow.register_model(model_uri, name, tags=tags),
+    mv = call(f"registering {source} as model {name}", lambda: _register_quietly(model_uri, name, tags),
               permission="EDIT on the registered model")  # fmt: skip
     return Registered(name, str(mv.version), model_uri, tags, campaign)
+
+
+def _register_quietly(model_uri: str, name: str, tags: dict[str, str]) -> Any:
+    """``mlflow.register_model`` without its three lines to stderr: "Registered model 'NAME' already exists" (pbp
+    has just created it, with its description and permissions), "Waiting up to 300 seconds", "Created version".
+    The caller prints the outcome; MLflow's warnings still show."""
+    import contextlib
+    import io
+    import logging
+
+    import mlflow
+
+    waiting = logging.getLogger("mlflow.store.model_registry.abstract_store")
+    level = waiting.level
+    waiting.setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            return mlflow.register_model(model_uri, name, tags=tags)
+    finally:
+        waiting.setLevel(level)
 
 
 def _test_tags(model_dir: Path, test: str) -> dict[str, str]:
