@@ -19,7 +19,7 @@ from typing import Any
 
 from pbp.model import ModelConfig, ProteinBERT
 from pbp.model.finetune import FinetuneModel, TaskKind, TaskSpec
-from pbp.train.artifacts import local_dir
+from pbp.train.artifacts import model_files
 
 FORMAT = "pbp-finetuned"
 FORMAT_VERSION = 1
@@ -82,10 +82,11 @@ def find_model_dir(root: Path, location: str) -> Path:
 
 def load_body(location: str) -> tuple[ProteinBERT, dict[str, Any]]:
     """The pretrained body at ``location`` -> (model, its metadata for lineage)."""
-    d = find_model_dir(local_dir(location, "init"), location)
-    if (d / META).is_file():
-        ft, _task, meta = load_finetuned(d)
-        return ft.body, {"source": "finetuned", **meta}
-    body = ProteinBERT.from_pretrained(d)
-    meta = json.loads((d / "config.json").read_text()).get("metadata", {})
-    return body, dict(meta)
+    with model_files(location, "init") as root:
+        d = find_model_dir(root, location)
+        if (d / META).is_file():
+            ft, _task, meta = load_finetuned(d)
+            return ft.body, {"source": "finetuned", **meta}
+        body = ProteinBERT.from_pretrained(d)
+        meta = json.loads((d / "config.json").read_text()).get("metadata", {})
+        return body, dict(meta)

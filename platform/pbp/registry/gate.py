@@ -104,10 +104,11 @@ def score(name: str, mv: Any, metric: str, ref: SplitRef) -> tuple[float, float,
         baseline = float(tags.get(f"pbp.metric.{metric}{BASELINE_SUFFIX}", "nan"))
         return float(tags[f"pbp.metric.{metric}"]), baseline, "logged"
     from pbp.finetune.export import find_model_dir, load_finetuned
-    from pbp.train.artifacts import local_dir
+    from pbp.train.artifacts import model_files
 
     uri = f"models:/{name}/{mv.version}"
-    model, task, _ = load_finetuned(find_model_dir(local_dir(uri), uri))
+    with model_files(uri) as d:
+        model, task, _ = load_finetuned(find_model_dir(d, uri))
     got = evaluate(model, task, ref)
     return got.get(metric, math.nan), got.get(f"{metric}{BASELINE_SUFFIX}", math.nan), "recomputed"
 

@@ -17,38 +17,67 @@ MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
 
 
 def local_dir(location: str, what: str = "model") -> Path:
+    """The model's files in a local directory, for the rest of the process (a copy is removed at exit)."""
+    d, scratch = _fetch(location, what)
+    if scratch is not None:
+        atexit.register(shutil.rmtree, scratch, True)
+    return d
+
+
+@contextlib.contextmanager
+def model_files(location: str, what: str = "model") -> Iterator[Path]:
+    """:func:`local_dir` for a load that is done when the block ends: a copy is removed then, not at exit (a Ray
+    Train worker is killed at the end of its run, and runs no exit handler)."""
+    d, scratch = _fetch(location, what)
+    try:
+        yield d
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _fetch(location: str, what: str) -> tuple[Path, Path | None]:
+    """-> (the model's directory, the temporary directory holding it when it is a copy)."""
     if location.startswith(MLFLOW_SCHEMES):
         import mlflow
 
         from pbp.train.tracking import configure_mlflow
 
         configure_mlflow()
-        with _no_progress_bar():
-            return Path(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(_scratch())))
+        scratch = _scratch()
+        with _no_progress_bar(), _removed_on_error(scratch):
+            return Path(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(scratch))), scratch
     if location.startswith("s3://"):
         from pbp.data.storage import Store
 
         store = Store(location)
-        tmp = _scratch()
-        for name in store.fs.ls(location.rstrip("/")[len("s3://") :]):
-            base = name.rsplit("/", 1)[-1]
-            if base.endswith((".json", ".safetensors")):
-                (tmp / base).write_bytes(store.get_bytes(base))
-        if not any(tmp.iterdir()):
-            raise FileNotFoundError(f"{what}={location!r}: no model files (.json, .safetensors) there")
-        return tmp
+        scratch = _scratch()
+        with _removed_on_error(scratch):
+            for name in store.fs.ls(location.rstrip("/")[len("s3://") :]):
+                base = name.rsplit("/", 1)[-1]
+                if base.endswith((".json", ".safetensors")):
+                    (scratch / base).write_bytes(store.get_bytes(base))
+            if not any(scratch.iterdir()):
+                raise FileNotFoundError(f"{what}={location!r}: no model files (.json, .safetensors) there")
+        return scratch, scratch
     p = Path(location).expanduser()
     if not p.is_dir():
         raise FileNotFoundError(f"{what}={location!r}: no such directory (expected a pbp model directory, an s3:// "
                                 "directory or an MLflow URI such as runs:/ID/model)")  # fmt: skip
-    return p
+    return p, None
 
 
 def _scratch() -> Path:
-    """A temporary directory for a model's copy, removed at the process' exit."""
-    tmp = Path(tempfile.mkdtemp(prefix="pbp-model-"))
-    atexit.register(shutil.rmtree, tmp, True)
-    return tmp
+    return Path(tempfile.mkdtemp(prefix="pbp-model-"))
+
+
+@contextlib.contextmanager
+def _removed_on_error(scratch: Path) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
 
 
 @contextlib.contextmanager

@@ -30,13 +30,14 @@ from pbp.data.episodes import Bucket
 from pbp.data.reader import PretrainingStream, ReaderConfig
 from pbp.model import ProteinBERT
 from pbp.model.tokenizer import VOCAB_SIZE
-from pbp.train.artifacts import local_dir
+from pbp.train.artifacts import model_files
 from pbp.train.metrics import roc_auc, roc_auc_macro
 
 
 def load_model(location: str) -> ProteinBERT:
     """A model directory, local, in S3 (e.g. a run's ``final_model/``) or an MLflow artifact URI."""
-    return ProteinBERT.from_pretrained(local_dir(location))
+    with model_files(location) as d:
+        return ProteinBERT.from_pretrained(d)
 
 
 @torch.no_grad()
