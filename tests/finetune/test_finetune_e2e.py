@@ -11,6 +11,7 @@ import random
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -146,9 +147,15 @@ def test_a_finetune_run_registered_by_run_id_carries_its_lineage(numeric_run, st
     assert float(tags["pbp.metric.test_spearman"]) == pytest.approx(mrun.data.metrics["test_spearman"])
 
 
+def _model_copies() -> set[Path]:
+    """pbp's temporary directories that hold a model's weights (the workers share this machine's temp dir)."""
+    return {p.parent for p in Path(tempfile.gettempdir()).glob("pbp-*/**/*.safetensors")}
+
+
 def test_residue_task_from_a_pretrained_export(stack_dir, endpoints, mlflow_client, tiny_cfg, tmp_path):
     pre = ProteinBERT(tiny_cfg).save_pretrained(tmp_path / "pre", metadata={"run_name": "pre-x"})
     run = f"ft-ss-{random.randrange(10**6)}"
+    copies = _model_copies()
     out = _ok(_finetune(
         stack_dir, run, f"init={pre}", "task.kind=residue_categorical",
         f"task.train={BENCH / 'secondary_structure.valid.csv'}", "task.valid=",
@@ -163,6 +170,8 @@ def test_residue_task_from_a_pretrained_export(stack_dir, endpoints, mlflow_clie
     assert _steps(mlflow_client, mrun.info.run_id, "train_loss") == [1, 2, 3]
     doc = _run_dir(endpoints, run).read_json("final_model/finetuned.json")
     assert doc["task"]["classes"] == ["0", "1", "2"] and doc["metadata"]["pbp.init_pretrain_run"] == "pre-x"
+    # The model's local copies (the export, the MLflow pyfunc) are gone once the model is in storage and MLflow.
+    assert _model_copies() <= copies, sorted(map(str, _model_copies() - copies))
 
 
 def _subset(src: Path, dst: Path, classes: set[str], per_class: int, max_len: int = 120) -> Path:

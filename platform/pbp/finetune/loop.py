@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -402,21 +403,24 @@ def _export(tr: Trainer, final: dict[str, float]) -> None:
                "test_split": test_split,
                **{k: v for k, v in tr.meta.get("tags", {}).items()}}  # fmt: skip
     local = save_finetuned(tr.model.cpu(), info, scratch_dir() / "model", lineage)
-    run = tr.ckpt.run
-    with run.fs.open_output_stream(f"{run.path}/final_metrics.json") as f:
-        f.write(json.dumps(final, indent=1).encode())
-    pafs.copy_files(str(local), f"{run.path}/final_model", source_filesystem=pafs.LocalFileSystem(),
-                    destination_filesystem=run.fs)  # fmt: skip
-    if tr.tracker is not None:
-        # The shipped weights' validation metrics as final_valid_* (valid_* holds one point per epoch).
-        shipped = {(f"final_{k}" if k.startswith("valid_") else k): v for k, v in final.items() if math.isfinite(v)}
-        tr.tracker.log_metrics(tr.progress.epochs_done, shipped)
-        if tr.tracker.enabled:
-            from pbp.finetune.pyfunc import log_pyfunc
-            from pbp.model.tokenizer import decode
+    try:
+        run = tr.ckpt.run
+        with run.fs.open_output_stream(f"{run.path}/final_metrics.json") as f:
+            f.write(json.dumps(final, indent=1).encode())
+        pafs.copy_files(str(local), f"{run.path}/final_model", source_filesystem=pafs.LocalFileSystem(),
+                        destination_filesystem=run.fs)  # fmt: skip
+        if tr.tracker is not None:
+            # The shipped weights' validation metrics as final_valid_* (valid_* holds one point per epoch).
+            shipped = {(f"final_{k}" if k.startswith("valid_") else k): v for k, v in final.items() if math.isfinite(v)}
+            tr.tracker.log_metrics(tr.progress.epochs_done, shipped)
+            if tr.tracker.enabled:
+                from pbp.finetune.pyfunc import log_pyfunc
+                from pbp.model.tokenizer import decode
 
-            examples = [decode(t) for t in data.train.tokens[:3]]
-            if not tr.tracker.try_send(lambda: log_pyfunc(tr.tracker.run_id, local, examples, cfg.task.seq_column)):
-                log.warning("the MLflow model of %s was not logged (MLflow unreachable); the model is in %s/final_model",
-                            cfg.run_name, run.path)  # fmt: skip
+                examples = [decode(t) for t in data.train.tokens[:3]]
+                if not tr.tracker.try_send(lambda: log_pyfunc(tr.tracker.run_id, local, examples, cfg.task.seq_column)):
+                    log.warning("the MLflow model of %s was not logged (MLflow unreachable); the model is in %s/final_model",
+                                cfg.run_name, run.path)  # fmt: skip
+    finally:
+        shutil.rmtree(local.parent, ignore_errors=True)  # the model's local copy: in storage (and MLflow) now
     tr.model.to(tr.device)

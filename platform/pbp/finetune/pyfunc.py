@@ -103,5 +103,6 @@ def log_pyfunc(
     """Save the pyfunc and log it to the run's ``artifact_path`` (no fluent run needed)."""
     from mlflow.tracking import MlflowClient
 
-    out = save_pyfunc(model_dir, Path(tempfile.mkdtemp(prefix="pbp-pyfunc-")) / "model", examples, seq_column)
-    MlflowClient().log_artifacts(run_id, str(out), artifact_path)
+    with tempfile.TemporaryDirectory(prefix="pbp-pyfunc-") as tmp:  # a model's copy: gone once logged
+        out = save_pyfunc(model_dir, Path(tmp) / "model", examples, seq_column)
+        MlflowClient().log_artifacts(run_id, str(out), artifact_path)

@@ -132,19 +132,20 @@ def _test_tags(model_dir: Path, test: str) -> dict[str, str]:
 
 def _log_pyfunc(c: Any, model_dir: Path, name: str, source: str) -> str:
     """Wrap ``model_dir`` in a pyfunc logged to a new registration run -> its ``runs:/`` URI."""
-    out = Path(tempfile.mkdtemp(prefix="pbp-register-")) / "model"
-    if lineage.model_kind(model_dir) == "finetuned":
-        from pbp.finetune.pyfunc import save_pyfunc
+    with tempfile.TemporaryDirectory(prefix="pbp-register-") as tmp:  # the pyfunc's copy: gone once logged
+        out = Path(tmp) / "model"
+        if lineage.model_kind(model_dir) == "finetuned":
+            from pbp.finetune.pyfunc import save_pyfunc
 
-        save_pyfunc(model_dir, out, EXAMPLES)
-    else:
-        from pbp.predict.pretrained import save_pyfunc as save_pretrained_pyfunc
+            save_pyfunc(model_dir, out, EXAMPLES)
+        else:
+            from pbp.predict.pretrained import save_pyfunc as save_pretrained_pyfunc
 
-        save_pretrained_pyfunc(model_dir, out, EXAMPLES)
-    exp = experiment_id(c, REGISTRATION_EXPERIMENT)
-    run = call("creating the registration run", lambda: c.create_run(
-        exp, run_name=f"register-{name}", tags={"pbp.registered_model": name, "pbp.source": source}))  # fmt: skip
-    c.log_artifacts(run.info.run_id, str(out), "model")
+            save_pretrained_pyfunc(model_dir, out, EXAMPLES)
+        exp = experiment_id(c, REGISTRATION_EXPERIMENT)
+        run = call("creating the registration run", lambda: c.create_run(
+            exp, run_name=f"register-{name}", tags={"pbp.registered_model": name, "pbp.source": source}))  # fmt: skip
+        c.log_artifacts(run.info.run_id, str(out), "model")
     c.set_terminated(run.info.run_id)
     return f"runs:/{run.info.run_id}/model"
 

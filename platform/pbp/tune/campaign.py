@@ -254,15 +254,20 @@ def warm_start_trials(cfg: TuneConfig, other_url: str) -> list:
 
     from pbp.data.storage import Store
 
-    local = Path(tempfile.mkdtemp(prefix="pbp-warm-")) / "study.db"
-    try:
-        local.write_bytes(Store(other_url).get_bytes("study.db"))
-    except FileNotFoundError:
-        raise CampaignError(f"--warm-start: {other_url}/study.db not found (the campaign must have finished)") from None
-    other = optuna.load_study(study_name=None, storage=f"sqlite:///{local}")
+    with tempfile.TemporaryDirectory(prefix="pbp-warm-") as tmp:  # the other study's copy: gone once read
+        local = Path(tmp) / "study.db"
+        try:
+            local.write_bytes(Store(other_url).get_bytes("study.db"))
+        except FileNotFoundError:
+            raise CampaignError(
+                f"--warm-start: {other_url}/study.db not found (the campaign must have finished)"
+            ) from None
+        trials = optuna.load_study(study_name=None, storage=f"sqlite:///{local}").get_trials(
+            deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)
+        )
     dists = distributions(cfg.space)
     found = []
-    for t in other.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+    for t in trials:
         if t.distributions != dists:
             raise CampaignError(f"--warm-start: {other_url} searched another space ({sorted(t.distributions)} "
                                 f"with other ranges or types than {sorted(dists)})")  # fmt: skip
@@ -327,10 +332,10 @@ def _log_parent(parent, cfg: TuneConfig, summary: CampaignSummary, best: TrialRe
 def _copy_best_model(client, child_run: str, parent_run: str) -> None:
     import mlflow
 
-    try:
-        local = mlflow.artifacts.download_artifacts(run_id=child_run, artifact_path="model",
-                                                    dst_path=tempfile.mkdtemp(prefix="pbp-best-"))  # fmt: skip
-    except Exception as e:  # the child may have been stopped before it logged a model
-        log.warning("best trial's model not copied to the parent run: %s", e)
-        return
-    client.log_artifacts(parent_run, local, "best_model")
+    with tempfile.TemporaryDirectory(prefix="pbp-best-") as tmp:  # a model's copy: gone once logged
+        try:
+            local = mlflow.artifacts.download_artifacts(run_id=child_run, artifact_path="model", dst_path=tmp)
+        except Exception as e:  # the child may have been stopped before it logged a model
+            log.warning("best trial's model not copied to the parent run: %s", e)
+            return
+        client.log_artifacts(parent_run, local, "best_model")
