@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import psutil
@@ -12,7 +13,7 @@ from pbp.model import ModelConfig
 from pbp.stack import manager, procs
 from pbp.stack.endpoints import Endpoints, resolve
 from pbp.stack.services import ray_temp_dir
-from pbp.stack.state import StackState
+from pbp.stack.state import STATE_FILE, StackState
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -73,6 +74,17 @@ def _dump_logs(state_dir: Path) -> str:
     for log in sorted((state_dir / "logs").glob("*.log")):
         out.append(f"----- {log.name}\n{procs.tail(log, 40)}")
     return "\n".join(out)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _ray_session_dirs_removed(tmp_path_factory):
+    """After the session, once every stack is down: each test stack's Ray session dir (/tmp/pbp-ray-<hash>, 5-30 MB
+    of logs and sockets; pytest keeps the stacks' own dirs under its basetemp) is removed."""
+    yield
+    for state_file in tmp_path_factory.getbasetemp().rglob(STATE_FILE):
+        state = StackState.load(state_file.parent)
+        if state is not None:
+            shutil.rmtree(ray_temp_dir(state), ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
