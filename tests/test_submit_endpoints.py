@@ -167,3 +167,34 @@ def test_every_job_script_imports_what_it_runs():
     for job in submit.available_jobs(REPO):
         ns = runpy.run_path(str(REPO / "jobs" / f"{job}.py"), run_name="not_main")
         assert "run_job" in ns or job == "smoke", job
+
+
+def test_a_job_whose_config_does_not_load_is_refused_before_anything_is_uploaded(monkeypatch):
+    """Before: the job was submitted, started on the cluster and failed seconds later on the unknown key."""
+    with pytest.raises(
+        submit.SubmitError, match=r"unknown key 'stages\[0\]\.early_stop_patience'.*\n.*nothing submitted"
+    ):
+        submit.submit("finetune", REPO / "configs/finetune/tiny.yaml", ["stages.0.early_stop_patience=3"],
+                      address="http://10.255.255.1:8265", root=REPO)  # fmt: skip
+    with pytest.raises(submit.SubmitError, match=r"nope\.yaml"):  # a tune config's link, read as the campaign reads it
+        submit.check_job_config("tune", REPO / "configs/tune/tiny.yaml", ["finetune=configs/finetune/nope.yaml"], REPO)
+    with pytest.raises(submit.SubmitError, match=r"unknown key 'stages\[0\]\.bogus'"):
+        submit.check_job_config("tune", REPO / "configs/tune/tiny.yaml", ['finetune_overrides=["stages.0.bogus=1"]'],
+                                REPO)  # fmt: skip
+    with pytest.raises(submit.SubmitError, match="job pretrain needs its config"):
+        submit.submit("pretrain", None, address="http://10.255.255.1:8265", root=REPO)
+    # Every shipped config of pbp's jobs passes the check, from any working directory (a tune config's finetune:
+    # link is read from the project's root, as the job reads it).
+    monkeypatch.chdir(REPO / "platform")
+    for job in submit.JOB_CONFIGS:
+        for config in sorted((REPO / "configs" / job).glob("*.yaml")):
+            submit.check_job_config(job, config, [], REPO)
+    submit.check_job_config("smoke", None, ["anything=1"], REPO)  # a job pbp does not know is not checked
+
+
+def test_the_job_config_map_matches_the_job_scripts():
+    import runpy
+
+    for job, (module, name) in submit.JOB_CONFIGS.items():
+        ns = runpy.run_path(str(REPO / "jobs" / f"{job}.py"), run_name="not_main")
+        assert ns[name].__module__ == module, job

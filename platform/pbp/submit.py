@@ -227,6 +227,7 @@ def submit(
         raise SubmitError(f"no job {job!r} in {root / 'jobs'} (available: {', '.join(available_jobs(root))})")
     config = config.resolve() if config is not None else None
     rel_config = _inside_project(config, root) if config is not None else None
+    check_job_config(job, config, overrides, root)
     entrypoint = shlex.join(["python", f"jobs/{job}.py", *(["--config", str(rel_config)] if rel_config else []),
                              *overrides])  # fmt: skip
     ep = resolve()
@@ -257,6 +258,38 @@ def submit(
     )
     log(f"submitted {sid}: {entrypoint}")
     return sid
+
+
+JOB_CONFIGS = {"pretrain": ("pbp.train.config", "PretrainConfig"), "finetune": ("pbp.finetune.config", "FinetuneConfig"),
+               "tune": ("pbp.tune.config", "TuneConfig")}  # fmt: skip
+"""The typed config each of pbp's jobs loads (``run_job(CONFIG, ...)`` in ``jobs/<job>.py``)."""
+
+
+def check_job_config(job: str, config: Path | None, overrides: Sequence[str], root: Path) -> None:
+    """Before anything is uploaded: the job's config loads, with its overrides, as the job will load it (in the
+    project's root: a tune config's ``finetune:`` link is read from there), every key known and every value checked
+    (a tune config's space too, against the fine-tuning config it links);
+    else a SubmitError with the config's own message. The job would fail the same way, seconds after it started on
+    the cluster. Jobs pbp does not know (a user's own ``jobs/*.py``) are not checked."""
+    import contextlib
+    import importlib
+
+    if job not in JOB_CONFIGS:
+        return
+    if config is None:
+        raise SubmitError(f"job {job} needs its config: pbp submit {job} --config configs/{job}/<name>.yaml")
+    from pbp.config import load_config
+
+    module, name = JOB_CONFIGS[job]
+    try:
+        with contextlib.chdir(root):
+            loaded = load_config(getattr(importlib.import_module(module), name), config, overrides)
+            if job == "tune":  # its space against its fine-tuning config, as the campaign checks before any trial
+                from pbp.tune.search import check_space
+
+                check_space(loaded)
+    except (ValueError, TypeError, OSError) as e:
+        raise SubmitError(f"{e}\nnothing submitted: fix the config or the override") from None
 
 
 def _inside_project(config: Path, root: Path) -> Path:

@@ -107,3 +107,23 @@ def test_a_tracking_server_down_at_the_start_fails_the_command_at_once_naming_it
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert res.returncode == 2 and "MLflow at http://127.0.0.1:9 does not answer" in res.stderr, res.stderr[-2000:]
     assert "tracking.enabled=false" in res.stderr and time.monotonic() - t0 < 60
+
+
+@pytest.mark.parametrize(("stop", "status"), [(SystemExit(15), "KILLED"), (KeyboardInterrupt(), "KILLED"),
+                                              (RuntimeError("a worker died"), "FAILED")])  # fmt: skip
+def test_the_driver_marks_a_stopped_run_killed_and_a_failed_one_failed(stop, status, endpoints, monkeypatch):
+    """`pbp jobs stop` sends the job's driver SIGTERM, which Ray's driver turns into SystemExit: the run was stopped
+    by its user (KILLED), not FAILED; its workers are killed with no chance to say so themselves."""
+    import random
+
+    from mlflow.tracking import MlflowClient
+
+    from pbp.train.tracking import marked_if_unfinished
+
+    for k, v in endpoints.mlflow_env().items():
+        monkeypatch.setenv(k, v)
+    name = f"stopped-{random.randrange(10**9)}"
+    t = Tracker("pbp-tests-stop", name, None)
+    with pytest.raises(type(stop)), marked_if_unfinished(True, "pbp-tests-stop", name):
+        raise stop
+    assert MlflowClient(endpoints.mlflow_uri).get_run(t.run_id).info.status == status

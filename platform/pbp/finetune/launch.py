@@ -81,8 +81,10 @@ def finetune(cfg: FinetuneConfig, address: str | None = None) -> FinetuneResult:
     """Run fine-tuning on the Ray cluster (RAY_ADDRESS, else the local stack)."""
     from pbp.train.checkpoint import storage_dir
     from pbp.train.launch import connect_ray, fit
+    from pbp.train.tracking import marked_if_unfinished
 
     cfg, meta = resolve_config(cfg)
     connect_ray(address)
-    fit(build_trainer(cfg, meta), cfg.scaling)
+    with marked_if_unfinished(cfg.tracking.enabled, cfg.tracking.experiment, cfg.run_name):
+        fit(build_trainer(cfg, meta), cfg.scaling)
     return FinetuneResult(cfg.run_url, storage_dir(cfg.run_url).read_json("final_metrics.json") or {})

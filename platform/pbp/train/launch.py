@@ -15,7 +15,7 @@ from pbp.data.shards import load_manifest, manifest_digest
 from pbp.errors import UserError
 from pbp.stack.endpoints import resolve, set_ray_auth_env
 from pbp.train.config import PretrainConfig, ScalingConfig
-from pbp.train.tracking import check_tracking_server, mark_unfinished
+from pbp.train.tracking import check_tracking_server, marked_if_unfinished
 
 log = logging.getLogger("pbp.train")
 
@@ -308,13 +308,8 @@ def pretrain(
     if os.environ.get("PBP_TEST_INJECT_NONFINITE"):  # test hook: NaN losses at these steps (a fault on cue)
         meta["inject_nonfinite_steps"] = [int(s) for s in os.environ["PBP_TEST_INJECT_NONFINITE"].split(",")]
     connect_ray(address)
-    try:
+    with marked_if_unfinished(cfg.tracking.enabled, cfg.tracking.experiment, cfg.run_name):
         result = fit(build_trainer(cfg, meta), cfg.scaling)
-        ckpt = result.checkpoint  # in the run's directory (Ray's path has no scheme)
-        where = None if ckpt is None else f"{meta['run_url']}/{ckpt.path.rstrip('/').rsplit('/', 1)[-1]}"
-        return PretrainResult(meta["run_url"], dict(result.metrics or {}), where)
-    except BaseException as e:
-        if cfg.tracking.enabled:
-            mark_unfinished(cfg.tracking.experiment, cfg.run_name,
-                            "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")  # fmt: skip
-        raise
+    ckpt = result.checkpoint  # in the run's directory (Ray's path has no scheme)
+    where = None if ckpt is None else f"{meta['run_url']}/{ckpt.path.rstrip('/').rsplit('/', 1)[-1]}"
+    return PretrainResult(meta["run_url"], dict(result.metrics or {}), where)

@@ -79,6 +79,20 @@ def mark_unfinished(experiment: str, run_name: str, status: str = "FAILED") -> N
         log.warning("could not mark MLflow run %s %s: %s", run_name, status, e)
 
 
+@contextmanager
+def marked_if_unfinished(enabled: bool, experiment: str, run_name: str) -> Iterator[None]:
+    """Driver side, around a run: if it raises, its MLflow run (when still RUNNING) is marked KILLED when the user
+    stopped it (Ctrl-C; ``pbp jobs stop``, whose SIGTERM Ray's driver turns into ``SystemExit``), else FAILED."""
+    try:
+        yield
+    except BaseException as e:
+        if enabled:
+            mark_unfinished(
+                experiment, run_name, "KILLED" if isinstance(e, KeyboardInterrupt | SystemExit) else "FAILED"
+            )
+        raise
+
+
 def _lookup(client: Any, experiment: str, run_name: str) -> str | None:
     exp = client.get_experiment_by_name(experiment)
     return find_run(client, exp.experiment_id, run_name) if exp is not None else None
