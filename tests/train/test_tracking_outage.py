@@ -127,3 +127,26 @@ def test_the_driver_marks_a_stopped_run_killed_and_a_failed_one_failed(stop, sta
     with pytest.raises(type(stop)), marked_if_unfinished(True, "pbp-tests-stop", name):
         raise stop
     assert MlflowClient(endpoints.mlflow_uri).get_run(t.run_id).info.status == status
+
+
+def test_a_stopped_campaign_leaves_no_run_running(endpoints, monkeypatch):
+    """The trials' workers die with the campaign's driver: the driver marks the parent and every child still
+    RUNNING; a finished trial keeps its status."""
+    from mlflow.tracking import MlflowClient
+
+    from pbp.train.tracking import mark_family_unfinished
+
+    for k, v in endpoints.mlflow_env().items():
+        monkeypatch.setenv(k, v)
+    client = MlflowClient(endpoints.mlflow_uri)
+    exp = client.get_experiment_by_name("pbp-tests-stop") or client.get_experiment(
+        client.create_experiment("pbp-tests-stop")
+    )
+    parent = client.create_run(exp.experiment_id).info.run_id
+    running, done = (client.create_run(exp.experiment_id, tags={"mlflow.parentRunId": parent}).info.run_id
+                     for _ in range(2))  # fmt: skip
+    client.set_terminated(done, "FINISHED")
+    other = client.create_run(exp.experiment_id).info.run_id  # another campaign's run: untouched
+    mark_family_unfinished(parent, "KILLED")
+    status = {r: client.get_run(r).info.status for r in (parent, running, done, other)}
+    assert status == {parent: "KILLED", running: "KILLED", done: "FINISHED", other: "RUNNING"}

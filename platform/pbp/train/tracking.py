@@ -79,18 +79,39 @@ def mark_unfinished(experiment: str, run_name: str, status: str = "FAILED") -> N
         log.warning("could not mark MLflow run %s %s: %s", run_name, status, e)
 
 
+def ended_status(e: BaseException) -> str:
+    """KILLED when the user stopped the run (Ctrl-C; ``pbp jobs stop``, whose SIGTERM Ray's driver turns into
+    ``SystemExit``), else FAILED."""
+    return "KILLED" if isinstance(e, KeyboardInterrupt | SystemExit) else "FAILED"
+
+
 @contextmanager
 def marked_if_unfinished(enabled: bool, experiment: str, run_name: str) -> Iterator[None]:
-    """Driver side, around a run: if it raises, its MLflow run (when still RUNNING) is marked KILLED when the user
-    stopped it (Ctrl-C; ``pbp jobs stop``, whose SIGTERM Ray's driver turns into ``SystemExit``), else FAILED."""
+    """Driver side, around a run: if it raises, its MLflow run (when still RUNNING) gets :func:`ended_status`."""
     try:
         yield
     except BaseException as e:
         if enabled:
-            mark_unfinished(
-                experiment, run_name, "KILLED" if isinstance(e, KeyboardInterrupt | SystemExit) else "FAILED"
-            )
+            mark_unfinished(experiment, run_name, ended_status(e))
         raise
+
+
+def mark_family_unfinished(parent_run_id: str, status: str) -> None:
+    """Driver side, after a campaign raised: its parent run and the child runs still RUNNING get ``status`` (the
+    trials' workers are killed with the driver and cannot say so). A resumed campaign marks them RUNNING again.
+    Best effort, like :func:`mark_unfinished`."""
+    try:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(configure_mlflow())
+        exp = client.get_run(parent_run_id).info.experiment_id
+        running = f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'RUNNING'"  # a hex run id
+        for child in client.search_runs([exp], filter_string=running, max_results=10_000):
+            client.set_terminated(child.info.run_id, status)
+        if client.get_run(parent_run_id).info.status == "RUNNING":
+            client.set_terminated(parent_run_id, status)
+    except Exception as e:  # the campaign's own error is what the user must see
+        log.warning("could not mark campaign run %s %s: %s", parent_run_id, status, e)
 
 
 def _lookup(client: Any, experiment: str, run_name: str) -> str | None:

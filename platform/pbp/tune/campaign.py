@@ -76,7 +76,7 @@ def run_campaign(cfg: TuneConfig, *, resume: bool = False, warm_start: str | Non
     from pbp.finetune.launch import resolve_config
     from pbp.names import check_name
     from pbp.train.launch import connect_ray, git_commit
-    from pbp.train.tracking import Tracker
+    from pbp.train.tracking import Tracker, ended_status, mark_family_unfinished
 
     base_cfg = check_space(cfg)
     base_cfg, ft_meta = resolve_config(base_cfg)  # task files and starting point checked, paths made absolute
@@ -106,7 +106,11 @@ def run_campaign(cfg: TuneConfig, *, resume: bool = False, warm_start: str | Non
            "tags": {**ft_meta["tags"], "pbp.campaign": cfg.name}}  # fmt: skip
     t0 = time.time()
     tuner = _tuner(cfg, base_cfg, base, ctx, metric, mode, url, resume, warm_start, warm)
-    grid = tuner.fit()
+    try:
+        grid = tuner.fit()
+    except BaseException as e:  # stopped (--resume continues it) or failed: no run left RUNNING in MLflow
+        mark_family_unfinished(parent.run_id, ended_status(e))
+        raise
     summary = summarize(grid, cfg, metric, mode)
     report = finish_campaign(cfg, summary, parent, url, time.time() - t0)
     return CampaignResult(summary, report, parent.run_id, best_trial(summary), train_seconds(grid))
