@@ -305,6 +305,26 @@ def test_a_build_never_overwrites_files_silently_nor_creates_a_bucket(endpoints,
     assert not Store(url, endpoints).bucket_exists()
 
 
+def test_a_go_table_that_annotates_no_record_is_refused_and_an_empty_vocabulary_is_said(tmp_path, capsys):
+    """Before: a GO table of another organism (or another accession scheme) built a dataset with 0 GO terms and
+    exit 0; the summary line was the only hint."""
+    fasta = tmp_path / "in.fasta"
+    fasta.write_text(">sp|P12345|X_HUMAN\nMKTAYIAKQR\n>sp|Q99999|Y_HUMAN\nMKVLAAGIVG\n")
+    table = tmp_path / "other.tsv"
+    table.write_text("YAL001C\tGO:0003677\tF\nYAL002W\tGO:0005524\tF\n")
+    out = tmp_path / "ds"
+    with pytest.raises(DatasetError, match=r"other\.tsv: none of its annotations is for an accession of .*in\.fasta "
+                       r"\(2 records; accessions there look like 'P12345', in the table like 'YAL001C'\)"):  # fmt: skip
+        build(str(out), Inputs(fasta, table), BuildConfig(min_go_records=1))
+    assert not out.exists()  # nothing written
+    # Annotated records, but no term common enough: built, and the CLI says what that means.
+    table.write_text("P12345\tGO:0003677\tF\n")
+    assert main(["data", "build", "--fasta", str(fasta), "--go-table", str(table), "--out", str(out),
+                 "--no-progress", "--min-go-records", "2"]) == 0  # fmt: skip
+    text = capsys.readouterr().out
+    assert "0 GO terms (>= 2 proteins), on 0 records" in text and "note: no GO term is on >= 2 proteins" in text
+
+
 def test_webdataset_reads_s3_through_the_registered_opener(small_dataset, endpoints):
     import webdataset as wds
 

@@ -218,6 +218,13 @@ def build(
         counts = _check_and_join(records, go, inputs, onto, errors, cfg, tmp / "clean.jsonl", tick)
         if counts.records == 0:
             raise DatasetError(f"no valid records in {', '.join(map(str, inputs.files()))}")
+        if inputs.go_table is not None and counts.annotated == 0:
+            raise DatasetError(
+                f"{inputs.go_table}: none of its annotations is for an accession of {inputs.fasta} ({counts.records} "
+                f"records; accessions there look like {counts.first_accession!r}, in the table like "
+                f"{counts.table_accession!r}): check that both files use the same accessions (UniProt's); nothing "
+                "was written"
+            )
         vocab = build_vocabulary(counts.terms, cfg.min_go_records)
         shard_bytes = cfg.shard_size_mb * 2**20
         n_shards = {s: max(1, math.ceil(counts.split_bytes[s] / shard_bytes)) if counts.split_bytes[s] else 0
@@ -269,6 +276,11 @@ def _partition(inputs: Inputs, cfg: BuildConfig, errors: ErrorLog, tmp: Path, ti
 @dataclass
 class _Counts:
     records: int = 0
+    annotated: int = 0
+    """Records with at least one GO term (before the vocabulary's --min-go-records cut)."""
+    first_accession: str = ""
+    table_accession: str = ""
+    """An accession of the GO table (the first read), to show beside the records' when none matched."""
     terms: Counter[str] = field(default_factory=Counter)
     split_bytes: Counter[str] = field(default_factory=Counter)
     go_stats: Counter[str] = field(default_factory=Counter)
@@ -287,6 +299,7 @@ def _check_and_join(records: Partitions, go: Partitions, inputs: Inputs, onto: O
             annotations = None
             if inputs.go_table is not None:
                 annotations = collect_go((acc, term) for acc, terms in go.rows(i) for term in terms)
+                c.table_accession = c.table_accession or next(iter(annotations), "")
             rows = (ProteinRecord(acc, seq, tuple(terms), source, line) for line, acc, seq, terms in records.rows(i))
             dups: list[RecordError] = []
             for rec in _dedup(rows, dups.append):
@@ -294,6 +307,8 @@ def _check_and_join(records: Partitions, go: Partitions, inputs: Inputs, onto: O
                 if onto is not None and terms:
                     terms = onto.propagate(terms, c.go_stats)
                 c.terms.update(terms)
+                c.annotated += bool(terms)
+                c.first_accession = c.first_accession or rec.accession
                 # JSON text plus the tar member's header and padding (~1 KiB)
                 c.split_bytes[split_of(rec.accession, cfg.valid_fraction)] += len(rec.sequence) + 6 * len(terms) + 1100
                 c.records += 1
