@@ -322,7 +322,7 @@ def test_a_go_table_that_annotates_no_record_is_refused_and_an_empty_vocabulary_
     assert main(["data", "build", "--fasta", str(fasta), "--go-table", str(table), "--out", str(out),
                  "--no-progress", "--min-go-records", "2"]) == 0  # fmt: skip
     text = capsys.readouterr().out
-    assert "0 GO terms (>= 2 proteins), on 0 records" in text and "note: no GO term is on >= 2 proteins" in text
+    assert "0 GO terms (>= 2 proteins), on 0 records" in text and "lower --min-go-records (now 2)" in text
 
 
 def test_webdataset_reads_s3_through_the_registered_opener(small_dataset, endpoints):

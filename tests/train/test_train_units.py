@@ -124,3 +124,17 @@ def test_a_cluster_too_small_for_the_workers_is_said_before_waiting():
     # GPU workers count the GPUs too.
     note = capacity_note([two, one], ScalingConfig(num_workers=2, use_gpu=True))
     assert note and "3 CPU and 1 GPU: room for 1 of 2 worker(s) x 1 CPU + 1 GPU" in note
+
+
+def test_pretraining_refuses_a_dataset_without_go_terms_naming_it(tmp_path):
+    """Before: 'model.n_annotations must be >= 1, got 0', about a field the user never set."""
+    from pbp.data.shards import BuildConfig, Inputs, build
+    from pbp.train.launch import resolve_config
+
+    fasta = tmp_path / "seqs.fasta"
+    fasta.write_text(">P12345\nMKTAYIAKQR\n>Q99999\nMKVLAAGIVG\n")
+    build(str(tmp_path / "ds"), Inputs(fasta), BuildConfig(min_go_records=1))
+    cfg = load_config(PretrainConfig, REPO / "configs/pretrain/tiny.yaml",
+                      [f"data.url={tmp_path / 'ds'}", "tracking.enabled=false"])  # fmt: skip
+    with pytest.raises(ValueError, match=r"data\.url=.*ds: the dataset has no GO vocabulary .*--go-table"):
+        resolve_config(cfg)

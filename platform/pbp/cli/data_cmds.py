@@ -120,9 +120,12 @@ def cmd_build(args: argparse.Namespace) -> int:
     annotated = m["records"] - m["records_without_vocabulary_annotation"]
     print(f"dataset {report.url} ({report.seconds:.1f}s): {m['records']} records; {splits}; "
           f"{len(m['go_vocabulary'])} GO terms (>= {cfg.min_go_records} proteins), on {annotated} records")  # fmt: skip
-    if not m["go_vocabulary"] and (args.go_table or args.uniprot):
-        print(f"note: no GO term is on >= {cfg.min_go_records} proteins, so the dataset carries no annotations and "
-              "pretraining learns from sequences alone; lower --min-go-records to keep the common terms")  # fmt: skip
+    if not m["go_vocabulary"]:
+        fix = (
+            f"lower --min-go-records (now {cfg.min_go_records})" if args.go_table or args.uniprot else "add --go-table"
+        )
+        print("note: the dataset carries no GO annotations, and pbp pretrain needs at least one term (ProteinBERT "
+              f"learns annotations beside residues); {fix} to pretrain on it")  # fmt: skip
     if m["skipped"]:
         print(
             f"skipped {sum(m['skipped'].values())} bad records {m['skipped']}; listed in {report.url}quarantine.jsonl"

@@ -39,6 +39,12 @@ def resolve_config(cfg: PretrainConfig) -> tuple[PretrainConfig, dict[str, Any]]
         check_tracking_server()
     manifest = load_manifest(cfg.data.url)
     n_terms = len(manifest["go_vocabulary"])
+    if n_terms == 0:
+        raise ValueError(
+            f"data.url={cfg.data.url}: the dataset has no GO vocabulary (built without annotations, or no term on >= "
+            f"{manifest['build'].get('min_go_records', '?')} proteins), and pretraining needs at least one term: "
+            "rebuild it with --go-table (or a lower --min-go-records)"
+        )
     if cfg.model.n_annotations != n_terms:
         log.warning("model.n_annotations=%d set to the dataset's %d GO terms", cfg.model.n_annotations, n_terms)
         cfg = replace(cfg, model=replace(cfg.model, n_annotations=n_terms))
