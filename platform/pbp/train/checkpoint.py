@@ -498,4 +498,4 @@ class Checkpointer:
             torch.distributed.barrier()  # every rank's report (and so its upload) has returned
         if self.ctx.is_main:
             for old in prune(self.run, self.keep_last):
-                log.info("retention: deleted %s", self.run.url(old))
+                log.debug("retention: deleted %s", self.run.url(old))
