@@ -10,6 +10,7 @@ from pbp.cli.job import add_job_args
 
 if TYPE_CHECKING:
     from pbp.train.config import PretrainConfig
+    from pbp.train.launch import PretrainResult
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -55,18 +56,20 @@ def pretrain_and_report(cfg: PretrainConfig, address: str | None = None) -> None
 
     res = pretrain(cfg, address=address)
     run_id = run_id_of(cfg.tracking.experiment, cfg.run_name) if cfg.tracking.enabled else None
-    print(pretrain_lines(cfg.run_name, res.metrics, res.run_url, res.checkpoint_url, run_id))
+    print(pretrain_lines(cfg.run_name, res, run_id))
 
 
-def pretrain_lines(run_name: str, metrics: dict, run_url: str, checkpoint_url: str | None, run_id: str | None) -> str:
+def pretrain_lines(run_name: str, res: PretrainResult, run_id: str | None) -> str:
     """The closing lines of a pretraining run: its last loss, where its model and checkpoint are, its MLflow run."""
     from pbp.train.tracking import run_link
 
+    metrics, run_url, checkpoint_url = res.metrics, res.run_url, res.checkpoint_url
     loss = ""
     if {"loss", "token_loss", "annotation_loss"} <= metrics.keys():  # as the progress lines put it
         loss = (f": loss {metrics['loss']:.4f} (token {metrics['token_loss']:.4f}, "
                 f"annotation {metrics['annotation_loss']:.4f})")  # fmt: skip
-    lines = [f"run {run_name}: finished at step {metrics.get('step', '?')}{loss}",
+    done = "finished" if res.trained else "already finished (nothing left to train)"
+    lines = [f"run {run_name}: {done} at step {metrics.get('step', '?')}{loss}",
              f"model:      {run_url}/final_model  (fine-tune it: pbp finetune --config ... init={run_url}/final_model)",
              f"checkpoint: {checkpoint_url or 'none'}"]  # fmt: skip
     if run_id is not None:

@@ -303,6 +303,8 @@ class PretrainResult:
     """The last step's metrics as rank 0 reported them (``step``, ``loss``, ``token_loss``, ``annotation_loss``)."""
     checkpoint_url: str | None
     """The newest complete checkpoint."""
+    trained: bool = True
+    """False for a re-run of a finished run (nothing left to train; ``metrics`` holds only the ``step``)."""
 
 
 def pretrain(
@@ -317,5 +319,19 @@ def pretrain(
     with marked_if_unfinished(cfg.tracking.enabled, cfg.tracking.experiment, cfg.run_name):
         result = fit(build_trainer(cfg, meta), cfg.scaling)
     ckpt = result.checkpoint  # in the run's directory (Ray's path has no scheme)
-    where = None if ckpt is None else f"{meta['run_url']}/{ckpt.path.rstrip('/').rsplit('/', 1)[-1]}"
-    return PretrainResult(meta["run_url"], dict(result.metrics or {}), where)
+    if ckpt is not None or result.metrics:
+        where = None if ckpt is None else f"{meta['run_url']}/{ckpt.path.rstrip('/').rsplit('/', 1)[-1]}"
+        return PretrainResult(meta["run_url"], dict(result.metrics or {}), where)
+    return _finished_before(meta["run_url"])
+
+
+def _finished_before(run_url: str) -> PretrainResult:
+    """A re-run of a finished run reports nothing: its newest checkpoint says where it ended."""
+    from pbp.train.checkpoint import COMMIT, CommitRecord, newest_complete, storage_dir
+
+    run = storage_dir(run_url)
+    name = newest_complete(run)
+    if name is None:
+        return PretrainResult(run_url, {}, None, trained=False)
+    commit = CommitRecord.from_json(run.read_json(f"{name}/{COMMIT}") or {}, run.url(f"{name}/{COMMIT}"))
+    return PretrainResult(run_url, {"step": commit.step}, run.url(name), trained=False)

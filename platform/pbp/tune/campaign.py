@@ -83,7 +83,7 @@ def run_campaign(cfg: TuneConfig, *, resume: bool = False, warm_start: str | Non
     metric, mode = _metric_and_mode(cfg, base_cfg)
     url = campaign_url(cfg.name, cfg.storage_path)
     storage = url.rsplit("/", 1)[0]
-    exists = _exists(url)
+    exists = campaign_exists(url)
     if exists and not resume:
         raise CampaignError(f"campaign {cfg.name!r} already exists at {url}: `pbp tune --resume {cfg.name}` "
                             "continues it, or choose another name")  # fmt: skip
@@ -139,7 +139,8 @@ def load_campaign_config(name: str, storage_path: str = "") -> TuneConfig:
     return from_dict(TuneConfig, doc)
 
 
-def _exists(url: str) -> bool:
+def campaign_exists(url: str) -> bool:
+    """A campaign was started at ``url`` (:func:`campaign_url`): ``pbp tune --resume`` continues it."""
     from pbp.train.checkpoint import storage_dir
 
     return storage_dir(url).size("tune_config.yaml") is not None
