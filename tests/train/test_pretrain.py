@@ -133,6 +133,16 @@ def test_end_to_end_loss_falls_checkpoints_in_s3_and_mlflow_run(baseline, endpoi
     assert meta["pbp.dataset_manifest_sha256"] == run.data.tags["pbp.dataset_manifest_sha256"]
 
 
+def test_a_rerun_of_a_finished_run_trains_nothing_and_says_where_it_ended(baseline, stack_dir, endpoints, dataset):
+    """Before: 'finished at step ?' and 'checkpoint: none' (Ray Train reports nothing when no step is left)."""
+    res = _pretrain(stack_dir, baseline, dataset)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-4000:]
+    assert f"run {baseline}: already finished (nothing left to train) at step {STEPS}\n" in out, out[-2000:]
+    assert f"checkpoint: s3://pbp-runs/tests/{baseline}/{ckpt.checkpoint_name(STEPS)}\n" in out
+    assert ckpt.newest_complete(_run_dir(endpoints, baseline)) == ckpt.checkpoint_name(STEPS)  # nothing new saved
+
+
 # Losses and weights of a killed-and-resumed run against the uninterrupted baseline. The resumed run replays the
 # very batches (the reader's resume is exact, corruption draws included: tests/data), restores the fp32 weights,
 # Adam moments and schedule from the DeepSpeed checkpoint, and runs the same CPU kernels with the same thread count,
