@@ -51,3 +51,21 @@ def test_the_progress_bar_is_off_during_a_download_unless_the_user_set_it(monkey
     monkeypatch.setenv(key, "true")
     with _no_progress_bar():
         assert os.environ[key] == "true"
+
+
+def test_a_location_that_leads_to_no_model_is_named_with_what_mlflow_or_s3_said(endpoints, monkeypatch):
+    """Before: a 60-line traceback ending in MLflow's RestException (or a bare 'pbp-runs/nope' from s3fs)."""
+    import pytest
+
+    from pbp.train.artifacts import ModelLocationError, local_dir
+
+    for k, v in {**endpoints.mlflow_env(), "PBP_STACK_DIR": str(endpoints.state_dir)}.items():
+        monkeypatch.setenv(k, v)
+    cases = {
+        "models:/no-such-model@champion": "Registered Model with name=no-such-model not found",
+        "runs:/0123456789abcdef0123456789abcdef/model": "Run with id=0123456789abcdef0123456789abcdef not found",
+        f"s3://{endpoints.buckets['runs']}/no/such/prefix/": "nothing there",
+    }
+    for location, said in cases.items():
+        with pytest.raises(ModelLocationError, match=rf"--model={location!r}: .*{said}"):
+            local_dir(location, "--model")

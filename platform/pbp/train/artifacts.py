@@ -13,7 +13,13 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from pbp.errors import UserError
+
 MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
+
+
+class ModelLocationError(UserError, FileNotFoundError):
+    """A model location that does not lead to a model; the message names it and what MLflow or S3 said."""
 
 
 def local_dir(location: str, what: str = "model") -> Path:
@@ -40,25 +46,33 @@ def _fetch(location: str, what: str) -> tuple[Path, Path | None]:
     """-> (the model's directory, the temporary directory holding it when it is a copy)."""
     if location.startswith(MLFLOW_SCHEMES):
         import mlflow
+        from mlflow.exceptions import MlflowException
 
         from pbp.train.tracking import configure_mlflow
 
         configure_mlflow()
         scratch = _scratch()
         with _no_progress_bar(), _removed_on_error(scratch):
-            return Path(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(scratch))), scratch
+            try:
+                return Path(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(scratch))), scratch
+            except MlflowException as e:  # no such model, version, alias or run; no permission: MLflow's words
+                raise ModelLocationError(f"{what}={location!r}: {e.message}") from None
     if location.startswith("s3://"):
         from pbp.data.storage import Store
 
         store = Store(location)
         scratch = _scratch()
         with _removed_on_error(scratch):
-            for name in store.fs.ls(location.rstrip("/")[len("s3://") :]):
+            try:
+                names = store.fs.ls(location.rstrip("/")[len("s3://") :])
+            except FileNotFoundError:
+                raise ModelLocationError(f"{what}={location!r}: nothing there (no such bucket or prefix)") from None
+            for name in names:
                 base = name.rsplit("/", 1)[-1]
                 if base.endswith((".json", ".safetensors")):
                     (scratch / base).write_bytes(store.get_bytes(base))
             if not any(scratch.iterdir()):
-                raise FileNotFoundError(f"{what}={location!r}: no model files (.json, .safetensors) there")
+                raise ModelLocationError(f"{what}={location!r}: no model files (.json, .safetensors) there")
         return scratch, scratch
     p = Path(location).expanduser()
     if not p.is_dir():
