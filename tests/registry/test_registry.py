@@ -87,6 +87,8 @@ def test_unknown_model_version_other_task_and_bad_names_are_refused(pbp, models,
     assert res.returncode == 2 and "version 7" in res.stderr, res.stderr
     res = pbp("registry", "promote", f"nope-{os.getpid()}", "--version", "1")
     assert res.returncode == 2 and "not found" in res.stderr, res.stderr
+    res = pbp("registry", "history", f"nope-{os.getpid()}")  # before: "0 decision(s) ...; chain verified"
+    assert res.returncode == 2 and f"model nope-{os.getpid()}: not found" in res.stderr, res.stdout + res.stderr
     for bad in ("x'y", "../etc", "a b"):
         res = pbp("registry", "promote", bad, "--version", "1")
         assert res.returncode == 2 and "not a valid name" in res.stderr, res.stderr

@@ -98,9 +98,12 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 def cmd_history(args: argparse.Namespace) -> int:
     from pbp.registry import audit
-    from pbp.registry.server import check_model_name, client
+    from pbp.registry.server import call, check_model_name, client
 
-    trail = audit.read(client(), check_model_name(args.name))
+    c = client()
+    trail = audit.read(c, check_model_name(args.name))
+    if not trail.records:  # a typo'd name is not a model without decisions (a deleted model keeps its trail)
+        call(f"model {args.name}", lambda: c.get_registered_model(args.name))
     if args.json:
         doc = {"model": trail.model, "verified": not trail.problems, "problems": trail.problems,
                "records": trail.records}  # fmt: skip
