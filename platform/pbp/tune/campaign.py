@@ -162,7 +162,8 @@ def _tuner(cfg: TuneConfig, base_cfg: FinetuneConfig, base: dict, ctx: dict, met
     )
     if resume:
         return tune.Tuner.restore(path, trainable, resume_errored=True, storage_filesystem=fs)
-    searcher = make_searcher(cfg, metric, mode)
+    with quiet_optuna():  # no "A new study created in memory" line
+        searcher = make_searcher(cfg, metric, mode)
     for t in warm:
         searcher.study.add_trial(t)
     if warm:
@@ -183,7 +184,7 @@ def _tuner(cfg: TuneConfig, base_cfg: FinetuneConfig, base: dict, ctx: dict, met
             name=cfg.name, storage_path=path.rsplit("/", 1)[0], storage_filesystem=fs, verbose=0,
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
             stop=CampaignStopper(metric, mode, cfg.stop.target, cfg.stop.patience_trials),
-            callbacks=[LiveProgress(cfg.name, metric, mode)],
+            callbacks=[LiveProgress(cfg.name, metric, mode, cfg.num_samples)],
         ),
     )  # fmt: skip
 
@@ -267,9 +268,10 @@ def warm_start_trials(cfg: TuneConfig, other_url: str) -> list:
             raise CampaignError(
                 f"--warm-start: {other_url}/study.db not found (the campaign must have finished)"
             ) from None
-        trials = optuna.load_study(study_name=None, storage=f"sqlite:///{local}").get_trials(
-            deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)
-        )
+        with quiet_optuna():  # no "Study name was omitted but trying to load" line
+            trials = optuna.load_study(study_name=None, storage=f"sqlite:///{local}").get_trials(
+                deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)
+            )
     dists = distributions(cfg.space)
     found = []
     for t in trials:

@@ -16,8 +16,8 @@ def _better(a: float, b: float, mode: str) -> bool:
 
 
 class LiveProgress(tune.Callback):
-    def __init__(self, campaign: str, metric: str, mode: str) -> None:
-        self.campaign, self.metric, self.mode = campaign, metric, mode
+    def __init__(self, campaign: str, metric: str, mode: str, num_samples: int) -> None:
+        self.campaign, self.metric, self.mode, self.num_samples = campaign, metric, mode, num_samples
         self.best: tuple[float, str] | None = None
 
     def _line(self, text: str) -> None:
@@ -53,7 +53,8 @@ class LiveProgress(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         done = 1 + sum(t.status in ("TERMINATED", "ERROR") for t in trials if t is not trial)
-        self._line(f"trial {trial.trial_id} ended; {done}/{len(trials)} trials ended")
+        # Out of the campaign's trials, not of those Tune has created so far (it creates them one by one).
+        self._line(f"trial {trial.trial_id} ended; {done}/{max(self.num_samples, len(trials))} trials ended")
         self._export(trials, trial, "TERMINATED")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
