@@ -342,19 +342,22 @@ def run_search(objective: FrozenHeadObjective, sampler, pruner, dists: dict[str,
     import optuna
     from optuna.trial import TrialState
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # A fixed name: Optuna's HyperbandPruner assigns trials to brackets by a hash of the study's name, and an
-    # unnamed study gets a random one, which would make its figures differ from run to run.
-    study = optuna.create_study(study_name="pbp-bench-search", direction="maximize", sampler=sampler, pruner=pruner)
+    from pbp.tune.report import quiet_optuna
+
     runs: list[TrialRun] = []
-    while not done(runs):
-        trial = study.ask(dists)
-        r = objective.run(trial)
-        if r.completed and r.value is not None and math.isfinite(r.value):
-            study.tell(trial, r.value)
-        else:
-            study.tell(trial, state=TrialState.PRUNED if not r.completed else TrialState.FAIL)
-        runs.append(r)
+    with quiet_optuna():  # no line per trial; the caller's own verbosity is back afterwards
+        # A fixed name: Optuna's HyperbandPruner assigns trials to brackets by a hash of the study's name, and an
+        # unnamed study gets a random one, which would make its figures differ from run to run.
+        study = optuna.create_study(study_name="pbp-bench-search", direction="maximize", sampler=sampler,
+                                    pruner=pruner)  # fmt: skip
+        while not done(runs):
+            trial = study.ask(dists)
+            r = objective.run(trial)
+            if r.completed and r.value is not None and math.isfinite(r.value):
+                study.tell(trial, r.value)
+            else:
+                study.tell(trial, state=TrialState.PRUNED if not r.completed else TrialState.FAIL)
+            runs.append(r)
     return runs
 
 
