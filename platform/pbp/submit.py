@@ -268,9 +268,9 @@ JOB_CONFIGS = {"pretrain": ("pbp.train.config", "PretrainConfig"), "finetune": (
 def check_job_config(job: str, config: Path | None, overrides: Sequence[str], root: Path) -> None:
     """Before anything is uploaded: the job's config loads, with its overrides, as the job will load it (in the
     project's root: a tune config's ``finetune:`` link is read from there), every key known and every value checked
-    (a tune config's space too, against the fine-tuning config it links);
-    else a SubmitError with the config's own message. The job would fail the same way, seconds after it started on
-    the cluster. Jobs pbp does not know (a user's own ``jobs/*.py``) are not checked."""
+    (a tune config's space too, against the fine-tuning config it links); else a SubmitError with the config's own
+    message. The job would fail the same way, seconds after it started on the cluster. Jobs pbp does not know (a
+    user's own ``jobs/*.py``) are not checked."""
     import contextlib
     import importlib
 
