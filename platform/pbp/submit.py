@@ -25,7 +25,7 @@ import shlex
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pbp.errors import UserError
 from pbp.stack.endpoints import Endpoints, require, resolve
@@ -50,6 +50,9 @@ EXCLUDES = [
     "*.pkl",
 ]
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+T = TypeVar("T")
 
 
 class SubmitError(UserError, RuntimeError):
@@ -346,18 +349,40 @@ def _git_commit(root: Path) -> str:
 
 
 def wait(sid: str, *, address: str | None = None, timeout: float | None = None, log: Callable[[str], None] = print):
-    """Follow a job's logs until it ends; returns its final status name."""
+    """Follow a job's logs until it ends; returns its final status name. Giving up (``timeout``, Ctrl-C) stops the
+    following, not the job: the error says so and how to follow or stop it."""
     c = client(address)
     printed = 0
     deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        status = c.get_job_status(sid).name
-        logs = c.get_job_logs(sid)
-        if len(logs) > printed:
-            log(logs[printed:].rstrip("\n"))
-            printed = len(logs)
-        if status in TERMINAL:
-            return status
-        if deadline is not None and time.monotonic() > deadline:
-            raise SubmitError(f"{sid}: still {status} after {timeout:.0f}s")
-        time.sleep(1.0)
+    still = f"it keeps running: `pbp jobs logs {sid} --follow` follows it again, `pbp jobs stop {sid}` stops it"
+    try:
+        while True:
+            status = job_call(sid, lambda: c.get_job_status(sid)).name
+            logs = c.get_job_logs(sid)
+            if len(logs) > printed:
+                log(logs[printed:].rstrip("\n"))
+                printed = len(logs)
+            if status in TERMINAL:
+                return status
+            if deadline is not None and time.monotonic() > deadline:
+                raise SubmitError(f"{sid}: still {status} after {timeout:.0f}s; {still}")
+            time.sleep(
+                min(POLL_MAX_S, 1.0 + printed / 2**20)
+            )  # Ray sends the whole log each time: poll less as it grows
+    except KeyboardInterrupt:
+        raise SubmitError(f"stopped following {sid}; {still}") from None
+
+
+POLL_MAX_S = 10.0
+"""The slowest a job's log is polled (a second per MiB of log, from one second)."""
+
+
+def job_call(sid: str, fn: Callable[[], T]) -> T:
+    """A Jobs API call about job ``sid``; an unknown id is a SubmitError naming it (Ray raises a bare RuntimeError
+    with the server's 404)."""
+    try:
+        return fn()
+    except RuntimeError as e:
+        if "does not exist" in str(e) or "404" in str(e):
+            raise SubmitError(f"no job {sid!r} on this cluster (`pbp jobs list` lists them)") from None
+        raise

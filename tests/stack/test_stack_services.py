@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import stat
 import time
@@ -168,6 +169,16 @@ def test_smoke_job_through_pbp_submit_sees_every_node(stack_env, capsys):
     assert not set(secrets.values()) & set(env_vars.values())
     assert set(env_vars) <= {"PBP_SUBMISSION_ID", "PYTHONUNBUFFERED", "PBP_GIT_COMMIT", "PBP_SUBMIT_DIR"}
     assert env_vars["PBP_SUBMIT_DIR"] == str(REPO)  # the local stack's job runs in the project it came from
+    # Giving up following (--timeout, Ctrl-C) says the job keeps running and how to follow or stop it.
+    assert main(["submit", "smoke", "--wait", "--timeout", "0"]) == 2
+    err = capsys.readouterr().err
+    again = re.search(r"pbp: error: (pbp-smoke-default-[\w-]+): still \w+ after 0s; it keeps running: `pbp jobs logs", err)
+    assert again, err
+    assert main(["jobs", "stop", again.group(1)]) == 0
+    # An unknown job id is named (before: a RuntimeError traceback with the server's 404).
+    for command in ("status", "logs", "stop"):
+        assert main(["jobs", command, "no-such-job-1"]) == 2
+        assert "no job 'no-such-job-1' on this cluster" in capsys.readouterr().err
 
 
 def test_a_line_printed_on_a_worker_node_reaches_the_driver_once(stack_dir):

@@ -56,7 +56,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             print(f"{info.submission_id or info.job_id:48} {info.status.name:10} {info.entrypoint}")
         return 0
     if args.jobs_command == "status":
-        info = c.get_job_info(args.id)
+        info = submit.job_call(args.id, lambda: c.get_job_info(args.id))
         print(json.dumps({"id": args.id, "status": info.status.name, "message": info.message,
                           "entrypoint": info.entrypoint}, indent=2))  # fmt: skip
         return 0
@@ -64,8 +64,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         if args.follow:
             status = submit.wait(args.id, address=args.address)
             return 0 if status == "SUCCEEDED" else 1
-        print(c.get_job_logs(args.id), end="")
+        print(submit.job_call(args.id, lambda: c.get_job_logs(args.id)), end="")
         return 0
-    stopped = c.stop_job(args.id)
+    stopped = submit.job_call(args.id, lambda: c.stop_job(args.id))
     print(f"{args.id}: {'stop requested' if stopped else 'was not running'}")
     return 0
