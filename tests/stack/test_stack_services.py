@@ -172,7 +172,9 @@ def test_smoke_job_through_pbp_submit_sees_every_node(stack_env, capsys):
     # Giving up following (--timeout, Ctrl-C) says the job keeps running and how to follow or stop it.
     assert main(["submit", "smoke", "--wait", "--timeout", "0"]) == 2
     err = capsys.readouterr().err
-    again = re.search(r"pbp: error: (pbp-smoke-default-[\w-]+): still \w+ after 0s; it keeps running: `pbp jobs logs", err)
+    again = re.search(
+        r"pbp: error: (pbp-smoke-default-[\w-]+): still \w+ after 0s; it keeps running: `pbp jobs logs", err
+    )
     assert again, err
     assert main(["jobs", "stop", again.group(1)]) == 0
     # An unknown job id is named (before: a RuntimeError traceback with the server's 404).

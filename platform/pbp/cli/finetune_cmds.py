@@ -137,6 +137,9 @@ def campaign_lines(name: str, summary: CampaignSummary, best: TrialRecord | None
     counts = ", ".join(f"{sum(t.status == s for t in summary.trials)} {s}" for s in ("completed", "pruned", "failed"))
     lines = [f"campaign {name}: {len(summary.trials)} trials: {counts}"]
     if best is not None:
-        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.params.items())
-        lines.append(f"best:    trial {best.trial_id} {summary.metric}={best.value:.4f} with {params}")
+        from pbp.tune.report import format_params
+
+        lines.append(
+            f"best:    trial {best.trial_id} {summary.metric}={best.value:.4f} with {format_params(best.params)}"
+        )
     return "\n".join(lines)

@@ -89,11 +89,13 @@ def save_pyfunc(model_dir: Path, out: Path, example_seqs: list[str], seq_column:
     example = pd.DataFrame({seq_column: example_seqs[:3]})
     signature = infer_signature(example, predictor.predict(example), params={"output": "predictions"})
     import pbp
+    from pbp.train.tracking import quiet_logger
 
-    mlflow.pyfunc.save_model(
-        str(out), loader_module="pbp.finetune.pyfunc", data_path=str(model_dir), signature=signature,
-        input_example=example, pip_requirements=[f"pbp=={pbp.__version__}"],
-    )  # fmt: skip
+    with quiet_logger("mlflow.pyfunc"):  # no "Validating input example against model signature" line per model
+        mlflow.pyfunc.save_model(
+            str(out), loader_module="pbp.finetune.pyfunc", data_path=str(model_dir), signature=signature,
+            input_example=example, pip_requirements=[f"pbp=={pbp.__version__}"],
+        )  # fmt: skip
     return out
 
 

@@ -97,18 +97,13 @@ def _register_quietly(model_uri: str, name: str, tags: dict[str, str]) -> Any:
     The caller prints the outcome; MLflow's warnings still show."""
     import contextlib
     import io
-    import logging
 
     import mlflow
 
-    waiting = logging.getLogger("mlflow.store.model_registry.abstract_store")
-    level = waiting.level
-    waiting.setLevel(logging.WARNING)
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):
-            return mlflow.register_model(model_uri, name, tags=tags)
-    finally:
-        waiting.setLevel(level)
+    from pbp.train.tracking import quiet_logger
+
+    with quiet_logger("mlflow.store.model_registry.abstract_store"), contextlib.redirect_stderr(io.StringIO()):
+        return mlflow.register_model(model_uri, name, tags=tags)
 
 
 def _test_tags(model_dir: Path, test: str) -> dict[str, str]:

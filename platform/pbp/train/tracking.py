@@ -147,6 +147,19 @@ def configure_mlflow() -> str:
     return uri
 
 
+@contextmanager
+def quiet_logger(name: str) -> Iterator[None]:
+    """A library logger's INFO lines off for a block (MLflow's "Validating input example against model signature",
+    "Waiting up to 300 seconds ..."); its warnings still show."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def quiet_mlflow_driver() -> None:
     """For a driver that ends many MLflow runs and copies models (a campaign, the demo): no "View run" / "View
     experiment" lines per run and no progress bar per artifact copy; the driver prints the links that matter.

@@ -8,6 +8,7 @@ from typing import Any
 from ray import tune
 
 from pbp import telemetry
+from pbp.tune.report import format_params
 from pbp.tune.search import EPOCH, FINISHED
 
 
@@ -38,6 +39,7 @@ class LiveProgress(tune.Callback):
         telemetry.campaign(self.campaign, states, self.metric, self.best[0] if self.best else None)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._line(f"trial {trial.trial_id} started: {format_params(trial.config)}")
         self._export(trials)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:

@@ -73,6 +73,11 @@ class CampaignSummary:
 # Analysis
 
 
+def format_params(params: dict[str, Any]) -> str:
+    """A trial's sampled values as ``key=value, ...`` (floats to 4 significant digits)."""
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
 @contextmanager
 def quiet_optuna() -> Iterator[None]:
     """Optuna's INFO lines off for a block ("A new study created in memory / in RDB ...", one per study)."""
