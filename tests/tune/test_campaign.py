@@ -53,6 +53,7 @@ def test_small_campaign_parent_children_report_and_pruned_trials(stack_dir, endp
     started = re.findall(rf"\[{name}\] trial \w+ started: (.*)", out)  # each trial's sampled values, as it starts
     assert len(started) == 4 and all(re.match(r"stages\.0\.lr=\S+, .*head_dropout=", p) for p in started), started
     assert "Validating input example" not in out  # MLflow's INFO line per logged model
+    assert "View detailed results here" not in out and "tensorboard --logdir" not in out  # Ray Tune's own lines
     assert f"campaign {name}: 4 trials: " in res.stdout and "best:    trial " in res.stdout
     assert "View run" not in res.stdout and "Downloading artifacts" not in out  # MLflow's per-run lines and bars
     link = re.search(r"MLflow:  (http://\S+/#/experiments/\d+/runs/(\w+)) \(parent run", res.stdout)

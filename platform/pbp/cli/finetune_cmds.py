@@ -4,6 +4,7 @@ local stack)."""
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from typing import TYPE_CHECKING
 
@@ -125,6 +126,10 @@ def tune_and_report(cfg: TuneConfig, *, resume: bool = False, warm_start: str | 
     from pbp.tune.campaign import run_campaign
 
     quiet_mlflow_driver()  # the parent run's link is printed at the end
+    # Ray Tune's newer output prints, whatever the verbosity, a configuration table, "View detailed results here"
+    # with the storage path stripped of its s3:// and a `tensorboard --logdir` of a local staging dir; the older
+    # engine at verbose=0 prints none of it. The campaign's own lines say what matters. A user's setting wins.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     res = run_campaign(cfg, resume=resume, warm_start=warm_start, address=address)
     print(campaign_lines(cfg.name, res.summary, res.best))
     print(f"report: {res.report}\nMLflow:  {run_link(res.parent_run_id)} (parent run, experiment {cfg.experiment})")
