@@ -201,6 +201,8 @@ def test_categorical_remote_homology_subset_on_two_workers(stack_dir, endpoints,
     row = re.search(r"^test_accuracy\s+(\S+)\s+(\S+)$", out, re.M)
     assert row, out[-3000:]
     assert 0.0 <= float(row.group(1)) <= 1.0 and 0.0 < float(row.group(2)) < 1.0  # majority-class baseline
+    # The local stack's nodes share one IP, so Ray Train puts both workers on one node: they share one cache.
+    assert re.search(r"feature cache: train, 90 rows x \d+ features, float32 \(0 MiB\), shared by the node's 2", out)
     mrun = _mlflow_run(mlflow_client, run)
     assert mrun.data.tags["pbp.task.kind"] == "categorical"
     assert mrun.data.tags["pbp.task.rows"].startswith("train=90 valid=")

@@ -4,6 +4,7 @@ bookkeeping, and the exported model (safetensors + JSON, the pyfunc predictor, M
 from __future__ import annotations
 
 import random
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from pbp.finetune.batching import eval_batches, fitting_rows, train_batches
 from pbp.finetune.config import FinetuneConfig, ScheduleConfig, TaskConfig
 from pbp.finetune.data import Split, load_task
 from pbp.finetune.export import TaskInfo, load_finetuned, save_finetuned
-from pbp.finetune.features import build_cache, cache_size_bytes
+from pbp.finetune.features import SHARED_MEMORY, build_cache, cache_size_bytes
 from pbp.finetune.loop import STATE_FILE, Patience, Progress, Trainer
 from pbp.finetune.pyfunc import FinetunedPredictor, save_pyfunc
 from pbp.model import ProteinBERT
@@ -195,11 +196,14 @@ def _cache_on_rank(ctx: DistContext, tmp: str, kind: str, memory_mb: float, disk
     cache = build_cache(model.eval(), data.train, 64, memory_mb, disk_mb, CPU, ctx=ctx)
     assert cache is not None
     np.savez(f"{tmp}/rank{ctx.rank}.npz", features=np.asarray(cache.features, dtype=np.float32),
-             labels=cache.labels, computed=sum(computed), storage=cache.storage)  # fmt: skip
+             labels=cache.labels, computed=sum(computed), storage=cache.storage, shared_by=cache.shared_by)  # fmt: skip
 
 
+@pytest.mark.parametrize("nodes", [1, 2])
 @pytest.mark.parametrize(("kind", "storage"), [("numeric", "float32"), ("residue_categorical", "disk-float16")])
-def test_two_ranks_each_compute_half_of_the_cache_and_both_hold_all_of_it(tmp_path, tiny_cfg, kind, storage):
+def test_two_ranks_each_compute_half_of_the_cache_and_both_hold_all_of_it(tmp_path, tiny_cfg, kind, storage, nodes):
+    """On one node the two ranks map one shared cache (one copy per node); on two nodes each holds a copy, filled
+    by exchanging features. Either way each ran the body on half of the rows."""
     seqs = _seqs(23, 3, 50, seed=5)
     data = _load(tmp_path, kind, seqs)  # writes t.csv, which the ranks read
     model = _frozen(tiny_cfg, data.spec)
@@ -207,15 +211,20 @@ def test_two_ranks_each_compute_half_of_the_cache_and_both_hold_all_of_it(tmp_pa
     memory_mb, disk_mb = (_budget(data.train, model, "float32"), 0.0) if storage == "float32" else (0.0, 100.0)
     alone = build_cache(model, data.train, 64, memory_mb, disk_mb, CPU)
     assert alone is not None and alone.storage == storage
-    spawn_gloo_ranks(_cache_on_rank, 2, (str(tmp_path), kind, memory_mb, disk_mb), str(tmp_path / "pg"))
+    left_before = sorted(SHARED_MEMORY.glob("pbp-features-*")) + sorted(
+        Path(tempfile.gettempdir()).glob("pbp-features-*")
+    )
+    spawn_gloo_ranks(_cache_on_rank, 2, (str(tmp_path), kind, memory_mb, disk_mb), str(tmp_path / "pg"), nodes=nodes)
     ranks = [np.load(tmp_path / f"rank{r}.npz") for r in (0, 1)]
     for got in ranks:
-        assert str(got["storage"]) == storage
+        assert str(got["storage"]) == storage and int(got["shared_by"]) == (2 if nodes == 1 else 1)
         np.testing.assert_allclose(got["features"], np.asarray(alone.features, dtype=np.float32), atol=1e-3, rtol=0)
         np.testing.assert_array_equal(got["labels"], alone.labels)
     # Each rank ran the body on its own batches only: together every row once, about half each.
     computed = [int(got["computed"]) for got in ranks]
     assert sum(computed) == len(seqs) and min(computed) >= len(seqs) // 4, computed
+    left = sorted(SHARED_MEMORY.glob("pbp-features-*")) + sorted(Path(tempfile.gettempdir()).glob("pbp-features-*"))
+    assert left == left_before  # the shared files were unlinked once mapped
 
 
 @pytest.mark.parametrize("kind", ["numeric", "categorical", "residue_binary", "residue_categorical"])

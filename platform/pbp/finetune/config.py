@@ -108,8 +108,9 @@ class FeatureCacheConfig:
     enabled: bool = True
     """While the body is frozen its outputs do not change (it has no dropout): compute them once, train the head."""
     max_memory_mb: float = 2048.0
-    """Per worker. Features are kept in float32, else float16, else in a float16 file on local disk, within this;
-    past ``max_disk_mb`` too, they are recomputed every epoch (exact either way, up to the float16 rounding)."""
+    """Per worker (the workers of one node share one cache where they can). Features are kept in float32, else
+    float16, else in a float16 file on local disk, within this; past ``max_disk_mb`` too, they are recomputed every
+    epoch (exact either way, up to the float16 rounding)."""
     max_disk_mb: float = 20_000.0
 
     def __post_init__(self) -> None:

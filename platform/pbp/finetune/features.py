@@ -14,8 +14,10 @@ valid positions, so flattening a batch changes nothing).
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +27,7 @@ import torch
 from pbp.finetune.batching import collate, eval_groups
 from pbp.finetune.data import Split
 from pbp.model.finetune import IGNORE_INDEX, FinetuneModel, extract_features
-from pbp.train.dist import DistContext, all_gather_objects
+from pbp.train.dist import DistContext, all_gather_objects, all_min, barrier, broadcast
 
 log = logging.getLogger("pbp.finetune")
 PROGRESS_EVERY_S = 30.0
@@ -41,6 +43,8 @@ class FeatureCache:
     """Per-residue caches: (N + 1,) start of each example's positions."""
     storage: str
     """float32 | float16 | disk-float16."""
+    shared_by: int = 1
+    """Ranks on this node that map this one cache (in shared memory, or the one disk file)."""
 
     def __len__(self) -> int:
         return len(self.labels) if self.offsets is None else len(self.offsets) - 1
@@ -69,9 +73,12 @@ def build_cache(
 ) -> FeatureCache | None:  # fmt: skip
     """Compute the frozen body's features of every row of ``split`` (None: over both budgets, recompute).
 
-    With several ranks (``ctx``) each computes every world_size-th evaluation batch and the ranks exchange their
-    features batch by batch (one all-gather per round), so every rank ends with the whole cache at 1/world_size of
-    the body's compute, holding at most one round of other ranks' features beyond its cache."""
+    With several ranks (``ctx``), the ranks of one node share one cache: a file in shared memory (``/dev/shm``; on
+    local disk for ``disk-float16``) that each maps and fills with every ``local_world_size``-th evaluation batch,
+    so a node holds one copy (not one per worker) and nothing is exchanged. Where a node cannot share (a single
+    rank per node, or no room in ``/dev/shm``: containers often give it 64 MiB), each rank computes every
+    ``world_size``-th batch and the ranks exchange their features batch by batch (one all-gather per round), so
+    every rank ends with the whole cache at 1/world_size of the body's compute."""
     per_residue = model.task.kind.per_residue
     cfg = model.body.config
     F = cfg.local_feature_dim if per_residue else cfg.global_feature_dim
@@ -80,35 +87,100 @@ def build_cache(
     if storage is None:
         log.warning("feature cache: %s needs %.0f MiB in float16, over both budgets; recomputing", split.name, fp16)
         return None
-    feats, labels = _allocate(split, per_residue, F, storage)
+    ctx = ctx or DistContext.single()
     offsets = np.concatenate([[0], np.cumsum(split.lengths())]) if per_residue else None
     was_training = model.training
     model.body.eval()
-    ctx = ctx or DistContext.single()
     groups = eval_groups(split, max_tokens)
-    mine = groups[ctx.rank :: ctx.world_size]
-    done, t0, shown = 0, time.perf_counter(), time.perf_counter()
-    for r in range(-(-len(groups) // ctx.world_size)):  # every rank takes part in every round's all-gather
-        part = _features(model, split, mine[r], device, feats.dtype.type) if r < len(mine) else None
-        for got in all_gather_objects(part, ctx):
-            if got is None:
-                continue
-            index, f, lab = got
-            if offsets is None:
-                feats[index], labels[index] = f, lab
-            else:
-                pos = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in index])
-                feats[pos], labels[pos] = f, lab
-            done += len(index)
-        if show_progress and time.perf_counter() - shown > PROGRESS_EVERY_S:
-            shown = time.perf_counter()
-            rate = done / (shown - t0)
-            print(f"feature cache: {split.name} {done}/{len(split)} sequences, {rate:.0f}/s, "
-                  f"ETA {(len(split) - done) / rate:.0f} s", flush=True)  # fmt: skip
+    progress = _Progress(split, show_progress)
+    node = _node_arrays(split, per_residue, F, storage, ctx)
+    if node is not None:  # this node's ranks fill one cache
+        feats, labels = node
+        for index in groups[ctx.local_rank :: ctx.local_world_size]:
+            progress.add(_store(feats, labels, offsets, _features(model, split, index, device, feats.dtype.type)))
+        barrier(ctx)  # every rank's rows written before any reads them
+    else:
+        feats, labels = _allocate(split, per_residue, F, storage)
+        mine = groups[ctx.rank :: ctx.world_size]
+        for r in range(-(-len(groups) // ctx.world_size)):  # every rank takes part in every round's all-gather
+            part = _features(model, split, mine[r], device, feats.dtype.type) if r < len(mine) else None
+            for got in all_gather_objects(part, ctx):
+                if got is not None:
+                    progress.add(_store(feats, labels, offsets, got))
     model.train(was_training)
-    log.info("feature cache: %s, %d rows x %d features, %s (%.0f MiB)", split.name, len(feats), F, storage,
-             fp32 if storage == "float32" else fp16)  # fmt: skip
-    return FeatureCache(feats, labels, offsets, storage)
+    shared_by = ctx.local_world_size if node is not None else 1
+    log.info("feature cache: %s, %d rows x %d features, %s (%.0f MiB)%s", split.name, len(feats), F, storage,
+             fp32 if storage == "float32" else fp16, f", shared by the node's {shared_by} ranks" if node else "")  # fmt: skip
+    return FeatureCache(feats, labels, offsets, storage, shared_by)
+
+
+class _Progress:
+    """A line every ``PROGRESS_EVERY_S`` while a cache is built (rank 0 only: ``enabled``)."""
+
+    def __init__(self, split: Split, enabled: bool) -> None:
+        self.split, self.enabled, self.done = split, enabled, 0
+        self.t0 = self.shown = time.perf_counter()
+
+    def add(self, rows: int) -> None:
+        self.done += rows
+        if self.enabled and time.perf_counter() - self.shown > PROGRESS_EVERY_S:
+            self.shown = time.perf_counter()
+            rate = self.done / (self.shown - self.t0)
+            print(f"feature cache: {self.split.name} {self.done}/{len(self.split)} sequences, {rate:.0f}/s, "
+                  f"ETA {(len(self.split) - self.done) / rate:.0f} s", flush=True)  # fmt: skip
+
+
+def _store(feats: np.ndarray, labels: np.ndarray, offsets: np.ndarray | None,
+           got: tuple[np.ndarray, np.ndarray, np.ndarray]) -> int:  # fmt: skip
+    """One batch's features and labels into the cache arrays (per residue: at its rows' positions) -> its rows."""
+    index, f, lab = got
+    if offsets is None:
+        feats[index], labels[index] = f, lab
+    else:
+        pos = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in index])
+        feats[pos], labels[pos] = f, lab
+    return len(index)
+
+
+SHARED_MEMORY = Path("/dev/shm")
+
+
+def _node_arrays(split: Split, per_residue: bool, F: int, storage: str,
+                 ctx: DistContext) -> tuple[np.ndarray, np.ndarray] | None:  # fmt: skip
+    """The cache arrays that the node's ranks share (the same files mapped by each), or None where some node
+    cannot share (then no rank does: the other way exchanges features through collectives that need every rank).
+
+    Local rank 0 creates the files, every local rank maps them, then they are unlinked: the mappings keep them
+    until the cache is dropped, so nothing is left behind, also when a run is killed after that."""
+    n_rows = int(split.lengths().sum()) if per_residue else len(split)
+    label_dtype = np.dtype(np.int64) if per_residue else np.asarray(split.labels).dtype
+    where = Path(tempfile.gettempdir()) if storage == "disk-float16" else SHARED_MEMORY
+    need = n_rows * (F * (4 if storage == "float32" else 2) + label_dtype.itemsize)
+    ok = ctx.local_world_size > 1 and label_dtype.kind in "iufb" and where.is_dir() and _free(where) > 1.1 * need
+    if ctx.world_size < 2 or all_min(float(ok), ctx) < 1.0:
+        return None
+    token = broadcast(uuid.uuid4().hex if ctx.is_main else None, ctx)
+    base = where / f"pbp-features-{token}-node{ctx.node_rank}-{split.name}"
+    paths = (Path(f"{base}.features.npy"), Path(f"{base}.labels.npy"))
+    if ctx.local_rank == 0:
+        fdtype = np.float32 if storage == "float32" else np.float16
+        feats = np.lib.format.open_memmap(paths[0], mode="w+", dtype=fdtype, shape=(n_rows, F))
+        labels = np.lib.format.open_memmap(paths[1], mode="w+", dtype=label_dtype, shape=(n_rows,))
+        if per_residue:
+            labels[:] = IGNORE_INDEX
+    barrier(ctx)  # the files exist
+    if ctx.local_rank != 0:
+        feats, labels = np.load(paths[0], mmap_mode="r+"), np.load(paths[1], mmap_mode="r+")
+    barrier(ctx)  # every local rank has mapped them
+    if ctx.local_rank == 0:
+        for p in paths:
+            p.unlink()
+    return feats, labels
+
+
+def _free(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
 
 
 def choose_storage(fp32_mb: float, fp16_mb: float, max_memory_mb: float, max_disk_mb: float) -> str | None:

@@ -13,6 +13,8 @@ class DistContext:
     world_size: int
     local_rank: int
     node_rank: int
+    local_world_size: int = 1
+    """Ranks on this rank's node (Ray Train's local world size: the local stack's nodes share one IP, so one node)."""
 
     @property
     def is_main(self) -> bool:
@@ -23,7 +25,8 @@ class DistContext:
         import ray.train
 
         ctx = ray.train.get_context()
-        return cls(ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_rank(), ctx.get_node_rank())
+        return cls(ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_rank(), ctx.get_node_rank(),
+                   ctx.get_local_world_size())  # fmt: skip
 
     @classmethod
     def single(cls) -> DistContext:
@@ -56,6 +59,13 @@ def all_min(value: float, ctx: DistContext) -> float:
     t = torch.tensor([value], dtype=torch.float64)
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return float(t.item())
+
+
+def barrier(ctx: DistContext) -> None:
+    if _active(ctx):
+        import torch.distributed as dist
+
+        dist.barrier()
 
 
 def all_gather_objects(obj: Any, ctx: DistContext) -> list[Any]:
@@ -138,17 +148,23 @@ def quiet_ray_train_reports() -> None:
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
-def spawn_gloo_ranks(fn: Callable[..., None], world_size: int, args: tuple[Any, ...], rendezvous: str) -> None:
+def spawn_gloo_ranks(fn: Callable[..., None], world_size: int, args: tuple[Any, ...], rendezvous: str,
+                     nodes: int = 1) -> None:  # fmt: skip
     """Run ``fn(ctx, *args)`` on ``world_size`` spawned processes, one thread each, joined in a gloo process group
     through the file ``rendezvous`` (a path that must not exist yet; none for one rank). For tests and benchmarks
     of the collectives above without Ray; ``fn`` must be importable (a module-level function). Raises when a rank
-    fails, with its traceback."""
+    fails, with its traceback. ``nodes``: the ranks present themselves as spread evenly over that many nodes (their
+    local ranks and node ranks say so), though all run here."""
     import torch.multiprocessing as mp
 
-    mp.start_processes(_gloo_rank, (fn, world_size, rendezvous, args), nprocs=world_size, start_method="spawn")
+    if nodes < 1 or world_size % nodes:
+        raise ValueError(f"{world_size} ranks cannot spread evenly over {nodes} nodes")
+    mp.start_processes(_gloo_rank, (fn, world_size, rendezvous, args, world_size // nodes), nprocs=world_size,
+                       start_method="spawn")  # fmt: skip
 
 
-def _gloo_rank(rank: int, fn: Callable[..., None], world_size: int, rendezvous: str, args: tuple[Any, ...]) -> None:
+def _gloo_rank(rank: int, fn: Callable[..., None], world_size: int, rendezvous: str, args: tuple[Any, ...],
+               per_node: int) -> None:  # fmt: skip
     import torch
     import torch.distributed as dist
 
@@ -156,7 +172,7 @@ def _gloo_rank(rank: int, fn: Callable[..., None], world_size: int, rendezvous: 
     if world_size > 1:
         dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world_size)
     try:
-        fn(DistContext(rank, world_size, rank, 0), *args)
+        fn(DistContext(rank, world_size, rank % per_node, rank // per_node, per_node), *args)
         if world_size > 1:
             # Without it a rank that tears down while another still talks to it aborts now and then in gloo's
             # threads ("terminate called without an active exception", SIGABRT: 3 of 8 runs of a 2-rank test).
