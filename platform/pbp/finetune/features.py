@@ -92,14 +92,15 @@ def build_cache(
     was_training = model.training
     model.body.eval()
     groups = eval_groups(split, max_tokens)
-    progress = _Progress(split, show_progress)
     node = _node_arrays(split, per_residue, F, storage, ctx)
-    if node is not None:  # this node's ranks fill one cache
+    if node is not None:  # this node's ranks fill one cache; rank 0 counts its own rows for all of them
+        progress = _Progress(split, show_progress, ctx.local_world_size)
         feats, labels = node
         for index in groups[ctx.local_rank :: ctx.local_world_size]:
             progress.add(_store(feats, labels, offsets, _features(model, split, index, device, feats.dtype.type)))
         barrier(ctx)  # every rank's rows written before any reads them
     else:
+        progress = _Progress(split, show_progress)
         feats, labels = _allocate(split, per_residue, F, storage)
         mine = groups[ctx.rank :: ctx.world_size]
         for r in range(-(-len(groups) // ctx.world_size)):  # every rank takes part in every round's all-gather
@@ -115,14 +116,15 @@ def build_cache(
 
 
 class _Progress:
-    """A line every ``PROGRESS_EVERY_S`` while a cache is built (rank 0 only: ``enabled``)."""
+    """A line every ``PROGRESS_EVERY_S`` while a cache is built (rank 0 only: ``enabled``); ``scale``: rows done
+    in all for each row this rank sees (the ranks sharing a cache fill it at about the same pace)."""
 
-    def __init__(self, split: Split, enabled: bool) -> None:
-        self.split, self.enabled, self.done = split, enabled, 0
+    def __init__(self, split: Split, enabled: bool, scale: int = 1) -> None:
+        self.split, self.enabled, self.scale, self.done = split, enabled, scale, 0
         self.t0 = self.shown = time.perf_counter()
 
     def add(self, rows: int) -> None:
-        self.done += rows
+        self.done = min(len(self.split), self.done + rows * self.scale)
         if self.enabled and time.perf_counter() - self.shown > PROGRESS_EVERY_S:
             self.shown = time.perf_counter()
             rate = self.done / (self.shown - self.t0)
