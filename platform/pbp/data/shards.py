@@ -220,10 +220,10 @@ def build(
             raise DatasetError(f"no valid records in {', '.join(map(str, inputs.files()))}")
         if inputs.go_table is not None and counts.annotated == 0:
             raise DatasetError(
-                f"{inputs.go_table}: none of its annotations is for an accession of {inputs.fasta} ({counts.records} "
-                f"records; accessions there look like {counts.first_accession!r}, in the table like "
-                f"{counts.table_accession!r}): check that both files use the same accessions (UniProt's); nothing "
-                "was written"
+                f"{inputs.go_table}: none of its annotations is for an accession of {inputs.uniprot or inputs.fasta} "
+                f"({counts.records} records; accessions there look like {counts.first_accession!r}, in the table "
+                f"like {counts.table_accession!r}): check that both files use the same accessions (UniProt's); "
+                "nothing was written"
             )
         vocab = build_vocabulary(counts.terms, cfg.min_go_records)
         shard_bytes = cfg.shard_size_mb * 2**20

@@ -42,7 +42,7 @@ def resolve_config(cfg: PretrainConfig) -> tuple[PretrainConfig, dict[str, Any]]
     if n_terms == 0:
         raise ValueError(
             f"data.url={cfg.data.url}: the dataset has no GO vocabulary (built without annotations, or no term on >= "
-            f"{manifest['build'].get('min_go_records', '?')} proteins), and pretraining needs at least one term: "
+            f"{manifest.get('build', {}).get('min_go_records', '?')} proteins), and pretraining needs at least one term: "
             "rebuild it with --go-table (or a lower --min-go-records)"
         )
     if cfg.model.n_annotations != n_terms:
