@@ -120,6 +120,9 @@ def test_unknown_model_version_other_task_and_bad_names_are_refused(pbp, models,
     rec = _history(pbp, name)["records"][-1]
     assert rec["candidate_score"] == "recomputed" and rec["split"]["sha256"] != client_of_sha(other)
     assert rec["champion_value"] == pytest.approx(1.0) and rec["candidate_value"] < 1.0
+    # The same source registered again: a new version, with a note naming the earlier one.
+    out = ok(pbp("registry", "register", str(a), "--name", name, "--test", str(test)))
+    assert f"note: {a} was registered before, as version(s) 1 of {name}; version 4 is another copy" in out, out
 
 
 def test_two_racing_promotions_leave_one_champion_and_both_decisions(stack_dir, pbp, models):

@@ -76,6 +76,9 @@ def cmd_register(args: argparse.Namespace) -> int:
           f"URI models:/{r.name}/{r.version}")  # fmt: skip
     for k, v in sorted(metrics.items()):
         print(f"  {k:28} {float(v):.4f}")
+    if r.same_source:
+        print(f"note: {r.tags['pbp.source']} was registered before, as version(s) {', '.join(r.same_source)} of "
+              f"{r.name}; version {r.version} is another copy")  # fmt: skip
     return 0
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,8 @@ class Registered:
     tags: dict[str, str]
     campaign: str = ""
     """Set when the source was a campaign's parent run: the campaign whose best trial was registered."""
+    same_source: list[str] = field(default_factory=list)
+    """Earlier versions of the model registered from the same source (a second registration is usually a slip)."""
 
 
 def resolve_source(source: str) -> tuple[str, str | None]:
@@ -88,7 +90,16 @@ def register(source: str, name: str, *, test: str = "", description: str = "") -
     _ensure_registered_model(c, name, description)
     mv = call(f"registering {source} as model {name}", lambda: _register_quietly(model_uri, name, tags),
               permission="EDIT on the registered model")  # fmt: skip
-    return Registered(name, str(mv.version), model_uri, tags, campaign)
+    return Registered(name, str(mv.version), model_uri, tags, campaign, _same_source(c, name, tags, str(mv.version)))
+
+
+def _same_source(c: Any, name: str, tags: dict[str, str], version: str) -> list[str]:
+    """The model's other versions whose ``pbp.source`` tag is this one's (a checked name: safe in the filter)."""
+    found = c.search_model_versions(f"name = '{name}'")
+    same = [
+        mv.version for mv in found if mv.tags.get("pbp.source") == tags["pbp.source"] and str(mv.version) != version
+    ]
+    return sorted(map(str, same), key=int)
 
 
 def _register_quietly(model_uri: str, name: str, tags: dict[str, str]) -> Any:
