@@ -61,9 +61,19 @@ class FeatureCache:
         return xt.float(), torch.from_numpy(np.asarray(y))
 
 
+def cache_rows(split: Split, per_residue: bool) -> int:
+    """Rows of a cache: one per residue (token position) or one per sequence."""
+    return int(split.lengths().sum()) if per_residue else len(split)
+
+
 def cache_size_bytes(split: Split, per_residue: bool, n_features: int, itemsize: int) -> int:
-    rows = int(split.lengths().sum()) if per_residue else len(split)
-    return rows * n_features * itemsize
+    return cache_rows(split, per_residue) * n_features * itemsize
+
+
+def _dtypes(split: Split, per_residue: bool, storage: str) -> tuple[np.dtype, np.dtype]:
+    """(features, labels) dtypes of a cache in ``storage``."""
+    labels = np.dtype(np.int64) if per_residue else np.asarray(split.labels).dtype
+    return np.dtype(np.float32 if storage == "float32" else np.float16), labels
 
 
 @torch.no_grad()
@@ -154,10 +164,10 @@ def _node_arrays(split: Split, per_residue: bool, F: int, storage: str,
 
     Local rank 0 creates the files, every local rank maps them, then they are unlinked: the mappings keep them
     until the cache is dropped, so nothing is left behind, also when a run is killed after that."""
-    n_rows = int(split.lengths().sum()) if per_residue else len(split)
-    label_dtype = np.dtype(np.int64) if per_residue else np.asarray(split.labels).dtype
+    n_rows = cache_rows(split, per_residue)
+    fdtype, label_dtype = _dtypes(split, per_residue, storage)
     where = Path(tempfile.gettempdir()) if storage == "disk-float16" else SHARED_MEMORY
-    need = n_rows * (F * (4 if storage == "float32" else 2) + label_dtype.itemsize)
+    need = n_rows * (F * fdtype.itemsize + label_dtype.itemsize)
     ok = ctx.local_world_size > 1 and label_dtype.kind in "iufb" and where.is_dir() and _free(where) > 1.1 * need
     if ctx.world_size < 2 or all_min(float(ok), ctx) < 1.0:
         return None
@@ -165,7 +175,6 @@ def _node_arrays(split: Split, per_residue: bool, F: int, storage: str,
     base = where / f"pbp-features-{token}-node{ctx.node_rank}-{split.name}"
     paths = (Path(f"{base}.features.npy"), Path(f"{base}.labels.npy"))
     if ctx.local_rank == 0:
-        fdtype = np.float32 if storage == "float32" else np.float16
         feats = np.lib.format.open_memmap(paths[0], mode="w+", dtype=fdtype, shape=(n_rows, F))
         labels = np.lib.format.open_memmap(paths[1], mode="w+", dtype=label_dtype, shape=(n_rows,))
         if per_residue:
@@ -201,19 +210,17 @@ def _allocate(split: Split, per_residue: bool, F: int, storage: str) -> tuple[np
     """The cache's empty arrays: features (rows, F) in ``storage`` (rows: one per residue or per sequence) and
     labels (IGNORE_INDEX per residue until filled). A disk cache is a float16 memmap whose file is unlinked at once:
     the mapping keeps its space until the cache is dropped, so nothing is left behind, also when a run is killed."""
-    n_rows = int(split.lengths().sum()) if per_residue else len(split)
+    n_rows = cache_rows(split, per_residue)
+    fdtype, label_dtype = _dtypes(split, per_residue, storage)
     feats: np.ndarray
     if storage == "disk-float16":
         path = Path(tempfile.mkdtemp(prefix="pbp-features-")) / f"{split.name}.f16"
-        feats = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(n_rows, F))
+        feats = np.lib.format.open_memmap(path, mode="w+", dtype=fdtype, shape=(n_rows, F))
         path.unlink()
         path.parent.rmdir()
     else:
-        feats = np.empty((n_rows, F), dtype=np.float32 if storage == "float32" else np.float16)
-    if per_residue:
-        labels = np.full(n_rows, IGNORE_INDEX, dtype=np.int64)
-    else:
-        labels = np.empty(n_rows, dtype=np.asarray(split.labels).dtype)
+        feats = np.empty((n_rows, F), dtype=fdtype)
+    labels = np.full(n_rows, IGNORE_INDEX, dtype=label_dtype) if per_residue else np.empty(n_rows, dtype=label_dtype)
     return feats, labels
 
 

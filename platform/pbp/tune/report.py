@@ -18,8 +18,8 @@ import io
 import json
 import math
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -78,17 +78,11 @@ def format_params(params: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
-@contextmanager
-def quiet_optuna() -> Iterator[None]:
+def quiet_optuna() -> AbstractContextManager[None]:
     """Optuna's INFO lines off for a block ("A new study created in memory / in RDB ...", one per study)."""
-    import optuna
+    from pbp.train.tracking import quiet_logger
 
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        yield
-    finally:
-        optuna.logging.set_verbosity(verbosity)
+    return quiet_logger("optuna")  # the logger optuna.logging.set_verbosity sets
 
 
 def _finite(value: float | None) -> bool:
