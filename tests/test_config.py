@@ -92,6 +92,50 @@ def test_override_into_a_value_is_refused():
         apply_overrides({"a": 1}, ["a.b=2"])
 
 
+def test_a_section_may_name_a_yaml_file_and_overrides_reach_into_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)  # paths in configs are relative to the working directory (the project's root)
+    tiny = load_config(ModelConfig, "configs/model/tiny.yaml")
+    assert load_config(Job, None, ["model=configs/model/tiny.yaml"]).model == tiny
+    cfg = load_config(Job, None, ["model=configs/model/tiny.yaml", "model.n_blocks=3"])
+    assert cfg.model.n_blocks == 3 and cfg.model.d_local == tiny.d_local
+    # a job config's own section of the same name: "the model of that run"
+    assert load_config(Job, None, ["model=configs/pretrain/tiny.yaml"]).model.d_global == tiny.d_global
+    p = tmp_path / "job.yaml"
+    p.write_text("model: configs/model/tiny.yaml\n")
+    assert load_config(Job, p).model == tiny
+    with pytest.raises(ConfigError, match=r"model: configs/nope\.yaml: config file not found"):
+        load_config(Job, None, ["model=configs/nope.yaml"])
+    with pytest.raises(ConfigError, match=r"model=configs/tune/tiny\.yaml: unknown key 'model\.name'"):
+        load_config(Job, None, ["model=configs/tune/tiny.yaml"])
+    with pytest.raises(ConfigError, match=r"model: expected a mapping for ModelConfig \(or a YAML file of one\)"):
+        load_config(Job, None, ["model=tiny"])
+
+
+@dataclass
+class Stage:
+    name: str
+    lr: float = 1e-3
+
+
+@dataclass
+class Staged:
+    stages: list[Stage] = field(default_factory=lambda: [Stage("frozen"), Stage("unfrozen", 1e-4)])
+    model: ModelConfig | None = None
+
+
+def test_an_override_indexes_a_default_list_the_file_leaves_out(tmp_path):
+    p = tmp_path / "job.yaml"
+    p.write_text("model: {n_blocks: 2}\n")
+    cfg = load_config(Staged, p, ["stages.1.lr=0.5"])
+    assert cfg.stages == [Stage("frozen"), Stage("unfrozen", 0.5)]  # the default list, copied in, then changed
+    p.write_text("stages: [{name: only}]\n")  # a list the file has is the file's, not the default's
+    with pytest.raises(ConfigError, match="'1' is not an index of the 1-item list 'stages'"):
+        load_config(Staged, p, ["stages.1.lr=0.5"])
+    with pytest.raises(ConfigError, match="'2' is not an index of the 2-item list 'stages'"):
+        load_config(Staged, None, ["stages.2.lr=0.5"])
+    assert load_config(Staged, None, ["model.n_blocks=3"]).model.n_blocks == 3  # an optional section with no default
+
+
 def test_missing_and_malformed_files(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(Job, tmp_path / "nope.yaml")

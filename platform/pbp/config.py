@@ -8,6 +8,13 @@ Rules: unknown keys fail at once naming the dotted key (and the file); values ar
 field annotations (``int``, ``float``, ``bool``, ``str``, ``Literal``, enums, ``X | None``, ``list``/``tuple``/
 ``dict`` of those, nested dataclasses); each dataclass' ``__post_init__`` then checks ranges.
 Override values are parsed as YAML scalars (``true``, ``3``, ``[128, 512]``); floats such as ``1e-4`` are accepted.
+
+A section may name a YAML file instead of spelling it out (``model: configs/model/tiny.yaml``, or the override
+``model=configs/model/tiny.yaml``; relative to the working directory, like every path in a config). The file holds
+the section itself, or a job config with the section under the same key (``model=configs/pretrain/tiny.yaml``
+takes that run's model); later overrides reach into it (``model.n_blocks=3``). An override may also index a list
+the file leaves at its default (``stages.0.max_epochs=2`` on a config with no ``stages``): the default list is
+copied in first, then changed.
 """
 
 from __future__ import annotations
@@ -98,9 +105,16 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")
         return value
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: expected a mapping for {tp.__name__}, got {type(value).__name__}")
-        return _build(tp, value, key)
+        if not _is_yaml_path(value):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{key}: expected a mapping for {tp.__name__} (or a YAML file of one), got "
+                                  f"{type(value).__name__} {value!r}")  # fmt: skip
+            return _build(tp, value, key)
+        section = read_section(value, key)
+        try:
+            return _build(tp, section, key)
+        except ConfigError as e:
+            raise ConfigError(f"{key}={value}: {e}") from None
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         try:
             return tp(value)
@@ -162,18 +176,21 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str], cls: type | None = None) -> dict[str, Any]:
     """Apply dotted overrides to a nested dict (in place; returned for convenience).
 
-    A numeric part indexes a list that the file (or the defaults) already has: ``stages.0.lr=3e-3``.
+    A numeric part indexes a list that the file already has, or, given the config class ``cls``, the field's
+    default list: ``stages.0.lr=3e-3``.
     """
     for text in overrides:
         path, value = parse_override(text)
-        set_dotted(data, path, value, text)
+        set_dotted(data, path, value, text, cls)
     return data
 
 
-def set_dotted(data: dict[str, Any], path: Sequence[str], value: Any, what: str = "") -> None:
+def set_dotted(data: dict[str, Any], path: Sequence[str], value: Any, what: str = "", cls: type | None = None) -> None:
+    """``data[path] = value``, making sections on the way: a section named by a YAML file is read in; a list the
+    data lacks is the default of ``cls``'s field at that place (when ``cls`` is given and has one)."""
     what = what or ".".join(path)
     node: Any = data
     for i, part in enumerate(path):
@@ -184,16 +201,75 @@ def set_dotted(data: dict[str, Any], path: Sequence[str], value: Any, what: str 
                                   f"{'.'.join(path[:i])!r}")  # fmt: skip
             if last:
                 node[int(part)] = value
-            else:
-                node = node[int(part)]
-            continue
-        if last:
-            node[part] = value
-            break
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict | list):
+                break
+            key: Any = int(part)
+        else:
+            if last:
+                node[part] = value
+                break
+            if part not in node and cls is not None:
+                default = _default_at(cls, path[: i + 1])
+                if isinstance(default, list):
+                    node[part] = default
+            key = part
+            node.setdefault(part, {})
+        if _is_yaml_path(node[key]):
+            node[key] = read_section(node[key], ".".join(path[: i + 1]))
+        if not isinstance(node[key], dict | list):
             raise ConfigError(f"override {what!r}: {part!r} is a value, not a section")
-        node = child
+        node = node[key]
+
+
+_NO_DEFAULT = object()
+
+
+def _default_at(cls: type, path: Sequence[str]) -> Any:
+    """The default value (as plain data) of the config field at a dotted path of ``cls``, or ``_NO_DEFAULT``."""
+    tp: Any = cls
+    value: Any = _NO_DEFAULT
+    for part in path:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1:
+            tp = args[0]  # X | None
+        if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+            field = next((f for f in dataclasses.fields(tp) if f.name == part), None)
+            if field is None:
+                return _NO_DEFAULT
+            if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                value = getattr(value, part)
+            elif field.default is not dataclasses.MISSING:
+                value = field.default
+            elif field.default_factory is not dataclasses.MISSING:
+                try:
+                    value = field.default_factory()
+                except (TypeError, ValueError):
+                    return _NO_DEFAULT
+            else:
+                return _NO_DEFAULT
+            tp = typing.get_type_hints(tp)[part]
+        elif isinstance(value, list | tuple) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+            tp = (typing.get_args(tp) or (Any,))[0]
+        else:
+            return _NO_DEFAULT
+    return to_dict(value) if value is not _NO_DEFAULT else _NO_DEFAULT
+
+
+def _is_yaml_path(value: Any) -> bool:
+    return isinstance(value, str) and value.strip().lower().endswith((".yaml", ".yml"))
+
+
+def read_section(path: str, key: str) -> dict[str, Any]:
+    """A config section given as a YAML file: the file's own top level, or its ``key``'s last part when the file is
+    a job config with that section (``model: configs/pretrain/tiny.yaml`` takes that job's model)."""
+    name = key.rsplit(".", 1)[-1]
+    try:
+        data = read_yaml(path)
+    except ConfigError as e:
+        raise ConfigError(f"{key}: {e}") from None
+    if isinstance(data.get(name), dict):
+        return data[name]
+    return data
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -228,7 +304,7 @@ def load_config(
         data = data[section] or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: section {section!r} must be a mapping")
-    data = apply_overrides(data, overrides)
+    data = apply_overrides(data, overrides, cls)
     try:
         return _build(cls, data)
     except ConfigError as e:

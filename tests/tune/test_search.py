@@ -7,7 +7,7 @@ import pytest
 
 from pbp.config import ConfigError, load_config
 from pbp.tune.config import TuneConfig
-from pbp.tune.search import check_space, make_searcher
+from pbp.tune.search import base_finetune_dict, check_space, make_searcher, trial_finetune_config
 
 from ..conftest import REPO
 
@@ -48,3 +48,12 @@ def test_space_keys_and_ranges_are_checked_before_anything_starts():
         _cfg("space={stages.0.lr: {type: loguniform, low: 0.0, high: 0.1}}")
     with pytest.raises(ConfigError, match="name"):
         _cfg("name=a'b")
+
+
+def test_a_space_reaches_stages_the_fine_tuning_config_leaves_at_their_defaults():
+    # configs/finetune/stability.yaml lists no stages: the paper's schedule is its default
+    cfg = _cfg(f"finetune={REPO / 'configs/finetune/stability.yaml'}", "finetune_overrides=[]")
+    base = check_space(cfg)
+    assert [s.name for s in base.stages] == ["frozen", "unfrozen", "final-1024"]
+    trial = trial_finetune_config(base_finetune_dict(cfg), {"stages.0.lr": 0.05}, "t")
+    assert trial.stages[0].lr == 0.05 and trial.stages[1:] == base.stages[1:]

@@ -45,7 +45,7 @@ def distributions(space: dict[str, ParamSpec]) -> dict[str, Any]:
 def base_finetune_dict(cfg: TuneConfig) -> dict[str, Any]:
     from pbp.config import apply_overrides
 
-    return apply_overrides(read_yaml(cfg.finetune), cfg.finetune_overrides)
+    return apply_overrides(read_yaml(cfg.finetune), cfg.finetune_overrides, FinetuneConfig)
 
 
 def trial_finetune_config(
@@ -54,7 +54,7 @@ def trial_finetune_config(
     """The base fine-tuning config with a trial's sampled values, its run name and (in a campaign) its storage."""
     data = copy.deepcopy(base)
     for key, value in params.items():
-        set_dotted(data, key.split("."), value, f"space.{key}")
+        set_dotted(data, key.split("."), value, f"space.{key}", FinetuneConfig)
     data["run_name"] = run_name
     if storage_path:
         data.setdefault("checkpoint", {})["storage_path"] = storage_path
