@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from pbp.predict.files import Written
 
 
 def register_attention(sub: argparse._SubParsersAction) -> None:
@@ -48,6 +52,8 @@ def _io_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seq-column", default="seq", help="CSV input: the sequence column (default seq)")
     p.add_argument("--id-column", default="", help="CSV input: the id column (default: 'id' if present, else line)")
     p.add_argument("--max-tokens", type=int, default=16384, help="tokens per inference batch (default 16384)")
+    p.add_argument("--strict", action="store_true", help="skip records with characters outside the 22 amino-acid "
+                   "letters (default: read them as <OTHER>, as the model was trained, and count them)")  # fmt: skip
 
 
 def register_predict(sub: argparse._SubParsersAction) -> None:
@@ -66,8 +72,13 @@ def register_predict(sub: argparse._SubParsersAction) -> None:
     em.set_defaults(func=cmd_embed)
 
 
-def _report(what: str, n: int, out: Path, errors) -> None:
-    print(f"{what} {n} sequences -> {out}")
+def _report(what: str, written: Written, out: Path) -> None:
+    from pbp.predict.files import input_note
+
+    print(f"{what} {written.rows} sequences -> {out}")
+    for line in input_note(written.inputs.stats):
+        print(line)
+    errors = written.errors
     if errors.total:
         bad = ", ".join(f"{e['record'] or 'line ' + str(e['line'])} ({e['reason']})" for e in errors.entries[:10])
         more = f" and {errors.total - 10} more" if errors.total > 10 else ""
@@ -77,16 +88,20 @@ def _report(what: str, n: int, out: Path, errors) -> None:
 def cmd_predict(args: argparse.Namespace) -> int:
     from pbp.predict.files import predict_file
 
-    n, errors = predict_file(args.model, args.input, args.out, seq_column=args.seq_column, id_column=args.id_column,
-                             top_k=args.top_k, max_tokens=args.max_tokens)  # fmt: skip
-    _report("predicted", n, args.out, errors)
+    written = predict_file(args.model, args.input, args.out, seq_column=args.seq_column, id_column=args.id_column,
+                           top_k=args.top_k, max_tokens=args.max_tokens, unknown=_unknown(args))  # fmt: skip
+    _report("predicted", written, args.out)
     return 0
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
     from pbp.predict.files import embed_file
 
-    n, errors = embed_file(args.model, args.input, args.out, per_residue=args.per_residue,
-                           seq_column=args.seq_column, id_column=args.id_column, max_tokens=args.max_tokens)  # fmt: skip
-    _report("embedded", n, args.out, errors)
+    written = embed_file(args.model, args.input, args.out, per_residue=args.per_residue, seq_column=args.seq_column,
+                         id_column=args.id_column, max_tokens=args.max_tokens, unknown=_unknown(args))  # fmt: skip
+    _report("embedded", written, args.out)
     return 0
+
+
+def _unknown(args: argparse.Namespace) -> Literal["other", "error"]:
+    return "error" if args.strict else "other"

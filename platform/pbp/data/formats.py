@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pbp.data.records import TRUNCATED, ErrorLog, ProteinRecord, RecordError, numbered_lines, open_text
-from pbp.model.tokenizer import SequenceError, UnknownPolicy, normalize_sequence
+from pbp.model.tokenizer import SequenceError, TokenStats, UnknownPolicy, normalize_sequence
 
 GO_ID = re.compile(r"^GO:\d{7}$")
 
@@ -28,9 +28,10 @@ def fasta_accession(header: str) -> str:
     return first
 
 
-def _record(path: str, line: int, acc: str, raw: str, go: Iterable[str], unknown: UnknownPolicy) -> ProteinRecord:
+def _record(path: str, line: int, acc: str, raw: str, go: Iterable[str], unknown: UnknownPolicy,
+            stats: TokenStats | None = None) -> ProteinRecord:  # fmt: skip
     try:
-        seq = normalize_sequence(raw, acc, unknown=unknown)
+        seq = normalize_sequence(raw, acc, unknown=unknown, stats=stats)
     except SequenceError as e:
         reason = "empty_sequence" if "empty" in str(e) else ("non_ascii" if "ASCII" in str(e) else "invalid_character")
         raise RecordError(path, line, acc, reason, str(e)) from None
@@ -47,8 +48,10 @@ def read_fasta(
     errors: ErrorLog | None = None,
     unknown: UnknownPolicy = "other",
     annotations: dict[str, set[str]] | None = None,
+    stats: TokenStats | None = None,
 ) -> Iterator[ProteinRecord]:
-    """FASTA (plain or gzipped; UniProt/UniRef-style or bare headers). ``annotations``: accession -> GO ids."""
+    """FASTA (plain or gzipped; UniProt/UniRef-style or bare headers). ``annotations``: accession -> GO ids;
+    ``stats``: counts what normalisation changed in the records read."""
     errors = errors or ErrorLog()
     name = str(path)
     header: str | None = None
@@ -65,7 +68,7 @@ def read_fasta(
             return
         go = annotations.get(acc, ()) if annotations is not None else ()
         try:
-            yield _record(name, header_line, acc, "".join(chunks), go, unknown)
+            yield _record(name, header_line, acc, "".join(chunks), go, unknown, stats)
         except RecordError as e:
             errors.handle(e)
 

@@ -157,7 +157,7 @@ def predict(d: Demo) -> str:
         w.writeheader()
         w.writerows({"id": r["id"], "seq": r["seq"]} for r in rows)
     out = d.out / "predictions.csv"
-    n, _ = predict_file(f"models:/{d.cfg.name}@champion", str(inp), out)
+    n = predict_file(f"models:/{d.cfg.name}@champion", str(inp), out).rows
     preds = {r["id"]: float(r["probability"]) for r in csv.DictReader(out.open())}
     hits = sum((preds[r["id"]] > 0.5) == (r["label"] == "1") for r in rows)
     majority = max(sum(r["label"] == "1" for r in rows), sum(r["label"] == "0" for r in rows))

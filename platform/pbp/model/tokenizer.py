@@ -114,10 +114,9 @@ def normalize_sequence(
         pos = next(i for i, c in enumerate(seq) if not c.isascii())
         raise SequenceError(f"{_where(record)}: non-ASCII character {seq[pos]!r} at position {pos}")
     clean = seq.translate(_STRIP).upper()
-    if clean.endswith("*"):
+    stop_codon = clean.endswith("*")
+    if stop_codon:
         clean = clean[:-1]
-        if stats is not None:
-            stats.stop_codons_removed += 1
     if not clean:
         raise SequenceError(f"{_where(record)}: empty sequence")
     if clean.translate(_DELETE_AMINO_ACIDS):  # fast path: nothing outside the alphabet
@@ -130,9 +129,10 @@ def normalize_sequence(
             )
         if stats is not None:
             stats.other.update(c for _, c in bad)
-    if stats is not None:
+    if stats is not None:  # counted once the sequence is accepted
         stats.sequences += 1
         stats.residues += len(clean)
+        stats.stop_codons_removed += stop_codon
     return clean
 
 

@@ -3,7 +3,9 @@
 Input: FASTA (plain or gzipped; the id is the accession of the header) or CSV with a header (``--seq-column``, default
 ``seq``; ``--id-column``, default ``id`` when there is one, else the line number). A bad record (empty sequence,
 a character the tokenizer refuses, a duplicate id) is reported by file, line and id, written to ``<out>.errors.jsonl``
-and skipped: every good record is still predicted. Sequences are processed shortest first in chunks, each chunk
+and skipped: every good record is still predicted. Characters outside the 22 letters (``B``, an inner ``*``...) are read
+as ``<OTHER>``, as in training, and counted (:func:`input_note`); ``unknown="error"`` (``--strict``) skips such records
+instead. A trailing ``*`` (a stop codon) is removed and counted. Sequences are processed shortest first in chunks, each chunk
 length-batched (``pbp.predict.batches``), with a progress bar; output rows keep the input's order. Outputs are
 written to a temporary name and renamed at the end, so a failed run never leaves a half file under the real name.
 
@@ -29,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from pbp.data.records import ErrorLog, RecordError, numbered_lines, open_text
-from pbp.model.tokenizer import SequenceError, normalize_sequence
+from pbp.model.tokenizer import SequenceError, TokenStats, UnknownPolicy, normalize_sequence
 
 CHUNK = 512
 
@@ -39,18 +41,21 @@ class Inputs:
     ids: list[str] = field(default_factory=list)
     seqs: list[str] = field(default_factory=list)
     errors: ErrorLog = field(default_factory=lambda: ErrorLog(on_error="skip"))
+    stats: TokenStats = field(default_factory=TokenStats)
+    """What normalisation did to the records read: characters read as <OTHER>, stop codons removed."""
 
 
-def read_inputs(path: str, seq_column: str = "seq", id_column: str = "") -> Inputs:
+def read_inputs(path: str, seq_column: str = "seq", id_column: str = "", unknown: UnknownPolicy = "other") -> Inputs:
     out = Inputs()
-    records = _fasta(path, out.errors) if _is_fasta(path) else _csv(path, seq_column, id_column, out.errors)
+    fasta = _is_fasta(path)  # the FASTA reader normalises (and counts) as it reads; a CSV's cells are raw
+    records = _fasta(path, out.errors, unknown, out.stats) if fasta else _csv(path, seq_column, id_column, out.errors)
     seen: set[str] = set()
     for line, rid, seq in records:
         if rid in seen:
             out.errors.handle(RecordError(path, line, rid, "duplicate_id", "the same id again; ids must be unique"))
             continue
         try:
-            clean = normalize_sequence(seq, f"{path}:{line} {rid}")
+            clean = normalize_sequence(seq, f"{path}:{line} {rid}", unknown=unknown, stats=None if fasta else out.stats)
         except SequenceError as e:
             out.errors.handle(RecordError(path, line, rid, "invalid_sequence", str(e)))
             continue
@@ -58,8 +63,34 @@ def read_inputs(path: str, seq_column: str = "seq", id_column: str = "") -> Inpu
         out.ids.append(rid)
         out.seqs.append(clean)
     if not out.seqs:
-        raise ValueError(f"{path}: no usable sequences ({out.errors.total} bad records: {dict(out.errors.counts)})")
+        first = out.errors.entries[0] if out.errors.entries else None
+        example = f"; the first: line {first['line']} {first['record'] or ''}: {first['detail']}" if first else ""
+        raise ValueError(f"{path}: no usable sequences ({out.errors.total} bad records: {dict(out.errors.counts)}"
+                         f"{example})")  # fmt: skip
     return out
+
+
+def input_note(stats: TokenStats) -> list[str]:
+    """Lines saying what the input policy changed in the records that were used (none when nothing)."""
+    lines = []
+    if stats.n_other:
+        chars = ", ".join(f"{c!r} x{n}" for c, n in stats.other.most_common(8))
+        more = f" and {len(stats.other) - 8} more" if len(stats.other) > 8 else ""
+        lines.append(f"read {stats.n_other} character(s) outside the 22 amino-acid letters as <OTHER>, as the model "
+                     f"was trained: {chars}{more} (--strict skips such records instead)")  # fmt: skip
+    if stats.stop_codons_removed:
+        lines.append(f"removed a trailing stop codon '*' from {stats.stop_codons_removed} sequence(s)")
+    return lines
+
+
+@dataclass
+class Written:
+    rows: int
+    inputs: Inputs
+
+    @property
+    def errors(self) -> ErrorLog:
+        return self.inputs.errors
 
 
 def _is_fasta(path: str) -> bool:
@@ -70,10 +101,10 @@ def _is_fasta(path: str) -> bool:
     raise ValueError(f"{path}: empty input file")
 
 
-def _fasta(path: str, errors: ErrorLog) -> Iterator[tuple[int, str, str]]:
+def _fasta(path: str, errors: ErrorLog, unknown: UnknownPolicy, stats: TokenStats) -> Iterator[tuple[int, str, str]]:
     from pbp.data.formats import read_fasta
 
-    for rec in read_fasta(path, errors):
+    for rec in read_fasta(path, errors, unknown, stats=stats):
         yield rec.line, rec.accession, rec.sequence
 
 
@@ -127,11 +158,11 @@ def _flat(kind: str, row: Any, classes: list[str]) -> dict[str, Any]:
 
 
 def predict_file(model_uri: str, input_path: str, out: Path, *, seq_column: str = "seq", id_column: str = "",
-                 top_k: int = 10, max_tokens: int = 16384) -> tuple[int, ErrorLog]:  # fmt: skip
-    """-> (rows written, the bad records skipped)."""
+                 top_k: int = 10, max_tokens: int = 16384, unknown: UnknownPolicy = "other") -> Written:  # fmt: skip
+    """-> the rows written and the inputs read (their bad records skipped, what normalisation changed)."""
     from pbp.predict.models import load_model
 
-    inputs = read_inputs(input_path, seq_column, id_column)
+    inputs = read_inputs(input_path, seq_column, id_column, unknown)
     m = load_model(model_uri, max_tokens)
     if m.kind == "pretrained":
         rows = in_chunks(inputs.seqs, lambda s: m.predictor.top_go_terms(s, top_k), "predict")
@@ -150,11 +181,11 @@ def predict_file(model_uri: str, input_path: str, out: Path, *, seq_column: str 
 
     _atomic(out, write)
     _write_errors(out, inputs.errors)
-    return len(flat), inputs.errors
+    return Written(len(flat), inputs)
 
 
 def embed_file(model_uri: str, input_path: str, out: Path, *, per_residue: bool = False, seq_column: str = "seq",
-               id_column: str = "", max_tokens: int = 16384) -> tuple[int, ErrorLog]:  # fmt: skip
+               id_column: str = "", max_tokens: int = 16384, unknown: UnknownPolicy = "other") -> Written:  # fmt: skip
     from pbp.predict.embeddings import embeddings
     from pbp.predict.models import load_model
 
@@ -162,7 +193,7 @@ def embed_file(model_uri: str, input_path: str, out: Path, *, per_residue: bool 
         raise ValueError(f"--out {out}: write embeddings to a .parquet or .npy file")
     if per_residue and out.suffix != ".parquet":
         raise ValueError(f"--out {out}: per-residue embeddings (one matrix per protein) need a .parquet file")
-    inputs = read_inputs(input_path, seq_column, id_column)
+    inputs = read_inputs(input_path, seq_column, id_column, unknown)
     body = load_model(model_uri, max_tokens).body
     parts = in_chunks(inputs.seqs, lambda s: _embed_rows(embeddings(body, s, per_residue=per_residue,
                                                                     max_tokens=max_tokens)), "embed")  # fmt: skip
@@ -184,7 +215,7 @@ def embed_file(model_uri: str, input_path: str, out: Path, *, per_residue: bool 
             cols["residue_embeddings"] = [p[1].tolist() for p in parts]
         _atomic(out, lambda tmp: pq.write_table(pa.table(cols), str(tmp)))
     _write_errors(out, inputs.errors)
-    return len(inputs.ids), inputs.errors
+    return Written(len(inputs.ids), inputs)
 
 
 def _embed_rows(e: Any) -> list[tuple[np.ndarray, np.ndarray | None]]:

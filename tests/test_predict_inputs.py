@@ -1,0 +1,46 @@
+"""`pbp predict` / `pbp embed` inputs (no model, no stack): what the input policy changes is counted and said;
+``--strict`` skips records with characters outside the alphabet, naming them; bad records never stop the run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pbp.predict.files import _write_errors, input_note, read_inputs
+
+
+def _fasta(tmp_path):
+    p = tmp_path / "in.fasta"
+    p.write_text(">sp|P1|ok\nMKTAYIAKQR*\n>sp|P2|odd\nMKB*ZZA\n>sp|P3|empty\n*\n>sp|P1|again\nMK\n")
+    return p
+
+
+def test_characters_read_as_other_and_stop_codons_are_counted_and_said(tmp_path):
+    inputs = read_inputs(str(_fasta(tmp_path)))
+    assert inputs.ids == ["P1", "P2"] and inputs.seqs == ["MKTAYIAKQR", "MKB*ZZA"]
+    assert dict(inputs.stats.other) == {"B": 1, "*": 1, "Z": 2}  # of the records used; P3 (empty) is not counted
+    assert inputs.stats.stop_codons_removed == 1
+    note = input_note(inputs.stats)
+    assert note[0].startswith("read 4 character(s) outside the 22 amino-acid letters as <OTHER>")
+    assert "'Z' x2" in note[0] and "--strict" in note[0]
+    assert note[1] == "removed a trailing stop codon '*' from 1 sequence(s)"
+    assert {e["record"]: e["reason"] for e in inputs.errors.entries} == {"P3": "empty_sequence",
+                                                                          "P1": "duplicate_id"}  # fmt: skip
+    assert input_note(read_inputs(str(_write(tmp_path, "id,seq\na,MKT\n"))).stats) == []
+
+
+def test_strict_skips_records_with_other_characters_naming_record_character_and_position(tmp_path):
+    inputs = read_inputs(str(_fasta(tmp_path)), unknown="error")
+    assert inputs.ids == ["P1"] and input_note(inputs.stats) == ["removed a trailing stop codon '*' from 1 sequence(s)"]
+    _write_errors(tmp_path / "out.csv", inputs.errors)
+    errors = {e["record"]: e for e in map(json.loads, (tmp_path / "out.csv.errors.jsonl").read_text().splitlines())}
+    assert "character 'B' at residue 3" in errors["P2"]["detail"] and "(4 such characters)" in errors["P2"]["detail"]
+    with pytest.raises(ValueError, match=r"no usable sequences .*the first: line 2 a: .*character .B. at residue 1"):
+        read_inputs(str(_write(tmp_path, "id,seq\na,BBB\n")), unknown="error")
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "in.csv"
+    p.write_text(text)
+    return p
