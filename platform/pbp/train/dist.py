@@ -130,12 +130,15 @@ def quiet_ray_train_reports() -> None:
     repeated per rank): pbp prints its own progress lines; (3) torch's FutureWarning that DeepSpeed's ZeRO gather
     calls a deprecated collective (printed per rank, about DeepSpeed's code, nothing a user can act on). Other
     warnings still show. (4) stdout line-buffered: a worker's stdout is a file, so a library's unflushed ``print``
-    (DeepSpeed's op-build line) reached the terminal when the worker exited, after the run's closing lines."""
+    (DeepSpeed's op-build line) reached the terminal when the worker exited, after the run's closing lines. (5)
+    MLflow's "View run ... at: URL" lines when rank 0 ends its run: the driver's closing lines give the run's link."""
     import builtins
     import logging
+    import os
     import sys
     import warnings
 
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)
     warnings.filterwarnings("ignore", r"`torch\.distributed\.all_gather_into_tensor` is deprecated", FutureWarning)
