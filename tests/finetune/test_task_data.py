@@ -100,6 +100,13 @@ def test_valid_or_test_label_unseen_in_train(tmp_path, kind):
     ok_valid = _csv(tmp_path, "ok.csv", "seq,label\nMKV,a\n" if kind == "categorical" else "seq,label\nMKV,HEC\n")
     with pytest.raises(TaskDataError, match=rf"te\.csv:3: {bad}"):
         load_task(_task(kind, train, valid=ok_valid, test=_csv(tmp_path, "te.csv", other)))
+    # task.unseen_labels=drop: such rows are left out and counted per role (a smoke run on a subset of classes)
+    data = load_task(_task(kind, train, valid=valid, test=_csv(tmp_path, "te.csv", other), unseen_labels="drop"))
+    assert (len(data.valid), len(data.test)) == (1, 1) and data.dropped == {"valid": 1, "test": 1}
+    assert data.valid.records == [f"{valid}:2"]
+    with pytest.raises(TaskDataError, match=r"only\.csv: no row's class occurs in the training file \(1 rows left"):
+        load_task(_task(kind, train, valid=_csv(tmp_path, "only.csv", other.splitlines()[0] + "\n" + other.splitlines()[2]),
+                        unseen_labels="drop"))  # fmt: skip
 
 
 def test_binary_labels_are_0_or_1(tmp_path):

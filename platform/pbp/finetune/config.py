@@ -44,6 +44,9 @@ class TaskConfig:
     valid_fraction: float = 0.1
     max_rows: int = 0
     """Read at most this many rows of each file (0: all); for smoke runs and tests."""
+    unseen_labels: Literal["error", "drop"] = "error"
+    """A valid or test row whose class (categorical kinds) does not occur in train: an error naming file and line, or
+    ``drop``: the row is left out and counted (a smoke run with ``max_rows`` on a task of many classes)."""
 
     def __post_init__(self) -> None:
         if not self.train:

@@ -31,6 +31,10 @@ class TaskDataError(ValueError):
     """A task file that cannot be used; the message names the file and the line or the key."""
 
 
+class UnseenLabelError(TaskDataError):
+    """A valid or test row with a class the training file does not have (``task.unseen_labels``)."""
+
+
 @dataclass
 class Split:
     name: str
@@ -67,6 +71,8 @@ class TaskData:
     digests: dict[str, str] = field(default_factory=dict)
     """sha256 of each input file, by role (train, valid, test)."""
     valid_from_train: bool = False
+    dropped: dict[str, int] = field(default_factory=dict)
+    """Rows left out per role (valid, test) for a class not in train (``task.unseen_labels=drop``)."""
 
 
 def _read_bytes(url: str) -> bytes:
@@ -137,7 +143,7 @@ def _per_protein_label(kind: TaskKind, raw: str, where: str, index: dict[str, in
             raise TaskDataError(f"{where}: label {raw!r} is not 0 or 1 (task.kind=binary)")
         return int(raw)
     if raw not in index:
-        raise TaskDataError(f"{where}: label {raw!r} does not occur in the training file (task.kind=categorical)")
+        raise UnseenLabelError(f"{where}: label {raw!r} does not occur in the training file (task.kind=categorical)")
     return index[raw]
 
 
@@ -154,13 +160,16 @@ def _residue_label(kind: TaskKind, raw: str, n_residues: int, where: str, index:
             out[j + 1] = int(ch)
         else:
             if ch not in index:
-                raise TaskDataError(f"{where}: residue {j + 1} has label {ch!r}, which does not occur in the "
-                                    "training file (task.kind=residue_categorical)")  # fmt: skip
+                raise UnseenLabelError(f"{where}: residue {j + 1} has label {ch!r}, which does not occur in the "
+                                       "training file (task.kind=residue_categorical)")  # fmt: skip
             out[j + 1] = index[ch]
     return out
 
 
-def _split(name: str, url: str, rows: list[tuple[int, str, str]], kind: TaskKind, index: dict[str, int]) -> Split:
+def _split(name: str, url: str, rows: list[tuple[int, str, str]], kind: TaskKind, index: dict[str, int],
+           dropped: dict[str, int] | None = None) -> Split:  # fmt: skip
+    """``dropped``: rows with a class not in ``index`` are left out and counted there under ``name`` (else an
+    error)."""
     tokens: list[np.ndarray] = []
     labels: list = []
     records: list[str] = []
@@ -170,12 +179,21 @@ def _split(name: str, url: str, rows: list[tuple[int, str, str]], kind: TaskKind
             ids = encode(seq, where)
         except SequenceError as e:  # one error type for a task file that cannot be used
             raise TaskDataError(str(e)) from None
+        try:
+            if kind.per_residue:
+                labels.append(_residue_label(kind, raw, len(ids) - 2, where, index))
+            else:
+                labels.append(_per_protein_label(kind, raw, where, index))
+        except UnseenLabelError:
+            if dropped is None:
+                raise
+            dropped[name] = dropped.get(name, 0) + 1
+            continue
         tokens.append(np.asarray(ids, dtype=np.uint8))
-        if kind.per_residue:
-            labels.append(_residue_label(kind, raw, len(ids) - 2, where, index))
-        else:
-            labels.append(_per_protein_label(kind, raw, where, index))
         records.append(where)
+    if not tokens:
+        raise TaskDataError(f"{url}: no row's class occurs in the training file ({len(rows)} rows left out, "
+                            "task.unseen_labels=drop)")  # fmt: skip
     if kind.per_residue:
         return Split(name, url, tokens, labels, records)
     dtype = np.float32 if kind is TaskKind.NUMERIC else np.int64
@@ -202,6 +220,7 @@ def load_task(cfg: TaskConfig, seed: int = 0) -> TaskData:
     if kind in (TaskKind.CATEGORICAL, TaskKind.RESIDUE_CATEGORICAL) and len(classes) < 2:
         raise TaskDataError(f"{cfg.train}: {len(classes)} distinct label(s); task.kind={kind.value} needs at least 2")
     train = _split("train", cfg.train, rows["train"], kind, index)
+    dropped: dict[str, int] | None = {} if cfg.unseen_labels == "drop" else None
     from_train = "valid" not in rows
     if from_train:
         held = _holdout(len(train), cfg.valid_fraction, seed)
@@ -212,11 +231,11 @@ def load_task(cfg: TaskConfig, seed: int = 0) -> TaskData:
         valid.name, valid.source = "valid", f"{cfg.train}:valid"
         train = train.subset(np.flatnonzero(~held))
     else:
-        valid = _split("valid", cfg.valid, rows["valid"], kind, index)
-    test = _split("test", cfg.test, rows["test"], kind, index) if "test" in rows else None
+        valid = _split("valid", cfg.valid, rows["valid"], kind, index, dropped)
+    test = _split("test", cfg.test, rows["test"], kind, index, dropped) if "test" in rows else None
     spec = TaskSpec(kind, n_classes=max(len(classes), 1))
     digests = {role: hashlib.sha256(data).hexdigest() for role, data in raw.items()}
-    return TaskData(spec, train, valid, test, classes, digests, from_train)
+    return TaskData(spec, train, valid, test, classes, digests, from_train, dropped or {})
 
 
 def load_split(url: str, kind: TaskKind, classes: list[str], seq_column: str = "seq", label_column: str = "label",

@@ -36,6 +36,9 @@ def resolve_config(cfg: FinetuneConfig, tags: dict[str, str] | None = None) -> t
             task = replace(task, **{role: str(Path(url).expanduser().resolve())})  # type: ignore[arg-type]
     cfg = replace(cfg, task=task)
     data: TaskData = load_task(cfg.task, cfg.seed)
+    for role, n in data.dropped.items():
+        log.warning("%s: %d rows left out, their class does not occur in the training file (task.unseen_labels=drop)",
+                    getattr(cfg.task, role), n)  # fmt: skip
     lineage: dict[str, str] = {"pbp.init": cfg.init}
     if cfg.init != "none":
         body, meta = load_body(cfg.init)
@@ -52,7 +55,8 @@ def resolve_config(cfg: FinetuneConfig, tags: dict[str, str] | None = None) -> t
             "pbp.git_commit": git_commit(),
             "pbp.task.kind": data.spec.kind.value,
             "pbp.task.rows": f"train={len(data.train)} valid={len(data.valid)} "
-            f"test={len(data.test) if data.test else 0}",
+            f"test={len(data.test) if data.test else 0}"
+            + "".join(f" ({role}: {n} left out, unseen class)" for role, n in data.dropped.items()),
             **(tags or {}),
         },
     }
