@@ -55,6 +55,8 @@ def test_small_campaign_parent_children_report_and_pruned_trials(stack_dir, endp
     assert "Validating input example" not in out  # MLflow's INFO line per logged model
     assert "View detailed results here" not in out and "tensorboard --logdir" not in out  # Ray Tune's own lines
     assert f"campaign {name}: 4 trials: " in res.stdout and "best:    trial " in res.stdout
+    # beside its trivial baseline (a constant predictor's Spearman: 0 by convention)
+    assert re.search(r"best:    trial \w+ valid_spearman=-?\d\.\d{4} \(trivial baseline 0\.0000\) with", res.stdout)
     assert "View run" not in res.stdout and "Downloading artifacts" not in out  # MLflow's per-run lines and bars
     link = re.search(r"MLflow:  (http://\S+/#/experiments/\d+/runs/(\w+)) \(parent run", res.stdout)
     assert link, res.stdout[-3000:]
@@ -86,6 +88,7 @@ def test_small_campaign_parent_children_report_and_pruned_trials(stack_dir, endp
             assert "train_loss" in c.data.metrics and "valid_loss" in c.data.metrics
         p = client.get_run(parent)
         assert p.data.metrics["trials_completed"] >= 1 and p.data.metrics["cost_total"] > 0
+        assert p.data.metrics["best_value_baseline"] == 0.0
         best_uri = p.data.tags["pbp.best_model_uri"]
         model = mlflow.pyfunc.load_model(best_uri)
         preds = model.predict({"seq": ["MKTAYIAKQRQISFVKSHFSRQ", "MSV"]})

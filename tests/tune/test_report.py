@@ -148,7 +148,9 @@ def test_json_round_trip() -> None:
         summary_from_json(summary_to_json(summary).replace('"status"', '"colour"', 1))
 
 
-def test_the_campaigns_closing_lines_count_trials_by_status_and_name_the_best_with_its_parameters() -> None:
+def test_the_campaigns_closing_lines_count_trials_by_status_and_name_the_best_with_its_parameters(
+    tmp_path: Path,
+) -> None:
     from pbp.cli.finetune_cmds import campaign_lines
 
     summary = _summary()
@@ -157,6 +159,11 @@ def test_the_campaigns_closing_lines_count_trials_by_status_and_name_the_best_wi
         "campaign lr-sweep: 8 trials: 5 completed, 2 pruned, 1 failed",
         "best:    trial t002 valid_spearman=0.7800 with optim.lr=0.001, model.layers=2, activation=gelu",
     ]
+    summary.baseline = 0.0  # the metric's trivial baseline, from a finished trial's report
+    assert "valid_spearman=0.7800 (trivial baseline 0.0000) with" in campaign_lines("lr-sweep", summary,
+                                                                                   best_trial(summary))  # fmt: skip
+    assert "(trivial baseline 0.0000)" in write_report(summary, tmp_path).read_text(encoding="utf-8")
+    assert summary_from_json(summary_to_json(summary)) == summary
     assert campaign_lines("none", CampaignSummary("none", "valid_spearman", "max", []), None) == (
         "campaign none: 0 trials: 0 completed, 0 pruned, 0 failed"
     )

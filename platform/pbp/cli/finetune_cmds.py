@@ -142,9 +142,8 @@ def campaign_lines(name: str, summary: CampaignSummary, best: TrialRecord | None
     counts = ", ".join(f"{sum(t.status == s for t in summary.trials)} {s}" for s in ("completed", "pruned", "failed"))
     lines = [f"campaign {name}: {len(summary.trials)} trials: {counts}"]
     if best is not None:
-        from pbp.tune.report import format_params
+        from pbp.tune.report import baseline_note, format_params
 
-        lines.append(
-            f"best:    trial {best.trial_id} {summary.metric}={best.value:.4f} with {format_params(best.params)}"
-        )
+        lines.append(f"best:    trial {best.trial_id} {summary.metric}={best.value:.4f}{baseline_note(summary)} with "
+                     f"{format_params(best.params)}")  # fmt: skip
     return "\n".join(lines)

@@ -13,7 +13,6 @@ import itertools
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -355,8 +354,6 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
     quiet_ray_train_reports()
     cfg = from_dict(FinetuneConfig, config["cfg"])
     meta = config["meta"]
-    if not meta.get("mlflow_links", True):
-        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     ctx = DistContext.from_ray()
     torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
     tr = Trainer(cfg, meta, ctx)

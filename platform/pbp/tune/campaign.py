@@ -19,6 +19,7 @@ from typing import Any
 
 from pbp.config import to_dict
 from pbp.finetune.config import FinetuneConfig
+from pbp.train.metrics import BASELINE_SUFFIX
 from pbp.tune.config import TuneConfig
 from pbp.tune.report import CampaignSummary, TrialRecord, best_trial, quiet_optuna, summary_to_json, write_report
 from pbp.tune.search import EPOCH, FINISHED, check_space, distributions, make_searcher, trial_finetune_config
@@ -48,7 +49,6 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], ctx: dict[str, Any])
     cfg = trial_finetune_config(base, config, trial_run_name(ctx["campaign"], trial_id), ctx["trials_url"])
     meta = {
         "tags": {**ctx["tags"], "mlflow.parentRunId": ctx["parent_run_id"], "pbp.trial_id": trial_id},
-        "mlflow_links": False,  # no "View run" lines per trial: the campaign prints its parent run's link
     }
     fit(build_trainer(cfg, meta, callbacks=[TuneReportCallback()]), cfg.scaling)
 
@@ -192,6 +192,7 @@ def _tuner(cfg: TuneConfig, base_cfg: FinetuneConfig, base: dict, ctx: dict, met
 def summarize(grid, cfg: TuneConfig, metric: str, mode: str) -> CampaignSummary:
     """Tune's results -> plain records: status completed (fine-tuning finished), pruned (stopped early), failed."""
     trials: list[TrialRecord] = []
+    baseline: float | None = None
     for r in grid:
         m = r.metrics or {}
         trial_id = _trial_id(r)
@@ -201,12 +202,14 @@ def summarize(grid, cfg: TuneConfig, metric: str, mode: str) -> CampaignSummary:
             rows = df[df[FINISHED] != 1] if FINISHED in df else df
             curve = [(int(e), float(v)) for e, v in zip(rows[EPOCH], rows[metric], strict=True) if v == v]
         status = "failed" if r.error else ("completed" if m.get(FINISHED) else "pruned")
+        if status == "completed" and baseline is None and m.get(metric + BASELINE_SUFFIX) is not None:
+            baseline = float(m[metric + BASELINE_SUFFIX])
         value = m.get(metric) if status == "completed" else (curve[-1][1] if curve else None)
         trials.append(TrialRecord(trial_id=trial_id, number=_number(str(m.get("experiment_tag", "")), len(trials)), params=dict(r.config or {}),
                                   status=status, value=None if status == "failed" else value, curve=curve,
                                   seconds=float(m.get("time_total_s", 0.0))))  # fmt: skip
     trials.sort(key=lambda t: t.number)
-    return CampaignSummary(cfg.name, metric, mode, trials)
+    return CampaignSummary(cfg.name, metric, mode, trials, baseline)
 
 
 def train_seconds(grid) -> dict[str, float]:
@@ -324,6 +327,8 @@ def _log_parent(parent, cfg: TuneConfig, summary: CampaignSummary, best: TrialRe
     metrics["cost_total"] = float(ledger["total"])
     if best is not None and best.value is not None:
         metrics["best_value"] = float(best.value)
+        if summary.baseline is not None:
+            metrics["best_value" + BASELINE_SUFFIX] = summary.baseline
         for k, v in best.params.items():
             client.set_tag(parent.run_id, f"best.{k}", str(v))
         child = find_run(client, exp.experiment_id, trial_run_name(cfg.name, best.trial_id))

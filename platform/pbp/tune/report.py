@@ -63,6 +63,9 @@ class CampaignSummary:
     metric: str  # e.g. "valid_spearman"
     mode: str  # "max" or "min": which direction of the metric is better
     trials: list[TrialRecord]
+    baseline: float | None = None
+    """The metric's trivial baseline on the validation split (majority class, mean predictor: the trials share it),
+    from a finished trial; None before one finishes."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -453,10 +456,19 @@ def _best_html(summary: CampaignSummary) -> str:
     )
     return (
         f"<p>Trial <b>#{best.number}</b> (<code>{html.escape(best.trial_id)}</code>): "
-        f"{html.escape(summary.metric)} = <b>{html.escape(_fmt(best.value))}</b></p>"
+        f"{html.escape(summary.metric)} = <b>{html.escape(_fmt(best.value))}</b>{_baseline_note(summary)}</p>"
         f"<table><tr><th>parameter</th><th>value</th></tr>{rows}</table>"
         "<p>Pruned trials are not eligible: their values were measured at a lower budget.</p>"
     )
+
+
+def baseline_note(summary: CampaignSummary) -> str:
+    """`` (trivial baseline 0.0533)`` beside the best value; empty when no trial finished."""
+    return "" if summary.baseline is None else f" (trivial baseline {summary.baseline:.4f})"
+
+
+def _baseline_note(summary: CampaignSummary) -> str:
+    return html.escape(baseline_note(summary))
 
 
 def _trials_html(summary: CampaignSummary) -> str:
