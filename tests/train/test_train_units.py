@@ -138,3 +138,31 @@ def test_pretraining_refuses_a_dataset_without_go_terms_naming_it(tmp_path):
                       [f"data.url={tmp_path / 'ds'}", "tracking.enabled=false"])  # fmt: skip
     with pytest.raises(ValueError, match=r"data\.url=.*ds: the dataset has no GO vocabulary .*--go-table"):
         resolve_config(cfg)
+
+
+def test_the_driver_drops_rays_chatter_and_prints_every_other_line():
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    from pbp.train.launch import drop_ray_noise
+
+    printed: list[dict] = []
+    saved = list(dispatcher.handlers)
+    dispatcher.handlers = [("ray_print_logs", printed.append)]
+    try:
+        drop_ray_noise()
+        drop_ray_noise()  # connecting twice wraps once
+        chatter = [
+            "[2026-11-27 03:52:03,815 E 14474 14503] core_worker.cc:2465: Actor with class name: 'PreemptionWatcher' "
+            "and ID: '7e9c31773e2e033a0452772801000000' has constructor arguments in the object store and "
+            "max_restarts > 0. If the arguments in the object store go out of scope or are lost, the actor restart "
+            "will fail.",
+            "Detected that the Ray Train controller actor (e766e933dd9ca54d1613d11a02000000) is dead. Cleaning up "
+            "placement group = [PlacementGroupID(50e478093a2a435dbb1083fc11cc02000000)] created by this run.",
+            "WARNING: 8 PYTHON worker processes have been started on node: e5f7 with address: 192.0.2.2, which is 8x "
+            "the maximum expected startup concurrency (1).",
+        ]
+        dispatcher.emit({"pid": 1, "is_err": True, "lines": chatter})
+        dispatcher.emit({"pid": 2, "is_err": False, "lines": [chatter[0], "stage frozen epoch 1/2", "WARNING: x"]})
+        assert printed == [{"pid": 2, "is_err": False, "lines": ["stage frozen epoch 1/2", "WARNING: x"]}]
+    finally:
+        dispatcher.handlers = saved

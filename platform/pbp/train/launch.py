@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -264,6 +265,43 @@ def connect_ray(address: str | None = None) -> None:
 
     if not ray.is_initialized():
         ray.init(address=addr, log_to_driver=True)
+    if os.environ.get("PBP_RAY_NOISE", "") not in ("1", "true"):
+        drop_ray_noise()
+
+
+RAY_NOISE = (
+    # Ray Train V2's controller, once per run: about Ray's own actor, nothing a user can act on (ray#53727)
+    re.compile(
+        r"Actor with class name: 'PreemptionWatcher' and ID: '\w+' has constructor arguments in the object "
+        r"store and max_restarts > 0"
+    ),
+    # after every run (every campaign trial): the normal end of a run, worded as a failure
+    re.compile(r"Detected that the Ray Train controller actor \(\w+\) is dead\. Cleaning up placement group"),
+    # the raylet, when a campaign starts trials: a few actors per trial on a small machine, as designed
+    re.compile(r"PYTHON worker processes have been started on node: .* maximum expected startup concurrency"),
+)
+
+
+def drop_ray_noise() -> None:
+    """Drop the lines of ``RAY_NOISE`` from the worker logs Ray prints on this driver (every other line, warnings
+    included, still prints; ``PBP_RAY_NOISE=1`` keeps these too). Wraps Ray's log printer in its (private) stream
+    dispatcher; another Ray layout is left as it is."""
+    try:
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+    except ImportError:
+        return
+    with dispatcher._lock:
+        for i, (name, handler) in enumerate(dispatcher.handlers):
+            if name != "ray_print_logs" or getattr(handler, "pbp_filtered", False):
+                continue
+
+            def filtered(data: dict, _print: Callable[[dict], None] = handler) -> None:
+                lines = [x for x in data.get("lines", []) if not any(p.search(x) for p in RAY_NOISE)]
+                if lines:
+                    _print({**data, "lines": lines})
+
+            filtered.pbp_filtered = True  # type: ignore[attr-defined]
+            dispatcher.handlers[i] = (name, filtered)
 
 
 class RayShardMap:
