@@ -93,7 +93,7 @@ def test_valid_or_test_label_unseen_in_train(tmp_path, kind):
     else:
         train = _csv(tmp_path, "t.csv", "seq,label\nMKV,HEC\nMKVL,HHEE\nMKT,CCC\n")
         other = "seq,label\nMKV,HEC\nMKVL,HHXE\n"
-        bad = "residue 3 has label 'X', which does not occur in the training file"
+        bad = "residue 3's label 'X' does not occur in the training file"
     valid = _csv(tmp_path, "v.csv", other)
     with pytest.raises(TaskDataError, match=rf"v\.csv:3: {bad}"):
         load_task(_task(kind, train, valid=valid))
@@ -265,3 +265,14 @@ def test_shipped_finetune_configs_load():
     for path in sorted((REPO / "configs/finetune").glob("*.yaml")):
         cfg = load_config(FinetuneConfig, path)
         assert cfg.task.train and cfg.stages, path
+
+
+def test_scoring_a_model_on_a_file_with_a_class_it_was_not_trained_on_says_so(tmp_path):
+    from pbp.finetune.data import load_split
+
+    path = _csv(tmp_path, "te.csv", "seq,label\nMKV,a\nMKVL,z\n")
+    with pytest.raises(TaskDataError, match=r"te\.csv:3: label 'z' is not one of the 2 classes the model was trained"):
+        load_split(path, TaskKind.CATEGORICAL, ["a", "b"])
+    path = _csv(tmp_path, "ss.csv", "seq,label\nMKV,HXC\n")
+    with pytest.raises(TaskDataError, match=r"ss\.csv:2: residue 2's label 'X' is not one of the 3 classes"):
+        load_split(path, TaskKind.RESIDUE_CATEGORICAL, ["C", "E", "H"])

@@ -34,6 +34,10 @@ class TaskDataError(ValueError):
 class UnseenLabelError(TaskDataError):
     """A valid or test row with a class the training file does not have (``task.unseen_labels``)."""
 
+    def __init__(self, where: str, what: str, kind: TaskKind) -> None:
+        self.where, self.what, self.kind = where, what, kind
+        super().__init__(f"{where}: {what} does not occur in the training file (task.kind={kind.value})")
+
 
 @dataclass
 class Split:
@@ -143,7 +147,7 @@ def _per_protein_label(kind: TaskKind, raw: str, where: str, index: dict[str, in
             raise TaskDataError(f"{where}: label {raw!r} is not 0 or 1 (task.kind=binary)")
         return int(raw)
     if raw not in index:
-        raise UnseenLabelError(f"{where}: label {raw!r} does not occur in the training file (task.kind=categorical)")
+        raise UnseenLabelError(where, f"label {raw!r}", kind)
     return index[raw]
 
 
@@ -160,8 +164,7 @@ def _residue_label(kind: TaskKind, raw: str, n_residues: int, where: str, index:
             out[j + 1] = int(ch)
         else:
             if ch not in index:
-                raise UnseenLabelError(f"{where}: residue {j + 1} has label {ch!r}, which does not occur in the "
-                                       "training file (task.kind=residue_categorical)")  # fmt: skip
+                raise UnseenLabelError(where, f"residue {j + 1}'s label {ch!r}", kind)
             out[j + 1] = index[ch]
     return out
 
@@ -244,5 +247,10 @@ def load_split(url: str, kind: TaskKind, classes: list[str], seq_column: str = "
     split with it) -> (split, sha256 of the file). A label the model never saw is an error naming file:line."""
     data = _read_bytes(url)
     cfg = TaskConfig(kind=kind, train=url, seq_column=seq_column, label_column=label_column, max_rows=max_rows)
-    split = _split("test", url, _rows(url, data, cfg), kind, {c: i for i, c in enumerate(classes)})
+    try:
+        split = _split("test", url, _rows(url, data, cfg), kind, {c: i for i, c in enumerate(classes)})
+    except UnseenLabelError as e:
+        raise TaskDataError(f"{e.where}: {e.what} is not one of the {len(classes)} classes "
+                            f"the model was trained on (task.kind={e.kind.value}); score it on a file of those "
+                            "classes only") from None  # fmt: skip
     return split, hashlib.sha256(data).hexdigest()
