@@ -142,6 +142,7 @@ def test_a_rerun_of_a_finished_run_trains_nothing_and_says_where_it_ended(baseli
     assert f"run {baseline}: already finished (nothing left to train) at step {STEPS}\n" in out, out[-2000:]
     assert f"checkpoint: s3://pbp-runs/tests/{baseline}/{ckpt.checkpoint_name(STEPS)}\n" in out
     assert ckpt.newest_complete(_run_dir(endpoints, baseline)) == ckpt.checkpoint_name(STEPS)  # nothing new saved
+    assert "Started training worker group" not in out and "Connected to Ray cluster" not in out  # no worker started
 
 
 # Losses and weights of a killed-and-resumed run against the uninterrupted baseline. The resumed run replays the

@@ -348,9 +348,13 @@ class PretrainResult:
 def pretrain(
     cfg: PretrainConfig, meta_extra: dict[str, Any] | None = None, address: str | None = None
 ) -> PretrainResult:
-    """Run pretraining on the Ray cluster."""
+    """Run pretraining on the Ray cluster; a run that already reached ``max_steps`` and exported its model is
+    reported without starting any worker."""
     cfg, meta = resolve_config(cfg)
     meta.update(meta_extra or {})
+    done = _finished_before(meta["run_url"])
+    if done.checkpoint_url and done.metrics.get("step", 0) >= cfg.max_steps and _exported(meta["run_url"]):
+        return done
     if os.environ.get("PBP_TEST_INJECT_NONFINITE"):  # test hook: NaN losses at these steps (a fault on cue)
         meta["inject_nonfinite_steps"] = [int(s) for s in os.environ["PBP_TEST_INJECT_NONFINITE"].split(",")]
     connect_ray(address)
@@ -361,6 +365,13 @@ def pretrain(
         where = None if ckpt is None else f"{meta['run_url']}/{ckpt.path.rstrip('/').rsplit('/', 1)[-1]}"
         return PretrainResult(meta["run_url"], dict(result.metrics or {}), where)
     return _finished_before(meta["run_url"])
+
+
+def _exported(run_url: str) -> bool:
+    from pbp.train.checkpoint import storage_dir
+
+    run = storage_dir(run_url)
+    return all(run.size(f"final_model/{f}") for f in ("config.json", "model.safetensors"))
 
 
 def _finished_before(run_url: str) -> PretrainResult:
