@@ -58,7 +58,7 @@ def test_demo_end_to_end_and_a_failing_step(stack_env, tmp_path, monkeypatch):
     cfg, first = _first_run(tmp_path, monkeypatch, lines)
     fig = {s.name: s.figure for s in first.steps}
     assert fig["shards"].startswith("built") and "@champion = version 1" in fig["promote"]
-    assert "right (majority class:" in fig["predict"]
+    assert "right (majority class:" in fig["predict"] and "(trivial baseline 0.500)" in fig["campaign"]
     out = tmp_path / "demo"
     assert (out / "attention.png").read_bytes()[:4] == b"\x89PNG" and (out / "predictions.csv").is_file()
     text = first.render()
@@ -83,4 +83,8 @@ def test_a_second_demo_run_reuses_everything_and_is_faster(stack_env, tmp_path, 
     second = run_demo(cfg, echo=lines.append)
     fig2 = {s.name: s.figure for s in second.steps}
     assert fig2["shards"].startswith("reused") and "reused" in fig2["stack"]
+    # the same pretraining run, campaign and model: no Ray Train run started, no second registered copy, no
+    # promotion of a version over itself
+    assert all(fig2[k].startswith("reused") for k in ("pretrain", "campaign", "register", "promote")), fig2
+    assert fig2["register"].endswith(f"models:/{cfg.name}/1") and fig2["promote"] == "reused: @champion is version 1"
     assert sum(s.seconds for s in second.steps) < sum(s.seconds for s in first.steps)

@@ -62,6 +62,8 @@ def pretrain(d: Demo) -> str:
     out = d.pbp("pretrain", "pretrain", "--config", "configs/pretrain/tiny.yaml", f"run_name={run}",
                 f"data.url={d.state['data_url']}", f"max_steps={d.cfg.pretrain_steps}", "scaling.num_workers=2")  # fmt: skip
     d.state["pretrained"] = _pretrained_url(run)
+    if "already finished" in out:  # a second `make demo`: the run and its model are there
+        return f"reused: run {run} finished its {d.cfg.pretrain_steps} steps before; model {d.state['pretrained']}"
     losses = _last_losses(out)
     return f"{d.cfg.pretrain_steps} steps on 2 Ray workers (DeepSpeed ZeRO-2){losses}; model {d.state['pretrained']}"
 
@@ -109,7 +111,8 @@ def campaign(d: Demo) -> str:
             f"report_dir={d.out / 'tune'}", "asha.grace_period=1", overrides]  # fmt: skip
     from pbp.tune.campaign import campaign_exists, campaign_url
 
-    if campaign_exists(campaign_url(name)):  # a second `make demo`: its trials are done, the campaign reports
+    reused = campaign_exists(campaign_url(name))
+    if reused:  # a second `make demo`: its trials are done, the campaign reports
         d.pbp("campaign", "tune", "--resume", name)
     else:
         d.pbp("campaign", *args)
@@ -124,21 +127,33 @@ def campaign(d: Demo) -> str:
     d.state["best_uri"] = parent.data.tags[BEST_MODEL_TAG]
     d.state["report"] = d.out / "tune" / name / "report.html"
     m = parent.data.metrics
-    return (f"{d.cfg.trials} trials (ASHA + TPE): {int(m.get('trials_completed', 0))} completed, "
-            f"{int(m.get('trials_pruned', 0))} pruned; best valid ROC-AUC {m.get('best_value', float('nan')):.3f}")  # fmt: skip
+    base = m.get("best_value_baseline")
+    beside = f" (trivial baseline {base:.3f})" if base is not None else ""
+    return (f"{'reused: ' if reused else ''}{d.cfg.trials} trials (ASHA + TPE): {int(m.get('trials_completed', 0))} "
+            f"completed, {int(m.get('trials_pruned', 0))} pruned; best valid ROC-AUC "
+            f"{m.get('best_value', float('nan')):.3f}{beside}")  # fmt: skip
 
 
 def register(d: Demo) -> str:
     from pbp.registry.register import register as do_register
+    from pbp.registry.register import versions_of_source
 
+    earlier = versions_of_source(d.cfg.name, d.state["best_uri"])
+    if earlier:  # a second `make demo`: the same model, not another copy of it
+        d.state["version"] = earlier[-1]
+        return f"reused: {d.state['best_uri']} is models:/{d.cfg.name}/{earlier[-1]}"
     r = do_register(d.state["best_uri"], d.cfg.name)
     d.state["version"] = r.version
     return f"{d.state['best_uri']} -> models:/{r.name}/{r.version}"
 
 
 def promote(d: Demo) -> str:
+    from pbp.registry.promote import aliases
     from pbp.registry.promote import promote as do_promote
+    from pbp.registry.server import CHAMPION, client
 
+    if aliases(client(), d.cfg.name).get(CHAMPION) == d.state["version"]:
+        return f"reused: @{CHAMPION} is version {d.state['version']}"
     out = do_promote(d.cfg.name, d.state["version"])
     rec = out.record
     if not out.promoted:

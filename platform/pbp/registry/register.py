@@ -94,12 +94,16 @@ def register(source: str, name: str, *, test: str = "", description: str = "") -
 
 
 def _same_source(c: Any, name: str, tags: dict[str, str], version: str) -> list[str]:
-    """The model's other versions whose ``pbp.source`` tag is this one's (a checked name: safe in the filter)."""
-    found = c.search_model_versions(f"name = '{name}'")
-    same = [
-        mv.version for mv in found if mv.tags.get("pbp.source") == tags["pbp.source"] and str(mv.version) != version
-    ]
-    return sorted(map(str, same), key=int)
+    """The model's other versions whose ``pbp.source`` tag is this one's."""
+    return [v for v in versions_of_source(name, tags["pbp.source"], c) if v != version]
+
+
+def versions_of_source(name: str, source: str, c: Any = None) -> list[str]:
+    """The versions of model ``name`` registered from ``source`` (their ``pbp.source`` tag), oldest first; none
+    for a model that does not exist yet."""
+    name = check_model_name(name)  # checked: safe in the filter
+    found = (c or client()).search_model_versions(f"name = '{name}'")
+    return sorted((str(mv.version) for mv in found if mv.tags.get("pbp.source") == source), key=int)
 
 
 def _register_quietly(model_uri: str, name: str, tags: dict[str, str]) -> Any:
