@@ -214,14 +214,20 @@ def test_categorical_remote_homology_subset_on_two_workers(stack_dir, endpoints,
     assert sum(v for k, v in final.items() if k.startswith("test_") and k.endswith("_n")) == 24, final
 
 
-def test_rerun_after_completion_resumes_without_retraining(numeric_run, stack_dir, endpoints, mlflow_client):
+def test_rerun_after_completion_starts_nothing_and_reports_the_run(numeric_run, stack_dir, endpoints, mlflow_client):
     run, _ = numeric_run
-    out = _ok(_finetune(stack_dir, run, "task.max_rows=120", *SHORT))
-    assert "resuming" in out and not re.search(r"stage \S+ epoch \d+/", out)  # no stage trained again
     mrun = _mlflow_run(mlflow_client, run)
+    assert mrun.data.tags["pbp.model_logged"] == "true"  # what a re-run checks, with the checkpoint and the export
+    logged = mlflow_client.search_logged_models([mrun.info.experiment_id])
+    out = _ok(_finetune(stack_dir, run, "task.max_rows=120", *SHORT))
+    # no worker, no stage, no second export: the closing lines from the run's final_metrics.json
+    assert "Started training worker group" not in out and not re.search(r"stage \S+ epoch \d+/", out)
+    assert f"run {run}: already finished (nothing left to train); model in" in out
+    assert re.search(r"^test_spearman\s+\S+\s+0\.0000$", out, re.M)
+    assert f"register it: pbp registry register {mrun.info.run_id} --name MODEL_NAME" in out
+    assert len(mlflow_client.search_logged_models([mrun.info.experiment_id])) == len(logged)
     assert _steps(mlflow_client, mrun.info.run_id, "train_loss") == list(range(1, EPOCHS + 1))
     assert ckpt.newest_complete(_run_dir(endpoints, run)) == ckpt.checkpoint_name(EPOCHS)
-    assert re.search(r"^test_spearman\s+\S+\s+0\.0000$", out, re.M)
 
 
 def test_a_missing_column_fails_on_the_driver_in_seconds(stack_dir, endpoints, tmp_path):

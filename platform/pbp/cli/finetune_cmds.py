@@ -50,7 +50,8 @@ def finetune_and_report(cfg: FinetuneConfig, address: str | None = None) -> None
     by_length = length_table(res.metrics)
     if by_length:
         print(by_length)
-    print(f"run {cfg.run_name}: finished; model in {res.run_url}/final_model and the MLflow run's 'model' artifact "
+    state = "finished" if res.trained else "already finished (nothing left to train)"
+    print(f"run {cfg.run_name}: {state}; model in {res.run_url}/final_model and the MLflow run's 'model' artifact "
           f"(experiment {cfg.tracking.experiment})")  # fmt: skip
     run_id = run_id_of(cfg.tracking.experiment, cfg.run_name) if cfg.tracking.enabled else None
     if run_id is not None:

@@ -79,16 +79,57 @@ class FinetuneResult:
     """The run's directory in storage (checkpoints, ``final_model/``, ``final_metrics.json``)."""
     metrics: dict[str, float]
     """The final validation and test metrics, each beside its baseline (``final_metrics.json``)."""
+    trained: bool = True
+    """False for a re-run of a finished run: nothing left to train, nothing started."""
 
 
 def finetune(cfg: FinetuneConfig, address: str | None = None) -> FinetuneResult:
-    """Run fine-tuning on the Ray cluster (RAY_ADDRESS, else the local stack)."""
+    """Run fine-tuning on the Ray cluster (RAY_ADDRESS, else the local stack); a run that already finished every
+    stage and exported its model is reported without starting any worker."""
     from pbp.train.checkpoint import storage_dir
     from pbp.train.launch import connect_ray, fit
     from pbp.train.tracking import marked_if_unfinished
 
     cfg, meta = resolve_config(cfg)
+    done = finished_metrics(cfg)
+    if done is not None:
+        return FinetuneResult(cfg.run_url, done, trained=False)
     connect_ray(address)
     with marked_if_unfinished(cfg.tracking.enabled, cfg.tracking.experiment, cfg.run_name):
         fit(build_trainer(cfg, meta), cfg.scaling)
     return FinetuneResult(cfg.run_url, storage_dir(cfg.run_url).read_json("final_metrics.json") or {})
+
+
+def finished_metrics(cfg: FinetuneConfig) -> dict[str, float] | None:
+    """The final metrics of a run whose newest checkpoint has every stage of ``cfg`` done (what a worker would skip)
+    and whose model is exported: in storage, and with tracking on, logged to MLflow (``MODEL_LOGGED_TAG``). None
+    when anything is left to do."""
+    from pbp.finetune.export import META, WEIGHTS
+    from pbp.train.checkpoint import COMMIT, CommitRecord, newest_complete, storage_dir
+
+    run = storage_dir(cfg.run_url)
+    name = newest_complete(run)
+    if name is None:
+        return None
+    commit = CommitRecord.from_json(run.read_json(f"{name}/{COMMIT}") or {}, run.url(f"{name}/{COMMIT}"))
+    if commit.job.get("stage") != len(cfg.stages) - 1 or not commit.job.get("stage_done"):
+        return None
+    metrics = run.read_json("final_metrics.json")
+    if metrics is None or not all(run.size(f"final_model/{f}") for f in (WEIGHTS, META)):
+        return None
+    if cfg.tracking.enabled and not model_logged(commit.mlflow_run_id):
+        return None
+    return metrics
+
+
+def model_logged(run_id: str | None) -> bool:
+    from pbp.train.tracking import MODEL_LOGGED_TAG, configure_mlflow
+
+    if not run_id:
+        return False
+    from mlflow.tracking import MlflowClient
+
+    try:
+        return MlflowClient(configure_mlflow()).get_run(run_id).data.tags.get(MODEL_LOGGED_TAG) == "true"
+    except Exception:  # the run is gone or the server unreachable: train as usual, which reports those
+        return False

@@ -37,6 +37,8 @@ RETRY_S = 30.0
 RUN_KEY_TAG = "pbp.run_key"
 """sha256 hex of the run name: the only thing a run lookup puts in an MLflow filter (never the name itself)."""
 BEST_MODEL_TAG = "pbp.best_model_uri"
+MODEL_LOGGED_TAG = "pbp.model_logged"
+"""Set on a fine-tuning run once its model is logged: a re-run of the finished run has nothing left to do."""
 """On a campaign's parent run: its best trial's model (``runs:/<trial run>/model``); ``pbp registry register
 PARENT_RUN_ID`` registers that."""
 
