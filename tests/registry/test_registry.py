@@ -65,6 +65,17 @@ def test_register_gate_promote_refuse_force_rollback_and_history(stack_dir, pbp,
     assert all(r["user"] == "admin" for r in recs)
     table = ok(pbp("registry", "history", name))
     assert "chain verified" in table and "hotfix for issue 42" in table
+    # `pbp registry list NAME`: newest first, aliases, the test metric beside its baseline, the split's digest
+    lines = ok(pbp("registry", "list", name)).splitlines()
+    assert lines[0].split() == ["version", "created", "(UTC)", "aliases", "kind", "test", "metric", "baseline",
+                                "from", "test", "split"]  # fmt: skip
+    v2, v1 = lines[1].split(), lines[2].split()
+    assert v2[0] == "2" and v2[3] == "@previous-champion" and v2[5] == "test_spearman" and float(v2[6]) < 0
+    assert v1[0] == "1" and v1[3] == "@champion" and v1[5:8] == ["test_spearman", "1.0000", "0.0000"]
+    assert lines[-1] == f"2 version(s) of {name}; @champion: version 1"
+    listed = [x.split() for x in ok(pbp("registry", "list")).splitlines()]
+    assert [name, "2", "1"] == next(row for row in listed if row[0] == name)[:3]
+    assert not any(row[0].endswith(".pbp-lock") for row in listed)  # pbp's lock models are not the user's
 
     from mlflow.tracking import MlflowClient
 

@@ -7,7 +7,7 @@ import json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    reg = sub.add_parser("registry", help="the MLflow model registry: register, promote, rollback, history",
+    reg = sub.add_parser("registry", help="the MLflow model registry: register, list, promote, rollback, history",
                          description="See docs/registry.md. Needs the MLflow server (the local stack, or "
                          "MLFLOW_TRACKING_URI + credentials).")  # fmt: skip
     rsub = reg.add_subparsers(dest="registry_command", metavar="COMMAND", required=True)
@@ -33,6 +33,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--reason", default="")
     b.add_argument("--force", action="store_true", help="even if the audit trail does not verify (needs --reason)")
     b.set_defaults(func=_mlflow_errors(cmd_rollback))
+
+    ls = rsub.add_parser("list", help="registered models; with NAME its versions: aliases, origin, test metric "
+                         "beside its trivial baseline, test split")  # fmt: skip
+    ls.add_argument("name", nargs="?", default="")
+    ls.set_defaults(func=_mlflow_errors(cmd_list))
 
     h = rsub.add_parser("history", help="the audit trail of a model: who was champion when, and why")
     h.add_argument("name")
@@ -114,3 +119,10 @@ def cmd_history(args: argparse.Namespace) -> int:
     else:
         print(trail.table())
     return 0 if not trail.problems else 1
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from pbp.registry.listing import models_table, versions_table
+
+    print(versions_table(args.name) if args.name else models_table())
+    return 0

@@ -67,10 +67,9 @@ class Trail:
         return stack
 
     def table(self) -> str:
-        rows = [[_cell(r.get(c)) for c in COLUMNS] for r in self.records]
-        widths = [max([len(c), *(len(row[i]) for row in rows)]) for i, c in enumerate(COLUMNS)]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths, strict=True))]
-        lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in rows]
+        from pbp.tables import aligned
+
+        lines = aligned(COLUMNS, [[_cell(r.get(c)) for c in COLUMNS] for r in self.records])
         status = "chain verified" if not self.problems else "CHAIN BROKEN: " + "; ".join(self.problems)
         lines.append(f"{len(self.records)} decision(s) for model {self.model}; {status}")
         return "\n".join(lines)
