@@ -18,12 +18,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import logging
 import re
 import shlex
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -252,15 +254,34 @@ def submit(
         "py_modules": [str(root / "platform" / "pbp")],
         "env_vars": env_vars,
     }
-    c.submit_job(
-        entrypoint=entrypoint,
-        submission_id=sid,
-        runtime_env=runtime_env,
-        metadata={"pbp_job": job, "config": str(rel_config or "")},
-        entrypoint_resources=entrypoint_resources,
-    )
+    log(f"uploading {root} (pbp's excludes and .gitignore apply; Ray skips a package the cluster already has)")
+    with _quiet_ray_packaging():
+        c.submit_job(
+            entrypoint=entrypoint,
+            submission_id=sid,
+            runtime_env=runtime_env,
+            metadata={"pbp_job": job, "config": str(rel_config or "")},
+            entrypoint_resources=entrypoint_resources,
+        )
     log(f"submitted {sid}: {entrypoint}")
     return sid
+
+
+RAY_PACKAGING_LOGGERS = ("ray._private.runtime_env.packaging", "ray._private.runtime_env.working_dir",
+                         "ray.dashboard.modules.dashboard_sdk")  # fmt: skip
+"""Ray's loggers that print a dozen lines per submission: each nested .gitignore it honours ("Ignoring upload to
+cluster for these files"), that '.git' and '.venv' are "now ignored by default" (pbp's EXCLUDES name them anyway),
+each package uploaded or already there. Their errors still show."""
+
+
+@contextlib.contextmanager
+def _quiet_ray_packaging() -> Iterator[None]:
+    from pbp.train.tracking import quiet_logger
+
+    with contextlib.ExitStack() as stack:
+        for name in RAY_PACKAGING_LOGGERS:
+            stack.enter_context(quiet_logger(name, logging.ERROR))
+        yield
 
 
 JOB_CONFIGS = {"pretrain": ("pbp.train.config", "PretrainConfig"), "finetune": ("pbp.finetune.config", "FinetuneConfig"),
@@ -274,7 +295,6 @@ def check_job_config(job: str, config: Path | None, overrides: Sequence[str], ro
     (a tune config's space too, against the fine-tuning config it links); else a SubmitError with the config's own
     message. The job would fail the same way, seconds after it started on the cluster. Jobs pbp does not know (a
     user's own ``jobs/*.py``) are not checked."""
-    import contextlib
     import importlib
 
     if job not in JOB_CONFIGS:

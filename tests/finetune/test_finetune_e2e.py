@@ -266,6 +266,9 @@ def test_a_job_submitted_to_the_local_stack_reads_the_configs_relative_task_file
     assert f"run {run}: finished; model in" in res.stdout and "test_spearman" in res.stdout  # the command's ending
     assert re.search(r"\ntokens <= 512 +40 ", res.stdout), res.stdout[-3000:]  # the test rows by length, counted
     assert "] test_le512_n" not in res.stdout  # printed once, by the driver, not also by the worker
+    out = res.stdout + res.stderr  # Ray's packaging lines (a dozen per submission) and Train chatter are dropped
+    assert "uploading " in out and "Ignoring upload to cluster" not in out and "is now ignored by default" not in out
+    assert "'PreemptionWatcher'" not in out and "Cleaning up placement group" not in out
     got = _mlflow_run(mlflow_client, run)
     assert got.info.status == "FINISHED" and "test_spearman" in got.data.metrics
     assert f"register it: pbp registry register {got.info.run_id} --name MODEL_NAME" in res.stdout  # the run's id

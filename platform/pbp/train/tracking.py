@@ -150,16 +150,16 @@ def configure_mlflow() -> str:
 
 
 @contextmanager
-def quiet_logger(name: str) -> Iterator[None]:
-    """A library logger's INFO lines off for a block (MLflow's "Validating input example against model signature",
-    "Waiting up to 300 seconds ..."); its warnings still show."""
+def quiet_logger(name: str, level: int = logging.WARNING) -> Iterator[None]:
+    """A library logger's lines below ``level`` off for a block (MLflow's "Validating input example against model
+    signature", "Waiting up to 300 seconds ..."); by default its warnings still show."""
     logger = logging.getLogger(name)
-    level = logger.level
-    logger.setLevel(logging.WARNING)
+    before = logger.level
+    logger.setLevel(level)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        logger.setLevel(before)
 
 
 def quiet_mlflow_driver() -> None:
