@@ -187,8 +187,10 @@ def check_destination(store: Store, overwrite: bool = False) -> None:
         if ours:
             more = f" and {len(ours) - 3} more" if len(ours) > 3 else ""
             raise DatasetError(
-                f"{store.root}: holds {len(ours)} file(s) this build would overwrite ({', '.join(ours[:3])}{more}); "
-                "build into an empty directory, remove them, or pass --force to overwrite"
+                f"{store.root}: holds {len(ours)} file(s) this build would overwrite ({', '.join(ours[:3])}{more}) "
+                "and no manifest.json, as an interrupted build leaves it (a dataset is complete only once its "
+                "manifest is written, last); build into an empty directory, remove them, or pass --force to "
+                "overwrite"
             )
 
 
