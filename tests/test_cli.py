@@ -1,4 +1,5 @@
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -66,3 +67,27 @@ def test_bench_model_reports_fraction_of_a_measured_peak(tmp_path, capsys):
 def test_bench_rejects_unknown_dtype(capsys):
     assert main(["bench", "model", "--dtypes", "fp8"]) == 2
     assert "unknown dtype 'fp8'" in capsys.readouterr().err
+
+
+def test_data_build_progress_in_a_log_file_is_whole_lines(capsys, monkeypatch):
+    """Not a terminal (a submitted job, CI, `> build.log`): a line per phase, not tqdm's carriage returns."""
+    from pbp.cli.data_cmds import LineProgress, _progress
+
+    make, bars = _progress(True, tty=False)
+    update = make("reading", None)
+    update(40_000)
+    update(60_000)
+    monkeypatch.setattr(LineProgress, "EVERY_S", 0.0)
+    make("writing shards", 3)(2)  # closes "reading"; an interval passed: a progress line
+    bars[-1].close()
+    bars[-1].close()  # closing twice says it once
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = err.splitlines()
+    assert re.fullmatch(r"reading: 100,000 rec in \d+\.\d s", lines[0]), lines
+    assert re.fullmatch(r"writing shards: 2/3 shard \(\d+ s\)", lines[1]), lines
+    assert re.fullmatch(r"writing shards: 2/3 shard in \d+\.\d s", lines[2]) and len(lines) == 3, lines
+    make, bars = _progress(False, tty=False)  # --no-progress: nothing
+    make("reading", None)(5)
+    bars[-1].close()
+    assert capsys.readouterr().err == ""
