@@ -91,3 +91,11 @@ def test_data_build_progress_in_a_log_file_is_whole_lines(capsys, monkeypatch):
     make("reading", None)(5)
     bars[-1].close()
     assert capsys.readouterr().err == ""
+
+
+def test_jobs_list_of_an_empty_cluster_says_so():
+    from pbp.cli.submit_cmds import jobs_table
+
+    assert jobs_table([], "http://127.0.0.1:8265") == (
+        "no jobs on the cluster at http://127.0.0.1:8265 (a restarted cluster forgets its jobs)"
+    )

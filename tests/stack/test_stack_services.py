@@ -177,6 +177,12 @@ def test_smoke_job_through_pbp_submit_sees_every_node(stack_env, capsys):
     )
     assert again, err
     assert main(["jobs", "stop", again.group(1)]) == 0
+    capsys.readouterr()
+    assert main(["jobs", "list"]) == 0  # a table: the finished job with its status and how long it ran
+    listed = capsys.readouterr().out.splitlines()
+    assert listed[0].split() == ["id", "status", "started", "(UTC)", "ran", "entrypoint"]
+    row = next(ln.split() for ln in listed if ln.startswith(sid + " "))
+    assert row[1] == "SUCCEEDED" and row[5] == "s" and row[6:8] == ["python", "jobs/smoke.py"], row
     # An unknown job id is named (before: a RuntimeError traceback with the server's 404).
     for command in ("status", "logs", "stop"):
         assert main(["jobs", command, "no-such-job-1"]) == 2

@@ -52,8 +52,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
     c = submit.client(args.address)
     if args.jobs_command == "list":
-        for info in sorted(c.list_jobs(), key=lambda i: i.start_time or 0):
-            print(f"{info.submission_id or info.job_id:48} {info.status.name:10} {info.entrypoint}")
+        print(jobs_table(c.list_jobs(), c.get_address()))
         return 0
     if args.jobs_command == "status":
         info = submit.job_call(args.id, lambda: c.get_job_info(args.id))
@@ -69,3 +68,22 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     stopped = submit.job_call(args.id, lambda: c.stop_job(args.id))
     print(f"{args.id}: {'stop requested' if stopped else 'was not running'}")
     return 0
+
+
+def jobs_table(jobs: list, where: str) -> str:
+    """The cluster's jobs, oldest first: id, status, start (UTC), how long it ran (or has run), entrypoint."""
+    import time
+    from datetime import UTC, datetime
+
+    from pbp.tables import aligned
+
+    if not jobs:
+        return f"no jobs on the cluster at {where} (a restarted cluster forgets its jobs)"
+    rows = []
+    for info in sorted(jobs, key=lambda i: i.start_time or 0):
+        start, end = info.start_time, info.end_time or (time.time() * 1000 if info.start_time else None)
+        rows.append([info.submission_id or info.job_id or "-", info.status.name,
+                     datetime.fromtimestamp(start / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S") if start else "-",
+                     f"{(end - start) / 1000:.0f} s" if start and end else "-", info.entrypoint])  # fmt: skip
+    lines = aligned(["id", "status", "started (UTC)", "ran", "entrypoint"], rows, right=(3,))
+    return "\n".join([*lines, f"{len(rows)} job(s) on {where}; `pbp jobs logs ID` shows one's output"])
