@@ -160,6 +160,7 @@ def test_the_driver_drops_rays_chatter_and_prints_every_other_line():
             "placement group = [PlacementGroupID(50e478093a2a435dbb1083fc11cc02000000)] created by this run.",
             "WARNING: 8 PYTHON worker processes have been started on node: e5f7 with address: 192.0.2.2, which is 8x "
             "the maximum expected startup concurrency (1).",
+            "DeepSpeed deepspeed.ops.comm.deepspeed_shm_comm_op built successfully",
         ]
         dispatcher.emit({"pid": 1, "is_err": True, "lines": chatter})
         dispatcher.emit({"pid": 2, "is_err": False, "lines": [chatter[0], "stage frozen epoch 1/2", "WARNING: x"]})

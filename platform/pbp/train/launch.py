@@ -279,11 +279,14 @@ RAY_NOISE = (
     re.compile(r"Detected that the Ray Train controller actor \(\w+\) is dead\. Cleaning up placement group"),
     # the raylet, when a campaign starts trials: a few actors per trial on a small machine, as designed
     re.compile(r"PYTHON worker processes have been started on node: .* maximum expected startup concurrency"),
+    # DeepSpeed's op builder, once per rank; Ray's deduplication held rank 0's copy until after the closing lines
+    re.compile(r"^DeepSpeed deepspeed\.ops\.[\w.]+ built successfully$"),
 )
 
 
 def drop_ray_noise() -> None:
-    """Drop the lines of ``RAY_NOISE`` from the worker logs Ray prints on this driver (every other line, warnings
+    """Drop the lines of ``RAY_NOISE`` (Ray's own chatter, and DeepSpeed's op-build line) from the worker logs Ray
+    prints on this driver (every other line, warnings
     included, still prints; ``PBP_RAY_NOISE=1`` keeps these too). Wraps Ray's log printer in its (private) stream
     dispatcher; another Ray layout is left as it is."""
     try:
