@@ -99,6 +99,7 @@ def test_end_to_end_loss_falls_checkpoints_in_s3_and_mlflow_run(baseline, endpoi
     assert "Reporting training result" not in out and "all_gather_into_tensor` is deprecated" not in out
     assert "'PreemptionWatcher'" not in out and "Cleaning up placement group" not in out  # Ray's chatter, dropped
     assert "built successfully" not in out  # DeepSpeed's op-build line, which Ray's dedup printed after the end
+    assert "\x1b[36m(RayTrainWorker" not in out and "(RayTrainWorker pid=" in out  # no colour codes in a log
     # It ends saying where the model, the checkpoint and the MLflow run are (no dict or Checkpoint repr).
     url = f"s3://pbp-runs/tests/{baseline}"
     assert re.search(

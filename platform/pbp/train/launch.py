@@ -7,6 +7,7 @@ import math
 import os
 import re
 import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -267,6 +268,8 @@ def connect_ray(address: str | None = None) -> None:
         ray.init(address=addr, log_to_driver=True)
     if os.environ.get("PBP_RAY_NOISE", "") not in ("1", "true"):
         drop_ray_noise()
+    if not sys.stdout.isatty():  # a log file (a submitted job's, `> run.log`): no colour codes around the prefixes
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
 
 
 RAY_NOISE = (
