@@ -167,3 +167,31 @@ def test_the_campaigns_closing_lines_count_trials_by_status_and_name_the_best_wi
     assert campaign_lines("none", CampaignSummary("none", "valid_spearman", "max", []), None) == (
         "campaign none: 0 trials: 0 completed, 0 pruned, 0 failed"
     )
+
+
+def test_a_campaign_that_stopped_early_says_why(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from pbp.cli.finetune_cmds import campaign_lines
+    from pbp.config import load_config
+    from pbp.tune.config import TuneConfig
+    from pbp.tune.progress import stop_reason
+
+    from ..conftest import REPO
+
+    summary = _summary()  # 8 trials, best completed value 0.78
+    cfg = load_config(TuneConfig, REPO / "configs/tune/tiny.yaml", ["num_samples=8"])
+    assert stop_reason(cfg, summary, 10.0) == ""  # it ran them all
+    cfg = replace(cfg, num_samples=20)
+    target = replace(cfg, stop=replace(cfg.stop, target=0.75, time_budget_s=60.0))
+    assert stop_reason(target, summary, 60.0) == (
+        "stopped after 8 of 20 trials: valid_spearman reached stop.target=0.75")  # fmt: skip
+    budget = replace(cfg, stop=replace(cfg.stop, target=0.99, time_budget_s=60.0))
+    assert stop_reason(budget, summary, 59.0).endswith(": stop.time_budget_s=60 spent (running trials were stopped)")
+    patience = replace(cfg, stop=replace(cfg.stop, patience_trials=3))
+    assert stop_reason(patience, summary, 5.0).endswith(
+        ": 3 finished trials in a row without a new best (stop.patience_trials)")  # fmt: skip
+    summary.stopped = stop_reason(budget, summary, 59.0)
+    assert campaign_lines("lr-sweep", summary, best_trial(summary)).splitlines()[1] == f"why:     {summary.stopped}"
+    assert "Stopped after 8 of 20 trials" in write_report(summary, tmp_path).read_text(encoding="utf-8")
+    assert summary_from_json(summary_to_json(summary)) == summary

@@ -142,6 +142,8 @@ def campaign_lines(name: str, summary: CampaignSummary, best: TrialRecord | None
     """The campaign's closing lines: trials by status, then the best trial, its value and its parameters."""
     counts = ", ".join(f"{sum(t.status == s for t in summary.trials)} {s}" for s in ("completed", "pruned", "failed"))
     lines = [f"campaign {name}: {len(summary.trials)} trials: {counts}"]
+    if summary.stopped:
+        lines.append(f"why:     {summary.stopped}")
     if best is not None:
         from pbp.tune.report import baseline_note, format_params
 

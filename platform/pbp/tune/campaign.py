@@ -76,7 +76,7 @@ def run_campaign(cfg: TuneConfig, *, resume: bool = False, warm_start: str | Non
     from pbp.finetune.launch import resolve_config
     from pbp.names import check_name
     from pbp.train.launch import connect_ray, git_commit
-    from pbp.train.tracking import Tracker, ended_status, mark_family_unfinished
+    from pbp.train.tracking import Tracker, ended_status, mark_family_unfinished, quiet_logger
 
     base_cfg = check_space(cfg)
     base_cfg, ft_meta = resolve_config(base_cfg)  # task files and starting point checked, paths made absolute
@@ -107,11 +107,17 @@ def run_campaign(cfg: TuneConfig, *, resume: bool = False, warm_start: str | Non
     t0 = time.time()
     tuner = _tuner(cfg, base_cfg, base, ctx, metric, mode, url, resume, warm_start, warm)
     try:
-        grid = tuner.fit()
+        # Tune warns "Failed to fetch metrics ... FileNotFoundError" for a trial stopped (time budget, a stop
+        # criterion) before its first report: the summary counts it as pruned with no value.
+        with quiet_logger("ray.tune.analysis.experiment_analysis", logging.ERROR):
+            grid = tuner.fit()
     except BaseException as e:  # stopped (--resume continues it) or failed: no run left RUNNING in MLflow
         mark_family_unfinished(parent.run_id, ended_status(e))
         raise
     summary = summarize(grid, cfg, metric, mode)
+    from pbp.tune.progress import stop_reason
+
+    summary.stopped = stop_reason(cfg, summary, time.time() - t0)
     report = finish_campaign(cfg, summary, parent, url, time.time() - t0)
     return CampaignResult(summary, report, parent.run_id, best_trial(summary), train_seconds(grid))
 
@@ -323,6 +329,8 @@ def _log_parent(parent, cfg: TuneConfig, summary: CampaignSummary, best: TrialRe
         client.set_tag(child, "pbp.trial_status", t.status)
         if t.status != "completed":
             client.set_terminated(child, status="KILLED" if t.status == "pruned" else "FAILED")
+    if summary.stopped:
+        client.set_tag(parent.run_id, "pbp.stopped_early", summary.stopped)
     metrics = {f"trials_{k}": float(v) for k, v in counts.items()}
     metrics["cost_total"] = float(ledger["total"])
     if best is not None and best.value is not None:

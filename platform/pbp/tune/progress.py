@@ -89,3 +89,22 @@ class CampaignStopper(tune.Stopper):
 
     def stop_all(self) -> bool:
         return self.reached or (self.patience > 0 and self.since_best >= self.patience)
+
+
+def stop_reason(cfg: Any, summary: Any, seconds: float) -> str:
+    """Why a campaign ended with fewer trials than ``num_samples`` (empty when it ran them all), by the rules of
+    ``CampaignStopper`` and Tune's time budget. ``cfg``: its TuneConfig; ``summary``: its CampaignSummary;
+    ``seconds``: its wall time in this session."""
+    if len(summary.trials) >= cfg.num_samples:
+        return ""
+    stop, mode = cfg.stop, summary.mode
+    head = f"stopped after {len(summary.trials)} of {cfg.num_samples} trials"
+    if stop.target is not None:
+        values = [v for t in summary.trials for v in [t.value, *(c[1] for c in t.curve)] if v is not None]
+        if any(v == stop.target or _better(v, stop.target, mode) for v in values):
+            return f"{head}: {summary.metric} reached stop.target={stop.target:g}"
+    if stop.time_budget_s and seconds >= 0.95 * stop.time_budget_s:
+        return f"{head}: stop.time_budget_s={stop.time_budget_s:g} spent (running trials were stopped)"
+    if stop.patience_trials:
+        return f"{head}: {stop.patience_trials} finished trials in a row without a new best (stop.patience_trials)"
+    return head

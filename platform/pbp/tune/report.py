@@ -66,6 +66,8 @@ class CampaignSummary:
     baseline: float | None = None
     """The metric's trivial baseline on the validation split (majority class, mean predictor: the trials share it),
     from a finished trial; None before one finishes."""
+    stopped: str = ""
+    """Why the campaign ended before ``num_samples`` trials (a stop criterion; empty when it ran them all)."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -496,6 +498,7 @@ def _html(summary: CampaignSummary, sections: list[_Section]) -> str:
         f"<h1>Tuning report: {esc(summary.name)}</h1>",
         f"<p>Metric <code>{esc(summary.metric)}</code>, mode <b>{esc(summary.mode)}</b>. "
         f"{len(summary.trials)} trials: {counts}. Total cost: {total:.1f} s ({_hms(total)}).</p>",
+        f"<p class='note'>{esc(summary.stopped[0].upper() + summary.stopped[1:])}.</p>" if summary.stopped else "",
         f"<h2>Best trial</h2>{_best_html(summary)}",
     ]
     for s in sections:
