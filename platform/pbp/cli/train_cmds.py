@@ -25,14 +25,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     e = sub.add_parser(
         "evaluate",
-        help="a pretrained model on a dataset split: losses and annotation ROC-AUC (micro, macro), each beside a "
-        "trivial baseline",
+        help="a pretrained model on a dataset split (losses, annotation ROC-AUC micro and macro), or a fine-tuned "
+        "model on a labelled CSV file (the task's metrics, overall and per length bucket); each beside its trivial "
+        "baseline",
     )
-    e.add_argument("--model", required=True, help="model directory, local or s3:// (e.g. a run's final_model/)")
-    e.add_argument("--data", required=True, help="dataset URL")
-    e.add_argument("--split", default="valid", choices=("train", "valid"))
-    e.add_argument("--seq-len", type=int, default=512)
+    e.add_argument("--model", required=True, help="model directory, local or s3:// (a run's final_model/), or an "
+                   "MLflow URI (models:/NAME@champion, runs:/ID/model)")  # fmt: skip
+    e.add_argument("--data", required=True, help="pretrained model: a dataset URL; fine-tuned model: a CSV file "
+                   "with a header (local or s3://)")  # fmt: skip
+    e.add_argument("--split", default="valid", choices=("train", "valid"), help="pretrained model: the split")
+    e.add_argument("--seq-len", type=int, default=512, help="pretrained model: tokens per sequence")
     e.add_argument("--max-proteins", type=int, default=None)
+    e.add_argument("--seq-column", default="", help="fine-tuned model: the sequence column (default: the model's)")
+    e.add_argument("--label-column", default="label", help="fine-tuned model: the label column (default label)")
     e.add_argument("--json", type=Path, default=None)
     e.set_defaults(func=cmd_evaluate)
 
@@ -80,11 +85,27 @@ def pretrain_lines(run_name: str, res: PretrainResult, run_id: str | None) -> st
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from pbp.train.evaluate import evaluate, load_model
+    from pbp.finetune.export import META, find_model_dir
+    from pbp.train.artifacts import model_files
+    from pbp.train.evaluate import evaluate
     from pbp.train.metrics import baseline_table
 
-    res = evaluate(load_model(args.model), args.data, args.split, args.seq_len, max_proteins=args.max_proteins)
-    print(baseline_table(res))
+    with model_files(args.model) as root:
+        d = find_model_dir(root, args.model)
+        if (d / META).is_file():  # a fine-tuned model: its task's metrics on a labelled file
+            from pbp.cli.finetune_cmds import BUCKET_KEY, length_table
+            from pbp.finetune.scoring import evaluate_file
+
+            res = evaluate_file(d, args.data, seq_column=args.seq_column, label_column=args.label_column,
+                                max_rows=args.max_proteins or 0)  # fmt: skip
+            print(baseline_table({k: v for k, v in res.items() if not BUCKET_KEY.match(k)}))
+            print(length_table(res))
+        else:
+            from pbp.model import ProteinBERT
+
+            res = evaluate(ProteinBERT.from_pretrained(d), args.data, args.split, args.seq_len,
+                           max_proteins=args.max_proteins)  # fmt: skip
+            print(baseline_table(res))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(res, indent=2) + "\n")

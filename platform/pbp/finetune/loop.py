@@ -9,7 +9,6 @@ parameters may change between stages.
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import math
@@ -29,12 +28,12 @@ from pbp.finetune.config import FinetuneConfig, ScheduleConfig, StageConfig
 from pbp.finetune.data import Split, TaskData, load_task
 from pbp.finetune.export import TaskInfo, load_body, save_finetuned
 from pbp.finetune.features import PROGRESS_EVERY_S, FeatureCache, build_cache
+from pbp.finetune.scoring import by_length, row_predictions, score
 from pbp.model import ProteinBERT
 from pbp.model.finetune import IGNORE_INDEX, FinetuneModel, task_loss
 from pbp.train.checkpoint import Checkpointer, CommitRecord, Restored, Upload
 from pbp.train.dist import DistContext, all_gather_objects, average_gradients, broadcast, quiet_ray_train_reports
 from pbp.train.driver import Cadence, drive
-from pbp.train.metrics import task_metrics
 from pbp.train.tracking import MODEL_LOGGED_TAG, Tracker, finish_on_error
 
 log = logging.getLogger("pbp.finetune")
@@ -209,8 +208,7 @@ class Trainer:
             if m.task.kind.per_residue:
                 for i in range(len(cache)):
                     x, y = cache.batch(np.array([i]))
-                    keep = y.numpy() != IGNORE_INDEX
-                    out.append((i, self._head(x.to(self.device)).float().cpu().numpy()[keep], y.numpy()[keep]))
+                    out.append(row_predictions(i, self._head(x.to(self.device)).float().cpu(), y.numpy(), True))
                 return out
             for lo in range(0, len(cache), 4096):
                 idx = np.arange(lo, min(lo + 4096, len(cache)))
@@ -220,21 +218,17 @@ class Trainer:
             return out
         for b in eval_batches(split, self.cfg.eval_batch_tokens, ctx.rank, ctx.world_size):
             logits = m(b.tokens.to(self.device)).float().cpu()
+            per_residue = m.task.kind.per_residue
             for j, i in enumerate(b.index):
-                if m.task.kind.per_residue:
-                    keep = b.labels[j] != IGNORE_INDEX
-                    out.append((int(i), logits[j][keep].numpy(), b.labels[j][keep].numpy()))
-                else:
-                    out.append((int(i), logits[j : j + 1].numpy(), b.labels[j : j + 1].numpy()))
+                labels = b.labels[j].numpy() if per_residue else b.labels[j : j + 1].numpy()
+                out.append(
+                    row_predictions(int(i), logits[j] if per_residue else logits[j : j + 1], labels, per_residue)
+                )
         merged = [x for part in all_gather_objects(out, ctx) for x in part]
         return sorted(merged, key=lambda t: t[0])
 
     def score(self, preds: list[tuple[int, np.ndarray, np.ndarray]], prefix: str) -> dict[str, float]:
-        logits = torch.from_numpy(np.concatenate([p[1] for p in preds]))
-        labels = torch.from_numpy(np.concatenate([p[2] for p in preds]))
-        loss = float(task_loss(self.flat, logits, labels))
-        metrics = task_metrics(self.flat, logits, labels, self.train_ref)
-        return {f"{prefix}_loss": loss, **{f"{prefix}_{k}": v for k, v in metrics.items()}}
+        return score(self.flat, preds, prefix, self.train_ref)
 
     def validate(self) -> dict[str, float]:
         cache = self.caches.get("valid")
@@ -252,17 +246,8 @@ class Trainer:
         if split is None:
             return {}
         preds = self.predict(split)
-        out = self.score(preds, "test")
-        lengths = split.lengths()
-        edges = [0, *self.cfg.length_buckets, math.inf]
-        for lo, hi in itertools.pairwise(edges):
-            sel = [p for p in preds if lo < lengths[p[0]] <= hi]
-            if sel:
-                tag = f"le{hi}" if math.isfinite(hi) else f"gt{lo}"
-                bucket = self.score(sel, f"test_{tag}")
-                out.update({k: v for k, v in bucket.items() if not k.endswith("_baseline")})
-                out[f"test_{tag}_n"] = float(len(sel))
-        return out
+        return {**self.score(preds, "test"),
+                **by_length(self.flat, preds, split.lengths(), self.cfg.length_buckets, "test", self.train_ref)}  # fmt: skip
 
     # ---- checkpoints ------------------------------------------------------------------------------------------
 

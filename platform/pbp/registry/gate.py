@@ -18,9 +18,6 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-import torch
-
 from pbp.registry.lineage import SplitRef
 from pbp.registry.server import RegistryError
 
@@ -116,27 +113,10 @@ def score(name: str, mv: Any, metric: str, ref: SplitRef) -> tuple[float, float,
 def evaluate(model: Any, task: Any, ref: SplitRef) -> dict[str, float]:
     """A fine-tuned model's test metrics on the split ``ref`` (its file checked against the recorded digest)."""
     from pbp.finetune.data import load_split
-    from pbp.model.finetune import IGNORE_INDEX
-    from pbp.predict.batches import length_batches
-    from pbp.train.metrics import task_metrics
+    from pbp.finetune.scoring import predict_split, score
 
     split, sha = load_split(ref.path, task.kind, task.classes, ref.seq_column, ref.label_column, ref.max_rows)
     if ref.sha256 and sha != ref.sha256:
         raise RegistryError(f"test split {ref.path}: its sha256 is now {sha[:12]}..., the registry recorded "
                             f"{ref.sha256[:12]}...: the file changed, so scores on it are not comparable")  # fmt: skip
-    model.eval()
-    logits, labels = [], []
-    with torch.no_grad():
-        for rows, tokens in length_batches(split.tokens):  # type: ignore[arg-type]  # arrays of token ids
-            out = model(tokens).float()
-            for r, k in enumerate(rows):
-                if task.kind.per_residue:
-                    y = np.asarray(split.labels[k])
-                    keep = y != IGNORE_INDEX
-                    logits.append(out[r, : len(y)][torch.from_numpy(keep)])
-                    labels.append(torch.from_numpy(y[keep]))
-                else:
-                    logits.append(out[r : r + 1])
-                    labels.append(torch.as_tensor(np.asarray(split.labels)[k : k + 1]))
-    metrics = task_metrics(task.spec.flattened(), torch.cat(logits), torch.cat(labels))
-    return {f"test_{k}": float(v) for k, v in metrics.items()}
+    return score(task.spec.flattened(), predict_split(model, split), "test")

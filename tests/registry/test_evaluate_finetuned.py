@@ -1,0 +1,42 @@
+"""`pbp evaluate` of a fine-tuned model on a labelled CSV file (no stack: a model directory and a local file): the
+task's metrics beside their trivial baselines, overall and per length bucket, the same figures the registry's gate
+computes; a pretrained model still reads a dataset."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pbp.cli.main import main
+from pbp.finetune.export import load_finetuned
+from pbp.finetune.scoring import evaluate_file
+from pbp.registry.gate import evaluate as gate_evaluate
+from pbp.registry.lineage import SplitRef
+
+
+def test_a_finetuned_model_is_scored_on_a_labelled_file(models, tmp_path, capsys):
+    a, b, test, seqs = models  # A is perfect on test (its labels are A's predictions); B is not
+    out = tmp_path / "a.json"
+    assert main(["evaluate", "--model", str(a), "--data", str(test), "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[0].split() == ["metric", "model", "baseline"]
+    assert "test_spearman      1.0000      0.0000" in printed
+    assert f"tokens <= 512           {len(seqs)}" in printed  # the length table counts every row
+    res = json.loads(out.read_text())
+    assert res["test_spearman"] == pytest.approx(1.0) and res["test_le512_n"] == len(seqs)
+    # the figures the gate computes for the same model and split
+    model, task, _ = load_finetuned(b)
+    gate = gate_evaluate(model, task, SplitRef(str(test), "", 0, "seq", "label"))
+    mine = evaluate_file(b, str(test))
+    assert {k: v for k, v in mine.items() if k in gate} == pytest.approx(gate)
+    assert mine["test_spearman"] < 1.0 and set(gate) <= set(mine)
+
+
+def test_a_file_without_the_label_column_is_named(models, tmp_path, capsys):
+    a, _, test, _ = models
+    bad = tmp_path / "bad.csv"
+    bad.write_text(test.read_text().replace("label,seq", "y,seq", 1))
+    assert main(["evaluate", "--model", str(a), "--data", str(bad)]) == 2
+    assert f"{bad}:1: no column 'label'" in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(a), "--data", str(bad), "--label-column", "y"]) == 0
