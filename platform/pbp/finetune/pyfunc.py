@@ -81,22 +81,10 @@ def _load_pyfunc(data_path: str) -> FinetunedPredictor:
 
 def save_pyfunc(model_dir: Path, out: Path, example_seqs: list[str], seq_column: str = "seq") -> Path:
     """An MLflow pyfunc model directory at ``out`` wrapping the fine-tuned model at ``model_dir``."""
-    import mlflow.pyfunc
-    import pandas as pd
-    from mlflow.models import infer_signature
+    from pbp.predict.pyfunc_model import save_pyfunc_model
 
-    predictor = _load_pyfunc(str(model_dir))
-    example = pd.DataFrame({seq_column: example_seqs[:3]})
-    signature = infer_signature(example, predictor.predict(example), params={"output": "predictions"})
-    import pbp
-    from pbp.train.tracking import quiet_logger
-
-    with quiet_logger("mlflow.pyfunc"):  # no "Validating input example against model signature" line per model
-        mlflow.pyfunc.save_model(
-            str(out), loader_module="pbp.finetune.pyfunc", data_path=str(model_dir), signature=signature,
-            input_example=example, pip_requirements=[f"pbp=={pbp.__version__}"],
-        )  # fmt: skip
-    return out
+    return save_pyfunc_model(out, "pbp.finetune.pyfunc", model_dir, _load_pyfunc(str(model_dir)), seq_column,
+                             example_seqs, {"output": "predictions"})  # fmt: skip
 
 
 def log_pyfunc(

@@ -95,18 +95,7 @@ def _load_pyfunc(data_path: str) -> PretrainedPredictor:
 
 def save_pyfunc(model_dir: Path, out: Path, example_seqs: list[str]) -> Path:
     """An MLflow pyfunc model directory at ``out`` wrapping the pretrained model directory ``model_dir``."""
-    import mlflow.pyfunc
-    import pandas as pd
-    from mlflow.models import infer_signature
+    from pbp.predict.pyfunc_model import save_pyfunc_model
 
-    import pbp
-
-    predictor = _load_pyfunc(str(model_dir))
-    example = pd.DataFrame({"seq": example_seqs[:3]})
-    params = {"top_k": DEFAULT_TOP_K, "output": "go_terms"}
-    signature = infer_signature(example, predictor.predict(example), params=params)
-    mlflow.pyfunc.save_model(
-        str(out), loader_module="pbp.predict.pretrained", data_path=str(model_dir), signature=signature,
-        input_example=example, pip_requirements=[f"pbp=={pbp.__version__}"],
-    )  # fmt: skip
-    return out
+    return save_pyfunc_model(out, "pbp.predict.pretrained", model_dir, _load_pyfunc(str(model_dir)), "seq",
+                             example_seqs, {"top_k": DEFAULT_TOP_K, "output": "go_terms"})  # fmt: skip
