@@ -34,6 +34,31 @@ def test_unknown_search_space_key_fails_before_any_trial(stack_dir):
     assert "Connected to Ray" not in res.stdout + res.stderr
 
 
+def test_a_campaign_whose_every_trial_failed_says_why_and_fails(stack_dir, endpoints, monkeypatch):
+    """A trial that fails in its worker (a stage whose seq_len fits no sequence: the config is valid, the data is
+    not): the live line gives the error and where its whole text is; no completed trial means exit 2 and the parent
+    run FAILED (before: exit 0, "see its log under the campaign's storage")."""
+    from mlflow.tracking import MlflowClient
+
+    name = f"allfail-{os.getpid()}"
+    res = _pbp(stack_dir, "tune", "--config", "configs/tune/tiny.yaml", f"name={name}", "num_samples=1",
+               "max_failures=0", "storage_path=s3://pbp-runs/tests-tune", "finetune_overrides=[task.max_rows=40]",
+               "space={stages.0.seq_len: {type: int, low: 8, high: 9}}", timeout=300)  # fmt: skip
+    out = res.stdout + res.stderr
+    assert res.returncode == 2, out[-4000:]
+    assert re.search(rf"\[{name}\] trial \w+ FAILED \(after its retries\): ValueError: stage frozen: every training "
+                     rf"sequence is longer than seq_len=\d; .* \(the whole error: s3://pbp-runs/tests-tune/{name}/"
+                     r"run_trial_\w+.*/error\.txt\)", out), out[-4000:]  # fmt: skip
+    assert f"campaign {name}: no trial completed" in res.stderr and "0 completed, 0 pruned, 1 failed" in res.stdout
+    for k, v in endpoints.mlflow_env().items():
+        monkeypatch.setenv(k, v)
+    from pbp.train.tracking import find_run
+
+    client = MlflowClient(endpoints.mlflow_uri)
+    parent = find_run(client, client.get_experiment_by_name("pbp-tune").experiment_id, name)
+    assert parent is not None and client.get_run(parent).info.status == "FAILED"
+
+
 def test_small_campaign_parent_children_report_and_pruned_trials(stack_dir, endpoints, tmp_path, monkeypatch):
     import mlflow
     import optuna

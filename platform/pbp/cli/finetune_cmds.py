@@ -136,6 +136,11 @@ def tune_and_report(cfg: TuneConfig, *, resume: bool = False, warm_start: str | 
     print(f"report: {res.report}\nMLflow:  {run_link(res.parent_run_id)} (parent run, experiment {cfg.experiment})")
     if res.best is not None:
         print(f"register the best trial's model: pbp registry register {res.parent_run_id} --name MODEL_NAME")
+    else:  # nothing to hand on: a failure for the shell, the job and CI alike
+        from pbp.tune.campaign import CampaignError
+
+        raise CampaignError(f"campaign {cfg.name}: no trial completed, so there is no best model (the failed "
+                            "trials' errors are above, each with where its whole error is)")  # fmt: skip
 
 
 def campaign_lines(name: str, summary: CampaignSummary, best: TrialRecord | None) -> str:

@@ -346,7 +346,7 @@ def _log_parent(parent, cfg: TuneConfig, summary: CampaignSummary, best: TrialRe
             _copy_best_model(client, child, parent.run_id)
     parent.log_metrics(len(summary.trials), metrics)
     client.log_artifacts(parent.run_id, str(out), "campaign")
-    parent.finish()
+    parent.finish("FINISHED" if best is not None or not counts["failed"] else "FAILED")
 
 
 def _copy_best_model(client, child_run: str, parent_run: str) -> None:

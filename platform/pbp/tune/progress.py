@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 from ray import tune
@@ -60,8 +61,23 @@ class LiveProgress(tune.Callback):
         self._export(trials, trial, "TERMINATED")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._line(f"trial {trial.trial_id} FAILED (after its retries): see its log under the campaign's storage")
+        self._line(f"trial {trial.trial_id} FAILED (after its retries): {trial_error(trial)}")
         self._export(trials, trial, "ERROR")
+
+
+def trial_error(trial: Any) -> str:
+    """A failed trial's error in one line (the traceback's last line) and where the whole one is in storage."""
+    text = ""
+    try:  # the driver's staging copy first: storage gets the file only at the next sync
+        local = trial.error_file
+        text = Path(local).read_text() if local and Path(local).is_file() else str(trial.get_error() or "")
+    except Exception:  # the error file unreadable: say where it should be
+        pass
+    last = next((ln.strip() for ln in reversed(text.splitlines()) if ln.strip()), "")
+    fs = getattr(getattr(trial, "storage", None), "storage_filesystem", None)
+    scheme = "s3://" if getattr(fs, "type_name", "") == "s3" else ""  # Tune keeps the path without its scheme
+    where = f"{scheme}{trial.path}/error.txt" if getattr(trial, "path", None) else "the trial's directory in storage"
+    return f"{last or 'no error text'} (the whole error: {where})"
 
 
 class CampaignStopper(tune.Stopper):
