@@ -105,16 +105,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")
         return value
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-        if not _is_yaml_path(value):
-            if not isinstance(value, Mapping):
-                raise ConfigError(f"{key}: expected a mapping for {tp.__name__} (or a YAML file of one), got "
-                                  f"{type(value).__name__} {value!r}")  # fmt: skip
-            return _build(tp, value, key)
-        section = read_section(value, key)
-        try:
-            return _build(tp, section, key)
-        except ConfigError as e:
-            raise ConfigError(f"{key}={value}: {e}") from None
+        return _convert_section(value, tp, key)
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         try:
             return tp(value)
@@ -142,6 +133,20 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             return value
         raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}")
     return value
+
+
+def _convert_section(value: Any, tp: type, key: str) -> Any:
+    """A nested config: a mapping, or a YAML file of one (errors then name the file too)."""
+    if not _is_yaml_path(value):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping for {tp.__name__} (or a YAML file of one), got "
+                              f"{type(value).__name__} {value!r}")  # fmt: skip
+        return _build(tp, value, key)
+    section = read_section(value, key)
+    try:
+        return _build(tp, section, key)
+    except ConfigError as e:
+        raise ConfigError(f"{key}={value}: {e}") from None
 
 
 def _build(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
