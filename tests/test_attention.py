@@ -151,3 +151,7 @@ def test_cli_draws_the_difference_and_prints_where(tmp_path, finetuned, pretrain
     bad = _cli("--model", str(finetuned), "--sequence", "MKB", "--out", str(out))
     with pytest.raises(ValueError, match="'MKB'"):
         bad.func(bad)
+    odd = _cli("--model", str(tmp_path / "no-such-model"), "--sequence", SEQ, "--out", str(tmp_path / "fig.xyz"))
+    with pytest.raises(ValueError, match=r"--out .*fig\.xyz: the figure's format follows its extension, and '\.xyz'"):
+        odd.func(odd)  # before the model is even looked for
+    assert not (tmp_path / "fig.xyz").exists()

@@ -32,8 +32,9 @@ def register_attention(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_attention(args: argparse.Namespace) -> int:
-    from pbp.predict.attention import model_attention, save_attention_figure
+    from pbp.predict.attention import figure_path, model_attention, save_attention_figure
 
+    figure_path(args.out)  # a bad extension fails before any download
     amap, parent = model_attention(args.model, args.sequence, args.parent)
     out = save_attention_figure(amap, args.out)
     rows, cols = amap.shape

@@ -155,9 +155,22 @@ def _residue_axis(ax: Any, residues: str) -> None:
         ax.set_xlabel("residue position")
 
 
+def figure_path(out: str | Path) -> Path:
+    """``out`` if its extension names a format matplotlib writes (png, pdf, svg...), else a ValueError naming it:
+    checked before any model is downloaded."""
+    from matplotlib.figure import Figure
+
+    path = Path(out)
+    formats = Figure().canvas.get_supported_filetypes()
+    if path.suffix.lower().lstrip(".") not in formats:
+        raise ValueError(f"--out {path}: the figure's format follows its extension, and {path.suffix or 'none'!r} is "
+                         f"not one of {', '.join('.' + f for f in sorted(formats))}")  # fmt: skip
+    return path
+
+
 def save_attention_figure(amap: AttentionMap, out: str | Path, title: str | None = None) -> Path:
     """Draw :func:`attention_figure` and save it; the format follows the extension (png, pdf, svg...)."""
-    path = Path(out)
+    path = figure_path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     attention_figure(amap, title).savefig(path)
     return path
