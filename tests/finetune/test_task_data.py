@@ -276,3 +276,8 @@ def test_scoring_a_model_on_a_file_with_a_class_it_was_not_trained_on_says_so(tm
     path = _csv(tmp_path, "ss.csv", "seq,label\nMKV,HXC\n")
     with pytest.raises(TaskDataError, match=r"ss\.csv:2: residue 2's label 'X' is not one of the 3 classes"):
         load_split(path, TaskKind.RESIDUE_CATEGORICAL, ["C", "E", "H"])
+    # pbp evaluate --unseen-labels drop: such rows are left out and counted
+    dropped: dict[str, int] = {}
+    split, _ = load_split(_csv(tmp_path, "te2.csv", "seq,label\nMKV,a\nMKVL,z\nMKT,b\n"), TaskKind.CATEGORICAL,
+                          ["a", "b"], dropped=dropped)  # fmt: skip
+    assert len(split) == 2 and dropped == {"test": 1} and split.records[1].endswith("te2.csv:4")

@@ -38,6 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--max-proteins", type=int, default=None)
     e.add_argument("--seq-column", default="", help="fine-tuned model: the sequence column (default: the model's)")
     e.add_argument("--label-column", default="label", help="fine-tuned model: the label column (default label)")
+    e.add_argument("--unseen-labels", choices=("error", "drop"), default="error",
+                   help="fine-tuned model: a row whose class the model was not trained on stops the evaluation "
+                   "(error, naming file and line) or is left out and counted (drop)")  # fmt: skip
     e.add_argument("--json", type=Path, default=None)
     e.set_defaults(func=cmd_evaluate)
 
@@ -97,9 +100,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             from pbp.finetune.scoring import evaluate_file
 
             res = evaluate_file(d, args.data, seq_column=args.seq_column, label_column=args.label_column,
-                                max_rows=args.max_proteins or 0)  # fmt: skip
-            print(baseline_table({k: v for k, v in res.items() if not BUCKET_KEY.match(k)}))
+                                max_rows=args.max_proteins or 0, drop_unseen=args.unseen_labels == "drop")  # fmt: skip
+            left_out = res.get("test_rows_left_out")
+            print(
+                baseline_table({k: v for k, v in res.items() if not BUCKET_KEY.match(k) and k != "test_rows_left_out"})
+            )
             print(length_table(res))
+            if left_out is not None:
+                print(f"{int(left_out)} row(s) of {args.data} left out: their class is not one the model was trained "
+                      "on (--unseen-labels drop)")  # fmt: skip
         else:
             from pbp.model import ProteinBERT
 

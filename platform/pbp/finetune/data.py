@@ -242,15 +242,16 @@ def load_task(cfg: TaskConfig, seed: int = 0) -> TaskData:
 
 
 def load_split(url: str, kind: TaskKind, classes: list[str], seq_column: str = "seq", label_column: str = "label",
-               max_rows: int = 0) -> tuple[Split, str]:  # fmt: skip
+               max_rows: int = 0, dropped: dict[str, int] | None = None) -> tuple[Split, str]:  # fmt: skip
     """One labelled file read with a trained model's label set (the registry's gate re-scores a model on a test
-    split with it) -> (split, sha256 of the file). A label the model never saw is an error naming file:line."""
+    split with it) -> (split, sha256 of the file). A label the model never saw is an error naming file:line, or with
+    ``dropped`` given, the row is left out and counted there (under ``test``)."""
     data = _read_bytes(url)
     cfg = TaskConfig(kind=kind, train=url, seq_column=seq_column, label_column=label_column, max_rows=max_rows)
     try:
-        split = _split("test", url, _rows(url, data, cfg), kind, {c: i for i, c in enumerate(classes)})
+        split = _split("test", url, _rows(url, data, cfg), kind, {c: i for i, c in enumerate(classes)}, dropped)
     except UnseenLabelError as e:
         raise TaskDataError(f"{e.where}: {e.what} is not one of the {len(classes)} classes "
                             f"the model was trained on (task.kind={e.kind.value}); score it on a file of those "
-                            "classes only") from None  # fmt: skip
+                            "classes only, or leave such rows out (pbp evaluate --unseen-labels drop)") from None  # fmt: skip
     return split, hashlib.sha256(data).hexdigest()
