@@ -40,3 +40,14 @@ def test_a_file_without_the_label_column_is_named(models, tmp_path, capsys):
     assert main(["evaluate", "--model", str(a), "--data", str(bad)]) == 2
     assert f"{bad}:1: no column 'label'" in capsys.readouterr().err
     assert main(["evaluate", "--model", str(a), "--data", str(bad), "--label-column", "y"]) == 0
+
+
+def test_a_class_the_model_lacks_is_named_or_left_out_and_counted(models, tmp_path, capsys):
+    """The stability models are numeric; a categorical one is not at hand here, so the split loader's drop path is
+    tested in tests/finetune/test_task_data.py; this checks the command's hint and the --json count."""
+    a, _, test, seqs = models
+    out = tmp_path / "a.json"
+    assert main(["evaluate", "--model", str(a), "--data", str(test), "--unseen-labels", "drop", "--json",
+                 str(out)]) == 0  # fmt: skip
+    assert f"0 row(s) of {test} left out" in capsys.readouterr().out
+    assert json.loads(out.read_text())["test_rows_left_out"] == 0

@@ -96,19 +96,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     with model_files(args.model) as root:
         d = find_model_dir(root, args.model)
         if (d / META).is_file():  # a fine-tuned model: its task's metrics on a labelled file
-            from pbp.cli.finetune_cmds import BUCKET_KEY, length_table
-            from pbp.finetune.scoring import evaluate_file
-
-            res = evaluate_file(d, args.data, seq_column=args.seq_column, label_column=args.label_column,
-                                max_rows=args.max_proteins or 0, drop_unseen=args.unseen_labels == "drop")  # fmt: skip
-            left_out = res.get("test_rows_left_out")
-            print(
-                baseline_table({k: v for k, v in res.items() if not BUCKET_KEY.match(k) and k != "test_rows_left_out"})
-            )
-            print(length_table(res))
-            if left_out is not None:
-                print(f"{int(left_out)} row(s) of {args.data} left out: their class is not one the model was trained "
-                      "on (--unseen-labels drop)")  # fmt: skip
+            res = _evaluate_finetuned(args, d)
         else:
             from pbp.model import ProteinBERT
 
@@ -119,3 +107,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(res, indent=2) + "\n")
     return 0
+
+
+def _evaluate_finetuned(args: argparse.Namespace, model_dir: Path) -> dict[str, float]:
+    """``pbp evaluate`` of a fine-tuned model: its metrics on ``--data`` beside their baselines, the per-length
+    table, and how many rows ``--unseen-labels drop`` left out."""
+    from pbp.cli.finetune_cmds import BUCKET_KEY, length_table
+    from pbp.finetune.data import UnknownClassError
+    from pbp.finetune.scoring import evaluate_file
+    from pbp.train.metrics import baseline_table
+
+    try:
+        res = evaluate_file(model_dir, args.data, seq_column=args.seq_column, label_column=args.label_column,
+                            max_rows=args.max_proteins or 0, drop_unseen=args.unseen_labels == "drop")  # fmt: skip
+    except UnknownClassError as e:
+        raise UnknownClassError(f"{e}, or leave such rows out: --unseen-labels drop") from None
+    left_out = res.get("test_rows_left_out")
+    print(baseline_table({k: v for k, v in res.items() if not BUCKET_KEY.match(k) and k != "test_rows_left_out"}))
+    print(length_table(res))
+    if left_out is not None:
+        print(f"{int(left_out)} row(s) of {args.data} left out: their class is not one the model was trained on "
+              "(--unseen-labels drop)")  # fmt: skip
+    return res

@@ -31,6 +31,10 @@ class TaskDataError(ValueError):
     """A task file that cannot be used; the message names the file and the line or the key."""
 
 
+class UnknownClassError(TaskDataError):
+    """A labelled file scored with a trained model holds a class the model does not know."""
+
+
 class UnseenLabelError(TaskDataError):
     """A valid or test row with a class the training file does not have (``task.unseen_labels``)."""
 
@@ -251,7 +255,7 @@ def load_split(url: str, kind: TaskKind, classes: list[str], seq_column: str = "
     try:
         split = _split("test", url, _rows(url, data, cfg), kind, {c: i for i, c in enumerate(classes)}, dropped)
     except UnseenLabelError as e:
-        raise TaskDataError(f"{e.where}: {e.what} is not one of the {len(classes)} classes "
-                            f"the model was trained on (task.kind={e.kind.value}); score it on a file of those "
-                            "classes only, or leave such rows out (pbp evaluate --unseen-labels drop)") from None  # fmt: skip
+        raise UnknownClassError(f"{e.where}: {e.what} is not one of the {len(classes)} classes the model was "
+                                f"trained on (task.kind={e.kind.value}); score it on a file of those classes "
+                                "only") from None  # fmt: skip
     return split, hashlib.sha256(data).hexdigest()
