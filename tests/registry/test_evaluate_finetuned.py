@@ -42,10 +42,10 @@ def test_a_file_without_the_label_column_is_named(models, tmp_path, capsys):
     assert main(["evaluate", "--model", str(a), "--data", str(bad), "--label-column", "y"]) == 0
 
 
-def test_a_class_the_model_lacks_is_named_or_left_out_and_counted(models, tmp_path, capsys):
-    """The stability models are numeric; a categorical one is not at hand here, so the split loader's drop path is
-    tested in tests/finetune/test_task_data.py; this checks the command's hint and the --json count."""
-    a, _, test, seqs = models
+def test_unseen_labels_drop_says_how_many_rows_it_left_out(models, tmp_path, capsys):
+    """The count is said and in --json (0 here: a numeric task has no classes; the split loader's drop of unknown
+    classes is tested in tests/finetune/test_task_data.py)."""
+    a, _, test, _ = models
     out = tmp_path / "a.json"
     assert main(["evaluate", "--model", str(a), "--data", str(test), "--unseen-labels", "drop", "--json",
                  str(out)]) == 0  # fmt: skip

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-import time
 from pathlib import Path
-from typing import Any
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -73,50 +70,18 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def _progress(enabled: bool, tty: bool | None = None):
     """-> (``make(label, total)`` starting a phase's progress and returning its ``update(n)``, the open bars to
-    close). A terminal gets tqdm bars; a log file (a submitted job, CI, ``> build.log``) a plain line per phase every
-    ``LineProgress.EVERY_S`` and at its end, not thousands of carriage returns."""
-    from tqdm import tqdm
+    close): bars on a terminal, plain lines in a log file (``pbp.progress``)."""
+    from pbp.progress import progress
 
-    tty = sys.stderr.isatty() if tty is None else tty
     bars: list = []
 
     def make(label: str, total: int | None):
         if bars:
             bars[-1].close()
-        unit = "rec" if "shard" not in label else "shard"
-        bar: Any = (tqdm(total=total, desc=label, unit=unit, disable=not enabled, file=sys.stderr, dynamic_ncols=True)
-                    if tty else LineProgress(label, unit, total, enabled))  # fmt: skip
-        bars.append(bar)
-        return bar.update
+        bars.append(progress(label, "rec" if "shard" not in label else "shard", total, enabled, tty))
+        return bars[-1].update
 
     return make, bars
-
-
-class LineProgress:
-    """A phase's progress as whole lines on stderr: ``reading: 48,121 rec (12 s)`` every ``EVERY_S`` seconds and
-    ``reading: 100,000 rec in 31.2 s`` when it closes."""
-
-    EVERY_S = 30.0
-
-    def __init__(self, label: str, unit: str, total: int | None, enabled: bool = True) -> None:
-        self.label, self.unit, self.total, self.enabled = label, unit, total, enabled
-        self.n, self.closed = 0, False
-        self.t0 = self.last = time.monotonic()
-
-    def _count(self) -> str:
-        return f"{self.n:,}" + (f"/{self.total:,}" if self.total else "") + f" {self.unit}"
-
-    def update(self, n: int = 1) -> None:
-        self.n += n
-        now = time.monotonic()
-        if self.enabled and now - self.last >= self.EVERY_S:
-            self.last = now
-            print(f"{self.label}: {self._count()} ({now - self.t0:.0f} s)", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.enabled and not self.closed:
-            print(f"{self.label}: {self._count()} in {time.monotonic() - self.t0:.1f} s", file=sys.stderr, flush=True)
-        self.closed = True
 
 
 def cmd_build(args: argparse.Namespace) -> int:

@@ -130,11 +130,11 @@ def _csv(path: str, seq_column: str, id_column: str, errors: ErrorLog) -> Iterat
 
 def in_chunks(seqs: list[str], fn: Callable[[list[str]], list[Any]], desc: str) -> list[Any]:
     """``fn`` over ``seqs`` shortest first, CHUNK at a time, with a progress bar -> results in input order."""
-    from tqdm import tqdm
+    from pbp.progress import progress
 
     order = np.argsort([len(s) for s in seqs], kind="stable")
     out: list[Any] = [None] * len(seqs)
-    with tqdm(total=len(seqs), desc=desc, unit="seq", mininterval=1.0, disable=None) as bar:
+    with progress(desc, "seq", len(seqs)) as bar:
         for lo in range(0, len(order), CHUNK):
             idx = order[lo : lo + CHUNK]
             for i, r in zip(idx, fn([seqs[i] for i in idx]), strict=True):
