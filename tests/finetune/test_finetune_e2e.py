@@ -145,6 +145,11 @@ def test_a_finetune_run_registered_by_run_id_carries_its_lineage(numeric_run, st
     assert tags["pbp.test.sha256"] == rtags["pbp.task.test_sha256"] == tags["pbp.task.test_sha256"]
     assert tags["pbp.metric.split"] == f"{rtags['pbp.task.test_sha256']}:120"  # the 120-row test split
     assert float(tags["pbp.metric.test_spearman"]) == pytest.approx(mrun.data.metrics["test_spearman"])
+    # `pbp registry list NAME` says the metric is on the first 120 rows, not the whole file
+    res = subprocess.run([str(Path(sys.executable).with_name("pbp")), "registry", "list", name], env=env, cwd=REPO,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    sha = tags["pbp.test.sha256"]
+    assert f"fine-tuning {run}  stability.test.csv ({sha[:8]}, first 120 rows)" in _ok(res)
 
 
 def _model_copies() -> set[Path]:

@@ -3,7 +3,8 @@
 Without a name: one row per registered model (its versions, its @champion, its task). With a name: one row per
 version, newest first: its aliases, what it was registered from (a campaign's best trial, a fine-tuning run, a
 pretraining run), its headline test metric beside that metric's trivial baseline, and the test split the metric was
-computed on (the gate compares versions on the champion's split and re-scores a version measured on another).
+computed on: file, digest and row limit (the gate compares versions on the champion's split and re-scores a version
+measured on another).
 pbp's own lock models (``pbp.registry.lock``) are not listed.
 """
 
@@ -62,9 +63,11 @@ def version_rows(name: str) -> list[VersionRow]:
         baseline = float(tags.get(f"pbp.metric.{metric}{BASELINE_SUFFIX}", "nan")) if metric else math.nan
         split = tags.get("pbp.test.path", "").rsplit("/", 1)[-1]
         sha = tags.get("pbp.test.sha256", "")
+        limit = int(tags.get("pbp.test.max_rows") or 0)  # a metric on the first N rows is not one on the whole file
+        first = f", first {limit} rows" if limit else ""
         rows.append(VersionRow(str(mv.version), _created(mv.creation_timestamp), sorted(by_version.get(str(mv.version), [])),
                                tags.get("pbp.kind", "-"), _origin(tags), metric, value, baseline,
-                               f"{split} ({sha[:8]})" if split and sha else split or "-"))  # fmt: skip
+                               f"{split} ({sha[:8]}{first})" if split and sha else split or "-"))  # fmt: skip
     return sorted(rows, key=lambda r: int(r.version), reverse=True)
 
 
