@@ -128,6 +128,7 @@ def test_unknown_model_version_other_task_and_bad_names_are_refused(pbp, models,
     ok(pbp("registry", "register", str(b), "--name", name, "--test", str(other)))
     res = pbp("registry", "promote", name, "--version", "3")
     assert res.returncode == 1, res.stdout + res.stderr
+    assert f"the candidate re-scored on the champion's test split, {test.name} (sha256 " in res.stdout, res.stdout
     rec = _history(pbp, name)["records"][-1]
     assert rec["candidate_score"] == "recomputed" and rec["split"]["sha256"] != client_of_sha(other)
     assert rec["champion_value"] == pytest.approx(1.0) and rec["candidate_value"] < 1.0

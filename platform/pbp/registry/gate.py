@@ -71,15 +71,19 @@ def decide(name: str, cand: Any, champ: Any | None, tolerance: float) -> Verdict
         return Verdict(False, f"version {cand.version}: {metric} is missing or NaN on the test split", metric, cv,
                        split=ref)  # fmt: skip
     hv = score(name, champ, metric, ref)[0] if champ is not None else math.nan
+    # its logged figure was on another split (another file or row limit)
+    rescored = (
+        f"; the candidate re-scored on the champion's test split, {ref.describe()}" if source == "recomputed" else ""
+    )
     if not math.isnan(cb) and cv <= cb:  # never a champion that a constant or majority-class predictor matches
         return Verdict(False, f"{metric} {cv:.4f} is not above its trivial baseline's {cb:.4f} on the test split "
-                              f"({BASELINES.get(metric, 'a trivial predictor')})", metric, cv, hv, ref, source)  # fmt: skip
+                              f"({BASELINES.get(metric, 'a trivial predictor')}){rescored}", metric, cv, hv, ref, source)  # fmt: skip
     if champ is None:
         return Verdict(True, f"first champion ({metric} {cv:.4f}, trivial baseline {cb:.4f})", metric, cv, split=ref,
                        candidate_source=source)  # fmt: skip
     ok = math.isnan(hv) or cv >= hv - tolerance
     cmp = ">=" if ok else "<"
-    why = f"{metric} {cv:.4f} {cmp} champion v{champ.version}'s {hv:.4f} - tolerance {tolerance:g}"
+    why = f"{metric} {cv:.4f} {cmp} champion v{champ.version}'s {hv:.4f} - tolerance {tolerance:g}{rescored}"
     return Verdict(ok, why, metric, cv, hv, ref, source)
 
 

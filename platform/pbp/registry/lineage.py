@@ -36,6 +36,11 @@ class SplitRef:
     def key(self) -> str:
         return f"{self.sha256}:{self.max_rows}"
 
+    def describe(self) -> str:
+        """``stability.test.csv (sha256 1a2b3c4d, first 120 rows)``: for messages."""
+        first = f", first {self.max_rows} rows" if self.max_rows else ""
+        return f"{self.path.rsplit('/', 1)[-1]} (sha256 {self.sha256[:8]}{first})"
+
     def tags(self) -> dict[str, str]:
         return {"pbp.test.path": self.path, "pbp.test.sha256": self.sha256, "pbp.test.max_rows": str(self.max_rows),
                 "pbp.test.seq_column": self.seq_column, "pbp.test.label_column": self.label_column}  # fmt: skip
