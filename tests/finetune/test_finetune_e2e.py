@@ -149,7 +149,7 @@ def test_a_finetune_run_registered_by_run_id_carries_its_lineage(numeric_run, st
     res = subprocess.run([str(Path(sys.executable).with_name("pbp")), "registry", "list", name], env=env, cwd=REPO,
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     sha = tags["pbp.test.sha256"]
-    assert f"fine-tuning {run}  stability.test.csv ({sha[:8]}, first 120 rows)" in _ok(res)
+    assert f"fine-tuning {run}  stability.test.csv (sha256 {sha[:8]}, first 120 rows)" in _ok(res)
 
 
 def _model_copies() -> set[Path]:

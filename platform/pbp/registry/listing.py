@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from pbp.registry.lineage import SplitRef
 from pbp.registry.server import CHAMPION, LOCK_SUFFIX, call, check_model_name, client
 
 
@@ -61,13 +62,10 @@ def version_rows(name: str) -> list[VersionRow]:
         metric = headline(tags) if tags.get("pbp.kind") == "finetuned" and "pbp.task.kind" in tags else ""
         value = float(tags.get(f"pbp.metric.{metric}", "nan")) if metric else math.nan
         baseline = float(tags.get(f"pbp.metric.{metric}{BASELINE_SUFFIX}", "nan")) if metric else math.nan
-        split = tags.get("pbp.test.path", "").rsplit("/", 1)[-1]
-        sha = tags.get("pbp.test.sha256", "")
-        limit = int(tags.get("pbp.test.max_rows") or 0)  # a metric on the first N rows is not one on the whole file
-        first = f", first {limit} rows" if limit else ""
+        split = SplitRef.from_tags(tags)  # with its row limit: a metric on the first N rows is not one on the file
         rows.append(VersionRow(str(mv.version), _created(mv.creation_timestamp), sorted(by_version.get(str(mv.version), [])),
                                tags.get("pbp.kind", "-"), _origin(tags), metric, value, baseline,
-                               f"{split} ({sha[:8]}{first})" if split and sha else split or "-"))  # fmt: skip
+                               split.describe() if split else "-"))  # fmt: skip
     return sorted(rows, key=lambda r: int(r.version), reverse=True)
 
 
