@@ -286,7 +286,9 @@ def test_a_build_never_overwrites_files_silently_nor_creates_a_bucket(endpoints,
     (out / "notes.txt").write_text("unrelated files are fine")
     cfg = BuildConfig(min_go_records=5)
     with pytest.raises(
-        DatasetError, match=r"holds 1 file\(s\) this build would overwrite \(train-000000\.tar\).*--force"
+        DatasetError,
+        match=r"holds 1 file\(s\) this build would overwrite \(train-000000\.tar\) and no manifest\.json, "
+        r"as an interrupted build leaves it .*--force",
     ):
         build(str(out), Inputs(fasta, table), cfg)
     assert (out / "train-000000.tar").read_bytes() == b"someone else's shard"  # nothing was touched

@@ -208,6 +208,8 @@ def test_categorical_remote_homology_subset_on_two_workers(stack_dir, endpoints,
     assert 0.0 <= float(row.group(1)) <= 1.0 and 0.0 < float(row.group(2)) < 1.0  # majority-class baseline
     # The local stack's nodes share one IP, so Ray Train puts both workers on one node: they share one cache.
     assert re.search(r"feature cache: train, 90 rows x \d+ features, float32 \(0 MiB\), shared by the node's 2", out)
+    assert out.count("feature cache: train,") == 1, out[-3000:]  # said by rank 0 only (each rank said it before)
+    assert "View run" not in out  # MLflow's own link lines, off in every worker: the driver prints the run's link
     mrun = _mlflow_run(mlflow_client, run)
     assert mrun.data.tags["pbp.task.kind"] == "categorical"
     assert mrun.data.tags["pbp.task.rows"].startswith("train=90 valid=")
