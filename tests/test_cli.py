@@ -72,7 +72,7 @@ def test_bench_rejects_unknown_dtype(capsys):
 def test_data_build_progress_in_a_log_file_is_whole_lines(capsys, monkeypatch):
     """Not a terminal (a submitted job, CI, `> build.log`): a line per phase, not tqdm's carriage returns."""
     from pbp.cli.data_cmds import _progress
-    from pbp.progress import LineProgress
+    from pbp.console import LineProgress
 
     make, bars = _progress(True, tty=False)
     update = make("reading", None)

@@ -276,7 +276,7 @@ each package uploaded or already there. Their errors still show."""
 
 @contextlib.contextmanager
 def _quiet_ray_packaging() -> Iterator[None]:
-    from pbp.train.tracking import quiet_logger
+    from pbp.console import quiet_logger
 
     with contextlib.ExitStack() as stack:
         for name in RAY_PACKAGING_LOGGERS:
@@ -386,9 +386,8 @@ def wait(sid: str, *, address: str | None = None, timeout: float | None = None, 
                 return status
             if deadline is not None and time.monotonic() > deadline:
                 raise SubmitError(f"{sid}: still {status} after {timeout:.0f}s; {still}")
-            time.sleep(
-                min(POLL_MAX_S, 1.0 + printed / 2**20)
-            )  # Ray sends the whole log each time: poll less as it grows
+            pause = min(POLL_MAX_S, 1.0 + printed / 2**20)  # Ray sends the whole log each time: poll less as it grows
+            time.sleep(pause)
     except KeyboardInterrupt:
         raise SubmitError(f"stopped following {sid}; {still}") from None
 

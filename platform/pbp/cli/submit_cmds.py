@@ -75,7 +75,7 @@ def jobs_table(jobs: list, where: str) -> str:
     import time
     from datetime import UTC, datetime
 
-    from pbp.tables import aligned
+    from pbp.console import aligned
 
     if not jobs:
         return f"no jobs on the cluster at {where} (a restarted cluster forgets its jobs)"

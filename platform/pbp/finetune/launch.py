@@ -105,17 +105,17 @@ def finished_metrics(cfg: FinetuneConfig) -> dict[str, float] | None:
     and whose model is exported: in storage, and with tracking on, logged to MLflow (``MODEL_LOGGED_TAG``). None
     when anything is left to do."""
     from pbp.finetune.export import META, WEIGHTS
-    from pbp.train.checkpoint import COMMIT, CommitRecord, newest_complete, storage_dir
+    from pbp.train.checkpoint import exported, newest_commit, storage_dir
 
     run = storage_dir(cfg.run_url)
-    name = newest_complete(run)
-    if name is None:
+    newest = newest_commit(run)
+    if newest is None:
         return None
-    commit = CommitRecord.from_json(run.read_json(f"{name}/{COMMIT}") or {}, run.url(f"{name}/{COMMIT}"))
+    commit = newest[1]
     if commit.job.get("stage") != len(cfg.stages) - 1 or not commit.job.get("stage_done"):
         return None
     metrics = run.read_json("final_metrics.json")
-    if metrics is None or not all(run.size(f"final_model/{f}") for f in (WEIGHTS, META)):
+    if metrics is None or not exported(run, (WEIGHTS, META)):
         return None
     if cfg.tracking.enabled and not model_logged(commit.mlflow_run_id):
         return None

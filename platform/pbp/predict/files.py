@@ -55,7 +55,7 @@ def read_inputs(path: str, seq_column: str = "seq", id_column: str = "", unknown
             out.errors.handle(RecordError(path, line, rid, "duplicate_id", "the same id again; ids must be unique"))
             continue
         try:
-            clean = normalize_sequence(seq, f"{path}:{line} {rid}", unknown=unknown, stats=None if fasta else out.stats)
+            clean = seq if fasta else normalize_sequence(seq, f"{path}:{line} {rid}", unknown=unknown, stats=out.stats)
         except SequenceError as e:
             out.errors.handle(RecordError(path, line, rid, "invalid_sequence", str(e)))
             continue
@@ -130,7 +130,7 @@ def _csv(path: str, seq_column: str, id_column: str, errors: ErrorLog) -> Iterat
 
 def in_chunks(seqs: list[str], fn: Callable[[list[str]], list[Any]], desc: str) -> list[Any]:
     """``fn`` over ``seqs`` shortest first, CHUNK at a time, with a progress bar -> results in input order."""
-    from pbp.progress import progress
+    from pbp.console import progress
 
     order = np.argsort([len(s) for s in seqs], kind="stable")
     out: list[Any] = [None] * len(seqs)

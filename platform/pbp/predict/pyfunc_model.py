@@ -17,7 +17,7 @@ def save_pyfunc_model(out: Path, loader_module: str, model_dir: Path, predictor:
     from mlflow.models import infer_signature
 
     import pbp
-    from pbp.train.tracking import quiet_logger
+    from pbp.console import quiet_logger
 
     example = pd.DataFrame({seq_column: example_seqs[:3]})
     signature = infer_signature(example, predictor.predict(example), params=params)

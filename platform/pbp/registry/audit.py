@@ -67,7 +67,7 @@ class Trail:
         return stack
 
     def table(self) -> str:
-        from pbp.tables import aligned
+        from pbp.console import aligned
 
         lines = aligned(COLUMNS, [[_cell(r.get(c)) for c in COLUMNS] for r in self.records])
         status = "chain verified" if not self.problems else "CHAIN BROKEN: " + "; ".join(self.problems)

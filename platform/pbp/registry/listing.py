@@ -70,7 +70,7 @@ def version_rows(name: str) -> list[VersionRow]:
 
 
 def versions_table(name: str) -> str:
-    from pbp.tables import aligned
+    from pbp.console import aligned
 
     rows = version_rows(name)
     if not rows:
@@ -89,7 +89,7 @@ def versions_table(name: str) -> str:
 
 
 def models_table() -> str:
-    from pbp.tables import aligned
+    from pbp.console import aligned
 
     c = client()
     models = [m for m in call("the registered models", lambda: _all_models(c)) if not m.name.endswith(LOCK_SUFFIX)]

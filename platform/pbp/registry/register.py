@@ -115,7 +115,7 @@ def _register_quietly(model_uri: str, name: str, tags: dict[str, str]) -> Any:
 
     import mlflow
 
-    from pbp.train.tracking import quiet_logger
+    from pbp.console import quiet_logger
 
     with quiet_logger("mlflow.store.model_registry.abstract_store"), contextlib.redirect_stderr(io.StringIO()):
         return mlflow.register_model(model_uri, name, tags=tags)

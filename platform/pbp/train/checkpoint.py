@@ -18,7 +18,7 @@ import logging
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field, fields
@@ -329,6 +329,19 @@ def check_complete(run: StorageDir, name: str) -> str | None:
             if size != f["bytes"]:
                 return f"{f['path']} (rank {r}) has {size} bytes, the manifest says {f['bytes']}"
     return None
+
+
+def newest_commit(run: StorageDir) -> tuple[str, CommitRecord] | None:
+    """The newest complete checkpoint's URL and commit record (None: no complete checkpoint)."""
+    name = newest_complete(run)
+    if name is None:
+        return None
+    return run.url(name), CommitRecord.from_json(run.read_json(f"{name}/{COMMIT}") or {}, run.url(f"{name}/{COMMIT}"))
+
+
+def exported(run: StorageDir, files: Sequence[str], folder: str = "final_model") -> bool:
+    """Whether the run's exported model (``folder``) holds every one of ``files``, each non-empty."""
+    return all(run.size(f"{folder}/{f}") for f in files)
 
 
 def newest_complete(run: StorageDir) -> str | None:

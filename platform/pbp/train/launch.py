@@ -289,9 +289,8 @@ RAY_NOISE = (
 
 def drop_ray_noise() -> None:
     """Drop the lines of ``RAY_NOISE`` (Ray's own chatter, and DeepSpeed's op-build line) from the worker logs Ray
-    prints on this driver (every other line, warnings
-    included, still prints; ``PBP_RAY_NOISE=1`` keeps these too). Wraps Ray's log printer in its (private) stream
-    dispatcher; another Ray layout is left as it is."""
+    prints on this driver (every other line, warnings included, still prints; ``PBP_RAY_NOISE=1`` keeps these too).
+    Wraps Ray's log printer in its (private) stream dispatcher; another Ray layout is left as it is."""
     try:
         from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
     except ImportError:
@@ -358,8 +357,13 @@ def pretrain(
     reported without starting any worker."""
     cfg, meta = resolve_config(cfg)
     meta.update(meta_extra or {})
+    from pbp.model.proteinbert import CONFIG_FILE, WEIGHTS_FILE
+    from pbp.train.checkpoint import exported, storage_dir
+
     done = _finished_before(meta["run_url"])
-    if done.checkpoint_url and done.metrics.get("step", 0) >= cfg.max_steps and _exported(meta["run_url"]):
+    if done.metrics.get("step", 0) >= cfg.max_steps and exported(
+        storage_dir(done.run_url), (WEIGHTS_FILE, CONFIG_FILE)
+    ):
         return done
     if os.environ.get("PBP_TEST_INJECT_NONFINITE"):  # test hook: NaN losses at these steps (a fault on cue)
         meta["inject_nonfinite_steps"] = [int(s) for s in os.environ["PBP_TEST_INJECT_NONFINITE"].split(",")]
@@ -373,20 +377,12 @@ def pretrain(
     return _finished_before(meta["run_url"])
 
 
-def _exported(run_url: str) -> bool:
-    from pbp.train.checkpoint import storage_dir
-
-    run = storage_dir(run_url)
-    return all(run.size(f"final_model/{f}") for f in ("config.json", "model.safetensors"))
-
-
 def _finished_before(run_url: str) -> PretrainResult:
     """A re-run of a finished run reports nothing: its newest checkpoint says where it ended."""
-    from pbp.train.checkpoint import COMMIT, CommitRecord, newest_complete, storage_dir
+    from pbp.train.checkpoint import newest_commit, storage_dir
 
-    run = storage_dir(run_url)
-    name = newest_complete(run)
-    if name is None:
+    newest = newest_commit(storage_dir(run_url))
+    if newest is None:
         return PretrainResult(run_url, {}, None, trained=False)
-    commit = CommitRecord.from_json(run.read_json(f"{name}/{COMMIT}") or {}, run.url(f"{name}/{COMMIT}"))
-    return PretrainResult(run_url, {"step": commit.step}, run.url(name), trained=False)
+    url, commit = newest
+    return PretrainResult(run_url, {"step": commit.step}, url, trained=False)

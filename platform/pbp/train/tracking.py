@@ -37,10 +37,10 @@ RETRY_S = 30.0
 RUN_KEY_TAG = "pbp.run_key"
 """sha256 hex of the run name: the only thing a run lookup puts in an MLflow filter (never the name itself)."""
 BEST_MODEL_TAG = "pbp.best_model_uri"
-MODEL_LOGGED_TAG = "pbp.model_logged"
-"""Set on a fine-tuning run once its model is logged: a re-run of the finished run has nothing left to do."""
 """On a campaign's parent run: its best trial's model (``runs:/<trial run>/model``); ``pbp registry register
 PARENT_RUN_ID`` registers that."""
+MODEL_LOGGED_TAG = "pbp.model_logged"
+"""Set on a fine-tuning run once its model is logged: a re-run of the finished run has nothing left to do."""
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -147,19 +147,6 @@ def configure_mlflow() -> str:
     uri = require(ep.mlflow_uri, "MLflow tracking URI")
     mlflow.set_tracking_uri(uri)
     return uri
-
-
-@contextmanager
-def quiet_logger(name: str, level: int = logging.WARNING) -> Iterator[None]:
-    """A library logger's lines below ``level`` off for a block (MLflow's "Validating input example against model
-    signature", "Waiting up to 300 seconds ..."); by default its warnings still show."""
-    logger = logging.getLogger(name)
-    before = logger.level
-    logger.setLevel(level)
-    try:
-        yield
-    finally:
-        logger.setLevel(before)
 
 
 def quiet_mlflow_driver() -> None:

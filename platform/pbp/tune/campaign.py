@@ -73,10 +73,11 @@ def _metric_and_mode(cfg: TuneConfig, base: FinetuneConfig) -> tuple[str, str]:
 
 def run_campaign(cfg: TuneConfig, *, resume: bool = False, warm_start: str | None = None, address: str | None = None):
     """Run (or, with ``resume``, continue) a campaign; everything checkable is checked before any trial starts."""
+    from pbp.console import quiet_logger
     from pbp.finetune.launch import resolve_config
     from pbp.names import check_name
     from pbp.train.launch import connect_ray, git_commit
-    from pbp.train.tracking import Tracker, ended_status, mark_family_unfinished, quiet_logger
+    from pbp.train.tracking import Tracker, ended_status, mark_family_unfinished
 
     base_cfg = check_space(cfg)
     base_cfg, ft_meta = resolve_config(base_cfg)  # task files and starting point checked, paths made absolute

@@ -9,7 +9,8 @@ from typing import Any
 from ray import tune
 
 from pbp import telemetry
-from pbp.tune.report import format_params
+from pbp.tune.config import TuneConfig
+from pbp.tune.report import CampaignSummary, format_params
 from pbp.tune.search import EPOCH, FINISHED
 
 
@@ -107,10 +108,9 @@ class CampaignStopper(tune.Stopper):
         return self.reached or (self.patience > 0 and self.since_best >= self.patience)
 
 
-def stop_reason(cfg: Any, summary: Any, seconds: float) -> str:
+def stop_reason(cfg: TuneConfig, summary: CampaignSummary, seconds: float) -> str:
     """Why a campaign ended with fewer trials than ``num_samples`` (empty when it ran them all), by the rules of
-    ``CampaignStopper`` and Tune's time budget. ``cfg``: its TuneConfig; ``summary``: its CampaignSummary;
-    ``seconds``: its wall time in this session."""
+    ``CampaignStopper`` and Tune's time budget; ``seconds``: its wall time in this session."""
     if len(summary.trials) >= cfg.num_samples:
         return ""
     stop, mode = cfg.stop, summary.mode

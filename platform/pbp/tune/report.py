@@ -85,7 +85,7 @@ def format_params(params: dict[str, Any]) -> str:
 
 def quiet_optuna() -> AbstractContextManager[None]:
     """Optuna's INFO lines off for a block ("A new study created in memory / in RDB ...", one per study)."""
-    from pbp.train.tracking import quiet_logger
+    from pbp.console import quiet_logger
 
     return quiet_logger("optuna")  # the logger optuna.logging.set_verbosity sets
 

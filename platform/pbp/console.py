@@ -1,11 +1,40 @@
-"""Progress of a long phase on stderr: a tqdm bar on a terminal; in a log file (a submitted job, CI, ``> run.log``)
-a plain line every ``LineProgress.EVERY_S`` seconds and one at the end, not thousands of carriage returns."""
+"""What pbp prints on the terminal, in one place: plain-text tables (:func:`aligned`), the progress of a long phase
+(:func:`progress`: a tqdm bar on a terminal; in a log file, a submitted job's or CI's, a plain line every
+``LineProgress.EVERY_S`` seconds and one at the end, not thousands of carriage returns) and a library logger's
+chatter kept off for a block (:func:`quiet_logger`)."""
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
+
+
+def aligned(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> list[str]:
+    """The header and the rows as lines; the columns at the indices ``right`` (numbers) are right-aligned."""
+    widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(header)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()  # fmt: skip
+
+    return [line(header), *(line(row) for row in rows)]
+
+
+@contextmanager
+def quiet_logger(name: str, level: int = logging.WARNING) -> Iterator[None]:
+    """A library logger's lines below ``level`` off for a block (MLflow's "Validating input example against model
+    signature", "Waiting up to 300 seconds ..."); by default its warnings still show."""
+    logger = logging.getLogger(name)
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
 
 
 class LineProgress:
