@@ -70,7 +70,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def _progress(enabled: bool, tty: bool | None = None):
     """-> (``make(label, total)`` starting a phase's progress and returning its ``update(n)``, the open bars to
-    close): bars on a terminal, plain lines in a log file (``pbp.progress``)."""
+    close): bars on a terminal, plain lines in a log file (``pbp.console.progress``)."""
     from pbp.console import progress
 
     bars: list = []
