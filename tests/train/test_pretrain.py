@@ -272,7 +272,9 @@ def test_a_lost_worker_node_fails_the_run_after_a_bounded_wait_naming_it(stack_d
 
     run = f"lost-{random.randrange(10**6)}"
     pid = StackState.load(stack_dir).services["ray-worker-2"].pid
-    proc = _pretrain(stack_dir, run, dataset, "scaling.resource_wait_s=20", "scaling.max_failures=1", background=True)
+    # max_steps: long enough that the run cannot end between its first checkpoint and the kill
+    proc = _pretrain(stack_dir, run, dataset, "max_steps=3000", "scaling.resource_wait_s=20", "scaling.max_failures=1",
+                     background=True)  # fmt: skip
     rdir = _run_dir(endpoints, run)
     try:
         deadline = time.time() + 400

@@ -2,6 +2,7 @@
 non-finite loss guard."""
 
 import math
+import os
 
 import pytest
 import torch
@@ -106,6 +107,21 @@ def test_non_finite_steps_are_counted_and_too_many_in_a_row_stop_the_run():
     assert (guard.total, guard.in_a_row) == (4, 2)  # a finite step resets the run of skips, not the total
     with pytest.raises(NonFiniteLossError, match=r"r: 3 steps in a row with a non-finite loss \(last at step 6\)"):
         guard.record(False, 6)
+
+
+def test_the_trainer_tells_ray_trains_controller_how_often_to_collect_reports(tmp_path, monkeypatch):
+    """Ray Train's controller collects a worker's reports every 2 s by default and each checkpoint report waits for
+    the previous one to be collected: short epochs waited up to 2 s each. The trainer passes the configured poll on
+    (Ray Train hands RAY_TRAIN_* variables of the constructing process to its controller); a bad value fails early."""
+    from pbp.train.config import ScalingConfig
+    from pbp.train.launch import POLL_INTERVAL_ENV, torch_trainer
+
+    monkeypatch.delenv(POLL_INTERVAL_ENV, raising=False)
+    torch_trainer(lambda _: None, {}, run_name="poll", storage_path=str(tmp_path),
+                  scaling=ScalingConfig(num_workers=1, report_poll_s=0.5))  # fmt: skip
+    assert os.environ[POLL_INTERVAL_ENV] == "0.5"
+    with pytest.raises(ConfigError, match=r"scaling\.report_poll_s must be .* got 0"):
+        ScalingConfig(report_poll_s=0)
 
 
 def test_a_cluster_too_small_for_the_workers_is_said_before_waiting():

@@ -153,8 +153,11 @@ def test_kill_a_trial_worker_then_the_driver_then_resume_and_warm_start(stack_di
     log = tmp_path / "first.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "RAY_"))}
     env.update(PBP_STACK_DIR=str(stack_dir))
+    # Each epoch's checkpoint report waits for Ray Train's 2 s poll, as before pbp shortened it: a window of seconds
+    # between a trial's first checkpoint and its end, in which to kill its worker.
+    slow = [TINY[0].replace("]", ", scaling.report_poll_s=2]"), *TINY[1:]]
     cmd = [str(Path(sys.executable).with_name("pbp")), "tune", "--config", "configs/tune/tiny.yaml", f"name={name}",
-           "num_samples=3", f"report_dir={tmp_path}", *TINY]  # fmt: skip
+           "num_samples=3", f"report_dir={tmp_path}", *slow]  # fmt: skip
     with log.open("w") as f:
         driver = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
     trials_dir = ckpt.StorageDir(endpoints.pyarrow_fs(), f"pbp-runs/tests-tune/{name}/trials")
@@ -167,7 +170,7 @@ def test_kill_a_trial_worker_then_the_driver_then_resume_and_warm_start(stack_di
             elif re.search(r"trials ended", text):
                 time.sleep(5)  # Tune saves its experiment state after a trial ends
                 break
-            time.sleep(1)
+            time.sleep(0.5)
     finally:
         driver.kill()
         driver.wait()

@@ -6,6 +6,8 @@ how much compute ASHA + TPE needs to match random search. Every figure is a rati
     loading, model build, MLflow, validation, checkpoints and export included) / its training time (the sum of the
     ``epoch_seconds`` every fine-tuning epoch reports: the time in ``Trainer.train_epoch``). The campaign's wall
     time (the ``run_campaign`` call: Ray Tune and the report included) / the same training time is printed too.
+    Then the same campaign with ``scaling.report_poll_s=2`` (Ray Train's own default controller poll) for the
+    trial's run: ratio = that trial's wall time / the first's (what pbp's 0.2 s poll saves).
 (2) cache: the frozen stage in-process (no Ray): ``Trainer.begin_stage`` (which builds the cache) and E epochs of
     ``train_epoch`` + ``validate``, with ``feature_cache.enabled`` true and false, on the first N rows of the
     stability task (train and valid files); fastest of 2 alternating runs each, after an untimed warm-up epoch.
@@ -484,7 +486,18 @@ def require_stack() -> None:
 
 
 def bench_overhead(report_dir: Path) -> dict[str, Any]:
-    """One trial of the tiny campaign, ASHA off: its wall time against the time in its training epochs."""
+    """One trial of the tiny campaign, ASHA off: its wall time against the time in its training epochs; then the
+    same campaign with Ray Train's own report poll (2 s) for the trial's run, against pbp's (``scaling.report_poll_s``)."""
+    ours = _one_trial_campaign(report_dir, [])
+    ray_default = _one_trial_campaign(report_dir, [f"scaling.report_poll_s={RAY_TRAIN_POLL_S}"])
+    return {**ours, "ray_default_poll": ray_default, "poll_ratio": ray_default["trial_wall_s"] / ours["trial_wall_s"]}
+
+
+RAY_TRAIN_POLL_S = 2.0
+"""Ray Train's default controller poll (``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``)."""
+
+
+def _one_trial_campaign(report_dir: Path, finetune_overrides: list[str]) -> dict[str, Any]:
     from pbp.tune.campaign import run_campaign
     from pbp.tune.config import TuneConfig
 
@@ -493,6 +506,7 @@ def bench_overhead(report_dir: Path) -> dict[str, Any]:
         f"name={name}", "num_samples=1", "max_concurrent_trials=1", "asha.enabled=false",
         "storage_path=s3://pbp-runs/bench-tune", f"report_dir={report_dir}",
     ])  # fmt: skip
+    cfg = replace(cfg, finetune_overrides=[*cfg.finetune_overrides, *finetune_overrides])
     t0 = time.perf_counter()
     result = run_campaign(cfg)
     campaign_s = time.perf_counter() - t0

@@ -438,6 +438,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
                  f"{r['trial_wall_s']:.1f} s / {r['train_s']:.2f} s")  # fmt: skip
             _row(part, "  campaign wall (run_campaign) / the same training", r["campaign_over_train"],
                  f"{r['campaign_wall_s']:.1f} s")  # fmt: skip
+            slow = r["ray_default_poll"]
+            _row(part, "  trial wall with Ray Train's 2 s report poll / pbp's", r["poll_ratio"],
+                 f"{slow['trial_wall_s']:.1f} s / {r['trial_wall_s']:.1f} s (training {slow['train_s']:.2f} s)")  # fmt: skip
         elif part == "cache":
             runs = [bt.bench_cache(args.rows, args.epochs)]
             if args.base_rows:

@@ -83,7 +83,8 @@ def torch_trainer(
         fs = resolve().pyarrow_fs()
         storage_path = storage_path[len("s3://") :]
     per_try, tries = resource_wait(scaling.resource_wait_s)
-    os.environ[START_TIMEOUT_ENV] = str(per_try)  # Ray Train passes it on to its controller
+    os.environ[START_TIMEOUT_ENV] = str(per_try)  # Ray Train passes these on to its controller
+    os.environ[POLL_INTERVAL_ENV] = str(scaling.report_poll_s)
     return TorchTrainer(
         loop,
         train_loop_config=loop_config,
@@ -106,6 +107,7 @@ def torch_trainer(
 
 
 START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+POLL_INTERVAL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 MAX_TRY_S = 60.0
 
 
