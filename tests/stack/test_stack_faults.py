@@ -4,7 +4,10 @@ intact. Most use real processes; a dying service is simulated (the real ones can
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -137,6 +140,25 @@ def test_a_second_stack_runs_beside_the_first_on_other_ports(stack_dir, tmp_path
         assert not ports_a & ports_b
         assert all(r.healthy for r in manager.status(stack_dir)[1])
         assert all(r.healthy for r in manager.status(tmp_path)[1])
+        # With two Ray instances on the machine, Ray's own processes that look their cluster up without an address
+        # (Ray Train's placement-group cleaner, which frees a stopped trial's CPUs) must still find their own: before,
+        # the lookup failed ("Found multiple active Ray instances"), the cleaner died and the CPUs stayed taken.
+        code = (
+            "from pbp.train.launch import connect_ray\n"
+            "connect_ray()\n"
+            "import ray\n"
+            "@ray.remote(num_cpus=1, resources={'pbp-node-worker-1': 1})\n"
+            "def look_up():\n"
+            "    from ray.util.state import list_nodes\n"
+            "    return len(list_nodes(limit=10))\n"
+            "print('NODES', ray.get(look_up.remote()))\n"
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "RAY_"))}
+        env["PBP_STACK_DIR"] = str(stack_dir)
+        res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180)
+        assert res.returncode == 0, res.stderr[-3000:]
+        ray_nodes = sum(name.startswith("ray-") for name in a["services"])
+        assert f"NODES {ray_nodes}" in res.stdout, res.stdout[-2000:]  # its own cluster's nodes, not the other's
     finally:
         stopped = manager.down(tmp_path, log=lambda _m: None)
     assert stopped == 4  # only its own services (storage, MLflow, Ray head, Prometheus)

@@ -179,6 +179,12 @@ def node_resource(service_name: str) -> str:
 
 def service_env(svc: Service, state: StackState, secrets: Secrets) -> dict[str, str]:
     env = base_env(state)
+    if svc.name.startswith("ray-"):
+        # Ray's own processes that look the cluster up without an address (Ray Train's PlacementGroupCleaner, which
+        # frees a run's CPUs when its controller dies, e.g. a campaign trial stopped by ASHA) scan the machine for Ray
+        # instances and fail when there are two (this stack and another: the test suite's, a second state dir). The
+        # cleaner's thread then died and the trial's CPUs stayed taken: the next trial waited for them.
+        env["RAY_API_SERVER_ADDRESS"] = state.ray_dashboard_url
     if svc.name == "ray-head" and "prometheus" in state.services:
         env["RAY_PROMETHEUS_HOST"] = f"http://{state.host}:{state.port('prometheus')}"  # the dashboard's charts
     if svc.name == "mlflow":
