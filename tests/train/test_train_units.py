@@ -156,30 +156,79 @@ def test_pretraining_refuses_a_dataset_without_go_terms_naming_it(tmp_path):
         resolve_config(cfg)
 
 
-def test_the_driver_drops_rays_chatter_and_prints_every_other_line():
-    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+def test_the_driver_drops_rays_chatter_and_prints_every_other_line(capsys, monkeypatch):
+    """Through Ray's own printing paths: worker logs, and the raylet's warnings, which Ray prints without its log
+    dispatcher (the first filter wrapped the dispatcher, and the raylet's line still printed)."""
+    from ray._private import ray_logging
+    from ray._private import worker as ray_worker
 
     from pbp.train.launch import drop_ray_noise
 
-    printed: list[dict] = []
-    saved = list(dispatcher.handlers)
-    dispatcher.handlers = [("ray_print_logs", printed.append)]
-    try:
-        drop_ray_noise()
-        drop_ray_noise()  # connecting twice wraps once
-        chatter = [
-            "[2026-11-27 03:52:03,815 E 14474 14503] core_worker.cc:2465: Actor with class name: 'PreemptionWatcher' "
-            "and ID: '7e9c31773e2e033a0452772801000000' has constructor arguments in the object store and "
-            "max_restarts > 0. If the arguments in the object store go out of scope or are lost, the actor restart "
-            "will fail.",
-            "Detected that the Ray Train controller actor (e766e933dd9ca54d1613d11a02000000) is dead. Cleaning up "
-            "placement group = [PlacementGroupID(50e478093a2a435dbb1083fc11cc02000000)] created by this run.",
-            "WARNING: 8 PYTHON worker processes have been started on node: e5f7 with address: 192.0.2.2, which is 8x "
-            "the maximum expected startup concurrency (1).",
-            "DeepSpeed deepspeed.ops.comm.deepspeed_shm_comm_op built successfully",
-        ]
-        dispatcher.emit({"pid": 1, "is_err": True, "lines": chatter})
-        dispatcher.emit({"pid": 2, "is_err": False, "lines": [chatter[0], "stage frozen epoch 1/2", "WARNING: x"]})
-        assert printed == [{"pid": 2, "is_err": False, "lines": ["stage frozen epoch 1/2", "WARNING: x"]}]
-    finally:
-        dispatcher.handlers = saved
+    monkeypatch.setattr(ray_worker, "print_worker_logs", ray_worker.print_worker_logs)  # restored afterwards
+    for dedup in (ray_logging.stdout_deduplicator, ray_logging.stderr_deduplicator):
+        monkeypatch.setattr(dedup, "recent", {})
+    drop_ray_noise()
+    drop_ray_noise()  # connecting twice wraps once
+    chatter = [
+        "[2026-11-27 03:52:03,815 E 14474 14503] core_worker.cc:2465: Actor with class name: 'PreemptionWatcher' "
+        "and ID: '7e9c31773e2e033a0452772801000000' has constructor arguments in the object store and "
+        "max_restarts > 0. If the arguments in the object store go out of scope or are lost, the actor restart "
+        "will fail.",
+        "Detected that the Ray Train controller actor (e766e933dd9ca54d1613d11a02000000) is dead. Cleaning up "
+        "placement group = [PlacementGroupID(50e478093a2a435dbb1083fc11cc02000000)] created by this run.",
+        "WARNING: 8 PYTHON worker processes have been started on node: e5f7 with address: 192.0.2.2, which is 8x "
+        "the maximum expected startup concurrency (1). This could be a result of using a large number of actors.",
+        "DeepSpeed deepspeed.ops.comm.deepspeed_shm_comm_op built successfully",
+    ]
+    raylet = {"pid": "raylet", "is_err": False, "lines": [chatter[2]]}
+    ray_worker.print_to_stdstream(raylet, ignore_prefix=False)  # as listen_error_messages prints it
+    ray_worker.print_to_stdstream({"ip": "a", "pid": 1, "is_err": True, "lines": chatter}, ignore_prefix=False)
+    kept = {"ip": "a", "pid": 2, "is_err": False, "lines": [chatter[0], "stage frozen epoch 1/2", "WARNING: x"]}
+    ray_worker.print_to_stdstream(kept, ignore_prefix=False)
+    out, err = capsys.readouterr()
+    assert not any(line[:40] in out + err for line in chatter), out + err
+    assert "stage frozen epoch 1/2" in out and "WARNING: x" in out
+
+    # A trial stopped by ASHA: its controller's tracebacks about the trial's report queue, and whatever that process
+    # prints after them, are dropped; other processes still print.
+    died = ["Error in control loop iteration: The actor died unexpectedly before finishing this task.",
+            "\tclass_name: _QueueActor", "\tactor_id: 5d22672f20f15d975a297c9b09000000", "Traceback (most recent call "
+            "last):", "ray.exceptions.ActorDiedError: The actor died unexpectedly before finishing this task."]  # fmt: skip
+    controller = {"ip": "a", "pid": 17034, "actor_name": "TrainController", "is_err": True}
+    ray_worker.print_to_stdstream({**controller, "lines": died}, ignore_prefix=False)
+    ray_worker.print_to_stdstream({**controller, "lines": ["[FailurePolicy] RAISE", "  Source: controller"]}, False)
+    ray_worker.print_to_stdstream({"ip": "a", "pid": 3, "is_err": True, "lines": ["another trial's line"]}, False)
+    out, err = capsys.readouterr()
+    assert "another trial's line" in err and "FailurePolicy" not in err and "control loop" not in err, err
+
+
+def test_concurrent_trials_lines_are_printed_whole_while_library_repeats_stay_folded(capsys, monkeypatch):
+    """Ray folds lines that differ only in numbers, from different processes, into one "[repeated Nx across
+    cluster]" line printed up to 5 s later: two trials' epoch lines were folded together (one trial's figures never
+    shown) and arrived after the campaign's closing lines. pbp's own lines are exempt; a library's line repeated by
+    every rank is still folded."""
+    from ray._private import ray_logging
+    from ray._private import worker as ray_worker
+
+    from pbp.train.launch import keep_pbp_lines_whole
+
+    for dedup in (ray_logging.stdout_deduplicator, ray_logging.stderr_deduplicator):
+        monkeypatch.setattr(dedup, "recent", {})
+        monkeypatch.setattr(dedup, "allow_re", dedup.allow_re)
+    keep_pbp_lines_whole()
+    keep_pbp_lines_whole()  # twice: the pattern is added once
+    assert ray_logging.stdout_deduplicator.allow_re.pattern.count("feature cache") == 1
+
+    def worker(pid: int, line: str) -> None:
+        ray_worker.print_to_stdstream({"ip": "a", "pid": pid, "is_err": False, "lines": [line]}, ignore_prefix=False)
+
+    worker(11, "[camp-a1b2c3d4] stage frozen epoch 1/2 train_loss=1.879 valid_spearman=0.0538")
+    worker(12, "[camp-e5f6a7b8] stage frozen epoch 1/2 train_loss=2.81 valid_spearman=0.09895")
+    worker(12, "feature cache: train, 200 rows x 384 features, float32 (0 MiB)")
+    worker(11, "feature cache: train, 300 rows x 384 features, float32 (0 MiB)")
+    worker(11, "UserWarning: something in a library, rank 0")
+    worker(12, "UserWarning: something in a library, rank 1")
+    out = capsys.readouterr().out
+    assert "valid_spearman=0.0538" in out and "valid_spearman=0.09895" in out, out
+    assert "200 rows" in out and "300 rows" in out
+    assert "rank 0" in out and "rank 1" not in out  # folded by Ray, as before

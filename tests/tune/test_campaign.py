@@ -72,13 +72,21 @@ def test_small_campaign_parent_children_report_and_pruned_trials(stack_dir, endp
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-6000:]
     assert f"[{name}] trial" in out and "best so far" in out  # the live lines
-    ended = re.findall(rf"\[{name}\] trial \w+ ended; (\d+)/(\d+) trials ended", out)
-    assert [int(n) for n, _ in ended] == [1, 2, 3, 4] and {t for _, t in ended} == {"4"}, ended  # out of num_samples
+    ended = re.findall(rf"\[{name}\] trial (\w+) ended: ([^;]+); (\d+)/(\d+) trials ended", out)
+    assert [int(e[2]) for e in ended] == [1, 2, 3, 4] and {e[3] for e in ended} == {"4"}, ended  # out of num_samples
+    assert all(re.fullmatch(r"completed|pruned at epoch \d+ \(valid_spearman=\S+\)", e[1]) for e in ended), ended
+    ended_as = {tid: how.split()[0] for tid, how, _, _ in ended}  # checked against the child runs below
+    # Concurrent trials' epoch lines are printed as they come, each whole: never folded by Ray's log deduplication
+    # into "[repeated Nx across cluster]" (which also held them back until after the closing lines).
+    assert "repeated" not in out and "across cluster" not in out, out[-3000:]
+    closing = res.stdout.index(f"campaign {name}: 4 trials: ")
+    assert "RayTrainWorker" not in res.stdout[closing:], res.stdout[closing:]
     assert "A new study created" not in out  # Optuna's INFO lines
     started = re.findall(rf"\[{name}\] trial \w+ started: (.*)", out)  # each trial's sampled values, as it starts
     assert len(started) == 4 and all(re.match(r"stages\.0\.lr=\S+, .*head_dropout=", p) for p in started), started
     assert "Validating input example" not in out  # MLflow's INFO line per logged model
     assert "View detailed results here" not in out and "tensorboard --logdir" not in out  # Ray Tune's own lines
+    assert "Wrote the latest version of all result files" not in out
     assert f"campaign {name}: 4 trials: " in res.stdout and "best:    trial " in res.stdout
     # beside its trivial baseline (a constant predictor's Spearman: 0 by convention)
     assert re.search(r"best:    trial \w+ valid_spearman=-?\d\.\d{4} \(trivial baseline 0\.0000\) with", res.stdout)
@@ -108,6 +116,8 @@ def test_small_campaign_parent_children_report_and_pruned_trials(stack_dir, endp
         children = client.search_runs([exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
         assert len(children) == 4
         statuses = {c.data.tags.get("pbp.trial_status") for c in children}
+        by_trial = {c.data.tags.get("pbp.trial_id"): c.data.tags.get("pbp.trial_status") for c in children}
+        assert by_trial == ended_as, (by_trial, ended_as)  # the live line said what the child run records
         assert statuses <= {"completed", "pruned", "failed"} and "completed" in statuses
         for c in children:
             assert "train_loss" in c.data.metrics and "valid_loss" in c.data.metrics

@@ -270,6 +270,7 @@ def connect_ray(address: str | None = None) -> None:
         ray.init(address=addr, log_to_driver=True)
     if os.environ.get("PBP_RAY_NOISE", "") not in ("1", "true"):
         drop_ray_noise()
+    keep_pbp_lines_whole()
     if not sys.stdout.isatty():  # a log file (a submitted job's, `> run.log`): no colour codes around the prefixes
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
 
@@ -287,28 +288,62 @@ RAY_NOISE = (
     # DeepSpeed's op builder, once per rank; Ray's deduplication held rank 0's copy until after the closing lines
     re.compile(r"^DeepSpeed deepspeed\.ops\.[\w.]+ built successfully$"),
 )
+STOPPED_TRIAL_CONTROLLER = re.compile(r"class_name: _QueueActor\b")
+"""A campaign trial stopped by ASHA: Tune removes the trial's placement group, and with it the queue through which the
+trial's Ray Train controller hands reports to Tune; a controller that polls its workers before it is itself torn
+down fails to put the next report there and logs two tracebacks (about 100 lines) and a failure-policy block, for a
+trial that ended as designed. A batch naming that queue mutes its process (the controller, about to end) for the
+rest of the session. A trial that really fails is still said by the campaign's own FAILED line, with its error."""
 
 
 def drop_ray_noise() -> None:
-    """Drop the lines of ``RAY_NOISE`` (Ray's own chatter, and DeepSpeed's op-build line) from the worker logs Ray
-    prints on this driver (every other line, warnings included, still prints; ``PBP_RAY_NOISE=1`` keeps these too).
-    Wraps Ray's log printer in its (private) stream dispatcher; another Ray layout is left as it is."""
+    """Drop the lines of ``RAY_NOISE`` (Ray's own chatter, and DeepSpeed's op-build line) from what Ray prints on this
+    driver (every other line, warnings included, still prints; ``PBP_RAY_NOISE=1`` keeps these too). Wraps Ray's
+    (private) ``print_worker_logs``, which every line passes through: worker logs, and the raylet's warnings, which
+    Ray prints without its log dispatcher. Another Ray layout is left as it is."""
     try:
-        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+        from ray._private import worker as ray_worker
     except ImportError:
         return
-    with dispatcher._lock:
-        for i, (name, handler) in enumerate(dispatcher.handlers):
-            if name != "ray_print_logs" or getattr(handler, "pbp_filtered", False):
-                continue
+    original: Callable[..., None] = ray_worker.print_worker_logs
+    if getattr(original, "pbp_filtered", False):
+        return
 
-            def filtered(data: dict, _print: Callable[[dict], None] = handler) -> None:
-                lines = [x for x in data.get("lines", []) if not any(p.search(x) for p in RAY_NOISE)]
-                if lines:
-                    _print({**data, "lines": lines})
+    muted: set[tuple[Any, Any]] = set()
 
-            filtered.pbp_filtered = True  # type: ignore[attr-defined]
-            dispatcher.handlers[i] = (name, filtered)
+    def filtered(data: dict[str, Any], print_file: Any, ignore_prefix: bool = False) -> None:
+        source = (data.get("ip"), data.get("pid"))
+        if source in muted:
+            return
+        if any(STOPPED_TRIAL_CONTROLLER.search(x) for x in data.get("lines", [])):
+            muted.add(source)
+            return
+        lines = [x for x in data.get("lines", []) if not any(p.search(x) for p in RAY_NOISE)]
+        if lines:
+            original({**data, "lines": lines}, print_file, ignore_prefix)
+
+    filtered.pbp_filtered = True  # type: ignore[attr-defined]
+    ray_worker.print_worker_logs = filtered
+
+
+PBP_WORKER_LINE = r"^\[[\w.-]+\] |^feature cache: "
+"""pbp's own lines from workers: a run's or trial's progress (``[NAME] ...``) and the feature cache's summary."""
+
+
+def keep_pbp_lines_whole() -> None:
+    """Exempt pbp's own worker lines (``PBP_WORKER_LINE``) from Ray's log deduplication. Ray folds lines that differ
+    only in their numbers from different processes into one ``[repeated 3x across cluster]`` line printed up to 5 s
+    later: in a campaign, concurrent trials' epoch lines (and their figures) were folded together, and arrived after
+    the campaign's closing lines. Library lines repeated by every rank stay folded."""
+    try:
+        from ray._private import ray_logging
+    except ImportError:
+        return
+    for dedup in (ray_logging.stdout_deduplicator, ray_logging.stderr_deduplicator):
+        allow = getattr(dedup, "allow_re", None)
+        if allow is not None and PBP_WORKER_LINE in allow.pattern:
+            continue
+        dedup.allow_re = re.compile(PBP_WORKER_LINE if allow is None else f"{allow.pattern}|{PBP_WORKER_LINE}")
 
 
 class RayShardMap:

@@ -109,8 +109,9 @@ def run_campaign(cfg: TuneConfig, *, resume: bool = False, warm_start: str | Non
     tuner = _tuner(cfg, base_cfg, base, ctx, metric, mode, url, resume, warm_start, warm)
     try:
         # Tune warns "Failed to fetch metrics ... FileNotFoundError" for a trial stopped (time budget, a stop
-        # criterion) before its first report: the summary counts it as pruned with no value.
-        with quiet_logger("ray.tune.analysis.experiment_analysis", logging.ERROR):
+        # criterion) before its first report: the summary counts it as pruned with no value. Tune's INFO line "Wrote
+        # the latest version of all result files and experiment state to ..." at the end is off too.
+        with quiet_logger("ray.tune.analysis.experiment_analysis", logging.ERROR), quiet_logger("ray.tune.tune"):
             grid = tuner.fit()
     except BaseException as e:  # stopped (--resume continues it) or failed: no run left RUNNING in MLflow
         mark_family_unfinished(parent.run_id, ended_status(e))

@@ -57,8 +57,13 @@ class LiveProgress(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         done = 1 + sum(t.status in ("TERMINATED", "ERROR") for t in trials if t is not trial)
+        last = trial.last_result or {}
+        value = last.get(self.metric)
+        shown = f" ({self.metric}={value:.4f})" if isinstance(value, int | float) and math.isfinite(value) else ""
+        # As the closing summary counts them: completed when the last result was the final one, else pruned.
+        how = "completed" if last.get(FINISHED) else f"pruned at epoch {last.get(EPOCH, '?')}{shown}"
         # Out of the campaign's trials, not of those Tune has created so far (it creates them one by one).
-        self._line(f"trial {trial.trial_id} ended; {done}/{max(self.num_samples, len(trials))} trials ended")
+        self._line(f"trial {trial.trial_id} ended: {how}; {done}/{max(self.num_samples, len(trials))} trials ended")
         self._export(trials, trial, "TERMINATED")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
