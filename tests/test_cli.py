@@ -86,7 +86,7 @@ def test_data_build_progress_in_a_log_file_is_whole_lines(capsys, monkeypatch):
     assert "\r" not in err
     lines = err.splitlines()
     assert re.fullmatch(r"reading: 100,000 rec in \d+\.\d s", lines[0]), lines
-    assert re.fullmatch(r"writing shards: 2/3 shard \(\d+ s\)", lines[1]), lines
+    assert re.fullmatch(r"writing shards: 2/3 shard \(\d+ s, [\d,]+/s, ETA \d+ s\)", lines[1]), lines
     assert re.fullmatch(r"writing shards: 2/3 shard in \d+\.\d s", lines[2]) and len(lines) == 3, lines
     make, bars = _progress(False, tty=False)  # --no-progress: nothing
     make("reading", None)(5)

@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TextIO
 
 
 def aligned(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> list[str]:
@@ -38,29 +38,41 @@ def quiet_logger(name: str, level: int = logging.WARNING) -> Iterator[None]:
 
 
 class LineProgress:
-    """A phase's progress as whole lines on stderr: ``reading: 48,121 rec (12 s)`` every ``EVERY_S`` seconds and
-    ``reading: 100,000 rec in 31.2 s`` when it closes."""
+    """A phase's progress as whole lines: ``reading: 48,121 rec (12 s)`` every ``EVERY_S`` seconds (with the rate and
+    the time left when the total is known: ``(12 s, 4,010/s, ETA 13 s)``) and, unless ``summary`` is off,
+    ``reading: 100,000 rec in 31.2 s`` when it closes. On stderr, or ``stream`` (a Ray worker's progress goes to
+    stdout, beside its other lines)."""
 
     EVERY_S = 30.0
 
-    def __init__(self, label: str, unit: str, total: int | None, enabled: bool = True) -> None:
-        self.label, self.unit, self.total, self.enabled = label, unit, total, enabled
+    def __init__(self, label: str, unit: str, total: int | None, enabled: bool = True, *,
+                 summary: bool = True, stream: TextIO | None = None) -> None:  # fmt: skip
+        self.label, self.unit, self.total, self.enabled, self.summary = label, unit, total, enabled, summary
+        self.stream = stream
         self.n, self.closed = 0, False
         self.t0 = self.last = time.monotonic()
 
     def _count(self) -> str:
         return f"{self.n:,}" + (f"/{self.total:,}" if self.total else "") + f" {self.unit}"
 
+    def _print(self, text: str) -> None:
+        print(text, file=self.stream or sys.stderr, flush=True)
+
     def update(self, n: int = 1) -> None:
-        self.n += n
+        self.n = self.n + n if not self.total else min(self.total, self.n + n)
         now = time.monotonic()
         if self.enabled and now - self.last >= self.EVERY_S:
             self.last = now
-            print(f"{self.label}: {self._count()} ({now - self.t0:.0f} s)", file=sys.stderr, flush=True)
+            took = now - self.t0
+            pace = ""
+            if self.total and self.n and took > 0:
+                rate = self.n / took
+                pace = f", {rate:,.0f}/s, ETA {(self.total - self.n) / rate:.0f} s"
+            self._print(f"{self.label}: {self._count()} ({took:.0f} s{pace})")
 
     def close(self) -> None:
-        if self.enabled and not self.closed:
-            print(f"{self.label}: {self._count()} in {time.monotonic() - self.t0:.1f} s", file=sys.stderr, flush=True)
+        if self.enabled and self.summary and not self.closed:
+            self._print(f"{self.label}: {self._count()} in {time.monotonic() - self.t0:.1f} s")
         self.closed = True
 
     def __enter__(self) -> LineProgress:

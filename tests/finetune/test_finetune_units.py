@@ -4,6 +4,7 @@ bookkeeping, and the exported model (safetensors + JSON, the pyfunc predictor, M
 from __future__ import annotations
 
 import random
+import re
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
@@ -165,6 +166,27 @@ def test_cached_features_give_the_full_models_logits(tmp_path, tiny_cfg, kind, s
             assert cache.labels[i] == split.labels[i]
         else:
             np.testing.assert_array_equal(cache.labels[cache.offsets[i] : cache.offsets[i + 1]], split.labels[i])
+
+
+def test_a_cache_build_says_its_progress_in_whole_lines_with_rate_and_time_left(
+    tmp_path, tiny_cfg, capsys, monkeypatch
+):
+    """Rank 0's progress lines (the shared console progress, every PROGRESS_EVERY_S) on the worker's stdout, then
+    the cache's one summary line; a rank that does not show progress prints none."""
+    import pbp.finetune.features as features
+
+    monkeypatch.setattr(features, "PROGRESS_EVERY_S", 0.0)
+    data = _load(tmp_path, "numeric", _seqs(12, 3, 30, seed=4))
+    model = _frozen(tiny_cfg, data.spec)
+    assert build_cache(model, data.train, 64, 100.0, 0.0, CPU, show_progress=True) is not None
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("feature cache: train:")]
+    n = len(data.train)
+    assert lines and all(re.fullmatch(rf"feature cache: train: \d+/{n} sequences \(\d+ s(, [\d,]+/s, ETA \d+ s)?\)",
+                                      ln) for ln in lines), lines  # fmt: skip
+    counts = [int(re.search(r"(\d+)/", ln).group(1)) for ln in lines]
+    assert counts == sorted(counts) and counts[-1] == n  # never past the split's rows
+    build_cache(model, data.train, 64, 100.0, 0.0, CPU, show_progress=False)
+    assert "feature cache: train:" not in capsys.readouterr().out
 
 
 def test_cache_on_disk_and_over_both_budgets(tmp_path, tiny_cfg):

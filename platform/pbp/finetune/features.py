@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import tempfile
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pbp.console import LineProgress
 from pbp.finetune.batching import collate, eval_groups
 from pbp.finetune.data import Split
 from pbp.model.finetune import IGNORE_INDEX, FinetuneModel, extract_features
@@ -104,20 +105,21 @@ def build_cache(
     groups = eval_groups(split, max_tokens)
     node = _node_arrays(split, per_residue, F, storage, ctx)
     if node is not None:  # this node's ranks fill one cache; rank 0 counts its own rows for all of them
-        progress = _Progress(split, show_progress, ctx.local_world_size)
+        progress, scale = _progress(split, show_progress), ctx.local_world_size
         feats, labels = node
         for index in groups[ctx.local_rank :: ctx.local_world_size]:
-            progress.add(_store(feats, labels, offsets, _features(model, split, index, device, feats.dtype.type)))
+            progress.update(scale * _store(feats, labels, offsets, _features(model, split, index, device,
+                                                                feats.dtype.type)))  # fmt: skip
         barrier(ctx)  # every rank's rows written before any reads them
     else:
-        progress = _Progress(split, show_progress)
+        progress = _progress(split, show_progress)
         feats, labels = _allocate(split, per_residue, F, storage)
         mine = groups[ctx.rank :: ctx.world_size]
         for r in range(-(-len(groups) // ctx.world_size)):  # every rank takes part in every round's all-gather
             part = _features(model, split, mine[r], device, feats.dtype.type) if r < len(mine) else None
             for got in all_gather_objects(part, ctx):
                 if got is not None:
-                    progress.add(_store(feats, labels, offsets, got))
+                    progress.update(_store(feats, labels, offsets, got))
     model.train(was_training)
     shared_by = ctx.local_world_size if node is not None else 1
     if ctx.rank == 0:  # the same for every rank
@@ -126,21 +128,14 @@ def build_cache(
     return FeatureCache(feats, labels, offsets, storage, shared_by)
 
 
-class _Progress:
-    """A line every ``PROGRESS_EVERY_S`` while a cache is built (rank 0 only: ``enabled``); ``scale``: rows done
-    in all for each row this rank sees (the ranks sharing a cache fill it at about the same pace)."""
-
-    def __init__(self, split: Split, enabled: bool, scale: int = 1) -> None:
-        self.split, self.enabled, self.scale, self.done = split, enabled, scale, 0
-        self.t0 = self.shown = time.perf_counter()
-
-    def add(self, rows: int) -> None:
-        self.done = min(len(self.split), self.done + rows * self.scale)
-        if self.enabled and time.perf_counter() - self.shown > PROGRESS_EVERY_S:
-            self.shown = time.perf_counter()
-            rate = self.done / (self.shown - self.t0)
-            print(f"feature cache: {self.split.name} {self.done}/{len(self.split)} sequences, {rate:.0f}/s, "
-                  f"ETA {(len(self.split) - self.done) / rate:.0f} s", flush=True)  # fmt: skip
+def _progress(split: Split, enabled: bool) -> LineProgress:
+    """A line every ``PROGRESS_EVERY_S`` while a cache is built (rank 0 only: ``enabled``), in the worker's stdout
+    beside its epoch lines; the build's own summary line follows it (``feature cache: NAME, N rows x F ...``). Where
+    a node's ranks fill one cache, rank 0 counts its rows once per rank (they fill it at about the same pace)."""
+    progress = LineProgress(f"feature cache: {split.name}", "sequences", len(split), enabled, summary=False,
+                            stream=sys.stdout)  # fmt: skip
+    progress.EVERY_S = PROGRESS_EVERY_S
+    return progress
 
 
 def _store(feats: np.ndarray, labels: np.ndarray, offsets: np.ndarray | None,
