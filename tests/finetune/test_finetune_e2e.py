@@ -120,6 +120,8 @@ def test_numeric_from_nothing_tracked_checkpointed_and_exported(numeric_run, end
     assert rdir.checkpoints() == [ckpt.checkpoint_name(EPOCHS), ckpt.checkpoint_name(EPOCHS - 1)]
     commit = rdir.read_json(f"{ckpt.checkpoint_name(EPOCHS)}/{ckpt.COMMIT}")
     assert commit["mlflow_run_id"] == rid and commit["job"]["stage"] == 2 and commit["job"]["stage_done"]
+    # the closing lines name that run (the id its checkpoint records)
+    assert f"register it: pbp registry register {rid} --name MODEL_NAME" in out
     assert rdir.size("final_model/model.safetensors") and rdir.read_json("final_model/finetuned.json")["task"][
         "kind"] == "numeric"  # fmt: skip
     assert rdir.read_json("final_metrics.json")["test_spearman"] == pytest.approx(float(row.group(1)), abs=1e-4)

@@ -58,12 +58,15 @@ def shards(d: Demo) -> str:
 
 
 def pretrain(d: Demo) -> str:
+    from pbp.train.launch import finished_run
+
     run = f"{d.cfg.name}-pretrain"
+    d.state["pretrained"] = _pretrained_url(run)
+    if finished_run(d.state["pretrained"].removesuffix("/final_model/"), d.cfg.pretrain_steps) is not None:
+        # a second `make demo`: the run reached its steps and exported its model
+        return f"reused: run {run} finished its {d.cfg.pretrain_steps} steps before; model {d.state['pretrained']}"
     out = d.pbp("pretrain", "pretrain", "--config", "configs/pretrain/tiny.yaml", f"run_name={run}",
                 f"data.url={d.state['data_url']}", f"max_steps={d.cfg.pretrain_steps}", "scaling.num_workers=2")  # fmt: skip
-    d.state["pretrained"] = _pretrained_url(run)
-    if "already finished" in out:  # a second `make demo`: the run and its model are there
-        return f"reused: run {run} finished its {d.cfg.pretrain_steps} steps before; model {d.state['pretrained']}"
     losses = _last_losses(out)
     return f"{d.cfg.pretrain_steps} steps on 2 Ray workers (DeepSpeed ZeRO-2){losses}; model {d.state['pretrained']}"
 

@@ -81,23 +81,28 @@ class FinetuneResult:
     """The final validation and test metrics, each beside its baseline (``final_metrics.json``)."""
     trained: bool = True
     """False for a re-run of a finished run: nothing left to train, nothing started."""
+    mlflow_run_id: str | None = None
+    """The run's MLflow run, as its newest checkpoint records it (None with tracking off)."""
 
 
 def finetune(cfg: FinetuneConfig, address: str | None = None) -> FinetuneResult:
     """Run fine-tuning on the Ray cluster (RAY_ADDRESS, else the local stack); a run that already finished every
     stage and exported its model is reported without starting any worker."""
-    from pbp.train.checkpoint import storage_dir
+    from pbp.train.checkpoint import newest_commit, storage_dir
     from pbp.train.launch import connect_ray, fit
     from pbp.train.tracking import marked_if_unfinished
 
     cfg, meta = resolve_config(cfg)
     done = finished_metrics(cfg)
-    if done is not None:
-        return FinetuneResult(cfg.run_url, done, trained=False)
-    connect_ray(address)
-    with marked_if_unfinished(cfg.tracking.enabled, cfg.tracking.experiment, cfg.run_name):
-        fit(build_trainer(cfg, meta), cfg.scaling)
-    return FinetuneResult(cfg.run_url, storage_dir(cfg.run_url).read_json("final_metrics.json") or {})
+    trained = done is None
+    if trained:
+        connect_ray(address)
+        with marked_if_unfinished(cfg.tracking.enabled, cfg.tracking.experiment, cfg.run_name):
+            fit(build_trainer(cfg, meta), cfg.scaling)
+    run = storage_dir(cfg.run_url)
+    newest = newest_commit(run)
+    metrics = done if done is not None else run.read_json("final_metrics.json") or {}
+    return FinetuneResult(cfg.run_url, metrics, trained, newest[1].mlflow_run_id if newest else None)
 
 
 def finished_metrics(cfg: FinetuneConfig) -> dict[str, float] | None:

@@ -394,13 +394,8 @@ def pretrain(
     reported without starting any worker."""
     cfg, meta = resolve_config(cfg)
     meta.update(meta_extra or {})
-    from pbp.model.proteinbert import CONFIG_FILE, WEIGHTS_FILE
-    from pbp.train.checkpoint import exported, storage_dir
-
-    done = _finished_before(meta["run_url"])
-    if done.metrics.get("step", 0) >= cfg.max_steps and exported(
-        storage_dir(done.run_url), (WEIGHTS_FILE, CONFIG_FILE)
-    ):
+    done = finished_run(meta["run_url"], cfg.max_steps)
+    if done is not None:
         return done
     if os.environ.get("PBP_TEST_INJECT_NONFINITE"):  # test hook: NaN losses at these steps (a fault on cue)
         meta["inject_nonfinite_steps"] = [int(s) for s in os.environ["PBP_TEST_INJECT_NONFINITE"].split(",")]
@@ -412,6 +407,18 @@ def pretrain(
         where = None if ckpt is None else f"{meta['run_url']}/{ckpt.path.rstrip('/').rsplit('/', 1)[-1]}"
         return PretrainResult(meta["run_url"], dict(result.metrics or {}), where)
     return _finished_before(meta["run_url"])
+
+
+def finished_run(run_url: str, max_steps: int) -> PretrainResult | None:
+    """The run at ``run_url`` if it reached ``max_steps`` and exported its model (a re-run has nothing to do), else
+    None."""
+    from pbp.model.proteinbert import CONFIG_FILE, WEIGHTS_FILE
+    from pbp.train.checkpoint import exported, storage_dir
+
+    done = _finished_before(run_url)
+    if done.metrics.get("step", 0) >= max_steps and exported(storage_dir(run_url), (WEIGHTS_FILE, CONFIG_FILE)):
+        return done
+    return None
 
 
 def _finished_before(run_url: str) -> PretrainResult:
