@@ -223,6 +223,20 @@ def test_categorical_remote_homology_subset_on_two_workers(stack_dir, endpoints,
     assert sum(v for k, v in final.items() if k.startswith("test_") and k.endswith("_n")) == 24, final
 
 
+def test_a_stage_that_keeps_an_earlier_epochs_weights_says_so_with_their_figures(stack_dir):
+    """The epoch lines show each epoch's own weights; the stage then restores its best epoch's (Keras'
+    restore_best_weights), and a campaign's report of that epoch carries those. A line says which were kept. Here no
+    epoch after the first improves by schedule.min_delta, so every stage keeps its first epoch."""
+    run = f"ft-kept-{random.randrange(10**6)}"
+    out = _ok(_finetune(stack_dir, run, "task.max_rows=40", "stages.0.max_epochs=2", "stages.1.max_epochs=1",
+                        "stages.2.max_epochs=1", "schedule.min_delta=1000000", "tracking.enabled=false"))  # fmt: skip
+    kept = re.findall(rf"\[{run}\] stage (\S+): kept epoch (\d+)'s weights \(lowest valid_loss\) "
+                      r"valid_loss=(\S+) valid_spearman=(\S+)", out)  # fmt: skip
+    assert [(k[0], k[1]) for k in kept] == [("frozen", "1")], out[-3000:]  # one-epoch stages keep their only epoch
+    first = re.search(rf"\[{run}\] stage frozen epoch 1/2 .*valid_loss=(\S+) valid_spearman=(\S+)", out)
+    assert first and (first.group(1), first.group(2)) == kept[0][2:], out[-3000:]  # epoch 1's figures, again
+
+
 def test_rerun_after_completion_starts_nothing_and_reports_the_run(numeric_run, stack_dir, endpoints, mlflow_client):
     run, _ = numeric_run
     mrun = _mlflow_run(mlflow_client, run)

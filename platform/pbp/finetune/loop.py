@@ -309,8 +309,7 @@ def run_stage(tr: Trainer, si: int, run_id: str | None) -> None:
             seconds = metrics.get("epoch_seconds", math.nan)
             telemetry.training("finetune", cfg.run_name, p.epochs_done, {"loss": metrics.get("train_loss", math.nan)},
                                {"samples_per_s": metrics.get("train_items", 0.0) / seconds}, seconds, 0)  # fmt: skip
-            shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k in
-                             ("train_loss", "valid_loss", headline, "lr"))  # fmt: skip
+            shown = _shown(metrics, ("train_loss", "valid_loss", headline, "lr"))
             print(f"[{cfg.run_name}] stage {stage.name} epoch {done}/{stage.max_epochs} {shown}", flush=True)
 
     def stop(_: int, __: dict[str, float]) -> bool:
@@ -319,11 +318,20 @@ def run_stage(tr: Trainer, si: int, run_id: str | None) -> None:
     def save(done: int, metrics: dict[str, float]) -> None:
         if done == stage.max_epochs or tr.patience.should_stop(cfg.schedule):
             _finish_stage(tr)
-            metrics = {**metrics, **tr.validate()} if tr.best_state is not None else metrics
+            if tr.best_state is not None:
+                metrics = {**metrics, **tr.validate()}  # what the stage keeps: its best epoch's weights
+                kept = tr.patience.best_epoch
+                if tr.ctx.is_main and kept != done:  # the epoch line above showed other weights' figures
+                    print(f"[{cfg.run_name}] stage {stage.name}: kept epoch {kept}'s weights (lowest valid_loss) "
+                          f"{_shown(metrics, ('valid_loss', headline))}", flush=True)  # fmt: skip
         tr.save(metrics, run_id)
 
     drive(p.epoch_in_stage, stage.max_epochs, step, Cadence(evaluate=1, log=1, save=1), evaluate=evaluate,
           log=log_fn, save=save, should_stop=stop)  # fmt: skip
+
+
+def _shown(metrics: dict[str, float], keys: tuple[str, ...]) -> str:
+    return " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k in keys)
 
 
 def _finish_stage(tr: Trainer) -> None:
