@@ -140,6 +140,14 @@ def test_small_campaign_parent_children_report_and_pruned_trials(stack_dir, endp
     finally:
         mlflow.set_tracking_uri(None)
 
+    # --resume of a finished campaign runs nothing, says so, and gives the same closing lines.
+    again = _pbp(stack_dir, "tune", "--resume", name, "storage_path=s3://pbp-runs/tests-tune")
+    assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
+    assert f"campaign {name}: already finished (nothing left to run)" in again.stdout
+    assert "started:" not in again.stdout + again.stderr and "RayTrainWorker" not in again.stdout + again.stderr
+    closing = res.stdout[res.stdout.index(f"campaign {name}: 4 trials: ") :]
+    assert closing.split("report:")[0] in again.stdout  # the same counts and best trial
+
 
 TINY = ["finetune_overrides=[task.max_rows=80, stages.0.max_epochs=1, stages.1.max_epochs=2, stages.2.max_epochs=1]",
         "asha.enabled=false", "storage_path=s3://pbp-runs/tests-tune"]  # fmt: skip

@@ -132,6 +132,8 @@ def tune_and_report(cfg: TuneConfig, *, resume: bool = False, warm_start: str | 
     # engine at verbose=0 prints none of it. The campaign's own lines say what matters. A user's setting wins.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     res = run_campaign(cfg, resume=resume, warm_start=warm_start, address=address)
+    if res.finished_before:
+        print(f"campaign {cfg.name}: already finished (nothing left to run); its report and parent run are rewritten")
     print(campaign_lines(cfg.name, res.summary, res.best))
     print(f"report: {res.report}\nMLflow:  {run_link(res.parent_run_id)} (parent run, experiment {cfg.experiment})")
     if res.best is not None:

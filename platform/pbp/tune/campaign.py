@@ -61,6 +61,8 @@ class CampaignResult:
     best: TrialRecord | None
     train_seconds: dict[str, float] = field(default_factory=dict)
     """Per trial id: seconds in its training epochs (the sum of the ``epoch_seconds`` its fine-tuning reported)."""
+    finished_before: bool = False
+    """A ``--resume`` of a campaign that had nothing left to run (no trial started)."""
 
 
 def _metric_and_mode(cfg: TuneConfig, base: FinetuneConfig) -> tuple[str, str]:
@@ -107,12 +109,15 @@ def run_campaign(cfg: TuneConfig, *, resume: bool = False, warm_start: str | Non
            "tags": {**ft_meta["tags"], "pbp.campaign": cfg.name}}  # fmt: skip
     t0 = time.time()
     tuner = _tuner(cfg, base_cfg, base, ctx, metric, mode, url, resume, warm_start, warm)
+    grid = _finished_results(tuner, cfg) if resume else None
     try:
         # Tune warns "Failed to fetch metrics ... FileNotFoundError" for a trial stopped (time budget, a stop
         # criterion) before its first report: the summary counts it as pruned with no value. Tune's INFO line "Wrote
         # the latest version of all result files and experiment state to ..." at the end is off too.
         with quiet_logger("ray.tune.analysis.experiment_analysis", logging.ERROR), quiet_logger("ray.tune.tune"):
-            grid = tuner.fit()
+            finished_before = grid is not None
+            if grid is None:
+                grid = tuner.fit()
     except BaseException as e:  # stopped (--resume continues it) or failed: no run left RUNNING in MLflow
         mark_family_unfinished(parent.run_id, ended_status(e))
         raise
@@ -121,7 +126,17 @@ def run_campaign(cfg: TuneConfig, *, resume: bool = False, warm_start: str | Non
 
     summary.stopped = stop_reason(cfg, summary, time.time() - t0)
     report = finish_campaign(cfg, summary, parent, url, time.time() - t0)
-    return CampaignResult(summary, report, parent.run_id, best_trial(summary), train_seconds(grid))
+    return CampaignResult(summary, report, parent.run_id, best_trial(summary), train_seconds(grid), finished_before)
+
+
+def _finished_results(tuner, cfg: TuneConfig):
+    """A resumed campaign's results when nothing is left to run (its num_samples trials ended, none failed: Tune
+    would retry a failed one), else None. Its report and parent run are then written again from them."""
+    try:
+        grid = tuner.get_results()
+    except Exception:  # no results to read yet: let Tune continue the campaign
+        return None
+    return grid if len(grid) >= cfg.num_samples and not grid.errors else None
 
 
 def campaign_url(name: str, storage_path: str = "") -> str:
