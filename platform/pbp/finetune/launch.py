@@ -7,6 +7,7 @@ starting point), so a bad value fails in seconds naming the file, row or key.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,8 @@ def finetune(cfg: FinetuneConfig, address: str | None = None) -> FinetuneResult:
     from pbp.train.tracking import marked_if_unfinished
 
     cfg, meta = resolve_config(cfg)
+    if os.environ.get("PBP_TEST_KILL_AFTER_EPOCH"):  # test hook: the worker exits after that epoch's checkpoint
+        meta["kill_after_epoch"] = int(os.environ["PBP_TEST_KILL_AFTER_EPOCH"])
     done = finished_metrics(cfg)
     trained = done is None
     if trained:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -101,6 +102,8 @@ class Trainer:
         self.tracker: Tracker | None = None
         self.ckpt = Checkpointer(cfg.run_url, ctx, cfg.checkpoint.keep_last)
         self.t_start = time.perf_counter()
+        self.resumed = False
+        """This worker continued from a checkpoint."""
 
     # ---- resume -----------------------------------------------------------------------------------------------
 
@@ -115,6 +118,7 @@ class Trainer:
         self.progress = Progress(**restored.commit.job)
         self.restored_optimizer = state.get("optimizer")
         restored.cleanup()
+        self.resumed = True
         if self.ctx.is_main:
             log.warning("resuming %s from %s (stage %d, epoch %d)", self.cfg.run_name, restored.url,
                         self.progress.stage, self.progress.epoch_in_stage)  # fmt: skip
@@ -156,6 +160,11 @@ class Trainer:
     def train_epoch(self, stage: StageConfig) -> dict[str, float]:
         assert self.optimizer is not None
         m, ctx = self.model, self.ctx
+        # Dropout's draws seeded by the epoch (and rank), as the batch order is: an epoch run after a resume draws
+        # what it would have drawn in an uninterrupted run (with one seed for the whole run, a resumed epoch drew
+        # the masks of the run's first epoch after initialisation, and trained to other weights).
+        torch.manual_seed(int(np.random.SeedSequence([self.cfg.seed, self.progress.epochs_done, ctx.rank])
+                              .generate_state(1)[0]))  # fmt: skip
         for g in self.optimizer.param_groups:
             g["lr"] = self.patience.lr
         rng = np.random.default_rng([self.cfg.seed, self.progress.epochs_done])
@@ -325,6 +334,8 @@ def run_stage(tr: Trainer, si: int, run_id: str | None) -> None:
                     print(f"[{cfg.run_name}] stage {stage.name}: kept epoch {kept}'s weights (lowest valid_loss) "
                           f"{_shown(metrics, ('valid_loss', headline))}", flush=True)  # fmt: skip
         tr.save(metrics, run_id)
+        if tr.meta.get("kill_after_epoch") == p.epochs_done and not tr.resumed:  # test hook: a worker lost on cue
+            os._exit(1)
 
     drive(p.epoch_in_stage, stage.max_epochs, step, Cadence(evaluate=1, log=1, save=1), evaluate=evaluate,
           log=log_fn, save=save, should_stop=stop)  # fmt: skip
