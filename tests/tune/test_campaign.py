@@ -149,6 +149,49 @@ def test_small_campaign_parent_children_report_and_pruned_trials(stack_dir, endp
     assert closing.split("report:")[0] in again.stdout  # the same counts and best trial
 
 
+def test_ctrl_c_stops_a_campaign_says_how_to_resume_it_and_marks_its_parent_killed(
+    stack_dir, endpoints, tmp_path, monkeypatch
+):
+    """Before: Tune caught the SIGINT, saved its state and returned as if the campaign had ended: the running trials
+    counted as pruned, the parent run FINISHED, exit 0, and Tune's log advised `Tuner.restore(...)`. Then --resume
+    runs the rest: num_samples trials in all."""
+    from mlflow.tracking import MlflowClient
+
+    from pbp.train.tracking import find_run
+
+    name = f"int-{os.getpid()}"
+    log = tmp_path / "int.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "RAY_"))}
+    env.update(PBP_STACK_DIR=str(stack_dir))
+    cmd = [str(Path(sys.executable).with_name("pbp")), "tune", "--config", "configs/tune/tiny.yaml", f"name={name}",
+           "num_samples=3", "max_concurrent_trials=1", f"report_dir={tmp_path}", *TINY]  # fmt: skip
+    with log.open("w") as f:
+        driver = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and driver.poll() is None and " epoch 1:" not in log.read_text():
+            time.sleep(0.2)
+        driver.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        rc = driver.wait(timeout=120)
+    finally:
+        driver.kill()
+    out = log.read_text()
+    assert rc == 130, out[-4000:]
+    assert re.search(rf"pbp: interrupted: campaign {name} stopped with \d of 3 trials created .*its state is saved: "
+                     rf"`pbp tune --resume {name} storage_path=s3://pbp-runs/tests-tune` continues it", out), out[-3000:]  # fmt: skip
+    assert "Tuner.restore" not in out and f"campaign {name}: " not in out  # no closing lines as if it had ended
+    for k, v in endpoints.mlflow_env().items():
+        monkeypatch.setenv(k, v)
+    client = MlflowClient(endpoints.mlflow_uri)
+    parent = find_run(client, client.get_experiment_by_name("pbp-tune").experiment_id, name)
+    assert parent is not None and client.get_run(parent).info.status == "KILLED"
+
+    res = _pbp(stack_dir, "tune", "--resume", name, "storage_path=s3://pbp-runs/tests-tune")
+    assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
+    assert f"campaign {name}: 3 trials: " in res.stdout
+    assert client.get_run(parent).info.status == "FINISHED"
+
+
 TINY = ["finetune_overrides=[task.max_rows=80, stages.0.max_epochs=1, stages.1.max_epochs=2, stages.2.max_epochs=1]",
         "asha.enabled=false", "storage_path=s3://pbp-runs/tests-tune"]  # fmt: skip
 

@@ -73,8 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except BrokenPipeError:  # output piped into head/less that closed early
         return 0
-    except KeyboardInterrupt:
-        print("pbp: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # a command may say what was saved and how to continue
+        print(f"pbp: interrupted{f': {e}' if str(e) else ''}", file=sys.stderr)
         return 130
     return int(rc or 0)
 
