@@ -109,6 +109,8 @@ def run_campaign(cfg: TuneConfig, *, resume: bool = False, warm_start: str | Non
            "tags": {**ft_meta["tags"], "pbp.campaign": cfg.name}}  # fmt: skip
     t0 = time.time()
     tuner = _tuner(cfg, base_cfg, base, ctx, metric, mode, url, resume, warm_start, warm)
+    from pbp.tune.progress import TuneInterruption, interrupted_message, stop_reason
+
     grid = _finished_results(tuner, cfg) if resume else None
     interruption = TuneInterruption()
     try:
@@ -126,43 +128,9 @@ def run_campaign(cfg: TuneConfig, *, resume: bool = False, warm_start: str | Non
         mark_family_unfinished(parent.run_id, ended_status(e))
         raise
     summary = summarize(grid, cfg, metric, mode)
-    from pbp.tune.progress import stop_reason
-
     summary.stopped = stop_reason(cfg, summary, time.time() - t0)
     report = finish_campaign(cfg, summary, parent, url, time.time() - t0)
     return CampaignResult(summary, report, parent.run_id, best_trial(summary), train_seconds(grid), finished_before)
-
-
-class TuneInterruption(logging.Filter):
-    """Ctrl-C (SIGINT) during ``Tuner.fit``: Tune saves the experiment state and returns its results as if the
-    campaign had ended (the interrupted trials looked pruned, the parent run FINISHED, exit 0), saying only, in its
-    log, "Experiment has been interrupted ... Resume experiment with: Tuner.restore(...)", advice that is not pbp's.
-    That warning is the one sign Tune gives: around the fit, this filter takes it off Tune's logger and records it."""
-
-    MESSAGE = "has been interrupted, but the most recent state was saved"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen = False
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if self.MESSAGE in record.getMessage():
-            self.seen = True
-            return False
-        return True
-
-    def __enter__(self) -> TuneInterruption:
-        logging.getLogger("ray.tune.tune").addFilter(self)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        logging.getLogger("ray.tune.tune").removeFilter(self)
-
-
-def interrupted_message(cfg: TuneConfig, trials: int) -> str:
-    where = f" storage_path={cfg.storage_path}" if cfg.storage_path else ""
-    return (f"campaign {cfg.name} stopped with {trials} of {cfg.num_samples} trials created (the running ones "
-            f"unfinished); its state is saved: `pbp tune --resume {cfg.name}{where}` continues it")  # fmt: skip
 
 
 def _finished_results(tuner, cfg: TuneConfig):

@@ -1,7 +1,9 @@
-"""What a campaign shows while it runs (one line per trial epoch with the best so far) and when it stops early."""
+"""What a campaign shows while it runs (one line per trial epoch with the best so far) and when it stops early or is
+interrupted."""
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -129,3 +131,35 @@ def stop_reason(cfg: TuneConfig, summary: CampaignSummary, seconds: float) -> st
     if stop.patience_trials:
         return f"{head}: {stop.patience_trials} finished trials in a row without a new best (stop.patience_trials)"
     return head
+
+
+class TuneInterruption(logging.Filter):
+    """Ctrl-C (SIGINT) during ``Tuner.fit``: Tune saves the experiment state and returns its results as if the
+    campaign had ended (the interrupted trials looked pruned, the parent run FINISHED, exit 0), saying only, in its
+    log, "Experiment has been interrupted ... Resume experiment with: Tuner.restore(...)", advice that is not pbp's.
+    That warning is the one sign Tune gives: around the fit, this filter takes it off Tune's logger and records it."""
+
+    MESSAGE = "has been interrupted, but the most recent state was saved"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.MESSAGE in record.getMessage():
+            self.seen = True
+            return False
+        return True
+
+    def __enter__(self) -> TuneInterruption:
+        logging.getLogger("ray.tune.tune").addFilter(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        logging.getLogger("ray.tune.tune").removeFilter(self)
+
+
+def interrupted_message(cfg: TuneConfig, trials: int) -> str:
+    where = f" storage_path={cfg.storage_path}" if cfg.storage_path else ""
+    return (f"campaign {cfg.name} stopped with {trials} of {cfg.num_samples} trials created (the running ones "
+            f"unfinished); its state is saved: `pbp tune --resume {cfg.name}{where}` continues it")  # fmt: skip
