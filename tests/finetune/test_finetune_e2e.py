@@ -9,6 +9,7 @@ import hashlib
 import os
 import random
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -242,6 +243,36 @@ def test_a_worker_lost_after_an_epoch_resumes_from_its_checkpoint_to_the_same_mo
     b = _run_dir(endpoints, lost).read_json("final_metrics.json")
     assert a and b and a.keys() == b.keys()
     assert b == pytest.approx(a, rel=1e-6, abs=1e-9), (a, b)
+
+
+def test_ctrl_c_stops_a_run_says_how_to_continue_and_the_same_command_does(stack_dir, mlflow_client):
+    """Before: Ray Train's Ctrl-C handler aborted the run and exited the process with status 1 and no word."""
+    run = f"ft-int-{random.randrange(10**6)}"
+    args = ("task.max_rows=60", "stages.0.max_epochs=1", "stages.1.max_epochs=40", "stages.2.max_epochs=1",
+            "schedule.early_stopping_patience=0")  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "RAY_"))}
+    env.update(PBP_STACK_DIR=str(stack_dir))
+    cmd = [str(Path(sys.executable).with_name("pbp")), "finetune", "--config", str(REPO / "configs/finetune/tiny.yaml"),
+           f"run_name={run}", f"checkpoint.storage_path=s3://{PREFIX}", *args]  # fmt: skip
+    driver = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen: list[str] = []
+    try:
+        assert driver.stdout is not None
+        for line in driver.stdout:
+            seen.append(line)
+            if f"[{run}] stage unfrozen epoch 2/40" in line:
+                driver.send_signal(signal.SIGINT)  # what Ctrl-C sends
+                break
+        seen.append(driver.communicate(timeout=120)[0])
+    finally:
+        driver.kill()
+    out = "".join(seen)
+    assert driver.returncode == 130, out[-3000:]
+    assert f"pbp: interrupted: run {run} stopped; its newest complete checkpoint is kept" in out, out[-3000:]
+    assert _mlflow_run(mlflow_client, run).info.status == "KILLED"
+    again = _ok(_finetune(stack_dir, run, *args))
+    assert re.search(rf"resuming {run} from s3://\S+ \(stage 1, epoch [2-9]", again), again[-3000:]
+    assert f"run {run}: finished" in again
 
 
 def test_a_stage_that_keeps_an_earlier_epochs_weights_says_so_with_their_figures(stack_dir):

@@ -101,7 +101,7 @@ def finetune(cfg: FinetuneConfig, address: str | None = None) -> FinetuneResult:
     if trained:
         connect_ray(address)
         with marked_if_unfinished(cfg.tracking.enabled, cfg.tracking.experiment, cfg.run_name):
-            fit(build_trainer(cfg, meta), cfg.scaling)
+            fit(build_trainer(cfg, meta), cfg.scaling, cfg.run_name)
     run = storage_dir(cfg.run_url)
     newest = newest_commit(run)
     metrics = done if done is not None else run.read_json("final_metrics.json") or {}

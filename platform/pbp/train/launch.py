@@ -126,11 +126,12 @@ class ClusterCapacityError(UserError, RuntimeError):
     """The cluster did not have room for the run's workers within ``scaling.resource_wait_s``."""
 
 
-def fit(trainer, scaling: ScalingConfig):
+def fit(trainer, scaling: ScalingConfig, run_name: str = ""):
     """``trainer.fit()``, with Ray Train's errors that users can act on turned into messages that say what to do.
 
     When the cluster's nodes as they are cannot hold the workers, it says so first (Ray Train's own retries print
-    only tracebacks while it waits)."""
+    only tracebacks while it waits). Ctrl-C: Ray Train's own handler aborts the run and exits the process (status 1,
+    no word of what was kept); it becomes a KeyboardInterrupt that says how to continue the run ``run_name``."""
     import ray
 
     note = capacity_note([n for n in ray.nodes() if n.get("Alive")], scaling) if ray.is_initialized() else None
@@ -140,6 +141,11 @@ def fit(trainer, scaling: ScalingConfig):
         result = trainer.fit()
         if result.error:
             raise result.error
+    except SystemExit:
+        if not run_name:
+            raise
+        raise KeyboardInterrupt(f"run {run_name} stopped; its newest complete checkpoint is kept: the same command "
+                                "(the same run_name) continues from it") from None  # fmt: skip
     except Exception as e:
         better = capacity_error(e, scaling)
         if better is None:
@@ -401,7 +407,7 @@ def pretrain(
         meta["inject_nonfinite_steps"] = [int(s) for s in os.environ["PBP_TEST_INJECT_NONFINITE"].split(",")]
     connect_ray(address)
     with marked_if_unfinished(cfg.tracking.enabled, cfg.tracking.experiment, cfg.run_name):
-        result = fit(build_trainer(cfg, meta), cfg.scaling)
+        result = fit(build_trainer(cfg, meta), cfg.scaling, cfg.run_name)
     ckpt = result.checkpoint  # in the run's directory (Ray's path has no scheme)
     if ckpt is not None or result.metrics:
         where = None if ckpt is None else f"{meta['run_url']}/{ckpt.path.rstrip('/').rsplit('/', 1)[-1]}"
