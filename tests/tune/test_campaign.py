@@ -177,8 +177,9 @@ def test_ctrl_c_stops_a_campaign_says_how_to_resume_it_and_marks_its_parent_kill
         driver.kill()
     out = log.read_text()
     assert rc == 130, out[-4000:]
-    assert re.search(rf"pbp: interrupted: campaign {name} stopped with \d of 3 trials created .*its state is saved: "
-                     rf"`pbp tune --resume {name} storage_path=s3://pbp-runs/tests-tune` continues it", out), out[-3000:]  # fmt: skip
+    assert re.search(rf"pbp: interrupted: campaign {name} stopped with \d of 3 trials created .*; "
+                     rf"`pbp tune --resume {name} storage_path=s3://pbp-runs/tests-tune` continues it from storage",
+                     out), out[-3000:]  # fmt: skip
     assert "Tuner.restore" not in out and f"campaign {name}: " not in out  # no closing lines as if it had ended
     for k, v in endpoints.mlflow_env().items():
         monkeypatch.setenv(k, v)
@@ -190,6 +191,43 @@ def test_ctrl_c_stops_a_campaign_says_how_to_resume_it_and_marks_its_parent_kill
     assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
     assert f"campaign {name}: 3 trials: " in res.stdout
     assert client.get_run(parent).info.status == "FINISHED"
+
+
+def test_a_stopped_job_sigterm_ends_the_campaigns_log_with_how_to_resume_it(
+    stack_dir, endpoints, tmp_path, monkeypatch
+):
+    """`pbp jobs stop` sends the job's driver SIGTERM: Ray turns it into SystemExit. The log's last pbp line says how
+    to continue, and the parent run is KILLED."""
+    from mlflow.tracking import MlflowClient
+
+    from pbp.train.tracking import find_run
+
+    name = f"term-{os.getpid()}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "RAY_"))}
+    env.update(PBP_STACK_DIR=str(stack_dir))
+    cmd = [str(Path(sys.executable).with_name("pbp")), "tune", "--config", "configs/tune/tiny.yaml", f"name={name}",
+           "num_samples=2", "max_concurrent_trials=1", f"report_dir={tmp_path}", *TINY]  # fmt: skip
+    driver = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen: list[str] = []
+    try:
+        assert driver.stdout is not None
+        for line in driver.stdout:
+            seen.append(line)
+            if f"[{name}] trial " in line and " started:" in line:
+                driver.send_signal(signal.SIGTERM)
+                break
+        seen.append(driver.communicate(timeout=120)[0])
+    finally:
+        driver.kill()
+    out = "".join(seen)
+    assert driver.returncode != 0, out[-3000:]
+    assert re.search(rf"pbp: stopped: campaign {name} stopped; `pbp tune --resume {name} "
+                     r"storage_path=s3://pbp-runs/tests-tune` continues it from storage", out), out[-3000:]  # fmt: skip
+    for k, v in endpoints.mlflow_env().items():
+        monkeypatch.setenv(k, v)
+    client = MlflowClient(endpoints.mlflow_uri)
+    parent = find_run(client, client.get_experiment_by_name("pbp-tune").experiment_id, name)
+    assert parent is not None and client.get_run(parent).info.status == "KILLED"
 
 
 TINY = ["finetune_overrides=[task.max_rows=80, stages.0.max_epochs=1, stages.1.max_epochs=2, stages.2.max_epochs=1]",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
@@ -126,6 +127,10 @@ def run_campaign(cfg: TuneConfig, *, resume: bool = False, warm_start: str | Non
             raise KeyboardInterrupt(interrupted_message(cfg, len(grid)))
     except BaseException as e:  # stopped (--resume continues it) or failed: no run left RUNNING in MLflow
         mark_family_unfinished(parent.run_id, ended_status(e))
+        if isinstance(e, SystemExit):  # `pbp jobs stop` (SIGTERM, which Ray's driver turns into SystemExit)
+            print(f"pbp: stopped: {interrupted_message(cfg)}", file=sys.stderr, flush=True)
+        elif isinstance(e, KeyboardInterrupt) and not str(e):  # a Ctrl-C outside Tune's own handling
+            raise KeyboardInterrupt(interrupted_message(cfg)) from None
         raise
     summary = summarize(grid, cfg, metric, mode)
     summary.stopped = stop_reason(cfg, summary, time.time() - t0)

@@ -159,7 +159,9 @@ class TuneInterruption(logging.Filter):
         logging.getLogger("ray.tune.tune").removeFilter(self)
 
 
-def interrupted_message(cfg: TuneConfig, trials: int) -> str:
+def interrupted_message(cfg: TuneConfig, trials: int | None = None) -> str:
     where = f" storage_path={cfg.storage_path}" if cfg.storage_path else ""
-    return (f"campaign {cfg.name} stopped with {trials} of {cfg.num_samples} trials created (the running ones "
-            f"unfinished); its state is saved: `pbp tune --resume {cfg.name}{where}` continues it")  # fmt: skip
+    created = (
+        "" if trials is None else f" with {trials} of {cfg.num_samples} trials created (the running ones unfinished)"
+    )
+    return f"campaign {cfg.name} stopped{created}; `pbp tune --resume {cfg.name}{where}` continues it from storage"
