@@ -150,3 +150,32 @@ def train_worker_pids(stack_dir: Path) -> list[int]:
         except psutil.Error:
             continue
     return out
+
+
+def pbp_env(stack_dir: Path) -> dict[str, str]:
+    """A pbp command's environment against the test stack: this process' own endpoint settings left out."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "RAY_"))}
+    env["PBP_STACK_DIR"] = str(stack_dir)
+    return env
+
+
+def signal_when(cmd: list[str], stack_dir: Path, trigger: str, sig: int, timeout: float = 120) -> tuple[int, str]:
+    """Run the pbp command ``cmd``; send it ``sig`` (what Ctrl-C or `pbp jobs stop` send) at its first output line
+    that matches the regex ``trigger``. -> (its exit status, its whole output)."""
+    import re
+    import subprocess
+
+    proc = subprocess.Popen(cmd, env=pbp_env(stack_dir), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)  # fmt: skip
+    seen: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            seen.append(line)
+            if re.search(trigger, line):
+                proc.send_signal(sig)
+                break
+        seen.append(proc.communicate(timeout=timeout)[0])
+    finally:
+        proc.kill()
+    return proc.returncode, "".join(seen)

@@ -23,7 +23,7 @@ from pbp.model import ProteinBERT
 from pbp.train import checkpoint as ckpt
 from pbp.train.tracking import find_run
 
-from ..conftest import REPO, SHARED_DATA
+from ..conftest import REPO, SHARED_DATA, signal_when
 
 pytestmark = pytest.mark.timeout(900)
 BENCH = SHARED_DATA / "proteinbert_benchmarks"
@@ -250,24 +250,10 @@ def test_ctrl_c_stops_a_run_says_how_to_continue_and_the_same_command_does(stack
     run = f"ft-int-{random.randrange(10**6)}"
     args = ("task.max_rows=60", "stages.0.max_epochs=1", "stages.1.max_epochs=40", "stages.2.max_epochs=1",
             "schedule.early_stopping_patience=0")  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "RAY_"))}
-    env.update(PBP_STACK_DIR=str(stack_dir))
     cmd = [str(Path(sys.executable).with_name("pbp")), "finetune", "--config", str(REPO / "configs/finetune/tiny.yaml"),
            f"run_name={run}", f"checkpoint.storage_path=s3://{PREFIX}", *args]  # fmt: skip
-    driver = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    seen: list[str] = []
-    try:
-        assert driver.stdout is not None
-        for line in driver.stdout:
-            seen.append(line)
-            if f"[{run}] stage unfrozen epoch 2/40" in line:
-                driver.send_signal(signal.SIGINT)  # what Ctrl-C sends
-                break
-        seen.append(driver.communicate(timeout=120)[0])
-    finally:
-        driver.kill()
-    out = "".join(seen)
-    assert driver.returncode == 130, out[-3000:]
+    rc, out = signal_when(cmd, stack_dir, rf"\[{run}\] stage unfrozen epoch 2/40", signal.SIGINT)  # what Ctrl-C sends
+    assert rc == 130, out[-3000:]
     assert f"pbp: interrupted: run {run} stopped; its newest complete checkpoint is kept" in out, out[-3000:]
     assert _mlflow_run(mlflow_client, run).info.status == "KILLED"
     again = _ok(_finetune(stack_dir, run, *args))

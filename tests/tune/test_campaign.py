@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import REPO, train_worker_pids
+from ..conftest import REPO, signal_when, train_worker_pids
 
 pytestmark = pytest.mark.timeout(1200)
 
@@ -203,24 +203,10 @@ def test_a_stopped_job_sigterm_ends_the_campaigns_log_with_how_to_resume_it(
     from pbp.train.tracking import find_run
 
     name = f"term-{os.getpid()}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "RAY_"))}
-    env.update(PBP_STACK_DIR=str(stack_dir))
     cmd = [str(Path(sys.executable).with_name("pbp")), "tune", "--config", "configs/tune/tiny.yaml", f"name={name}",
            "num_samples=2", "max_concurrent_trials=1", f"report_dir={tmp_path}", *TINY]  # fmt: skip
-    driver = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    seen: list[str] = []
-    try:
-        assert driver.stdout is not None
-        for line in driver.stdout:
-            seen.append(line)
-            if f"[{name}] trial " in line and " started:" in line:
-                driver.send_signal(signal.SIGTERM)
-                break
-        seen.append(driver.communicate(timeout=120)[0])
-    finally:
-        driver.kill()
-    out = "".join(seen)
-    assert driver.returncode != 0, out[-3000:]
+    rc, out = signal_when(cmd, stack_dir, rf"\[{name}\] trial \w+ started:", signal.SIGTERM)
+    assert rc != 0, out[-3000:]
     assert re.search(rf"pbp: stopped: campaign {name} stopped; `pbp tune --resume {name} "
                      r"storage_path=s3://pbp-runs/tests-tune` continues it from storage", out), out[-3000:]  # fmt: skip
     for k, v in endpoints.mlflow_env().items():
