@@ -98,5 +98,29 @@ def test_jobs_list_of_an_empty_cluster_says_so():
     from pbp.cli.submit_cmds import jobs_table
 
     assert jobs_table([], "http://127.0.0.1:8265") == (
-        "no jobs on the cluster at http://127.0.0.1:8265 (a restarted cluster forgets its jobs)"
+        "no submitted jobs on the cluster at http://127.0.0.1:8265 (a restarted cluster forgets its jobs)"
     )
+
+
+def test_jobs_list_shows_submitted_jobs_and_counts_the_drivers_that_connected_directly():
+    """Ray lists every driver as a job; a direct one (a `pbp tune` run against the cluster) has no submission id
+    and no log to fetch: `pbp jobs logs <its id>` failed with a traceback. It is counted, and listed with --all."""
+    from types import SimpleNamespace
+
+    from pbp.cli.submit_cmds import jobs_table
+
+    def job(sid, jid, t, entry):
+        return SimpleNamespace(submission_id=sid, job_id=jid, status=SimpleNamespace(name="SUCCEEDED"),
+                               start_time=t, end_time=t + 5000, entrypoint=entry)  # fmt: skip
+
+    jobs = [
+        job(None, "09000000", 1_000, "pbp tune --config c.yaml"),
+        job("pbp-tune-x", "0a000000", 2_000, "python jobs/tune.py"),
+    ]
+    table = jobs_table(jobs, "http://h:1")
+    assert "pbp-tune-x" in table and "09000000" not in table
+    assert table.endswith("1 submitted job(s) on http://h:1; `pbp jobs logs ID` shows one's output; "
+                          "1 driver(s) connected directly (--all lists them)")  # fmt: skip
+    every = jobs_table(jobs, "http://h:1", drivers=True)
+    assert "09000000 (direct)" in every and "pbp-tune-x" in every
+    assert jobs_table(jobs[:1], "http://h:1").endswith("; 1 driver(s) connected directly (--all lists them)")

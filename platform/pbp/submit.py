@@ -404,4 +404,7 @@ def job_call(sid: str, fn: Callable[[], T]) -> T:
     except RuntimeError as e:
         if "does not exist" in str(e) or "404" in str(e):
             raise SubmitError(f"no job {sid!r} on this cluster (`pbp jobs list` lists them)") from None
+        if "submission type jobs" in str(e):  # Ray's 400 for a driver that connected directly
+            raise SubmitError(f"{sid} is a driver that connected directly (a `pbp` command run against the "
+                              "cluster), not a submitted job: its output went to that command's terminal") from None  # fmt: skip
         raise

@@ -8,6 +8,8 @@ import os
 import re
 import signal
 import stat
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -187,6 +189,17 @@ def test_smoke_job_through_pbp_submit_sees_every_node(stack_env, capsys):
     for command in ("status", "logs", "stop"):
         assert main(["jobs", command, "no-such-job-1"]) == 2
         assert "no job 'no-such-job-1' on this cluster" in capsys.readouterr().err
+    # A driver that connected directly (a `pbp` command run against the cluster) is a job to Ray, with no log to
+    # fetch: it is counted, not listed, and asking for its log says what it is (before: a 400 traceback).
+    code = "from pbp.train.launch import connect_ray\nconnect_ray()\n"
+    subprocess.run([sys.executable, "-c", code], env=dict(os.environ), check=True, capture_output=True, timeout=120)
+    direct = next(j.job_id for j in c.list_jobs() if not j.submission_id)
+    assert main(["jobs", "list"]) == 0
+    out = capsys.readouterr().out
+    assert direct not in out and re.search(r"; \d+ driver\(s\) connected directly \(--all lists them\)$", out.strip())
+    assert main(["jobs", "list", "--all"]) == 0 and f"{direct} (direct)" in capsys.readouterr().out
+    assert main(["jobs", "logs", direct]) == 2
+    assert f"{direct} is a driver that connected directly" in capsys.readouterr().err
 
 
 def test_a_line_printed_on_a_worker_node_reaches_the_driver_once(stack_dir):

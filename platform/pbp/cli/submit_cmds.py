@@ -24,11 +24,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     j = sub.add_parser("jobs", help="list, follow and stop submitted jobs")
     jsub = j.add_subparsers(dest="jobs_command", metavar="COMMAND", required=True)
-    for name, help_ in (("list", "all jobs"), ("status", "one job's status"), ("logs", "one job's logs"),
+    for name, help_ in (("list", "the submitted jobs"), ("status", "one job's status"), ("logs", "one job's logs"),
                         ("stop", "stop a job")):  # fmt: skip
         p = jsub.add_parser(name, help=help_)
         if name != "list":
             p.add_argument("id", help="submission id")
+        else:
+            p.add_argument("--all", action="store_true",
+                           help="also the drivers that connected directly (a `pbp` command run against the cluster)")  # fmt: skip
         if name == "logs":
             p.add_argument("--follow", "-f", action="store_true", help="follow until the job ends")
         p.add_argument("--address", default=None, help="Ray Jobs API URL")
@@ -52,7 +55,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
     c = submit.client(args.address)
     if args.jobs_command == "list":
-        print(jobs_table(c.list_jobs(), c.get_address()))
+        print(jobs_table(c.list_jobs(), c.get_address(), drivers=args.all))
         return 0
     if args.jobs_command == "status":
         info = submit.job_call(args.id, lambda: c.get_job_info(args.id))
@@ -70,20 +73,29 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
-def jobs_table(jobs: list, where: str) -> str:
-    """The cluster's jobs, oldest first: id, status, start (UTC), how long it ran (or has run), entrypoint."""
+def jobs_table(jobs: list, where: str, drivers: bool = False) -> str:
+    """The cluster's submitted jobs, oldest first: id, status, start (UTC), how long it ran (or has run), entrypoint.
+
+    Ray lists as jobs, too, every driver that connected directly (each ``pbp pretrain|finetune|tune`` run against
+    the cluster): they have no submission id and no log to fetch (their output went to their own terminal), so they
+    are counted, and listed only with ``drivers``, marked so."""
     import time
     from datetime import UTC, datetime
 
     from pbp.console import aligned
 
-    if not jobs:
-        return f"no jobs on the cluster at {where} (a restarted cluster forgets its jobs)"
+    direct = [i for i in jobs if not i.submission_id]
+    shown = jobs if drivers else [i for i in jobs if i.submission_id]
+    if not shown:
+        more = f"; {len(direct)} driver(s) connected directly (--all lists them)" if direct else ""
+        return f"no submitted jobs on the cluster at {where} (a restarted cluster forgets its jobs){more}"
     rows = []
-    for info in sorted(jobs, key=lambda i: i.start_time or 0):
+    for info in sorted(shown, key=lambda i: i.start_time or 0):
         start, end = info.start_time, info.end_time or (time.time() * 1000 if info.start_time else None)
-        rows.append([info.submission_id or info.job_id or "-", info.status.name,
+        rows.append([info.submission_id or f"{info.job_id} (direct)", info.status.name,
                      datetime.fromtimestamp(start / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S") if start else "-",
                      f"{(end - start) / 1000:.0f} s" if start and end else "-", info.entrypoint])  # fmt: skip
     lines = aligned(["id", "status", "started (UTC)", "ran", "entrypoint"], rows, right=(3,))
-    return "\n".join([*lines, f"{len(rows)} job(s) on {where}; `pbp jobs logs ID` shows one's output"])
+    n = len(rows) - (len(direct) if drivers else 0)
+    more = "" if drivers or not direct else f"; {len(direct)} driver(s) connected directly (--all lists them)"
+    return "\n".join([*lines, f"{n} submitted job(s) on {where}; `pbp jobs logs ID` shows one's output{more}"])
