@@ -257,7 +257,7 @@ def test_ctrl_c_stops_a_run_says_how_to_continue_and_the_same_command_does(stack
     assert f"pbp: interrupted: run {run} stopped; its newest complete checkpoint is kept" in out, out[-3000:]
     assert _mlflow_run(mlflow_client, run).info.status == "KILLED"
     again = _ok(_finetune(stack_dir, run, *args))
-    assert re.search(rf"resuming {run} from s3://\S+ \(stage 1, epoch [2-9]", again), again[-3000:]
+    assert re.search(rf"resuming {run} from s3://\S+ \(stage 1, epoch \d+\)", again), again[-3000:]
     assert f"run {run}: finished" in again
 
 
