@@ -226,6 +226,31 @@ def test_a_line_printed_on_a_worker_node_reaches_the_driver_once(stack_dir):
     assert (res.stdout + res.stderr).count("PBP-ONCE-TOKEN") == 1, res.stdout[-3000:]
 
 
+def test_a_driver_releases_the_placement_groups_its_job_left_held(stack_env):
+    """A campaign's safety net: a placement group that outlived its trial (a race in Ray Train's shutdown when Tune
+    stops a trial) kept a CPU from every later run. The driver removes the ones its job still holds, and no other."""
+    code = (
+        "import time\n"
+        "from pbp.train.launch import connect_ray, release_placement_groups\n"
+        "connect_ray()\n"
+        "import ray\n"
+        "from ray.util.placement_group import placement_group\n"
+        "pg = placement_group([{'CPU': 1}])\n"
+        "ray.get(pg.ready(), timeout=120)\n"
+        "time.sleep(1)\n"
+        "before = ray.available_resources().get('CPU', 0)\n"
+        "held = release_placement_groups()\n"
+        "time.sleep(2)\n"
+        "print('HELD', held == [pg.id.hex()], before, ray.available_resources().get('CPU', 0))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], env=dict(os.environ), capture_output=True, text=True,
+                         timeout=300)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    m = re.search(r"HELD (\w+) ([\d.]+) ([\d.]+)", res.stdout)
+    assert m and m.group(1) == "True", res.stdout[-2000:]
+    assert float(m.group(3)) == float(m.group(2)) + 1  # its CPU free again
+
+
 def test_job_submission_without_the_token_is_refused(stack_dir):
     from ray.job_submission import JobSubmissionClient
 

@@ -352,6 +352,24 @@ def keep_pbp_lines_whole() -> None:
         dedup.allow_re = re.compile(PBP_WORKER_LINE if allow is None else f"{allow.pattern}|{PBP_WORKER_LINE}")
 
 
+def release_placement_groups() -> list[str]:
+    """Remove the placement groups that this driver's job created and that are still held -> their ids.
+
+    After a campaign, every one is a leak: when Tune stops a trial (ASHA) while its Ray Train controller is starting
+    the worker group, the group's placement group can outlive both the controller and Ray Train's cleaner, and its
+    CPUs stay taken from every later run on the cluster (seen once in a clean-clone CI run: the next 2-worker runs
+    waited for a CPU held by the demo campaign's pruned trial). A placement group's id ends with its job's id."""
+    import ray
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
+
+    job = ray.get_runtime_context().get_job_id()
+    held = [pg for pg, info in placement_group_table().items() if info["state"] != "REMOVED" and pg.endswith(job)]
+    for pg in held:
+        remove_placement_group(PlacementGroup(PlacementGroupID.from_hex(pg)))
+    return held
+
+
 class RayShardMap:
     """``pbp data build --ray-workers N``: writes the dataset's shards (sort, shuffle, tar, sha256, upload) as Ray
     tasks of one CPU, N at a time, on whichever nodes have room; a task lost with its node is retried (the upload is

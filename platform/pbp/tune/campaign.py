@@ -127,15 +127,30 @@ def run_campaign(cfg: TuneConfig, *, resume: bool = False, warm_start: str | Non
             raise KeyboardInterrupt(interrupted_message(cfg, len(grid)))
     except BaseException as e:  # stopped (--resume continues it) or failed: no run left RUNNING in MLflow
         mark_family_unfinished(parent.run_id, ended_status(e))
+        _release_placement_groups()
         if isinstance(e, SystemExit):  # `pbp jobs stop` (SIGTERM, which Ray's driver turns into SystemExit)
             print(f"pbp: stopped: {interrupted_message(cfg)}", file=sys.stderr, flush=True)
         elif isinstance(e, KeyboardInterrupt) and not str(e):  # a Ctrl-C outside Tune's own handling
             raise KeyboardInterrupt(interrupted_message(cfg)) from None
         raise
+    _release_placement_groups()
     summary = summarize(grid, cfg, metric, mode)
     summary.stopped = stop_reason(cfg, summary, time.time() - t0)
     report = finish_campaign(cfg, summary, parent, url, time.time() - t0)
     return CampaignResult(summary, report, parent.run_id, best_trial(summary), train_seconds(grid), finished_before)
+
+
+def _release_placement_groups() -> None:
+    """No CPUs left taken by the campaign's trials (see ``pbp.train.launch.release_placement_groups``)."""
+    from pbp.train.launch import release_placement_groups
+
+    try:
+        held = release_placement_groups()
+    except Exception as e:  # the cluster unreachable: nothing to release from here
+        log.debug("placement groups not checked: %s", e)
+        return
+    if held:
+        log.warning("released %d placement group(s) left held by stopped trials: %s", len(held), ", ".join(held))
 
 
 def _finished_results(tuner, cfg: TuneConfig):
