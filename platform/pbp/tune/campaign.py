@@ -76,11 +76,10 @@ def _metric_and_mode(cfg: TuneConfig, base: FinetuneConfig) -> tuple[str, str]:
 
 def run_campaign(cfg: TuneConfig, *, resume: bool = False, warm_start: str | None = None, address: str | None = None):
     """Run (or, with ``resume``, continue) a campaign; everything checkable is checked before any trial starts."""
-    from pbp.console import quiet_logger
     from pbp.finetune.launch import resolve_config
     from pbp.names import check_name
     from pbp.train.launch import connect_ray, git_commit
-    from pbp.train.tracking import Tracker, ended_status, mark_family_unfinished
+    from pbp.train.tracking import Tracker
 
     base_cfg = check_space(cfg)
     base_cfg, ft_meta = resolve_config(base_cfg)  # task files and starting point checked, paths made absolute
@@ -110,7 +109,22 @@ def run_campaign(cfg: TuneConfig, *, resume: bool = False, warm_start: str | Non
            "tags": {**ft_meta["tags"], "pbp.campaign": cfg.name}}  # fmt: skip
     t0 = time.time()
     tuner = _tuner(cfg, base_cfg, base, ctx, metric, mode, url, resume, warm_start, warm)
-    from pbp.tune.progress import TuneInterruption, interrupted_message, stop_reason
+    grid, finished_before = _fit(tuner, cfg, parent.run_id, resume)
+    from pbp.tune.progress import stop_reason
+
+    summary = summarize(grid, cfg, metric, mode)
+    summary.stopped = stop_reason(cfg, summary, time.time() - t0)
+    report = finish_campaign(cfg, summary, parent, url, time.time() - t0)
+    return CampaignResult(summary, report, parent.run_id, best_trial(summary), train_seconds(grid), finished_before)
+
+
+def _fit(tuner, cfg: TuneConfig, parent_run_id: str, resume: bool):
+    """``tuner.fit()`` (none for a resumed campaign with nothing left to run) -> (its results, whether it had
+    finished before). A stop, a failure or an interruption marks the parent run and says how to continue; either
+    way the placement groups the trials left held are released."""
+    from pbp.console import quiet_logger
+    from pbp.train.tracking import ended_status, mark_family_unfinished
+    from pbp.tune.progress import TuneInterruption, interrupted_message
 
     grid = _finished_results(tuner, cfg) if resume else None
     interruption = TuneInterruption()
@@ -126,7 +140,7 @@ def run_campaign(cfg: TuneConfig, *, resume: bool = False, warm_start: str | Non
         if interruption.seen:
             raise KeyboardInterrupt(interrupted_message(cfg, len(grid)))
     except BaseException as e:  # stopped (--resume continues it) or failed: no run left RUNNING in MLflow
-        mark_family_unfinished(parent.run_id, ended_status(e))
+        mark_family_unfinished(parent_run_id, ended_status(e))
         _release_placement_groups()
         if isinstance(e, SystemExit):  # `pbp jobs stop` (SIGTERM, which Ray's driver turns into SystemExit)
             print(f"pbp: stopped: {interrupted_message(cfg)}", file=sys.stderr, flush=True)
@@ -134,10 +148,7 @@ def run_campaign(cfg: TuneConfig, *, resume: bool = False, warm_start: str | Non
             raise KeyboardInterrupt(interrupted_message(cfg)) from None
         raise
     _release_placement_groups()
-    summary = summarize(grid, cfg, metric, mode)
-    summary.stopped = stop_reason(cfg, summary, time.time() - t0)
-    report = finish_campaign(cfg, summary, parent, url, time.time() - t0)
-    return CampaignResult(summary, report, parent.run_id, best_trial(summary), train_seconds(grid), finished_before)
+    return grid, finished_before
 
 
 def _release_placement_groups() -> None:
