@@ -46,9 +46,9 @@ class LineProgress:
     EVERY_S = 30.0
 
     def __init__(self, label: str, unit: str, total: int | None, enabled: bool = True, *,
-                 summary: bool = True, stream: TextIO | None = None) -> None:  # fmt: skip
+                 summary: bool = True, stream: TextIO | None = None, every_s: float | None = None) -> None:  # fmt: skip
         self.label, self.unit, self.total, self.enabled, self.summary = label, unit, total, enabled, summary
-        self.stream = stream
+        self.stream, self.every_s = stream, every_s
         self.n, self.closed = 0, False
         self.t0 = self.last = time.monotonic()
 
@@ -61,7 +61,7 @@ class LineProgress:
     def update(self, n: int = 1) -> None:
         self.n = self.n + n if not self.total else min(self.total, self.n + n)
         now = time.monotonic()
-        if self.enabled and now - self.last >= self.EVERY_S:
+        if self.enabled and now - self.last >= (self.EVERY_S if self.every_s is None else self.every_s):
             self.last = now
             took = now - self.t0
             pace = ""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pickle
 import random
 import subprocess
@@ -16,12 +15,11 @@ from pbp.data.shards import BuildConfig, Inputs, build, load_manifest
 from pbp.data.storage import Store
 from pbp.data.synth import SynthConfig, write_corpus
 
-from ..conftest import REPO
+from ..conftest import REPO, pbp_env
 
 
 def _pbp(stack_dir: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "RAY_"))}
-    env.update(PBP_STACK_DIR=str(stack_dir))
+    env = pbp_env(stack_dir)
     cmd = [str(Path(sys.executable).with_name("pbp")), *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
 

@@ -23,7 +23,7 @@ from pbp.model import ProteinBERT
 from pbp.train import checkpoint as ckpt
 from pbp.train.tracking import find_run
 
-from ..conftest import REPO, SHARED_DATA, signal_when
+from ..conftest import REPO, SHARED_DATA, pbp_env, signal_when
 
 pytestmark = pytest.mark.timeout(900)
 BENCH = SHARED_DATA / "proteinbert_benchmarks"
@@ -34,8 +34,7 @@ EPOCHS = 4
 
 
 def _finetune(stack_dir: Path, run: str, *overrides: str, timeout: int = 400) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "RAY_"))}
-    env.update(PBP_STACK_DIR=str(stack_dir))
+    env = pbp_env(stack_dir)
     cmd = [
         str(Path(sys.executable).with_name("pbp")), "finetune", "--config", str(REPO / "configs/finetune/tiny.yaml"),
         f"run_name={run}", f"checkpoint.storage_path=s3://{PREFIX}", *overrides,
@@ -134,8 +133,7 @@ def test_a_finetune_run_registered_by_run_id_carries_its_lineage(numeric_run, st
     run, _ = numeric_run
     mrun = _mlflow_run(mlflow_client, run)
     name = f"reg-{run}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "RAY_"))}
-    env.update(PBP_STACK_DIR=str(stack_dir))
+    env = pbp_env(stack_dir)
     res = subprocess.run([str(Path(sys.executable).with_name("pbp")), "registry", "register", mrun.info.run_id,
                           "--name", name], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
     out = _ok(res)
@@ -316,8 +314,7 @@ def test_a_job_submitted_to_the_local_stack_reads_the_configs_relative_task_file
     relative to the project. Ray unpacks the project elsewhere; on a cluster on this machine the job runs in the
     project it was submitted from (PBP_SUBMIT_DIR), so it finds them as the direct command does."""
     run = f"ft-sub-{random.randrange(10**6)}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "RAY_"))}
-    env.update(PBP_STACK_DIR=str(stack_dir))
+    env = pbp_env(stack_dir)
     cmd = [str(Path(sys.executable).with_name("pbp")), "submit", "finetune", "--config", "configs/finetune/tiny.yaml",
            f"run_name={run}", f"checkpoint.storage_path=s3://{PREFIX}", "task.max_rows=40", "stages.0.max_epochs=1",
            "stages.1.max_epochs=1", "stages.2.max_epochs=1", "--wait", "--timeout", "600"]  # fmt: skip

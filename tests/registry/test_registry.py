@@ -18,7 +18,7 @@ from pbp.finetune.export import TaskInfo, save_finetuned
 from pbp.model import ProteinBERT
 from pbp.model.finetune import FinetuneModel, TaskKind
 
-from ..conftest import REPO
+from ..conftest import REPO, pbp_env
 from .conftest import TINY, client_of, ok
 
 pytestmark = pytest.mark.timeout(900)
@@ -142,8 +142,7 @@ def test_two_racing_promotions_leave_one_champion_and_both_decisions(stack_dir, 
     name = f"race-{os.getpid()}"
     for m in (a, b):
         ok(pbp("registry", "register", str(m), "--name", name, "--test", str(test)))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "RAY_"))}
-    env.update(PBP_STACK_DIR=str(stack_dir))
+    env = pbp_env(stack_dir)
     exe = str(Path(sys.executable).with_name("pbp"))
     procs = [subprocess.Popen([exe, "registry", "promote", name, "--version", v, "--force", "--reason", f"race {v}"],
                               env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -16,6 +16,8 @@ from pbp.stack import manager, services
 from pbp.stack.services import ServiceError, _bin
 from pbp.stack.state import StackState, StackStateError
 
+from ..conftest import pbp_env
+
 pytestmark = pytest.mark.timeout(600)
 
 
@@ -92,7 +94,6 @@ def test_port_in_use_names_the_service_and_leaves_the_rest_running(tmp_path):
 
 
 def _client(state_dir):
-    import os
 
     from mlflow.tracking import MlflowClient
 
@@ -153,8 +154,7 @@ def test_a_second_stack_runs_beside_the_first_on_other_ports(stack_dir, tmp_path
             "    return len(list_nodes(limit=10))\n"
             "print('NODES', ray.get(look_up.remote()))\n"
         )
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "RAY_"))}
-        env["PBP_STACK_DIR"] = str(stack_dir)
+        env = pbp_env(stack_dir)
         res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180)
         assert res.returncode == 0, res.stderr[-3000:]
         ray_nodes = sum(name.startswith("ray-") for name in a["services"])

@@ -21,7 +21,7 @@ from pbp.cli.main import main
 from pbp.stack import manager, procs
 from pbp.stack.state import StackState
 
-from ..conftest import REPO
+from ..conftest import REPO, pbp_env
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -219,8 +219,7 @@ def test_a_line_printed_on_a_worker_node_reaches_the_driver_once(stack_dir):
         "ray.get(f.remote())\n"
         "time.sleep(5)\n"  # the log monitor forwards lines within about a second
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "RAY_"))}
-    env["PBP_STACK_DIR"] = str(stack_dir)
+    env = pbp_env(stack_dir)
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180)
     assert res.returncode == 0, res.stderr[-3000:]
     assert (res.stdout + res.stderr).count("PBP-ONCE-TOKEN") == 1, res.stdout[-3000:]

@@ -12,6 +12,8 @@ from pathlib import Path
 from pbp.data.storage import Store
 from pbp.train.artifacts import _no_progress_bar, model_files
 
+from ..conftest import pbp_env
+
 
 def _model_in_s3(endpoints) -> str:
     url = f"s3://{endpoints.buckets['runs']}/tests/artifacts-{random.randrange(10**9)}/final_model"
@@ -23,8 +25,7 @@ def _model_in_s3(endpoints) -> str:
 
 def test_a_one_shot_load_removes_its_copy_and_any_other_copy_goes_at_exit(stack_dir, endpoints):
     url = _model_in_s3(endpoints)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "RAY_"))}
-    env["PBP_STACK_DIR"] = str(stack_dir)
+    env = pbp_env(stack_dir)
     code = (f"from pbp.train.artifacts import local_dir, model_files\n"
             f"with model_files({url!r}) as d:\n    assert (d / 'model.safetensors').read_bytes() == b'weights'\n"
             f"assert not d.exists(), d\n"

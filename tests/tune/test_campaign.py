@@ -14,14 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import REPO, signal_when, train_worker_pids
+from ..conftest import REPO, pbp_env, signal_when, train_worker_pids
 
 pytestmark = pytest.mark.timeout(1200)
 
 
 def _pbp(stack_dir: Path, *args: str, timeout: int = 1000) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "RAY_"))}
-    env.update(PBP_STACK_DIR=str(stack_dir))
+    env = pbp_env(stack_dir)
     cmd = [str(Path(sys.executable).with_name("pbp")), *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
@@ -161,8 +160,7 @@ def test_ctrl_c_stops_a_campaign_says_how_to_resume_it_and_marks_its_parent_kill
 
     name = f"int-{os.getpid()}"
     log = tmp_path / "int.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "RAY_"))}
-    env.update(PBP_STACK_DIR=str(stack_dir))
+    env = pbp_env(stack_dir)
     cmd = [str(Path(sys.executable).with_name("pbp")), "tune", "--config", "configs/tune/tiny.yaml", f"name={name}",
            "num_samples=3", "max_concurrent_trials=1", f"report_dir={tmp_path}", *TINY]  # fmt: skip
     with log.open("w") as f:
@@ -236,8 +234,7 @@ def test_kill_a_trial_worker_then_the_driver_then_resume_and_warm_start(stack_di
 
     name = f"res-{os.getpid()}"
     log = tmp_path / "first.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "RAY_"))}
-    env.update(PBP_STACK_DIR=str(stack_dir))
+    env = pbp_env(stack_dir)
     # Each epoch's checkpoint report waits for Ray Train's 2 s poll, as before pbp shortened it: a window of seconds
     # between a trial's first checkpoint and its end, in which to kill its worker.
     slow = [TINY[0].replace("]", ", scaling.report_poll_s=2]"), *TINY[1:]]

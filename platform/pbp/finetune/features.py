@@ -132,10 +132,8 @@ def _progress(split: Split, enabled: bool) -> LineProgress:
     """A line every ``PROGRESS_EVERY_S`` while a cache is built (rank 0 only: ``enabled``), in the worker's stdout
     beside its epoch lines; the build's own summary line follows it (``feature cache: NAME, N rows x F ...``). Where
     a node's ranks fill one cache, rank 0 counts its rows once per rank (they fill it at about the same pace)."""
-    progress = LineProgress(f"feature cache: {split.name}", "sequences", len(split), enabled, summary=False,
-                            stream=sys.stdout)  # fmt: skip
-    progress.EVERY_S = PROGRESS_EVERY_S
-    return progress
+    return LineProgress(f"feature cache: {split.name}", "sequences", len(split), enabled, summary=False,
+                        stream=sys.stdout, every_s=PROGRESS_EVERY_S)  # fmt: skip
 
 
 def _store(feats: np.ndarray, labels: np.ndarray, offsets: np.ndarray | None,

@@ -96,21 +96,21 @@ def finetune(cfg: FinetuneConfig, address: str | None = None) -> FinetuneResult:
     cfg, meta = resolve_config(cfg)
     if os.environ.get("PBP_TEST_KILL_AFTER_EPOCH"):  # test hook: the worker exits after that epoch's checkpoint
         meta["kill_after_epoch"] = int(os.environ["PBP_TEST_KILL_AFTER_EPOCH"])
-    done = finished_metrics(cfg)
-    trained = done is None
-    if trained:
-        connect_ray(address)
-        with marked_if_unfinished(cfg.tracking.enabled, cfg.tracking.experiment, cfg.run_name):
-            fit(build_trainer(cfg, meta), cfg.scaling, cfg.run_name)
+    done = finished_run(cfg)
+    if done is not None:
+        return done
+    connect_ray(address)
+    with marked_if_unfinished(cfg.tracking.enabled, cfg.tracking.experiment, cfg.run_name):
+        fit(build_trainer(cfg, meta), cfg.scaling, cfg.run_name)
     run = storage_dir(cfg.run_url)
     newest = newest_commit(run)
-    metrics = done if done is not None else run.read_json("final_metrics.json") or {}
-    return FinetuneResult(cfg.run_url, metrics, trained, newest[1].mlflow_run_id if newest else None)
+    return FinetuneResult(cfg.run_url, run.read_json("final_metrics.json") or {}, True,
+                          newest[1].mlflow_run_id if newest else None)  # fmt: skip
 
 
-def finished_metrics(cfg: FinetuneConfig) -> dict[str, float] | None:
-    """The final metrics of a run whose newest checkpoint has every stage of ``cfg`` done (what a worker would skip)
-    and whose model is exported: in storage, and with tracking on, logged to MLflow (``MODEL_LOGGED_TAG``). None
+def finished_run(cfg: FinetuneConfig) -> FinetuneResult | None:
+    """The run, with its final metrics, if its newest checkpoint has every stage of ``cfg`` done (what a worker would
+    skip) and its model is exported: in storage, and with tracking on, logged to MLflow (``MODEL_LOGGED_TAG``). None
     when anything is left to do."""
     from pbp.finetune.export import META, WEIGHTS
     from pbp.train.checkpoint import exported, newest_commit, storage_dir
@@ -127,7 +127,7 @@ def finished_metrics(cfg: FinetuneConfig) -> dict[str, float] | None:
         return None
     if cfg.tracking.enabled and not model_logged(commit.mlflow_run_id):
         return None
-    return metrics
+    return FinetuneResult(cfg.run_url, metrics, trained=False, mlflow_run_id=commit.mlflow_run_id)
 
 
 def model_logged(run_id: str | None) -> bool:
