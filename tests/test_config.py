@@ -185,3 +185,16 @@ def test_a_bad_pretraining_value_fails_the_command_in_seconds_before_ray():
                          text=True, timeout=120, env={**os.environ, "PBP_STACK_DIR": "/nonexistent"})  # fmt: skip
     assert res.returncode == 2 and "checkpoint.every_steps must be a finite number >= 1, got 0" in res.stderr
     assert "Ray" not in res.stderr and time.monotonic() - t0 < 60
+
+
+def test_an_empty_value_of_a_string_field_is_the_empty_string():
+    """`task.valid=` or `task.valid=null` is how a user leaves an optional path out; it was 'expected a string'."""
+    from pbp.finetune.config import FinetuneConfig
+
+    for override in ("task.valid=", "task.valid=null", "task.valid=~"):
+        cfg = load_config(FinetuneConfig, REPO / "configs/finetune/tiny.yaml", [override])
+        assert cfg.task.valid == "", override
+    with pytest.raises(ValueError, match="task.train is empty"):
+        load_config(FinetuneConfig, REPO / "configs/finetune/tiny.yaml", ["task.train="])
+    with pytest.raises(ConfigError, match="run_name: '' is not a valid name"):
+        load_config(FinetuneConfig, REPO / "configs/finetune/tiny.yaml", ["run_name=null"])

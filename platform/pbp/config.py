@@ -81,6 +81,8 @@ def _convert_scalar(value: Any, tp: type, key: str) -> Any:
     if tp is str:
         if isinstance(value, str):
             return value
+        if value is None:  # `key=`, `key=null`, `key:` with nothing: YAML's empty value is the empty string here
+            return ""
         raise ConfigError(f"{key}: expected a string, got {value!r}")
     raise ConfigError(f"{key}: unsupported type {tp!r}")
 

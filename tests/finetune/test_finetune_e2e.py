@@ -289,6 +289,23 @@ def test_rerun_after_completion_starts_nothing_and_reports_the_run(numeric_run, 
     assert ckpt.newest_complete(_run_dir(endpoints, run)) == ckpt.checkpoint_name(EPOCHS)
 
 
+def test_a_rerun_with_another_model_or_task_is_refused_and_other_settings_are_not(numeric_run, stack_dir, endpoints):
+    """Before: the old checkpoint loaded into the other model, a size-mismatch traceback in each of 3 retried workers
+    (or, with the same shapes, a silent continuation on other data)."""
+    run, _ = numeric_run
+    res = _finetune(stack_dir, run, "task.max_rows=100", "model.d_global=32", *SHORT)
+    out = res.stdout + res.stderr
+    assert res.returncode == 2, out[-3000:]
+    assert f"pbp: error: run '{run}' already exists (s3://{PREFIX}/{run}, newest checkpoint checkpoint-" in out
+    assert "model.d_global: 64 -> 32" in out and "task.max_rows: 120 -> 100" in out and f"run_name={run}-2" in out
+    assert "Connected to Ray cluster" not in out and "Traceback" not in out
+    assert ckpt.newest_complete(_run_dir(endpoints, run)) == ckpt.checkpoint_name(EPOCHS)
+    # what a re-run may change: budgets, checkpoint retention, evaluation batching, workers
+    out = _ok(_finetune(stack_dir, run, "task.max_rows=120", *SHORT[:2], "stages.2.max_epochs=2",
+                        "checkpoint.keep_last=3", "eval_batch_tokens=8192", "scaling.num_workers=2"))  # fmt: skip
+    assert f"run {run}: already finished (nothing left to train)" in out
+
+
 def test_a_missing_column_fails_on_the_driver_in_seconds(stack_dir, endpoints, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("sequence,label\nMKV,1.0\n")

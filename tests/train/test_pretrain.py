@@ -147,6 +147,16 @@ def test_a_rerun_of_a_finished_run_trains_nothing_and_says_where_it_ended(baseli
     assert "Started training worker group" not in out and "Connected to Ray cluster" not in out  # no worker started
 
 
+def test_a_rerun_with_another_optimizer_or_dataset_is_refused_before_any_worker(baseline, stack_dir, dataset):
+    res = _pretrain(stack_dir, baseline, dataset, "optim.lr=1e-3", "data.shuffle_buffer=10")
+    out = res.stdout + res.stderr
+    assert res.returncode == 2, out[-3000:]
+    assert f"pbp: error: run '{baseline}' already exists (s3://pbp-runs/tests/{baseline}, newest checkpoint " in out
+    assert (
+        "optim.lr: 0.002 -> 0.001" in out and "data.shuffle_buffer: 200 -> 10" in out and "Connected to Ray" not in out
+    )
+
+
 # Losses and weights of a killed-and-resumed run against the uninterrupted baseline. The resumed run replays the
 # very batches (the reader's resume is exact, corruption draws included: tests/data), restores the fp32 weights,
 # Adam moments and schedule from the DeepSpeed checkpoint, and runs the same CPU kernels with the same thread count,

@@ -232,3 +232,35 @@ def test_concurrent_trials_lines_are_printed_whole_while_library_repeats_stay_fo
     assert "valid_spearman=0.0538" in out and "valid_spearman=0.09895" in out, out
     assert "200 rows" in out and "300 rows" in out
     assert "rank 0" in out and "rank 1" not in out  # folded by Ray, as before
+
+
+# -- a re-run of a run name continues that run: its config must be the one the run started with ---------------------
+
+
+def test_a_rerun_with_another_config_is_refused_naming_each_changed_field_and_its_values():
+    from pbp.train.checkpoint import CommitRecord
+    from pbp.train.run_identity import RunConfigChangedError, check_same_run, identity
+
+    cfg = load_config(PretrainConfig, None, ["data.url=s3://d/", "model.d_global=64", "max_steps=10"])
+    started = identity(cfg, ("seed", "model", "data", "optim"), ("data.url", "data.num_workers"), digest="abc")
+    assert started["model.d_global"] == 64 and started["data.buckets.0.1"] == 128 and started["digest"] == "abc"
+    assert "data.url" not in started and "max_steps" not in started and "data.num_workers" not in started
+    stored = CommitRecord.from_json(CommitRecord(step=5, world_size=1, config=started).to_json(), "x")
+    newest = ("s3://runs/pretrain/r1/checkpoint-000000005", stored)
+
+    again = load_config(PretrainConfig, None, ["data.url=s3://elsewhere/", "model.d_global=64", "max_steps=20",
+                                               "data.num_workers=2"])  # fmt: skip
+    check_same_run(newest, identity(again, ("seed", "model", "data", "optim"), ("data.url", "data.num_workers"),
+                                    digest="abc"), "r1")  # fmt: skip  # budget, workers, a moved dataset: continues
+
+    other = load_config(PretrainConfig, None, ["data.url=s3://d/", "model.d_global=32", "optim.lr=1e-3"])
+    with pytest.raises(RunConfigChangedError) as e:
+        check_same_run(newest, identity(other, ("seed", "model", "data", "optim"), ("data.url",), digest="def"), "r1")
+    msg = str(e.value)
+    assert "run 'r1' already exists (s3://runs/pretrain/r1, newest checkpoint checkpoint-000000005)" in msg
+    assert "model.d_global: 64 -> 32" in msg and "optim.lr: 0.0002 -> 0.001" in msg and "digest: 'abc' -> 'def'" in msg
+    assert "data.num_workers: (not set) -> 1" in msg  # a field the start did not record counts as changed
+    assert "run_name=r1-2" in msg
+
+    check_same_run(None, started, "r1")  # no checkpoint yet
+    check_same_run((newest[0], CommitRecord(step=5, world_size=1)), {"a": 1}, "r1")  # written before identities

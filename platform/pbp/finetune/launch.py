@@ -10,12 +10,15 @@ import logging
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pbp.config import to_dict
 from pbp.finetune.config import FinetuneConfig
 from pbp.finetune.data import TaskData, load_task
 from pbp.stack.endpoints import resolve
+
+if TYPE_CHECKING:
+    from pbp.train.checkpoint import CommitRecord, StorageDir
 
 log = logging.getLogger("pbp.finetune")
 
@@ -51,6 +54,7 @@ def resolve_config(cfg: FinetuneConfig, tags: dict[str, str] | None = None) -> t
     storage = cfg.checkpoint.storage_path or f"s3://{resolve().buckets.get('runs', 'pbp-runs')}/finetune"
     cfg = replace(cfg, checkpoint=replace(cfg.checkpoint, storage_path=storage))
     meta_out = {
+        "identity": run_identity(cfg, data.digests),
         "tags": {
             **lineage,
             "pbp.git_commit": git_commit(),
@@ -62,6 +66,16 @@ def resolve_config(cfg: FinetuneConfig, tags: dict[str, str] | None = None) -> t
         },
     }
     return cfg, meta_out
+
+
+def run_identity(cfg: FinetuneConfig, digests: dict[str, str]) -> dict[str, Any]:
+    """What a re-run of the run name must keep (``pbp.train.run_identity``): the task files by their sha256, not
+    their paths; not the stages' epoch budgets, workers, checkpoints, tracking or evaluation batching."""
+    from pbp.train.run_identity import identity
+
+    return identity(cfg, ("seed", "init", "model", "task", "stages", "schedule", "head_dropout", "too_long"),
+                    ("task.train", "task.valid", "task.test", "task.name", "stages.*.max_epochs"),
+                    **{f"task.{role}_sha256": digest for role, digest in digests.items()})  # fmt: skip
 
 
 def build_trainer(cfg: FinetuneConfig, meta: dict[str, Any], callbacks: list | None = None):
@@ -91,18 +105,21 @@ def finetune(cfg: FinetuneConfig, address: str | None = None) -> FinetuneResult:
     stage and exported its model is reported without starting any worker."""
     from pbp.train.checkpoint import newest_commit, storage_dir
     from pbp.train.launch import connect_ray, fit
+    from pbp.train.run_identity import check_same_run
     from pbp.train.tracking import marked_if_unfinished
 
     cfg, meta = resolve_config(cfg)
     if os.environ.get("PBP_TEST_KILL_AFTER_EPOCH"):  # test hook: the worker exits after that epoch's checkpoint
         meta["kill_after_epoch"] = int(os.environ["PBP_TEST_KILL_AFTER_EPOCH"])
-    done = finished_run(cfg)
+    run = storage_dir(cfg.run_url)
+    newest = newest_commit(run)
+    check_same_run(newest, meta["identity"], cfg.run_name)
+    done = _finished(cfg, run, newest)
     if done is not None:
         return done
     connect_ray(address)
     with marked_if_unfinished(cfg.tracking.enabled, cfg.tracking.experiment, cfg.run_name):
         fit(build_trainer(cfg, meta), cfg.scaling, cfg.run_name)
-    run = storage_dir(cfg.run_url)
     newest = newest_commit(run)
     return FinetuneResult(cfg.run_url, run.read_json("final_metrics.json") or {}, True,
                           newest[1].mlflow_run_id if newest else None)  # fmt: skip
@@ -112,11 +129,16 @@ def finished_run(cfg: FinetuneConfig) -> FinetuneResult | None:
     """The run, with its final metrics, if its newest checkpoint has every stage of ``cfg`` done (what a worker would
     skip) and its model is exported: in storage, and with tracking on, logged to MLflow (``MODEL_LOGGED_TAG``). None
     when anything is left to do."""
-    from pbp.finetune.export import META, WEIGHTS
-    from pbp.train.checkpoint import exported, newest_commit, storage_dir
+    from pbp.train.checkpoint import newest_commit, storage_dir
 
     run = storage_dir(cfg.run_url)
-    newest = newest_commit(run)
+    return _finished(cfg, run, newest_commit(run))
+
+
+def _finished(cfg: FinetuneConfig, run: StorageDir, newest: tuple[str, CommitRecord] | None) -> FinetuneResult | None:
+    from pbp.finetune.export import META, WEIGHTS
+    from pbp.train.checkpoint import exported
+
     if newest is None:
         return None
     commit = newest[1]

@@ -272,7 +272,7 @@ class Trainer:
         p = self.progress
         p.patience = asdict(self.patience)
         commit = CommitRecord(step=p.epochs_done, world_size=self.ctx.world_size, run_name=self.cfg.run_name,
-                              mlflow_run_id=run_id, job=asdict(p))  # fmt: skip
+                              mlflow_run_id=run_id, job=asdict(p), config=self.meta.get("identity", {}))  # fmt: skip
         report = {k: v for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)}
         t0 = time.perf_counter()
         self.ckpt.save(write, commit, {**report, "epoch": p.epochs_done, "stage": p.stage, "finished": 0})

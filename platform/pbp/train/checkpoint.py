@@ -413,6 +413,9 @@ class CommitRecord:
     nonfinite_steps: int = 0
     job: dict[str, Any] = field(default_factory=dict)
     """Job-specific resume state (fine-tuning: stage, epoch in the stage, early-stopping state)."""
+    config: dict[str, Any] = field(default_factory=dict)
+    """The run's identity: the config fields it was started with (``pbp.train.run_identity``); a re-run with other
+    values is refused."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

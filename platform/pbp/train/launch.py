@@ -10,7 +10,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pbp.config import to_dict
 from pbp.data.shards import load_manifest, manifest_digest
@@ -18,6 +18,9 @@ from pbp.errors import UserError
 from pbp.stack.endpoints import resolve, set_ray_auth_env
 from pbp.train.config import PretrainConfig, ScalingConfig
 from pbp.train.tracking import check_tracking_server, marked_if_unfinished
+
+if TYPE_CHECKING:
+    from pbp.train.checkpoint import CommitRecord
 
 log = logging.getLogger("pbp.train")
 
@@ -55,6 +58,7 @@ def resolve_config(cfg: PretrainConfig) -> tuple[PretrainConfig, dict[str, Any]]
     digest = manifest_digest(manifest)
     meta = {
         "run_url": f"{storage.rstrip('/')}/{cfg.run_name}",
+        "identity": run_identity(cfg, digest),
         "tags": {
             "pbp.dataset_url": cfg.data.url,
             "pbp.dataset_manifest_sha256": digest,
@@ -62,6 +66,16 @@ def resolve_config(cfg: PretrainConfig) -> tuple[PretrainConfig, dict[str, Any]]
         },
     }
     return cfg, meta
+
+
+def run_identity(cfg: PretrainConfig, manifest_sha256: str) -> dict[str, Any]:
+    """What a re-run of the run name must keep (``pbp.train.run_identity``): the dataset by its manifest's digest,
+    not its URL; not the budget, workers, checkpoint cadence or tracking."""
+    from pbp.train.run_identity import identity
+
+    return identity(cfg, ("seed", "model", "data", "corruption", "loss", "optim", "deepspeed"),
+                    ("data.url", "data.num_workers", "data.on_shard_error"),
+                    **{"data.manifest_sha256": manifest_sha256})  # fmt: skip
 
 
 def torch_trainer(
@@ -416,9 +430,14 @@ def pretrain(
 ) -> PretrainResult:
     """Run pretraining on the Ray cluster; a run that already reached ``max_steps`` and exported its model is
     reported without starting any worker."""
+    from pbp.train.checkpoint import newest_commit, storage_dir
+    from pbp.train.run_identity import check_same_run
+
     cfg, meta = resolve_config(cfg)
     meta.update(meta_extra or {})
-    done = finished_run(meta["run_url"], cfg.max_steps)
+    newest = newest_commit(storage_dir(meta["run_url"]))
+    check_same_run(newest, meta["identity"], cfg.run_name)
+    done = _finished(meta["run_url"], cfg.max_steps, newest)
     if done is not None:
         return done
     if os.environ.get("PBP_TEST_INJECT_NONFINITE"):  # test hook: NaN losses at these steps (a fault on cue)
@@ -430,26 +449,29 @@ def pretrain(
     if ckpt is not None or result.metrics:
         where = None if ckpt is None else f"{meta['run_url']}/{ckpt.path.rstrip('/').rsplit('/', 1)[-1]}"
         return PretrainResult(meta["run_url"], dict(result.metrics or {}), where)
-    return _finished_before(meta["run_url"])
+    return _finished_before(meta["run_url"], newest_commit(storage_dir(meta["run_url"])))
 
 
 def finished_run(run_url: str, max_steps: int) -> PretrainResult | None:
     """The run at ``run_url`` if it reached ``max_steps`` and exported its model (a re-run has nothing to do), else
     None."""
+    from pbp.train.checkpoint import newest_commit, storage_dir
+
+    return _finished(run_url, max_steps, newest_commit(storage_dir(run_url)))
+
+
+def _finished(run_url: str, max_steps: int, newest: tuple[str, CommitRecord] | None) -> PretrainResult | None:
     from pbp.model.proteinbert import CONFIG_FILE, WEIGHTS_FILE
     from pbp.train.checkpoint import exported, storage_dir
 
-    done = _finished_before(run_url)
+    done = _finished_before(run_url, newest)
     if done.metrics.get("step", 0) >= max_steps and exported(storage_dir(run_url), (WEIGHTS_FILE, CONFIG_FILE)):
         return done
     return None
 
 
-def _finished_before(run_url: str) -> PretrainResult:
+def _finished_before(run_url: str, newest: tuple[str, CommitRecord] | None) -> PretrainResult:
     """A re-run of a finished run reports nothing: its newest checkpoint says where it ended."""
-    from pbp.train.checkpoint import newest_commit, storage_dir
-
-    newest = newest_commit(storage_dir(run_url))
     if newest is None:
         return PretrainResult(run_url, {}, None, trained=False)
     url, commit = newest

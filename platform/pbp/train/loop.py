@@ -87,6 +87,7 @@ class Pretrainer:
         self.nonfinite = NonFiniteSteps(cfg.run_name, cfg.optim.max_nonfinite_in_a_row)
         # Test hook: steps whose loss is made NaN (a fault the real data cannot produce on cue).
         self.inject_nan = frozenset(meta.get("inject_nonfinite_steps") or ())
+        self.identity: dict[str, Any] = meta.get("identity", {})
         self.window = ThroughputWindow()
         self.bytes_seen: dict[int, int] = {}
         """Each reader's shard bytes already counted (for the bytes-read metric)."""
@@ -188,7 +189,7 @@ class Pretrainer:
 
         commit = CommitRecord(step=done, world_size=self.ctx.world_size, run_name=self.cfg.run_name,
                               mlflow_run_id=self.run_id, schedule=self.schedule.state_dict(),
-                              nonfinite_steps=self.nonfinite.total)  # fmt: skip
+                              nonfinite_steps=self.nonfinite.total, config=self.identity)  # fmt: skip
         report = _without_nan({"step": done, **{k: metrics[k] for k in REPORTED}})
         t0 = time.perf_counter()
         self.ckpt.save(write, commit, report, self.loader.state_dict())
