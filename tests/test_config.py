@@ -198,3 +198,20 @@ def test_an_empty_value_of_a_string_field_is_the_empty_string():
         load_config(FinetuneConfig, REPO / "configs/finetune/tiny.yaml", ["task.train="])
     with pytest.raises(ConfigError, match="run_name: '' is not a valid name"):
         load_config(FinetuneConfig, REPO / "configs/finetune/tiny.yaml", ["run_name=null"])
+
+
+def test_a_string_field_takes_an_overrides_text_and_a_files_unquoted_yes_is_explained(tmp_path):
+    """`task.positive_label=yes` was YAML's True: 'expected a string, got True'."""
+    from pbp.finetune.config import FinetuneConfig
+
+    cfg = load_config(FinetuneConfig, REPO / "configs/finetune/tiny.yaml",
+                      ["task.kind=binary", "task.positive_label=yes", "run_name=2024", "stages.0.name=1e3",
+                       "task.label_column=on", "tracking.enabled=false", "stages.0.lr=1e-3"])  # fmt: skip
+    assert (cfg.task.positive_label, cfg.run_name, cfg.stages[0].name, cfg.task.label_column) == ("yes", "2024", "1e3",
+                                                                                                  "on")  # fmt: skip
+    assert cfg.tracking.enabled is False and cfg.stages[0].lr == pytest.approx(1e-3)  # other types still parsed
+    p = tmp_path / "ft.yaml"
+    text = (REPO / "configs/finetune/tiny.yaml").read_text()
+    p.write_text(text.replace("  kind: numeric", "  kind: binary\n  positive_label: yes"))
+    with pytest.raises(ConfigError, match=r"task.positive_label: expected a string, got True \(YAML reads yes/no"):
+        load_config(FinetuneConfig, p)

@@ -83,7 +83,10 @@ def _convert_scalar(value: Any, tp: type, key: str) -> Any:
             return value
         if value is None:  # `key=`, `key=null`, `key:` with nothing: YAML's empty value is the empty string here
             return ""
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
+        hint = ""
+        if isinstance(value, bool | int | float):  # (an override keeps its text: see apply_overrides)
+            hint = " (YAML reads yes/no/on/off/true/false as booleans and digits as numbers: quote it, 'yes')"
+        raise ConfigError(f"{key}: expected a string, got {value!r}{hint}")
     raise ConfigError(f"{key}: unsupported type {tp!r}")
 
 
@@ -187,12 +190,34 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str], cls: type | 
     """Apply dotted overrides to a nested dict (in place; returned for convenience).
 
     A numeric part indexes a list that the file already has, or, given the config class ``cls``, the field's
-    default list: ``stages.0.lr=3e-3``.
+    default list: ``stages.0.lr=3e-3``. Given ``cls``, a string field takes the override's text as it is
+    (``task.positive_label=yes`` is ``"yes"``, not YAML's ``true``; ``run_name=2024`` is ``"2024"``).
     """
     for text in overrides:
         path, value = parse_override(text)
+        if cls is not None and isinstance(value, bool | int | float) and _type_at(cls, path) is str:
+            value = text.split("=", 1)[1].strip()
         set_dotted(data, path, value, text, cls)
     return data
+
+
+def _type_at(cls: type, path: Sequence[str]) -> Any:
+    """The declared type of the config field at a dotted path of ``cls`` (``X | None`` as ``X``), or None."""
+
+    def bare(tp: Any) -> Any:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0] if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1 else tp
+
+    tp: Any = cls
+    for part in path:
+        tp = bare(tp)
+        if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+            tp = typing.get_type_hints(tp).get(part)
+        elif typing.get_origin(tp) in (list, tuple, Sequence) and part.isdigit():
+            tp = (typing.get_args(tp) or (Any,))[0]
+        else:
+            return None
+    return bare(tp)
 
 
 def set_dotted(data: dict[str, Any], path: Sequence[str], value: Any, what: str = "", cls: type | None = None) -> None:

@@ -350,6 +350,7 @@ def test_a_rerun_forgets_ray_trains_stale_checkpoint_list(tmp_path):
 KINDS = {
     "numeric": TaskInfo(TaskKind.NUMERIC),
     "binary": TaskInfo(TaskKind.BINARY),
+    "binary_named": TaskInfo(TaskKind.BINARY, 1, ["no", "yes"]),  # task.positive_label=yes: class 1 is 'yes'
     "categorical": TaskInfo(TaskKind.CATEGORICAL, 3, ["2", "10", "x.1"]),
     "residue_binary": TaskInfo(TaskKind.RESIDUE_BINARY),
     "residue_categorical": TaskInfo(TaskKind.RESIDUE_CATEGORICAL, 3, ["C", "E", "H"]),
@@ -370,7 +371,8 @@ def _expected(model: FinetuneModel, task: TaskInfo, seq: str) -> dict:
     if task.kind is TaskKind.NUMERIC:
         return {"prediction": float(logits)}
     if task.kind is TaskKind.BINARY:
-        return {"probability": float(torch.sigmoid(logits))}
+        p = float(torch.sigmoid(logits))
+        return {"probability": p, "label": task.classes[int(p >= 0.5)]} if task.classes else {"probability": p}
     if task.kind is TaskKind.CATEGORICAL:
         return {"label": task.classes[int(logits.argmax())], "probabilities": torch.softmax(logits, -1).tolist()}
     res = logits[1:-1]

@@ -118,6 +118,33 @@ def test_binary_labels_are_0_or_1(tmp_path):
         load_task(_task("residue_binary", res))
 
 
+def test_binary_labels_may_be_two_names_with_the_positive_one_given(tmp_path):
+    named = "seq,label\nMKV,no\nMKVL,yes\nMKT,no\n"
+    with pytest.raises(TaskDataError, match=r"t\.csv:2: label 'no' is not 0 or 1 .*set task.positive_label"):
+        load_task(_task("binary", _csv(tmp_path, "t.csv", named)))
+    test = _csv(tmp_path, "test.csv", "seq,label\nMKV,yes\nMKW,no\n")
+    data = load_task(_task("binary", _csv(tmp_path, "t.csv", named), valid=test, test=test, positive_label="yes"))
+    assert data.classes == ["no", "yes"]  # class 1 is the positive label, whatever the sort order
+    assert data.train.labels.tolist() == [0, 1, 0] and data.test is not None and data.test.labels.tolist() == [1, 0]
+    data = load_task(_task("binary", _csv(tmp_path, "t.csv", named), valid=test, positive_label="no"))
+    assert data.classes == ["yes", "no"] and data.train.labels.tolist() == [1, 0, 1]
+
+    unseen = _csv(tmp_path, "u.csv", "seq,label\nMKV,yes\nMKW,maybe\n")
+    with pytest.raises(TaskDataError, match=r"u\.csv:3: label 'maybe' does not occur in the training file"):
+        load_task(_task("binary", _csv(tmp_path, "t.csv", named), valid=unseen, positive_label="yes"))
+    with pytest.raises(
+        TaskDataError,
+        match=r"t\.csv: task.kind=binary with task.positive_label='stable' needs that "
+        r"label and one other in the training file; it has 'no', 'yes'",
+    ):
+        load_task(_task("binary", _csv(tmp_path, "t.csv", named), positive_label="stable"))
+    three = _csv(tmp_path, "3.csv", named + "MKY,maybe\n")
+    with pytest.raises(TaskDataError, match=r"it has 'maybe', 'no', 'yes'"):
+        load_task(_task("binary", three, positive_label="yes"))
+    with pytest.raises(ValueError, match="task.positive_label is for task.kind=binary, not categorical"):
+        _task("categorical", three, positive_label="yes")
+
+
 def test_bad_sequence_names_file_and_line(tmp_path):
     train = _csv(tmp_path, "t.csv", "seq,label\nMKV,1.0\nMKéV,2.0\n")
     with pytest.raises(TaskDataError, match=r"t\.csv:3.*non-ASCII character 'é'") as e:

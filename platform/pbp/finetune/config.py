@@ -41,6 +41,9 @@ class TaskConfig:
     """Optional; evaluated once at the end, overall and per length bucket."""
     seq_column: str = "seq"
     label_column: str = "label"
+    positive_label: str = ""
+    """binary: the label that means 1 when the labels are names (``yes``/``no``, ``stable``/``unstable``): train
+    must hold it and one other label; the model predicts its probability. Empty: the labels are 0 and 1."""
     valid_fraction: float = 0.1
     max_rows: int = 0
     """Read at most this many rows of each file (0: all); for smoke runs and tests."""
@@ -58,6 +61,8 @@ class TaskConfig:
             raise ValueError(f"task.max_rows must be >= 0, got {self.max_rows}")
         if not self.seq_column or not self.label_column or self.seq_column == self.label_column:
             raise ValueError("task.seq_column and task.label_column must be two different, non-empty names")
+        if self.positive_label and self.kind is not TaskKind.BINARY:
+            raise ValueError(f"task.positive_label is for task.kind=binary, not {self.kind.value}")
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 Every sequence is encoded once (``<START> residues <END>``). Labels are kept aligned with the tokens:
   numeric                 float per protein
-  binary                  0/1 per protein
+  binary                  0/1 per protein; or two named labels, ``task.positive_label`` the one that means 1
+                          (the label set, [other, positive], is saved with the model)
   categorical             class index per protein; the label set (strings, e.g. fold letters, or integers) comes
                           from train, sorted (numerically when all are integers), and is saved with the model
   residue_binary          one 0/1 character per residue
@@ -146,9 +147,10 @@ def _per_protein_label(kind: TaskKind, raw: str, where: str, index: dict[str, in
         if not math.isfinite(v):
             raise TaskDataError(f"{where}: label {raw!r} is not a finite number (task.kind=numeric)")
         return v
-    if kind is TaskKind.BINARY:
+    if kind is TaskKind.BINARY and not index:
         if raw not in ("0", "1"):
-            raise TaskDataError(f"{where}: label {raw!r} is not 0 or 1 (task.kind=binary)")
+            raise TaskDataError(f"{where}: label {raw!r} is not 0 or 1 (task.kind=binary; for named labels set "
+                                "task.positive_label to the one that means 1)")  # fmt: skip
         return int(raw)
     if raw not in index:
         raise UnseenLabelError(where, f"label {raw!r}", kind)
@@ -207,6 +209,16 @@ def _split(name: str, url: str, rows: list[tuple[int, str, str]], kind: TaskKind
     return Split(name, url, tokens, np.asarray(labels, dtype=dtype), records)
 
 
+def _binary_classes(cfg: TaskConfig, rows: list[tuple[int, str, str]]) -> list[str]:
+    """[the other label, task.positive_label]: class 1 is the positive one; train must hold exactly these two."""
+    labels = _class_order({lab for _, _, lab in rows})
+    named = ", ".join(map(repr, labels[:6])) + (f" and {len(labels) - 6} more" if len(labels) > 6 else "")
+    if cfg.positive_label not in labels or len(labels) != 2:
+        raise TaskDataError(f"{cfg.train}: task.kind=binary with task.positive_label={cfg.positive_label!r} needs "
+                            f"that label and one other in the training file; it has {named}")  # fmt: skip
+    return [next(lab for lab in labels if lab != cfg.positive_label), cfg.positive_label]
+
+
 def _holdout(n: int, fraction: float, seed: int) -> np.ndarray:
     """Row i goes to valid when a hash of (seed, i) falls below ``fraction``: stable, documented, seeded."""
     h = [int.from_bytes(hashlib.sha256(f"pbp-valid:{seed}:{i}".encode()).digest()[:8], "big") for i in range(n)]
@@ -223,6 +235,8 @@ def load_task(cfg: TaskConfig, seed: int = 0) -> TaskData:
         classes = _class_order({lab for _, _, lab in rows["train"]})
     elif kind is TaskKind.RESIDUE_CATEGORICAL:
         classes = _class_order({ch for _, _, lab in rows["train"] for ch in lab})
+    elif kind is TaskKind.BINARY and cfg.positive_label:
+        classes = _binary_classes(cfg, rows["train"])
     index = {c: i for i, c in enumerate(classes)}
     if kind in (TaskKind.CATEGORICAL, TaskKind.RESIDUE_CATEGORICAL) and len(classes) < 2:
         raise TaskDataError(f"{cfg.train}: {len(classes)} distinct label(s); task.kind={kind.value} needs at least 2")

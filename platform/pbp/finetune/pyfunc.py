@@ -4,7 +4,8 @@
 safetensors + JSON directory written by ``pbp.finetune.export.save_finetuned``. ``predict`` takes a table with a
 sequence column (``seq`` unless the task said otherwise) and returns, per row:
   numeric              ``prediction`` (float)
-  binary               ``probability`` of class 1
+  binary               ``probability`` of class 1 (with named labels: of ``task.positive_label``, and ``label``,
+                       the more likely of the two)
   categorical          ``label`` (the most likely class, as in the training file) and ``probabilities`` (list)
   residue kinds        ``residue_predictions``: a list per residue (probability of 1, or the class label)
 With params ``{"output": "embeddings"}``: ``embedding``, the body's per-protein embedding (pbp.predict.embeddings).
@@ -45,7 +46,8 @@ class FinetunedPredictor:
         if kind is TaskKind.NUMERIC:
             return {"prediction": float(logits)}
         if kind is TaskKind.BINARY:
-            return {"probability": float(torch.sigmoid(logits))}
+            prob = float(torch.sigmoid(logits))
+            return {"probability": prob, "label": classes[int(prob >= 0.5)]} if classes else {"probability": prob}
         if kind is TaskKind.CATEGORICAL:
             p = torch.softmax(logits, -1)
             return {"label": classes[int(p.argmax())], "probabilities": p.tolist()}

@@ -10,7 +10,8 @@ length-batched (``pbp.predict.batches``), with a progress bar; output rows keep 
 written to a temporary name and renamed at the end, so a failed run never leaves a half file under the real name.
 
 Prediction columns (CSV): ``id``, ``length``, then by model:
-  numeric       ``prediction``          binary  ``probability`` (of class 1)
+  numeric       ``prediction``          binary  ``probability`` (of class 1; with named labels, of the
+                                        positive label, and ``label``)
   categorical   ``label`` and ``p_<class>`` per class
   residue kinds ``residue_predictions`` (';'-joined per residue: probability of 1, or the class label)
   pretrained    ``go_ids``, ``go_names``, ``go_probabilities`` (';'-joined, top ``--top-k``, most probable first)
