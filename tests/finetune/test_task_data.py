@@ -233,6 +233,13 @@ def test_digests_are_the_files_sha256_and_max_rows(tmp_path):
         assert data.digests[role] == hashlib.sha256(Path(path).read_bytes()).hexdigest()
     assert len(data.train) == len(data.valid) == len(data.test) == 7
     assert data.train.records[-1] == f"{train}:8"
+    assert data.cut_short == {"train", "valid", "test"}
+    # a limit above a file's rows reads it whole (the registry then names the whole file, not 'first 40 rows');
+    # trailing blank lines are no rows
+    short = _csv(tmp_path, "s.csv", _rows(7) + "\n,\n")
+    data = load_task(_task("numeric", train, valid=short, test=test, max_rows=7))
+    assert data.cut_short == {"train", "test"}
+    assert load_task(_task("numeric", train, valid=short, test=short, max_rows=40)).cut_short == {"train"}
 
 
 # ---- the paper's benchmark files --------------------------------------------------------------------------------

@@ -82,6 +82,8 @@ class TaskData:
     valid_from_train: bool = False
     dropped: dict[str, int] = field(default_factory=dict)
     """Rows left out per role (valid, test) for a class not in train (``task.unseen_labels=drop``)."""
+    cut_short: frozenset[str] = frozenset()
+    """Roles whose file has more rows than the ``task.max_rows`` read (a file of fewer rows was read whole)."""
 
 
 def _read_bytes(url: str) -> bytes:
@@ -99,8 +101,9 @@ def _read_bytes(url: str) -> bytes:
     return p.read_bytes()
 
 
-def _rows(url: str, data: bytes, cfg: TaskConfig) -> list[tuple[int, str, str]]:
-    """-> [(line, seq, label)], columns found by name. Raises naming the file for a missing column or no rows."""
+def _rows(url: str, data: bytes, cfg: TaskConfig) -> tuple[list[tuple[int, str, str]], bool]:
+    """-> ([(line, seq, label)], whether ``task.max_rows`` left rows of the file out), columns found by name. Raises
+    naming the file for a missing column or no rows."""
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -125,10 +128,10 @@ def _rows(url: str, data: bytes, cfg: TaskConfig) -> list[tuple[int, str, str]]:
             raise TaskDataError(f"{url}:{line}: {len(row)} fields, the header has {len(names)}")
         out.append((line, row[si].strip(), row[li].strip()))
         if cfg.max_rows and len(out) >= cfg.max_rows:
-            break
+            return out, any(row and any(c.strip() for c in row) for row in reader)
     if not out:
         raise TaskDataError(f"{url}: no data rows after the header")
-    return out
+    return out, False
 
 
 def _class_order(values: set[str]) -> list[str]:
@@ -229,7 +232,8 @@ def load_task(cfg: TaskConfig, seed: int = 0) -> TaskData:
     kind = TaskKind(cfg.kind)
     raw = {role: _read_bytes(url) for role, url in (("train", cfg.train), ("valid", cfg.valid), ("test", cfg.test))
            if url}  # fmt: skip
-    rows = {role: _rows(getattr(cfg, role), data, cfg) for role, data in raw.items()}
+    read = {role: _rows(getattr(cfg, role), data, cfg) for role, data in raw.items()}
+    rows = {role: r for role, (r, _) in read.items()}
     classes: list[str] = []
     if kind is TaskKind.CATEGORICAL:
         classes = _class_order({lab for _, _, lab in rows["train"]})
@@ -256,7 +260,8 @@ def load_task(cfg: TaskConfig, seed: int = 0) -> TaskData:
     test = _split("test", cfg.test, rows["test"], kind, index, dropped) if "test" in rows else None
     spec = TaskSpec(kind, n_classes=max(len(classes), 1))
     digests = {role: hashlib.sha256(data).hexdigest() for role, data in raw.items()}
-    return TaskData(spec, train, valid, test, classes, digests, from_train, dropped or {})
+    cut = frozenset(role for role, (_, more) in read.items() if more)
+    return TaskData(spec, train, valid, test, classes, digests, from_train, dropped or {}, cut)
 
 
 def load_split(url: str, kind: TaskKind, classes: list[str], seq_column: str = "seq", label_column: str = "label",
@@ -267,7 +272,7 @@ def load_split(url: str, kind: TaskKind, classes: list[str], seq_column: str = "
     data = _read_bytes(url)
     cfg = TaskConfig(kind=kind, train=url, seq_column=seq_column, label_column=label_column, max_rows=max_rows)
     try:
-        split = _split("test", url, _rows(url, data, cfg), kind, {c: i for i, c in enumerate(classes)}, dropped)
+        split = _split("test", url, _rows(url, data, cfg)[0], kind, {c: i for i, c in enumerate(classes)}, dropped)
     except UnseenLabelError as e:
         raise UnknownClassError(f"{e.where}: {e.what} is not one of the {len(classes)} classes the model was "
                                 f"trained on (task.kind={e.kind.value}); score it on a file of those classes "

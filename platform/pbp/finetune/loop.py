@@ -393,7 +393,7 @@ def _export(tr: Trainer, final: dict[str, float]) -> None:
         {
             "path": cfg.task.test,
             "sha256": data.digests.get("test", ""),
-            "max_rows": cfg.task.max_rows,
+            "max_rows": cfg.task.max_rows if "test" in data.cut_short else 0,  # 0: the whole file was read
             "seq_column": cfg.task.seq_column,
             "label_column": cfg.task.label_column,
         }
