@@ -34,8 +34,13 @@ def test_unknown_job_and_config_outside_the_project_are_refused(tmp_path):
         submit.submit("smoke", REPO / "configs" / "missing.yaml", root=REPO)
 
 
-def test_project_root_is_found_from_a_subdirectory():
+def test_project_root_is_found_from_a_subdirectory_and_outside_it_the_error_says_where_it_is(tmp_path):
     assert submit.project_root(REPO / "platform" / "pbp" / "model") == REPO
+    with pytest.raises(submit.SubmitError) as e:  # a user's data directory: where to run it from, and the files
+        submit.project_root(tmp_path)
+    assert str(e.value).startswith(f"{tmp_path}: not inside a pbp project (no jobs/ and platform/pbp/ above it): "
+                                   f"run it from the project (cd {REPO}; ")  # fmt: skip
+    assert "s3:// URLs" in str(e.value)
 
 
 def _fake_stack(d):

@@ -67,7 +67,12 @@ def project_root(start: Path | None = None) -> Path:
     for d in (here, *here.parents):
         if (d / "jobs").is_dir() and (d / "platform" / "pbp").is_dir():
             return d
-    raise SubmitError(f"{here}: not inside a pbp project (no jobs/ and platform/pbp/ above it)")
+    installed = Path(__file__).resolve().parents[2]  # platform/pbp/submit.py -> the project it runs from
+    hint = ""
+    if (installed / "jobs").is_dir() and installed != here:
+        hint = (f": run it from the project (cd {installed}; it ships as the job's working_dir) and give the job's "
+                "files as s3:// URLs, or as paths inside the project or absolute paths every node can read")  # fmt: skip
+    raise SubmitError(f"{here}: not inside a pbp project (no jobs/ and platform/pbp/ above it){hint}")
 
 
 def available_jobs(root: Path) -> list[str]:

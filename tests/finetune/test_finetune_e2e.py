@@ -347,3 +347,4 @@ def test_a_job_submitted_to_the_local_stack_reads_the_configs_relative_task_file
     got = _mlflow_run(mlflow_client, run)
     assert got.info.status == "FINISHED" and "test_spearman" in got.data.metrics
     assert f"register it: pbp registry register {got.info.run_id} --name MODEL_NAME" in res.stdout  # the run's id
+    assert re.search(rf"MLflow:  http://\S+/#/experiments/\d+/runs/{got.info.run_id}\n", res.stdout)  # not the bare id

@@ -159,13 +159,14 @@ def quiet_mlflow_driver() -> None:
 
 def run_link(run_id: str) -> str:
     """The MLflow UI's address of a run (the bare run id if the server cannot be asked)."""
-    import mlflow
+    from mlflow.tracking import MlflowClient
 
-    try:
-        exp = mlflow.MlflowClient().get_run(run_id).info.experiment_id
+    try:  # configured here: a submitted job's driver had not, and printed the bare id
+        uri = configure_mlflow()
+        exp = MlflowClient(uri).get_run(run_id).info.experiment_id
     except Exception:  # a link is a convenience: never fail a finished job over it
         return run_id
-    return f"{mlflow.get_tracking_uri().rstrip('/')}/#/experiments/{exp}/runs/{run_id}"
+    return f"{uri.rstrip('/')}/#/experiments/{exp}/runs/{run_id}"
 
 
 class TrackingUnavailableError(UserError):
