@@ -42,6 +42,31 @@ def test_a_file_without_the_label_column_is_named(models, tmp_path, capsys):
     assert main(["evaluate", "--model", str(a), "--data", str(bad), "--label-column", "y"]) == 0
 
 
+def test_the_models_own_label_column_is_the_default(models, tmp_path, capsys):
+    """A model trained with task.label_column=y reads y by default; it read 'label' whatever the model had."""
+    import shutil
+
+    from pbp.finetune.export import META
+
+    a, _, test, _ = models
+    mine = tmp_path / "model"
+    shutil.copytree(a, mine)
+    doc = json.loads((mine / META).read_text())
+    assert doc["task"]["label_column"] == "label"  # what a model saves
+    doc["task"]["label_column"] = "y"
+    (mine / META).write_text(json.dumps(doc))
+    assert load_finetuned(mine)[1].label_column == "y"
+    renamed = tmp_path / "y.csv"
+    renamed.write_text(test.read_text().replace("label,seq", "y,seq", 1))
+    assert main(["evaluate", "--model", str(mine), "--data", str(renamed)]) == 0
+    assert "test_spearman      1.0000" in capsys.readouterr().out
+    assert main(["evaluate", "--model", str(mine), "--data", str(test)]) == 2
+    assert (
+        f"{test}:1: no column 'y' in the header ['label', 'seq'] (this reads columns 'seq' and 'y'; pbp "
+        "evaluate takes --seq-column / --label-column)" in capsys.readouterr().err
+    )
+
+
 def test_unseen_labels_drop_says_how_many_rows_it_left_out(models, tmp_path, capsys):
     """The count is said and in --json (0 here: a numeric task has no classes; the split loader's drop of unknown
     classes is tested in tests/finetune/test_task_data.py)."""

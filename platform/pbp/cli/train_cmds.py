@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--seq-len", type=int, default=512, help="pretrained model: tokens per sequence")
     e.add_argument("--max-proteins", type=int, default=None)
     e.add_argument("--seq-column", default="", help="fine-tuned model: the sequence column (default: the model's)")
-    e.add_argument("--label-column", default="label", help="fine-tuned model: the label column (default label)")
+    e.add_argument("--label-column", default="", help="fine-tuned model: the label column (default: the model's)")
     e.add_argument("--unseen-labels", choices=("error", "drop"), default="error",
                    help="fine-tuned model: a row whose class the model was not trained on stops the evaluation "
                    "(error, naming file and line) or is left out and counted (drop)")  # fmt: skip

@@ -101,7 +101,8 @@ def _read_bytes(url: str) -> bytes:
     return p.read_bytes()
 
 
-def _rows(url: str, data: bytes, cfg: TaskConfig) -> tuple[list[tuple[int, str, str]], bool]:
+def _rows(url: str, data: bytes, cfg: TaskConfig, fix: str = "set task.seq_column / task.label_column"
+          ) -> tuple[list[tuple[int, str, str]], bool]:  # fmt: skip
     """-> ([(line, seq, label)], whether ``task.max_rows`` left rows of the file out), columns found by name. Raises
     naming the file for a missing column or no rows."""
     try:
@@ -116,9 +117,7 @@ def _rows(url: str, data: bytes, cfg: TaskConfig) -> tuple[list[tuple[int, str, 
     names = [h.strip() for h in header]
     missing = [c for c in (cfg.seq_column, cfg.label_column) if c not in names]
     if missing:
-        raise TaskDataError(
-            f"{url}:1: no column {missing[0]!r} in the header {names} (set task.seq_column / task.label_column)"
-        )
+        raise TaskDataError(f"{url}:1: no column {missing[0]!r} in the header {names} ({fix})")
     si, li = names.index(cfg.seq_column), names.index(cfg.label_column)
     out = []
     for line, row in enumerate(reader, 2):
@@ -272,7 +271,11 @@ def load_split(url: str, kind: TaskKind, classes: list[str], seq_column: str = "
     data = _read_bytes(url)
     cfg = TaskConfig(kind=kind, train=url, seq_column=seq_column, label_column=label_column, max_rows=max_rows)
     try:
-        split = _split("test", url, _rows(url, data, cfg)[0], kind, {c: i for i, c in enumerate(classes)}, dropped)
+        fix = (
+            f"this reads columns {seq_column!r} and {label_column!r}; pbp evaluate takes --seq-column / --label-column"
+        )
+        rows, _ = _rows(url, data, cfg, fix)
+        split = _split("test", url, rows, kind, {c: i for i, c in enumerate(classes)}, dropped)
     except UnseenLabelError as e:
         raise UnknownClassError(f"{e.where}: {e.what} is not one of the {len(classes)} classes the model was "
                                 f"trained on (task.kind={e.kind.value}); score it on a file of those classes "

@@ -33,6 +33,9 @@ class TaskInfo:
     n_classes: int = 1
     classes: list[str] = field(default_factory=list)
     seq_column: str = "seq"
+    label_column: str = "label"
+    """The training file's label column: what ``pbp evaluate`` and ``pbp registry register --test`` read by
+    default."""
 
     @property
     def spec(self) -> TaskSpec:
@@ -40,7 +43,7 @@ class TaskInfo:
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind.value, "n_classes": self.n_classes, "classes": self.classes,
-                "seq_column": self.seq_column}  # fmt: skip
+                "seq_column": self.seq_column, "label_column": self.label_column}  # fmt: skip
 
 
 def save_finetuned(model: FinetuneModel, task: TaskInfo, directory: Path, metadata: dict[str, Any]) -> Path:
@@ -67,7 +70,8 @@ def load_finetuned(directory: str | Path) -> tuple[FinetuneModel, TaskInfo, dict
         raise ValueError(f"{meta_path}: format {doc.get('format')!r} v{doc.get('format_version')} is not one this "
                          f"pbp reads ({FORMAT} v{FORMAT_VERSION})")  # fmt: skip
     t = doc["task"]
-    task = TaskInfo(TaskKind(t["kind"]), int(t["n_classes"]), list(t["classes"]), t.get("seq_column", "seq"))
+    task = TaskInfo(TaskKind(t["kind"]), int(t["n_classes"]), list(t["classes"]), t.get("seq_column", "seq"),
+                    t.get("label_column", "label"))  # fmt: skip
     model = FinetuneModel(ProteinBERT(ModelConfig(**doc["model"])), task.spec)
     model.load_state_dict(load_file(str(d / WEIGHTS)))
     return model.eval(), task, doc.get("metadata", {})

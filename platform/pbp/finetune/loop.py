@@ -387,7 +387,7 @@ def _export(tr: Trainer, final: dict[str, float]) -> None:
     from pbp.train.checkpoint import scratch_dir
 
     cfg, data = tr.cfg, tr.data
-    info = TaskInfo(data.spec.kind, data.spec.n_classes, data.classes, cfg.task.seq_column)
+    info = TaskInfo(data.spec.kind, data.spec.n_classes, data.classes, cfg.task.seq_column, cfg.task.label_column)
     # The test split as the registry's gate identifies it: file, digest, columns and the row limit it was read with.
     test_split = (
         {

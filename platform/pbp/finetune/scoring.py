@@ -75,7 +75,7 @@ def by_length(task: TaskSpec, preds: Sequence[Pred], lengths: np.ndarray, bucket
     return out
 
 
-def evaluate_file(model_dir: Path, url: str, *, seq_column: str = "", label_column: str = "label", max_rows: int = 0,
+def evaluate_file(model_dir: Path, url: str, *, seq_column: str = "", label_column: str = "", max_rows: int = 0,
                   buckets: Sequence[int] = LENGTH_BUCKETS, drop_unseen: bool = False) -> dict[str, float]:  # fmt: skip
     """The fine-tuned model in ``model_dir`` scored on a labelled CSV file (local or ``s3://``): ``test_*`` metrics
     overall beside their baselines (the file's own labels give the constant: majority class, mean), then per length
@@ -86,7 +86,8 @@ def evaluate_file(model_dir: Path, url: str, *, seq_column: str = "", label_colu
 
     model, task, _ = load_finetuned(model_dir)
     dropped: dict[str, int] | None = {} if drop_unseen else None
-    split, _ = load_split(url, task.kind, task.classes, seq_column or task.seq_column, label_column, max_rows, dropped)
+    split, _ = load_split(url, task.kind, task.classes, seq_column or task.seq_column, label_column or task.label_column,
+                          max_rows, dropped)  # fmt: skip
     preds = predict_split(model, split)
     flat = task.spec.flattened()
     left_out = {"test_rows_left_out": float(dropped.get("test", 0))} if dropped is not None else {}

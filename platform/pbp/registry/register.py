@@ -133,7 +133,7 @@ def _test_tags(model_dir: Path, test: str) -> dict[str, str]:
     if lineage.model_kind(model_dir) != "finetuned":
         raise RegistryError(f"--test {test}: only fine-tuned models have a task to score on a test file")
     model, task, meta = load_finetuned(model_dir)
-    label_column = str((meta.get("test_split") or {}).get("label_column", "label"))
+    label_column = str((meta.get("test_split") or {}).get("label_column", task.label_column))
     _, sha = load_split(test, task.kind, task.classes, task.seq_column, label_column)
     ref = lineage.SplitRef(test, sha, 0, task.seq_column, label_column)
     metrics = {k: v for k, v in evaluate(model, task, ref).items() if not k.endswith("_loss")}
