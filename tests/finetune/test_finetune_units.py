@@ -458,3 +458,20 @@ def test_the_closing_lines_give_the_test_metrics_per_length_bucket_apart_from_th
     ]
     assert [k for k in metrics if not BUCKET_KEY.match(k)] == ["test_loss", "test_spearman"]
     assert length_table({"test_loss": 0.6}) == ""
+
+
+def test_a_relative_task_path_that_is_not_there_names_the_key_and_the_directory_it_was_read_from(tmp_path, monkeypatch):
+    """`pbp finetune --config configs/finetune/tiny.yaml` from another directory: its ../shared/... paths are read
+    from the current directory; the error said only '/tmp/shared/...: task file not found'."""
+    from pbp.config import load_config
+    from pbp.finetune.config import FinetuneConfig
+    from pbp.finetune.data import TaskDataError
+    from pbp.finetune.launch import resolve_config
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(FinetuneConfig, REPO / "configs/finetune/tiny.yaml", ["tracking.enabled=false"])
+    with pytest.raises(TaskDataError) as e:
+        resolve_config(cfg)
+    want = tmp_path.parent / "shared/data/proteinbert_benchmarks/stability.train.csv"
+    assert str(e.value) == (f"task.train=../shared/data/proteinbert_benchmarks/stability.train.csv: no such file, "
+                            f"{want} (a relative path is read from the current directory, {tmp_path})")  # fmt: skip

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pbp.config import to_dict
 from pbp.finetune.config import FinetuneConfig
-from pbp.finetune.data import TaskData, load_task
+from pbp.finetune.data import TaskData, TaskDataError, load_task
 from pbp.stack.endpoints import resolve
 
 if TYPE_CHECKING:
@@ -37,7 +37,11 @@ def resolve_config(cfg: FinetuneConfig, tags: dict[str, str] | None = None) -> t
     for role in ("train", "valid", "test"):
         url = getattr(task, role)
         if url and not url.startswith(("s3://", "/")):
-            task = replace(task, **{role: str(Path(url).expanduser().resolve())})  # type: ignore[arg-type]
+            path = Path(url).expanduser().resolve()
+            if not url.startswith("~") and not path.is_file():
+                raise TaskDataError(f"task.{role}={url}: no such file, {path} (a relative path is read from the "
+                                    f"current directory, {Path.cwd()})")  # fmt: skip
+            task = replace(task, **{role: str(path)})  # type: ignore[arg-type]
     cfg = replace(cfg, task=task)
     data: TaskData = load_task(cfg.task, cfg.seed)
     for role, n in data.dropped.items():
