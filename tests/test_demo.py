@@ -5,6 +5,7 @@ campaign, and is faster (`slow`: it runs the demo twice)."""
 from __future__ import annotations
 
 import csv
+import re
 import time
 
 import pytest
@@ -39,6 +40,21 @@ def test_demo_config_is_checked_before_anything_runs():
     for bad in (["trials=0"], ["trial_epochs=[1, 1]"], ["name=a b"], ["proteins=-5"]):
         with pytest.raises(ValueError):
             load_config(DemoConfig, REPO / "configs/demo/small.yaml", bad)
+
+
+def test_a_changed_setting_names_a_new_campaign_and_pretraining_steps_continue_the_same_run():
+    """`pbp demo trials=6` resumed the 4-trial campaign of the first run by its name and reported it as 6 trials."""
+    base = load_config(DemoConfig, REPO / "configs/demo/default.yaml")
+    assert (base.pretrain_run, base.data_key) == ("demo-pretrain-p2000-g20", "p2000-g20")
+    assert re.fullmatch(r"demo-campaign-[0-9a-f]{8}", base.campaign_name)
+    assert load_config(DemoConfig, REPO / "configs/demo/default.yaml").campaign_name == base.campaign_name
+    for change in ("trials=6", "trial_epochs=[1, 2, 1]", "task_max_rows=50", "pretrain_steps=400", "proteins=3000"):
+        other = load_config(DemoConfig, REPO / "configs/demo/default.yaml", [change])
+        assert other.campaign_name != base.campaign_name, change
+    more_steps = load_config(DemoConfig, REPO / "configs/demo/default.yaml", ["pretrain_steps=400"])
+    assert more_steps.pretrain_run == base.pretrain_run  # more steps continue the same pretraining run
+    bigger = load_config(DemoConfig, REPO / "configs/demo/default.yaml", ["proteins=3000"])
+    assert bigger.pretrain_run == "demo-pretrain-p3000-g20"  # another corpus: another run
 
 
 def _first_run(tmp_path, monkeypatch, lines: list[str]):

@@ -11,6 +11,7 @@ kept), so it only registers, promotes and predicts again.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import subprocess
 import sys
@@ -61,6 +62,24 @@ class DemoConfig:
             raise ValueError(
                 f"trial_epochs: three epoch counts >= 1 (frozen, unfrozen, final), got {self.trial_epochs}"
             )
+
+    # A second `make demo` reuses what the first made, found by name; the names carry the settings each thing is
+    # made from, so `pbp demo trials=6` makes a new campaign instead of reporting the old one's 4 trials.
+
+    @property
+    def data_key(self) -> str:
+        """The corpus' settings: its dataset and the pretraining run on it (whose steps may grow: it continues)."""
+        return f"p{self.proteins}-g{self.min_go_records}"
+
+    @property
+    def pretrain_run(self) -> str:
+        return f"{self.name}-pretrain-{self.data_key}"
+
+    @property
+    def campaign_name(self) -> str:
+        """``<name>-campaign-<digest>`` of the pretrained model's settings and the campaign's."""
+        made_from = (self.data_key, self.pretrain_steps, self.trials, list(self.trial_epochs), self.task_max_rows)
+        return f"{self.name}-campaign-{hashlib.sha256(repr(made_from).encode()).hexdigest()[:8]}"
 
 
 @dataclass

@@ -40,7 +40,7 @@ def shards(d: Demo) -> str:
     from pbp.stack.endpoints import resolve
 
     bucket = resolve().buckets.get("data", "pbp-data")
-    url = f"s3://{bucket}/{d.cfg.name}/p{d.cfg.proteins}-g{d.cfg.min_go_records}/"
+    url = f"s3://{bucket}/{d.cfg.name}/{d.cfg.data_key}/"
     d.state["data_url"] = url
     if not Store(url).exists("manifest.json"):
         d.pbp("shards", "data", "build", "--fasta", str(d.state["fasta"]), "--go-table", str(d.state["go"]),
@@ -60,7 +60,7 @@ def shards(d: Demo) -> str:
 def pretrain(d: Demo) -> str:
     from pbp.train.launch import finished_run
 
-    run = f"{d.cfg.name}-pretrain"
+    run = d.cfg.pretrain_run
     d.state["pretrained"] = _pretrained_url(run)
     if finished_run(d.state["pretrained"].removesuffix("/final_model/"), d.cfg.pretrain_steps) is not None:
         # a second `make demo`: the run reached its steps and exported its model
@@ -103,7 +103,7 @@ def task(d: Demo) -> str:
 def campaign(d: Demo) -> str:
     from pbp.train.tracking import BEST_MODEL_TAG, configure_mlflow, find_run
 
-    name = f"{d.cfg.name}-campaign"
+    name = d.cfg.campaign_name
     t = d.state["task"]
     e = d.cfg.trial_epochs
     overrides = (f"finetune_overrides=[init={d.state['pretrained']}, task.kind=binary, task.name={d.cfg.name}-charge, "
