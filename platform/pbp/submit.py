@@ -374,31 +374,35 @@ def _git_commit(root: Path) -> str:
 
 
 def wait(sid: str, *, address: str | None = None, timeout: float | None = None, log: Callable[[str], None] = print):
-    """Follow a job's logs until it ends; returns its final status name. Giving up (``timeout``, Ctrl-C) stops the
-    following, not the job: the error says so and how to follow or stop it."""
+    """Follow a job's log as it is written until the job ends (``pbp.job_logs``: streamed, or polled where the
+    stream cannot be opened); returns its final status name. Giving up (``timeout``, Ctrl-C) stops the following, not
+    the job: the error says so and how to follow or stop it."""
+    from pbp.job_logs import LogPrinter, poll_pause, stream
+
     c = client(address)
-    printed = 0
+    out = LogPrinter(log)
     deadline = None if timeout is None else time.monotonic() + timeout
     still = f"it keeps running: `pbp jobs logs {sid} --follow` follows it again, `pbp jobs stop {sid}` stops it"
+    tail = ""  # how the last tail ended ("" before the first)
     try:
         while True:
             status = job_call(sid, lambda: c.get_job_status(sid)).name
-            logs = c.get_job_logs(sid)
-            if len(logs) > printed:
-                log(logs[printed:].rstrip("\n"))
-                printed = len(logs)
-            if status in TERMINAL:
+            left = None if deadline is None else deadline - time.monotonic()
+            if status in TERMINAL and tail == "ended":  # the tail sent every line
+                out.flush()
                 return status
-            if deadline is not None and time.monotonic() > deadline:
+            if status in TERMINAL or tail == "unavailable":
+                out.whole_log(c.get_job_logs(sid))  # the end, or a poll: only what was not printed yet
+                if status in TERMINAL:
+                    return status
+            if left is not None and left <= 0:
                 raise SubmitError(f"{sid}: still {status} after {timeout:.0f}s; {still}")
-            pause = min(POLL_MAX_S, 1.0 + printed / 2**20)  # Ray sends the whole log each time: poll less as it grows
-            time.sleep(pause)
+            if tail == "unavailable":
+                time.sleep(poll_pause(out.printed))
+            else:
+                tail = stream(c, sid, out, left)
     except KeyboardInterrupt:
         raise SubmitError(f"stopped following {sid}; {still}") from None
-
-
-POLL_MAX_S = 10.0
-"""The slowest a job's log is polled (a second per MiB of log, from one second)."""
 
 
 def job_call(sid: str, fn: Callable[[], T]) -> T:

@@ -202,6 +202,57 @@ def test_smoke_job_through_pbp_submit_sees_every_node(stack_env, capsys):
     assert f"{direct} is a driver that connected directly" in capsys.readouterr().err
 
 
+JOB_LINES = 300
+PRINTER = (f"import time\nfor i in range({JOB_LINES}):\n    print(f'line {{i:03d}}', flush=True)\n"
+           "    if i % 60 == 59: time.sleep(0.7)\n")  # fmt: skip
+
+
+def test_following_a_job_streams_its_log_once_even_when_the_tail_drops(stack_env, capfd, monkeypatch):
+    """`pbp jobs logs ID --follow` read the whole log again every 1-10 s (a day of pretraining: tens of MB per poll);
+    it now streams it. A tail that drops is opened again and the replayed part skipped; where the websocket cannot
+    be opened, the log is polled."""
+    import shlex
+
+    from ray.job_submission import JobSubmissionClient
+
+    c = submit.client()
+    whole_log_reads = []
+    real_logs, real_tail = JobSubmissionClient.get_job_logs, JobSubmissionClient.tail_job_logs
+    monkeypatch.setattr(JobSubmissionClient, "get_job_logs",
+                        lambda self, sid: whole_log_reads.append(sid) or real_logs(self, sid))  # fmt: skip
+
+    def follow() -> list[str]:
+        sid = c.submit_job(entrypoint=f"python -c {shlex.quote(PRINTER)}")
+        assert main(["jobs", "logs", sid, "--follow"]) == 0
+        out, err = capfd.readouterr()
+        assert "WebSocket closed" not in out + err  # Ray's INFO line when the tail ends
+        return [ln for ln in out.splitlines() if ln.startswith("line ")]
+
+    want = [f"line {i:03d}" for i in range(JOB_LINES)]
+    assert follow() == want and whole_log_reads == []  # streamed: the whole log never fetched
+
+    drops = []
+
+    async def dropping_tail(self, sid):  # the fault: the connection drops after 2 chunks, once
+        n = 0
+        async for text in real_tail(self, sid):
+            yield text
+            n += 1
+            if n == 2 and not drops:
+                drops.append(sid)
+                raise RuntimeError("WebSocket connection closed unexpectedly with close code 1006")
+
+    monkeypatch.setattr(JobSubmissionClient, "tail_job_logs", dropping_tail)
+    assert follow() == want and drops and whole_log_reads == []
+
+    async def no_websocket(self, sid):  # a proxy that does not pass websockets
+        raise RuntimeError("WSServerHandshakeError: 400, message='Invalid response status'")
+        yield ""
+
+    monkeypatch.setattr(JobSubmissionClient, "tail_job_logs", no_websocket)
+    assert follow() == want and len(whole_log_reads) >= 1  # polled instead
+
+
 def test_a_line_printed_on_a_worker_node_reaches_the_driver_once(stack_dir):
     """Before: every line reached the driver three times, once per local Ray node (each node's log monitor tailed
     the one session log dir the nodes share on this machine)."""
