@@ -142,6 +142,22 @@ def test_a_cluster_too_small_for_the_workers_is_said_before_waiting():
     assert note and "3 CPU and 1 GPU: room for 1 of 2 worker(s) x 1 CPU + 1 GPU" in note
 
 
+def test_a_campaign_says_when_the_cluster_holds_fewer_trials_at_once_than_it_asks_for():
+    from pbp.train.config import ScalingConfig
+    from pbp.train.launch import concurrency_note
+
+    head, one, two = {"Resources": {}}, {"Resources": {"CPU": 1.0}}, {"Resources": {"CPU": 2.0}}
+    trial = ScalingConfig(num_workers=1)
+    assert concurrency_note([head, one, one], trial, 2) is None  # the local stack: two 1-CPU trials at once
+    note = concurrency_note([head, one, one], trial, 4)
+    assert note == ("the Ray cluster has 3 node(s) with 2 CPU: room for 2 of max_concurrent_trials=4 trials of 1 "
+                    "worker(s) x 1 CPU; the others start as slots free up (or as nodes join)")  # fmt: skip
+    note = concurrency_note([head, two, one], ScalingConfig(num_workers=2), 3)  # 3 worker slots: 1 trial of 2
+    assert note and "room for 1 of max_concurrent_trials=3 trials of 2 worker(s)" in note
+    note = concurrency_note([head, one], ScalingConfig(num_workers=2, resource_wait_s=30), 2)  # not one trial
+    assert note and "room for 1 of 2 worker(s) x 1 CPU. Waiting up to scaling.resource_wait_s=30s" in note
+
+
 def test_pretraining_refuses_a_dataset_without_go_terms_naming_it(tmp_path):
     """Before: 'model.n_annotations must be >= 1, got 0', about a field the user never set."""
     from pbp.data.shards import BuildConfig, Inputs, build

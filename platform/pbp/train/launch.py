@@ -146,9 +146,7 @@ def fit(trainer, scaling: ScalingConfig, run_name: str = ""):
     When the cluster's nodes as they are cannot hold the workers, it says so first (Ray Train's own retries print
     only tracebacks while it waits). Ctrl-C: Ray Train's own handler aborts the run and exits the process (status 1,
     no word of what was kept); it becomes a KeyboardInterrupt that says how to continue the run ``run_name``."""
-    import ray
-
-    note = capacity_note([n for n in ray.nodes() if n.get("Alive")], scaling) if ray.is_initialized() else None
+    note = capacity_note(alive_nodes(), scaling)
     if note:
         print(f"pbp: {note}", flush=True)
     try:
@@ -173,25 +171,52 @@ def _request(scaling: ScalingConfig) -> str:
     return f"{scaling.num_workers} worker(s) x {scaling.cpus_per_worker:g} CPU{gpu}"
 
 
-def capacity_note(nodes: list[dict[str, Any]], scaling: ScalingConfig) -> str | None:
-    """A line saying that ``nodes`` (``ray.nodes()``'s alive ones), counted by their total resources, cannot hold
-    ``scaling``'s workers and what the run does about it; None when they can."""
-    if scaling.cpus_per_worker <= 0:
-        return None
+def alive_nodes() -> list[dict[str, Any]]:
+    """``ray.nodes()``'s alive ones (none when this process is not connected)."""
+    import ray
+
+    return [n for n in ray.nodes() if n.get("Alive")] if ray.is_initialized() else []
+
+
+def _worker_slots(nodes: list[dict[str, Any]], scaling: ScalingConfig) -> int:
+    """How many of ``scaling``'s workers ``nodes`` (``ray.nodes()``'s alive ones) hold, by their total resources."""
     slots = 0
     for n in nodes:
         res = n.get("Resources", {})
         fits = math.floor(res.get("CPU", 0.0) / scaling.cpus_per_worker + 1e-9)
         slots += min(fits, math.floor(res.get("GPU", 0.0))) if scaling.use_gpu else fits
-    if slots >= scaling.num_workers:
-        return None
+    return slots
+
+
+def _cluster(nodes: list[dict[str, Any]], scaling: ScalingConfig) -> str:
     cpus = sum(n.get("Resources", {}).get("CPU", 0.0) for n in nodes)
     gpus = sum(n.get("Resources", {}).get("GPU", 0.0) for n in nodes)
-    have = f"{len(nodes)} node(s) with {cpus:g} CPU" + (f" and {gpus:g} GPU" if scaling.use_gpu else "")
-    need = _request(scaling)
-    return (f"the Ray cluster has {have}: room for {slots} of {need}. Waiting up to scaling.resource_wait_s="
-            f"{scaling.resource_wait_s:g}s for nodes to join (an autoscaler, or `pbp stack up --workers N` on the "
-            "local stack); or lower scaling.num_workers / scaling.cpus_per_worker")  # fmt: skip
+    return f"{len(nodes)} node(s) with {cpus:g} CPU" + (f" and {gpus:g} GPU" if scaling.use_gpu else "")
+
+
+def capacity_note(nodes: list[dict[str, Any]], scaling: ScalingConfig) -> str | None:
+    """A line saying that ``nodes`` (``ray.nodes()``'s alive ones), counted by their total resources, cannot hold
+    ``scaling``'s workers and what the run does about it; None when they can."""
+    if scaling.cpus_per_worker <= 0:
+        return None
+    slots = _worker_slots(nodes, scaling)
+    if slots >= scaling.num_workers:
+        return None
+    return (f"the Ray cluster has {_cluster(nodes, scaling)}: room for {slots} of {_request(scaling)}. Waiting up to "
+            f"scaling.resource_wait_s={scaling.resource_wait_s:g}s for nodes to join (an autoscaler, or `pbp stack up "
+            "--workers N` on the local stack); or lower scaling.num_workers / scaling.cpus_per_worker")  # fmt: skip
+
+
+def concurrency_note(nodes: list[dict[str, Any]], trial: ScalingConfig, concurrent: int) -> str | None:
+    """For a campaign: a line saying that ``nodes`` hold fewer than ``concurrent`` trials of ``trial``'s workers at
+    once (the others wait for a free slot), or none (:func:`capacity_note`); None when they hold them all."""
+    groups = _worker_slots(nodes, trial) // trial.num_workers
+    if groups >= concurrent:
+        return None
+    if groups == 0:
+        return capacity_note(nodes, trial)
+    return (f"the Ray cluster has {_cluster(nodes, trial)}: room for {groups} of max_concurrent_trials={concurrent} "
+            f"trials of {_request(trial)}; the others start as slots free up (or as nodes join)")  # fmt: skip
 
 
 def capacity_error(error: BaseException, scaling: ScalingConfig) -> ClusterCapacityError | None:

@@ -78,7 +78,8 @@ def run_campaign(cfg: TuneConfig, *, resume: bool = False, warm_start: str | Non
     """Run (or, with ``resume``, continue) a campaign; everything checkable is checked before any trial starts."""
     from pbp.finetune.launch import resolve_config
     from pbp.names import check_name
-    from pbp.train.launch import connect_ray, git_commit
+    from pbp.train.config import ScalingConfig
+    from pbp.train.launch import alive_nodes, concurrency_note, connect_ray, git_commit
     from pbp.train.tracking import Tracker
 
     base_cfg = check_space(cfg)
@@ -105,6 +106,10 @@ def run_campaign(cfg: TuneConfig, *, resume: bool = False, warm_start: str | Non
     base = to_dict(replace(base_cfg, tracking=replace(base_cfg.tracking, experiment=cfg.experiment)))
     base["scaling"].update(num_workers=cfg.trial_workers, cpus_per_worker=cfg.cpus_per_trial_worker,
                            use_gpu=cfg.use_gpu, max_failures=cfg.max_failures)  # fmt: skip
+    note = concurrency_note(alive_nodes(), ScalingConfig(**base["scaling"]), min(cfg.max_concurrent_trials,
+                                                                                   cfg.num_samples))  # fmt: skip
+    if note:
+        print(f"[{cfg.name}] {note}", flush=True)
     ctx = {"campaign": cfg.name, "trials_url": f"{url}/trials", "parent_run_id": parent.run_id,
            "tags": {**ft_meta["tags"], "pbp.campaign": cfg.name}}  # fmt: skip
     t0 = time.time()
