@@ -179,8 +179,11 @@ def test_a_cache_build_says_its_progress_in_whole_lines_with_rate_and_time_left(
     data = _load(tmp_path, "numeric", _seqs(12, 3, 30, seed=4))
     model = _frozen(tiny_cfg, data.spec)
     assert build_cache(model, data.train, 64, 100.0, 0.0, CPU, show_progress=True) is not None
-    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("feature cache: train:")]
+    out = capsys.readouterr().out.splitlines()
+    lines = [ln for ln in out if ln.startswith("feature cache: train:")]
     n = len(data.train)
+    # the summary last, on the same stream (it was a log line on stderr: a Ray job's log showed it after epoch lines)
+    assert re.fullmatch(rf"feature cache: train, {n} rows x \d+ features, float32 \(0 MiB\)", out[-1]), out
     assert lines and all(re.fullmatch(rf"feature cache: train: \d+/{n} sequences \(\d+ s(, [\d,]+/s, ETA \d+ s)?\)",
                                       ln) for ln in lines), lines  # fmt: skip
     counts = [int(re.search(r"(\d+)/", ln).group(1)) for ln in lines]

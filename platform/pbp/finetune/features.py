@@ -122,9 +122,10 @@ def build_cache(
                     progress.update(_store(feats, labels, offsets, got))
     model.train(was_training)
     shared_by = ctx.local_world_size if node is not None else 1
-    if ctx.rank == 0:  # the same for every rank
-        log.info("feature cache: %s, %d rows x %d features, %s (%.0f MiB)%s", split.name, len(feats), F, storage,
-                 fp32 if storage == "float32" else fp16, f", shared by the node's {shared_by} ranks" if node else "")  # fmt: skip
+    if ctx.rank == 0:  # the same for every rank; on stdout after the progress lines (Ray reads stderr apart)
+        mib = fp32 if storage == "float32" else fp16
+        print(f"feature cache: {split.name}, {len(feats)} rows x {F} features, {storage} ({mib:.0f} MiB)"
+              + (f", shared by the node's {shared_by} ranks" if node else ""), flush=True)  # fmt: skip
     return FeatureCache(feats, labels, offsets, storage, shared_by)
 
 
