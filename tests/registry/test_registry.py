@@ -76,6 +76,15 @@ def test_register_gate_promote_refuse_force_rollback_and_history(stack_dir, pbp,
     listed = [x.split() for x in ok(pbp("registry", "list")).splitlines()]
     assert [name, "2", "1"] == next(row for row in listed if row[0] == name)[:3]
     assert not any(row[0].endswith(".pbp-lock") for row in listed)  # pbp's lock models are not the user's
+    # the same for machines (a promotion pipeline reads the champion and the figures)
+    doc = json.loads(ok(pbp("registry", "list", name, "--json")))
+    assert doc["model"] == name and doc["champion"] == "1" and [v["version"] for v in doc["versions"]] == ["2", "1"]
+    v1 = doc["versions"][1]
+    assert v1["aliases"] == ["champion"] and v1["metric"] == "test_spearman" and v1["value"] == pytest.approx(1.0)
+    assert v1["baseline"] == 0.0 and v1["kind"] == "finetuned" and v1["split"].startswith(test.name)
+    models = json.loads(ok(pbp("registry", "list", "--json")))["models"]
+    mine = next(m for m in models if m["name"] == name)
+    assert (mine["latest"], mine["champion"], mine["task"]) == ("2", "1", "stability (numeric)")
 
     from mlflow.tracking import MlflowClient
 

@@ -37,6 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ls = rsub.add_parser("list", help="registered models; with NAME its versions: aliases, origin, test metric "
                          "beside its trivial baseline, test split")  # fmt: skip
     ls.add_argument("name", nargs="?", default="")
+    ls.add_argument("--json", action="store_true", help="as JSON (a missing figure is null)")
     ls.set_defaults(func=_mlflow_errors(cmd_list))
 
     h = rsub.add_parser("history", help="the audit trail of a model: who was champion when, and why")
@@ -122,7 +123,10 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from pbp.registry.listing import models_table, versions_table
+    from pbp.registry.listing import listing_json, models_table, versions_table
 
-    print(versions_table(args.name) if args.name else models_table())
+    if args.json:
+        print(json.dumps(listing_json(args.name), indent=2))
+    else:
+        print(versions_table(args.name) if args.name else models_table())
     return 0

@@ -88,22 +88,57 @@ def versions_table(name: str) -> str:
     return "\n".join(lines)
 
 
+@dataclass
+class ModelRow:
+    name: str
+    latest: str
+    champion: str
+    updated: str
+    task: str
+
+
+def model_rows() -> list[ModelRow]:
+    """Every registered model but pbp's locks, by name."""
+    c = client()
+    models = [m for m in call("the registered models", lambda: _all_models(c)) if not m.name.endswith(LOCK_SUFFIX)]
+    rows = []
+    for m in sorted(models, key=lambda m: m.name):
+        latest = str(max((int(v.version) for v in m.latest_versions or []), default=0) or "")
+        champion = str(dict(m.aliases or {}).get(CHAMPION, ""))
+        rows.append(ModelRow(m.name, latest, champion, _created(m.last_updated_timestamp),
+                             _task_of(c, m.name, champion or latest)))  # fmt: skip
+    return rows
+
+
 def models_table() -> str:
     from pbp.console import aligned
 
-    c = client()
-    models = [m for m in call("the registered models", lambda: _all_models(c)) if not m.name.endswith(LOCK_SUFFIX)]
-    if not models:
+    rows = model_rows()
+    if not rows:
         return "no registered models (pbp registry register SOURCE --name NAME)"
-    cells = []
-    for m in sorted(models, key=lambda m: m.name):
-        latest = max((int(v.version) for v in m.latest_versions or []), default=0)
-        champion = str(dict(m.aliases or {}).get(CHAMPION, ""))
-        cells.append([m.name, str(latest or "-"), champion or "-", _created(m.last_updated_timestamp),
-                      _task_of(c, m.name, champion or str(latest or ""))])  # fmt: skip
+    cells = [[r.name, r.latest or "-", r.champion or "-", r.updated, r.task] for r in rows]
     lines = aligned(["model", "latest", f"@{CHAMPION}", "updated (UTC)", "task"], cells, right=(1, 2))
-    lines.append(f"{len(models)} model(s); `pbp registry list NAME` shows a model's versions")
+    lines.append(f"{len(rows)} model(s); `pbp registry list NAME` shows a model's versions")
     return "\n".join(lines)
+
+
+def listing_json(name: str = "") -> dict[str, Any]:
+    """``pbp registry list [NAME] --json``: the same rows for machines (a missing figure is null; times are UTC)."""
+    from dataclasses import asdict
+
+    def plain(row: Any) -> dict[str, Any]:
+        return {k: None if _missing(v) else v for k, v in asdict(row).items()}
+
+    if not name:
+        return {"models": [plain(r) for r in model_rows()]}
+    rows = version_rows(name)
+    champion = next((r.version for r in rows if CHAMPION in r.aliases), None)
+    return {"model": name, CHAMPION: champion, "versions": [plain(r) for r in rows]}
+
+
+def _missing(value: Any) -> bool:
+    """A cell the tables show as ``-`` (or leave empty, or NaN)."""
+    return value in ("", "-") or (isinstance(value, float) and not math.isfinite(value))
 
 
 def _all_models(c: Any) -> list[Any]:
