@@ -34,3 +34,11 @@ def test_lock_pins_the_measured_set():
     assert pins["s3fs"].startswith("2026.")  # without the lock pip backtracks to s3fs 0.4
     for name in ("ray", "deepspeed", "mlflow", "boto3", "botocore", "aiobotocore", "webdataset", "optuna"):
         assert name in pins, name
+
+
+def test_no_database_or_large_file_is_tracked():
+    """mlflow.db (a local MLflow client's default store) was committed once by accident."""
+    tracked = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z"], capture_output=True, check=True).stdout
+    paths = [REPO / p for p in tracked.decode().split("\0") if p]
+    assert not [p for p in paths if p.suffix in (".db", ".sqlite", ".pkl", ".pt", ".safetensors")]
+    assert not [p for p in paths if p.is_file() and p.stat().st_size > 512 * 1024]

@@ -43,6 +43,41 @@ def test_project_root_is_found_from_a_subdirectory_and_outside_it_the_error_says
     assert "s3:// URLs" in str(e.value)
 
 
+def test_the_package_lists_what_ships_and_a_large_one_is_named_before_anything_is_uploaded(tmp_path, monkeypatch):
+    """`pbp submit` said only 'uploading DIR': a 300 MiB CSV left in the project went to every node unannounced."""
+    import subprocess
+
+    root = tmp_path / "proj"
+    (root / "jobs").mkdir(parents=True)
+    (root / "platform" / "pbp").mkdir(parents=True)
+    (root / "jobs" / "smoke.py").write_text("print('hi')\n")
+    (root / "platform" / "pbp" / "__init__.py").write_text("")
+    (root / ".gitignore").write_text("ignored/\n")
+    (root / "ignored").mkdir()
+    (root / "ignored" / "big.bin").write_bytes(b"x" * 4096)
+    (root / "build").mkdir()
+    (root / "build" / "out.txt").write_text("built")  # pbp's EXCLUDES
+    (root / "weights.safetensors").write_bytes(b"w" * 100)  # pbp's EXCLUDES
+    (root / "data.csv").write_bytes(b"s" * 3000)  # untracked, not ignored: it ships
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    subprocess.run(["git", "-C", str(root), "add", "jobs", "platform", ".gitignore"], check=True)
+    pkg = submit.package_contents(root)
+    assert pkg.files == [("data.csv", 3000), ("jobs/smoke.py", 12), (".gitignore", 9),
+                         ("platform/pbp/__init__.py", 0)]  # fmt: skip
+    assert pkg.describe() == "4 files, 0.0 MiB" and pkg.largest(1) == "data.csv (0.0 MiB)"
+
+    monkeypatch.setattr(submit, "PACKAGE_REFUSE_BYTES", 2000)  # the refusal comes before any request
+    monkeypatch.setattr(submit, "client", lambda *a, **k: pytest.fail("no request before the size is checked"))
+    monkeypatch.setattr(submit, "_free_submission_id", lambda *a: pytest.fail("no request"))
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:1")
+    with pytest.raises(
+        submit.SubmitError,
+        match=r"the job's package would be 4 files, .* over Ray's upload limit of "
+        r"0\.0 MiB; the largest: data\.csv \(0\.0 MiB\)",
+    ):
+        submit.submit("smoke", None, root=root)
+
+
 def _fake_stack(d):
     state = StackState(state_dir=str(d))
     state.services = {

@@ -26,6 +26,7 @@ import re
 import shlex
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -238,6 +239,11 @@ def submit(
     config = config.resolve() if config is not None else None
     rel_config = _inside_project(config, root) if config is not None else None
     check_job_config(job, config, overrides, root)
+    pkg = package_contents(root)
+    if pkg.total >= PACKAGE_REFUSE_BYTES:
+        raise SubmitError(f"{root}: the job's package would be {pkg.describe()}, over Ray's upload limit of "
+                          f"{_mib(PACKAGE_REFUSE_BYTES)}; the largest: {pkg.largest()}. Add them to .gitignore (or "
+                          "move them out of the project) and give the job their s3:// URLs")  # fmt: skip
     entrypoint = shlex.join(["python", f"jobs/{job}.py", *(["--config", str(rel_config)] if rel_config else []),
                              *overrides])  # fmt: skip
     ep = resolve()
@@ -259,7 +265,11 @@ def submit(
         "py_modules": [str(root / "platform" / "pbp")],
         "env_vars": env_vars,
     }
-    log(f"uploading {root} (pbp's excludes and .gitignore apply; Ray skips a package the cluster already has)")
+    log(f"uploading {root}: {pkg.describe()} (pbp's excludes and .gitignore apply; Ray skips a package the cluster "
+        "already has)")  # fmt: skip
+    if pkg.total >= PACKAGE_WARN_BYTES:
+        log(f"pbp: the package is large, every node downloads it; the largest: {pkg.largest()} (add data and "
+            "checkpoints to .gitignore and give the job their s3:// URLs)")  # fmt: skip
     with _quiet_ray_packaging():
         c.submit_job(
             entrypoint=entrypoint,
@@ -270,6 +280,53 @@ def submit(
         )
     log(f"submitted {sid}: {entrypoint}")
     return sid
+
+
+PACKAGE_WARN_BYTES = 50 * 2**20
+PACKAGE_REFUSE_BYTES = 512 * 2**20
+"""Ray refuses a runtime_env package of its max gRPC message size (512 MiB by default) after zipping it."""
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+@dataclass
+class PackageContents:
+    """What ``pbp submit`` ships as the job's working_dir (before Ray zips it)."""
+
+    files: list[tuple[str, int]]
+    """(path relative to the project, bytes), largest first."""
+
+    @property
+    def total(self) -> int:
+        return sum(size for _, size in self.files)
+
+    def describe(self) -> str:
+        return f"{len(self.files)} files, {_mib(self.total)}"
+
+    def largest(self, n: int = 3) -> str:
+        return ", ".join(f"{rel} ({_mib(size)})" for rel, size in self.files[:n])
+
+
+def package_contents(root: Path) -> PackageContents:
+    """The files of ``root`` the job's package holds: git's tracked and untracked-but-not-ignored files (where
+    ``root`` is a git work tree; else every file), less pbp's ``EXCLUDES``, as Ray applies them."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                             capture_output=True, timeout=30, check=True).stdout  # fmt: skip
+        rels = [r for r in out.decode("utf-8", "replace").split("\0") if r]
+    except (OSError, subprocess.SubprocessError):
+        rels = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
+    files = []
+    for rel in dict.fromkeys(rels):
+        path = root / rel
+        if _excludes().match_file(rel) or not path.is_file():  # (a file git lists may have been deleted since)
+            continue
+        files.append((rel, path.stat().st_size))
+    return PackageContents(sorted(files, key=lambda f: -f[1]))
 
 
 RAY_PACKAGING_LOGGERS = ("ray._private.runtime_env.packaging", "ray._private.runtime_env.working_dir",
