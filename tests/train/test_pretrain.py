@@ -155,6 +155,17 @@ def test_a_rerun_with_another_optimizer_or_dataset_is_refused_before_any_worker(
     assert (
         "optim.lr: 0.002 -> 0.001" in out and "data.shuffle_buffer: 200 -> 10" in out and "Connected to Ray" not in out
     )
+    # ZeRO-2's optimizer state is partitioned over the run's 2 workers: before, each retried worker failed with
+    # DeepSpeed's "Automatic adjustment of ZeRO's optimizer state partitioning ... is not currently supported"
+    res = _pretrain(stack_dir, baseline, dataset, "scaling.num_workers=1", f"max_steps={STEPS + EVERY}")
+    out = res.stdout + res.stderr
+    assert res.returncode == 2, out[-3000:]
+    assert (
+        "optimizer state partitioned over 2 workers, which DeepSpeed cannot re-partition for 1: continue it with "
+        "scaling.num_workers=2"
+        in out
+        and "Connected to Ray" not in out
+    )
 
 
 # Losses and weights of a killed-and-resumed run against the uninterrupted baseline. The resumed run replays the

@@ -465,6 +465,7 @@ def pretrain(
     done = _finished(meta["run_url"], cfg.max_steps, newest)
     if done is not None:
         return done
+    check_same_world_size(newest, cfg)
     if os.environ.get("PBP_TEST_INJECT_NONFINITE"):  # test hook: NaN losses at these steps (a fault on cue)
         meta["inject_nonfinite_steps"] = [int(s) for s in os.environ["PBP_TEST_INJECT_NONFINITE"].split(",")]
     connect_ray(address)
@@ -483,6 +484,23 @@ def finished_run(run_url: str, max_steps: int) -> PretrainResult | None:
     from pbp.train.checkpoint import newest_commit, storage_dir
 
     return _finished(run_url, max_steps, newest_commit(storage_dir(run_url)))
+
+
+def check_same_world_size(newest: tuple[str, CommitRecord] | None, cfg: PretrainConfig) -> None:
+    """ZeRO stages 1-3 partition the optimizer state over the workers, and DeepSpeed cannot re-partition a
+    checkpoint for another count: refused here, before any worker starts (each retried worker failed with
+    DeepSpeed's ZeRORuntimeException)."""
+    from pbp.train.run_identity import RunConfigChangedError
+
+    if newest is None or cfg.deepspeed.zero_stage == 0 or newest[1].world_size == cfg.scaling.num_workers:
+        return
+    url, commit = newest
+    raise RunConfigChangedError(
+        f"run {cfg.run_name!r}: its newest checkpoint ({url}) holds DeepSpeed ZeRO-{cfg.deepspeed.zero_stage} "
+        f"optimizer state partitioned over {commit.world_size} workers, which DeepSpeed cannot re-partition for "
+        f"{cfg.scaling.num_workers}: continue it with scaling.num_workers={commit.world_size}, or start a new run "
+        f"(run_name={cfg.run_name}-2)"
+    )
 
 
 def _finished(run_url: str, max_steps: int, newest: tuple[str, CommitRecord] | None) -> PretrainResult | None:
