@@ -158,6 +158,33 @@ def test_a_campaign_says_when_the_cluster_holds_fewer_trials_at_once_than_it_ask
     assert note and "room for 1 of 2 worker(s) x 1 CPU. Waiting up to scaling.resource_wait_s=30s" in note
 
 
+def test_a_run_whose_workers_failed_every_try_says_each_ranks_cause_in_one_message():
+    """Before: the driver's and Ray's tracebacks of WorkerGroupError, about 60 lines, after the workers' own."""
+    from ray.train import WorkerGroupError
+
+    from pbp.train.config import ScalingConfig
+    from pbp.train.launch import failed_run_error
+
+    died = RuntimeError(
+        "A worker health check failed.\nWorker info: Worker(...)\nThe actor died unexpectedly before finishing this "
+        "task.\nThe actor is dead because its worker process has died. Worker exit type: SYSTEM_ERROR Worker exit "
+        "detail: Worker unexpectedly exits with a connection error code 2. End of file. Some common causes include: "
+        "(1) the process was killed by the OOM killer due to high memory usage, (2) ray stop --force was called"
+    )
+    bad = ValueError("size mismatch for head.weight\n\tmore detail")
+    e = WorkerGroupError("snippet", {1: bad, 0: bad, 2: died})
+    err = failed_run_error(e, ScalingConfig(max_failures=2), "ft-x")
+    assert err is not None and str(err) == (
+        "run ft-x failed on 3 tries (scaling.max_failures=2); ranks 0, 1: ValueError: size mismatch for head.weight; "
+        "rank 2: its process died (Worker unexpectedly exits with a connection error code 2. End of file. Usually "
+        "the OOM killer, a signal or a crash in native code). Its newest complete checkpoint is kept: once the cause "
+        "is fixed, the same command continues from it (each worker's traceback is above)"
+    )
+    assert "failed on 1 try (scaling.max_failures=0)" in str(failed_run_error(e, ScalingConfig(max_failures=0), "r"))
+    assert failed_run_error(e, ScalingConfig(), "") is None  # a campaign's trial: the campaign reports its error
+    assert failed_run_error(ValueError("not Ray Train's"), ScalingConfig(), "ft-x") is None
+
+
 def test_pretraining_refuses_a_dataset_without_go_terms_naming_it(tmp_path):
     """Before: 'model.n_annotations must be >= 1, got 0', about a field the user never set."""
     from pbp.data.shards import BuildConfig, Inputs, build

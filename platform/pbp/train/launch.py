@@ -159,11 +159,48 @@ def fit(trainer, scaling: ScalingConfig, run_name: str = ""):
         raise KeyboardInterrupt(f"run {run_name} stopped; its newest complete checkpoint is kept: the same command "
                                 "(the same run_name) continues from it") from None  # fmt: skip
     except Exception as e:
-        better = capacity_error(e, scaling)
+        better = capacity_error(e, scaling) or failed_run_error(e, scaling, run_name)
         if better is None:
             raise
-        raise better from None
+        raise better from e
     return result
+
+
+class RunFailedError(UserError, RuntimeError):
+    """A run's workers failed more often than ``scaling.max_failures``; the message names each rank's cause."""
+
+
+def failed_run_error(error: BaseException, scaling: ScalingConfig, run_name: str) -> RunFailedError | None:
+    """One message for Ray Train's ``WorkerGroupError`` (the workers failed on every allowed try): each rank's cause
+    in a line, what is kept and how to continue, in place of 60 lines of the driver's and Ray's tracebacks (the
+    workers' own tracebacks are printed above it as they failed). None for another error."""
+    from ray.train import WorkerGroupError
+
+    if not isinstance(error, WorkerGroupError) or not run_name:  # a campaign's trial: the campaign reports the error
+        return None
+    by_cause: dict[str, list[int]] = {}
+    for rank, exc in sorted(error.worker_failures.items()):
+        by_cause.setdefault(worker_cause(exc), []).append(rank)
+    causes = "; ".join(f"rank{'s' if len(r) > 1 else ''} {', '.join(map(str, r))}: {c}" for c, r in by_cause.items())
+    tries = f"{scaling.max_failures + 1} tr{'y' if scaling.max_failures == 0 else 'ies'}"
+    return RunFailedError(
+        f"run {run_name} failed on {tries} (scaling.max_failures={scaling.max_failures}); "
+        f"{causes or 'no worker said why'}. Its newest complete checkpoint is kept: once the cause is fixed, the same "
+        "command continues from it (each worker's traceback is above)"
+    )
+
+
+def worker_cause(exc: BaseException, width: int = 240) -> str:
+    """A worker's failure in one line: a dead process with Ray's reason (a signal, the OOM killer, a lost node), or
+    the exception's type and first line."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    died = next((ln for ln in lines if "Worker exit type:" in ln), None)
+    if died is not None:  # Ray's reason, without its list of usual causes
+        detail = died.split("Worker exit detail:", 1)[-1].split(" Some common causes include", 1)[0].strip()
+        text = f"its process died ({detail} Usually the OOM killer, a signal or a crash in native code)"
+    else:
+        text = f"{type(exc).__name__}: {lines[0] if lines else '(no message)'}"
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def _request(scaling: ScalingConfig) -> str:
