@@ -239,11 +239,7 @@ def submit(
     config = config.resolve() if config is not None else None
     rel_config = _inside_project(config, root) if config is not None else None
     check_job_config(job, config, overrides, root)
-    pkg = package_contents(root)
-    if pkg.total >= PACKAGE_REFUSE_BYTES:
-        raise SubmitError(f"{root}: the job's package would be {pkg.describe()}, over Ray's upload limit of "
-                          f"{_mib(PACKAGE_REFUSE_BYTES)}; the largest: {pkg.largest()}. Add them to .gitignore (or "
-                          "move them out of the project) and give the job their s3:// URLs")  # fmt: skip
+    pkg = _package_within_limit(root)
     entrypoint = shlex.join(["python", f"jobs/{job}.py", *(["--config", str(rel_config)] if rel_config else []),
                              *overrides])  # fmt: skip
     ep = resolve()
@@ -265,11 +261,7 @@ def submit(
         "py_modules": [str(root / "platform" / "pbp")],
         "env_vars": env_vars,
     }
-    log(f"uploading {root}: {pkg.describe()} (pbp's excludes and .gitignore apply; Ray skips a package the cluster "
-        "already has)")  # fmt: skip
-    if pkg.total >= PACKAGE_WARN_BYTES:
-        log(f"pbp: the package is large, every node downloads it; the largest: {pkg.largest()} (add data and "
-            "checkpoints to .gitignore and give the job their s3:// URLs)")  # fmt: skip
+    _announce(pkg, root, log)
     with _quiet_ray_packaging():
         c.submit_job(
             entrypoint=entrypoint,
@@ -307,6 +299,24 @@ class PackageContents:
 
     def largest(self, n: int = 3) -> str:
         return ", ".join(f"{rel} ({_mib(size)})" for rel, size in self.files[:n])
+
+
+def _package_within_limit(root: Path) -> PackageContents:
+    """The job's package, refused before any request when Ray would refuse it after zipping and uploading."""
+    pkg = package_contents(root)
+    if pkg.total >= PACKAGE_REFUSE_BYTES:
+        raise SubmitError(f"{root}: the job's package would be {pkg.describe()}, over Ray's upload limit of "
+                          f"{_mib(PACKAGE_REFUSE_BYTES)}; the largest: {pkg.largest()}. Add them to .gitignore (or "
+                          "move them out of the project) and give the job their s3:// URLs")  # fmt: skip
+    return pkg
+
+
+def _announce(pkg: PackageContents, root: Path, log: Callable[[str], None]) -> None:
+    log(f"uploading {root}: {pkg.describe()} (pbp's excludes and .gitignore apply; Ray skips a package the cluster "
+        "already has)")  # fmt: skip
+    if pkg.total >= PACKAGE_WARN_BYTES:
+        log(f"pbp: the package is large, every node downloads it; the largest: {pkg.largest()} (add data and "
+            "checkpoints to .gitignore and give the job their s3:// URLs)")  # fmt: skip
 
 
 def package_contents(root: Path) -> PackageContents:
