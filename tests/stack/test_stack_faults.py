@@ -165,9 +165,17 @@ def test_a_second_stack_runs_beside_the_first_on_other_ports(stack_dir, tmp_path
     assert all(r.healthy for r in manager.status(stack_dir)[1])  # the first stack is untouched
 
 
-def test_env_lines_quote_values_and_fail_without_a_stack(tmp_path, stack_dir):
+def test_env_lines_quote_values_and_fail_without_a_stack(tmp_path, stack_dir, capsys):
     lines = manager.env_lines(stack_dir)
     assert any(ln.startswith("export AWS_ENDPOINT_URL=") for ln in lines)
     assert any(ln.startswith("export RAY_AUTH_TOKEN_PATH=") for ln in lines)
+    # `ray status` refuses RAY_ADDRESS (the Jobs API's http URL): the shell lines end saying which address it takes
+    from pbp.stack.state import StackState
+
+    assert main(["stack", "env", "--state-dir", str(stack_dir)]) == 0
+    state = StackState.load(stack_dir)
+    assert state is not None
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last == f"# Ray's own CLI (ray status, ray list ...): --address {state.ray_gcs_address}"
     with pytest.raises(StackStateError, match="no stack here"):
         manager.env_lines(tmp_path)
