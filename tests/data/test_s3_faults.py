@@ -93,3 +93,25 @@ def test_a_reader_without_shards_is_a_clear_error(endpoints, tmp_path):
     Store(empty_url, endpoints).put_bytes("manifest.json", json.dumps(doc).encode())
     with pytest.raises(DatasetError, match="no 'valid' shards in the manifest"):
         PretrainingStream(cfg.__class__(url=empty_url, split="valid"), store=Store(empty_url, endpoints))
+
+
+def test_a_run_finds_out_in_seconds_that_storage_is_down_a_bucket_missing_or_its_keys_wrong(endpoints):
+    """Before: `pbp finetune` with SeaweedFS down retried for 68 s and ended in a pyarrow traceback; a storage_path
+    in a bucket that does not exist went on to the workers."""
+    import socket
+    import time
+
+    from pbp.data.storage import StorageUnavailableError, check_object_storage
+
+    check_object_storage("s3://pbp-runs/finetune", "s3://pbp-data/x/", "/a/local/path.csv", "none", endpoints=endpoints)
+    with pytest.raises(StorageUnavailableError, match=r"s3://no-such-bucket-\d+/: no such bucket at http://"):
+        check_object_storage(f"s3://no-such-bucket-{random.randrange(10**6)}/runs", endpoints=endpoints)
+    with pytest.raises(StorageUnavailableError, match=r"s3://pbp-runs/: access refused at .* check AWS_ACCESS_KEY_ID"):
+        check_object_storage("s3://pbp-runs/x", endpoints=dataclasses.replace(endpoints, s3_secret_key="wrong"))
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    t0 = time.monotonic()
+    with pytest.raises(StorageUnavailableError, match=rf"object storage at {dead} does not answer .*`pbp stack up`"):
+        check_object_storage("s3://pbp-runs/x", endpoints=dataclasses.replace(endpoints, s3_endpoint=dead))
+    assert time.monotonic() - t0 < 30  # not a minute of retries

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+from pbp.errors import UserError
 from pbp.stack.endpoints import Endpoints, resolve
 from pbp.stack.state import atomic_write
 
@@ -47,6 +48,38 @@ def with_retries(what: str, fn: Callable[[], T], retries: int = RETRIES) -> T:
                 raise OSError(f"{what}: failed after {retries + 1} attempts: {e}") from e
             time.sleep(min(0.2 * 2**attempt, MAX_BACKOFF_S))
     raise AssertionError("unreachable")
+
+
+class StorageUnavailableError(UserError, RuntimeError):
+    """Object storage does not answer, or a bucket a run needs is not there; the message names it and the way out."""
+
+
+def check_object_storage(*urls: str, endpoints: Endpoints | None = None) -> None:
+    """On a driver, before anything starts: the S3 endpoint answers and the bucket of each ``s3://`` URL exists. In
+    seconds: without it a run found out after a minute of retries, in a pyarrow traceback."""
+    buckets = sorted({u[len("s3://") :].split("/", 1)[0] for u in urls if is_s3(u)})
+    if not buckets:
+        return
+    import botocore.exceptions as bex
+
+    ep = endpoints or resolve()
+    where = ep.s3_endpoint or "AWS S3"
+    client = ep.boto3_client(attempts=2, connect_timeout=5, read_timeout=15)
+    for bucket in buckets:
+        try:
+            client.head_bucket(Bucket=bucket)
+        except (bex.EndpointConnectionError, bex.ConnectTimeoutError, bex.ReadTimeoutError) as e:
+            raise StorageUnavailableError(f"object storage at {where} does not answer ({e}): start it (`pbp stack up` "
+                                          "for the local stack) or point AWS_ENDPOINT_URL at yours") from None  # fmt: skip
+        except bex.ClientError as e:
+            code = str(e.response.get("Error", {}).get("Code", ""))
+            if code in ("404", "NoSuchBucket"):
+                raise StorageUnavailableError(f"s3://{bucket}/: no such bucket at {where}: create it, or give a URL "
+                                              "in a bucket that exists") from None  # fmt: skip
+            if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+                raise StorageUnavailableError(f"s3://{bucket}/: access refused at {where} ({code}): check "
+                                              "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY") from None  # fmt: skip
+            raise
 
 
 _FS_CACHE: dict[tuple, Any] = {}

@@ -25,6 +25,7 @@ log = logging.getLogger("pbp.finetune")
 
 def resolve_config(cfg: FinetuneConfig, tags: dict[str, str] | None = None) -> tuple[FinetuneConfig, dict[str, Any]]:
     """Fill the storage path; check the task and the starting point. -> (config, meta for the workers)."""
+    from pbp.data.storage import check_object_storage
     from pbp.finetune.export import load_body
     from pbp.train.launch import git_commit
     from pbp.train.tracking import check_tracking_server
@@ -43,6 +44,7 @@ def resolve_config(cfg: FinetuneConfig, tags: dict[str, str] | None = None) -> t
                                     f"current directory, {Path.cwd()})")  # fmt: skip
             task = replace(task, **{role: str(path)})  # type: ignore[arg-type]
     cfg = replace(cfg, task=task)
+    check_object_storage(task.train, task.valid, task.test, cfg.init)  # inputs first, then where the run goes
     data: TaskData = load_task(cfg.task, cfg.seed)
     for role, n in data.dropped.items():
         log.warning("%s: %d rows left out, their class does not occur in the training file (task.unseen_labels=drop)",
@@ -56,6 +58,7 @@ def resolve_config(cfg: FinetuneConfig, tags: dict[str, str] | None = None) -> t
         if meta.get("pbp.dataset_manifest_sha256"):  # the pretraining data behind the starting point
             lineage["pbp.init_dataset_manifest_sha256"] = str(meta["pbp.dataset_manifest_sha256"])
     storage = cfg.checkpoint.storage_path or f"s3://{resolve().buckets.get('runs', 'pbp-runs')}/finetune"
+    check_object_storage(storage)
     cfg = replace(cfg, checkpoint=replace(cfg.checkpoint, storage_path=storage))
     meta_out = {
         "identity": run_identity(cfg, data.digests),

@@ -38,7 +38,7 @@ class Endpoints:
 
     # ---- clients ------------------------------------------------------------------------------------------
 
-    def boto3_client(self, **config: Any):
+    def boto3_client(self, attempts: int = S3_MAX_ATTEMPTS, **config: Any):
         import boto3
         from botocore.config import Config
 
@@ -48,7 +48,7 @@ class Endpoints:
             aws_access_key_id=self.s3_access_key,
             aws_secret_access_key=self.s3_secret_key,
             region_name=self.s3_region,
-            config=Config(retries={"max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"}, **config),
+            config=Config(retries={"max_attempts": attempts, "mode": "standard"}, **config),
         )
 
     def s3fs_options(self) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pbp.config import to_dict
 from pbp.data.shards import load_manifest, manifest_digest
+from pbp.data.storage import check_object_storage
 from pbp.errors import UserError
 from pbp.stack.endpoints import resolve, set_ray_auth_env
 from pbp.train.config import PretrainConfig, ScalingConfig
@@ -42,6 +43,7 @@ def resolve_config(cfg: PretrainConfig) -> tuple[PretrainConfig, dict[str, Any]]
         raise ValueError("data.url is empty: point it at a dataset built by `pbp data build`")
     if cfg.tracking.enabled:
         check_tracking_server()
+    check_object_storage(cfg.data.url)  # inputs first, then what the data says, then where the run goes
     manifest = load_manifest(cfg.data.url)
     n_terms = len(manifest["go_vocabulary"])
     if n_terms == 0:
@@ -54,6 +56,7 @@ def resolve_config(cfg: PretrainConfig) -> tuple[PretrainConfig, dict[str, Any]]
         log.warning("model.n_annotations=%d set to the dataset's %d GO terms", cfg.model.n_annotations, n_terms)
         cfg = replace(cfg, model=replace(cfg.model, n_annotations=n_terms))
     storage = cfg.checkpoint.storage_path or f"s3://{ep.buckets.get('runs', 'pbp-runs')}/pretrain"
+    check_object_storage(storage)
     cfg = replace(cfg, checkpoint=replace(cfg.checkpoint, storage_path=storage))
     digest = manifest_digest(manifest)
     meta = {

@@ -76,6 +76,7 @@ def _metric_and_mode(cfg: TuneConfig, base: FinetuneConfig) -> tuple[str, str]:
 
 def run_campaign(cfg: TuneConfig, *, resume: bool = False, warm_start: str | None = None, address: str | None = None):
     """Run (or, with ``resume``, continue) a campaign; everything checkable is checked before any trial starts."""
+    from pbp.data.storage import check_object_storage
     from pbp.finetune.launch import resolve_config
     from pbp.names import check_name
     from pbp.train.config import ScalingConfig
@@ -87,6 +88,7 @@ def run_campaign(cfg: TuneConfig, *, resume: bool = False, warm_start: str | Non
     metric, mode = _metric_and_mode(cfg, base_cfg)
     url = campaign_url(cfg.name, cfg.storage_path)
     storage = url.rsplit("/", 1)[0]
+    check_object_storage(url)
     exists = campaign_exists(url)
     if exists and not resume:
         raise CampaignError(f"campaign {cfg.name!r} already exists at {url}: `pbp tune --resume {cfg.name}` "
