@@ -78,7 +78,9 @@ def check_object_storage(*urls: str, endpoints: Endpoints | None = None) -> None
                                               "in a bucket that exists") from None  # fmt: skip
             if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
                 raise StorageUnavailableError(f"s3://{bucket}/: access refused at {where} ({code}): check "
-                                              "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY") from None  # fmt: skip
+                                              "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (pbp lists runs and "
+                                              "datasets: it needs s3:ListBucket besides reading and writing "
+                                              "objects)") from None  # fmt: skip
             raise
 
 
