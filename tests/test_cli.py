@@ -124,3 +124,37 @@ def test_jobs_list_shows_submitted_jobs_and_counts_the_drivers_that_connected_di
     every = jobs_table(jobs, "http://h:1", drivers=True)
     assert "09000000 (direct)" in every and "pbp-tune-x" in every
     assert jobs_table(jobs[:1], "http://h:1").endswith("; 1 driver(s) connected directly (--all lists them)")
+
+
+def test_mlflow_not_answering_is_said_as_such_by_the_registry_and_model_loading(monkeypatch, capsys, tmp_path):
+    """Before: 'the MLflow server refused a request (INTERNAL_ERROR): API request to ... failed with exception
+    HTTPConnectionPool(...)': the server had refused nothing, it was not running."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", dead)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("PBP_STACK_DIR", str(tmp_path / "no-stack"))
+    fasta = tmp_path / "q.fasta"
+    fasta.write_text(">a\nMKV\n")
+    want = f"MLflow at {dead} does not answer (connection refused): start it (`pbp stack up` for the local stack)"
+    for argv in (
+        ["registry", "list"],
+        ["registry", "list", "stab"],
+        ["registry", "promote", "stab", "--version", "1"],
+        ["predict", "--model", "models:/stab@champion", "--input", str(fasta), "--out", str(tmp_path / "p")],
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert want in err and "INTERNAL_ERROR" not in err and "HTTPConnectionPool" not in err, (argv, err)
+
+
+def test_an_mlflow_error_that_is_not_a_dead_server_keeps_its_words():
+    from mlflow.exceptions import MlflowException
+
+    from pbp.train.tracking import unanswered
+
+    assert unanswered(MlflowException("Registered Model with name=x not found")) is None
+    assert unanswered(MlflowException("... Read timed out. (read timeout=120)")) is not None

@@ -54,11 +54,13 @@ def _mlflow_errors(fn):
         from mlflow.exceptions import MlflowException
 
         from pbp.registry.server import RegistryError
+        from pbp.train.tracking import unanswered
 
         try:
             return fn(args)
         except MlflowException as e:
-            raise RegistryError(f"the MLflow server refused a request ({e.error_code}): {e.message}") from None
+            down = unanswered(e)
+            raise RegistryError(down or f"the MLflow server refused a request ({e.error_code}): {e.message}") from None
 
     return run
 

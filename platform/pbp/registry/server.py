@@ -61,9 +61,13 @@ def call(what: str, fn: Callable[[], T], *, permission: str = "") -> T:
     """Run one server request; a refusal becomes a RegistryError saying ``what`` was refused and why."""
     from mlflow.exceptions import MlflowException
 
+    from pbp.train.tracking import unanswered
+
     try:
         return fn()
     except MlflowException as e:
+        if (down := unanswered(e)) is not None:
+            raise RegistryError(f"{what}: {down}") from None
         code = error_code(e)
         if code == "PERMISSION_DENIED":  # the basic-auth plugin also answers 403 for some things that do not exist
             need = f" (needs the {permission} permission)" if permission else ""

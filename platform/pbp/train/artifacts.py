@@ -56,7 +56,9 @@ def _fetch(location: str, what: str) -> tuple[Path, Path | None]:
             try:
                 return Path(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(scratch))), scratch
             except MlflowException as e:  # no such model, version, alias or run; no permission: MLflow's words
-                raise ModelLocationError(f"{what}={location!r}: {e.message}") from None
+                from pbp.train.tracking import unanswered
+
+                raise ModelLocationError(f"{what}={location!r}: {unanswered(e) or e.message}") from None
     if location.startswith("s3://"):
         from pbp.data.storage import Store
 

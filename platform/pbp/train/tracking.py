@@ -173,6 +173,24 @@ class TrackingUnavailableError(UserError):
     """The tracking server does not answer when a run starts; the message names it and the way out."""
 
 
+_NO_ANSWER = {"Connection refused": "connection refused", "Failed to establish a new connection": "no connection",
+              "timed out": "timed out", "Name or service not known": "unknown host",
+              "Temporary failure in name resolution": "unknown host"}  # fmt: skip
+
+
+def unanswered(error: BaseException) -> str | None:
+    """For an MLflow client error that is the server not answering (MLflow reports it as an INTERNAL_ERROR with
+    urllib3's text), ``MLflow at URI does not answer (why): ...`` saying what to do; None for anything else."""
+    text = str(getattr(error, "message", "") or error)
+    why = next((short for needle, short in _NO_ANSWER.items() if needle in text), None)
+    if why is None:
+        return None
+    import mlflow
+
+    return (f"MLflow at {mlflow.get_tracking_uri()} does not answer ({why}): start it (`pbp stack up` for the local "
+            "stack) or check MLFLOW_TRACKING_URI")  # fmt: skip
+
+
 def check_tracking_server() -> None:
     """On the driver, before any worker starts: the MLflow server answers ``/health`` (a run needs it to find or
     create its MLflow run; once running, outages are buffered by the Tracker)."""
