@@ -158,3 +158,30 @@ def test_an_mlflow_error_that_is_not_a_dead_server_keeps_its_words():
 
     assert unanswered(MlflowException("Registered Model with name=x not found")) is None
     assert unanswered(MlflowException("... Read timed out. (read timeout=120)")) is not None
+
+
+def test_a_ray_cluster_that_does_not_answer_is_said_in_seconds(monkeypatch, capsys, tmp_path):
+    """Before: `pbp finetune` with the head down waited in Ray's connect loop for minutes, a warning every few
+    seconds; `pbp submit` and `pbp jobs` ended in tracebacks."""
+    import socket
+    import time
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("PBP_STACK_DIR", str(tmp_path / "no-stack"))
+    monkeypatch.setenv("RAY_ADDRESS", f"http://127.0.0.1:{port}")
+    monkeypatch.chdir(REPO)  # the tiny config's task files
+    t0 = time.monotonic()
+    assert main(["finetune", "--config", "configs/finetune/tiny.yaml", "tracking.enabled=false",
+                 f"checkpoint.storage_path={tmp_path / 'runs'}", "--address", f"127.0.0.1:{port}"]) == 2  # fmt: skip
+    assert (
+        f"the Ray cluster at 127.0.0.1:{port} does not answer (Connection refused): start it" in capsys.readouterr().err
+    )
+    for argv in (["submit", "smoke"], ["jobs", "list"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert (
+            f"the Ray cluster's Jobs API at http://127.0.0.1:{port} does not answer" in err and "Traceback" not in err
+        )
+    assert time.monotonic() - t0 < 60

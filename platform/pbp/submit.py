@@ -85,7 +85,11 @@ def client(address: str | None = None, endpoints: Endpoints | None = None):
 
     ep = endpoints or resolve()
     addr = require(address or ep.ray_address, "Ray address (RAY_ADDRESS)")
-    return JobSubmissionClient(addr, headers=ep.ray_headers())
+    try:
+        return JobSubmissionClient(addr, headers=ep.ray_headers())
+    except ConnectionError as e:  # Ray's "Failed to connect to Ray at address: ..." after a traceback per retry
+        raise SubmitError(f"the Ray cluster's Jobs API at {addr} does not answer ({e}): start it (`pbp stack up` for "
+                          "the local stack) or check RAY_ADDRESS / --address") from None  # fmt: skip
 
 
 def is_local_stack(address: str, endpoints: Endpoints) -> bool:

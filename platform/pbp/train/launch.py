@@ -352,12 +352,33 @@ def connect_ray(address: str | None = None) -> None:
     import ray
 
     if not ray.is_initialized():
+        if addr != "auto":
+            check_ray_answers(addr)
         ray.init(address=addr, log_to_driver=True)
     if os.environ.get("PBP_RAY_NOISE", "") not in ("1", "true"):
         drop_ray_noise()
     keep_pbp_lines_whole()
     if not sys.stdout.isatty():  # a log file (a submitted job's, `> run.log`): no colour codes around the prefixes
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+
+
+class RayUnavailableError(UserError, ConnectionError):
+    """The Ray cluster's GCS does not answer; the message names the address and the way out."""
+
+
+def check_ray_answers(addr: str, timeout: float = 5.0) -> None:
+    """The GCS at ``addr`` (host:port) accepts a connection: Ray's own connect retries for minutes, printing a
+    warning every few seconds, when the head is down."""
+    import socket
+
+    host, _, port = addr.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
+            return
+    except (OSError, ValueError) as e:
+        why = getattr(e, "strerror", None) or str(e) or type(e).__name__
+    raise RayUnavailableError(f"the Ray cluster at {addr} does not answer ({why}): start it (`pbp stack up` for the "
+                              "local stack) or check RAY_ADDRESS / --address")  # fmt: skip
 
 
 RAY_NOISE = (
