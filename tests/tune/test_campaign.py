@@ -264,6 +264,7 @@ def test_kill_a_trial_worker_then_the_driver_then_resume_and_warm_start(stack_di
 
     res = _pbp(stack_dir, "tune", "--resume", name, "storage_path=s3://pbp-runs/tests-tune")
     second = res.stdout + res.stderr
+    (tmp_path / "second.log").write_text(second)  # beside first.log, for a failure's post-mortem
     assert res.returncode == 0, second[-6000:]
     assert re.search(rf"campaign {name}: 3 trials", second), second[-3000:]
     for tid in finished_before:  # a trial that ended before the kill trains no epoch again

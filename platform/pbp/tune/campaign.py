@@ -173,12 +173,16 @@ def _release_placement_groups() -> None:
 
 def _finished_results(tuner, cfg: TuneConfig):
     """A resumed campaign's results when nothing is left to run (its num_samples trials ended, none failed: Tune
-    would retry a failed one), else None. Its report and parent run are then written again from them."""
+    would retry a failed one), else None. Its report and parent run are then written again from them. A trial the
+    interrupted driver had started counts among the num_samples but has not ended (RUNNING or PENDING in Tune's
+    saved state): the campaign is not finished (it was taken for finished, and the trial reported as pruned)."""
     try:
         grid = tuner.get_results()
+        statuses = [t.status for t in grid._experiment_analysis.trials]  # Ray's ResultGrid keeps no public status
     except Exception:  # no results to read yet: let Tune continue the campaign
         return None
-    return grid if len(grid) >= cfg.num_samples and not grid.errors else None
+    ended = all(s == "TERMINATED" for s in statuses)
+    return grid if len(grid) >= cfg.num_samples and ended and not grid.errors else None
 
 
 def campaign_url(name: str, storage_path: str = "") -> str:
