@@ -218,6 +218,30 @@ TINY = ["finetune_overrides=[task.max_rows=80, stages.0.max_epochs=1, stages.1.m
         "asha.enabled=false", "storage_path=s3://pbp-runs/tests-tune"]  # fmt: skip
 
 
+def test_a_resumed_campaign_keeps_the_fine_tuning_config_it_started_with(stack_dir, tmp_path):
+    """`--resume` read the fine-tuning file as it was then: an edit after the start changed the trials still to run
+    (or, broken, stopped the resume)."""
+    name = f"keep-base-{os.getpid()}"
+    ft = tmp_path / "ft.yaml"
+    ft.write_text((REPO / "configs/finetune/tiny.yaml").read_text())
+    res = _pbp(stack_dir, "tune", "--config", "configs/tune/tiny.yaml", f"name={name}", "num_samples=1", *TINY,
+               f"finetune={ft}", "space={head_dropout: {type: uniform, low: 0.0, high: 0.5}}", timeout=600)  # fmt: skip
+    assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
+    ft.write_text(ft.read_text().replace("seed: 0", "seed: 7").replace("n_blocks: 2", "n_blocks: [oops"))
+    res = _pbp(stack_dir, "tune", "--resume", name, "storage_path=s3://pbp-runs/tests-tune", timeout=600)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-4000:]  # the broken file is not read: the saved copy is
+    assert f"campaign {name}: already finished (nothing left to run)" in out, out[-3000:]
+    ft.write_text((REPO / "configs/finetune/tiny.yaml").read_text().replace("seed: 0", "seed: 7"))
+    res = _pbp(stack_dir, "tune", "--resume", name, "storage_path=s3://pbp-runs/tests-tune", timeout=600)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-4000:]
+    assert (
+        f"[{name}] {ft} changed since the campaign started (seed): its trials continue from the config it "
+        "started with" in out
+    ), out[-3000:]
+
+
 # ~5 min on 2 cores: outside the default suite's ~25-minute budget; `make test-slow` runs it (it passed in the
 # clean-clone run of 2026-11-26 before it was moved there).
 @pytest.mark.slow

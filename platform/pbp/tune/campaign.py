@@ -18,6 +18,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from pbp.config import to_dict
 from pbp.finetune.config import FinetuneConfig
 from pbp.train.metrics import BASELINE_SUFFIX
@@ -97,10 +99,7 @@ def run_campaign(cfg: TuneConfig, *, resume: bool = False, warm_start: str | Non
         raise CampaignError(f"campaign {cfg.name!r}: nothing to resume at {url}")
     warm = warm_start_trials(cfg, f"{storage}/{check_name(warm_start, '--warm-start')}") if warm_start else []
     if not resume:
-        from pbp.config import dump_yaml
-        from pbp.data.storage import Store
-
-        Store(url).put_bytes("tune_config.yaml", dump_yaml(cfg).encode())  # what `pbp tune --resume NAME` reads
+        _save_config(url, cfg)
     connect_ray(address)
     parent = Tracker(cfg.experiment, cfg.name, None, progress_metric="best_value")
     tags = {"pbp.campaign": cfg.name, "pbp.git_commit": git_commit(), "pbp.metric": metric, "pbp.mode": mode}
@@ -192,20 +191,53 @@ def campaign_url(name: str, storage_path: str = "") -> str:
     return f"{storage}/{name}"
 
 
-def load_campaign_config(name: str, storage_path: str = "") -> TuneConfig:
-    """The config a campaign was started with (saved in its storage), for ``pbp tune --resume NAME``."""
-    import yaml
+BASE_FILE = "finetune_base.yaml"
+"""The fine-tuning config a campaign's trials start from, with its overrides applied, as the campaign started."""
 
+
+def _save_config(url: str, cfg: TuneConfig) -> None:
+    """What ``pbp tune --resume NAME`` reads: the campaign's config and its trials' base fine-tuning config (the
+    file ``cfg.finetune`` may change before a resume)."""
+    from pbp.config import dump_yaml
+    from pbp.data.storage import Store
+    from pbp.tune.search import base_finetune_dict
+
+    store = Store(url)
+    store.put_bytes(BASE_FILE, yaml.safe_dump(base_finetune_dict(cfg), sort_keys=False).encode())
+    store.put_bytes("tune_config.yaml", dump_yaml(cfg).encode())
+
+
+def load_campaign_config(name: str, storage_path: str = "") -> TuneConfig:
+    """The config a campaign was started with (saved in its storage), for ``pbp tune --resume NAME``: its trials
+    start from the fine-tuning config saved with it (a local copy), whatever ``cfg.finetune`` holds now; a change
+    since is said."""
     from pbp.config import from_dict
     from pbp.data.storage import Store
     from pbp.names import check_name
+    from pbp.train.run_identity import flatten
+    from pbp.tune.search import base_finetune_dict
 
     url = campaign_url(check_name(name, "--resume"), storage_path)
+    store = Store(url)
     try:
-        doc = yaml.safe_load(Store(url).get_bytes("tune_config.yaml"))
+        cfg = from_dict(TuneConfig, yaml.safe_load(store.get_bytes("tune_config.yaml")))
     except FileNotFoundError:
         raise CampaignError(f"campaign {name!r}: no tune_config.yaml at {url}; nothing to resume") from None
-    return from_dict(TuneConfig, doc)
+    if not store.exists(BASE_FILE):  # a campaign started before the base was saved: the file as it is now
+        return cfg
+    saved = store.get_bytes(BASE_FILE)
+    try:
+        now = flatten(base_finetune_dict(cfg))
+    except (OSError, ValueError):  # the file is gone or broken: the saved copy is all there is
+        now = {}
+    then = flatten(yaml.safe_load(saved))
+    changed = [k for k in dict.fromkeys([*then, *now]) if then.get(k) != now.get(k)]
+    if now and changed:
+        print(f"[{name}] {cfg.finetune} changed since the campaign started ({', '.join(changed[:6])}"
+              f"{' ...' if len(changed) > 6 else ''}): its trials continue from the config it started with", flush=True)  # fmt: skip
+    local = Path(tempfile.mkdtemp(prefix="pbp-campaign-")) / BASE_FILE
+    local.write_bytes(saved)
+    return replace(cfg, finetune=str(local), finetune_overrides=[])
 
 
 def campaign_exists(url: str) -> bool:
