@@ -44,6 +44,12 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def changed_keys(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """The keys of two flattened configs whose values differ (a key only one has counts), in order of appearance."""
+    missing = object()
+    return [k for k in dict.fromkeys([*before, *now]) if before.get(k, missing) != now.get(k, missing)]
+
+
 def identity(cfg: Any, sections: Iterable[str], ignore: Iterable[str] = (), **extra: Any) -> dict[str, Any]:
     """The config's ``sections`` (top-level fields) flattened, without the keys matching an ``ignore`` pattern
     (``fnmatch``: ``stages.*.max_epochs``), plus ``extra`` (digests of what paths point at)."""
@@ -59,8 +65,7 @@ def check_same_run(newest: tuple[str, CommitRecord] | None, now: dict[str, Any],
         return
     url, commit = newest
     before = commit.config
-    missing = object()
-    changed = [k for k in dict.fromkeys([*before, *now]) if before.get(k, missing) != now.get(k, missing)]
+    changed = changed_keys(before, now)
     if not changed:
         return
 

@@ -214,7 +214,7 @@ def load_campaign_config(name: str, storage_path: str = "") -> TuneConfig:
     from pbp.config import from_dict
     from pbp.data.storage import Store
     from pbp.names import check_name
-    from pbp.train.run_identity import flatten
+    from pbp.train.run_identity import changed_keys, flatten
     from pbp.tune.search import base_finetune_dict
 
     url = campaign_url(check_name(name, "--resume"), storage_path)
@@ -231,7 +231,7 @@ def load_campaign_config(name: str, storage_path: str = "") -> TuneConfig:
     except (OSError, ValueError):  # the file is gone or broken: the saved copy is all there is
         now = {}
     then = flatten(yaml.safe_load(saved))
-    changed = [k for k in dict.fromkeys([*then, *now]) if then.get(k) != now.get(k)]
+    changed = changed_keys(then, now)
     if now and changed:
         print(f"[{name}] {cfg.finetune} changed since the campaign started ({', '.join(changed[:6])}"
               f"{' ...' if len(changed) > 6 else ''}): its trials continue from the config it started with", flush=True)  # fmt: skip
