@@ -408,14 +408,47 @@ def _check_paths_travel(config: Path | None, overrides: Sequence[str], root: Pat
     for w in warnings:
         log(f"warning: {w}")
     if errors:
+        fixes = linked_overrides_fix(config, overrides, errors)
         how = (
             "\n(a key of a linked config, shown as 'finetune -> task.train', is overridden through the linked "
-            "key's list: finetune_overrides=[task.train=s3://...])"
-            if any(" -> " in e for e in errors)
+            "key's list, and an override of that list replaces the whole list; with the list's other entries "
+            "kept, and s3://... standing for your URLs:\n  " + " ".join(fixes) + ")"
+            if fixes
             else ""
         )
         raise SubmitError(f"the job's config names local paths the cluster at {addr} cannot reach:\n  "
                           + "\n  ".join(errors) + how)  # fmt: skip
+
+
+def linked_overrides_fix(config: Path | None, overrides: Sequence[str], errors: Sequence[str]) -> list[str]:
+    """For the errors of :func:`unreachable_paths` that name a linked config's key (``finetune -> task.train=...``):
+    the override of each linking key's list that fixes them, as the user would type it (``finetune_overrides=[...]``,
+    the list's current entries kept, the failing keys set to ``s3://...``, quoted for the shell); [] when no error is
+    of that kind."""
+    import json
+    import shlex
+
+    from pbp.config import apply_overrides, read_yaml
+
+    bad: dict[str, list[str]] = {}
+    for e in errors:
+        head = e.split("=", 1)[0]
+        link, sep, key = head.partition(" -> ")
+        if sep and " -> " not in key and "." not in link:  # a top-level link; deeper ones get the general hint
+            bad.setdefault(link, []).append(key)
+    if not bad:
+        return []
+    doc = apply_overrides(read_yaml(config) if config is not None else {}, overrides)
+
+    def item(text: str) -> str:  # a YAML flow-list item: plain where that parses back the same, else quoted
+        return text if re.fullmatch(r"[\w.\-/=~+@:]+", text) and ": " not in text else json.dumps(text)
+
+    fixes = []
+    for link, keys in bad.items():
+        kept = [str(o) for o in doc.get(f"{link}_overrides") or [] if str(o).split("=", 1)[0].strip() not in keys]
+        items = ", ".join(item(o) for o in [*kept, *(f"{k}=s3://..." for k in keys)])
+        fixes.append(shlex.quote(f"{link}_overrides=[{items}]"))  # one shell word, as typed after the config
+    return fixes
 
 
 def _free_submission_id(c: Any, base: str) -> tuple[str, str]:
