@@ -42,6 +42,23 @@ def test_demo_config_is_checked_before_anything_runs():
             load_config(DemoConfig, REPO / "configs/demo/small.yaml", bad)
 
 
+def test_an_in_process_step_that_fails_stops_the_demo_naming_the_step_with_its_traceback_in_its_log(tmp_path):
+    """Steps such as register and promote run in-process: their failure was a bare traceback, not a step error."""
+    cfg = load_config(DemoConfig, REPO / "configs/demo/small.yaml", [f"out={tmp_path / 'demo'}"])
+    lines: list[str] = []
+    demo = Demo(cfg, echo=lines.append)
+    demo.step("task", lambda: "made")
+
+    def broken() -> str:
+        raise KeyError("best_trial")
+
+    with pytest.raises(DemoStepError, match=r"demo step 'register' failed: KeyError: 'best_trial'") as e:
+        demo.step("register", broken)
+    log = tmp_path / "demo" / "logs" / "register.log"
+    assert str(log) in str(e.value) and "in broken" in log.read_text()
+    assert [s.name for s in demo.steps] == ["task"]  # the failed step is not summarised as done
+
+
 def test_a_changed_setting_names_a_new_campaign_and_pretraining_steps_continue_the_same_run():
     """`pbp demo trials=6` resumed the 4-trial campaign of the first run by its name and reported it as 6 trials."""
     base = load_config(DemoConfig, REPO / "configs/demo/default.yaml")

@@ -16,6 +16,7 @@ import re
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -117,7 +118,16 @@ class Demo:
     def step(self, name: str, fn: Callable[[], str]) -> None:
         self.echo(f"[demo] {len(self.steps) + 1}. {name} ...")
         t0 = time.monotonic()
-        figure = fn()
+        try:
+            figure = fn()
+        except DemoStepError:
+            raise  # a `pbp` command's failure, already with its log's tail
+        except Exception as e:  # an in-process step (task, register, promote, ...): its traceback to its log
+            self.logs.mkdir(parents=True, exist_ok=True)
+            log_path = self.logs / f"{name}.log"
+            log_path.write_text(traceback.format_exc())
+            raise DemoStepError(f"demo step {name!r} failed: {type(e).__name__}: {e}\n"
+                                f"its traceback: {log_path}") from None  # fmt: skip
         self.steps.append(StepResult(name, time.monotonic() - t0, figure))
         self.echo(f"[demo]    {name}: {figure} ({time.monotonic() - t0:.0f} s)")
 
