@@ -169,12 +169,11 @@ def test_env_lines_quote_values_and_fail_without_a_stack(tmp_path, stack_dir, ca
     lines = manager.env_lines(stack_dir)
     assert any(ln.startswith("export AWS_ENDPOINT_URL=") for ln in lines)
     assert any(ln.startswith("export RAY_AUTH_TOKEN_PATH=") for ln in lines)
-    # `ray status` refuses RAY_ADDRESS (the Jobs API's http URL): the shell lines end saying which address it takes
-    from pbp.stack.state import StackState
-
-    assert main(["stack", "env", "--state-dir", str(stack_dir)]) == 0
     state = StackState.load(stack_dir)
-    assert state is not None
+    assert state is not None and state.prometheus_url  # the test stack runs Prometheus (make test installs it)
+    assert f"export PBP_PROMETHEUS_URL={state.prometheus_url}" in lines  # for Grafana's provisioned datasource
+    # `ray status` refuses RAY_ADDRESS (the Jobs API's http URL): the shell lines end saying which address it takes
+    assert main(["stack", "env", "--state-dir", str(stack_dir)]) == 0
     last = capsys.readouterr().out.splitlines()[-1]
     assert last == f"# Ray's own CLI (ray status, ray list ...): --address {state.ray_gcs_address}"
     with pytest.raises(StackStateError, match="no stack here"):

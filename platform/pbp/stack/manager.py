@@ -315,6 +315,8 @@ def env_lines(state_dir: Path) -> list[str]:
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN_PATH": str(state.dir / RAY_TOKEN_FILE),
     }
+    if state.prometheus_url:  # what dashboards/provisioning/datasources/prometheus.yaml points Grafana at
+        values["PBP_PROMETHEUS_URL"] = state.prometheus_url
     return [f"export {k}={shlex.quote(v)}" for k, v in values.items()]
 
 
