@@ -215,3 +215,31 @@ def test_a_string_field_takes_an_overrides_text_and_a_files_unquoted_yes_is_expl
     p.write_text(text.replace("  kind: numeric", "  kind: binary\n  positive_label: yes"))
     with pytest.raises(ConfigError, match=r"task.positive_label: expected a string, got True \(YAML reads yes/no"):
         load_config(FinetuneConfig, p)
+
+
+@dataclass
+class Linking:
+    child: str = "child.yaml"
+    child_overrides: list[str] = field(default_factory=lambda: ["a=1"])
+    plain: str = "other.yaml"
+
+
+def test_a_key_of_a_linked_config_is_added_to_its_overrides_list(tmp_path):
+    """`pbp tune ... finetune.task.train=s3://...` (the natural dotted form) failed with the linked file's whole
+    contents in a type error; replacing `finetune_overrides=[...]` dropped the list's own entries."""
+    assert apply_overrides({}, ["child.x.y=s3://b/k.csv", "child.a=2"], Linking) == {
+        "child_overrides": ["a=1", "x.y=s3://b/k.csv", "a=2"]  # the default list kept, later entries win
+    }
+    doc = {"child_overrides": ["b=yes"]}
+    assert apply_overrides(doc, ["child.b=no"], Linking)["child_overrides"] == ["b=yes", "b=no"]  # the text as typed
+    with pytest.raises(ConfigError, match="plain"):  # a string field with no overrides list is no link
+        apply_overrides({"plain": "v"}, ["plain.x=1"], Linking)
+    from pbp.finetune.config import FinetuneConfig
+    from pbp.tune.config import TuneConfig
+    from pbp.tune.search import base_finetune_dict, trial_finetune_config
+
+    tune = REPO / "configs/tune/tiny.yaml"
+    cfg = load_config(TuneConfig, tune, ["finetune.task.max_rows=50", "finetune.task.train=s3://b/t.csv"])
+    ft = trial_finetune_config(base_finetune_dict(cfg), {}, "t")
+    assert isinstance(ft, FinetuneConfig) and (ft.task.max_rows, ft.task.train) == (50, "s3://b/t.csv")
+    assert ft.stages[0].max_epochs == 2  # the tune config's own entries still apply

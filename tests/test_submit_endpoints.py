@@ -2,14 +2,14 @@
 
 import json
 import os
-import shlex
 
 import pytest
 
 from pbp import submit
-from pbp.config import apply_overrides, read_yaml
+from pbp.config import load_config, read_yaml
 from pbp.stack.endpoints import resolve
 from pbp.stack.state import Secrets, ServiceRecord, StackState
+from pbp.tune.config import TuneConfig
 
 from .conftest import REPO
 
@@ -188,19 +188,17 @@ def test_a_submission_to_a_remote_cluster_is_refused_before_any_request_when_a_t
     tune = REPO / "configs" / "tune" / "tiny.yaml"
     with pytest.raises(submit.SubmitError, match=r"(?s)cannot reach.*finetune -> task.train=\.\./shared") as e:
         submit.submit("tune", tune, address="http://10.255.255.1:8265", root=REPO)
-    # The fix it shows is the whole list (an override of finetune_overrides replaces it): typed as shown, with
-    # URLs in place of s3://..., it keeps the config's own entries and moves the three task files to S3.
-    suggested = shlex.split(str(e.value).rsplit("\n  ", 1)[1].removesuffix(")"))
-    assert len(suggested) == 1 and suggested[0].startswith("finetune_overrides=[")
+    # The fix it shows is a dotted override through the link per file; typed with URLs, the job's config (loaded as
+    # the job loads it) keeps its own list of overrides and moves the three task files to S3, and the check passes.
+    suggested = str(e.value).rsplit("\n  ", 1)[1].removesuffix(")").split()
+    assert suggested == ["finetune.task.train=s3://...", "finetune.task.valid=s3://...", "finetune.task.test=s3://..."]
+    typed = [o.replace("s3://...", "s3://b/k.csv") for o in suggested]
     own = read_yaml(tune)["finetune_overrides"]
-    typed = apply_overrides(read_yaml(tune), [suggested[0].replace("s3://...", "s3://b/k.csv")])["finetune_overrides"]
-    assert typed == [*own, "task.train=s3://b/k.csv", "task.valid=s3://b/k.csv", "task.test=s3://b/k.csv"]
-    # An entry the fix replaces is dropped, one with a comma is quoted so that it parses back as one entry.
-    odd = [f"finetune_overrides=[task.train=../x.csv, 'note=a, b', {own[0]}]"]
-    fixes = submit.linked_overrides_fix(tune, odd, ["finetune -> task.train=../x.csv: outside the project"])
-    typed = apply_overrides({}, shlex.split(fixes[0]))["finetune_overrides"]
-    assert typed == ["note=a, b", own[0], "task.train=s3://..."]
-    assert submit.linked_overrides_fix(tune, [], ["task.train=../x.csv: outside the project"]) == []
+    assert load_config(TuneConfig, tune, typed).finetune_overrides == [
+        *own,
+        *(o.removeprefix("finetune.") for o in typed),
+    ]
+    assert submit.unreachable_paths(tune, typed, REPO, TuneConfig)[0] == []
 
 
 def test_only_the_local_stacks_own_ray_counts_as_this_machine(tmp_path):

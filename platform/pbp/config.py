@@ -192,13 +192,33 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str], cls: type | 
     A numeric part indexes a list that the file already has, or, given the config class ``cls``, the field's
     default list: ``stages.0.lr=3e-3``. Given ``cls``, a string field takes the override's text as it is
     (``task.positive_label=yes`` is ``"yes"``, not YAML's ``true``; ``run_name=2024`` is ``"2024"``).
+    A key of a linked config (a string field naming another config file, with a sibling ``<field>_overrides``
+    list, such as a tune config's ``finetune``) is appended to that list: ``finetune.task.train=s3://b/t.csv``
+    adds ``task.train=s3://b/t.csv`` after the list's own entries, which it thereby overrides.
     """
     for text in overrides:
         path, value = parse_override(text)
+        if cls is not None and len(path) > 1 and (link := linked_overrides_field(cls, path[0])):
+            current = data.get(link)
+            if current is None:
+                current = _default_at(cls, [link])
+            if not isinstance(current, list):
+                raise ConfigError(f"override {text!r}: {link} must be a list to take it, got {current!r}")
+            data[link] = [*current, f"{'.'.join(path[1:])}={text.split('=', 1)[1].strip()}"]
+            continue
         if cls is not None and isinstance(value, bool | int | float) and _type_at(cls, path) is str:
             value = text.split("=", 1)[1].strip()
         set_dotted(data, path, value, text, cls)
     return data
+
+
+def linked_overrides_field(cls: type, name: str) -> str | None:
+    """``<name>_overrides`` when ``cls`` links another config file through its string field ``name`` (the file's
+    overrides being that list of strings), else None."""
+    link = f"{name}_overrides"
+    if _type_at(cls, [name]) is str and typing.get_origin(_type_at(cls, [link])) is list:
+        return link
+    return None
 
 
 def _type_at(cls: type, path: Sequence[str]) -> Any:

@@ -167,11 +167,13 @@ def _shipped(path: Path, root: Path) -> bool:
     return not ignored
 
 
-def unreachable_paths(config: Path | None, overrides: Sequence[str], root: Path) -> tuple[list[str], list[str]]:
-    """For a cluster elsewhere: (errors, warnings) about local paths in the job's config (with its overrides)."""
+def unreachable_paths(config: Path | None, overrides: Sequence[str], root: Path,
+                      cls: type | None = None) -> tuple[list[str], list[str]]:  # fmt: skip
+    """For a cluster elsewhere: (errors, warnings) about local paths in the job's config (with its overrides, read as
+    the job's config class ``cls`` reads them when given)."""
     from pbp.config import apply_overrides, read_yaml
 
-    doc = apply_overrides(read_yaml(config) if config is not None else {}, overrides)
+    doc = apply_overrides(read_yaml(config) if config is not None else {}, overrides, cls)
     errors, warnings = [], []
     fix = "put it in S3 and give its s3:// URL (an object store every node reaches)"
     for key, value in _strings(doc, "", root):
@@ -250,7 +252,7 @@ def submit(
     addr = require(address or ep.ray_address, "Ray address (RAY_ADDRESS)")
     local = is_local_stack(addr, ep)
     if not local:
-        _check_paths_travel(config, overrides, root, addr, log)
+        _check_paths_travel(job, config, overrides, root, addr, log)
     c = client(addr, ep)
     sid, running = _free_submission_id(c, submission_id(job, config, overrides))
     if running:
@@ -365,24 +367,33 @@ JOB_CONFIGS = {"pretrain": ("pbp.train.config", "PretrainConfig"), "finetune": (
 """The typed config each of pbp's jobs loads (``run_job(CONFIG, ...)`` in ``jobs/<job>.py``)."""
 
 
+def job_config_class(job: str) -> type | None:
+    """The config class of one of pbp's jobs (None for another job in jobs/)."""
+    import importlib
+
+    if job not in JOB_CONFIGS:
+        return None
+    module, name = JOB_CONFIGS[job]
+    return getattr(importlib.import_module(module), name)
+
+
 def check_job_config(job: str, config: Path | None, overrides: Sequence[str], root: Path) -> None:
     """Before anything is uploaded: the job's config loads, with its overrides, as the job will load it (in the
     project's root: a tune config's ``finetune:`` link is read from there), every key known and every value checked
     (a tune config's space too, against the fine-tuning config it links); else a SubmitError with the config's own
     message. The job would fail the same way, seconds after it started on the cluster. Jobs pbp does not know (a
     user's own ``jobs/*.py``) are not checked."""
-    import importlib
-
     if job not in JOB_CONFIGS:
         return
     if config is None:
         raise SubmitError(f"job {job} needs its config: pbp submit {job} --config configs/{job}/<name>.yaml")
     from pbp.config import load_config
 
-    module, name = JOB_CONFIGS[job]
+    cls = job_config_class(job)
+    assert cls is not None
     try:
         with contextlib.chdir(root):
-            loaded = load_config(getattr(importlib.import_module(module), name), config, overrides)
+            loaded: Any = load_config(cls, config, overrides)
             if job == "tune":  # its space against its fine-tuning config, as the campaign checks before any trial
                 from pbp.tune.search import check_space
 
@@ -401,54 +412,24 @@ def _inside_project(config: Path, root: Path) -> Path:
         raise SubmitError(f"{config}: the config must be inside the project ({root}) to travel with the job") from None
 
 
-def _check_paths_travel(config: Path | None, overrides: Sequence[str], root: Path, addr: str,
+def _check_paths_travel(job: str, config: Path | None, overrides: Sequence[str], root: Path, addr: str,
                         log: Callable[[str], None]) -> None:  # fmt: skip
     """For a cluster elsewhere: print the warnings of :func:`unreachable_paths`, raise on its errors."""
-    errors, warnings = unreachable_paths(config, overrides, root)
+    errors, warnings = unreachable_paths(config, overrides, root, job_config_class(job))
     for w in warnings:
         log(f"warning: {w}")
     if errors:
-        fixes = linked_overrides_fix(config, overrides, errors)
+        fixes = [f"{k.replace(' -> ', '.')}=s3://..." for k in (e.split("=", 1)[0] for e in errors) if " -> " in k]
         how = (
-            "\n(a key of a linked config, shown as 'finetune -> task.train', is overridden through the linked "
-            "key's list, and an override of that list replaces the whole list; with the list's other entries "
-            "kept, and s3://... standing for your URLs:\n  " + " ".join(fixes) + ")"
+            "\n(a key of a linked config, shown as 'finetune -> task.train', takes a dotted override through the "
+            "linking key, which adds it to that key's overrides list; here, with your URLs for s3://...:\n  "
+            + " ".join(fixes)
+            + ")"
             if fixes
             else ""
         )
         raise SubmitError(f"the job's config names local paths the cluster at {addr} cannot reach:\n  "
                           + "\n  ".join(errors) + how)  # fmt: skip
-
-
-def linked_overrides_fix(config: Path | None, overrides: Sequence[str], errors: Sequence[str]) -> list[str]:
-    """For the errors of :func:`unreachable_paths` that name a linked config's key (``finetune -> task.train=...``):
-    the override of each linking key's list that fixes them, as the user would type it (``finetune_overrides=[...]``,
-    the list's current entries kept, the failing keys set to ``s3://...``, quoted for the shell); [] when no error is
-    of that kind."""
-    import json
-    import shlex
-
-    from pbp.config import apply_overrides, read_yaml
-
-    bad: dict[str, list[str]] = {}
-    for e in errors:
-        head = e.split("=", 1)[0]
-        link, sep, key = head.partition(" -> ")
-        if sep and " -> " not in key and "." not in link:  # a top-level link; deeper ones get the general hint
-            bad.setdefault(link, []).append(key)
-    if not bad:
-        return []
-    doc = apply_overrides(read_yaml(config) if config is not None else {}, overrides)
-
-    def item(text: str) -> str:  # a YAML flow-list item: plain where that parses back the same, else quoted
-        return text if re.fullmatch(r"[\w.\-/=~+@:]+", text) and ": " not in text else json.dumps(text)
-
-    fixes = []
-    for link, keys in bad.items():
-        kept = [str(o) for o in doc.get(f"{link}_overrides") or [] if str(o).split("=", 1)[0].strip() not in keys]
-        items = ", ".join(item(o) for o in [*kept, *(f"{k}=s3://..." for k in keys)])
-        fixes.append(shlex.quote(f"{link}_overrides=[{items}]"))  # one shell word, as typed after the config
-    return fixes
 
 
 def _free_submission_id(c: Any, base: str) -> tuple[str, str]:
