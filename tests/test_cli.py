@@ -48,6 +48,25 @@ def test_model_info_with_overrides_and_errors(capsys):
     assert "config file not found" in capsys.readouterr().err
 
 
+def test_a_file_argument_that_cannot_be_read_is_named_without_a_traceback(tmp_path, capsys):
+    """A folder or an unreadable file given as input raised IsADirectoryError / PermissionError with a traceback;
+    a YAML key given twice was silently the last one; a config in Latin-1 failed without naming the file."""
+    assert main(["data", "build", "--fasta", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip() == f"pbp: error: {tmp_path}: Is a directory"
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("n_blocks: 2\nd_local: 32\nn_blocks: 3\n")
+    assert main(["model", "info", str(twice)]) == 2
+    assert "key 'n_blocks' given twice (lines 1 and 3)" in capsys.readouterr().err
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("# caf\u00e9\nn_blocks: 2\n".encode("latin-1"))
+    assert main(["model", "info", str(latin)]) == 2
+    assert f"{latin}:1: not UTF-8 text (byte 0xe9)" in capsys.readouterr().err
+    utf16 = tmp_path / "utf16.yaml"  # what Windows' Notepad saves as "Unicode"
+    utf16.write_bytes("# caf\u00e9\nn_blocks: 3\n".encode("utf-16"))
+    assert main(["model", "info", str(utf16)]) == 0
+    assert json.loads(capsys.readouterr().out)["model"]["n_blocks"] == 3
+
+
 def test_bench_model_reports_fraction_of_a_measured_peak(tmp_path, capsys):
     out = tmp_path / "bench.json"
     rc = main(

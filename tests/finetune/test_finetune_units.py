@@ -415,6 +415,35 @@ def test_save_load_round_trip_and_the_predictor(tmp_path, tiny_cfg, kind):
     _assert_predictions(predictor.predict(pd.DataFrame({"seq": SEQS, "other": 1})), model, task, SEQS)
 
 
+def test_a_damaged_model_directory_is_named_not_a_traceback(tmp_path, tiny_cfg):
+    """An interrupted copy of the weights, a description without its task, one that is not JSON and weights of
+    another model each raised a bare SafetensorError / KeyError / JSONDecodeError / torch size mismatch."""
+    import json
+    import shutil
+
+    task = KINDS["categorical"]
+    good = save_finetuned(_model(tiny_cfg, task), task, tmp_path / "good", {})
+
+    def damaged(name: str, file: str, change) -> Path:
+        d = tmp_path / name
+        shutil.copytree(good, d)
+        (d / file).write_bytes(change((d / file).read_bytes()))
+        return d
+
+    meta = json.loads((good / "finetuned.json").read_text())
+    cases = {
+        "cut": ("model.safetensors", lambda b: b[: len(b) // 2], r"model.safetensors: not a readable safetensors"),
+        "notask": ("finetuned.json", lambda b: json.dumps({k: v for k, v in meta.items() if k != "task"}).encode(),
+                   r"finetuned.json: not a fine-tuned model's description \(KeyError: 'task'\)"),
+        "notjson": ("finetuned.json", lambda b: b[:-5], r"finetuned.json: not valid JSON"),
+        "other": ("finetuned.json", lambda b: json.dumps({**meta, "model": {**meta["model"], "d_global": 8}}).encode(),
+                  r"model.safetensors: tensor '.*' has shape"),
+    }  # fmt: skip
+    for name, (file, change, message) in cases.items():
+        with pytest.raises(ValueError, match=message):
+            load_finetuned(damaged(name, file, change))
+
+
 def test_the_predictor_needs_the_sequence_column(tmp_path, tiny_cfg):
     task = TaskInfo(TaskKind.NUMERIC, seq_column="protein")
     predictor = FinetunedPredictor(_model(tiny_cfg, task), task)

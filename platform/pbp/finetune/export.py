@@ -59,21 +59,25 @@ def save_finetuned(model: FinetuneModel, task: TaskInfo, directory: Path, metada
 
 
 def load_finetuned(directory: str | Path) -> tuple[FinetuneModel, TaskInfo, dict[str, Any]]:
-    from safetensors.torch import load_file
+    from pbp.model.files import load_weights, read_json_object
 
     d = Path(directory)
     meta_path = d / META
     if not meta_path.is_file() or not (d / WEIGHTS).is_file():
         raise FileNotFoundError(f"{d}: not a fine-tuned pbp model (needs {META} and {WEIGHTS})")
-    doc = json.loads(meta_path.read_text())
+    doc = read_json_object(meta_path)
     if doc.get("format") != FORMAT or doc.get("format_version", 0) > FORMAT_VERSION:
         raise ValueError(f"{meta_path}: format {doc.get('format')!r} v{doc.get('format_version')} is not one this "
                          f"pbp reads ({FORMAT} v{FORMAT_VERSION})")  # fmt: skip
-    t = doc["task"]
-    task = TaskInfo(TaskKind(t["kind"]), int(t["n_classes"]), list(t["classes"]), t.get("seq_column", "seq"),
-                    t.get("label_column", "label"))  # fmt: skip
-    model = FinetuneModel(ProteinBERT(ModelConfig(**doc["model"])), task.spec)
-    model.load_state_dict(load_file(str(d / WEIGHTS)))
+    try:
+        t = doc["task"]
+        task = TaskInfo(TaskKind(t["kind"]), int(t["n_classes"]), list(t["classes"]), t.get("seq_column", "seq"),
+                        t.get("label_column", "label"))  # fmt: skip
+        body = ProteinBERT(ModelConfig(**doc["model"]))
+    except (KeyError, TypeError, ValueError) as e:  # a key missing, of another type, or a value out of range
+        raise ValueError(f"{meta_path}: not a fine-tuned model's description ({type(e).__name__}: {e})") from None
+    model = FinetuneModel(body, task.spec)
+    load_weights(model, d / WEIGHTS)
     return model.eval(), task, doc.get("metadata", {})
 
 

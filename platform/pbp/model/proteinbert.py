@@ -271,17 +271,14 @@ class ProteinBERT(nn.Module):
         ``config_overrides`` may change behaviour-only fields such as ``padding_mask``. A ``go_vocabulary.json``
         there is checked against the model (read it with :func:`pbp.model.vocabulary.read_vocabulary`).
         """
-        from safetensors.torch import load_file
+        from pbp.model.files import load_weights, read_json_object
 
         d = Path(directory)
         cfg_path, weights_path = d / CONFIG_FILE, d / WEIGHTS_FILE
         for p in (cfg_path, weights_path):
             if not p.is_file():
                 raise FileNotFoundError(f"{p}: missing; a pbp model directory holds {CONFIG_FILE} and {WEIGHTS_FILE}")
-        try:
-            doc = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{cfg_path}: not valid JSON ({e})") from None
+        doc = read_json_object(cfg_path)
         if doc.get("format") != FORMAT_NAME:
             raise ValueError(f"{cfg_path}: format is {doc.get('format')!r}, expected {FORMAT_NAME!r}")
         if doc.get("format_version", 0) > FORMAT_VERSION:
@@ -297,17 +294,5 @@ class ProteinBERT(nn.Module):
         raw.update(config_overrides)
         model = cls(ModelConfig(**raw))  # type: ignore[arg-type]
         read_vocabulary(d, model.config.n_annotations)  # a go_vocabulary.json, if any, must fit the model
-        state = load_file(str(weights_path))
-        expected = model.state_dict()
-        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-        if missing or unexpected:
-            raise ValueError(
-                f"{weights_path}: weights do not match the config: missing {missing}, unexpected {unexpected}"
-            )
-        for k, v in state.items():
-            if v.shape != expected[k].shape:
-                raise ValueError(
-                    f"{weights_path}: tensor {k!r} has shape {tuple(v.shape)}, config expects {tuple(expected[k].shape)}"
-                )
-        model.load_state_dict(state)
+        load_weights(model, weights_path)
         return model

@@ -57,11 +57,10 @@ def read_vocabulary(directory: str | Path, n_annotations: int | None = None) -> 
     path = Path(directory) / VOCABULARY_FILE
     if not path.is_file():
         return None
-    try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("terms"), list):
+    from pbp.model.files import read_json_object
+
+    doc = read_json_object(path)
+    if not isinstance(doc.get("terms"), list):
         raise ValueError(f"{path}: expected an object with a 'terms' list")
     if doc.get("format", FORMAT_NAME) != FORMAT_NAME:
         raise ValueError(f"{path}: format is {doc.get('format')!r}, expected {FORMAT_NAME!r}")
