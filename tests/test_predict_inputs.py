@@ -44,3 +44,27 @@ def _write(tmp_path, text):
     p = tmp_path / "in.csv"
     p.write_text(text)
     return p
+
+
+def test_files_from_other_tools_keep_their_ids_and_a_bad_id_is_one_bad_record(tmp_path):
+    """A Latin-1 id made every prediction fail at the end (the CSV writer refused it), a byte-order mark hid the
+    first column's name, and a gzipped CSV cut short was a bare EOFError."""
+    import gzip
+
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("id,seq\ncaf\u00e9,MKTAYIAK\nok,MKV\n".encode("latin-1"))
+    inputs = read_inputs(str(latin))
+    assert inputs.ids == ["ok"]
+    [e] = inputs.errors.entries
+    assert (e["line"], e["reason"], e["record"]) == (2, "not_utf8", "caf\u00e9")
+    assert "the id is not UTF-8 (byte 0xe9" in str(e["detail"])
+    bom = tmp_path / "bom.csv"  # Excel's "CSV UTF-8"
+    bom.write_bytes(b"\xef\xbb\xbfid,seq\np1,MKV\n")
+    assert read_inputs(str(bom)).ids == ["p1"]
+    bom_fasta = tmp_path / "bom.fasta"
+    bom_fasta.write_bytes(b"\xef\xbb\xbf>sp|P1|X\nMKV\n")
+    assert read_inputs(str(bom_fasta)).ids == ["P1"]
+    cut = tmp_path / "cut.csv.gz"
+    cut.write_bytes(gzip.compress(("id,seq\n" + "".join(f"p{i},MKTAYIAK\n" for i in range(5000))).encode())[:-200])
+    with pytest.raises(ValueError, match=r"cut\.csv\.gz:\d+: compressed input cut short"):
+        read_inputs(str(cut))

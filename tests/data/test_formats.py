@@ -226,3 +226,32 @@ def test_a_cut_short_gzip_go_table_and_flat_file_name_the_file(tmp_path):
     errors = ErrorLog("skip")
     got = list(read_uniprot_flat(flat, errors))
     assert got and errors.counts["truncated_input"] == 1 and got[-1].accession in errors.entries[0]["detail"]
+
+
+def test_inputs_from_other_tools_read_or_fail_naming_file_line_and_record(tmp_path):
+    """A Latin-1 accession failed when the shards were written (even with --on-error skip), a byte-order mark made
+    a FASTA 'sequence data before the first header' and a GO table's first accession unmatched, a malformed GO
+    cross-reference in a flat file was dropped silently, and a file that is no OBO was taken as an empty ontology."""
+    latin = tmp_path / "latin.fasta"
+    latin.write_bytes(">caf\u00e9 x\nMKTAYIAK\n>P2\nMKV\n".encode("latin-1"))
+    with pytest.raises(RecordError, match=r"latin\.fasta:1: record 'caf\u00e9' the accession is not UTF-8"):
+        list(read_fasta(latin))
+    errors = ErrorLog("skip")
+    assert [r.accession for r in read_fasta(latin, errors)] == ["P2"] and errors.counts == Counter({"not_utf8": 1})
+    bom = tmp_path / "bom.fasta"
+    bom.write_bytes(b"\xef\xbb\xbf>P1\nMKV\n")
+    assert [r.accession for r in read_fasta(bom)] == ["P1"]
+    table = tmp_path / "go.tsv"
+    table.write_bytes(b"\xef\xbb\xbfP1\tGO:0005761\n")
+    assert read_go_tsv(table) == {"P1": {"GO:0005761"}}
+    entry = (FIXTURES / "SwissProt/P60137.txt").read_text()
+    bad = tmp_path / "bad_go.dat"
+    bad.write_text(entry.replace("DR   GO; GO:", "DR   GO; GO:X", 1))
+    with pytest.raises(RecordError, match=r"bad_go\.dat:\d+: record 'P60137' 'GO:X\d+' is not a GO id"):
+        list(read_uniprot_flat(bad))
+    with pytest.raises(RecordError, match=r"go_graph_2014_01\.tsv\.gz:1: no \[Term\] stanza"):
+        read_obo(SWISSPROT / "go_graph_2014_01.tsv.gz")
+    obo = tmp_path / "cut.obo"
+    obo.write_text("[Term]\nid: GO:0000001\nname: x\nis_a: \n")
+    with pytest.raises(RecordError, match=r"cut\.obo:4: record 'GO:0000001' 'is_a: ': is_a without its parent"):
+        read_obo(obo)

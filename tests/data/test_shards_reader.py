@@ -307,6 +307,20 @@ def test_a_build_never_overwrites_files_silently_nor_creates_a_bucket(endpoints,
     assert not Store(url, endpoints).bucket_exists()
 
 
+def test_an_output_that_is_a_file_or_a_names_file_that_is_missing_fails_before_anything_is_written(tmp_path):
+    """`--out` naming an existing file (arguments swapped) failed with a FileExistsError traceback at the first
+    shard; a mistyped --go-names was found after every shard was written, leaving a directory a rerun refused."""
+    fasta, table = write_corpus(tmp_path / "synth", SynthConfig(n_proteins=50, seed=3))
+    before = fasta.read_bytes()
+    with pytest.raises(DatasetError, match=r"an existing file, not a directory; --out names the directory"):
+        build(str(fasta), Inputs(fasta, table), BuildConfig(min_go_records=5))
+    assert fasta.read_bytes() == before
+    out = tmp_path / "out"
+    with pytest.raises(FileNotFoundError, match=r"typo\.tsv"):
+        build(str(out), Inputs(fasta, table), BuildConfig(min_go_records=5, go_names=str(tmp_path / "typo.tsv")))
+    assert not out.exists() or not any(out.iterdir())  # no shard written
+
+
 def test_a_go_table_that_annotates_no_record_is_refused_and_an_empty_vocabulary_is_said(tmp_path, capsys):
     """Before: a GO table of another organism (or another accession scheme) built a dataset with 0 GO terms and
     exit 0; the summary line was the only hint."""

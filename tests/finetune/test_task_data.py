@@ -315,3 +315,24 @@ def test_scoring_a_model_on_a_file_with_a_class_it_was_not_trained_on_says_so(tm
     split, _ = load_split(_csv(tmp_path, "te2.csv", "seq,label\nMKV,a\nMKVL,z\nMKT,b\n"), TaskKind.CATEGORICAL,
                           ["a", "b"], dropped=dropped)  # fmt: skip
     assert len(split) == 2 and dropped == {"test": 1} and split.records[1].endswith("te2.csv:4")
+
+
+def test_csv_files_from_other_tools_read_or_fail_naming_the_line(tmp_path):
+    """Old-Mac CR line ends and a quote never closed were bare csv.Error tracebacks; an empty label made a class '';
+    a repeated column name took the first silently; a label beyond float32 became inf in training."""
+    cr = load_task(_task("numeric", _csv(tmp_path, "cr.csv", _rows(30).replace("\n", "\r"))))
+    assert len(cr.train) + len(cr.valid) == 30
+    cases = [  # (file, content, kind, max_rows, the error)
+        ("q.csv", 'seq,label\n"MKV",1.0\nMKT,"2.0\n"\nMKL,high\n', "numeric", 0,
+         r"q\.csv:5: label 'high'"),  # the line after a record spanning lines 3-4
+        ("stray.csv", 'seq,label\n"MKTAAA,1.0\n' + "MKTAYIAKQRQISFVKSHFSRQA,0.1\n" * 8000, "numeric", 10,
+         r"stray\.csv:2: not readable as CSV from this line .*never closed"),
+        ("blank.csv", "seq,label\nMKV,a\nMKL,\nMKT,b\n", "categorical", 0, r"blank\.csv:3: empty label \(column 'label'\)"),
+        ("twice.csv", "seq,label,label\nMKV,1,2\n", "numeric", 0, r"twice\.csv:1: the header names column 'label' 2 times"),
+        ("huge.csv", "seq,label\nMKV,1.0\nMKL,1e39\n", "numeric", 0, r"huge\.csv:3: label '1e39' is beyond float32's"),
+        ("latin.csv", "seq,label\nMKV,1.0\nMKL,caf\u00e9\n".encode("latin-1"), "categorical", 0,
+         r"latin\.csv:3: not UTF-8 text \(byte 0xe9"),
+    ]  # fmt: skip
+    for name, content, kind, max_rows, error in cases:
+        with pytest.raises(TaskDataError, match=error):
+            load_task(_task(kind, _csv(tmp_path, name, content), max_rows=max_rows))

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pbp.data.records import TRUNCATED, ErrorLog, ProteinRecord, RecordError, numbered_lines, open_text
+from pbp.data.records import TRUNCATED, ErrorLog, ProteinRecord, RecordError, check_utf8, numbered_lines, open_text
 from pbp.model.tokenizer import SequenceError, TokenStats, UnknownPolicy, normalize_sequence
 
 GO_ID = re.compile(r"^GO:\d{7}$")
@@ -68,6 +68,7 @@ def read_fasta(
             return
         go = annotations.get(acc, ()) if annotations is not None else ()
         try:
+            check_utf8(acc, name, header_line, "accession")
             yield _record(name, header_line, acc, "".join(chunks), go, unknown, stats)
         except RecordError as e:
             errors.handle(e)
@@ -118,6 +119,8 @@ def read_uniprot_flat(
                     term = line[8:].split(";")[0].strip()
                     if GO_ID.match(term):
                         go.append(term)
+                    else:  # as in a GO table: not dropped silently
+                        errors.handle(RecordError(name, i, acc, "bad_go_id", f"{term!r} is not a GO id (GO:NNNNNNN)"))
                 elif code == "SQ":
                     in_seq = True
                 elif line.startswith("//"):
@@ -129,6 +132,7 @@ def read_uniprot_flat(
                         errors.handle(RecordError(name, start, acc, "missing_sequence", "entry without a sequence"))
                     else:
                         try:
+                            check_utf8(acc, name, start, "accession")
                             yield _record(name, start, acc, "".join(seq), go, unknown)
                             last = acc
                         except RecordError as e:
@@ -160,6 +164,7 @@ def iter_go_tsv(path: str | Path) -> Iterator[tuple[str, str]]:
                 if i == 1:
                     continue  # header row
                 raise RecordError(name, i, acc, "bad_go_id", f"{term!r} is not a GO id (GO:NNNNNNN)")
+            check_utf8(acc, name, i, "accession")
             yield acc, term
 
 
@@ -176,6 +181,7 @@ def iter_gaf(path: str | Path) -> Iterator[tuple[str, str]]:
             acc, qualifier, term = cols[1].strip(), cols[3], cols[4].strip()
             if not GO_ID.match(term):
                 raise RecordError(name, i, acc, "bad_go_id", f"{term!r} is not a GO id")
+            check_utf8(acc, name, i, "accession")
             if "NOT" in qualifier.split("|"):
                 continue
             yield acc, term
@@ -185,7 +191,7 @@ def iter_go_table(path: str | Path) -> Iterator[tuple[str, str]]:
     """A GO annotation table by format, streamed: GAF (``!gaf-version`` header or ``.gaf``) or TSV."""
     p = Path(path)
     with open_text(p) as f:
-        first = f.readline()
+        first = next((line for _, line in numbered_lines(f, p)), "")
     if first.startswith("!gaf-version") or ".gaf" in p.name:
         return iter_gaf(p)
     return iter_go_tsv(p)

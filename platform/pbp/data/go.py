@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pbp.data.records import numbered_lines, open_text
+from pbp.data.records import RecordError, numbered_lines, open_text
 from pbp.model.vocabulary import GoTerm
 
 PROPAGATED_RELATIONS = ("is_a", "part_of")
@@ -61,14 +61,18 @@ class Ontology:
 
 
 def read_obo(path: str | Path) -> Ontology:
-    """Parse ``go-basic.obo`` (OBO 1.2): ``[Term]`` stanzas with id, name, alt_id, is_a, relationship, is_obsolete."""
+    """Parse ``go-basic.obo`` (OBO 1.2): ``[Term]`` stanzas with id, name, alt_id, is_a, relationship, is_obsolete.
+    A file with no ``[Term]`` stanza (another format: the GO graph TSV, OBO-JSON) or an ``is_a`` / ``relationship``
+    line without its target is a :class:`RecordError` naming the file (and line)."""
     onto = Ontology()
     term: str | None = None
     in_term = False
+    stanzas = 0
     with open_text(path) as f:
-        for _, line in numbered_lines(f, path):
+        for i, line in numbered_lines(f, path):
             if line.startswith("["):
                 in_term = line.strip() == "[Term]"
+                stanzas += in_term
                 term = None
                 continue
             if not in_term or ":" not in line:
@@ -85,13 +89,20 @@ def read_obo(path: str | Path) -> Ontology:
             elif key == "alt_id":
                 onto.alt_ids[value] = term
             elif key == "is_a":
+                if not value:
+                    raise RecordError(str(path), i, term, "bad_obo_line", f"{line!r}: is_a without its parent term")
                 onto.parents[term].add(value.split()[0])
             elif key == "relationship":
                 rel, _, target = value.partition(" ")
+                if not target.strip():
+                    raise RecordError(str(path), i, term, "bad_obo_line", f"{line!r}: relationship without its target")
                 if rel in PROPAGATED_RELATIONS:
                     onto.parents[term].add(target.split()[0])
             elif key == "is_obsolete" and value == "true":
                 onto.obsolete.add(term)
+    if not stanzas:
+        raise RecordError(str(path), 1, None, "not_obo", "no [Term] stanza: not a GO ontology in OBO format (such as "
+                          "go-basic.obo)")  # fmt: skip
     return onto
 
 

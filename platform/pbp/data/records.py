@@ -7,13 +7,14 @@ counted per reason and written to the quarantine list, so nothing is dropped sil
 
 from __future__ import annotations
 
+import csv
 import gzip
 import io
 import json
 import tempfile
 import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Literal
@@ -86,15 +87,52 @@ class ErrorLog:
 
 
 def open_text(path: str | Path) -> IO[str]:
-    """Open a local text file, transparently gunzipping ``.gz`` (by magic bytes, not only by name)."""
+    """Open a local text file, transparently gunzipping ``.gz`` (by magic bytes, not only by name). UTF-8; a
+    byte-order mark (Excel's "CSV UTF-8") is dropped; bytes that are not UTF-8 are kept as surrogates, for the
+    readers to report where they matter (:func:`check_utf8`)."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no such input file")
     raw = p.open("rb")
     magic = raw.peek(2)[:2] if hasattr(raw, "peek") else b""
     if magic == b"\x1f\x8b":
-        return io.TextIOWrapper(gzip.GzipFile(fileobj=raw), encoding="utf-8", errors="surrogateescape", newline="")
-    return io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
+        return io.TextIOWrapper(gzip.GzipFile(fileobj=raw), encoding="utf-8-sig", errors="surrogateescape", newline="")
+    return io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
+
+
+def check_utf8(value: str, path: str | Path, line: int, what: str) -> None:
+    """An id or name read with :func:`open_text` must be UTF-8 text, since every output (CSV, parquet, JSON)
+    writes it as such: else a :class:`RecordError` (reason ``not_utf8``) naming file and line, raised as the record is
+    read rather than when the results are written."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        shown = value.encode("utf-8", "surrogateescape").decode("latin-1")
+        bad = ord(value[e.start]) - 0xDC00
+        raise RecordError(str(path), line, shown, "not_utf8", f"the {what} is not UTF-8 (byte 0x{bad:02x}; a Latin-1 "
+                          "or Windows file? save it as UTF-8)") from None  # fmt: skip
+
+
+def csv_rows(f: Iterable[str], path: str | Path) -> Iterator[tuple[int, list[str]]]:
+    """(the line its record starts on, its fields) for each record of a CSV text (header included; quoted fields
+    may span lines; CR, LF and CRLF line ends). A record the csv module cannot parse (a quote opened and never
+    closed runs into its field-size limit) or a gzipped file cut short is a :class:`RecordError` naming the file
+    and the line the record starts on, instead of a bare ``csv.Error`` / ``EOFError``."""
+    reader = csv.reader(f)
+    done = 0  # lines read by the records so far
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise RecordError(str(path), done + 1, None, "bad_csv", f"not readable as CSV from this line ({e}); a "
+                              "quote opened here and never closed?") from None  # fmt: skip
+        except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+            raise RecordError(str(path), done + 1, None, TRUNCATED, f"compressed input cut short or corrupt after "
+                              f"line {done} ({type(e).__name__}: {e})") from None  # fmt: skip
+        yield done + 1, row
+        done = reader.line_num
 
 
 TRUNCATED = "truncated_input"

@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from pbp.config import check_range
 from pbp.data.formats import collect_go, iter_go_table, read_fasta, read_uniprot_flat
 from pbp.data.go import Ontology, build_vocabulary, read_go_names, read_obo
 from pbp.data.records import ErrorLog, OnError, ProteinRecord, RecordError
@@ -86,8 +87,7 @@ class BuildConfig:
     def __post_init__(self) -> None:
         if self.format_version not in FORMAT_VERSIONS:
             raise ValueError(f"format_version must be one of {FORMAT_VERSIONS}, got {self.format_version!r}")
-        if self.shard_size_mb <= 0:
-            raise ValueError("shard_size_mb must be > 0")
+        check_range("shard_size_mb", self.shard_size_mb, 0.01)  # 10 KiB: smaller makes shards by the million
         if not 0.0 <= self.valid_fraction < 1.0:
             raise ValueError("valid_fraction must be in [0, 1)")
         if self.min_go_records < 1:
@@ -179,6 +179,9 @@ def check_destination(store: Store, overwrite: bool = False) -> None:
                 f"new bucket): create it (`aws s3 mb s3://{bucket}`) or use an existing one, e.g. one of the local "
                 "stack's (`pbp stack status`)"
             )
+    if not store.s3 and store.root.exists() and not store.root.is_dir():
+        raise DatasetError(f"{store.root}: an existing file, not a directory; --out names the directory the dataset "
+                           "is written to")  # fmt: skip
     if store.exists(MANIFEST):
         raise DatasetError(f"{store.join(MANIFEST)}: a dataset already exists here; build into a new prefix")
     if not store.s3 and store.root.is_dir() and not overwrite:
@@ -213,6 +216,7 @@ def build(
     check_destination(store, overwrite)
     tick = progress or (lambda _label, _total: lambda _n: None)
     onto: Ontology | None = read_obo(cfg.go_obo) if cfg.go_obo else None
+    names = _term_names(cfg, onto)  # before the inputs are read: a bad names file fails now, not after the shards
     errors = ErrorLog(cfg.on_error)
     with tempfile.TemporaryDirectory(prefix="pbp-build-", dir=cfg.tmp_dir) as tmp_name:
         tmp = Path(tmp_name)
@@ -239,7 +243,7 @@ def build(
                 errors.write_jsonl(f)
             store.put_file(QUARANTINE, tmp / QUARANTINE)
             quarantine = QUARANTINE
-    manifest = _manifest(inputs, cfg, onto, counts, vocab, splits, unannotated, errors, quarantine)
+    manifest = _manifest(inputs, cfg, onto, names, counts, vocab, splits, unannotated, errors, quarantine)
     store.put_bytes(MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())  # LAST: commits the dataset
     return BuildReport(manifest, store.url, time.monotonic() - t0, errors)
 
@@ -438,11 +442,11 @@ def _write_shards(store: Store, n_shards: dict[str, int], cfg: BuildConfig, tmp:
     return splits
 
 
-def _manifest(inputs: Inputs, cfg: BuildConfig, onto: Ontology | None, counts: _Counts, vocab: list[str],
-              splits: dict[str, dict], unannotated: int, errors: ErrorLog, quarantine: str | None) -> dict:  # fmt: skip
+def _manifest(inputs: Inputs, cfg: BuildConfig, onto: Ontology | None, names: dict[str, str], counts: _Counts,
+              vocab: list[str], splits: dict[str, dict], unannotated: int, errors: ErrorLog,
+              quarantine: str | None) -> dict:  # fmt: skip
     import pbp
 
-    names = _term_names(cfg, onto)
     return {
         "format": FORMAT,
         "format_version": cfg.format_version,

@@ -14,18 +14,21 @@ aligned. Every error names the file and the CSV line (the header is line 1), or 
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from pbp.data.records import RecordError, csv_rows
 from pbp.finetune.config import TaskConfig
 from pbp.model.finetune import IGNORE_INDEX, TaskKind, TaskSpec
 from pbp.model.tokenizer import SequenceError, encode
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class TaskDataError(ValueError):
@@ -108,26 +111,39 @@ def _rows(url: str, data: bytes, cfg: TaskConfig, fix: str = "set task.seq_colum
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise TaskDataError(f"{url}: not UTF-8 text ({e})") from None
-    reader = csv.reader(io.StringIO(text))
-    header = next(reader, None)
+        line = data[: e.start].count(b"\n") + 1
+        raise TaskDataError(f"{url}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}; save it as UTF-8)") from None
+    try:
+        return _task_rows(url, csv_rows(io.StringIO(text, newline=""), url), cfg, fix)
+    except RecordError as e:  # a record the csv module cannot read
+        raise TaskDataError(str(e)) from None
+
+
+def _task_rows(url: str, rows: Iterator[tuple[int, list[str]]], cfg: TaskConfig, fix: str
+               ) -> tuple[list[tuple[int, str, str]], bool]:  # fmt: skip
+    _, header = next(rows, (1, []))
     if not header or not any(h.strip() for h in header):
         raise TaskDataError(f"{url}: empty file (expected a header with columns {cfg.seq_column!r} and "
                             f"{cfg.label_column!r})")  # fmt: skip
     names = [h.strip() for h in header]
-    missing = [c for c in (cfg.seq_column, cfg.label_column) if c not in names]
-    if missing:
-        raise TaskDataError(f"{url}:1: no column {missing[0]!r} in the header {names} ({fix})")
+    for c in (cfg.seq_column, cfg.label_column):
+        if c not in names:
+            raise TaskDataError(f"{url}:1: no column {c!r} in the header {names} ({fix})")
+        if names.count(c) > 1:
+            raise TaskDataError(f"{url}:1: the header names column {c!r} {names.count(c)} times ({names}); "
+                                "which one is meant? rename the others")  # fmt: skip
     si, li = names.index(cfg.seq_column), names.index(cfg.label_column)
     out = []
-    for line, row in enumerate(reader, 2):
+    for line, row in rows:
         if not row or all(not c.strip() for c in row):
             continue
         if len(row) != len(names):
             raise TaskDataError(f"{url}:{line}: {len(row)} fields, the header has {len(names)}")
+        if not row[li].strip():
+            raise TaskDataError(f"{url}:{line}: empty label (column {cfg.label_column!r}); every row needs one")
         out.append((line, row[si].strip(), row[li].strip()))
         if cfg.max_rows and len(out) >= cfg.max_rows:
-            return out, any(row and any(c.strip() for c in row) for row in reader)
+            return out, any(row and any(c.strip() for c in row) for _, row in rows)
     if not out:
         raise TaskDataError(f"{url}: no data rows after the header")
     return out, False
@@ -148,6 +164,9 @@ def _per_protein_label(kind: TaskKind, raw: str, where: str, index: dict[str, in
             v = math.nan
         if not math.isfinite(v):
             raise TaskDataError(f"{where}: label {raw!r} is not a finite number (task.kind=numeric)")
+        if abs(v) > FLOAT32_MAX:
+            raise TaskDataError(f"{where}: label {raw!r} is beyond float32's range (+-3.4e38) that training uses; "
+                                "rescale the labels")  # fmt: skip
         return v
     if kind is TaskKind.BINARY and not index:
         if raw not in ("0", "1"):

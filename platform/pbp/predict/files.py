@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from pbp.data.records import ErrorLog, RecordError, numbered_lines, open_text
+from pbp.data.records import ErrorLog, RecordError, check_utf8, csv_rows, numbered_lines, open_text
 from pbp.model.tokenizer import SequenceError, TokenStats, UnknownPolicy, normalize_sequence
 
 CHUNK = 512
@@ -52,6 +52,11 @@ def read_inputs(path: str, seq_column: str = "seq", id_column: str = "", unknown
     records = _fasta(path, out.errors, unknown, out.stats) if fasta else _csv(path, seq_column, id_column, out.errors)
     seen: set[str] = set()
     for line, rid, seq in records:
+        try:
+            check_utf8(rid, path, line, "id")  # every output writes ids as UTF-8: found now, not after inference
+        except RecordError as e:
+            out.errors.handle(e)
+            continue
         if rid in seen:
             out.errors.handle(RecordError(path, line, rid, "duplicate_id", "the same id again; ids must be unique"))
             continue
@@ -96,7 +101,7 @@ class Written:
 
 def _is_fasta(path: str) -> bool:
     with open_text(path) as f:
-        for _, line in numbered_lines(f):
+        for _, line in numbered_lines(f, path):
             if line.strip():
                 return line.startswith(">")
     raise ValueError(f"{path}: empty input file")
@@ -111,15 +116,15 @@ def _fasta(path: str, errors: ErrorLog, unknown: UnknownPolicy, stats: TokenStat
 
 def _csv(path: str, seq_column: str, id_column: str, errors: ErrorLog) -> Iterator[tuple[int, str, str]]:
     with open_text(path) as f:
-        reader = csv.reader(f)
-        header = [h.strip() for h in next(reader, [])]
+        rows = csv_rows(f, path)
+        header = [h.strip() for h in next(rows, (1, []))[1]]
         if seq_column not in header:
             raise ValueError(f"{path}:1: no column {seq_column!r} in the header {header} (set --seq-column)")
         if id_column and id_column not in header:
             raise ValueError(f"{path}:1: no column {id_column!r} in the header {header} (set --id-column)")
         si = header.index(seq_column)
         ii = header.index(id_column or "id") if (id_column or "id") in header else None
-        for line, row in enumerate(reader, 2):
+        for line, row in rows:
             if not row or all(not c.strip() for c in row):
                 continue
             if len(row) != len(header):
