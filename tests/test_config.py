@@ -243,3 +243,27 @@ def test_a_key_of_a_linked_config_is_added_to_its_overrides_list(tmp_path):
     ft = trial_finetune_config(base_finetune_dict(cfg), {}, "t")
     assert isinstance(ft, FinetuneConfig) and (ft.task.max_rows, ft.task.train) == (50, "s3://b/t.csv")
     assert ft.stages[0].max_epochs == 2  # the tune config's own entries still apply
+
+
+def test_override_text_meant_as_a_string_and_numbers_no_field_can_take():
+    """`deepspeed.bf16=false` failed (YAML's False is not one of the strings), `run_name=2024-01-01` was a date, a
+    400-digit number was an OverflowError traceback, and a negative fine-tuning seed passed until numpy refused it
+    on every worker."""
+    from pbp.data.shards import BuildConfig
+    from pbp.finetune.config import FinetuneConfig
+    from pbp.train.config import PretrainConfig
+    from pbp.tune.config import TuneConfig
+
+    cfg = load_config(
+        PretrainConfig, REPO / "configs/pretrain/tiny.yaml", ["deepspeed.bf16=false", "run_name=2024-01-01"]
+    )
+    assert (cfg.deepspeed.bf16, cfg.run_name) == ("false", "2024-01-01")
+    with pytest.raises(ConfigError, match=r"stages\[0\]\.lr: 1{20}\.\.\. is too large for a number"):
+        load_config(FinetuneConfig, REPO / "configs/finetune/tiny.yaml", ["stages.0.lr=" + "1" * 400])
+    for cls, path in ((PretrainConfig, "pretrain"), (FinetuneConfig, "finetune"), (TuneConfig, "tune")):
+        for seed in (-1, 2**32, 10**400):
+            with pytest.raises(ConfigError, match=r"seed must be a finite number >= 0 and <= 4294967295"):
+                load_config(cls, REPO / f"configs/{path}/tiny.yaml", [f"seed={seed}"])
+    for size in (float("nan"), 1e-300, 0):
+        with pytest.raises(ValueError, match="shard_size_mb must be a finite number >= 0.01"):
+            BuildConfig(shard_size_mb=size)

@@ -20,13 +20,14 @@ copied in first, then changed.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import enum
 import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 
@@ -37,11 +38,23 @@ class ConfigError(ValueError):
     """A config that cannot be loaded; the message names the file and the dotted key."""
 
 
+SEED_MAX = 2**32 - 1
+"""The largest seed every consumer takes (numpy's and Optuna's RandomState need < 2**32)."""
+
+
+def check_seed(value: int, key: str = "seed") -> None:
+    check_range(key, value, 0, SEED_MAX)
+
+
 def check_range(key: str, value: float, low: float | None = None, high: float | None = None, *,
                 low_open: bool = False, high_open: bool = False) -> None:  # fmt: skip
     """A ValueError naming ``key`` unless ``value`` is a finite number within [low, high] (open ends where asked):
     every numeric config field is checked when the config is built, before any worker starts."""
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    ok = (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and (isinstance(value, int) or math.isfinite(value))
+    )
     if ok and low is not None:
         ok = value > low if low_open else value >= low
     if ok and high is not None:
@@ -70,13 +83,15 @@ def _convert_scalar(value: Any, tp: type, key: str) -> Any:
             return value
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
     if tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
+        try:
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                return float(value)
+            if isinstance(value, str):
                 return float(value)  # YAML 1.1 reads '1e-4' as a string
-            except ValueError:
-                pass
+        except ValueError:
+            pass
+        except OverflowError:
+            raise ConfigError(f"{key}: {str(value)[:20]}... is too large for a number") from None
         raise ConfigError(f"{key}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):
@@ -84,7 +99,7 @@ def _convert_scalar(value: Any, tp: type, key: str) -> Any:
         if value is None:  # `key=`, `key=null`, `key:` with nothing: YAML's empty value is the empty string here
             return ""
         hint = ""
-        if isinstance(value, bool | int | float):  # (an override keeps its text: see apply_overrides)
+        if isinstance(value, bool | int | float | datetime.date):  # (an override keeps its text: apply_overrides)
             hint = " (YAML reads yes/no/on/off/true/false as booleans and digits as numbers: quote it, 'yes')"
         raise ConfigError(f"{key}: expected a string, got {value!r}{hint}")
     raise ConfigError(f"{key}: unsupported type {tp!r}")
@@ -190,8 +205,9 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str], cls: type | 
     """Apply dotted overrides to a nested dict (in place; returned for convenience).
 
     A numeric part indexes a list that the file already has, or, given the config class ``cls``, the field's
-    default list: ``stages.0.lr=3e-3``. Given ``cls``, a string field takes the override's text as it is
-    (``task.positive_label=yes`` is ``"yes"``, not YAML's ``true``; ``run_name=2024`` is ``"2024"``).
+    default list: ``stages.0.lr=3e-3``. Given ``cls``, a string field (or one of a set of strings) takes the
+    override's text as it is (``task.positive_label=yes`` is ``"yes"``, not YAML's ``true``; ``run_name=2024`` and
+    ``run_name=2024-01-01`` are strings, not a number and a date; ``deepspeed.bf16=false`` is ``"false"``).
     A key of a linked config (a string field naming another config file, with a sibling ``<field>_overrides``
     list, such as a tune config's ``finetune``) is appended to that list: ``finetune.task.train=s3://b/t.csv``
     adds ``task.train=s3://b/t.csv`` after the list's own entries, which it thereby overrides.
@@ -206,10 +222,19 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str], cls: type | 
                 raise ConfigError(f"override {text!r}: {link} must be a list to take it, got {current!r}")
             data[link] = [*current, f"{'.'.join(path[1:])}={text.split('=', 1)[1].strip()}"]
             continue
-        if cls is not None and isinstance(value, bool | int | float) and _type_at(cls, path) is str:
+        if (
+            cls is not None
+            and isinstance(value, bool | int | float | datetime.date)
+            and _takes_text(_type_at(cls, path))
+        ):
             value = text.split("=", 1)[1].strip()
         set_dotted(data, path, value, text, cls)
     return data
+
+
+def _takes_text(tp: Any) -> bool:
+    """A string field, or one of a fixed set of strings (``Literal["auto", "true", "false"]``)."""
+    return tp is str or (typing.get_origin(tp) is Literal and all(isinstance(a, str) for a in typing.get_args(tp)))
 
 
 def linked_overrides_field(cls: type, name: str) -> str | None:

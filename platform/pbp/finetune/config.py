@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+from pbp.config import check_seed
 from pbp.model.config import ModelConfig
 from pbp.model.finetune import TaskKind
 from pbp.names import check_name
@@ -176,6 +177,7 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         check_name(self.run_name, "run_name")
+        check_seed(self.seed)  # numpy's SeedSequence on every worker refuses a negative one
         if self.task.train == "-":
             raise ValueError("task.train is empty: point it at a CSV file with a header")
         if not self.stages:

@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from pbp.config import check_seed
 from pbp.names import check_name
 
 TPE_STARTUP_TRIALS = 4
@@ -117,6 +118,7 @@ class TuneConfig:
     def __post_init__(self) -> None:
         check_name(self.name, "name")
         check_name(self.experiment, "experiment")
+        check_seed(self.seed)  # the TPE sampler's RandomState takes 0 .. 2**32 - 1
         if not self.space:
             raise ValueError("space is empty: give at least one fine-tuning field to search")
         if self.num_samples < 1 or self.max_concurrent_trials < 1 or self.trial_workers < 1:
