@@ -267,3 +267,24 @@ def test_override_text_meant_as_a_string_and_numbers_no_field_can_take():
     for size in (float("nan"), 1e-300, 0):
         with pytest.raises(ValueError, match="shard_size_mb must be a finite number >= 0.01"):
             BuildConfig(shard_size_mb=size)
+
+
+def test_a_search_space_takes_dotted_keys_from_the_command_line():
+    """`space.stages.1.batch_size={...}` failed with "unknown key 'space.stages.1'": the space's keys hold dots."""
+    from pbp.tune.config import TuneConfig
+    from pbp.tune.search import check_space
+
+    tune = REPO / "configs/tune/tiny.yaml"
+    cfg = load_config(TuneConfig, tune, ["space.stages.1.batch_size={type: choice, values: [16, 32]}",
+                                         "space.stages.0.lr.high=0.2", "space.head_dropout.high=0.3"])  # fmt: skip
+    assert cfg.space["stages.1.batch_size"].values == [16, 32]
+    assert (cfg.space["stages.0.lr"].high, cfg.space["stages.0.lr"].low, cfg.space["head_dropout"].high) == (
+        0.2,
+        1e-3,
+        0.3,
+    )
+    check_space(cfg)  # the new key is a fine-tuning field, checked at both ends of its range
+    with pytest.raises(
+        ConfigError, match=r"finetune_overrides \(applied to configs/finetune/tiny\.yaml\): override 'foo'"
+    ):
+        check_space(load_config(TuneConfig, tune, ["finetune_overrides=[foo]"]))

@@ -222,6 +222,8 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str], cls: type | 
                 raise ConfigError(f"override {text!r}: {link} must be a list to take it, got {current!r}")
             data[link] = [*current, f"{'.'.join(path[1:])}={text.split('=', 1)[1].strip()}"]
             continue
+        if cls is not None and len(path) > 1 and typing.get_origin(_type_at(cls, path[:1])) is dict:
+            path = _dotted_dict_key(data.get(path[0]), path, value)
         if (
             cls is not None
             and isinstance(value, bool | int | float | datetime.date)
@@ -230,6 +232,18 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str], cls: type | 
             value = text.split("=", 1)[1].strip()
         set_dotted(data, path, value, text, cls)
     return data
+
+
+def _dotted_dict_key(mapping: Any, path: list[str], value: Any) -> list[str]:
+    """For a mapping field whose keys hold dots (a tune config's ``space``: ``stages.0.lr``): ``space.stages.0.lr.high``
+    sets the entry ``high`` of the key ``stages.0.lr`` when that key exists (the longest existing key wins), and
+    ``space.stages.1.batch_size={type: choice, ...}`` (a whole mapping) adds the key ``stages.1.batch_size``."""
+    rest = path[1:]
+    keys = set(mapping) if isinstance(mapping, dict) else set()
+    for n in range(len(rest), 0, -1):
+        if ".".join(rest[:n]) in keys:
+            return [path[0], ".".join(rest[:n]), *rest[n:]]
+    return [path[0], ".".join(rest)] if isinstance(value, dict) else path
 
 
 def _takes_text(tp: Any) -> bool:

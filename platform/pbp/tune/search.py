@@ -45,7 +45,11 @@ def distributions(space: dict[str, ParamSpec]) -> dict[str, Any]:
 def base_finetune_dict(cfg: TuneConfig) -> dict[str, Any]:
     from pbp.config import apply_overrides
 
-    return apply_overrides(read_yaml(cfg.finetune), cfg.finetune_overrides, FinetuneConfig)
+    base = read_yaml(cfg.finetune)
+    try:
+        return apply_overrides(base, cfg.finetune_overrides, FinetuneConfig)
+    except ConfigError as e:  # say where the override came from: the campaign's list (or a finetune.KEY=VALUE)
+        raise ConfigError(f"finetune_overrides (applied to {cfg.finetune}): {e}") from None
 
 
 def trial_finetune_config(
