@@ -249,6 +249,11 @@ def test_inputs_from_other_tools_read_or_fail_naming_file_line_and_record(tmp_pa
     bad.write_text(entry.replace("DR   GO; GO:", "DR   GO; GO:X", 1))
     with pytest.raises(RecordError, match=r"bad_go\.dat:\d+: record 'P60137' 'GO:X\d+' is not a GO id"):
         list(read_uniprot_flat(bad))
+    for other, what in (("uni.xml", "but XML"), ("uni.fasta", "but FASTA \\(give it as --fasta\\)")):
+        path = tmp_path / other
+        path.write_text('<?xml version="1.0"?>\n<uniprot>\n' if other.endswith("xml") else ">P1\nMKV\n")
+        with pytest.raises(RecordError, match=rf"{other}:1: not a UniProt flat file \(\.dat/\.txt\) {what}"):
+            list(read_uniprot_flat(path))
     with pytest.raises(RecordError, match=r"go_graph_2014_01\.tsv\.gz:1: no \[Term\] stanza"):
         read_obo(SWISSPROT / "go_graph_2014_01.tsv.gz")
     obo = tmp_path / "cut.obo"

@@ -111,6 +111,13 @@ def read_uniprot_flat(
         try:
             for i, line in numbered_lines(f, name):
                 code = line[:2]
+                if i == 1 and line.lstrip().startswith(("<", ">")):
+                    what = (
+                        "FASTA (give it as --fasta)"
+                        if line.startswith(">")
+                        else "XML (pbp reads UniProt's text format)"
+                    )
+                    raise RecordError(name, 1, None, "not_flat_file", f"not a UniProt flat file (.dat/.txt) but {what}")
                 if code == "ID" and acc is None and not seq:
                     start = i
                 if code == "AC" and acc is None:
