@@ -57,6 +57,11 @@ def test_a_file_argument_that_cannot_be_read_is_named_without_a_traceback(tmp_pa
     twice.write_text("n_blocks: 2\nd_local: 32\nn_blocks: 3\n")
     assert main(["model", "info", str(twice)]) == 2
     assert "key 'n_blocks' given twice (lines 1 and 3)" in capsys.readouterr().err
+    merged = tmp_path / "merged.yaml"  # merge keys, whose entries a mapping overrides, are no repeated keys
+    merged.write_text("base: &b {n_blocks: 2, d_local: 32}\nmid: &m {<<: *b, n_blocks: 4}\nmodel:\n  <<: *m\n"
+                      "  d_local: 16\n")  # fmt: skip
+    assert main(["model", "info", str(merged)]) == 0  # its model section
+    assert {"n_blocks": 4, "d_local": 16}.items() <= json.loads(capsys.readouterr().out)["model"].items()
     latin = tmp_path / "latin.yaml"
     latin.write_bytes("# caf\u00e9\nn_blocks: 2\n".encode("latin-1"))
     assert main(["model", "info", str(latin)]) == 2
@@ -190,6 +195,8 @@ def test_a_ray_cluster_that_does_not_answer_is_said_in_seconds(monkeypatch, caps
         port = s.getsockname()[1]
     monkeypatch.setenv("PBP_STACK_DIR", str(tmp_path / "no-stack"))
     monkeypatch.setenv("RAY_ADDRESS", f"http://127.0.0.1:{port}")
+    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH"):  # set by an earlier test's in-process stack client
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(REPO)  # the tiny config's task files
     t0 = time.monotonic()
     assert main(["finetune", "--config", "configs/finetune/tiny.yaml", "tracking.enabled=false",
@@ -204,3 +211,23 @@ def test_a_ray_cluster_that_does_not_answer_is_said_in_seconds(monkeypatch, caps
             f"the Ray cluster's Jobs API at http://127.0.0.1:{port} does not answer" in err and "Traceback" not in err
         )
     assert time.monotonic() - t0 < 60
+
+
+def test_output_into_a_pipe_closed_early_ends_quietly(monkeypatch, capsys):
+    """`pbp ... | head`: BrokenPipeError is an OSError without a file name, which must not reach the clause that
+    re-raises those."""
+    import pbp.cli.main as cli_main
+
+    real = cli_main.build_parser
+
+    def boom(_args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def parser():
+        p = real()
+        p._subparsers._group_actions[0].choices["version"].set_defaults(func=boom)  # type: ignore[union-attr]
+        return p
+
+    monkeypatch.setattr(cli_main, "build_parser", parser)
+    assert main(["version"]) == 0
+    assert capsys.readouterr().err == ""

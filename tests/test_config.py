@@ -232,6 +232,9 @@ def test_a_key_of_a_linked_config_is_added_to_its_overrides_list(tmp_path):
     }
     doc = {"child_overrides": ["b=yes"]}
     assert apply_overrides(doc, ["child.b=no"], Linking)["child_overrides"] == ["b=yes", "b=no"]  # the text as typed
+    # a replacement of the whole list, before or after, does not drop them
+    for order in (["child.a=3", "child_overrides=[c=1]"], ["child_overrides=[c=1]", "child.a=3"]):
+        assert apply_overrides({}, order, Linking)["child_overrides"] == ["c=1", "a=3"]
     with pytest.raises(ConfigError, match="plain"):  # a string field with no overrides list is no link
         apply_overrides({"plain": "v"}, ["plain.x=1"], Linking)
     from pbp.finetune.config import FinetuneConfig
@@ -260,9 +263,11 @@ def test_override_text_meant_as_a_string_and_numbers_no_field_can_take():
     assert (cfg.deepspeed.bf16, cfg.run_name) == ("false", "2024-01-01")
     with pytest.raises(ConfigError, match=r"stages\[0\]\.lr: 1{20}\.\.\. is too large for a number"):
         load_config(FinetuneConfig, REPO / "configs/finetune/tiny.yaml", ["stages.0.lr=" + "1" * 400])
-    for cls, path in ((PretrainConfig, "pretrain"), (FinetuneConfig, "finetune"), (TuneConfig, "tune")):
-        for seed in (-1, 2**32, 10**400):
-            with pytest.raises(ConfigError, match=r"seed must be a finite number >= 0 and <= 4294967295"):
+    for cls, path, high in ((PretrainConfig, "pretrain", 2**63 - 1), (FinetuneConfig, "finetune", 2**32 - 1),
+                            (TuneConfig, "tune", 2**32 - 1)):  # fmt: skip
+        assert load_config(cls, REPO / f"configs/{path}/tiny.yaml", [f"seed={high}"]).seed == high
+        for seed in (-1, high + 1, 10**400):
+            with pytest.raises(ConfigError, match=rf"seed must be a finite number >= 0 and <= {high}"):
                 load_config(cls, REPO / f"configs/{path}/tiny.yaml", [f"seed={seed}"])
     for size in (float("nan"), 1e-300, 0):
         with pytest.raises(ValueError, match="shard_size_mb must be a finite number >= 0.01"):
@@ -284,6 +289,8 @@ def test_a_search_space_takes_dotted_keys_from_the_command_line():
         0.3,
     )
     check_space(cfg)  # the new key is a fine-tuning field, checked at both ends of its range
+    with pytest.raises(ConfigError, match=r"space has no key 'stages\.0\.lrr' to change \(its keys: head_dropout, "):
+        load_config(TuneConfig, tune, ["space.stages.0.lrr.high=0.2"])  # a typo is not a new dimension
     with pytest.raises(
         ConfigError, match=r"finetune_overrides \(applied to configs/finetune/tiny\.yaml\): override 'foo'"
     ):

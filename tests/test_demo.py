@@ -48,14 +48,17 @@ def test_an_in_process_step_that_fails_stops_the_demo_naming_the_step_with_its_t
     lines: list[str] = []
     demo = Demo(cfg, echo=lines.append)
     demo.step("task", lambda: "made")
+    log = tmp_path / "demo" / "logs" / "register.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("$ pbp registry ...\nthe command's own output\n")  # a step may run a command, then fail
 
     def broken() -> str:
         raise KeyError("best_trial")
 
     with pytest.raises(DemoStepError, match=r"demo step 'register' failed: KeyError: 'best_trial'") as e:
         demo.step("register", broken)
-    log = tmp_path / "demo" / "logs" / "register.log"
     assert str(log) in str(e.value) and "in broken" in log.read_text()
+    assert log.read_text().startswith("$ pbp registry ...\nthe command's own output\n")  # kept, not overwritten
     assert [s.name for s in demo.steps] == ["task"]  # the failed step is not summarised as done
 
 

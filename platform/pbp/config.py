@@ -39,7 +39,7 @@ class ConfigError(ValueError):
 
 
 SEED_MAX = 2**32 - 1
-"""The largest seed every consumer takes (numpy's and Optuna's RandomState need < 2**32)."""
+"""The largest seed numpy's and Optuna's RandomState take (fine-tuning and campaigns seed them)."""
 
 
 def check_seed(value: int, key: str = "seed") -> None:
@@ -100,7 +100,8 @@ def _convert_scalar(value: Any, tp: type, key: str) -> Any:
             return ""
         hint = ""
         if isinstance(value, bool | int | float | datetime.date):  # (an override keeps its text: apply_overrides)
-            hint = " (YAML reads yes/no/on/off/true/false as booleans and digits as numbers: quote it, 'yes')"
+            hint = (" (YAML reads yes/no/on/off/true/false as booleans, digits as numbers and 2024-01-01 as a date: "
+                    "quote it, 'yes')")  # fmt: skip
         raise ConfigError(f"{key}: expected a string, got {value!r}{hint}")
     raise ConfigError(f"{key}: unsupported type {tp!r}")
 
@@ -212,15 +213,11 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str], cls: type | 
     list, such as a tune config's ``finetune``) is appended to that list: ``finetune.task.train=s3://b/t.csv``
     adds ``task.train=s3://b/t.csv`` after the list's own entries, which it thereby overrides.
     """
+    linked: dict[str, list[str]] = {}  # added to their lists after every override, so that none replaces them
     for text in overrides:
         path, value = parse_override(text)
         if cls is not None and len(path) > 1 and (link := linked_overrides_field(cls, path[0])):
-            current = data.get(link)
-            if current is None:
-                current = _default_at(cls, [link])
-            if not isinstance(current, list):
-                raise ConfigError(f"override {text!r}: {link} must be a list to take it, got {current!r}")
-            data[link] = [*current, f"{'.'.join(path[1:])}={text.split('=', 1)[1].strip()}"]
+            linked.setdefault(link, []).append(f"{'.'.join(path[1:])}={text.split('=', 1)[1].strip()}")
             continue
         if cls is not None and len(path) > 1 and typing.get_origin(_type_at(cls, path[:1])) is dict:
             path = _dotted_dict_key(data.get(path[0]), path, value)
@@ -231,6 +228,14 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str], cls: type | 
         ):
             value = text.split("=", 1)[1].strip()
         set_dotted(data, path, value, text, cls)
+    for link, entries in linked.items():
+        assert cls is not None  # linked is only filled given cls
+        current = data.get(link)
+        if current is None:
+            current = _default_at(cls, [link])
+        if not isinstance(current, list):
+            raise ConfigError(f"{link} must be a list to take {entries}, got {current!r}")
+        data[link] = [*current, *entries]
     return data
 
 
@@ -243,7 +248,11 @@ def _dotted_dict_key(mapping: Any, path: list[str], value: Any) -> list[str]:
     for n in range(len(rest), 0, -1):
         if ".".join(rest[:n]) in keys:
             return [path[0], ".".join(rest[:n]), *rest[n:]]
-    return [path[0], ".".join(rest)] if isinstance(value, dict) else path
+    if isinstance(value, dict):
+        return [path[0], ".".join(rest)]
+    raise ConfigError(f"override {'.'.join(path)}: {path[0]} has no key {'.'.join(rest[:-1]) or rest[0]!r} to change "
+                      f"(its keys: {', '.join(sorted(keys)) or 'none'}); a new one is given whole: "
+                      f"{path[0]}.KEY={{type: ..., low: ..., high: ...}}")  # fmt: skip
 
 
 def _takes_text(tp: Any) -> bool:
@@ -363,41 +372,38 @@ def read_section(path: str, key: str) -> dict[str, Any]:
     return data
 
 
+_MERGE = "tag:yaml.org,2002:merge"
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, refusing a key given twice in one mapping (YAML would keep the last one silently)."""
+    """YAML's safe loader, refusing a key given twice in one mapping (YAML would keep the last one silently). Keys
+    are compared as written (tag and text), when the mapping is composed: before merge keys (``<<: *anchor``, whose
+    entries a mapping may override) are expanded."""
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, int] = {}
+    def compose_mapping_node(self, anchor: Any) -> yaml.MappingNode:
+        node = super().compose_mapping_node(anchor)  # type: ignore[no-untyped-call]
+        seen: dict[tuple[str, str], int] = {}
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
-            line = key_node.start_mark.line + 1
-            if isinstance(key, str | int | float | bool) and key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} given twice (lines {seen[key]} and {line}); keep one", key_node.start_mark
-                )
-            if isinstance(key, str | int | float | bool):
-                seen[key] = line
-        return super().construct_mapping(node, deep=deep)
-
-
-def decode_text(data: bytes, name: str | Path) -> str:
-    """A text file's bytes as str: UTF-8 (a byte-order mark dropped), UTF-16 with its mark (Windows' Notepad);
-    anything else is a ValueError naming the file and where its first undecodable byte is."""
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return data.decode("utf-16")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise ConfigError(f"{name}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save it as UTF-8") from None
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE:
+                continue
+            key, line = (key_node.tag, key_node.value), key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.composer.ComposerError(None, None, f"key {key_node.value!r} given twice (lines {seen[key]} "
+                                                  f"and {line}); keep one", key_node.start_mark)  # fmt: skip
+            seen[key] = line
+        return node
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
+    from pbp.data.records import RecordError, decode_text
+
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{p}: config file not found")
     try:
         data = yaml.load(decode_text(p.read_bytes(), p), Loader=_UniqueKeyLoader)
+    except RecordError as e:
+        raise ConfigError(str(e)) from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML ({e})") from None
     if data is None:

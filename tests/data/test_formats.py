@@ -249,6 +249,8 @@ def test_inputs_from_other_tools_read_or_fail_naming_file_line_and_record(tmp_pa
     bad.write_text(entry.replace("DR   GO; GO:", "DR   GO; GO:X", 1))
     with pytest.raises(RecordError, match=r"bad_go\.dat:\d+: record 'P60137' 'GO:X\d+' is not a GO id"):
         list(read_uniprot_flat(bad))
+    errors = ErrorLog("skip")  # skipped means skipped: not kept without the term
+    assert list(read_uniprot_flat(bad, errors)) == [] and errors.counts == Counter({"bad_go_id": 1})
     for other, what in (("uni.xml", "but XML"), ("uni.fasta", "but FASTA \\(give it as --fasta\\)")):
         path = tmp_path / other
         path.write_text('<?xml version="1.0"?>\n<uniprot>\n' if other.endswith("xml") else ">P1\nMKV\n")

@@ -71,14 +71,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         # ServiceError, SubmitError... UserErrors, with messages naming the culprit. Other errors keep a traceback.
         print(f"pbp: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into head/less that closed early (an OSError: before the next clause)
+        return 0
     except OSError as e:
         if e.filename is None:  # a connection or other system error: a traceback says where
             raise
-        # a file the user named that cannot be read or written: not readable, a folder, a full disk
-        print(f"pbp: error: {e.filename}: {e.strerror or e}", file=sys.stderr)
+        # a file that cannot be read or written: not readable, a folder, a full disk
+        other = f" -> {e.filename2}" if e.filename2 is not None else ""
+        print(f"pbp: error: {e.filename}{other}: {e.strerror or e}", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # output piped into head/less that closed early
-        return 0
     except KeyboardInterrupt as e:  # a command may say what was saved and how to continue
         print(f"pbp: interrupted{f': {e}' if str(e) else ''}", file=sys.stderr)
         return 130

@@ -6,14 +6,22 @@ table into an accession -> terms map for callers that want one).
 
 from __future__ import annotations
 
-import csv
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pbp.data.records import TRUNCATED, ErrorLog, ProteinRecord, RecordError, check_utf8, numbered_lines, open_text
+from pbp.data.records import (
+    TRUNCATED,
+    ErrorLog,
+    ProteinRecord,
+    RecordError,
+    check_utf8,
+    csv_rows,
+    numbered_lines,
+    open_text,
+)
 from pbp.model.tokenizer import SequenceError, TokenStats, UnknownPolicy, normalize_sequence
 
 GO_ID = re.compile(r"^GO:\d{7}$")
@@ -102,6 +110,7 @@ def read_uniprot_flat(
     errors = errors or ErrorLog()
     name = str(path)
     acc: str | None = None
+    bad_go: RecordError | None = None
     start = 0
     go: list[str] = []
     seq: list[str] = []
@@ -126,8 +135,8 @@ def read_uniprot_flat(
                     term = line[8:].split(";")[0].strip()
                     if GO_ID.match(term):
                         go.append(term)
-                    else:  # as in a GO table: not dropped silently
-                        errors.handle(RecordError(name, i, acc, "bad_go_id", f"{term!r} is not a GO id (GO:NNNNNNN)"))
+                    elif bad_go is None:  # the entry is refused (or skipped) at its end, not kept without the term
+                        bad_go = RecordError(name, i, acc, "bad_go_id", f"{term!r} is not a GO id (GO:NNNNNNN)")
                 elif code == "SQ":
                     in_seq = True
                 elif line.startswith("//"):
@@ -137,6 +146,8 @@ def read_uniprot_flat(
                         )
                     elif not seq:
                         errors.handle(RecordError(name, start, acc, "missing_sequence", "entry without a sequence"))
+                    elif bad_go is not None:
+                        errors.handle(bad_go)
                     else:
                         try:
                             check_utf8(acc, name, start, "accession")
@@ -144,7 +155,7 @@ def read_uniprot_flat(
                             last = acc
                         except RecordError as e:
                             errors.handle(e)
-                    acc, go, seq, in_seq, start = None, [], [], False, i + 1
+                    acc, go, seq, in_seq, start, bad_go = None, [], [], False, i + 1, None
                 elif in_seq and line.startswith("     "):
                     seq.append(line)
         except RecordError as e:
@@ -171,7 +182,6 @@ def iter_go_tsv(path: str | Path) -> Iterator[tuple[str, str]]:
                 if i == 1:
                     continue  # header row
                 raise RecordError(name, i, acc, "bad_go_id", f"{term!r} is not a GO id (GO:NNNNNNN)")
-            check_utf8(acc, name, i, "accession")
             yield acc, term
 
 
@@ -188,7 +198,6 @@ def iter_gaf(path: str | Path) -> Iterator[tuple[str, str]]:
             acc, qualifier, term = cols[1].strip(), cols[3], cols[4].strip()
             if not GO_ID.match(term):
                 raise RecordError(name, i, acc, "bad_go_id", f"{term!r} is not a GO id")
-            check_utf8(acc, name, i, "accession")
             if "NOT" in qualifier.split("|"):
                 continue
             yield acc, term
@@ -247,12 +256,13 @@ def read_benchmark_csv(path: str | Path) -> BenchmarkSplit:
     seqs: list[str] = []
     labels: list[str] = []
     with open_text(p) as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None or sorted(h.strip() for h in header) != ["label", "seq"]:
+        rows = csv_rows(f, p)
+        _, header = next(rows, (1, None))
+        names = [h.strip() for h in header or []]
+        if sorted(names) != ["label", "seq"]:
             raise ValueError(f"{p}:1: expected a header 'seq,label' or 'label,seq', got {header}")
-        si, li = header.index("seq"), header.index("label")
-        for n, row in enumerate(reader, 2):
+        si, li = names.index("seq"), names.index("label")
+        for n, row in rows:
             if len(row) != 2:
                 raise ValueError(f"{p}:{n}: expected 2 columns, got {len(row)}")
             seq, label = row[si].strip(), row[li].strip()

@@ -100,6 +100,20 @@ def open_text(path: str | Path) -> IO[str]:
     return io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
 
 
+def decode_text(data: bytes, name: str | Path) -> str:
+    """A whole text file's bytes as str: UTF-8 (a byte-order mark dropped), or UTF-16 with its mark (Windows'
+    Notepad); anything else is a :class:`RecordError` (reason ``not_utf8``) naming the file and the line of its
+    first undecodable byte."""
+    try:
+        if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+            return data.decode("utf-16")
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise RecordError(str(name), line, None, "not_utf8", f"not {e.encoding.upper()} text (byte "
+                          f"0x{data[e.start]:02x}); save it as UTF-8") from None  # fmt: skip
+
+
 def check_utf8(value: str, path: str | Path, line: int, what: str) -> None:
     """An id or name read with :func:`open_text` must be UTF-8 text, since every output (CSV, parquet, JSON)
     writes it as such: else a :class:`RecordError` (reason ``not_utf8``) naming file and line, raised as the record is
@@ -117,7 +131,8 @@ def csv_rows(f: Iterable[str], path: str | Path) -> Iterator[tuple[int, list[str
     """(the line its record starts on, its fields) for each record of a CSV text (header included; quoted fields
     may span lines; CR, LF and CRLF line ends). A record the csv module cannot parse (a quote opened and never
     closed runs into its field-size limit) or a gzipped file cut short is a :class:`RecordError` naming the file
-    and the line the record starts on, instead of a bare ``csv.Error`` / ``EOFError``."""
+    and the line the record starts on, instead of a bare ``csv.Error`` / ``EOFError``. (In a file under the limit, a
+    quote never closed takes the rest of the file into one field: the caller's field count check names its line.)"""
     reader = csv.reader(f)
     done = 0  # lines read by the records so far
     while True:

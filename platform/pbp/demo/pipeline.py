@@ -125,7 +125,8 @@ class Demo:
         except Exception as e:  # an in-process step (task, register, promote, ...): its traceback to its log
             self.logs.mkdir(parents=True, exist_ok=True)
             log_path = self.logs / f"{name}.log"
-            log_path.write_text(traceback.format_exc())
+            with log_path.open("a") as log:  # after the output of a `pbp` command the step ran, if any
+                log.write(traceback.format_exc())
             raise DemoStepError(f"demo step {name!r} failed: {type(e).__name__}: {e}\n"
                                 f"its traceback: {log_path}") from None  # fmt: skip
         self.steps.append(StepResult(name, time.monotonic() - t0, figure))

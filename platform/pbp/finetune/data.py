@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pbp.data.records import RecordError, csv_rows
+from pbp.data.records import RecordError, csv_rows, decode_text
 from pbp.finetune.config import TaskConfig
 from pbp.model.finetune import IGNORE_INDEX, TaskKind, TaskSpec
 from pbp.model.tokenizer import SequenceError, encode
@@ -109,13 +109,8 @@ def _rows(url: str, data: bytes, cfg: TaskConfig, fix: str = "set task.seq_colum
     """-> ([(line, seq, label)], whether ``task.max_rows`` left rows of the file out), columns found by name. Raises
     naming the file for a missing column or no rows."""
     try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise TaskDataError(f"{url}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}; save it as UTF-8)") from None
-    try:
-        return _task_rows(url, csv_rows(io.StringIO(text, newline=""), url), cfg, fix)
-    except RecordError as e:  # a record the csv module cannot read
+        return _task_rows(url, csv_rows(io.StringIO(decode_text(data, url), newline=""), url), cfg, fix)
+    except RecordError as e:  # not UTF-8, or a record the csv module cannot read
         raise TaskDataError(str(e)) from None
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pbp.config import check_range, check_seed
+from pbp.config import check_range
 from pbp.model.config import ModelConfig
 from pbp.model.pretraining import CorruptionConfig, PretrainingLossConfig
 from pbp.names import check_name
@@ -147,7 +147,7 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         check_range("max_steps", self.max_steps, 1)
-        check_seed(self.seed)
+        check_range("seed", self.seed, 0, 2**63 - 1)  # torch's generators (numpy's need < 2**32: check_seed)
         if self.optim.name == "lamb" and self.deepspeed.zero_stage != 0:
             raise ValueError("optim.name=lamb needs deepspeed.zero_stage=0 (ZeRO partitions break LAMB's trust ratio)")
         check_name(self.run_name, "run_name")
