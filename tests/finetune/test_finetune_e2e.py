@@ -252,7 +252,7 @@ def test_ctrl_c_stops_a_run_says_how_to_continue_and_the_same_command_does(stack
            f"run_name={run}", f"checkpoint.storage_path=s3://{PREFIX}", *args]  # fmt: skip
     rc, out = signal_when(cmd, stack_dir, rf"\[{run}\] stage unfrozen epoch 2/40", signal.SIGINT)  # what Ctrl-C sends
     assert rc == 130, out[-3000:]
-    assert f"pbp: interrupted: run {run} stopped; its newest complete checkpoint is kept" in out, out[-3000:]
+    assert f"pbp: interrupted: run {run} stopped: the same command (the same run_name) continues it" in out, out[-3000:]
     assert _mlflow_run(mlflow_client, run).info.status == "KILLED"
     again = _ok(_finetune(stack_dir, run, *args))
     assert re.search(rf"resuming {run} from s3://\S+ \(stage 1, epoch \d+\)", again), again[-3000:]
@@ -348,3 +348,17 @@ def test_a_job_submitted_to_the_local_stack_reads_the_configs_relative_task_file
     assert got.info.status == "FINISHED" and "test_spearman" in got.data.metrics
     assert f"register it: pbp registry register {got.info.run_id} --name MODEL_NAME" in res.stdout  # the run's id
     assert re.search(rf"MLflow:  http://\S+/#/experiments/\d+/runs/{got.info.run_id}\n", res.stdout)  # not the bare id
+
+
+def test_more_workers_than_the_local_stack_holds_fail_at_once_naming_the_fix(stack_dir):
+    """The local stack has no autoscaler: the run waited scaling.resource_wait_s (300 s) printing Ray Train's
+    tracebacks, then told the user to resume from a checkpoint it never wrote."""
+    t0 = time.time()
+    res = _finetune(stack_dir, f"ft-big-{random.randrange(10**6)}", "scaling.num_workers=64", "tracking.enabled=false",
+                    timeout=200)  # fmt: skip
+    assert res.returncode == 2, res.stdout[-3000:] + res.stderr[-3000:]
+    err = res.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"pbp: error: the local stack's Ray cluster has \d+ node\(s\) with \d+ CPU: room for \d+ of "
+                        r"64 worker\(s\) x 1 CPU, and it has no autoscaler: add worker nodes \(`pbp stack up "
+                        r"--workers N`.*\) or lower scaling\.num_workers / scaling\.cpus_per_worker", err), err  # fmt: skip
+    assert time.time() - t0 < 100 and "WorkerGroupStartupTimeoutError" not in res.stdout + res.stderr

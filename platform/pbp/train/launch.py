@@ -149,7 +149,10 @@ def fit(trainer, scaling: ScalingConfig, run_name: str = ""):
     When the cluster's nodes as they are cannot hold the workers, it says so first (Ray Train's own retries print
     only tracebacks while it waits). Ctrl-C: Ray Train's own handler aborts the run and exits the process (status 1,
     no word of what was kept); it becomes a KeyboardInterrupt that says how to continue the run ``run_name``."""
-    note = capacity_note(alive_nodes(), scaling)
+    nodes = alive_nodes()
+    if run_name:  # (a campaign checks its trials' room once, on its driver)
+        require_room(nodes, scaling)
+    note = capacity_note(nodes, scaling)
     if note:
         print(f"pbp: {note}", flush=True)
     try:
@@ -159,8 +162,8 @@ def fit(trainer, scaling: ScalingConfig, run_name: str = ""):
     except SystemExit:
         if not run_name:
             raise
-        raise KeyboardInterrupt(f"run {run_name} stopped; its newest complete checkpoint is kept: the same command "
-                                "(the same run_name) continues from it") from None  # fmt: skip
+        raise KeyboardInterrupt(f"run {run_name} stopped: the same command (the same run_name) continues it from "
+                                "its newest complete checkpoint, if it wrote one") from None  # fmt: skip
     except Exception as e:
         better = capacity_error(e, scaling) or failed_run_error(e, scaling, run_name)
         if better is None:
@@ -247,6 +250,37 @@ def capacity_note(nodes: list[dict[str, Any]], scaling: ScalingConfig) -> str | 
             "--workers N` on the local stack); or lower scaling.num_workers / scaling.cpus_per_worker")  # fmt: skip
 
 
+def on_local_stack() -> bool:
+    """Whether this process's Ray connection is the local stack's cluster (whose nodes join only by `pbp stack up`)."""
+    import ray
+
+    from pbp.stack.state import StackState, default_state_dir
+
+    if not ray.is_initialized():
+        return False
+    state = StackState.load(resolve().state_dir or default_state_dir())
+    if state is None:
+        return False
+    # Ray names its GCS by this machine's address, the stack by 127.0.0.1: the same port on this machine
+    host, _, port = ray.get_runtime_context().gcs_address.rpartition(":")
+    here = {"127.0.0.1", "localhost", ray.util.get_node_ip_address()}
+    return host in here and port == state.ray_gcs_address.rpartition(":")[2]
+
+
+def require_room(nodes: list[dict[str, Any]], scaling: ScalingConfig,
+                 keys: str = "scaling.num_workers / scaling.cpus_per_worker") -> None:  # fmt: skip
+    """On the local stack, whose nodes never join by themselves, a run its nodes cannot hold fails at once (a
+    ClusterCapacityError naming the fix and ``keys``) instead of waiting ``scaling.resource_wait_s`` for nothing.
+    Elsewhere (an autoscaler may add nodes) the run waits, as :func:`capacity_note` says."""
+    if scaling.cpus_per_worker <= 0 or _worker_slots(nodes, scaling) >= scaling.num_workers or not on_local_stack():
+        return
+    raise ClusterCapacityError(
+        f"the local stack's Ray cluster has {_cluster(nodes, scaling)}: room for {_worker_slots(nodes, scaling)} of "
+        f"{_request(scaling)}, and it has no autoscaler: add worker nodes (`pbp stack up --workers N`; `--worker-cpus` "
+        f"sets each one's CPUs) or lower {keys}"
+    )
+
+
 def concurrency_note(nodes: list[dict[str, Any]], trial: ScalingConfig, concurrent: int) -> str | None:
     """For a campaign: a line saying that ``nodes`` hold fewer than ``concurrent`` trials of ``trial``'s workers at
     once (the others wait for a free slot), or none (:func:`capacity_note`); None when they hold them all."""
@@ -278,7 +312,8 @@ def capacity_error(error: BaseException, scaling: ScalingConfig) -> ClusterCapac
     )  # fmt: skip
     return ClusterCapacityError(
         f"the Ray cluster had no room for {need} for scaling.resource_wait_s={scaling.resource_wait_s:g}s; {where}. "
-        f"Fix: {fix}, then run the same command again: it resumes from the newest complete checkpoint."
+        f"Fix: {fix}, then run the same command again: it resumes from its newest complete checkpoint, if it wrote "
+        "one."
     )
 
 

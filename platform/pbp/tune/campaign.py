@@ -82,7 +82,7 @@ def run_campaign(cfg: TuneConfig, *, resume: bool = False, warm_start: str | Non
     from pbp.finetune.launch import resolve_config
     from pbp.names import check_name
     from pbp.train.config import ScalingConfig
-    from pbp.train.launch import alive_nodes, concurrency_note, connect_ray, git_commit
+    from pbp.train.launch import alive_nodes, concurrency_note, connect_ray, git_commit, require_room
     from pbp.train.tracking import Tracker
 
     base_cfg = check_space(cfg)
@@ -101,6 +101,8 @@ def run_campaign(cfg: TuneConfig, *, resume: bool = False, warm_start: str | Non
     if not resume:
         _save_config(url, cfg)
     connect_ray(address)
+    require_room(alive_nodes(), ScalingConfig(num_workers=cfg.trial_workers, cpus_per_worker=cfg.cpus_per_trial_worker,
+                                              use_gpu=cfg.use_gpu), "trial_workers / cpus_per_trial_worker")  # fmt: skip
     parent = Tracker(cfg.experiment, cfg.name, None, progress_metric="best_value")
     tags = {"pbp.campaign": cfg.name, "pbp.git_commit": git_commit(), "pbp.metric": metric, "pbp.mode": mode}
     parent.log_config(cfg, {**tags, **{k: v for k, v in ft_meta["tags"].items() if k.startswith("pbp.task")}})
