@@ -162,6 +162,17 @@ def test_the_campaigns_closing_lines_count_trials_by_status_and_name_the_best_wi
     summary.baseline = 0.0  # the metric's trivial baseline, from a finished trial's report
     assert "valid_spearman=0.7800 (trivial baseline 0.0000) with" in campaign_lines("lr-sweep", summary,
                                                                                    best_trial(summary))  # fmt: skip
+    assert "note:" not in campaign_lines("lr-sweep", summary, best_trial(summary))
+    summary.baseline = 0.78  # no trial beat it: said, since the gate would refuse the model a user is told to register
+    assert (
+        campaign_lines("lr-sweep", summary, best_trial(summary))
+        .splitlines()[-1]
+        .startswith(
+            "note:    no trial beat the trivial baseline: the best model predicts no better than a constant "
+            "(valid_spearman 0.7800 against 0.7800)"
+        )
+    )
+    summary.baseline = 0.0
     assert "(trivial baseline 0.0000)" in write_report(summary, tmp_path).read_text(encoding="utf-8")
     assert summary_from_json(summary_to_json(summary)) == summary
     assert campaign_lines("none", CampaignSummary("none", "valid_spearman", "max", []), None) == (
