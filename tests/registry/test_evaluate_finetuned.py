@@ -76,3 +76,17 @@ def test_unseen_labels_drop_says_how_many_rows_it_left_out(models, tmp_path, cap
                  str(out)]) == 0  # fmt: skip
     assert f"0 row(s) of {test} left out" in capsys.readouterr().out
     assert json.loads(out.read_text())["test_rows_left_out"] == 0
+
+
+def test_data_of_the_other_kind_is_named_for_what_it_is(models, tmp_path, capsys):
+    """A dataset given to a fine-tuned model read as 'empty file', a CSV given to a pretrained one as a dataset
+    without its manifest."""
+    from pbp.model import ModelConfig, ProteinBERT
+
+    a, _, test, _ = models
+    assert main(["evaluate", "--model", str(a), "--data", f"{tmp_path}/"]) == 2
+    assert "a folder or prefix (a pbp dataset?), but" in capsys.readouterr().err
+    pretrained = ProteinBERT(ModelConfig(n_annotations=8, d_local=16, d_global=32, n_blocks=1, n_heads=2, d_key=8))
+    pretrained.save_pretrained(tmp_path / "pre")
+    assert main(["evaluate", "--model", str(tmp_path / "pre"), "--data", str(test)]) == 2
+    assert "is a pretrained model, scored on a pbp dataset" in capsys.readouterr().err

@@ -156,9 +156,9 @@ def campaign_lines(name: str, summary: CampaignSummary, best: TrialRecord | None
 
         lines.append(f"best:    trial {best.trial_id} {summary.metric}={best.value:.4f}{baseline_note(summary)} with "
                      f"{format_params(best.params)}")  # fmt: skip
-        if summary.baseline is not None and not (best.value > summary.baseline if summary.mode == "max"
-                                                 else best.value < summary.baseline):  # fmt: skip
+        value, base = best.value, summary.baseline
+        if value is not None and base is not None and not (value > base if summary.mode == "max" else value < base):
             lines.append(f"note:    no trial beat the trivial baseline: the best model predicts no better than a "
-                         f"constant ({summary.metric} {best.value:.4f} against {summary.baseline:.4f}); the registry's "
+                         f"constant ({summary.metric} {value:.4f} against {base:.4f}); the registry's "
                          "promotion gate refuses such a model. More rows, epochs or another space may help")  # fmt: skip
     return "\n".join(lines)

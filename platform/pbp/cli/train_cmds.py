@@ -95,6 +95,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     with model_files(args.model) as root:
         d = find_model_dir(root, args.model)
+        _check_data_fits_model(args.model, args.data, finetuned=(d / META).is_file())
         if (d / META).is_file():  # a fine-tuned model: its task's metrics on a labelled file
             res = _evaluate_finetuned(args, d)
         else:
@@ -107,6 +108,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(res, indent=2) + "\n")
     return 0
+
+
+def _check_data_fits_model(model: str, data: str, finetuned: bool) -> None:
+    """A fine-tuned model is scored on a labelled CSV file, a pretrained one on a pbp dataset (a folder or s3://
+    prefix with its manifest): the other kind of --data is named as such (it read as an empty file or a dataset
+    without its manifest)."""
+    folder = data.endswith("/") or Path(data).is_dir()
+    table = data.lower().removesuffix(".gz").endswith((".csv", ".tsv")) or Path(data).is_file()
+    if finetuned and folder:
+        raise ValueError(f"--data {data}: a folder or prefix (a pbp dataset?), but {model} is a fine-tuned model, "
+                         "scored on a labelled CSV file (its sequence and label columns)")  # fmt: skip
+    if not finetuned and table:
+        raise ValueError(f"--data {data}: a file, but {model} is a pretrained model, scored on a pbp dataset (the "
+                         "folder or s3:// prefix `pbp data build` wrote); a labelled CSV scores a fine-tuned model")  # fmt: skip
 
 
 def _evaluate_finetuned(args: argparse.Namespace, model_dir: Path) -> dict[str, float]:
