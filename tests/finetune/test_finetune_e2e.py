@@ -282,6 +282,7 @@ def test_rerun_after_completion_starts_nothing_and_reports_the_run(numeric_run, 
     # no worker, no stage, no second export: the closing lines from the run's final_metrics.json
     assert "Started training worker group" not in out and not re.search(r"stage \S+ epoch \d+/", out)
     assert f"run {run}: already finished (nothing left to train); model in" in out
+    assert "(a finished run is not trained further, also with larger stages' max_epochs" in out
     assert re.search(r"^test_spearman\s+\S+\s+0\.0000$", out, re.M)
     assert f"register it: pbp registry register {mrun.info.run_id} --name MODEL_NAME" in out
     assert len(mlflow_client.search_logged_models([mrun.info.experiment_id])) == len(logged)
