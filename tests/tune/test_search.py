@@ -57,3 +57,17 @@ def test_a_space_reaches_stages_the_fine_tuning_config_leaves_at_their_defaults(
     assert [s.name for s in base.stages] == ["frozen", "unfrozen", "final-1024"]
     trial = trial_finetune_config(base_finetune_dict(cfg), {"stages.0.lr": 0.05}, "t")
     assert trial.stages[0].lr == 0.05 and trial.stages[1:] == base.stages[1:]
+
+
+def test_a_warm_start_from_another_space_names_each_difference():
+    """It listed both spaces' keys, which were the same when only a range differed."""
+    import optuna.distributions as od
+
+    from pbp.tune.campaign import space_difference
+
+    then = {"head_dropout": od.FloatDistribution(0.0, 0.6), "stages.1.lr": od.FloatDistribution(1e-4, 1e-2, log=True)}
+    now = {"head_dropout": od.FloatDistribution(0.0, 0.3), "stages.0.lr": od.FloatDistribution(1e-3, 0.1, log=True)}
+    text = space_difference(then, now)
+    assert text.startswith("head_dropout: FloatDistribution(high=0.6, ") and "high=0.3, " in text
+    assert "stages.0.lr: only here" in text and "stages.1.lr: only there" in text
+    assert space_difference(now, now) == ""

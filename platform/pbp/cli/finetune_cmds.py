@@ -54,8 +54,10 @@ def finetune_and_report(cfg: FinetuneConfig, address: str | None = None) -> None
     print(f"run {cfg.run_name}: {state}; model in {res.run_url}/final_model and the MLflow run's 'model' artifact "
           f"(experiment {cfg.tracking.experiment})")  # fmt: skip
     if not res.trained:
-        print("(a finished run is not trained further, also with larger stages' max_epochs: another run_name trains "
-              "with them)")
+        print(
+            "(a finished run is not trained further, also with larger stages' max_epochs: another run_name trains "
+            "with them)"
+        )
     run_id = (res.mlflow_run_id or run_id_of(cfg.tracking.experiment, cfg.run_name)) if cfg.tracking.enabled else None
     if run_id is not None:
         print(f"MLflow:  {run_link(run_id)}\nregister it: pbp registry register {run_id} --name MODEL_NAME")

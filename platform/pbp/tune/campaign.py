@@ -382,10 +382,24 @@ def warm_start_trials(cfg: TuneConfig, other_url: str) -> list:
     found = []
     for t in trials:
         if t.distributions != dists:
-            raise CampaignError(f"--warm-start: {other_url} searched another space ({sorted(t.distributions)} "
-                                f"with other ranges or types than {sorted(dists)})")  # fmt: skip
+            raise CampaignError(f"--warm-start: {other_url} searched another space: "
+                                f"{space_difference(t.distributions, dists)}")  # fmt: skip
         found.append(t)
     return found
+
+
+def space_difference(then: dict[str, Any], now: dict[str, Any]) -> str:
+    """What differs between two spaces of Optuna distributions, key by key: ``head_dropout: UniformDistribution(
+    high=0.6, low=0.0) there, UniformDistribution(high=0.3, low=0.0) here; stages.1.lr: only there``."""
+    parts = []
+    for key in sorted(set(then) | set(now)):
+        if key not in now:
+            parts.append(f"{key}: only there")
+        elif key not in then:
+            parts.append(f"{key}: only here")
+        elif then[key] != now[key]:
+            parts.append(f"{key}: {then[key]} there, {now[key]} here")
+    return "; ".join(parts)
 
 
 def finish_campaign(cfg: TuneConfig, summary: CampaignSummary, parent, url: str, wall_s: float) -> Path:
