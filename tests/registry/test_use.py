@@ -51,6 +51,7 @@ def test_predict_embed_pyfunc_serve_and_attention_from_champion_match_the_model(
     out = ok(pbp("predict", "--model", uri, "--input", str(_fasta(tmp_path / "in.fasta")), "--out",
                  str(tmp_path / "preds.csv")))  # fmt: skip
     assert "predicted 3 sequences" in out and "skipped 2 bad record(s)" in out and "BAD1" in out and "BAD2" in out
+    assert b"\r" not in (tmp_path / "preds.csv").read_bytes()  # plain LF lines (csv's default is CRLF)
     preds = pd.read_csv(tmp_path / "preds.csv")
     assert list(preds["id"]) == list(GOOD) and list(preds["length"]) == [len(s) for s in GOOD.values()]
     np.testing.assert_allclose(preds["prediction"], want, rtol=1e-5, atol=1e-6)

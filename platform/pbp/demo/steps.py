@@ -171,7 +171,7 @@ def predict(d: Demo) -> str:
     rows = list(csv.DictReader(test.open()))[: d.cfg.predict_rows]
     inp = d.out / "predict_input.csv"
     with inp.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["id", "seq"])
+        w = csv.DictWriter(f, fieldnames=["id", "seq"], lineterminator="\n")
         w.writeheader()
         w.writerows({"id": r["id"], "seq": r["seq"]} for r in rows)
     out = d.out / "predictions.csv"

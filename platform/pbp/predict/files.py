@@ -181,7 +181,7 @@ def predict_file(model_uri: str, input_path: str, out: Path, *, seq_column: str 
 
     def write(tmp: Path) -> None:
         with tmp.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(flat[0]))
+            w = csv.DictWriter(f, fieldnames=list(flat[0]), lineterminator="\n")  # not the module's CRLF
             w.writeheader()
             w.writerows(flat)
 
