@@ -147,6 +147,8 @@ def test_jobs_list_shows_submitted_jobs_and_counts_the_drivers_that_connected_di
                           "1 driver(s) connected directly (--all lists them)")  # fmt: skip
     every = jobs_table(jobs, "http://h:1", drivers=True)
     assert "09000000 (direct)" in every and "pbp-tune-x" in every
+    assert every.endswith("1 submitted job(s) and 1 driver(s) connected directly (marked: no log to fetch) on "
+                          "http://h:1; `pbp jobs logs ID` shows a job's output")  # fmt: skip
     assert jobs_table(jobs[:1], "http://h:1").endswith("; 1 driver(s) connected directly (--all lists them)")
 
 

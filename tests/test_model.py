@@ -140,6 +140,9 @@ def test_from_pretrained_errors_name_the_problem(tmp_path, tiny_cfg):
     cfg_file.write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         ProteinBERT.from_pretrained(tmp_path / "m")
+    for uri in ("s3://pbp-runs/pretrain/tiny/final_model/", "models:/pb@champion"):  # read as 's3:/pbp-runs/...'
+        with pytest.raises(ValueError, match=r"from_pretrained reads a local directory; .*load_model\(URI\)\.body"):
+            ProteinBERT.from_pretrained(uri)
 
 
 def test_bf16_autocast_runs_and_stays_close(tiny_cfg):

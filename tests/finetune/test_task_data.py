@@ -95,7 +95,7 @@ def test_valid_or_test_label_unseen_in_train(tmp_path, kind):
         other = "seq,label\nMKV,HEC\nMKVL,HHXE\n"
         bad = "residue 3's label 'X' does not occur in the training file"
     valid = _csv(tmp_path, "v.csv", other)
-    with pytest.raises(TaskDataError, match=rf"v\.csv:3: {bad}"):
+    with pytest.raises(TaskDataError, match=rf"v\.csv:3: {bad} \(task.kind=\w+\); task.unseen_labels=drop leaves"):
         load_task(_task(kind, train, valid=valid))
     ok_valid = _csv(tmp_path, "ok.csv", "seq,label\nMKV,a\n" if kind == "categorical" else "seq,label\nMKV,HEC\n")
     with pytest.raises(TaskDataError, match=rf"te\.csv:3: {bad}"):

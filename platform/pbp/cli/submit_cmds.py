@@ -97,5 +97,8 @@ def jobs_table(jobs: list, where: str, drivers: bool = False) -> str:
                      f"{(end - start) / 1000:.0f} s" if start and end else "-", info.entrypoint])  # fmt: skip
     lines = aligned(["id", "status", "started (UTC)", "ran", "entrypoint"], rows, right=(3,))
     n = len(rows) - (len(direct) if drivers else 0)
-    more = "" if drivers or not direct else f"; {len(direct)} driver(s) connected directly (--all lists them)"
+    if drivers:
+        more = f" and {len(direct)} driver(s) connected directly (marked: no log to fetch)" if direct else ""
+        return "\n".join([*lines, f"{n} submitted job(s){more} on {where}; `pbp jobs logs ID` shows a job's output"])
+    more = f"; {len(direct)} driver(s) connected directly (--all lists them)" if direct else ""
     return "\n".join([*lines, f"{n} submitted job(s) on {where}; `pbp jobs logs ID` shows one's output{more}"])

@@ -177,7 +177,7 @@ def check_destination(store: Store, overwrite: bool = False) -> None:
             raise DatasetError(
                 f"{store.url}: bucket {bucket!r} does not exist; pbp does not create buckets (a typo would become a "
                 f"new bucket): create it (`aws s3 mb s3://{bucket}`) or use an existing one, e.g. one of the local "
-                "stack's (`pbp stack status`)"
+                "stack's (pbp-data, pbp-runs; `pbp stack up` lists them)"
             )
     if not store.s3 and store.root.exists() and not store.root.is_dir():
         raise DatasetError(f"{store.root}: an existing file, not a directory; --out names the directory the dataset "

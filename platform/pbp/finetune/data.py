@@ -44,7 +44,8 @@ class UnseenLabelError(TaskDataError):
 
     def __init__(self, where: str, what: str, kind: TaskKind) -> None:
         self.where, self.what, self.kind = where, what, kind
-        super().__init__(f"{where}: {what} does not occur in the training file (task.kind={kind.value})")
+        super().__init__(f"{where}: {what} does not occur in the training file (task.kind={kind.value}); "
+                         "task.unseen_labels=drop leaves such rows out")  # fmt: skip
 
 
 @dataclass

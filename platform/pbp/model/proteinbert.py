@@ -273,6 +273,9 @@ class ProteinBERT(nn.Module):
         """
         from pbp.model.files import load_weights, read_json_object
 
+        if "://" in str(directory) or str(directory).startswith(("models:/", "runs:/")):  # Path() would mangle it
+            raise ValueError(f"{directory}: from_pretrained reads a local directory; for s3:// or MLflow URIs, "
+                             "pbp.predict.models.load_model(URI).body (it downloads the model first)")  # fmt: skip
         d = Path(directory)
         cfg_path, weights_path = d / CONFIG_FILE, d / WEIGHTS_FILE
         for p in (cfg_path, weights_path):
