@@ -47,6 +47,12 @@ def test_predict_embed_pyfunc_serve_and_attention_from_champion_match_the_model(
     model, task, _ = load_finetuned(models[0])
     want = [r["prediction"] for r in FinetunedPredictor(model, task).predict_sequences(list(GOOD.values()))]
     uri = f"models:/{name}@champion"
+    from pbp.train.artifacts import ModelLocationError, pinned
+
+    assert pinned(uri) == f"models:/{name}/1"  # what a fine-tuning run starting from the alias loads and records
+    assert pinned(f"models:/{name}/1") == f"models:/{name}/1" and pinned(str(tmp_path)) == str(tmp_path)
+    with pytest.raises(ModelLocationError, match=rf"init='models:/{name}@nosuch'"):
+        pinned(f"models:/{name}@nosuch", "init")
 
     out = ok(pbp("predict", "--model", uri, "--input", str(_fasta(tmp_path / "in.fasta")), "--out",
                  str(tmp_path / "preds.csv")))  # fmt: skip

@@ -27,6 +27,7 @@ def resolve_config(cfg: FinetuneConfig, tags: dict[str, str] | None = None) -> t
     """Fill the storage path; check the task and the starting point. -> (config, meta for the workers)."""
     from pbp.data.storage import check_object_storage
     from pbp.finetune.export import load_body
+    from pbp.train.artifacts import pinned
     from pbp.train.launch import git_commit
     from pbp.train.tracking import check_tracking_server
 
@@ -50,8 +51,11 @@ def resolve_config(cfg: FinetuneConfig, tags: dict[str, str] | None = None) -> t
         log.warning("%s: %d rows left out, their class does not occur in the training file (task.unseen_labels=drop)",
                     getattr(cfg.task, role), n)  # fmt: skip
     lineage: dict[str, str] = {"pbp.init": cfg.init}
+    init = pinned(cfg.init, "init") if cfg.init != "none" else "none"  # the workers load this very version
+    if init != cfg.init:
+        lineage["pbp.init_version"] = init
     if cfg.init != "none":
-        body, meta = load_body(cfg.init)
+        body, meta = load_body(init)
         cfg = replace(cfg, model=body.config)
         if meta.get("run_name"):
             lineage["pbp.init_pretrain_run"] = str(meta["run_name"])
@@ -61,6 +65,7 @@ def resolve_config(cfg: FinetuneConfig, tags: dict[str, str] | None = None) -> t
     check_object_storage(storage)
     cfg = replace(cfg, checkpoint=replace(cfg.checkpoint, storage_path=storage))
     meta_out = {
+        "init": init,
         "identity": run_identity(cfg, data.digests),
         "tags": {
             **lineage,

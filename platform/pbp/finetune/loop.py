@@ -87,7 +87,8 @@ class Trainer:
                                    else "cpu")  # fmt: skip
         self.data: TaskData = load_task(cfg.task, cfg.seed)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        body = ProteinBERT(cfg.model) if cfg.init == "none" else load_body(cfg.init)[0]
+        init = meta.get("init", cfg.init)  # an alias pinned to its version on the driver
+        body = ProteinBERT(cfg.model) if init == "none" else load_body(init)[0]
         self.model = FinetuneModel(body, self.data.spec, cfg.head_dropout).to(self.device)
         self.flat = self.data.spec.flattened()
         self.train_ref = self._flat_labels(self.data.train)

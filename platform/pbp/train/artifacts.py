@@ -22,6 +22,24 @@ class ModelLocationError(UserError, FileNotFoundError):
     """A model location that does not lead to a model; the message names it and what MLflow or S3 said."""
 
 
+def pinned(location: str, what: str = "model") -> str:
+    """``models:/NAME@alias`` -> ``models:/NAME/VERSION``, the version the alias points at now (an alias moves: a run
+    and its workers must load one version, and lineage must say which); any other location as it is."""
+    if not location.startswith("models:/") or "@" not in location:
+        return location
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from pbp.train.tracking import configure_mlflow, unanswered
+
+    name, _, alias = location[len("models:/") :].partition("@")
+    try:
+        version = MlflowClient(configure_mlflow()).get_model_version_by_alias(name, alias).version
+    except MlflowException as e:  # no such model or alias; no permission: MLflow's words
+        raise ModelLocationError(f"{what}={location!r}: {unanswered(e) or e.message}") from None
+    return f"models:/{name}/{version}"
+
+
 def local_dir(location: str, what: str = "model") -> Path:
     """The model's files in a local directory, for the rest of the process (a copy is removed at exit)."""
     d, scratch = _fetch(location, what)

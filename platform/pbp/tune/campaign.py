@@ -51,6 +51,7 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], ctx: dict[str, Any])
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = trial_finetune_config(base, config, trial_run_name(ctx["campaign"], trial_id), ctx["trials_url"])
     meta = {
+        "init": ctx["init"],  # every trial starts from the version the campaign's driver pinned an alias to
         "tags": {**ctx["tags"], "mlflow.parentRunId": ctx["parent_run_id"], "pbp.trial_id": trial_id},
     }
     fit(build_trainer(cfg, meta, callbacks=[TuneReportCallback()]), cfg.scaling)
@@ -114,7 +115,7 @@ def run_campaign(cfg: TuneConfig, *, resume: bool = False, warm_start: str | Non
     if note:
         print(f"[{cfg.name}] {note}", flush=True)
     ctx = {"campaign": cfg.name, "trials_url": f"{url}/trials", "parent_run_id": parent.run_id,
-           "tags": {**ft_meta["tags"], "pbp.campaign": cfg.name}}  # fmt: skip
+           "tags": {**ft_meta["tags"], "pbp.campaign": cfg.name}, "init": ft_meta["init"]}  # fmt: skip
     t0 = time.time()
     tuner = _tuner(cfg, base_cfg, base, ctx, metric, mode, url, resume, warm_start, warm)
     grid, finished_before = _fit(tuner, cfg, parent.run_id, resume)
