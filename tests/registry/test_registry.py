@@ -123,7 +123,8 @@ def test_unknown_model_version_other_task_and_bad_names_are_refused(pbp, models,
     save_finetuned(other, TaskInfo(TaskKind.BINARY), tmp_path / "bin", meta)
     bin_test = tmp_path / "bin.csv"
     bin_test.write_text("seq,label\nMKTAYIAKQR,1\nMSVLTPLLLR,0\nMADEEKLPPG,1\n")
-    ok(pbp("registry", "register", str(tmp_path / "bin"), "--name", name, "--test", str(bin_test)))
+    out = ok(pbp("registry", "register", str(tmp_path / "bin"), "--name", name, "--test", str(bin_test)))
+    assert f"note: {name} also holds version(s) 1 of kind 'numeric', this one is 'binary'" in out, out
     res = pbp("registry", "promote", name, "--version", "2")
     assert res.returncode == 1 and "another task kind" in res.stdout, res.stdout + res.stderr
     doc = _history(pbp, name)

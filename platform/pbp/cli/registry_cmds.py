@@ -75,6 +75,7 @@ def _quiet() -> None:
 
 def cmd_register(args: argparse.Namespace) -> int:
     _quiet()
+    from pbp.registry.register import kind_of
     from pbp.registry.register import register as do_register
 
     r = do_register(args.source, args.name, test=args.test, description=args.description)
@@ -87,6 +88,10 @@ def cmd_register(args: argparse.Namespace) -> int:
     if r.same_source:
         print(f"note: {r.tags['pbp.source']} was registered before, as version(s) {', '.join(r.same_source)} of "
               f"{r.name}; version {r.version} is another copy")  # fmt: skip
+    for kind, versions in r.other_kinds.items():
+        print(f"note: {r.name} also holds version(s) {', '.join(versions)} of kind {kind!r}, this one is "
+              f"{kind_of(r.tags)!r}: promotion does not compare across kinds, so a model per task (its own "
+              "--name) keeps @champion meaningful")  # fmt: skip
     return 0
 
 

@@ -37,6 +37,14 @@ class Registered:
     """Set when the source was a campaign's parent run: the campaign whose best trial was registered."""
     same_source: list[str] = field(default_factory=list)
     """Earlier versions of the model registered from the same source (a second registration is usually a slip)."""
+    other_kinds: dict[str, list[str]] = field(default_factory=dict)
+    """The model's other versions of another kind (:func:`kind_of`), by kind: a name that holds two tasks cannot
+    promote between them."""
+
+
+def kind_of(tags: dict[str, str]) -> str:
+    """A version's kind for promotion: its task kind (``pbp.task.kind``), else ``pbp.kind`` (pretrained)."""
+    return tags.get("pbp.task.kind") or tags.get("pbp.kind") or ""
 
 
 def resolve_source(source: str) -> tuple[str, str | None]:
@@ -90,12 +98,14 @@ def register(source: str, name: str, *, test: str = "", description: str = "") -
     _ensure_registered_model(c, name, description)
     mv = call(f"registering {source} as model {name}", lambda: _register_quietly(model_uri, name, tags),
               permission="EDIT on the registered model")  # fmt: skip
-    return Registered(name, str(mv.version), model_uri, tags, campaign, _same_source(c, name, tags, str(mv.version)))
-
-
-def _same_source(c: Any, name: str, tags: dict[str, str], version: str) -> list[str]:
-    """The model's other versions whose ``pbp.source`` tag is this one's."""
-    return [v for v in versions_of_source(name, tags["pbp.source"], c) if v != version]
+    version = str(mv.version)
+    others = [v for v in c.search_model_versions(f"name = '{name}'") if str(v.version) != version]
+    same = sorted((str(v.version) for v in others if v.tags.get("pbp.source") == tags["pbp.source"]), key=int)
+    kinds: dict[str, list[str]] = {}
+    for v in sorted(others, key=lambda v: int(v.version)):
+        if kind_of(v.tags) and kind_of(v.tags) != kind_of(tags):
+            kinds.setdefault(kind_of(v.tags), []).append(str(v.version))
+    return Registered(name, version, model_uri, tags, campaign, same, kinds)
 
 
 def versions_of_source(name: str, source: str, c: Any = None) -> list[str]:
