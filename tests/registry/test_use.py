@@ -110,7 +110,10 @@ def test_pretrained_model_registers_with_its_go_vocabulary_and_predicts_named_te
     assert "(pretrained)" in out
     res = pbp("registry", "promote", name, "--version", "1")  # no task metric: refused, not an error
     assert res.returncode == 1 and "no task test metric" in res.stdout
-    ok(pbp("registry", "promote", name, "--version", "1", "--force", "--reason", "the base model for fine-tuning"))
+    out = ok(
+        pbp("registry", "promote", name, "--version", "1", "--force", "--reason", "the base model for fine-tuning")
+    )
+    assert "forced past the gate (version 1 is a pretrained model with no task test metric to gate on)" in out, out
 
     seqs = list(GOOD.values())
     (tmp_path / "in.csv").write_text("label,seq,id\n" + "".join(f"0,{s},{k}\n" for k, s in GOOD.items()))

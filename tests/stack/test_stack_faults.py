@@ -178,3 +178,20 @@ def test_env_lines_quote_values_and_fail_without_a_stack(tmp_path, stack_dir, ca
     assert last == f"# Ray's own CLI (ray status, ray list ...): --address {state.ray_gcs_address}"
     with pytest.raises(StackStateError, match="no stack here"):
         manager.env_lines(tmp_path)
+
+
+def test_the_shell_line_names_the_pbp_a_user_can_type(monkeypatch, tmp_path):
+    """`pbp stack up` said eval "$(pbp stack env ...)", with no pbp on PATH after `make setup` (.venv/bin/pbp)."""
+    import sys
+    from pathlib import Path
+
+    from ..conftest import REPO
+
+    venv_bin = Path(sys.executable).parent
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    monkeypatch.chdir(REPO)
+    assert manager.pbp_command() == str((venv_bin / "pbp").relative_to(REPO))
+    monkeypatch.chdir(tmp_path)
+    assert manager.pbp_command() == str(venv_bin / "pbp")
+    monkeypatch.setenv("PATH", f"{venv_bin}:/usr/bin:/bin")
+    assert manager.pbp_command() == "pbp"

@@ -78,7 +78,8 @@ def promote(name: str, version: str | int, *, tolerance: float = 0.0, force: boo
                 raise
             verdict = gate.Verdict(False, f"the gate could not run: {e}")
         promoted = verdict.ok or force
-        why = verdict.why if verdict.ok or not force else f"forced past the gate ({verdict.why})"
+        refusal = verdict.why.replace(" (promote it with --force --reason)", "")  # that advice was just taken
+        why = verdict.why if verdict.ok or not force else f"forced past the gate ({refusal})"
         moves = {CHAMPION: version, **({PREVIOUS: old} if old else {})} if promoted else {}
         record = _record(c, lock, trail, {
             "action": "promote", "decision": "promoted" if promoted else "refused", "version": version,

@@ -320,6 +320,22 @@ def env_lines(state_dir: Path) -> list[str]:
     return [f"export {k}={shlex.quote(v)}" for k, v in values.items()]
 
 
+def pbp_command() -> str:
+    """How a user types this ``pbp``: ``pbp`` when that is the one on PATH, else its path (``.venv/bin/pbp`` from
+    the project, as the README has it)."""
+    import shutil
+    import sys
+
+    mine = Path(sys.executable).with_name("pbp")
+    on_path = shutil.which("pbp")
+    if on_path and Path(on_path).resolve() == mine.resolve():
+        return "pbp"
+    try:
+        return shlex.quote(str(mine.relative_to(Path.cwd())))
+    except ValueError:
+        return shlex.quote(str(mine))
+
+
 def describe(state: StackState) -> list[str]:
     return [
         f"state dir:   {state.dir}",
@@ -331,5 +347,5 @@ def describe(state: StackState) -> list[str]:
         else f"Prometheus:  {PROMETHEUS_HINT}",
         f"credentials: {state.dir / SECRETS_FILE} and {state.dir / RAY_TOKEN_FILE} (mode 600)",
         f"logs:        {state.dir / 'logs'}   Ray session: {ray_temp_dir(state)}",
-        f'shell:       eval "$(pbp stack env --state-dir {shlex.quote(str(state.dir))})"',
+        f'shell:       eval "$({pbp_command()} stack env --state-dir {shlex.quote(str(state.dir))})"',
     ]
