@@ -90,3 +90,34 @@ def test_data_of_the_other_kind_is_named_for_what_it_is(models, tmp_path, capsys
     pretrained.save_pretrained(tmp_path / "pre")
     assert main(["evaluate", "--model", str(tmp_path / "pre"), "--data", str(test)]) == 2
     assert "is a pretrained model, scored on a pbp dataset" in capsys.readouterr().err
+
+
+def test_the_baselines_take_their_constant_from_the_training_labels_the_model_recorded(models, tmp_path):
+    """Fine-tuning's test_mse_baseline used the training mean, `pbp evaluate` and `registry register --test` the
+    scored file's own mean: one tag, two definitions. A model now records its training constant."""
+    import shutil
+
+    import numpy as np
+    import pandas as pd
+
+    from pbp.model.finetune import TaskKind, TaskSpec
+    from pbp.train.metrics import baseline_reference
+
+    a, _, test, _ = models
+    labels = pd.read_csv(test)["label"].to_numpy(dtype=np.float64)
+    own = evaluate_file(a, str(test))  # a model saved without it: the file's own mean, as before
+    assert own["test_mse_baseline"] == pytest.approx(((labels - labels.mean()) ** 2).mean())
+    recorded = tmp_path / "recorded"
+    shutil.copytree(a, recorded)
+    doc = json.loads((recorded / "finetuned.json").read_text())
+    doc["metadata"]["baseline_reference"] = [5.0]  # the training labels' mean
+    (recorded / "finetuned.json").write_text(json.dumps(doc))
+    res = evaluate_file(recorded, str(test))
+    assert res["test_mse_baseline"] == pytest.approx(((labels - 5.0) ** 2).mean())
+    assert res["test_mse"] == pytest.approx(own["test_mse"])  # the model's own figures do not change
+    model, task, meta = load_finetuned(recorded)
+    gate = gate_evaluate(model, task, SplitRef(str(test), "", 0, "seq", "label"), meta)
+    assert gate["test_mse_baseline"] == pytest.approx(res["test_mse_baseline"])  # the registry's figure agrees
+    numeric, categorical = TaskSpec(TaskKind.NUMERIC), TaskSpec(TaskKind.CATEGORICAL, 3)
+    assert baseline_reference(numeric, np.array([1.0, 2.0, 6.0])) == [3.0]
+    assert baseline_reference(categorical, np.array([2, 1, 2, 0])) == [2.0]

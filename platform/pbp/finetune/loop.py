@@ -35,6 +35,7 @@ from pbp.model.finetune import IGNORE_INDEX, FinetuneModel, task_loss
 from pbp.train.checkpoint import Checkpointer, CommitRecord, Restored, Upload
 from pbp.train.dist import DistContext, all_gather_objects, average_gradients, broadcast, quiet_ray_train_reports
 from pbp.train.driver import Cadence, drive
+from pbp.train.metrics import baseline_reference
 from pbp.train.tracking import MODEL_LOGGED_TAG, Tracker, finish_on_error
 
 log = logging.getLogger("pbp.finetune")
@@ -402,7 +403,7 @@ def _export(tr: Trainer, final: dict[str, float]) -> None:
         else {}
     )
     lineage = {"run_name": cfg.run_name, "init": cfg.init, "task_name": cfg.task.name, "task_digests": data.digests,
-               "test_split": test_split,
+               "test_split": test_split, "baseline_reference": baseline_reference(tr.flat, tr.train_ref),
                **{k: v for k, v in tr.meta.get("tags", {}).items()}}  # fmt: skip
     local = save_finetuned(tr.model.cpu(), info, scratch_dir() / "model", lineage)
     try:

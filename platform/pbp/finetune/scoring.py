@@ -78,17 +78,26 @@ def by_length(task: TaskSpec, preds: Sequence[Pred], lengths: np.ndarray, bucket
 def evaluate_file(model_dir: Path, url: str, *, seq_column: str = "", label_column: str = "", max_rows: int = 0,
                   buckets: Sequence[int] = LENGTH_BUCKETS, drop_unseen: bool = False) -> dict[str, float]:  # fmt: skip
     """The fine-tuned model in ``model_dir`` scored on a labelled CSV file (local or ``s3://``): ``test_*`` metrics
-    overall beside their baselines (the file's own labels give the constant: majority class, mean), then per length
+    overall beside their baselines (their constant, mean or majority class, from the training labels as the model's
+    ``baseline_reference`` records them; the file's own labels for a model saved without it), then per length
     bucket. A class the model was not trained on is an error naming file and line, or with ``drop_unseen`` the row
     is left out and counted (``test_rows_left_out``)."""
     from pbp.finetune.data import load_split
     from pbp.finetune.export import load_finetuned
 
-    model, task, _ = load_finetuned(model_dir)
+    model, task, meta = load_finetuned(model_dir)
     dropped: dict[str, int] | None = {} if drop_unseen else None
     split, _ = load_split(url, task.kind, task.classes, seq_column or task.seq_column, label_column or task.label_column,
                           max_rows, dropped)  # fmt: skip
     preds = predict_split(model, split)
     flat = task.spec.flattened()
     left_out = {"test_rows_left_out": float(dropped.get("test", 0))} if dropped is not None else {}
-    return {**score(flat, preds, "test"), **left_out, **by_length(flat, preds, split.lengths(), buckets)}
+    return {**score(flat, preds, "test", baseline_labels(meta)), **left_out,
+            **by_length(flat, preds, split.lengths(), buckets)}  # fmt: skip
+
+
+def baseline_labels(meta: dict[str, Any]) -> np.ndarray | None:
+    """A saved model's ``baseline_reference`` (``pbp.train.metrics.baseline_reference``) as the training labels
+    :func:`score` takes its baselines' constant from; None for a model saved without it (the scored labels then)."""
+    ref = meta.get("baseline_reference")
+    return np.asarray(ref, dtype=np.float64) if ref else None

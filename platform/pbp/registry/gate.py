@@ -109,18 +109,19 @@ def score(name: str, mv: Any, metric: str, ref: SplitRef) -> tuple[float, float,
 
     uri = f"models:/{name}/{mv.version}"
     with model_files(uri) as d:
-        model, task, _ = load_finetuned(find_model_dir(d, uri))
-    got = evaluate(model, task, ref)
+        model, task, meta = load_finetuned(find_model_dir(d, uri))
+    got = evaluate(model, task, ref, meta)
     return got.get(metric, math.nan), got.get(f"{metric}{BASELINE_SUFFIX}", math.nan), "recomputed"
 
 
-def evaluate(model: Any, task: Any, ref: SplitRef) -> dict[str, float]:
-    """A fine-tuned model's test metrics on the split ``ref`` (its file checked against the recorded digest)."""
+def evaluate(model: Any, task: Any, ref: SplitRef, meta: dict[str, Any] | None = None) -> dict[str, float]:
+    """A fine-tuned model's test metrics on the split ``ref`` (its file checked against the recorded digest), the
+    baselines' constant from the training labels its metadata ``meta`` records (else the split's)."""
     from pbp.finetune.data import load_split
-    from pbp.finetune.scoring import predict_split, score
+    from pbp.finetune.scoring import baseline_labels, predict_split, score
 
     split, sha = load_split(ref.path, task.kind, task.classes, ref.seq_column, ref.label_column, ref.max_rows)
     if ref.sha256 and sha != ref.sha256:
         raise RegistryError(f"test split {ref.path}: its sha256 is now {sha[:12]}..., the registry recorded "
                             f"{ref.sha256[:12]}...: the file changed, so scores on it are not comparable")  # fmt: skip
-    return score(task.spec.flattened(), predict_split(model, split), "test")
+    return score(task.spec.flattened(), predict_split(model, split), "test", baseline_labels(meta or {}))

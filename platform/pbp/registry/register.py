@@ -146,7 +146,7 @@ def _test_tags(model_dir: Path, test: str) -> dict[str, str]:
     label_column = str((meta.get("test_split") or {}).get("label_column", task.label_column))
     _, sha = load_split(test, task.kind, task.classes, task.seq_column, label_column)
     ref = lineage.SplitRef(test, sha, 0, task.seq_column, label_column)
-    metrics = {k: v for k, v in evaluate(model, task, ref).items() if not k.endswith("_loss")}
+    metrics = {k: v for k, v in evaluate(model, task, ref, meta).items() if not k.endswith("_loss")}
     return {**ref.tags(), **lineage.metric_tags(metrics, ref)}
 
 

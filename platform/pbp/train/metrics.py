@@ -104,6 +104,18 @@ def _majority(labels: np.ndarray) -> float:
     return float(values[counts.argmax()]) if len(values) else math.nan
 
 
+def baseline_reference(task: TaskSpec, train_labels: np.ndarray) -> list[float]:
+    """What the trivial baselines take from the training labels, as a one-element stand-in for them (the mean for a
+    numeric task, else the majority class): saved with a model, so that scoring it on a file later uses the same
+    constant as its training run did, not the file's own labels."""
+    ref = np.asarray(train_labels)
+    if task.kind.per_residue:
+        ref = ref[ref != IGNORE_INDEX]
+    if task.kind is TaskKind.NUMERIC:
+        return [float(ref.astype(np.float64).mean())] if ref.size else []
+    return [_majority(ref.astype(np.int64))] if ref.size else []
+
+
 def task_metrics(
     task: TaskSpec,
     logits: torch.Tensor,
