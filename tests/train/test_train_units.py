@@ -72,7 +72,7 @@ def test_lamb_trains_and_uses_a_per_tensor_trust_ratio():
     assert isinstance(build_optimizer([w], OptimConfig(name="adamw")), torch.optim.AdamW)
 
 
-def test_evaluate_reports_losses_baselines_and_auc(tmp_path):
+def test_evaluate_reports_losses_baselines_and_auc(tmp_path, capsys):
     from pbp.data.shards import BuildConfig, Inputs, build
     from pbp.data.synth import SynthConfig, write_corpus
     from pbp.model import ModelConfig, ProteinBERT
@@ -96,6 +96,11 @@ def test_evaluate_reports_losses_baselines_and_auc(tmp_path):
     with pytest.raises(ValueError, match="predicts 3 annotations"):
         evaluate(ProteinBERT(load_config(ModelConfig, REPO / "configs/model/tiny.yaml", ["n_annotations=3"])),
                  str(tmp_path / "ds"))  # fmt: skip
+    from pbp.cli.main import main
+
+    assert main(["evaluate", "--model", str(tmp_path / "m"), "--data", str(tmp_path / "ds"), "--seq-len", "256"]) == 0
+    n = manifest["splits"]["valid"]["samples"]
+    assert capsys.readouterr().out.startswith(f"{tmp_path / 'ds'} split valid: {n} proteins\n")  # what was scored
 
 
 def test_non_finite_steps_are_counted_and_too_many_in_a_row_stop_the_run():

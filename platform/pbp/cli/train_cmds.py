@@ -103,6 +103,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
             res = evaluate(ProteinBERT.from_pretrained(d), args.data, args.split, args.seq_len,
                            max_proteins=args.max_proteins)  # fmt: skip
+            print(f"{args.data} split {args.split}: {int(res.get('proteins', 0))} proteins")
             print(baseline_table(res))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
