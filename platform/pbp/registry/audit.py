@@ -69,9 +69,12 @@ class Trail:
     def table(self) -> str:
         from pbp.console import aligned
 
-        lines = aligned(COLUMNS, [[_cell(r.get(c)) for c in COLUMNS] for r in self.records])
+        cells = [[_cell(r.get(c)) for c in COLUMNS] for r in self.records]
+        lines = aligned(COLUMNS, cells)
         status = "chain verified" if not self.problems else "CHAIN BROKEN: " + "; ".join(self.problems)
-        lines.append(f"{len(self.records)} decision(s) for model {self.model}; {status}")
+        cut = "; cells over 40 characters are cut (...): --json has them whole" if any(
+            c.endswith("...") for row in cells for c in row) else ""  # fmt: skip
+        lines.append(f"{len(self.records)} decision(s) for model {self.model}; {status}{cut}")
         return "\n".join(lines)
 
 
