@@ -185,13 +185,15 @@ def test_the_shell_line_names_the_pbp_a_user_can_type(monkeypatch, tmp_path):
     import sys
     from pathlib import Path
 
-    from ..conftest import REPO
-
     venv_bin = Path(sys.executable).parent
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
-    monkeypatch.chdir(REPO)
-    assert manager.pbp_command() == str((venv_bin / "pbp").relative_to(REPO))
+    monkeypatch.chdir(venv_bin.parent.parent)  # the project holding the venv
+    assert manager.pbp_command() == f"{venv_bin.parent.name}/bin/pbp"  # .venv/bin/pbp
     monkeypatch.chdir(tmp_path)
     assert manager.pbp_command() == str(venv_bin / "pbp")
+    monkeypatch.chdir(venv_bin)
+    assert manager.pbp_command() == "./pbp"  # a bare `pbp` would be looked up on PATH
     monkeypatch.setenv("PATH", f"{venv_bin}:/usr/bin:/bin")
+    assert manager.pbp_command() == "pbp"
+    monkeypatch.setattr(sys, "executable", "/usr/bin/python3")  # an install whose scripts live elsewhere
     assert manager.pbp_command() == "pbp"

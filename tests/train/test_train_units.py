@@ -147,6 +147,27 @@ def test_a_cluster_too_small_for_the_workers_is_said_before_waiting():
     assert note and "3 CPU and 1 GPU: room for 1 of 2 worker(s) x 1 CPU + 1 GPU" in note
 
 
+def test_on_the_local_stack_a_run_its_nodes_cannot_hold_fails_at_once_naming_the_fix(monkeypatch):
+    """The local stack has no autoscaler: waiting scaling.resource_wait_s for nodes to join would wait for nothing.
+    A GPU run on nodes without GPUs names use_gpu, not more nodes; elsewhere (an autoscaler) nothing is raised."""
+    from pbp.train import launch
+    from pbp.train.config import ScalingConfig
+
+    head, one = {"Resources": {}}, {"Resources": {"CPU": 1.0}}
+    monkeypatch.setattr(launch, "on_local_stack", lambda: True)
+    launch.require_room([head, one, one], ScalingConfig(num_workers=2))  # room: nothing said
+    with pytest.raises(
+        launch.ClusterCapacityError,
+        match=r"room for 2 of 4 worker\(s\) x 1 CPU, and it has no "
+        r"autoscaler: add worker nodes \(`pbp stack up --workers N` .*lower scaling\.num_workers",
+    ):
+        launch.require_room([head, one, one], ScalingConfig(num_workers=4))
+    with pytest.raises(launch.ClusterCapacityError, match=r"its nodes have no GPU: run on CPUs \(use_gpu false\)"):
+        launch.require_room([head, one, one], ScalingConfig(num_workers=1, use_gpu=True))
+    monkeypatch.setattr(launch, "on_local_stack", lambda: False)
+    launch.require_room([head, one], ScalingConfig(num_workers=4))  # a cluster that may grow: the run waits
+
+
 def test_a_campaign_says_when_the_cluster_holds_fewer_trials_at_once_than_it_asks_for():
     from pbp.train.config import ScalingConfig
     from pbp.train.launch import concurrency_note

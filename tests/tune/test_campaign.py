@@ -33,6 +33,18 @@ def test_unknown_search_space_key_fails_before_any_trial(stack_dir):
     assert "Connected to Ray" not in res.stdout + res.stderr
 
 
+def test_a_campaign_the_stack_cannot_hold_fails_at_once_and_the_same_command_runs_once_fixed(stack_dir):
+    """A refused start left the campaign's saved config behind, so the same command, once fixed, was refused as
+    'already exists' and --resume found no Tune state."""
+    name = f"no-room-{os.getpid()}"
+    res = _pbp(stack_dir, "tune", "--config", "configs/tune/tiny.yaml", f"name={name}", "trial_workers=64",
+               timeout=200)  # fmt: skip
+    assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "room for" in res.stderr and "lower trial_workers / cpus_per_trial_worker" in res.stderr, res.stderr
+    res = _pbp(stack_dir, "tune", "--resume", name, timeout=120)
+    assert res.returncode == 2 and "tune_config.yaml" in res.stderr and "nothing to resume" in res.stderr, res.stderr
+
+
 def test_a_campaign_whose_every_trial_failed_says_why_and_fails(stack_dir, endpoints, monkeypatch):
     """A trial that fails in its worker (a stage whose seq_len fits no sequence: the config is valid, the data is
     not): the live line gives the error and where its whole text is; no completed trial means exit 2 and the parent

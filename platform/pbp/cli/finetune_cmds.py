@@ -164,6 +164,7 @@ def campaign_lines(name: str, summary: CampaignSummary, best: TrialRecord | None
         value, base = best.value, summary.baseline
         if value is not None and base is not None and not (value > base if summary.mode == "max" else value < base):
             lines.append(f"note:    no trial beat the trivial baseline: the best model predicts no better than a "
-                         f"constant ({summary.metric} {value:.4f} against {base:.4f}); the registry's "
-                         "promotion gate refuses such a model. More rows, epochs or another space may help")  # fmt: skip
+                         f"constant ({summary.metric} {value:.4f} against {base:.4f}); the registry's promotion "
+                         "gate refuses a model whose headline test metric does not beat its baseline. More rows, "
+                         "epochs or another space may help")  # fmt: skip
     return "\n".join(lines)

@@ -167,6 +167,12 @@ class BuildReport:
     errors: ErrorLog = field(default_factory=ErrorLog)
 
 
+def _stack_buckets() -> list[str]:
+    from pbp.stack.endpoints import resolve
+
+    return sorted(resolve().buckets.values())
+
+
 def check_destination(store: Store, overwrite: bool = False) -> None:
     """Before reading any input: an S3 bucket must exist (pbp never creates one: a typo would otherwise become a new
     bucket); a complete dataset is never overwritten; a local directory holding files the build writes (shards,
@@ -177,7 +183,7 @@ def check_destination(store: Store, overwrite: bool = False) -> None:
             raise DatasetError(
                 f"{store.url}: bucket {bucket!r} does not exist; pbp does not create buckets (a typo would become a "
                 f"new bucket): create it (`aws s3 mb s3://{bucket}`) or use an existing one, e.g. one of the local "
-                "stack's (pbp-data, pbp-runs; `pbp stack up` lists them)"
+                f"stack's ({', '.join(_stack_buckets()) or 'pbp-data, pbp-runs'}; `pbp stack up` lists them)"
             )
     if not store.s3 and store.root.exists() and not store.root.is_dir():
         raise DatasetError(f"{store.root}: an existing file, not a directory; --out names the directory the dataset "

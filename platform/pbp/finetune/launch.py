@@ -23,8 +23,18 @@ if TYPE_CHECKING:
 log = logging.getLogger("pbp.finetune")
 
 
-def resolve_config(cfg: FinetuneConfig, tags: dict[str, str] | None = None) -> tuple[FinetuneConfig, dict[str, Any]]:
-    """Fill the storage path; check the task and the starting point. -> (config, meta for the workers)."""
+def with_storage(cfg: FinetuneConfig) -> FinetuneConfig:
+    """The config with its runs' storage filled in (default: the stack's runs bucket, ``finetune/``)."""
+    storage = cfg.checkpoint.storage_path or f"s3://{resolve().buckets.get('runs', 'pbp-runs')}/finetune"
+    return replace(cfg, checkpoint=replace(cfg.checkpoint, storage_path=storage))
+
+
+def resolve_config(cfg: FinetuneConfig, tags: dict[str, str] | None = None, init_version: str = ""
+                   ) -> tuple[FinetuneConfig, dict[str, Any]]:  # fmt: skip
+    """Fill the storage path; check the task and the starting point. -> (config, meta for the workers).
+
+    ``init_version``: the version an alias ``init`` was pinned to when the run (or campaign) started, kept by a
+    re-run or resume; else the alias is pinned now (:func:`pbp.train.artifacts.pinned`)."""
     from pbp.data.storage import check_object_storage
     from pbp.finetune.export import load_body
     from pbp.train.artifacts import pinned
@@ -51,7 +61,7 @@ def resolve_config(cfg: FinetuneConfig, tags: dict[str, str] | None = None) -> t
         log.warning("%s: %d rows left out, their class does not occur in the training file (task.unseen_labels=drop)",
                     getattr(cfg.task, role), n)  # fmt: skip
     lineage: dict[str, str] = {"pbp.init": cfg.init}
-    init = pinned(cfg.init, "init") if cfg.init != "none" else "none"  # the workers load this very version
+    init = init_version or (pinned(cfg.init, "init") if cfg.init != "none" else "none")  # what the workers load
     if init != cfg.init:
         lineage["pbp.init_version"] = init
     if cfg.init != "none":
@@ -61,12 +71,11 @@ def resolve_config(cfg: FinetuneConfig, tags: dict[str, str] | None = None) -> t
             lineage["pbp.init_pretrain_run"] = str(meta["run_name"])
         if meta.get("pbp.dataset_manifest_sha256"):  # the pretraining data behind the starting point
             lineage["pbp.init_dataset_manifest_sha256"] = str(meta["pbp.dataset_manifest_sha256"])
-    storage = cfg.checkpoint.storage_path or f"s3://{resolve().buckets.get('runs', 'pbp-runs')}/finetune"
-    check_object_storage(storage)
-    cfg = replace(cfg, checkpoint=replace(cfg.checkpoint, storage_path=storage))
+    cfg = with_storage(cfg)
+    check_object_storage(cfg.checkpoint.storage_path)
     meta_out = {
         "init": init,
-        "identity": run_identity(cfg, data.digests),
+        "identity": run_identity(cfg, data.digests, init if init != cfg.init else ""),
         "tags": {
             **lineage,
             "pbp.git_commit": git_commit(),
@@ -80,14 +89,16 @@ def resolve_config(cfg: FinetuneConfig, tags: dict[str, str] | None = None) -> t
     return cfg, meta_out
 
 
-def run_identity(cfg: FinetuneConfig, digests: dict[str, str]) -> dict[str, Any]:
+def run_identity(cfg: FinetuneConfig, digests: dict[str, str], init_version: str = "") -> dict[str, Any]:
     """What a re-run of the run name must keep (``pbp.train.run_identity``): the task files by their sha256, not
-    their paths; not the stages' epoch budgets, workers, checkpoints, tracking or evaluation batching."""
+    their paths; the version an alias ``init`` was pinned to; not the stages' epoch budgets, workers, checkpoints,
+    tracking or evaluation batching."""
     from pbp.train.run_identity import identity
 
+    pinned_to = {"init_version": init_version} if init_version else {}
     return identity(cfg, ("seed", "init", "model", "task", "stages", "schedule", "head_dropout", "too_long"),
                     ("task.train", "task.valid", "task.test", "task.name", "stages.*.max_epochs"),
-                    **{f"task.{role}_sha256": digest for role, digest in digests.items()})  # fmt: skip
+                    **{f"task.{role}_sha256": digest for role, digest in digests.items()}, **pinned_to)  # fmt: skip
 
 
 def build_trainer(cfg: FinetuneConfig, meta: dict[str, Any], callbacks: list | None = None):
@@ -115,16 +126,19 @@ class FinetuneResult:
 def finetune(cfg: FinetuneConfig, address: str | None = None) -> FinetuneResult:
     """Run fine-tuning on the Ray cluster (RAY_ADDRESS, else the local stack); a run that already finished every
     stage and exported its model is reported without starting any worker."""
+    from pbp.data.storage import check_object_storage
     from pbp.train.checkpoint import newest_commit, storage_dir
     from pbp.train.launch import connect_ray, fit
     from pbp.train.run_identity import check_same_run
     from pbp.train.tracking import marked_if_unfinished
 
-    cfg, meta = resolve_config(cfg)
+    cfg = with_storage(cfg)
+    check_object_storage(cfg.checkpoint.storage_path)
+    run = storage_dir(cfg.run_url)
+    newest = newest_commit(run)  # a re-run keeps the version an alias init was pinned to when the run started
+    cfg, meta = resolve_config(cfg, init_version=str(newest[1].config.get("init_version", "")) if newest else "")
     if os.environ.get("PBP_TEST_KILL_AFTER_EPOCH"):  # test hook: the worker exits after that epoch's checkpoint
         meta["kill_after_epoch"] = int(os.environ["PBP_TEST_KILL_AFTER_EPOCH"])
-    run = storage_dir(cfg.run_url)
-    newest = newest_commit(run)
     check_same_run(newest, meta["identity"], cfg.run_name)
     done = _finished(cfg, run, newest)
     if done is not None:

@@ -72,10 +72,13 @@ class Trail:
         cells = [[_cell(r.get(c)) for c in COLUMNS] for r in self.records]
         lines = aligned(COLUMNS, cells)
         status = "chain verified" if not self.problems else "CHAIN BROKEN: " + "; ".join(self.problems)
-        cut = "; cells over 40 characters are cut (...): --json has them whole" if any(
-            c.endswith("...") for row in cells for c in row) else ""  # fmt: skip
+        long = any(len(str(r.get(c))) > CELL_WIDTH for r in self.records for c in COLUMNS if r.get(c) is not None)
+        cut = f"; cells over {CELL_WIDTH} characters are cut (...): --json has them whole" if long else ""
         lines.append(f"{len(self.records)} decision(s) for model {self.model}; {status}{cut}")
         return "\n".join(lines)
+
+
+CELL_WIDTH = 40
 
 
 def _cell(v: Any) -> str:
@@ -84,7 +87,7 @@ def _cell(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4f}"
     s = str(v)
-    return s if len(s) <= 40 else s[:37] + "..."
+    return s if len(s) <= CELL_WIDTH else s[: CELL_WIDTH - 3] + "..."
 
 
 def _experiment_id(client: Any, create: bool) -> str | None:

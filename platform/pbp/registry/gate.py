@@ -7,9 +7,9 @@ recorded path still has the recorded digest. The reference split is the champion
 candidate's own).
 
 A candidate must also beat its headline metric's trivial baseline on that split (``test_<metric>_baseline``: a
-constant prediction's Spearman 0, a constant score's ROC-AUC 0.5, a majority-class prediction's accuracy: the train
-split's majority where the fine-tuning run logged it, the test split's own when the gate re-scores a version, which
-is the stricter of the two), also as the first champion: a model no better than predicting a constant is refused
+constant prediction's Spearman 0, a constant score's ROC-AUC 0.5, a majority-class prediction's accuracy with the train
+split's majority class, which the model records (``baseline_reference``) so that a re-scored version's baseline is
+the same constant; a model saved without it is re-scored with that split's own majority), also as the first champion: a model no better than predicting a constant is refused
 (``--force --reason`` to override)."""
 
 from __future__ import annotations

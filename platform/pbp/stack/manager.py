@@ -328,12 +328,13 @@ def pbp_command() -> str:
 
     mine = Path(sys.executable).with_name("pbp")
     on_path = shutil.which("pbp")
-    if on_path and Path(on_path).resolve() == mine.resolve():
-        return "pbp"
+    if not mine.is_file() or (on_path and Path(on_path).resolve() == mine.resolve()):
+        return "pbp"  # (an install whose scripts are elsewhere: the pbp on PATH)
     try:
-        return shlex.quote(str(mine.relative_to(Path.cwd())))
+        rel = mine.relative_to(Path.cwd())
     except ValueError:
         return shlex.quote(str(mine))
+    return shlex.quote(str(rel) if len(rel.parts) > 1 else f"./{rel}")
 
 
 def describe(state: StackState) -> list[str]:

@@ -258,7 +258,10 @@ def on_local_stack() -> bool:
 
     if not ray.is_initialized():
         return False
-    state = StackState.load(resolve().state_dir or default_state_dir())
+    try:
+        state = StackState.load(resolve().state_dir or default_state_dir())
+    except (OSError, ValueError):  # an unreadable or old state file: not known to be the stack's cluster
+        return False
     if state is None:
         return False
     # Ray names its GCS by this machine's address, the stack by 127.0.0.1: the same port on this machine
@@ -274,11 +277,15 @@ def require_room(nodes: list[dict[str, Any]], scaling: ScalingConfig,
     Elsewhere (an autoscaler may add nodes) the run waits, as :func:`capacity_note` says."""
     if scaling.cpus_per_worker <= 0 or _worker_slots(nodes, scaling) >= scaling.num_workers or not on_local_stack():
         return
-    raise ClusterCapacityError(
-        f"the local stack's Ray cluster has {_cluster(nodes, scaling)}: room for {_worker_slots(nodes, scaling)} of "
-        f"{_request(scaling)}, and it has no autoscaler: add worker nodes (`pbp stack up --workers N`; `--worker-cpus` "
-        f"sets each one's CPUs) or lower {keys}"
-    )
+    gpus = sum(n.get("Resources", {}).get("GPU", 0.0) for n in nodes)
+    fix = (
+        "its nodes have no GPU: run on CPUs (use_gpu false) or on a cluster with GPUs" if scaling.use_gpu and not gpus
+        else f"add worker nodes (`pbp stack up --workers N` adds them; `--worker-cpus` sets the new ones' CPUs) or "
+        f"lower {keys}"
+    )  # fmt: skip
+    raise ClusterCapacityError(f"the local stack's Ray cluster has {_cluster(nodes, scaling)}: room for "
+                               f"{_worker_slots(nodes, scaling)} of {_request(scaling)}, and it has no autoscaler: "
+                               f"{fix}")  # fmt: skip
 
 
 def concurrency_note(nodes: list[dict[str, Any]], trial: ScalingConfig, concurrent: int) -> str | None:

@@ -87,8 +87,6 @@ def run_campaign(cfg: TuneConfig, *, resume: bool = False, warm_start: str | Non
     from pbp.train.tracking import Tracker
 
     base_cfg = check_space(cfg)
-    base_cfg, ft_meta = resolve_config(base_cfg)  # task files and starting point checked, paths made absolute
-    metric, mode = _metric_and_mode(cfg, base_cfg)
     url = campaign_url(cfg.name, cfg.storage_path)
     storage = url.rsplit("/", 1)[0]
     check_object_storage(url)
@@ -98,12 +96,15 @@ def run_campaign(cfg: TuneConfig, *, resume: bool = False, warm_start: str | Non
                             "continues it, or choose another name")  # fmt: skip
     if resume and not exists:
         raise CampaignError(f"campaign {cfg.name!r}: nothing to resume at {url}")
+    # task files and starting point checked, paths made absolute; a resumed campaign keeps its pinned init version
+    base_cfg, ft_meta = resolve_config(base_cfg, init_version=_saved_init(url) if resume else "")
+    metric, mode = _metric_and_mode(cfg, base_cfg)
     warm = warm_start_trials(cfg, f"{storage}/{check_name(warm_start, '--warm-start')}") if warm_start else []
-    if not resume:
-        _save_config(url, cfg)
     connect_ray(address)
     require_room(alive_nodes(), ScalingConfig(num_workers=cfg.trial_workers, cpus_per_worker=cfg.cpus_per_trial_worker,
                                               use_gpu=cfg.use_gpu), "trial_workers / cpus_per_trial_worker")  # fmt: skip
+    if not resume:  # saved once nothing can refuse the start: a refused start leaves no campaign behind
+        _save_config(url, cfg, ft_meta["init"] if ft_meta["init"] != base_cfg.init else "")
     parent = Tracker(cfg.experiment, cfg.name, None, progress_metric="best_value")
     tags = {"pbp.campaign": cfg.name, "pbp.git_commit": git_commit(), "pbp.metric": metric, "pbp.mode": mode}
     parent.log_config(cfg, {**tags, **{k: v for k, v in ft_meta["tags"].items() if k.startswith("pbp.task")}})
@@ -195,19 +196,30 @@ def campaign_url(name: str, storage_path: str = "") -> str:
 
 
 BASE_FILE = "finetune_base.yaml"
+INIT_FILE = "init_version.txt"
 """The fine-tuning config a campaign's trials start from, with its overrides applied, as the campaign started."""
 
 
-def _save_config(url: str, cfg: TuneConfig) -> None:
+def _save_config(url: str, cfg: TuneConfig, init_version: str = "") -> None:
     """What ``pbp tune --resume NAME`` reads: the campaign's config and its trials' base fine-tuning config (the
-    file ``cfg.finetune`` may change before a resume)."""
+    file ``cfg.finetune`` may change before a resume), and the version an alias ``init`` was pinned to."""
     from pbp.config import dump_yaml
     from pbp.data.storage import Store
     from pbp.tune.search import base_finetune_dict
 
     store = Store(url)
     store.put_bytes(BASE_FILE, yaml.safe_dump(base_finetune_dict(cfg), sort_keys=False).encode())
-    store.put_bytes("tune_config.yaml", dump_yaml(cfg).encode())
+    if init_version:
+        store.put_bytes(INIT_FILE, init_version.encode())
+    store.put_bytes("tune_config.yaml", dump_yaml(cfg).encode())  # last: the campaign exists once this is there
+
+
+def _saved_init(url: str) -> str:
+    """The version an alias ``init`` was pinned to when the campaign started ('' for none)."""
+    from pbp.data.storage import Store
+
+    store = Store(url)
+    return store.get_bytes(INIT_FILE).decode() if store.exists(INIT_FILE) else ""
 
 
 def load_campaign_config(name: str, storage_path: str = "") -> TuneConfig:
