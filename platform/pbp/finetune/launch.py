@@ -29,12 +29,13 @@ def with_storage(cfg: FinetuneConfig) -> FinetuneConfig:
     return replace(cfg, checkpoint=replace(cfg.checkpoint, storage_path=storage))
 
 
-def resolve_config(cfg: FinetuneConfig, tags: dict[str, str] | None = None, init_version: str = ""
+def resolve_config(cfg: FinetuneConfig, tags: dict[str, str] | None = None, init_version: str | None = None
                    ) -> tuple[FinetuneConfig, dict[str, Any]]:  # fmt: skip
     """Fill the storage path; check the task and the starting point. -> (config, meta for the workers).
 
     ``init_version``: the version an alias ``init`` was pinned to when the run (or campaign) started, kept by a
-    re-run or resume; else the alias is pinned now (:func:`pbp.train.artifacts.pinned`)."""
+    re-run or resume (None: the one the run's newest checkpoint records, if any); else the alias is pinned now
+    (:func:`pbp.train.artifacts.pinned`)."""
     from pbp.data.storage import check_object_storage
     from pbp.finetune.export import load_body
     from pbp.train.artifacts import pinned
@@ -60,6 +61,13 @@ def resolve_config(cfg: FinetuneConfig, tags: dict[str, str] | None = None, init
     for role, n in data.dropped.items():
         log.warning("%s: %d rows left out, their class does not occur in the training file (task.unseen_labels=drop)",
                     getattr(cfg.task, role), n)  # fmt: skip
+    cfg = with_storage(cfg)
+    check_object_storage(cfg.checkpoint.storage_path)  # the task's inputs first (above), then where the run goes
+    if init_version is None:  # a re-run keeps the version an alias init was pinned to when the run started
+        from pbp.train.checkpoint import newest_commit, storage_dir
+
+        newest = newest_commit(storage_dir(cfg.run_url))
+        init_version = str(newest[1].config.get("init_version", "")) if newest else ""
     lineage: dict[str, str] = {"pbp.init": cfg.init}
     init = init_version or (pinned(cfg.init, "init") if cfg.init != "none" else "none")  # what the workers load
     if init != cfg.init:
@@ -71,8 +79,6 @@ def resolve_config(cfg: FinetuneConfig, tags: dict[str, str] | None = None, init
             lineage["pbp.init_pretrain_run"] = str(meta["run_name"])
         if meta.get("pbp.dataset_manifest_sha256"):  # the pretraining data behind the starting point
             lineage["pbp.init_dataset_manifest_sha256"] = str(meta["pbp.dataset_manifest_sha256"])
-    cfg = with_storage(cfg)
-    check_object_storage(cfg.checkpoint.storage_path)
     meta_out = {
         "init": init,
         "identity": run_identity(cfg, data.digests, init if init != cfg.init else ""),
@@ -126,19 +132,16 @@ class FinetuneResult:
 def finetune(cfg: FinetuneConfig, address: str | None = None) -> FinetuneResult:
     """Run fine-tuning on the Ray cluster (RAY_ADDRESS, else the local stack); a run that already finished every
     stage and exported its model is reported without starting any worker."""
-    from pbp.data.storage import check_object_storage
     from pbp.train.checkpoint import newest_commit, storage_dir
     from pbp.train.launch import connect_ray, fit
     from pbp.train.run_identity import check_same_run
     from pbp.train.tracking import marked_if_unfinished
 
-    cfg = with_storage(cfg)
-    check_object_storage(cfg.checkpoint.storage_path)
-    run = storage_dir(cfg.run_url)
-    newest = newest_commit(run)  # a re-run keeps the version an alias init was pinned to when the run started
-    cfg, meta = resolve_config(cfg, init_version=str(newest[1].config.get("init_version", "")) if newest else "")
+    cfg, meta = resolve_config(cfg)
     if os.environ.get("PBP_TEST_KILL_AFTER_EPOCH"):  # test hook: the worker exits after that epoch's checkpoint
         meta["kill_after_epoch"] = int(os.environ["PBP_TEST_KILL_AFTER_EPOCH"])
+    run = storage_dir(cfg.run_url)
+    newest = newest_commit(run)
     check_same_run(newest, meta["identity"], cfg.run_name)
     done = _finished(cfg, run, newest)
     if done is not None:
