@@ -140,21 +140,13 @@ def read_uniprot_flat(
                 elif code == "SQ":
                     in_seq = True
                 elif line.startswith("//"):
-                    if not acc:
-                        errors.handle(
-                            RecordError(name, start or i, None, "missing_accession", "entry without an AC line")
-                        )
-                    elif not seq:
-                        errors.handle(RecordError(name, start, acc, "missing_sequence", "entry without a sequence"))
-                    elif bad_go is not None:
-                        errors.handle(bad_go)
+                    try:
+                        record = _flat_entry(name, start, i, acc, seq, go, bad_go, unknown)
+                    except RecordError as e:
+                        errors.handle(e)
                     else:
-                        try:
-                            check_utf8(acc, name, start, "accession")
-                            yield _record(name, start, acc, "".join(seq), go, unknown)
-                            last = acc
-                        except RecordError as e:
-                            errors.handle(e)
+                        yield record
+                        last = acc
                     acc, go, seq, in_seq, start, bad_go = None, [], [], False, i + 1, None
                 elif in_seq and line.startswith("     "):
                     seq.append(line)
@@ -165,6 +157,20 @@ def read_uniprot_flat(
             return
         if acc is not None or seq:
             errors.handle(RecordError(name, start, acc, "truncated_entry", "last entry has no '//' terminator"))
+
+
+def _flat_entry(name: str, start: int, end: int, acc: str | None, seq: list[str], go: list[str],
+                bad_go: RecordError | None, unknown: UnknownPolicy) -> ProteinRecord:  # fmt: skip
+    """A flat file's entry (lines ``start`` to its ``//`` on line ``end``) as a record, or the RecordError that
+    refuses it."""
+    if not acc:
+        raise RecordError(name, start or end, None, "missing_accession", "entry without an AC line")
+    if not seq:
+        raise RecordError(name, start, acc, "missing_sequence", "entry without a sequence")
+    if bad_go is not None:
+        raise bad_go
+    check_utf8(acc, name, start, "accession")
+    return _record(name, start, acc, "".join(seq), go, unknown)
 
 
 def iter_go_tsv(path: str | Path) -> Iterator[tuple[str, str]]:

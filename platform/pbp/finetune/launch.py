@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pbp.config import to_dict
-from pbp.finetune.config import FinetuneConfig
+from pbp.finetune.config import FinetuneConfig, TaskConfig
 from pbp.finetune.data import TaskData, TaskDataError, load_task
 from pbp.stack.endpoints import resolve
 
@@ -21,6 +21,19 @@ if TYPE_CHECKING:
     from pbp.train.checkpoint import CommitRecord, StorageDir
 
 log = logging.getLogger("pbp.finetune")
+
+
+def _absolute_paths(task: TaskConfig) -> TaskConfig:
+    """Local task files made absolute: Ray workers run elsewhere (on a cloud cluster give s3:// URLs)."""
+    for role in ("train", "valid", "test"):
+        url = getattr(task, role)
+        if url and not url.startswith(("s3://", "/")):
+            path = Path(url).expanduser().resolve()
+            if not url.startswith("~") and not path.is_file():
+                raise TaskDataError(f"task.{role}={url}: no such file, {path} (a relative path is read from the "
+                                    f"current directory, {Path.cwd()})")  # fmt: skip
+            task = replace(task, **{role: str(path)})  # type: ignore[arg-type]
+    return task
 
 
 def with_storage(cfg: FinetuneConfig) -> FinetuneConfig:
@@ -45,18 +58,8 @@ def resolve_config(cfg: FinetuneConfig, tags: dict[str, str] | None = None, init
     if cfg.tracking.enabled:
         check_tracking_server()
 
-    # Local task files are made absolute: Ray workers run elsewhere (on a cloud cluster give s3:// URLs).
-    task = cfg.task
-    for role in ("train", "valid", "test"):
-        url = getattr(task, role)
-        if url and not url.startswith(("s3://", "/")):
-            path = Path(url).expanduser().resolve()
-            if not url.startswith("~") and not path.is_file():
-                raise TaskDataError(f"task.{role}={url}: no such file, {path} (a relative path is read from the "
-                                    f"current directory, {Path.cwd()})")  # fmt: skip
-            task = replace(task, **{role: str(path)})  # type: ignore[arg-type]
-    cfg = replace(cfg, task=task)
-    check_object_storage(task.train, task.valid, task.test, cfg.init)  # inputs first, then where the run goes
+    cfg = replace(cfg, task=_absolute_paths(cfg.task))
+    check_object_storage(cfg.task.train, cfg.task.valid, cfg.task.test, cfg.init)  # inputs first, then the run's
     data: TaskData = load_task(cfg.task, cfg.seed)
     for role, n in data.dropped.items():
         log.warning("%s: %d rows left out, their class does not occur in the training file (task.unseen_labels=drop)",
