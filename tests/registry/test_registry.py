@@ -230,15 +230,3 @@ def client_of_sha(path: Path) -> str:
     import hashlib
 
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def test_the_history_table_says_when_it_cut_a_cell():
-    """A long promotion reason was cut at 40 characters without a word of where it is whole."""
-    from pbp.registry.audit import Trail
-
-    short = {"seq": 1, "action": "promote", "decision": "promoted", "reason": "gate passed"}
-    assert Trail("m", [short]).table().endswith("1 decision(s) for model m; chain verified")
-    long = {**short, "seq": 2, "reason": "the pretrained base adopted by the structure team for its fine-tuning"}
-    table = Trail("m", [short, long]).table()
-    assert "the pretrained base adopted by the st..." in table
-    assert table.endswith("chain verified; cells over 40 characters are cut (...): --json has them whole")
