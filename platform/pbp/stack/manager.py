@@ -176,9 +176,19 @@ def _up(
         _start(svc, state, secrets, object_store_mb, worker_cpus, timeout, log, lock)
         return True
 
-    # Storage, tracking and the Ray head do not depend on each other: start them together, then the workers.
+    errors = _ensure_in_order(services, ensure, state)
+    if errors:
+        raise errors[0]
+    return state
+
+
+def _ensure_in_order(services: list[Service], ensure: Callable[..., bool], state: StackState) -> list[Exception]:
+    """``ensure`` every service in the order they depend on each other -> the errors met (every service is tried).
+
+    Storage, tracking and the Ray head do not depend on each other: they start together; then the workers, one at a
+    time (raylets registering at once on a small machine time out in Ray's start-up), restarted with a new head;
+    Prometheus last: it watches the service-discovery file in the Ray head's session dir, which must exist."""
     results: dict[str, bool] = {}
-    # Prometheus last: it watches the service-discovery file in the Ray head's session dir, which must exist.
     core = [s for s in services if not s.name.startswith("ray-worker") and s.name != "prometheus"]
     workers_ = [s for s in services if s.name.startswith("ray-worker")]
     late = [s for s in services if s.name == "prometheus"]
@@ -191,7 +201,6 @@ def _up(
             except Exception as e:
                 errors.append(e)
     if "ray-head" in results:
-        # Workers one at a time: raylets registering at once on a small machine time out in Ray's start-up.
         head_restarted = results["ray-head"]  # workers must join a new head
         for svc in workers_:
             try:
@@ -204,9 +213,7 @@ def _up(
                 os.kill(pid, signal.SIGHUP)  # already running: reload the rewritten config (a new Ray session dir)
         except Exception as e:
             errors.append(e)
-    if errors:
-        raise errors[0]
-    return state
+    return errors
 
 
 def _start(
