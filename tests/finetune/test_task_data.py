@@ -164,6 +164,12 @@ def test_a_single_class_is_refused(tmp_path):
         load_task(_task("categorical", train))
 
 
+def test_a_class_number_written_two_ways_is_refused(tmp_path):
+    train = _csv(tmp_path, "t.csv", "seq,label\nMKV,2\nMKT,02\nMKL,1\n")
+    with pytest.raises(TaskDataError, match=r"t\.csv: labels '02' and '2' are the same number written two ways"):
+        load_task(_task("categorical", train))
+
+
 # ---- good inputs ------------------------------------------------------------------------------------------------
 
 

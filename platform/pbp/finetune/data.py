@@ -145,11 +145,20 @@ def _task_rows(url: str, rows: Iterator[tuple[int, list[str]]], cfg: TaskConfig,
     return out, False
 
 
-def _class_order(values: set[str]) -> list[str]:
+def _class_order(values: set[str], url: str) -> list[str]:
+    """The classes in order: by number when every label is an integer, else alphabetically. Two labels that are the
+    same integer written two ways ("2" and "02") are refused: as classes they would be two."""
     try:
-        return sorted(values, key=int)
+        numbers = {v: int(v) for v in values}
     except ValueError:
         return sorted(values)
+    seen: dict[int, str] = {}
+    for v in sorted(values):
+        if numbers[v] in seen:
+            raise TaskDataError(f"{url}: labels {seen[numbers[v]]!r} and {v!r} are the same number written two ways; "
+                                "write each class one way (as two classes they would be learnt apart)")  # fmt: skip
+        seen[numbers[v]] = v
+    return sorted(values, key=numbers.__getitem__)
 
 
 def _per_protein_label(kind: TaskKind, raw: str, where: str, index: dict[str, int]) -> float | int:
@@ -228,7 +237,7 @@ def _split(name: str, url: str, rows: list[tuple[int, str, str]], kind: TaskKind
 
 def _binary_classes(cfg: TaskConfig, rows: list[tuple[int, str, str]]) -> list[str]:
     """[the other label, task.positive_label]: class 1 is the positive one; train must hold exactly these two."""
-    labels = _class_order({lab for _, _, lab in rows})
+    labels = _class_order({lab for _, _, lab in rows}, cfg.train)
     named = ", ".join(map(repr, labels[:6])) + (f" and {len(labels) - 6} more" if len(labels) > 6 else "")
     if cfg.positive_label not in labels or len(labels) != 2:
         raise TaskDataError(f"{cfg.train}: task.kind=binary with task.positive_label={cfg.positive_label!r} needs "
@@ -250,9 +259,9 @@ def load_task(cfg: TaskConfig, seed: int = 0) -> TaskData:
     rows = {role: r for role, (r, _) in read.items()}
     classes: list[str] = []
     if kind is TaskKind.CATEGORICAL:
-        classes = _class_order({lab for _, _, lab in rows["train"]})
+        classes = _class_order({lab for _, _, lab in rows["train"]}, cfg.train)
     elif kind is TaskKind.RESIDUE_CATEGORICAL:
-        classes = _class_order({ch for _, _, lab in rows["train"] for ch in lab})
+        classes = _class_order({ch for _, _, lab in rows["train"] for ch in lab}, cfg.train)
     elif kind is TaskKind.BINARY and cfg.positive_label:
         classes = _binary_classes(cfg, rows["train"])
     index = {c: i for i, c in enumerate(classes)}
