@@ -108,12 +108,21 @@ def baseline_reference(task: TaskSpec, train_labels: np.ndarray) -> list[float]:
     """What the trivial baselines take from the training labels, as a one-element stand-in for them (the mean for a
     numeric task, else the majority class): saved with a model, so that scoring it on a file later uses the same
     constant as its training run did, not the file's own labels."""
-    ref = np.asarray(train_labels)
-    if task.kind.per_residue:
-        ref = ref[ref != IGNORE_INDEX]
+    ref = _labelled(task, np.asarray(train_labels))
+    return [_constant(task, ref)] if ref.size else []
+
+
+def _labelled(task: TaskSpec, labels: np.ndarray) -> np.ndarray:
+    """``labels`` without a per-residue task's unlabelled positions."""
+    return labels[labels != IGNORE_INDEX] if task.kind.per_residue else labels
+
+
+def _constant(task: TaskSpec, ref: np.ndarray) -> float:
+    """The trivial baselines' constant: the mean of ``ref`` for a numeric task, else its majority class (NaN for
+    none)."""
     if task.kind is TaskKind.NUMERIC:
-        return [float(ref.astype(np.float64).mean())] if ref.size else []
-    return [_majority(ref.astype(np.int64))] if ref.size else []
+        return float(ref.astype(np.float64).mean()) if ref.size else math.nan
+    return _majority(ref.astype(np.int64))
 
 
 def task_metrics(
@@ -128,20 +137,15 @@ def task_metrics(
     baselines take their constant; without them the evaluated labels are used (a slightly optimistic baseline).
     """
     logits_np, labels_np = _flat_labelled(task, logits, labels)
-    if train_labels is None:
-        ref = labels_np
-    else:
-        ref = np.asarray(torch.as_tensor(train_labels).detach().cpu())
-        if task.kind.per_residue:
-            ref = ref[ref != IGNORE_INDEX]
+    ref = labels_np if train_labels is None else np.asarray(torch.as_tensor(train_labels).detach().cpu())
+    constant = _constant(task, ref if train_labels is None else _labelled(task, ref))
     if task.kind is TaskKind.NUMERIC:
         pred, target = logits_np.astype(np.float64), labels_np.astype(np.float64)
-        mean = float(ref.astype(np.float64).mean()) if ref.size else math.nan
         return {
             "spearman": spearman(pred, target),
             "spearman_baseline": 0.0,  # a constant has no rank correlation (its rho is undefined; 0 by convention)
             "mse": float(((pred - target) ** 2).mean()) if target.size else math.nan,
-            "mse_baseline": float(((mean - target) ** 2).mean()) if target.size else math.nan,
+            "mse_baseline": float(((constant - target) ** 2).mean()) if target.size else math.nan,
         }
     if task.kind in _PROBABILITY_KINDS:
         target = labels_np.astype(np.int64)
@@ -149,12 +153,12 @@ def task_metrics(
             "roc_auc": roc_auc(logits_np, target),
             "roc_auc_baseline": roc_auc(np.zeros_like(logits_np), target),  # 0.5 (NaN with one class, as roc_auc)
             "accuracy": accuracy((logits_np > 0).astype(np.int64), target),
-            "accuracy_baseline": accuracy(np.full(len(target), _majority(ref.astype(np.int64))), target),
+            "accuracy_baseline": accuracy(np.full(len(target), constant), target),
         }
     target = labels_np.astype(np.int64)
     return {
         "accuracy": accuracy(logits_np.argmax(-1), target),
-        "accuracy_baseline": accuracy(np.full(len(target), _majority(ref.astype(np.int64))), target),
+        "accuracy_baseline": accuracy(np.full(len(target), constant), target),
     }
 
 
