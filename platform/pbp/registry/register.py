@@ -100,7 +100,7 @@ def register(source: str, name: str, *, test: str = "", description: str = "") -
               permission="EDIT on the registered model")  # fmt: skip
     version = str(mv.version)
     others = [v for v in c.search_model_versions(f"name = '{name}'") if str(v.version) != version]
-    same = sorted((str(v.version) for v in others if v.tags.get("pbp.source") == tags["pbp.source"]), key=int)
+    same = _from_source(others, tags["pbp.source"])
     kinds: dict[str, list[str]] = {}
     for v in sorted(others, key=lambda v: int(v.version)):
         if kind_of(v.tags) and kind_of(v.tags) != kind_of(tags):
@@ -112,8 +112,12 @@ def versions_of_source(name: str, source: str, c: Any = None) -> list[str]:
     """The versions of model ``name`` registered from ``source`` (their ``pbp.source`` tag), oldest first; none
     for a model that does not exist yet."""
     name = check_model_name(name)  # checked: safe in the filter
-    found = (c or client()).search_model_versions(f"name = '{name}'")
-    return sorted((str(mv.version) for mv in found if mv.tags.get("pbp.source") == source), key=int)
+    return _from_source((c or client()).search_model_versions(f"name = '{name}'"), source)
+
+
+def _from_source(versions: Any, source: str) -> list[str]:
+    """The numbers of ``versions`` (MLflow ModelVersions) whose ``pbp.source`` tag is ``source``, oldest first."""
+    return sorted((str(mv.version) for mv in versions if mv.tags.get("pbp.source") == source), key=int)
 
 
 def _register_quietly(model_uri: str, name: str, tags: dict[str, str]) -> Any:
