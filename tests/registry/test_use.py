@@ -109,7 +109,7 @@ def test_pretrained_model_registers_with_its_go_vocabulary_and_predicts_named_te
     out = ok(pbp("registry", "register", str(tmp_path / "pre"), "--name", name))
     assert "(pretrained)" in out
     res = pbp("registry", "promote", name, "--version", "1")  # no task metric: refused, not an error
-    assert res.returncode == 1 and "no task test metric" in res.stdout
+    assert res.returncode == 1 and "no task test metric to gate on (promote it with --force --reason)" in res.stdout
     out = ok(
         pbp("registry", "promote", name, "--version", "1", "--force", "--reason", "the base model for fine-tuning")
     )

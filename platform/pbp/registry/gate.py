@@ -32,6 +32,8 @@ class Verdict:
     split: SplitRef | None = None
     candidate_source: str = ""
     """logged | recomputed"""
+    advice: str = ""
+    """What the user can do about a refusal (shown with it, not part of the audited reason)."""
 
 
 def headline(tags: dict[str, str]) -> str:
@@ -57,7 +59,7 @@ def decide(name: str, cand: Any, champ: Any | None, tolerance: float) -> Verdict
     ct = dict(cand.tags)
     if ct.get("pbp.kind") != "finetuned" or "pbp.task.kind" not in ct:
         return Verdict(False, f"version {cand.version} is a {ct.get('pbp.kind', 'non-pbp')} model with no task test "
-                              "metric to gate on (promote it with --force --reason)")  # fmt: skip
+                              "metric to gate on", advice="promote it with --force --reason")  # fmt: skip
     metric = headline(ct)
     ht = dict(champ.tags) if champ is not None else {}
     if champ is not None and (why := task_mismatch(ct, ht)):

@@ -78,8 +78,7 @@ def promote(name: str, version: str | int, *, tolerance: float = 0.0, force: boo
                 raise
             verdict = gate.Verdict(False, f"the gate could not run: {e}")
         promoted = verdict.ok or force
-        refusal = verdict.why.replace(" (promote it with --force --reason)", "")  # that advice was just taken
-        why = verdict.why if verdict.ok or not force else f"forced past the gate ({refusal})"
+        why = _why(verdict, force)
         moves = {CHAMPION: version, **({PREVIOUS: old} if old else {})} if promoted else {}
         record = _record(c, lock, trail, {
             "action": "promote", "decision": "promoted" if promoted else "refused", "version": version,
@@ -92,6 +91,15 @@ def promote(name: str, version: str | int, *, tolerance: float = 0.0, force: boo
     verb = f"promoted to @{CHAMPION}" if promoted else "refused"
     telemetry.registry_event(name, "promoted" if promoted else "refused")
     return Outcome(promoted, record, f"model {name} version {version} {verb}: {why} (audit record {record['seq']})")
+
+
+def _why(verdict: gate.Verdict, force: bool) -> str:
+    """The outcome's reason: the gate's; a forced promotion says so; a refusal carries the gate's advice."""
+    if verdict.ok:
+        return verdict.why
+    if force:
+        return f"forced past the gate ({verdict.why})"
+    return f"{verdict.why} ({verdict.advice})" if verdict.advice else verdict.why
 
 
 def rollback(name: str, *, reason: str = "", force: bool = False, wait_s: float = 300.0) -> Outcome:
