@@ -5,6 +5,8 @@ The check against the real Keras model lives in tests/parity (make parity)."""
 import builtins
 import os
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -161,7 +163,55 @@ def test_protocol_2_bytes_helper_allows_only_latin1(tmp_path):
 
     ckpt = tmp_path / "codec.pkl"
     ckpt.write_bytes(pickle.dumps((3, [_Call(codecs.encode, "eJzLSM3JyQcABiwCFQ==", "base64")], []), protocol=2))
-    with pytest.raises(KerasCheckpointError, match="codec.pkl: cannot be unpickled.*latin1"):
+    with pytest.raises(
+        KerasCheckpointError, match="codec.pkl: refused to unpickle: _codecs.encode is allowed only for latin1"
+    ):
+        read_keras_checkpoint(ckpt)
+
+
+class _Raw:
+    """Pickles as ``numpy.ndarray(shape, dtype, buffer)``: an array over bytes of the file."""
+
+    def __init__(self, dtype: str):
+        self.dtype = dtype
+
+    def __reduce__(self):
+        return np.ndarray, ((4,), np.dtype(self.dtype), b"\x41" * 32)
+
+
+def test_arrays_numpy_would_trust_blindly_are_refused_before_any_is_built(tmp_path):
+    # An object array over the file's bytes (its "pointers" 0x4141...): reading it crashed the process (a segfault).
+    code = (
+        "import pickle, sys, numpy as np; sys.path.insert(0, 'tests'); from test_keras_adapter import _Raw; "
+        f"open({str(tmp_path / 'obj.pkl')!r}, 'wb').write(pickle.dumps((3, [_Raw('O')], []), protocol=2)); "
+        "from pbp.cli.main import main; "
+        f"sys.exit(main(['model', 'import-keras', {str(tmp_path / 'obj.pkl')!r}, '--out', {str(tmp_path / 'o')!r}]))"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr  # not -11 (SIGSEGV)
+    assert "obj.pkl: refused to unpickle: dtype 'O8'" in res.stderr, res.stderr
+    cases = {
+        "direct": (_Raw("f4"), r"a direct numpy.ndarray\(\.\.\.\) call"),  # even with a plain dtype
+        "object": (np.array([None, 1], dtype=object), r"dtype 'O8'"),  # numpy's own pickle of an object array
+        "structured": (np.zeros(2, dtype=[("a", "f4")]), r"dtype 'V4'"),
+        "unicode": (np.array(["ab"]), r"dtype 'U2'"),
+    }
+    for name, (payload, refusal) in cases.items():
+        ckpt = tmp_path / f"{name}.pkl"
+        ckpt.write_bytes(pickle.dumps((3, [payload], []), protocol=2))
+        with pytest.raises(KerasCheckpointError, match=rf"{name}\.pkl: refused to unpickle: {refusal}"):
+            read_keras_checkpoint(ckpt)
+
+
+def test_an_array_whose_data_does_not_fill_its_shape_is_refused(tmp_path):
+    data = pickle.dumps((3, [np.zeros((2, 3), np.float32)], []), protocol=3)  # no frames: bytes can be cut
+    raw = np.zeros((2, 3), np.float32).tobytes()
+    assert data.count(raw) == 1
+    ckpt = tmp_path / "short.pkl"  # the shape says 24 bytes, the data has 20: numpy would read past them
+    ckpt.write_bytes(data.replace(bytes([len(raw)]) + raw, bytes([len(raw) - 4]) + raw[:-4]))
+    with pytest.raises(
+        KerasCheckpointError, match=r"short\.pkl: refused .*shape \(2, 3\) and dtype float32 with 20 bytes"
+    ):
         read_keras_checkpoint(ckpt)
 
 

@@ -24,14 +24,13 @@ refuses every other global (``os.system``, ``builtins.eval``, ...) before anythi
 
 from __future__ import annotations
 
-import pickle
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, cast
 
 import numpy as np
 import torch
 
+from pbp.model.array_pickle import RefusedPickle, load_arrays
 from pbp.model.config import ModelConfig
 from pbp.model.proteinbert import ProteinBERT
 
@@ -72,69 +71,19 @@ class KerasCheckpointError(ValueError):
     """A checkpoint that does not have the original's layout; the message names the array."""
 
 
-def _latin1_bytes(text: str, encoding: str) -> bytes:
-    """``_codecs.encode`` as protocol-2 pickles use it for bytes (numpy's raw data), and nothing else."""
-    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise pickle.UnpicklingError(f"_codecs.encode is allowed only for latin1 text, got {encoding!r}")
-    return text.encode("latin1")
-
-
-def _empty_bytes(*args: object) -> bytes:
-    """``bytes()`` as protocol-2 pickles use it for empty bytes (an empty array's data), and nothing else."""
-    if args:
-        raise pickle.UnpicklingError("bytes() is allowed only without arguments")
-    return b""
-
-
-def _numpy_globals() -> dict[tuple[str, str], Callable[..., Any]]:
-    """The globals numpy's own pickles name, taken from numpy's reductions (so no numpy.core deprecation warning).
-    numpy 1.x pickles name ``numpy.core.*``, numpy 2.x ``numpy._core.*``: both map to the installed functions."""
-    fn = Callable[..., Any]
-    reconstruct = cast(fn, np.empty(0).__reduce__()[0])  # multiarray._reconstruct(ndarray, shape, dtype)
-    scalar = cast(fn, np.float32(0).__reduce__()[0])  # multiarray.scalar(dtype, raw bytes)
-    frombuffer = cast(fn, np.empty(1).__reduce_ex__(5)[0])  # numeric._frombuffer(buffer, dtype, shape, order)
-    allowed: dict[tuple[str, str], Callable[..., Any]] = {
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        ("_codecs", "encode"): _latin1_bytes,
-        ("__builtin__", "bytes"): _empty_bytes,  # protocol 2 names Python 3's builtins by their Python 2 module
-        ("builtins", "bytes"): _empty_bytes,
-    }
-    for core in ("numpy.core", "numpy._core"):
-        allowed[(f"{core}.multiarray", "_reconstruct")] = reconstruct
-        allowed[(f"{core}.multiarray", "scalar")] = scalar
-        allowed[(f"{core}.numeric", "_frombuffer")] = frombuffer
-    return allowed
-
-
-class _RefusedGlobal(pickle.UnpicklingError):
-    pass
-
-
-class _ArraysOnlyUnpickler(pickle.Unpickler):
-    """Builds numpy arrays and plain containers; any other global is refused before it can be called."""
-
-    _allowed = _numpy_globals()
-
-    def find_class(self, module: str, name: str) -> Any:
-        found = self._allowed.get((module, name))
-        if found is None:
-            raise _RefusedGlobal(f"{module}.{name}")
-        return found
-
-
 def read_keras_checkpoint(path: str | Path) -> tuple[int, list[np.ndarray]]:
-    """Unpickle an original checkpoint -> (n_annotations, weights), allowing only numpy arrays and containers."""
+    """Unpickle an original checkpoint -> (n_annotations, weights), allowing only numpy arrays and containers
+    (:mod:`pbp.model.array_pickle`)."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no such checkpoint file")
     with p.open("rb") as f:
         try:
-            obj = _ArraysOnlyUnpickler(f).load()
-        except _RefusedGlobal as e:
+            obj = load_arrays(f)
+        except RefusedPickle as e:
             raise KerasCheckpointError(
-                f"{p}: refused to unpickle: it names {e}, which is not part of a ProteinBERT checkpoint "
-                "(only numpy arrays, dtypes, scalars and plain containers are allowed)"
+                f"{p}: refused to unpickle: {e} is not part of a ProteinBERT checkpoint (only numpy arrays of bool, "
+                "integer or float, their dtypes and scalars, and plain containers are allowed)"
             ) from None
         except Exception as e:
             raise KerasCheckpointError(f"{p}: cannot be unpickled as a ProteinBERT checkpoint ({e})") from None
