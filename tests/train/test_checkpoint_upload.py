@@ -2,6 +2,7 @@
 uploads started as files are written, a failed file retried alone, and the checkpoint complete only at the end."""
 
 import hashlib
+import io
 import json
 from pathlib import Path
 
@@ -149,3 +150,27 @@ def test_a_stream_that_fails_while_written_is_sent_again_from_the_local_copy(tmp
     assert "checkpoint-000000002/model.pt failed while writing (injected failure" in caplog.text
     assert (tmp_path / "run" / name / "model.pt").read_bytes() == b"weights" * 1000
     assert ckpt.newest_complete(run) == name
+
+
+def test_a_stored_name_that_climbs_out_of_the_download_directory_is_refused(tmp_path):
+    """``a/../../x`` is a legal S3 key (AWS keeps it as written); a listing that holds one must not make download
+    write outside its directory. A stand-in file system lists it: the local stack's S3 normalises such keys."""
+    files = {"pbp_checkpoint.json": b'{"step": 1, "world_size": 1}', "rank-00000.json": b'{"files": []}',
+             "../../../escaped.txt": b"outside"}  # fmt: skip
+    name = ckpt.checkpoint_name(1)
+
+    class ListsAnything:
+        type_name = "s3"
+
+        def get_file_info(self, selector):
+            return [pafs.FileInfo(f"bucket/run/{name}/{k}", pafs.FileType.File, size=len(v)) for k, v in files.items()]
+
+        def open_input_stream(self, path):
+            return io.BytesIO(files[path.split(f"{name}/", 1)[1]])
+
+    local = tmp_path / "a" / "b" / "scratch" / name
+    with pytest.raises(
+        ValueError, match=r"holds a file named '\.\./\.\./\.\./escaped\.txt', which would be written outside"
+    ):
+        ckpt.download(ckpt.StorageDir(ListsAnything(), "bucket/run"), name, local, 0)
+    assert not list(tmp_path.rglob("escaped.txt"))

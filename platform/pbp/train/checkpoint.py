@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO, Any, cast
 
 from pbp.data.storage import SMALL_READ_RETRIES, with_retries
@@ -377,6 +377,11 @@ def download(run: StorageDir, name: str, local: Path, rank: int) -> tuple[dict, 
     src = f"{run.path}/{name}"
     infos = with_retries(f"list {run.url(name)}", lambda: run.fs.get_file_info(pafs.FileSelector(src, recursive=True)))
     files = [i.path for i in infos if i.type == pafs.FileType.File]
+    for path in files:  # keys are names, not paths: "a/../../x" is a legal S3 key that would land outside ``local``
+        rel = PurePosixPath(path[len(src) + 1 :])
+        if not path.startswith(f"{src}/") or rel.is_absolute() or ".." in rel.parts:
+            raise ValueError(f"{run.url(name)}: holds a file named {path[len(src) + 1 :]!r}, which would be written "
+                             f"outside {local}; refused (a checkpoint holds plain relative names)")  # fmt: skip
 
     def fetch(path: str) -> tuple[str, str]:
         rel = path[len(src) + 1 :]
