@@ -118,6 +118,40 @@ def test_environment_wins_over_the_state_dir(tmp_path):
     assert ep.ray_address == "http://head:8265" and ep.ray_token == "envtok"
 
 
+def test_the_stacks_secrets_never_go_to_a_server_the_environment_names_instead(tmp_path, monkeypatch):
+    """With a stack's state dir present and MLFLOW_TRACKING_URI / RAY_ADDRESS naming another team's servers, the
+    stack's MLflow admin password and Ray token went to them."""
+    secrets = _fake_stack(tmp_path)
+    other = resolve(tmp_path, env={"MLFLOW_TRACKING_URI": "https://mlflow.other.example",
+                                   "RAY_ADDRESS": "https://ray.other.example:8265"})  # fmt: skip
+    assert other.mlflow_uri == "https://mlflow.other.example"
+    assert other.mlflow_username is None and other.mlflow_password is None and other.mlflow_env() == {
+        "MLFLOW_TRACKING_URI": "https://mlflow.other.example"}  # fmt: skip
+    assert other.ray_headers() == {} and other.ray_headers("http://127.0.0.1:8265") == {}  # a port-forward
+    exported = resolve(tmp_path, env={"RAY_AUTH_TOKEN_PATH": str(tmp_path / "ray_token")})  # as `pbp stack env` has it
+    assert exported.ray_headers("https://ray.other.example:8265") == {}
+    # The stack's own addresses, however written, still get them.
+    mine = resolve(
+        tmp_path, env={"MLFLOW_TRACKING_URI": "http://localhost:2222/", "RAY_ADDRESS": "http://127.0.0.1:4444"}
+    )
+    assert mine.mlflow_password == secrets["mlflow_admin_password"]
+    assert mine.ray_headers() == {"Authorization": "Bearer tok"} == mine.ray_headers("127.0.0.1:3333")  # GCS
+    # A user's own credentials go where the user points them; a username of one's own never takes the stack's password.
+    own = resolve(tmp_path, env={"MLFLOW_TRACKING_USERNAME": "me", "RAY_AUTH_TOKEN": "theirs",
+                                 "RAY_ADDRESS": "https://ray.other.example:8265"})  # fmt: skip
+    assert (own.mlflow_username, own.mlflow_password) == ("me", None)
+    assert own.ray_headers() == {"Authorization": "Bearer theirs"}
+    # The driver's token settings (Ray reads them at import): set for the stack's Ray, not for another cluster's.
+    from pbp.stack.endpoints import set_ray_auth_env
+
+    for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS"):
+        monkeypatch.delenv(var, raising=False)
+    set_ray_auth_env(resolve(tmp_path, env={}), "10.0.0.5:6379")
+    assert "RAY_AUTH_TOKEN_PATH" not in os.environ
+    set_ray_auth_env(resolve(tmp_path, env={}), "127.0.0.1:3333")
+    assert os.environ["RAY_AUTH_TOKEN_PATH"] == str(tmp_path.resolve() / "ray_token")
+
+
 def test_cloud_environment_without_a_stack(tmp_path):
     ep = resolve(tmp_path / "none", env={"AWS_REGION": "eu-west-1"})
     assert ep.s3_endpoint is None and ep.s3_access_key is None  # AWS' default credential chain

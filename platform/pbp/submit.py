@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pbp.errors import UserError
-from pbp.stack.endpoints import Endpoints, require, resolve
+from pbp.stack.endpoints import Endpoints, require, resolve, same_host_port
 
 # gitignore-style. Ray applies them to the working_dir AND to each py_module with that module as the root, so no
 # pattern may match a folder of platform/pbp (a plain "data" would drop pbp/data). Ray also honours .gitignore.
@@ -86,7 +86,7 @@ def client(address: str | None = None, endpoints: Endpoints | None = None):
     ep = endpoints or resolve()
     addr = require(address or ep.ray_address, "Ray address (RAY_ADDRESS)")
     try:
-        return JobSubmissionClient(addr, headers=ep.ray_headers())
+        return JobSubmissionClient(addr, headers=ep.ray_headers(addr))
     except ConnectionError as e:  # Ray's "Failed to connect to Ray at address: ..." after a traceback per retry
         raise SubmitError(f"the Ray cluster's Jobs API at {addr} does not answer ({e}): start it (`pbp stack up` for "
                           "the local stack) or check RAY_ADDRESS / --address") from None  # fmt: skip
@@ -95,19 +95,12 @@ def client(address: str | None = None, endpoints: Endpoints | None = None):
 def is_local_stack(address: str, endpoints: Endpoints) -> bool:
     """Whether ``address`` is the local stack's own Ray (its state dir says which): its jobs share this machine's
     filesystem. Any other address counts as elsewhere, also a loopback one (``kubectl port-forward`` to KubeRay)."""
-    from urllib.parse import urlparse
-
     from pbp.stack.state import StackState
 
     state = StackState.load(endpoints.state_dir) if endpoints.state_dir is not None else None
     if state is None or "ray-head" not in state.services:
         return False
-
-    def where(url: str) -> tuple[str | None, int | None]:
-        u = urlparse(url if "://" in url else f"http://{url}")
-        return (u.hostname or "").replace("localhost", "127.0.0.1"), u.port
-
-    return where(address) == where(state.ray_dashboard_url)
+    return same_host_port(address, state.ray_dashboard_url)
 
 
 _OVERRIDE = re.compile(r"^([A-Za-z_][\w.]*)=(.*)$", re.S)

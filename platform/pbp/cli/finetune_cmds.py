@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_finetune(args: argparse.Namespace) -> int:
     from pbp.stack.endpoints import set_ray_auth_env
 
-    set_ray_auth_env()  # before anything imports Ray
+    set_ray_auth_env(address=args.address)  # before anything imports Ray
     from pbp.config import load_config
     from pbp.finetune.config import FinetuneConfig
 
@@ -103,7 +103,7 @@ def register_tune(sub: argparse._SubParsersAction) -> None:
 def cmd_tune(args: argparse.Namespace) -> int:
     from pbp.stack.endpoints import set_ray_auth_env
 
-    set_ray_auth_env()  # before anything imports Ray
+    set_ray_auth_env(address=args.address)  # before anything imports Ray
     from pbp.config import load_config
     from pbp.tune.campaign import load_campaign_config
     from pbp.tune.config import TuneConfig

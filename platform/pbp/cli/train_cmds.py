@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from pbp.stack.endpoints import set_ray_auth_env
 
-    set_ray_auth_env()  # before anything imports Ray
+    set_ray_auth_env(address=args.address)  # before anything imports Ray
     from pbp.config import load_config
     from pbp.train.config import PretrainConfig
 

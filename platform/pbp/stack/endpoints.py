@@ -35,6 +35,10 @@ class Endpoints:
     ray_token: str | None
     buckets: dict[str, str]
     state_dir: Path | None
+    stack_ray: tuple[str, ...] = ()
+    """The local stack's own Ray addresses (dashboard URL, GCS address); none without a stack."""
+    ray_token_from_stack: bool = False
+    """``ray_token`` is the stack's (its state dir), not one the environment gave: it goes to the stack's Ray only."""
 
     # ---- clients ------------------------------------------------------------------------------------------
 
@@ -87,8 +91,29 @@ class Endpoints:
             out["MLFLOW_TRACKING_PASSWORD"] = self.mlflow_password or ""
         return out
 
-    def ray_headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.ray_token}"} if self.ray_token else {}
+    def is_stack_ray(self, address: str) -> bool:
+        """Whether ``address`` (a URL or host:port) is one of the local stack's own Ray addresses."""
+        return bool(self.stack_ray) and same_host_port(address, *self.stack_ray)
+
+    def ray_headers(self, address: str | None = None) -> dict[str, str]:
+        """The token header for a request to ``address`` (default: ``ray_address``). The stack's own token is never
+        sent to another cluster (its secret would be that cluster's to use); give that cluster's in RAY_AUTH_TOKEN."""
+        to = address or self.ray_address
+        if not self.ray_token or (self.ray_token_from_stack and to and not self.is_stack_ray(to)):
+            return {}
+        return {"Authorization": f"Bearer {self.ray_token}"}
+
+
+def same_host_port(address: str, *others: str) -> bool:
+    """Whether ``address`` names the same host and port as any of ``others`` (URLs or host:port; localhost is
+    127.0.0.1)."""
+    from urllib.parse import urlparse
+
+    def where(url: str) -> tuple[str, int | None]:
+        u = urlparse(url if "://" in url else f"http://{url}")
+        return (u.hostname or "").replace("localhost", "127.0.0.1"), u.port
+
+    return where(address) in {where(o) for o in others if o}
 
 
 def resolve(state_dir: Path | None = None, env: dict[str, str] | None = None) -> Endpoints:
@@ -99,32 +124,45 @@ def resolve(state_dir: Path | None = None, env: dict[str, str] | None = None) ->
     secrets = Secrets.load(sdir) if state is not None and (sdir / "secrets.json").exists() else None
     token = env.get("RAY_AUTH_TOKEN")
     token_path = env.get("RAY_AUTH_TOKEN_PATH") or (str(sdir / RAY_TOKEN_FILE) if state is not None else None)
+    # the stack's token, also where `pbp stack env` exported its path: it goes to the stack's Ray only
+    from_stack = not token and state is not None and Path(token_path or "").resolve() == sdir / RAY_TOKEN_FILE
     if not token and token_path and Path(token_path).exists():
         token = Path(token_path).read_text().strip()
 
     def pick(name: str, fallback: str | None) -> str | None:
         return env.get(name) or fallback
 
+    # The stack's secrets go to the stack's own services only: never to an endpoint the environment names instead.
     use_stack_s3 = state is not None and not env.get("AWS_ENDPOINT_URL") and not env.get("AWS_ACCESS_KEY_ID")
+    mlflow_uri = pick("MLFLOW_TRACKING_URI", state.mlflow_uri if state else None)
+    use_stack_mlflow = (secrets is not None and state is not None and mlflow_uri is not None
+                        and same_host_port(mlflow_uri, state.mlflow_uri) and not env.get("MLFLOW_TRACKING_USERNAME"))  # fmt: skip
     return Endpoints(
         s3_endpoint=pick("AWS_ENDPOINT_URL", state.s3_endpoint if state else None),
         s3_access_key=env.get("AWS_ACCESS_KEY_ID") or (secrets.s3_access_key if use_stack_s3 and secrets else None),
         s3_secret_key=env.get("AWS_SECRET_ACCESS_KEY") or (secrets.s3_secret_key if use_stack_s3 and secrets else None),
         s3_region=env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or "us-east-1",
-        mlflow_uri=pick("MLFLOW_TRACKING_URI", state.mlflow_uri if state else None),
-        mlflow_username=pick("MLFLOW_TRACKING_USERNAME", secrets.mlflow_admin_user if secrets else None),
-        mlflow_password=pick("MLFLOW_TRACKING_PASSWORD", secrets.mlflow_admin_password if secrets else None),
+        mlflow_uri=mlflow_uri,
+        mlflow_username=env.get("MLFLOW_TRACKING_USERNAME")
+        or (secrets.mlflow_admin_user if use_stack_mlflow and secrets else None),
+        mlflow_password=env.get("MLFLOW_TRACKING_PASSWORD")
+        or (secrets.mlflow_admin_password if use_stack_mlflow and secrets else None),
         ray_address=_ray_http_address(env.get("RAY_ADDRESS")) or (state.ray_dashboard_url if state else None),
         ray_token=token,
         buckets=dict(state.buckets) if state else {},
         state_dir=sdir if state is not None else None,
+        stack_ray=(state.ray_dashboard_url, state.ray_gcs_address) if state is not None else (),
+        ray_token_from_stack=from_stack and token is not None,
     )
 
 
-def set_ray_auth_env(endpoints: Endpoints | None = None) -> None:
-    """Token settings for a Ray client in THIS process; Ray reads them once, at import, so call this first."""
+def set_ray_auth_env(endpoints: Endpoints | None = None, address: str | None = None) -> None:
+    """Token settings for a Ray client in THIS process; Ray reads them once, at import, so call this first.
+    ``address``: where it will connect (default RAY_ADDRESS; neither: the local stack); the stack's token is set only
+    for the stack's own Ray."""
     ep = endpoints or resolve()
-    if ep.state_dir is not None:
+    to = address or os.environ.get("RAY_ADDRESS")
+    if ep.state_dir is not None and (not to or ep.is_stack_ray(to)):
         os.environ.setdefault("RAY_AUTH_MODE", "token")
         os.environ.setdefault("RAY_AUTH_TOKEN_PATH", str(ep.state_dir / RAY_TOKEN_FILE))
 

@@ -8,8 +8,10 @@
     prometheus  the Prometheus server (Debian's ``prometheus`` package) scraping every Ray node's metrics agent
                 through Ray's service discovery file; started only where the binary is installed
 
-Everything binds 127.0.0.1. Secrets reach the services through their own process environment or 0600 files in
-the state dir, never through command lines (visible in ``ps``).
+SeaweedFS, MLflow, the Ray dashboard and Prometheus bind 127.0.0.1; Ray's GCS, raylets and agents listen on every
+interface whatever ``--node-ip-address`` says (token auth guards them, not the metrics export; README). Secrets
+reach the services through their own process environment or 0600 files in the state dir, never through command
+lines (visible in ``ps``).
 """
 
 from __future__ import annotations

@@ -390,7 +390,7 @@ def connect_ray(address: str | None = None) -> None:
         state = StackState.load(ep.state_dir or default_state_dir())
         addr = state.ray_gcs_address if state else "auto"
         os.environ.pop("RAY_ADDRESS", None)
-    set_ray_auth_env(ep)
+    set_ray_auth_env(ep, addr)
     import ray
 
     if not ray.is_initialized():
