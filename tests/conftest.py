@@ -12,7 +12,7 @@ from pbp.config import load_config
 from pbp.model import ModelConfig
 from pbp.stack import manager, procs
 from pbp.stack.endpoints import Endpoints, resolve
-from pbp.stack.services import ray_temp_dir
+from pbp.stack.services import private_tmp, ray_temp_dir
 from pbp.stack.state import STATE_FILE, StackState, StackStateError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,7 +78,7 @@ def _dump_logs(state_dir: Path) -> str:
 
 @pytest.fixture(scope="session", autouse=True)
 def _ray_session_dirs_removed(tmp_path_factory):
-    """After the session, once every stack is down: each test stack's Ray session dir (/tmp/pbp-ray-<hash>, 5-30 MB
+    """After the session, once every stack is down: each test stack's Ray session dir (/tmp/pbp-UID-HASH, 5-30 MB
     of logs and sockets; pytest keeps the stacks' own dirs under its basetemp) is removed."""
     yield
     for state_file in tmp_path_factory.getbasetemp().rglob(STATE_FILE):
@@ -87,7 +87,7 @@ def _ray_session_dirs_removed(tmp_path_factory):
         except StackStateError:  # a test's deliberately corrupt state file: no stack ran from it
             continue
         if state is not None:
-            shutil.rmtree(ray_temp_dir(state), ignore_errors=True)
+            shutil.rmtree(private_tmp(state), ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

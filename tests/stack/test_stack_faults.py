@@ -197,3 +197,35 @@ def test_the_shell_line_names_the_pbp_a_user_can_type(monkeypatch, tmp_path):
     assert manager.pbp_command() == "pbp"
     monkeypatch.setattr(sys, "executable", "/usr/bin/python3")  # an install whose scripts live elsewhere
     assert manager.pbp_command() == "pbp"
+
+
+def test_rays_session_dir_sits_in_a_folder_only_the_stacks_user_may_enter(tmp_path):
+    """Ray makes its folders 0777 and accepts one that exists; in a guessable /tmp path another local user could
+    create it before `pbp stack up`, or swap a job's unpacked code in it. It now sits in /tmp/pbp-UID-HASH (0700)."""
+    import shutil
+    import stat
+
+    state = StackState(state_dir=str(tmp_path / "st"))
+    parent = services.private_tmp(state)
+    assert services.ray_temp_dir(state).startswith(parent + "/") and str(os.getuid()) in parent
+    try:
+        made = services.ensure_private_tmp(state)
+        assert stat.S_IMODE(made.lstat().st_mode) == 0o700
+        assert services.ensure_private_tmp(state) == made  # ours already: fine
+        made.chmod(0o777)  # someone opened it (or made it so): refused, not used
+        with pytest.raises(ServiceError, match=rf"{parent}: exists and is open to others \(mode 777\); refusing"):
+            services.ensure_private_tmp(state)
+        made.rmdir()
+        made.symlink_to(tmp_path)  # a link planted in its place
+        with pytest.raises(ServiceError, match=rf"{parent}: exists and is not a directory"):
+            services.ensure_private_tmp(state)
+        made.unlink()
+        if os.getuid() == 0:  # CI runs as root: another user's folder can be made (as the squatter would)
+            made.mkdir(mode=0o700)
+            os.chown(made, 65534, 65534)
+            with pytest.raises(ServiceError, match=rf"{parent}: exists and is owned by uid 65534"):
+                services.ensure_private_tmp(state)
+    finally:
+        if os.path.islink(parent):
+            os.unlink(parent)
+        shutil.rmtree(parent, ignore_errors=True)

@@ -25,6 +25,7 @@ from pbp.stack.services import (
     ServiceError,
     check,
     command,
+    ensure_private_tmp,
     prometheus_binary,
     ray_temp_dir,
     service_env,
@@ -233,6 +234,8 @@ def _start(
                 f"{svc.name}: port {port} ({name}) on {state.host} is in use by {procs.who_listens(port)}; "
                 f"stop that process or start a stack with another --state-dir. Other services and data are untouched."
             )
+    if svc.name == "ray-head":
+        ensure_private_tmp(state)  # before Ray creates its session dir in it
     cmd = command(svc, state, secrets, object_store_mb, worker_cpus)
     logfile = state.dir / "logs" / f"{svc.name}.log"
     t0 = time.monotonic()

@@ -16,10 +16,12 @@ lines (visible in ``ps``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import stat
 import sys
 import urllib.error
 import urllib.request
@@ -99,10 +101,32 @@ def _bin(name: str) -> str:
     return found
 
 
-def ray_temp_dir(state: StackState) -> str:
-    """Ray's session dir must be short (unix socket paths are limited to 107 bytes): /tmp/pbp-ray-<hash>."""
+def private_tmp(state: StackState) -> str:
+    """A folder of the stack's in /tmp that only its user may enter: /tmp/pbp-<uid>-<hash of the state dir>."""
     digest = hashlib.sha256(str(state.dir).encode()).hexdigest()[:10]
-    return f"/tmp/pbp-ray-{digest}"
+    return f"/tmp/pbp-{os.getuid()}-{digest}"
+
+
+def ray_temp_dir(state: StackState) -> str:
+    """Ray's session dir: short (unix socket paths are limited to 107 bytes), so not in the state dir, and inside
+    :func:`private_tmp` (Ray makes its own folders 0777 and accepts one that exists: in a guessable /tmp path another
+    local user could create it first, or swap a job's unpacked package in it, and run code as the stack's user)."""
+    return f"{private_tmp(state)}/ray"
+
+
+def ensure_private_tmp(state: StackState) -> Path:
+    """Create :func:`private_tmp` (0700), or check the one there: a directory, not a link, owned by this user and
+    closed to everyone else; anything else is refused naming it (Ray would put its sockets and job code there)."""
+    path = Path(private_tmp(state))
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+    st = path.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        what = ("not a directory" if not stat.S_ISDIR(st.st_mode) else f"owned by uid {st.st_uid}"
+                if st.st_uid != os.getuid() else f"open to others (mode {stat.S_IMODE(st.st_mode):o})")  # fmt: skip
+        raise ServiceError(f"{path}: exists and is {what}; refusing to put Ray's session there (another user could "
+                           "plant code in it). Remove it, or start the stack with another --state-dir")  # fmt: skip
+    return path
 
 
 def base_env(state: StackState) -> dict[str, str]:
