@@ -133,6 +133,36 @@ def test_s3_refuses_unknown_keys(endpoints):
         bad.list_buckets()
 
 
+def test_seaweedfs_other_ports_refuse_whoever_lacks_the_stacks_keys(stack_dir, endpoints):
+    """Only the S3 gateway checked a key: the filer's HTTP port listed, read and took objects from anyone on the
+    machine, and its gRPC ports served any client. Now HTTP wants a JWT only the components mint (401) and gRPC a
+    certificate of the stack's own CA (the TLS handshake fails)."""
+    import grpc
+
+    s3 = endpoints.boto3_client()
+    s3.put_object(Bucket=endpoints.buckets["data"], Key="private/x.txt", Body=b"secret")
+    ports = StackState.load(stack_dir).services["seaweedfs"].ports
+    filer = f"http://127.0.0.1:{ports['filer']}"
+    for method, path in [("GET", "/buckets/?limit=5"), ("GET", f"/buckets/{endpoints.buckets['data']}/private/x.txt"),
+                         ("PUT", f"/buckets/{endpoints.buckets['data']}/planted.txt")]:  # fmt: skip
+        req = urllib.request.Request(filer + path, data=b"x" if method == "PUT" else None, method=method,
+                                     headers={"Accept": "application/json"})  # fmt: skip
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=10)
+        assert e.value.code == 401, (method, path, e.value.code)
+    for name in ("master_grpc", "volume_grpc", "filer_grpc", "s3_grpc"):
+        channel = grpc.insecure_channel(f"127.0.0.1:{ports[name]}")
+        with pytest.raises(grpc.FutureTimeoutError):  # a plain client never gets a channel: TLS is required
+            grpc.channel_ready_future(channel).result(timeout=3)
+        channel.close()
+    assert s3.get_object(Bucket=endpoints.buckets["data"], Key="private/x.txt")["Body"].read() == b"secret"
+    with pytest.raises(s3.exceptions.NoSuchKey):
+        s3.get_object(Bucket=endpoints.buckets["data"], Key="planted.txt")
+    sec = stack_dir / "security.toml"
+    assert stat.S_IMODE(sec.stat().st_mode) == 0o600 and "[grpc.filer]" in sec.read_text()
+    assert not (stack_dir / "tls" / "ca.key").exists()  # the CA's key signed once and was dropped
+
+
 def test_mlflow_run_over_http_with_auth(endpoints, monkeypatch):
     import mlflow
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pbp.errors import UserError
+from pbp.stack.seaweedfs_security import jwt_env, write_security
 from pbp.stack.state import RAY_TOKEN_FILE, Secrets, StackState, atomic_write
 
 S3_IDENTITY_FILE = "seaweedfs-s3.json"
@@ -213,6 +214,8 @@ def service_env(svc: Service, state: StackState, secrets: Secrets) -> dict[str, 
         env["RAY_API_SERVER_ADDRESS"] = state.ray_dashboard_url
     if svc.name == "ray-head" and "prometheus" in state.services:
         env["RAY_PROMETHEUS_HOST"] = f"http://{state.host}:{state.port('prometheus')}"  # the dashboard's charts
+    if svc.name == "seaweedfs":
+        env.update(jwt_env(secrets.seaweedfs_jwt_secret))  # with security.toml in its working dir (the state dir)
     if svc.name == "mlflow":
         env.update(
             {
@@ -242,6 +245,7 @@ def write_service_files(state: StackState, secrets: Secrets) -> None:
         ]
     }
     atomic_write(state.dir / S3_IDENTITY_FILE, json.dumps(identity, indent=2) + "\n", mode=0o600)
+    write_security(state.dir)  # SeaweedFS's other ports: mutual TLS and JWTs
     auth_db = state.dir / "data" / "mlflow" / "basic_auth.db"
     atomic_write(
         state.dir / MLFLOW_AUTH_FILE,

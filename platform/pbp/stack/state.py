@@ -173,6 +173,8 @@ class Secrets:
     mlflow_reader_user: str = "reader"
     """A second, read-only MLflow user (default permission READ): what a colleague who may look but not promote has."""
     mlflow_reader_password: str = ""
+    seaweedfs_jwt_secret: str = ""
+    """From which SeaweedFS's JWT signing keys are derived (``pbp.stack.seaweedfs_security``)."""
 
     @classmethod
     def generate(cls) -> Secrets:
@@ -183,6 +185,7 @@ class Secrets:
             mlflow_admin_password=secrets.token_urlsafe(18),
             flask_secret_key=secrets.token_hex(32),
             mlflow_reader_password=secrets.token_urlsafe(18),
+            seaweedfs_jwt_secret=secrets.token_hex(32),
         )
 
     @classmethod
@@ -204,8 +207,10 @@ class Secrets:
             s = cls(**raw)
         except TypeError as e:
             raise StackStateError(f"{path}: corrupt credentials file ({e})") from None
-        if not s.mlflow_reader_password:  # a stack made before the read-only user existed: add it, keep the rest
-            s.mlflow_reader_password = secrets.token_urlsafe(18)
+        # A stack made before a secret existed (the read-only user, SeaweedFS's JWTs): add it, keep the rest.
+        if not s.mlflow_reader_password or not s.seaweedfs_jwt_secret:
+            s.mlflow_reader_password = s.mlflow_reader_password or secrets.token_urlsafe(18)
+            s.seaweedfs_jwt_secret = s.seaweedfs_jwt_secret or secrets.token_hex(32)
             atomic_write(path, json.dumps(asdict(s), indent=2) + "\n", mode=0o600)
         return s
 
