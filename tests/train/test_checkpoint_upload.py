@@ -174,3 +174,63 @@ def test_a_stored_name_that_climbs_out_of_the_download_directory_is_refused(tmp_
     ):
         ckpt.download(ckpt.StorageDir(ListsAnything(), "bucket/run"), name, local, 0)
     assert not list(tmp_path.rglob("escaped.txt"))
+
+
+_DEEPSPEED_RESUME = """
+import os, pickle, socket, sys, torch
+from pathlib import Path
+os.environ["DS_ACCELERATOR"] = "cpu"
+import deepspeed
+from pbp.config import load_config
+from pbp.model import ProteinBERT
+from pbp.train import checkpoint as ckpt
+from pbp.train.config import PretrainConfig
+from pbp.train.deepspeed_config import deepspeed_config
+from pbp.train.optim import build_optimizer
+
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(s.getsockname()[1]), RANK="0", WORLD_SIZE="1",
+                      LOCAL_RANK="0")
+deepspeed.init_distributed(dist_backend="gloo")
+cfg = load_config(PretrainConfig, "configs/pretrain/tiny.yaml", ["deepspeed.zero_stage=2", "deepspeed.bf16=false"])
+model = ProteinBERT(cfg.model)
+engine, *_ = deepspeed.initialize(model=model, optimizer=build_optimizer(model.parameters(), cfg.optim),
+                                  config=deepspeed_config(cfg, 1, "cpu"))
+local = Path(sys.argv[1])
+engine.save_checkpoint(str(local), tag=ckpt.DS_TAG)
+with ckpt.load_weights_only(engine, local, "s3://runs/r/checkpoint-1"):
+    engine.load_checkpoint(str(local), tag=ckpt.DS_TAG, load_optimizer_states=True, load_lr_scheduler_states=False)
+print("clean checkpoint loaded")
+
+class Planted:
+    def __reduce__(self):
+        return os.system, (f"touch {sys.argv[2]}",)
+
+optim = next((local / ckpt.DS_TAG).glob("*optim_states.pt"))
+torch.save({"optimizer_state_dict": Planted()}, optim)
+try:
+    with ckpt.load_weights_only(engine, local, "s3://runs/r/checkpoint-1"):
+        engine.load_checkpoint(str(local), tag=ckpt.DS_TAG, load_optimizer_states=True)
+except ValueError as e:
+    print("REFUSED", e)
+"""
+
+
+def test_resuming_from_a_checkpoint_never_runs_code_it_holds(tmp_path):
+    """DeepSpeed unpickles its checkpoint files with weights_only=False: whoever could write the run's storage (its
+    digests too) ran code on every worker at the next resume. Loading is now weights_only, allowing DeepSpeed's own
+    record classes (a real ZeRO-2 checkpoint loads), and a planted file is refused naming it."""
+    import subprocess
+    import sys
+
+    from ..conftest import REPO
+
+    pwned = tmp_path / "pwned"
+    res = subprocess.run([sys.executable, "-c", _DEEPSPEED_RESUME, str(tmp_path / "ck"), str(pwned)], cwd=REPO,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert "clean checkpoint loaded" in res.stdout, res.stdout + res.stderr[-3000:]
+    refused = [line for line in res.stdout.splitlines() if line.startswith("REFUSED")]
+    assert refused and "s3://runs/r/checkpoint-1/" in refused[0] and "optim_states.pt: refused to load" in refused[0]
+    assert "posix.system" in refused[0] or "os.system" in refused[0], refused[0]
+    assert not pwned.exists()

@@ -237,31 +237,80 @@ def upload(local_dir: Path, run: StorageDir, name: str, rank: int, step: int, re
 
 
 @contextmanager
+def _checkpoint_engine(engine: Any, **methods: Callable[..., Any]) -> Iterator[Any]:
+    """DeepSpeed's ``engine.checkpoint_engine`` with ``methods`` in place of its own while inside (-> the original);
+    every other attribute is the original's."""
+    inner = engine.checkpoint_engine
+
+    class Wrapped:
+        def __getattr__(self, attr: str) -> Any:
+            return methods[attr] if attr in methods else getattr(inner, attr)
+
+    engine.checkpoint_engine = Wrapped()
+    try:
+        yield inner
+    finally:
+        engine.checkpoint_engine = inner
+
+
+@contextmanager
 def upload_as_saved(engine: Any, up: Upload) -> Iterator[None]:
     """While DeepSpeed's ``engine.save_checkpoint`` runs inside: every file its checkpoint engine saves goes up as
     it is written (``Upload.open``, with DeepSpeed's default engine, which is a ``torch.save``), or as soon as it is
     written (``Upload.ready``, any other engine)."""
     inner = engine.checkpoint_engine
 
-    class Uploading:
-        def __getattr__(self, attr: str) -> Any:
-            return getattr(inner, attr)
+    def save(state_dict: Any, path: str) -> None:
+        if type(inner).__name__ == "TorchCheckpointEngine" and hasattr(inner, "zipfile_serialization"):
+            import torch
 
-        def save(self, state_dict: Any, path: str) -> None:
-            if type(inner).__name__ == "TorchCheckpointEngine" and hasattr(inner, "zipfile_serialization"):
-                import torch
+            with up.open(Path(path)) as f:  # what TorchCheckpointEngine.save does, into the upload
+                torch.save(state_dict, f, _use_new_zipfile_serialization=inner.zipfile_serialization)
+        else:
+            inner.save(state_dict, path)
+            up.ready(Path(path))
 
-                with up.open(Path(path)) as f:  # what TorchCheckpointEngine.save does, into the upload
-                    torch.save(state_dict, f, _use_new_zipfile_serialization=inner.zipfile_serialization)
-            else:
-                inner.save(state_dict, path)
-                up.ready(Path(path))
-
-    engine.checkpoint_engine = Uploading()
-    try:
+    with _checkpoint_engine(engine, save=save):
         yield
-    finally:
-        engine.checkpoint_engine = inner
+
+
+DEEPSPEED_SAFE_GLOBALS = (
+    ("deepspeed.runtime.fp16.loss_scaler", "LossScaler"),
+    ("deepspeed.runtime.fp16.loss_scaler", "DynamicLossScaler"),
+    ("deepspeed.runtime.zero.config", "ZeroStageEnum"),
+    ("deepspeed.utils.tensor_fragment", "fragment_address"),
+)
+"""The classes DeepSpeed's checkpoints hold besides tensors and plain containers (its ZeRO optimizer states: the
+loss scaler, the ZeRO stage, fragment addresses), found with ``torch.serialization.get_unsafe_globals_in_checkpoint``
+on checkpoints of ZeRO 0-2, fp32 and bf16. Plain records: building one runs no code of the file's choosing."""
+
+
+@contextmanager
+def load_weights_only(engine: Any, local: Path, url: str) -> Iterator[None]:
+    """While DeepSpeed's ``engine.load_checkpoint`` of the checkpoint downloaded to ``local`` (from ``url``) runs
+    inside: every file is read with ``torch.load(weights_only=True)``, allowing DeepSpeed's few record classes
+    (:data:`DEEPSPEED_SAFE_GLOBALS`). DeepSpeed's own engine unpickles with ``weights_only=False``, so a checkpoint
+    written by anyone who can write the run's storage (digests included) would run its code on every worker. A file
+    naming anything else is refused (ValueError naming it) before any of it is used."""
+    import importlib
+    import pickle
+
+    import torch
+
+    allowed = [getattr(importlib.import_module(module), name) for module, name in DEEPSPEED_SAFE_GLOBALS]
+
+    def load(path: str, map_location: Any = None) -> Any:
+        try:
+            with torch.serialization.safe_globals(allowed):
+                return torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as e:
+            where = f"{url}/{Path(path).relative_to(local)}" if Path(path).is_relative_to(local) else path
+            why = next((line for line in str(e).splitlines() if "GLOBAL" in line or "global" in line), str(e))
+            raise ValueError(f"{where}: refused to load: {why.strip()} (a DeepSpeed checkpoint holds tensors and "
+                             "DeepSpeed's own records only; was the run's storage written by someone else?)") from None  # fmt: skip
+
+    with _checkpoint_engine(engine, load=load):
+        yield
 
 
 @dataclass

@@ -104,8 +104,9 @@ class Pretrainer:
         restored = self.ckpt.restore()
         if restored is None:
             return 0, None, None
-        self.engine.load_checkpoint(str(restored.local), tag=ckpt.DS_TAG, load_optimizer_states=True,
-                                    load_lr_scheduler_states=False)  # fmt: skip
+        with ckpt.load_weights_only(self.engine, restored.local, restored.url):  # never unpickles code
+            self.engine.load_checkpoint(str(restored.local), tag=ckpt.DS_TAG, load_optimizer_states=True,
+                                        load_lr_scheduler_states=False)  # fmt: skip
         commit = restored.commit
         self.schedule.load_state_dict(commit.schedule)
         self.nonfinite.total = commit.nonfinite_steps
