@@ -1,4 +1,5 @@
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -233,3 +234,45 @@ def test_output_into_a_pipe_closed_early_ends_quietly(monkeypatch, capsys):
     monkeypatch.setattr(cli_main, "build_parser", parser)
     assert main(["version"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_address_wins_over_the_shells_ray_address(monkeypatch, capsys, tmp_path):
+    """Ray lets RAY_ADDRESS override the address its job client is given: `pbp jobs ... --address A` acted on
+    RAY_ADDRESS's cluster (a stop could hit the wrong one). A stand-in Jobs API (the version check and an empty job
+    list) answers on A; RAY_ADDRESS names a port nothing listens on."""
+    import http.server
+    import socket
+    import threading
+
+    import ray
+
+    seen: list[str] = []
+
+    class JobsApi(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.path)
+            body = json.dumps({"ray_version": ray.__version__} if self.path == "/api/version" else []).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), JobsApi)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    monkeypatch.setenv("PBP_STACK_DIR", str(tmp_path / "no-stack"))
+    monkeypatch.setenv("RAY_ADDRESS", f"http://127.0.0.1:{dead}")
+    try:
+        here = f"http://127.0.0.1:{server.server_address[1]}"
+        assert main(["jobs", "list", "--address", here]) == 0, capsys.readouterr().err
+        assert f"no submitted jobs on the cluster at {here}" in capsys.readouterr().out
+        assert "/api/version" in seen and "/api/jobs/" in seen, seen
+        assert os.environ["RAY_ADDRESS"] == f"http://127.0.0.1:{dead}" and "RAY_API_SERVER_ADDRESS" not in os.environ
+    finally:
+        server.shutdown()

@@ -22,6 +22,7 @@ import contextlib
 import functools
 import hashlib
 import logging
+import os
 import re
 import shlex
 import time
@@ -86,10 +87,28 @@ def client(address: str | None = None, endpoints: Endpoints | None = None):
     ep = endpoints or resolve()
     addr = require(address or ep.ray_address, "Ray address (RAY_ADDRESS)")
     try:
-        return JobSubmissionClient(addr, headers=ep.ray_headers(addr))
+        # Ray lets RAY_API_SERVER_ADDRESS / RAY_ADDRESS override the address given to the client: --address was
+        # ignored whenever the shell had one (`pbp jobs stop ID --address A` stopped the job on RAY_ADDRESS's cluster).
+        with _environ(RAY_API_SERVER_ADDRESS=addr):
+            return JobSubmissionClient(addr, headers=ep.ray_headers(addr))
     except ConnectionError as e:  # Ray's "Failed to connect to Ray at address: ..." after a traceback per retry
         raise SubmitError(f"the Ray cluster's Jobs API at {addr} does not answer ({e}): start it (`pbp stack up` for "
                           "the local stack) or check RAY_ADDRESS / --address") from None  # fmt: skip
+
+
+@contextlib.contextmanager
+def _environ(**values: str) -> Iterator[None]:
+    """``os.environ`` with ``values`` set while inside, as it was afterwards."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def is_local_stack(address: str, endpoints: Endpoints) -> bool:
@@ -269,7 +288,7 @@ def submit(
             metadata={"pbp_job": job, "config": str(rel_config or "")},
             entrypoint_resources=entrypoint_resources,
         )
-    log(f"submitted {sid}: {entrypoint}")
+    log(f"submitted {sid} to {c.get_address()}: {entrypoint}")
     return sid
 
 

@@ -69,7 +69,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         print(submit.job_call(args.id, lambda: c.get_job_logs(args.id)), end="")
         return 0
     stopped = submit.job_call(args.id, lambda: c.stop_job(args.id))
-    print(f"{args.id}: {'stop requested' if stopped else 'was not running'}")
+    print(f"{args.id} on {c.get_address()}: {'stop requested' if stopped else 'was not running'}")
     return 0
 
 
