@@ -1,3 +1,4 @@
+import contextlib
 import json
 import os
 import re
@@ -236,12 +237,11 @@ def test_output_into_a_pipe_closed_early_ends_quietly(monkeypatch, capsys):
     assert capsys.readouterr().err == ""
 
 
-def test_address_wins_over_the_shells_ray_address(monkeypatch, capsys, tmp_path):
-    """Ray lets RAY_ADDRESS override the address its job client is given: `pbp jobs ... --address A` acted on
-    RAY_ADDRESS's cluster (a stop could hit the wrong one). A stand-in Jobs API (the version check and an empty job
-    list) answers on A; RAY_ADDRESS names a port nothing listens on."""
+@contextlib.contextmanager
+def _jobs_api(status: int = 200):
+    """A stand-in Ray Jobs API on a free port (the version check and an empty job list, or ``status`` with Ray's
+    auth refusal) -> (its URL, the paths it was asked for)."""
     import http.server
-    import socket
     import threading
 
     import ray
@@ -251,9 +251,10 @@ def test_address_wins_over_the_shells_ray_address(monkeypatch, capsys, tmp_path)
     class JobsApi(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             seen.append(self.path)
-            body = json.dumps({"ray_version": ray.__version__} if self.path == "/api/version" else []).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
+            ok = json.dumps({"ray_version": ray.__version__} if self.path == "/api/version" else [])
+            body = (ok if status == 200 else "Forbidden: Invalid authentication token").encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json" if status == 200 else "text/plain")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -263,16 +264,36 @@ def test_address_wins_over_the_shells_ray_address(monkeypatch, capsys, tmp_path)
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), JobsApi)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+
+
+def test_address_wins_over_the_shells_ray_address(monkeypatch, capsys, tmp_path):
+    """Ray lets RAY_ADDRESS override the address its job client is given: `pbp jobs ... --address A` acted on
+    RAY_ADDRESS's cluster (a stop could hit the wrong one). A stand-in Jobs API answers on A; RAY_ADDRESS names a
+    port nothing listens on."""
+    import socket
+
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         dead = s.getsockname()[1]
     monkeypatch.setenv("PBP_STACK_DIR", str(tmp_path / "no-stack"))
     monkeypatch.setenv("RAY_ADDRESS", f"http://127.0.0.1:{dead}")
-    try:
-        here = f"http://127.0.0.1:{server.server_address[1]}"
+    with _jobs_api() as (here, seen):
         assert main(["jobs", "list", "--address", here]) == 0, capsys.readouterr().err
         assert f"no submitted jobs on the cluster at {here}" in capsys.readouterr().out
         assert "/api/version" in seen and "/api/jobs/" in seen, seen
         assert os.environ["RAY_ADDRESS"] == f"http://127.0.0.1:{dead}" and "RAY_API_SERVER_ADDRESS" not in os.environ
-    finally:
-        server.shutdown()
+
+
+def test_a_refused_token_is_one_line_naming_the_token_pbp_sent(monkeypatch, capsys, tmp_path):
+    """Before: a 28-line traceback ending in AuthenticationError, whose advice named the file the token was in."""
+    monkeypatch.setenv("PBP_STACK_DIR", str(tmp_path / "no-stack"))
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "not-this-clusters")
+    with _jobs_api(status=403) as (here, _):
+        assert main(["jobs", "list", "--address", here]) == 2
+    err = capsys.readouterr().err
+    assert f"the Ray cluster's Jobs API at {here} refused the request: " in err and "Traceback" not in err, err
+    assert "(pbp sent the token RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH gave); give that cluster's token in" in err

@@ -82,6 +82,7 @@ def available_jobs(root: Path) -> list[str]:
 
 
 def client(address: str | None = None, endpoints: Endpoints | None = None):
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
     ep = endpoints or resolve()
@@ -91,9 +92,21 @@ def client(address: str | None = None, endpoints: Endpoints | None = None):
         # ignored whenever the shell had one (`pbp jobs stop ID --address A` stopped the job on RAY_ADDRESS's cluster).
         with _environ(RAY_API_SERVER_ADDRESS=addr):
             return JobSubmissionClient(addr, headers=ep.ray_headers(addr))
+    except AuthenticationError as e:  # a 28-line traceback whose advice named the file the token already was in
+        raise SubmitError(f"the Ray cluster's Jobs API at {addr} refused the request: {e.message.splitlines()[0]} "
+                          f"(pbp sent {_token_sent(ep, addr)}); give that cluster's token in RAY_AUTH_TOKEN or "
+                          "RAY_AUTH_TOKEN_PATH") from None  # fmt: skip
     except ConnectionError as e:  # Ray's "Failed to connect to Ray at address: ..." after a traceback per retry
         raise SubmitError(f"the Ray cluster's Jobs API at {addr} does not answer ({e}): start it (`pbp stack up` for "
                           "the local stack) or check RAY_ADDRESS / --address") from None  # fmt: skip
+
+
+def _token_sent(ep: Endpoints, address: str) -> str:
+    if not ep.ray_headers(address):
+        return "no token of its own; Ray's lookup (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token) found none or a wrong one"
+    return (
+        "the local stack's token" if ep.ray_token_from_stack else "the token RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH gave"
+    )
 
 
 @contextlib.contextmanager
