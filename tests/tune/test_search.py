@@ -71,3 +71,42 @@ def test_a_warm_start_from_another_space_names_each_difference():
     assert text.startswith("head_dropout: FloatDistribution(high=0.6, ") and "high=0.3, " in text
     assert "stages.0.lr: only here" in text and "stages.1.lr: only there" in text
     assert space_difference(now, now) == ""
+
+
+def test_a_campaign_reads_every_config_file_before_it_connects(tmp_path, monkeypatch):
+    """A submitted campaign runs in Ray's unpacked copy of the project, which Ray was seen to delete while the job
+    ran: the linked fine-tuning config, read again after connecting to save it with the campaign, was then "not
+    found". Here the connection takes the file away; the campaign saves what it read before."""
+    import shutil
+
+    import yaml
+
+    from pbp.train import launch
+    from pbp.tune import campaign
+
+    monkeypatch.chdir(REPO)  # the tiny config's task files
+    ft = tmp_path / "ft.yaml"
+    shutil.copy(REPO / "configs/finetune/tiny.yaml", ft)
+    tune = tmp_path / "tune.yaml"
+    doc = yaml.safe_load((REPO / "configs/tune/tiny.yaml").read_text())
+    doc.update(finetune=str(ft), name="reads-first", storage_path=str(tmp_path / "tune"))
+    doc["finetune_overrides"] += ["tracking.enabled=false", f"checkpoint.storage_path={tmp_path / 'runs'}"]
+    tune.write_text(yaml.safe_dump(doc))
+    cfg = load_config(TuneConfig, tune)
+
+    class Connected(Exception):  # noqa: N818 (a sentinel, not an error)
+        pass
+
+    monkeypatch.setattr(launch, "connect_ray", lambda address=None: ft.unlink())  # Ray takes the working dir away
+    monkeypatch.setattr(launch, "alive_nodes", lambda: [])
+    monkeypatch.setattr(launch, "require_room", lambda *a, **k: None)
+    monkeypatch.setattr(launch, "git_commit", lambda: "x")
+
+    def tracker(*a, **k):  # the first thing after the config is saved
+        raise Connected
+
+    monkeypatch.setattr("pbp.train.tracking.Tracker", tracker)
+    with pytest.raises(Connected):
+        campaign.run_campaign(cfg)
+    saved = yaml.safe_load((tmp_path / "tune" / "reads-first" / campaign.BASE_FILE).read_text())
+    assert saved["task"]["max_rows"] == 200 and not ft.exists()  # the file's content with the overrides, saved

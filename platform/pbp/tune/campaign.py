@@ -25,7 +25,15 @@ from pbp.finetune.config import FinetuneConfig
 from pbp.train.metrics import BASELINE_SUFFIX
 from pbp.tune.config import TuneConfig
 from pbp.tune.report import CampaignSummary, TrialRecord, best_trial, quiet_optuna, summary_to_json, write_report
-from pbp.tune.search import EPOCH, FINISHED, check_space, distributions, make_searcher, trial_finetune_config
+from pbp.tune.search import (
+    EPOCH,
+    FINISHED,
+    base_finetune_dict,
+    check_space,
+    distributions,
+    make_searcher,
+    trial_finetune_config,
+)
 
 log = logging.getLogger("pbp.tune")
 EPOCH_SECONDS = "epoch_seconds"  # reported by every fine-tuning epoch (pbp.finetune.loop.run_stage)
@@ -86,7 +94,10 @@ def run_campaign(cfg: TuneConfig, *, resume: bool = False, warm_start: str | Non
     from pbp.train.launch import alive_nodes, concurrency_note, connect_ray, git_commit, require_room
     from pbp.train.tracking import Tracker
 
-    base_cfg = check_space(cfg)
+    # Every file the campaign needs is read before it connects: a submitted job runs in Ray's unpacked copy of the
+    # project, which Ray was seen to delete while the job ran (the linked fine-tuning config was then "not found").
+    base_doc = base_finetune_dict(cfg)
+    base_cfg = check_space(cfg, base_doc)
     url = campaign_url(cfg.name, cfg.storage_path)
     storage = url.rsplit("/", 1)[0]
     check_object_storage(url)
@@ -104,7 +115,7 @@ def run_campaign(cfg: TuneConfig, *, resume: bool = False, warm_start: str | Non
     require_room(alive_nodes(), ScalingConfig(num_workers=cfg.trial_workers, cpus_per_worker=cfg.cpus_per_trial_worker,
                                               use_gpu=cfg.use_gpu), "trial_workers / cpus_per_trial_worker")  # fmt: skip
     if not resume:  # saved once nothing can refuse the start: a refused start leaves no campaign behind
-        _save_config(url, cfg, ft_meta["init"] if ft_meta["init"] != base_cfg.init else "")
+        _save_config(url, cfg, base_doc, ft_meta["init"] if ft_meta["init"] != base_cfg.init else "")
     parent = Tracker(cfg.experiment, cfg.name, None, progress_metric="best_value")
     tags = {"pbp.campaign": cfg.name, "pbp.git_commit": git_commit(), "pbp.metric": metric, "pbp.mode": mode}
     parent.log_config(cfg, {**tags, **{k: v for k, v in ft_meta["tags"].items() if k.startswith("pbp.task")}})
@@ -200,15 +211,15 @@ INIT_FILE = "init_version.txt"
 """The fine-tuning config a campaign's trials start from, with its overrides applied, as the campaign started."""
 
 
-def _save_config(url: str, cfg: TuneConfig, init_version: str = "") -> None:
-    """What ``pbp tune --resume NAME`` reads: the campaign's config and its trials' base fine-tuning config (the
-    file ``cfg.finetune`` may change before a resume), and the version an alias ``init`` was pinned to."""
+def _save_config(url: str, cfg: TuneConfig, base: dict[str, Any], init_version: str = "") -> None:
+    """What ``pbp tune --resume NAME`` reads: the campaign's config and its trials' base fine-tuning config ``base``
+    (:func:`pbp.tune.search.base_finetune_dict`; the file ``cfg.finetune`` may change before a resume), and the
+    version an alias ``init`` was pinned to."""
     from pbp.config import dump_yaml
     from pbp.data.storage import Store
-    from pbp.tune.search import base_finetune_dict
 
     store = Store(url)
-    store.put_bytes(BASE_FILE, yaml.safe_dump(base_finetune_dict(cfg), sort_keys=False).encode())
+    store.put_bytes(BASE_FILE, yaml.safe_dump(base, sort_keys=False).encode())
     if init_version:
         store.put_bytes(INIT_FILE, init_version.encode())
     store.put_bytes("tune_config.yaml", dump_yaml(cfg).encode())  # last: the campaign exists once this is there
@@ -230,7 +241,6 @@ def load_campaign_config(name: str, storage_path: str = "") -> TuneConfig:
     from pbp.data.storage import Store
     from pbp.names import check_name
     from pbp.train.run_identity import changed_keys, flatten
-    from pbp.tune.search import base_finetune_dict
 
     url = campaign_url(check_name(name, "--resume"), storage_path)
     store = Store(url)

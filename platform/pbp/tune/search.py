@@ -65,9 +65,10 @@ def trial_finetune_config(
     return from_dict(FinetuneConfig, data)
 
 
-def check_space(cfg: TuneConfig) -> FinetuneConfig:
-    """Every space key, at each end of its range, must give a valid fine-tuning config. -> the base config."""
-    base = base_finetune_dict(cfg)
+def check_space(cfg: TuneConfig, base: dict[str, Any] | None = None) -> FinetuneConfig:
+    """Every space key, at each end of its range, must give a valid fine-tuning config. -> the base config.
+    ``base``: :func:`base_finetune_dict` of ``cfg`` if already read."""
+    base = base if base is not None else base_finetune_dict(cfg)
     try:
         base_cfg = from_dict(FinetuneConfig, base)
     except ConfigError as e:
