@@ -3,9 +3,10 @@
 pbp submit finetune --config configs/finetune/tiny.yaml init=s3://pbp-runs/pretrain/tiny/final_model/
 """
 
-from pbp.cli.finetune_cmds import finetune_and_report
-from pbp.cli.job import run_job
-from pbp.finetune.config import FinetuneConfig
+import sys
 
+from pbp.cli.main import main
+
+# The same command as `pbp finetune`: one-line errors, and a `pbp jobs stop` said as such, not a traceback.
 if __name__ == "__main__":
-    run_job(FinetuneConfig, finetune_and_report)
+    sys.exit(main(["finetune", *sys.argv[1:]]))

@@ -3,9 +3,10 @@
 pbp submit pretrain --config configs/pretrain/tiny.yaml data.url=s3://pbp-data/synth/v1/
 """
 
-from pbp.cli.job import run_job
-from pbp.cli.train_cmds import pretrain_and_report
-from pbp.train.config import PretrainConfig
+import sys
 
+from pbp.cli.main import main
+
+# The same command as `pbp pretrain`: one-line errors, and a `pbp jobs stop` said as such, not a traceback.
 if __name__ == "__main__":
-    run_job(PretrainConfig, pretrain_and_report)
+    sys.exit(main(["pretrain", *sys.argv[1:]]))

@@ -262,24 +262,29 @@ def submit(
     root: Path | None = None,
     entrypoint_resources: dict[str, float] | None = None,
     log: Callable[[str], None] = print,
+    resume: str = "",
+    warm_start: str = "",
 ) -> str:
-    """Submit ``jobs/<job>.py``; returns the submission id (an already running identical job's id, if any)."""
+    """Submit ``jobs/<job>.py``; returns the submission id (an already running identical job's id, if any).
+    ``resume`` / ``warm_start``: a campaign's name, for ``tune`` only (``pbp tune --resume`` / ``--warm-start``)."""
     root = root or project_root()
     if job not in available_jobs(root):
         raise SubmitError(f"no job {job!r} in {root / 'jobs'} (available: {', '.join(available_jobs(root))})")
+    job_args = _campaign_args(job, config, overrides, resume, warm_start)
     config = config.resolve() if config is not None else None
     rel_config = _inside_project(config, root) if config is not None else None
-    check_job_config(job, config, overrides, root)
+    if not resume:  # a resumed campaign's config is the one saved with it
+        check_job_config(job, config, overrides, root)
     pkg = _package_within_limit(root)
     entrypoint = shlex.join(["python", f"jobs/{job}.py", *(["--config", str(rel_config)] if rel_config else []),
-                             *overrides])  # fmt: skip
+                             *job_args, *overrides])  # fmt: skip
     ep = resolve()
     addr = require(address or ep.ray_address, "Ray address (RAY_ADDRESS)")
     local = is_local_stack(addr, ep)
     if not local:
         _check_paths_travel(job, config, overrides, root, addr, log)
     c = client(addr, ep)
-    sid, running = _free_submission_id(c, submission_id(job, config, overrides))
+    sid, running = _free_submission_id(c, submission_id(job, config, [*job_args, *overrides]))
     if running:
         log(f"{sid} is already {running}: not submitting it twice")
         return sid
@@ -389,7 +394,7 @@ def _quiet_ray_packaging() -> Iterator[None]:
 
 JOB_CONFIGS = {"pretrain": ("pbp.train.config", "PretrainConfig"), "finetune": ("pbp.finetune.config", "FinetuneConfig"),
                "tune": ("pbp.tune.config", "TuneConfig")}  # fmt: skip
-"""The typed config each of pbp's jobs loads (``run_job(CONFIG, ...)`` in ``jobs/<job>.py``)."""
+"""The typed config each of pbp's jobs loads (``jobs/<job>.py`` runs ``pbp <job>``)."""
 
 
 def job_config_class(job: str) -> type | None:
@@ -400,6 +405,23 @@ def job_config_class(job: str) -> type | None:
         return None
     module, name = JOB_CONFIGS[job]
     return getattr(importlib.import_module(module), name)
+
+
+def _campaign_args(job: str, config: Path | None, overrides: Sequence[str], resume: str, warm_start: str
+                   ) -> list[str]:  # fmt: skip
+    """``--resume NAME`` / ``--warm-start NAME`` for the tune job, checked as ``pbp tune`` checks them."""
+    from pbp.names import check_name
+
+    if not (resume or warm_start):
+        return []
+    if job != "tune":
+        raise SubmitError(f"--resume and --warm-start are for the tune job (a campaign's name), not {job}")
+    if resume and (config is not None or warm_start or any(not o.startswith("storage_path=") for o in overrides)):
+        raise SubmitError("--resume NAME takes the campaign's saved config: no --config, --warm-start or overrides "
+                          "other than storage_path=... (where the campaign lives, if not the default)")  # fmt: skip
+    if resume:
+        return ["--resume", check_name(resume, "--resume")]
+    return ["--warm-start", check_name(warm_start, "--warm-start")]
 
 
 def check_job_config(job: str, config: Path | None, overrides: Sequence[str], root: Path) -> None:

@@ -8,7 +8,7 @@ import os
 import re
 from typing import TYPE_CHECKING
 
-from pbp.cli.job import add_job_args
+from pbp.cli.job import add_job_args, enter_submit_dir
 
 if TYPE_CHECKING:
     from pbp.finetune.config import FinetuneConfig
@@ -34,7 +34,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from pbp.config import load_config
     from pbp.finetune.config import FinetuneConfig
 
-    finetune_and_report(load_config(FinetuneConfig, args.config, args.overrides), address=args.address)
+    cfg = load_config(FinetuneConfig, args.config, args.overrides)  # a submitted job: the copy's file, before moving
+    enter_submit_dir()
+    finetune_and_report(cfg, address=args.address)
     return 0
 
 
@@ -119,7 +121,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     elif args.config is None:
         raise ValueError("give --config configs/tune/<task>.yaml (or --resume NAME)")
     else:
-        cfg = load_config(TuneConfig, args.config, args.overrides)
+        cfg = load_config(TuneConfig, args.config, args.overrides)  # a submitted job: the copy's file, before moving
+    enter_submit_dir()
     tune_and_report(cfg, resume=bool(args.resume), warm_start=args.warm_start, address=args.address)
     return 0
 

@@ -1,24 +1,9 @@
-"""The common body of ``jobs/*.py``: parse ``--config FILE`` and dotted overrides, load the typed config, run."""
+"""What the commands that run a job on Ray share (``pbp pretrain|finetune|tune``, which ``jobs/*.py`` run on the
+cluster): their arguments, and where a submitted one runs."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
-
-T = TypeVar("T")
-
-
-def run_job(config_cls: type[T], run: Callable[[T], Any], argv: Sequence[str] | None = None) -> Any:
-    from pbp.config import load_config
-
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--config", required=True)
-    ap.add_argument("overrides", nargs="*")
-    args = ap.parse_args(argv)
-    cfg = load_config(config_cls, args.config, args.overrides)  # the submitted copy's file, before moving
-    enter_submit_dir()
-    return run(cfg)
 
 
 def enter_submit_dir() -> None:

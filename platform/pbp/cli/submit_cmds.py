@@ -20,6 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--address", default=None, help="Ray Jobs API URL, e.g. http://127.0.0.1:8265")
     s.add_argument("--wait", action="store_true", help="follow the logs until the job ends; exit 0 only on success")
     s.add_argument("--timeout", type=float, default=None, help="with --wait: give up after this many seconds")
+    s.add_argument("--resume", metavar="NAME", default="",
+                   help="tune only: continue campaign NAME (stopped or interrupted) from its saved config")  # fmt: skip
+    s.add_argument("--warm-start", metavar="NAME", default="",
+                   help="tune only: seed the new campaign's search with campaign NAME's evaluated points")  # fmt: skip
     s.set_defaults(func=cmd_submit)
 
     j = sub.add_parser("jobs", help="list, follow and stop submitted jobs")
@@ -41,7 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_submit(args: argparse.Namespace) -> int:
     from pbp import submit
 
-    sid = submit.submit(args.job, args.config, args.overrides, address=args.address)
+    sid = submit.submit(args.job, args.config, args.overrides, address=args.address, resume=args.resume,
+                        warm_start=args.warm_start)  # fmt: skip
     if not args.wait:
         print(f"follow it with: pbp jobs logs {sid} --follow")
         return 0

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pbp.cli.job import add_job_args
+from pbp.cli.job import add_job_args, enter_submit_dir
 
 if TYPE_CHECKING:
     from pbp.train.config import PretrainConfig
@@ -52,7 +52,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from pbp.config import load_config
     from pbp.train.config import PretrainConfig
 
-    pretrain_and_report(load_config(PretrainConfig, args.config, args.overrides), address=args.address)
+    cfg = load_config(PretrainConfig, args.config, args.overrides)  # a submitted job: the copy's file, before moving
+    enter_submit_dir()
+    pretrain_and_report(cfg, address=args.address)
     return 0
 
 

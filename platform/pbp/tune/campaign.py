@@ -103,7 +103,9 @@ def run_campaign(cfg: TuneConfig, *, resume: bool = False, warm_start: str | Non
     check_object_storage(url)
     exists = campaign_exists(url)
     if exists and not resume:
-        raise CampaignError(f"campaign {cfg.name!r} already exists at {url}: `pbp tune --resume {cfg.name}` "
+        from pbp.tune.progress import resume_command
+
+        raise CampaignError(f"campaign {cfg.name!r} already exists at {url}: `{resume_command(cfg)}` "
                             "continues it, or choose another name")  # fmt: skip
     if resume and not exists:
         raise CampaignError(f"campaign {cfg.name!r}: nothing to resume at {url}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -159,9 +160,15 @@ class TuneInterruption(logging.Filter):
         logging.getLogger("ray.tune.tune").removeFilter(self)
 
 
+def resume_command(cfg: TuneConfig) -> str:
+    """The command that continues the campaign: as a job where this driver is one (``pbp submit tune``), else
+    ``pbp tune``."""
+    how = "pbp submit tune" if os.environ.get("PBP_SUBMISSION_ID") else "pbp tune"
+    return f"{how} --resume {cfg.name}" + (f" storage_path={cfg.storage_path}" if cfg.storage_path else "")
+
+
 def interrupted_message(cfg: TuneConfig, trials: int | None = None) -> str:
-    where = f" storage_path={cfg.storage_path}" if cfg.storage_path else ""
     created = (
         "" if trials is None else f" with {trials} of {cfg.num_samples} trials created (the running ones unfinished)"
     )
-    return f"campaign {cfg.name} stopped{created}; `pbp tune --resume {cfg.name}{where}` continues it from storage"
+    return f"campaign {cfg.name} stopped{created}; `{resume_command(cfg)}` continues it from storage"
