@@ -43,9 +43,14 @@ def test_aws_cluster_launcher_config():
         assert "IamInstanceProfile" in t["node_config"], f"{name}: S3 must come from an instance profile"
     assert types["gpu_worker"]["node_config"]["InstanceType"].startswith(("g", "p"))
     start = " ".join(cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"])
-    assert start.count("RAY_AUTH_MODE=token") == 2
+    assert start.count(". ~/pbp/infra/aws/node_env.sh && ") == 2  # the environment every Ray process starts with
+    node_env = (INFRA / "aws/node_env.sh").read_text()
+    assert "export RAY_AUTH_MODE=token" in node_env and "PBP_RUNS_BUCKET=" in node_env
+    assert "aws secretsmanager get-secret-value" in node_env  # MLflow's password fetched on the node, never written
     assert "--dashboard-host=127.0.0.1" in start
-    assert any("requirements.lock" in c for c in cfg["setup_commands"])
+    setup = " ".join(cfg["setup_commands"])
+    assert "requirements.lock" in setup and "python3.11 -m venv" in setup and "MLFLOW" not in setup
+    assert all(t["node_config"].get("ImageId") for t in types.values())  # Ray's default AMI has no Python 3.11
 
 
 def test_aws_cluster_config_validates_against_the_launchers_own_schema():
@@ -81,6 +86,16 @@ def test_kuberay_manifests_have_token_auth_and_required_fields():
         assert g["template"]["spec"]["containers"][0]["image"] == head["image"]
     gpu = groups["gpu"]["template"]["spec"]["containers"][0]
     assert gpu["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    # Every group's pods reach MLflow and name the user's buckets (the smoke job checks every node).
+    for c in [head] + [g["template"]["spec"]["containers"][0] for g in groups.values()]:
+        names = {e["name"] for e in c.get("env", [])}
+        assert {"MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_PASSWORD", "PBP_RUNS_BUCKET", "PBP_DATA_BUCKET"} <= names, c
+    # A GPU pod of base.yaml's worker: its CPU request holds the run's cpus_per_worker.
+    from pbp.config import load_config
+    from pbp.train.config import PretrainConfig
+
+    base = load_config(PretrainConfig, REPO / "configs/pretrain/base.yaml")
+    assert base.scaling.cpus_per_worker <= float(gpu["resources"]["requests"]["cpu"])
     for job_file in ("rayjob-smoke.yaml", "rayjob-pretrain.yaml"):
         job = _docs(INFRA / "k8s" / job_file)[0]
         assert job["kind"] == "RayJob" and job["spec"]["entrypoint"].startswith("python ")

@@ -152,6 +152,21 @@ def test_the_stacks_secrets_never_go_to_a_server_the_environment_names_instead(t
     assert os.environ["RAY_AUTH_TOKEN_PATH"] == str(tmp_path.resolve() / "ray_token")
 
 
+def test_without_a_stack_runs_go_only_to_a_bucket_the_user_names(tmp_path):
+    """With no stack, a run without checkpoint.storage_path went to s3://pbp-runs/...: S3 bucket names are global,
+    so that is someone else's bucket (AccessDenied at best)."""
+    from pbp.stack.endpoints import runs_storage
+    from pbp.stack.state import StackStateError
+
+    with pytest.raises(StackStateError, match=r"no storage for the pretrain run: give checkpoint.storage_path .*"
+                                              r"s3://YOUR-BUCKET/pretrain, or set PBP_RUNS_BUCKET"):  # fmt: skip
+        runs_storage("pretrain", resolve(tmp_path / "none", env={}))
+    ep = resolve(tmp_path / "none", env={"PBP_RUNS_BUCKET": "acme-ml-runs", "PBP_DATA_BUCKET": "acme-ml-data"})
+    assert runs_storage("tune", ep) == "s3://acme-ml-runs/tune" and ep.buckets["data"] == "acme-ml-data"
+    _fake_stack(tmp_path)  # the stack's own bucket wins where there is a stack
+    assert runs_storage("finetune", resolve(tmp_path, env={"PBP_RUNS_BUCKET": "x"})) == "s3://pbp-runs/finetune"
+
+
 def test_cloud_environment_without_a_stack(tmp_path):
     ep = resolve(tmp_path / "none", env={"AWS_REGION": "eu-west-1"})
     assert ep.s3_endpoint is None and ep.s3_access_key is None  # AWS' default credential chain
