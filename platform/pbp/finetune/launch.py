@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from pbp.config import to_dict
 from pbp.finetune.config import FinetuneConfig, TaskConfig
 from pbp.finetune.data import TaskData, TaskDataError, load_task
-from pbp.stack.endpoints import resolve
+from pbp.stack.endpoints import runs_storage
 
 if TYPE_CHECKING:
     from pbp.train.checkpoint import CommitRecord, StorageDir
@@ -37,8 +37,8 @@ def _absolute_paths(task: TaskConfig) -> TaskConfig:
 
 
 def with_storage(cfg: FinetuneConfig) -> FinetuneConfig:
-    """The config with its runs' storage filled in (default: the stack's runs bucket, ``finetune/``)."""
-    storage = cfg.checkpoint.storage_path or f"s3://{resolve().buckets.get('runs', 'pbp-runs')}/finetune"
+    """The config with its runs' storage filled in (default: :func:`pbp.stack.endpoints.runs_storage`)."""
+    storage = cfg.checkpoint.storage_path or runs_storage("finetune")
     return replace(cfg, checkpoint=replace(cfg.checkpoint, storage_path=storage))
 
 

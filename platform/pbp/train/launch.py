@@ -16,7 +16,7 @@ from pbp.config import to_dict
 from pbp.data.shards import load_manifest, manifest_digest
 from pbp.data.storage import check_object_storage
 from pbp.errors import UserError
-from pbp.stack.endpoints import resolve, set_ray_auth_env
+from pbp.stack.endpoints import resolve, runs_storage, set_ray_auth_env
 from pbp.train.config import PretrainConfig, ScalingConfig
 from pbp.train.tracking import check_tracking_server, marked_if_unfinished
 
@@ -55,7 +55,7 @@ def resolve_config(cfg: PretrainConfig) -> tuple[PretrainConfig, dict[str, Any]]
     if cfg.model.n_annotations != n_terms:
         log.warning("model.n_annotations=%d set to the dataset's %d GO terms", cfg.model.n_annotations, n_terms)
         cfg = replace(cfg, model=replace(cfg.model, n_annotations=n_terms))
-    storage = cfg.checkpoint.storage_path or f"s3://{ep.buckets.get('runs', 'pbp-runs')}/pretrain"
+    storage = cfg.checkpoint.storage_path or runs_storage("pretrain", ep)
     check_object_storage(storage)
     cfg = replace(cfg, checkpoint=replace(cfg.checkpoint, storage_path=storage))
     digest = manifest_digest(manifest)

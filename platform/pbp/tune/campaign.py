@@ -202,9 +202,9 @@ def _finished_results(tuner, cfg: TuneConfig):
 
 
 def campaign_url(name: str, storage_path: str = "") -> str:
-    from pbp.stack.endpoints import resolve
+    from pbp.stack.endpoints import runs_storage
 
-    storage = (storage_path or f"s3://{resolve().buckets.get('runs', 'pbp-runs')}/tune").rstrip("/")
+    storage = (storage_path or runs_storage("tune")).rstrip("/")
     return f"{storage}/{name}"
 
 
