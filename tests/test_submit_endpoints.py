@@ -233,6 +233,20 @@ def test_local_paths_a_remote_cluster_cannot_reach_are_named_with_their_keys(tmp
     assert len(absolute) == 1 and "task.test=" in absolute[0]
 
 
+def test_an_input_that_does_not_exist_here_is_named_before_a_remote_submission(tmp_path):
+    """task.train=build/x.csv (missing) and task.valid=/tmp/x.csv (missing) went to the cluster, which then failed
+    on them; only existing files were checked. Inputs (task files, init, data.url) are checked whether or not they
+    exist; outputs may not exist yet."""
+    root = _project(tmp_path)
+    missing = ["task.train=build/nope.csv", "task.valid=data/typo.csv", f"task.test={tmp_path / 'gone.csv'}",
+               "init=none", "report_dir=build/new-reports"]  # fmt: skip
+    errors, warnings = submit.unreachable_paths(root / "configs" / "ft.yaml", missing, root)
+    assert [e.split(": ")[0] for e in errors] == ["task.train=build/nope.csv", "task.valid=data/typo.csv"]
+    assert all("no such file or folder in the project" in e for e in errors)
+    assert any(w.startswith(f"task.test={tmp_path / 'gone.csv'}: not on this machine") for w in warnings)
+    assert not any("init=" in m or "new-reports" in m for m in errors + warnings)
+
+
 def test_a_submission_to_a_remote_cluster_is_refused_before_any_request_when_a_task_file_cannot_reach_it():
     tune = REPO / "configs" / "tune" / "tiny.yaml"
     with pytest.raises(submit.SubmitError, match=r"(?s)cannot reach.*finetune -> task.train=\.\./shared") as e:

@@ -204,6 +204,16 @@ def unreachable_paths(config: Path | None, overrides: Sequence[str], root: Path,
     for key, value in _strings(doc, "", root):
         if not value or "://" in value or "\n" in value or len(value) > 4096:
             continue
+        if key.split(" -> ")[-1] in INPUT_KEYS and value != "none" and not value.startswith("models:/"):
+            missing = _missing_input(value, root)
+            if missing == "relative":
+                errors.append(f"{key}={value}: no such file or folder in the project ({root}), so none in the job's "
+                              f"copy of it either; {fix}")  # fmt: skip
+                continue
+            if missing == "absolute":
+                warnings.append(f"{key}={value}: not on this machine; the job reads it on the cluster's nodes, where "
+                                "it must exist (a shared filesystem)")  # fmt: skip
+                continue
         try:
             problem = _path_problem(value, root)
         except (OSError, RuntimeError, ValueError):  # not a path this filesystem can even look up: a plain value
@@ -220,6 +230,22 @@ def unreachable_paths(config: Path | None, overrides: Sequence[str], root: Path,
             warnings.append(f"{key}={value}: a folder the job's working_dir does not ship (git-ignored or excluded); "
                             f"fine for an output, but an input there will not be found: {fix}")  # fmt: skip
     return errors, warnings
+
+
+INPUT_KEYS = ("task.train", "task.valid", "task.test", "init", "data.url")
+"""Config keys (of any job's config, or of a config it links) that name an input the job reads: a local one must
+exist before a remote job is submitted (any other path may be an output the job makes)."""
+
+
+def _missing_input(value: str, root: Path) -> str:
+    """'relative' / 'absolute' for an input path that does not exist here, '' when it does (or is no path)."""
+    try:
+        p = Path(value).expanduser()
+        if p.is_absolute():
+            return "" if p.exists() else "absolute"
+        return "" if (root / p).exists() else "relative"
+    except (OSError, RuntimeError, ValueError):
+        return ""
 
 
 def _path_problem(value: str, root: Path) -> str:
