@@ -13,6 +13,7 @@ import pytest
 
 from pbp.cli.main import main
 from pbp.stack import manager, services
+from pbp.stack.endpoints import resolve
 from pbp.stack.services import ServiceError, _bin
 from pbp.stack.state import StackState, StackStateError
 
@@ -172,10 +173,14 @@ def test_env_lines_quote_values_and_fail_without_a_stack(tmp_path, stack_dir, ca
     state = StackState.load(stack_dir)
     assert state is not None and state.prometheus_url  # the test stack runs Prometheus (make test installs it)
     assert f"export PBP_PROMETHEUS_URL={state.prometheus_url}" in lines  # for Grafana's provisioned datasource
-    # `ray status` refuses RAY_ADDRESS (the Jobs API's http URL): the shell lines end saying which address it takes
+    # Ray's own split: RAY_ADDRESS the GCS (`ray status` refused an http URL there), RAY_API_SERVER_ADDRESS the Jobs
+    # API (`ray job`, pbp submit); pbp reads both as Ray does.
+    assert f"export RAY_ADDRESS={state.ray_gcs_address}" in lines
+    assert f"export RAY_API_SERVER_ADDRESS={state.ray_dashboard_url}" in lines
+    env = dict(line.removeprefix("export ").split("=", 1) for line in lines)
+    assert resolve(env=env).ray_address == state.ray_dashboard_url
     assert main(["stack", "env", "--state-dir", str(stack_dir)]) == 0
-    last = capsys.readouterr().out.splitlines()[-1]
-    assert last == f"# Ray's own CLI (ray status, ray list ...): --address {state.ray_gcs_address}"
+    assert capsys.readouterr().out.splitlines() == lines
     with pytest.raises(StackStateError, match="no stack here"):
         manager.env_lines(tmp_path)
 

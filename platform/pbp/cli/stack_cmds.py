@@ -93,10 +93,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_env(args: argparse.Namespace) -> int:
     from pbp.stack import manager
-    from pbp.stack.state import StackState
 
     print("\n".join(manager.env_lines(_dir(args))))
-    state = StackState.load(_dir(args).resolve())
-    if state is not None:  # RAY_ADDRESS is the Jobs API's (pbp submit, ray job ...): `ray status` refuses an http URL
-        print(f"# Ray's own CLI (ray status, ray list ...): --address {state.ray_gcs_address}")
     return 0

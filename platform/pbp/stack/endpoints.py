@@ -147,7 +147,9 @@ def resolve(state_dir: Path | None = None, env: dict[str, str] | None = None) ->
         or (secrets.mlflow_admin_user if use_stack_mlflow and secrets else None),
         mlflow_password=env.get("MLFLOW_TRACKING_PASSWORD")
         or (secrets.mlflow_admin_password if use_stack_mlflow and secrets else None),
-        ray_address=_ray_http_address(env.get("RAY_ADDRESS")) or (state.ray_dashboard_url if state else None),
+        ray_address=_ray_http_address(env.get("RAY_API_SERVER_ADDRESS"))
+        or _ray_http_address(env.get("RAY_ADDRESS"))
+        or (state.ray_dashboard_url if state else None),
         ray_token=token,
         buckets=dict(state.buckets) if state else {k: env[v] for k, v in BUCKET_ENV.items() if env.get(v)},
         state_dir=sdir if state is not None else None,

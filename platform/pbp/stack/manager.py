@@ -321,7 +321,10 @@ def env_lines(state_dir: Path) -> list[str]:
         "MLFLOW_TRACKING_URI": state.mlflow_uri,
         "MLFLOW_TRACKING_USERNAME": secrets.mlflow_admin_user,
         "MLFLOW_TRACKING_PASSWORD": secrets.mlflow_admin_password,
-        "RAY_ADDRESS": state.ray_dashboard_url,
+        # Ray's own split: RAY_ADDRESS the GCS (ray status, ray.init, pbp's drivers), RAY_API_SERVER_ADDRESS the
+        # Jobs API (ray job ..., pbp submit / jobs); an http URL in RAY_ADDRESS made `ray status` fail.
+        "RAY_ADDRESS": state.ray_gcs_address,
+        "RAY_API_SERVER_ADDRESS": state.ray_dashboard_url,
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN_PATH": str(state.dir / RAY_TOKEN_FILE),
     }
