@@ -297,3 +297,14 @@ def test_a_refused_token_is_one_line_naming_the_token_pbp_sent(monkeypatch, caps
     err = capsys.readouterr().err
     assert f"the Ray cluster's Jobs API at {here} refused the request: " in err and "Traceback" not in err, err
     assert "(pbp sent the token RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH gave); give that cluster's token in" in err
+
+
+@pytest.mark.parametrize("status", [404, 500])
+def test_an_address_that_is_not_a_ray_jobs_api_is_said_as_such(monkeypatch, capsys, tmp_path, status):
+    """`pbp submit --address <MLflow's URL>` ended in `HTTPError 500` (a traceback); it names what to give."""
+    monkeypatch.setenv("PBP_STACK_DIR", str(tmp_path / "no-stack"))
+    with _jobs_api(status=status) as (here, _):
+        assert main(["jobs", "list", "--address", here]) == 2
+    err = capsys.readouterr().err
+    assert f"{here} does not answer as a Ray Jobs API (" in err and "give the cluster dashboard's address" in err, err
+    assert "Traceback" not in err

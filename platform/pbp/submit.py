@@ -82,6 +82,9 @@ def available_jobs(root: Path) -> list[str]:
 
 
 def client(address: str | None = None, endpoints: Endpoints | None = None):
+    import json
+
+    import requests
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
@@ -96,6 +99,12 @@ def client(address: str | None = None, endpoints: Endpoints | None = None):
         raise SubmitError(f"the Ray cluster's Jobs API at {addr} refused the request: {e.message.splitlines()[0]} "
                           f"(pbp sent {_token_sent(ep, addr)}); give that cluster's token in RAY_AUTH_TOKEN or "
                           "RAY_AUTH_TOKEN_PATH") from None  # fmt: skip
+    except (RuntimeError, requests.exceptions.HTTPError, ValueError) as e:  # MLflow's or S3's port given, say
+        if not isinstance(e, requests.exceptions.HTTPError | json.JSONDecodeError) and "Version check" not in str(e):
+            raise
+        raise SubmitError(f"{addr} does not answer as a Ray Jobs API ({str(e).splitlines()[0]}): give the cluster "
+                          "dashboard's address (http://HEAD:8265; `pbp stack status` shows the local stack's)"
+                          ) from None  # fmt: skip
     except ConnectionError as e:  # Ray's "Failed to connect to Ray at address: ..." after a traceback per retry
         raise SubmitError(f"the Ray cluster's Jobs API at {addr} does not answer ({e}): start it (`pbp stack up` for "
                           "the local stack) or check RAY_ADDRESS / --address") from None  # fmt: skip
