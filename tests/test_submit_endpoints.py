@@ -369,3 +369,22 @@ def test_a_campaign_is_resumed_or_warm_started_as_a_job(monkeypatch, tmp_path):
     assert "`pbp submit tune --resume c1` continues it" in interrupted_message(cfg)
     monkeypatch.delenv("PBP_SUBMISSION_ID")
     assert "`pbp tune --resume c1` continues it" in interrupted_message(cfg)
+
+
+def test_a_runs_commit_says_when_the_code_had_uncommitted_changes(tmp_path):
+    """`pbp.git_commit` named HEAD even when the run's code was edited since: lineage pointed at code it did not run."""
+    import subprocess
+
+    from pbp.provenance import DIRTY, code_commit
+
+    assert code_commit(tmp_path) == "unknown"  # not a checkout
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "a.py").write_text("x = 1\n")
+    subprocess.run([*git, "add", "a.py"], check=True)
+    subprocess.run([*git, "commit", "-qm", "a"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    (tmp_path / "notes.txt").write_text("untracked files do not count")
+    assert code_commit(tmp_path) == head
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert code_commit(tmp_path) == head + DIRTY

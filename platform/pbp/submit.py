@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pbp.errors import UserError
+from pbp.provenance import code_commit
 from pbp.stack.endpoints import Endpoints, require, resolve, same_host_port
 
 # gitignore-style. Ray applies them to the working_dir AND to each py_module with that module as the root, so no
@@ -323,7 +324,7 @@ def submit(
     if running:
         log(f"{sid} is already {running}: not submitting it twice")
         return sid
-    env_vars = {"PBP_SUBMISSION_ID": sid, "PYTHONUNBUFFERED": "1", "PBP_GIT_COMMIT": _git_commit(root)}
+    env_vars = {"PBP_SUBMISSION_ID": sid, "PYTHONUNBUFFERED": "1", "PBP_GIT_COMMIT": code_commit(root)}
     if local:  # the job's driver shares this filesystem: it runs in the project, as the direct command would
         env_vars["PBP_SUBMIT_DIR"] = str(root)
     runtime_env = {
@@ -527,17 +528,6 @@ def _free_submission_id(c: Any, base: str) -> tuple[str, str]:
             return sid, info.status.name
         sid = f"{base}-r{attempt}"
     return sid, ""
-
-
-def _git_commit(root: Path) -> str:
-    """The submitted code's commit (the working_dir travels without .git); 'unknown' outside a checkout."""
-    import subprocess
-
-    try:
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def wait(sid: str, *, address: str | None = None, timeout: float | None = None, log: Callable[[str], None] = print):

@@ -6,7 +6,6 @@ import logging
 import math
 import os
 import re
-import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -27,13 +26,11 @@ log = logging.getLogger("pbp.train")
 
 
 def git_commit() -> str:
-    if os.environ.get("PBP_GIT_COMMIT"):
-        return os.environ["PBP_GIT_COMMIT"]
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              timeout=10).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+    """The code's commit (``pbp.provenance.code_commit``), or the submitter's for a submitted job (its copy of the
+    project travels without ``.git``)."""
+    from pbp.provenance import code_commit
+
+    return os.environ.get("PBP_GIT_COMMIT") or code_commit()
 
 
 def resolve_config(cfg: PretrainConfig) -> tuple[PretrainConfig, dict[str, Any]]:
