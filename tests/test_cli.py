@@ -308,3 +308,14 @@ def test_an_address_that_is_not_a_ray_jobs_api_is_said_as_such(monkeypatch, caps
     err = capsys.readouterr().err
     assert f"{here} does not answer as a Ray Jobs API (" in err and "give the cluster dashboard's address" in err, err
     assert "Traceback" not in err
+
+
+def test_an_override_without_a_value_is_named_as_such(capsys):
+    """`pbp submit pretrain --config X maxsteps` said only 'unrecognized arguments: maxsteps'."""
+    with pytest.raises(SystemExit) as e:
+        main(["submit", "pretrain", "--config", "configs/pretrain/tiny.yaml", "maxsteps"])
+    assert e.value.code == 2
+    assert "maxsteps: a config override is KEY=VALUE (e.g. max_steps=100)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # an option no command has stays argparse's own message
+        main(["submit", "pretrain", "--config", "configs/pretrain/tiny.yaml", "--nope"])
+    assert "unrecognized arguments: --nope" in capsys.readouterr().err

@@ -304,7 +304,9 @@ def test_a_job_whose_config_does_not_load_is_refused_before_anything_is_uploaded
     for job in submit.JOB_CONFIGS:
         for config in sorted((REPO / "configs" / job).glob("*.yaml")):
             submit.check_job_config(job, config, [], REPO)
-    submit.check_job_config("smoke", None, ["anything=1"], REPO)  # a job pbp does not know is not checked
+    submit.check_job_config("my_job", None, ["anything=1"], REPO)  # a job pbp does not know is not checked
+    with pytest.raises(submit.SubmitError, match="job smoke takes no config or overrides"):  # it ignored them
+        submit.check_job_config("smoke", None, ["anything=1"], REPO)
 
 
 def test_the_job_config_map_matches_the_job_scripts_and_commands():

@@ -322,7 +322,10 @@ def submit(
     c = client(addr, ep)
     sid, running = _free_submission_id(c, submission_id(job, config, [*job_args, *overrides]))
     if running:
-        log(f"{sid} is already {running}: not submitting it twice")
+        log(
+            f"{sid} is already {running}: not submitting it twice (a submission is named by its job, config and "
+            f"overrides, not its code: to run changed code, `pbp jobs stop {sid}` first)"
+        )
         return sid
     env_vars = {"PBP_SUBMISSION_ID": sid, "PYTHONUNBUFFERED": "1", "PBP_GIT_COMMIT": code_commit(root)}
     if local:  # the job's driver shares this filesystem: it runs in the project, as the direct command would
@@ -433,6 +436,10 @@ JOB_CONFIGS = {"pretrain": ("pbp.train.config", "PretrainConfig"), "finetune": (
 """The typed config each of pbp's jobs loads (``jobs/<job>.py`` runs ``pbp <job>``)."""
 
 
+NO_CONFIG_JOBS = ("smoke",)
+"""pbp's jobs that take no config."""
+
+
 def job_config_class(job: str) -> type | None:
     """The config class of one of pbp's jobs (None for another job in jobs/)."""
     import importlib
@@ -467,6 +474,8 @@ def check_job_config(job: str, config: Path | None, overrides: Sequence[str], ro
     message. The job would fail the same way, seconds after it started on the cluster. Jobs pbp does not know (a
     user's own ``jobs/*.py``) are not checked."""
     if job not in JOB_CONFIGS:
+        if job in NO_CONFIG_JOBS and (config is not None or overrides):
+            raise SubmitError(f"job {job} takes no config or overrides (it would ignore them)")
         return
     if config is None:
         raise SubmitError(f"job {job} needs its config: pbp submit {job} --config configs/{job}/<name>.yaml")

@@ -59,6 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra:
         if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
             args.overrides = [*args.overrides, *extra]
+        elif hasattr(args, "overrides") and (words := [e for e in extra if "=" not in e and not e.startswith("-")]):
+            parser.error(f"{' '.join(words)}: a config override is KEY=VALUE (e.g. max_steps=100)")
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
