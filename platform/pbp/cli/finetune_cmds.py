@@ -143,7 +143,12 @@ def tune_and_report(cfg: TuneConfig, *, resume: bool = False, warm_start: str | 
     if res.finished_before:
         print(f"campaign {cfg.name}: already finished (nothing left to run); its report and parent run are rewritten")
     print(campaign_lines(cfg.name, res.summary, res.best))
-    print(f"report: {res.report}\nMLflow:  {run_link(res.parent_run_id)} (parent run, experiment {cfg.experiment})")
+    # A job on a cluster elsewhere wrote its report on the cluster's node, in Ray's copy of the project: say where a
+    # user can open it (the parent run's artifacts), not a path on someone else's disk.
+    remote = os.environ.get("PBP_SUBMISSION_ID") and not os.environ.get("PBP_SUBMIT_DIR")
+    where = " (on the job's node; open it from the parent run's artifacts, campaign/report.html)" if remote else ""
+    print(f"report: {res.report}{where}\nMLflow:  {run_link(res.parent_run_id)} (parent run, experiment "
+          f"{cfg.experiment})")  # fmt: skip
     if res.best is not None:
         print(f"register the best trial's model: pbp registry register {res.parent_run_id} --name MODEL_NAME")
     else:  # nothing to hand on: a failure for the shell, the job and CI alike
