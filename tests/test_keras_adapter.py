@@ -203,6 +203,37 @@ def test_arrays_numpy_would_trust_blindly_are_refused_before_any_is_built(tmp_pa
             read_keras_checkpoint(ckpt)
 
 
+def test_a_pickle_cannot_rewrite_the_stand_ins_that_check_it(tmp_path):
+    """Pickle's BUILD sets any object's attributes (``__class__`` included): a file gave the ``scalar`` stand-in a
+    dtype 'O', turned the ``numpy.ndarray`` marker into a dtype stand-in pointing at it, and passed that to
+    ``_frombuffer`` (numpy 1.x would then build an object array over the file's bytes). BUILD now reaches only the
+    array and dtype stand-ins' own checks."""
+    import pickle as p
+
+    from pbp.model import array_pickle
+
+    def glob(module: str, name: str) -> bytes:
+        return p.GLOBAL + f"{module}\n{name}\n".encode()
+
+    def text(x: str) -> bytes:
+        return p.SHORT_BINUNICODE + bytes([len(x)]) + x.encode()
+
+    data = p.PROTO + b"\x02" + glob("numpy.core.multiarray", "scalar") + p.BINPUT + b"\x01"
+    data += p.EMPTY_DICT + p.MARK + text("dtype") + text("O") + text("itemsize") + p.BININT1 + b"\x08"
+    data += p.SETITEMS + p.BUILD + p.POP
+    data += glob("numpy", "ndarray") + p.BINPUT + b"\x02" + p.EMPTY_DICT + text("dtype") + p.BINGET + b"\x01"
+    data += p.SETITEM + p.EMPTY_DICT + text("__class__") + glob("numpy", "dtype") + p.SETITEM + p.TUPLE2 + p.BUILD
+    data += p.POP + glob("numpy.core.numeric", "_frombuffer") + p.MARK + p.SHORT_BINBYTES + b"\x08" + b"A" * 8
+    data += p.BINGET + b"\x02" + p.EMPTY_TUPLE + p.TUPLE + p.REDUCE + p.STOP
+    ckpt = tmp_path / "forged.pkl"
+    ckpt.write_bytes(data)
+    with pytest.raises(
+        KerasCheckpointError, match=r"forged\.pkl: refused to unpickle: setting the state of a function"
+    ):
+        read_keras_checkpoint(ckpt)
+    assert type(array_pickle._NDARRAY).__name__ == "_NdarrayClass" and not vars(array_pickle._scalar)
+
+
 def test_an_array_whose_data_does_not_fill_its_shape_is_refused(tmp_path):
     data = pickle.dumps((3, [np.zeros((2, 3), np.float32)], []), protocol=3)  # no frames: bytes can be cut
     raw = np.zeros((2, 3), np.float32).tobytes()

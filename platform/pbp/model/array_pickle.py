@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import pickle
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO, Any, ClassVar
 
 import numpy as np
 
@@ -62,8 +62,11 @@ _NDARRAY = _NdarrayClass()
 
 def _array(shape: object, dtype: object, raw: object, fortran: object = False) -> np.ndarray:
     """A writable array from checked pieces (a copy: never a view of the file's bytes)."""
-    if not isinstance(dtype, _Dtype):
+    if type(dtype) is not _Dtype:
         raise RefusedPickle(f"an array whose dtype is a {type(dtype).__name__}")
+    real = dtype.dtype
+    if not isinstance(real, np.dtype) or real.kind not in PLAIN_KINDS or real.hasobject:  # belt and braces
+        raise RefusedPickle(f"dtype {real!r}")
     if not (isinstance(shape, tuple) and all(type(n) is int and n >= 0 for n in shape)):
         raise RefusedPickle(f"array shape {shape!r}")
     if isinstance(raw, pickle.PickleBuffer):
@@ -136,14 +139,30 @@ def _globals() -> dict[tuple[str, str], Callable[..., Any] | _NdarrayClass]:
     return allowed
 
 
-class _ArraysOnlyUnpickler(pickle.Unpickler):
+_PythonUnpickler: Any = pickle._Unpickler  # type: ignore[attr-defined]
+
+
+class _ArraysOnlyUnpickler(_PythonUnpickler):  # the Python one: its BUILD opcode can be checked, the C one's not
+    """Only the globals of :func:`_globals`; BUILD (set an object's state) only on an array or dtype stand-in, whose
+    ``__setstate__`` checks it: on anything else (a stand-in function, the ``numpy.ndarray`` marker) it would
+    overwrite attributes, ``__class__`` included, and so forge a stand-in the checks trust."""
+
     _allowed = _globals()
+    dispatch: ClassVar[dict[int, Callable[..., None]]] = dict(_PythonUnpickler.dispatch)
 
     def find_class(self, module: str, name: str) -> Any:
         found = self._allowed.get((module, name))
         if found is None:
             raise RefusedPickle(f"{module}.{name}")
         return found
+
+    def load_build(self) -> None:
+        target = self.stack[-2]
+        if type(target) not in (_Array, _Dtype):
+            raise RefusedPickle(f"setting the state of a {type(target).__name__}")
+        _PythonUnpickler.load_build(self)
+
+    dispatch[pickle.BUILD[0]] = load_build
 
 
 def _real(obj: object) -> object:
