@@ -251,6 +251,7 @@ def _jobs_api(status: int = 200):
     class JobsApi(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             seen.append(self.path)
+            seen.append(f"auth:{self.headers.get('Authorization', '')}")
             ok = json.dumps({"ray_version": ray.__version__} if self.path == "/api/version" else [])
             body = (ok if status == 200 else "Forbidden: Invalid authentication token").encode()
             self.send_response(status)
@@ -319,3 +320,32 @@ def test_an_override_without_a_value_is_named_as_such(capsys):
     with pytest.raises(SystemExit):  # an option no command has stays argparse's own message
         main(["submit", "pretrain", "--config", "configs/pretrain/tiny.yaml", "--nope"])
     assert "unrecognized arguments: --nope" in capsys.readouterr().err
+
+
+def test_the_stacks_token_is_not_sent_to_another_cluster_even_from_a_stack_env_shell(tmp_path):
+    """`eval "$(pbp stack env)"` exports RAY_AUTH_MODE=token and the stack's RAY_AUTH_TOKEN_PATH; Ray's job client
+    adds the token that path names to every request, so `pbp jobs list --address OTHER` sent the stack's token to
+    OTHER although pbp's own headers left it out. Now Ray's own lookup finds only the user's token for OTHER
+    (~/.ray/auth_token here), or none, which Ray refuses before any request. Subprocesses: Ray's token loader is one
+    per process."""
+    from pbp.stack.state import RAY_TOKEN_FILE, ServiceRecord, StackState
+
+    stack = tmp_path / "stack"
+    state = StackState(state_dir=str(stack))
+    state.services = {"seaweedfs": ServiceRecord(ports={"s3": 1}), "mlflow": ServiceRecord(ports={"http": 2}),
+                      "ray-head": ServiceRecord(ports={"gcs": 3, "dashboard": 4})}  # not the address asked  # fmt: skip
+    state.save()
+    (stack / RAY_TOKEN_FILE).write_text("stack-secret-token\n")
+    env = {**os.environ, "PBP_STACK_DIR": str(stack), "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN_PATH": str(stack / RAY_TOKEN_FILE), "HOME": str(tmp_path)}  # fmt: skip
+    env.pop("RAY_AUTH_TOKEN", None)
+    with _jobs_api() as (other, seen):
+        argv = [sys.executable, "-m", "pbp.cli.main", "jobs", "list", "--address", other]
+        res = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 2 and "couldn't find an authentication token" in res.stderr, res.stderr
+        (tmp_path / ".ray").mkdir()
+        (tmp_path / ".ray" / "auth_token").write_text("users-own-token\n")  # the other cluster's, where Ray looks
+        res = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr
+    sent = [s for s in seen if s.startswith("auth:")]
+    assert sent and all(s == "auth:Bearer users-own-token" for s in sent), sent

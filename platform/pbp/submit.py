@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 from pbp.errors import UserError
 from pbp.provenance import code_commit
-from pbp.stack.endpoints import Endpoints, require, resolve, same_host_port
+from pbp.stack.endpoints import Endpoints, require, resolve, same_host_port, scoped_environ
 
 # gitignore-style. Ray applies them to the working_dir AND to each py_module with that module as the root, so no
 # pattern may match a folder of platform/pbp (a plain "data" would drop pbp/data). Ray also honours .gitignore.
@@ -94,7 +94,7 @@ def client(address: str | None = None, endpoints: Endpoints | None = None):
     try:
         # Ray lets RAY_API_SERVER_ADDRESS / RAY_ADDRESS override the address given to the client: --address was
         # ignored whenever the shell had one (`pbp jobs stop ID --address A` stopped the job on RAY_ADDRESS's cluster).
-        with _environ(RAY_API_SERVER_ADDRESS=addr):
+        with scoped_environ(RAY_API_SERVER_ADDRESS=addr, **ep.ray_env_for(addr)):
             return JobSubmissionClient(addr, headers=ep.ray_headers(addr))
     except AuthenticationError as e:  # a 28-line traceback whose advice named the file the token already was in
         raise SubmitError(f"the Ray cluster's Jobs API at {addr} refused the request: {e.message.splitlines()[0]} "
@@ -117,21 +117,6 @@ def _token_sent(ep: Endpoints, address: str) -> str:
     return (
         "the local stack's token" if ep.ray_token_from_stack else "the token RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH gave"
     )
-
-
-@contextlib.contextmanager
-def _environ(**values: str) -> Iterator[None]:
-    """``os.environ`` with ``values`` set while inside, as it was afterwards."""
-    before = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in before.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def is_local_stack(address: str, endpoints: Endpoints) -> bool:
@@ -262,7 +247,6 @@ def _path_problem(value: str, root: Path) -> str:
     """Why a config value that names a local path cannot reach a remote job: 'absolute' (an existing absolute path),
     'outside' (relative, leaving the project, whether or not it exists here), 'unshipped' (a project file the
     working_dir drops), 'unshipped-dir' (such a folder: an output, or an input that will be missing); '' for none."""
-    import os
 
     p = Path(value).expanduser()
     if p.is_absolute():

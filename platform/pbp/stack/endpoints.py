@@ -9,6 +9,8 @@ work on AWS with nothing but environment and instance roles.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,6 +97,16 @@ class Endpoints:
         """Whether ``address`` (a URL or host:port) is one of the local stack's own Ray addresses."""
         return bool(self.stack_ray) and same_host_port(address, *self.stack_ray)
 
+    def ray_env_for(self, address: str) -> dict[str, str | None]:
+        """Changes to this process's environment while a Ray client is made for ``address``: none for the stack's
+        own Ray; for another cluster, the stack's token path taken away (``pbp stack env`` exports it, and Ray's
+        client adds the token it names to every request), so Ray's own lookup finds only the user's
+        (RAY_AUTH_TOKEN, ~/.ray/auth_token)."""
+        path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+        if self.is_stack_ray(address) or not path or self.state_dir is None:
+            return {}
+        return {"RAY_AUTH_TOKEN_PATH": None} if Path(path).resolve() == self.state_dir / RAY_TOKEN_FILE else {}
+
     def ray_headers(self, address: str | None = None) -> dict[str, str]:
         """The token header for a request to ``address`` (default: ``ray_address``). The stack's own token is never
         sent to another cluster (its secret would be that cluster's to use); give that cluster's in RAY_AUTH_TOKEN."""
@@ -156,6 +168,25 @@ def resolve(state_dir: Path | None = None, env: dict[str, str] | None = None) ->
         stack_ray=(state.ray_dashboard_url, state.ray_gcs_address) if state is not None else (),
         ray_token_from_stack=from_stack and token is not None,
     )
+
+
+@contextmanager
+def scoped_environ(**values: str | None) -> Iterator[None]:
+    """``os.environ`` with ``values`` set (None: removed) while inside, as it was afterwards."""
+    before = {k: os.environ.get(k) for k in values}
+    try:
+        for k, v in values.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 BUCKET_ENV = {"data": "PBP_DATA_BUCKET", "runs": "PBP_RUNS_BUCKET"}
