@@ -148,6 +148,12 @@ def test_the_stacks_secrets_never_go_to_a_server_the_environment_names_instead(t
         monkeypatch.delenv(var, raising=False)
     set_ray_auth_env(resolve(tmp_path, env={}), "10.0.0.5:6379")
     assert "RAY_AUTH_TOKEN_PATH" not in os.environ
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "ray_token"))  # exported by `pbp stack env`
+    set_ray_auth_env(resolve(tmp_path, env={}), "10.0.0.5:6379")
+    assert "RAY_AUTH_TOKEN_PATH" not in os.environ  # the stack's token is not this cluster's
+    set_ray_auth_env(resolve(tmp_path, env={}), "auto")  # Ray's search on this machine: the stack
+    assert os.environ["RAY_AUTH_TOKEN_PATH"] == str(tmp_path.resolve() / "ray_token")
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH")
     set_ray_auth_env(resolve(tmp_path, env={}), "127.0.0.1:3333")
     assert os.environ["RAY_AUTH_TOKEN_PATH"] == str(tmp_path.resolve() / "ray_token")
 

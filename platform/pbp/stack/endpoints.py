@@ -213,6 +213,12 @@ def set_ray_auth_env(endpoints: Endpoints | None = None, address: str | None = N
     for the stack's own Ray."""
     ep = endpoints or resolve()
     to = address or os.environ.get("RAY_ADDRESS")
+    if to == "auto":  # Ray's own search for a cluster on this machine: the stack's, where there is one
+        to = None
+    if to and ep.state_dir is not None and not ep.is_stack_ray(to):  # another cluster: not the stack's token path
+        for k, v in ep.ray_env_for(to).items():
+            if v is None:
+                os.environ.pop(k, None)
     if ep.state_dir is not None and (not to or ep.is_stack_ray(to)):
         os.environ.setdefault("RAY_AUTH_MODE", "token")
         os.environ.setdefault("RAY_AUTH_TOKEN_PATH", str(ep.state_dir / RAY_TOKEN_FILE))
