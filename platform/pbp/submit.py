@@ -199,7 +199,7 @@ def unreachable_paths(config: Path | None, overrides: Sequence[str], root: Path,
     for key, value in _strings(doc, "", root):
         if not value or "://" in value or "\n" in value or len(value) > 4096:
             continue
-        if key.split(" -> ")[-1] in INPUT_KEYS and value != "none" and not value.startswith("models:/"):
+        if key.split(" -> ")[-1] in INPUT_KEYS and value != "none" and not _URI.match(value):
             missing = _missing_input(value, root)
             if missing == "relative":
                 errors.append(f"{key}={value}: no such file or folder in the project ({root}), so none in the job's "
@@ -226,6 +226,9 @@ def unreachable_paths(config: Path | None, overrides: Sequence[str], root: Path,
                             f"fine for an output, but an input there will not be found: {fix}")  # fmt: skip
     return errors, warnings
 
+
+_URI = re.compile(r"[A-Za-z][\w+.-]*:/")
+"""A URI's scheme (s3://, models:/NAME, runs:/ID/...): not a local path."""
 
 INPUT_KEYS = ("task.train", "task.valid", "task.test", "init", "data.url")
 """Config keys (of any job's config, or of a config it links) that name an input the job reads: a local one must
