@@ -247,10 +247,8 @@ def test_an_input_that_does_not_exist_here_is_named_before_a_remote_submission(t
     missing = ["task.train=build/nope.csv", "task.valid=data/typo.csv", f"task.test={tmp_path / 'gone.csv'}",
                "init=none", "report_dir=build/new-reports"]  # fmt: skip
     for uri in ("runs:/0123abcd/model", "models:/stability@champion", "s3://b/m/"):  # URIs are no local paths
-        assert submit.unreachable_paths(root / "configs" / "ft.yaml", [f"init={uri}"], root)[0][:1] == [
-            "task.train=../outside.csv: outside the project, so it does not travel with the job; put it in S3 and give "
-            "its s3:// URL (an object store every node reaches)"
-        ]
+        found = submit.unreachable_paths(root / "configs" / "ft.yaml", [f"init={uri}"], root)
+        assert not any("init=" in m for m in found[0] + found[1]), found
     errors, warnings = submit.unreachable_paths(root / "configs" / "ft.yaml", missing, root)
     assert [e.split(": ")[0] for e in errors] == ["task.train=build/nope.csv", "task.valid=data/typo.csv"]
     assert all("no such file or folder in the project" in e for e in errors)
