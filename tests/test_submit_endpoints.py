@@ -136,6 +136,17 @@ def test_the_stacks_secrets_never_go_to_a_server_the_environment_names_instead(t
     )
     assert mine.mlflow_password == secrets["mlflow_admin_password"]
     assert mine.ray_headers() == {"Authorization": "Bearer tok"} == mine.ray_headers("127.0.0.1:3333")  # GCS
+    # `pbp stack env` exported the stack's admin login; pointed elsewhere, MLflow's client must not send it.
+    exported = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": secrets["mlflow_admin_password"]}
+    away = resolve(tmp_path, env={**exported, "MLFLOW_TRACKING_URI": "https://mlflow.other.example"})
+    assert away.mlflow_password is None and away.mlflow_env_withheld == tuple(exported)
+    monkeypatch.setattr(os, "environ", {**exported})
+    from pbp.stack.endpoints import apply_mlflow_env
+
+    apply_mlflow_env(away)
+    assert os.environ == {"MLFLOW_TRACKING_URI": "https://mlflow.other.example"}
+    home = resolve(tmp_path, env={**exported, "MLFLOW_TRACKING_URI": "http://127.0.0.1:2222"})
+    assert home.mlflow_password == secrets["mlflow_admin_password"] and not home.mlflow_env_withheld
     # A user's own credentials go where the user points them; a username of one's own never takes the stack's password.
     own = resolve(tmp_path, env={"MLFLOW_TRACKING_USERNAME": "me", "RAY_AUTH_TOKEN": "theirs",
                                  "RAY_ADDRESS": "https://ray.other.example:8265"})  # fmt: skip

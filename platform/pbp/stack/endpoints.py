@@ -40,6 +40,10 @@ class Endpoints:
     stack_ray: tuple[str, ...] = ()
     """The local stack's own Ray addresses (dashboard URL, GCS address); none without a stack."""
     ray_token_from_stack: bool = False
+    mlflow_env_withheld: tuple[str, ...] = ()
+    """Variables of this process's environment that hold the stack's MLflow credentials (exported by `pbp stack
+    env`) while the tracking URI is another server's: :func:`apply_mlflow_env` takes them away, or MLflow's client
+    would send them there."""
     """``ray_token`` is the stack's (its state dir), not one the environment gave: it goes to the stack's Ray only."""
 
     # ---- clients ------------------------------------------------------------------------------------------
@@ -147,17 +151,24 @@ def resolve(state_dir: Path | None = None, env: dict[str, str] | None = None) ->
     # The stack's secrets go to the stack's own services only: never to an endpoint the environment names instead.
     use_stack_s3 = state is not None and not env.get("AWS_ENDPOINT_URL") and not env.get("AWS_ACCESS_KEY_ID")
     mlflow_uri = pick("MLFLOW_TRACKING_URI", state.mlflow_uri if state else None)
-    use_stack_mlflow = (secrets is not None and state is not None and mlflow_uri is not None
-                        and same_host_port(mlflow_uri, state.mlflow_uri) and not env.get("MLFLOW_TRACKING_USERNAME"))  # fmt: skip
+    stack_mlflow = state is not None and mlflow_uri is not None and same_host_port(mlflow_uri, state.mlflow_uri)
+    use_stack_mlflow = secrets is not None and stack_mlflow and not env.get("MLFLOW_TRACKING_USERNAME")
+    stacks_password = secrets is not None and env.get("MLFLOW_TRACKING_PASSWORD") in (
+        secrets.mlflow_admin_password, secrets.mlflow_reader_password)  # fmt: skip
+    withheld = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD") if stacks_password and not stack_mlflow else ()
     return Endpoints(
         s3_endpoint=pick("AWS_ENDPOINT_URL", state.s3_endpoint if state else None),
         s3_access_key=env.get("AWS_ACCESS_KEY_ID") or (secrets.s3_access_key if use_stack_s3 and secrets else None),
         s3_secret_key=env.get("AWS_SECRET_ACCESS_KEY") or (secrets.s3_secret_key if use_stack_s3 and secrets else None),
         s3_region=env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or "us-east-1",
         mlflow_uri=mlflow_uri,
-        mlflow_username=env.get("MLFLOW_TRACKING_USERNAME")
+        mlflow_username=None
+        if withheld
+        else env.get("MLFLOW_TRACKING_USERNAME")
         or (secrets.mlflow_admin_user if use_stack_mlflow and secrets else None),
-        mlflow_password=env.get("MLFLOW_TRACKING_PASSWORD")
+        mlflow_password=None
+        if withheld
+        else env.get("MLFLOW_TRACKING_PASSWORD")
         or (secrets.mlflow_admin_password if use_stack_mlflow and secrets else None),
         ray_address=_ray_http_address(env.get("RAY_API_SERVER_ADDRESS"))
         or _ray_http_address(env.get("RAY_ADDRESS"))
@@ -167,7 +178,16 @@ def resolve(state_dir: Path | None = None, env: dict[str, str] | None = None) ->
         state_dir=sdir if state is not None else None,
         stack_ray=(state.ray_dashboard_url, state.ray_gcs_address) if state is not None else (),
         ray_token_from_stack=from_stack and token is not None,
+        mlflow_env_withheld=withheld,
     )
+
+
+def apply_mlflow_env(ep: Endpoints) -> None:
+    """This process's environment for MLflow's client: the resolved server and credentials, and none of the stack's
+    where the server is another (:attr:`Endpoints.mlflow_env_withheld`)."""
+    for name in ep.mlflow_env_withheld:
+        os.environ.pop(name, None)
+    os.environ.update(ep.mlflow_env())
 
 
 @contextmanager

@@ -14,7 +14,7 @@ import socket
 import time
 from typing import Any
 
-from pbp.stack.endpoints import require, resolve
+from pbp.stack.endpoints import apply_mlflow_env, require, resolve
 
 
 def probe_here() -> dict[str, Any]:
@@ -37,7 +37,7 @@ def probe_here() -> dict[str, Any]:
     try:
         from mlflow.tracking import MlflowClient
 
-        os.environ.update(ep.mlflow_env())
+        apply_mlflow_env(ep)
         MlflowClient(tracking_uri=ep.mlflow_uri).search_experiments(max_results=1)
         out["mlflow"] = "ok"
     except Exception as e:
@@ -63,7 +63,7 @@ def main() -> int:
         import mlflow
 
         ep = resolve()
-        os.environ.update(ep.mlflow_env())
+        apply_mlflow_env(ep)
         mlflow.set_tracking_uri(require(ep.mlflow_uri, "MLflow tracking URI"))
         mlflow.set_experiment("pbp-smoke")
         with mlflow.start_run(run_name=os.environ.get("PBP_SUBMISSION_ID", "smoke")) as run:

@@ -26,7 +26,7 @@ from typing import Any
 from pbp.config import dump_yaml, to_dict
 from pbp.errors import UserError
 from pbp.names import name_key
-from pbp.stack.endpoints import require, resolve
+from pbp.stack.endpoints import apply_mlflow_env, require, resolve
 
 log = logging.getLogger("pbp.tracking")
 RUN_NAME_TAG = "pbp.run_name"
@@ -140,7 +140,7 @@ def configure_mlflow() -> str:
     import mlflow
 
     ep = resolve()
-    os.environ.update(ep.mlflow_env())
+    apply_mlflow_env(ep)
     # MLflow retries a failed request 7 times with backoff (about 255 s): a training step must not wait that long.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
