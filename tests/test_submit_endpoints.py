@@ -103,6 +103,16 @@ def test_endpoints_come_from_the_state_dir_when_the_environment_is_silent(tmp_pa
     assert ep.buckets["data"] == "pbp-data"
 
 
+def test_an_http_ray_address_typed_before_a_command_wins_over_the_exported_jobs_api(tmp_path):
+    """In a `pbp stack env` shell (RAY_API_SERVER_ADDRESS = the stack's dashboard), infra/README's
+    `RAY_ADDRESS=http://127.0.0.1:8265 pbp submit ...` (a tunnel to a cloud cluster) went to the local stack."""
+    _fake_stack(tmp_path)
+    shell = {"RAY_ADDRESS": "127.0.0.1:3333", "RAY_API_SERVER_ADDRESS": "http://127.0.0.1:4444"}
+    assert resolve(tmp_path, env=shell).ray_address == "http://127.0.0.1:4444"
+    typed = {**shell, "RAY_ADDRESS": "http://127.0.0.1:8265"}
+    assert resolve(tmp_path, env=typed).ray_address == "http://127.0.0.1:8265"
+
+
 def test_environment_wins_over_the_state_dir(tmp_path):
     _fake_stack(tmp_path)
     env = {

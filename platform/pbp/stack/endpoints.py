@@ -170,8 +170,10 @@ def resolve(state_dir: Path | None = None, env: dict[str, str] | None = None) ->
         if withheld
         else env.get("MLFLOW_TRACKING_PASSWORD")
         or (secrets.mlflow_admin_password if use_stack_mlflow and secrets else None),
-        ray_address=_ray_http_address(env.get("RAY_API_SERVER_ADDRESS"))
-        or _ray_http_address(env.get("RAY_ADDRESS"))
+        # an http RAY_ADDRESS is typed for the Jobs API (`RAY_ADDRESS=http://127.0.0.1:8265 pbp submit ...`): it
+        # outranks the RAY_API_SERVER_ADDRESS a `pbp stack env` shell exports
+        ray_address=_ray_http_address(env.get("RAY_ADDRESS"))
+        or _ray_http_address(env.get("RAY_API_SERVER_ADDRESS"))
         or (state.ray_dashboard_url if state else None),
         ray_token=token,
         buckets=dict(state.buckets) if state else {k: env[v] for k, v in BUCKET_ENV.items() if env.get(v)},
