@@ -190,8 +190,13 @@ def test_without_a_stack_runs_go_only_to_a_bucket_the_user_names(tmp_path):
         runs_storage("pretrain", resolve(tmp_path / "none", env={}))
     ep = resolve(tmp_path / "none", env={"PBP_RUNS_BUCKET": "acme-ml-runs", "PBP_DATA_BUCKET": "acme-ml-data"})
     assert runs_storage("tune", ep) == "s3://acme-ml-runs/tune" and ep.buckets["data"] == "acme-ml-data"
-    _fake_stack(tmp_path)  # the stack's own bucket wins where there is a stack
-    assert runs_storage("finetune", resolve(tmp_path, env={"PBP_RUNS_BUCKET": "x"})) == "s3://pbp-runs/finetune"
+    _fake_stack(tmp_path)  # the stack's own buckets where the environment names none; the environment first
+    assert runs_storage("finetune", resolve(tmp_path, env={})) == "s3://pbp-runs/finetune"
+    assert runs_storage("finetune", resolve(tmp_path, env={"PBP_RUNS_BUCKET": "x"})) == "s3://x/finetune"
+    from pbp.stack.endpoints import bucket_for
+
+    with pytest.raises(StackStateError, match=r"no data bucket for the smoke check: set PBP_DATA_BUCKET=YOUR-BUCKET"):
+        bucket_for("data", resolve(tmp_path / "none", env={}), "the smoke check")
 
 
 def test_cloud_environment_without_a_stack(tmp_path):

@@ -89,12 +89,12 @@ def bench_build_ray(n: int = 200_000, workers: tuple[int, ...] = (1, 2), echo=pr
     (``pbp data build --ray-workers``) for each count in ``workers``; figures: build time against the in-process
     build and against the first Ray count, and whether every build's shards are the same bytes."""
     from pbp.data.shards import BuildConfig, Inputs, build
-    from pbp.stack.endpoints import require, resolve
+    from pbp.stack.endpoints import bucket_for, require, resolve
     from pbp.train.launch import RayShardMap
 
     ep = resolve()
     require(ep.s3_endpoint, "S3 endpoint (start the local stack: pbp stack up)")
-    base = f"s3://{ep.buckets.get('data') or 'pbp-data'}/bench/build-ray-{int(time.time())}"
+    base = f"s3://{bucket_for('data', ep, 'the benchmark')}/bench/build-ray-{int(time.time())}"
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="pbp-bench-build-ray-") as tmp:
         fasta, table = write_corpus(Path(tmp), SynthConfig(n_proteins=n, seed=0), compresslevel=1)

@@ -12,7 +12,7 @@ from pbp.data.reader import PretrainingStream, ReaderConfig, StatefulLoader
 from pbp.data.shards import FORMAT_VERSION, BuildConfig, DatasetError, Inputs, build, load_manifest
 from pbp.data.storage import Store
 from pbp.data.synth import SynthConfig, write_corpus
-from pbp.stack.endpoints import require, resolve
+from pbp.stack.endpoints import bucket_for, require, resolve
 
 
 def ensure_bench_dataset(url: str | None, proteins: int, tmp: Path) -> str:
@@ -20,7 +20,7 @@ def ensure_bench_dataset(url: str | None, proteins: int, tmp: Path) -> str:
     if url:
         return url
     ep = resolve()
-    bucket = ep.buckets.get("data") or "pbp-data"
+    bucket = bucket_for("data", ep, "the benchmark's dataset")
     require(ep.s3_endpoint, "S3 endpoint (start the local stack: pbp stack up)")
     url = f"s3://{bucket}/bench/synth-{proteins}-format{FORMAT_VERSION}/"
     try:

@@ -140,12 +140,12 @@ def checkpoint_cost(cfg: ModelConfig, zero_stage: int) -> dict[str, float]:
     upload (``pyarrow.fs.copy_files``) of the same bytes; both to the stack's S3, medians of ``REPEATS`` alternating runs."""
     from pyarrow import fs as pafs
 
-    from pbp.stack.endpoints import resolve
+    from pbp.stack.endpoints import bucket_for, resolve
     from pbp.train import checkpoint as ckpt
 
     ep = resolve()
     fs = ep.pyarrow_fs()
-    bucket = ep.buckets.get("runs", "pbp-runs")
+    bucket = bucket_for("runs", ep, "the checkpoint benchmark")
     engine = _ds_engine(cfg, zero_stage, 2)
     runs = ckpt.StorageDir(fs, f"{bucket}/bench")
     save_times, raw_times, nbytes = [], [], 0

@@ -37,10 +37,9 @@ def corpus(d: Demo) -> str:
 
 def shards(d: Demo) -> str:
     from pbp.data.storage import Store
-    from pbp.stack.endpoints import resolve
+    from pbp.stack.endpoints import bucket_for
 
-    bucket = resolve().buckets.get("data", "pbp-data")
-    url = f"s3://{bucket}/{d.cfg.name}/{d.cfg.data_key}/"
+    url = f"s3://{bucket_for('data', what='the demo')}/{d.cfg.name}/{d.cfg.data_key}/"
     d.state["data_url"] = url
     if not Store(url).exists("manifest.json"):
         d.pbp("shards", "data", "build", "--fasta", str(d.state["fasta"]), "--go-table", str(d.state["go"]),
@@ -72,9 +71,9 @@ def pretrain(d: Demo) -> str:
 
 
 def _pretrained_url(run: str) -> str:
-    from pbp.stack.endpoints import resolve
+    from pbp.stack.endpoints import runs_storage
 
-    return f"s3://{resolve().buckets.get('runs', 'pbp-runs')}/pretrain/{run}/final_model/"
+    return f"{runs_storage('pretrain')}/{run}/final_model/"
 
 
 def _last_losses(out: str) -> str:

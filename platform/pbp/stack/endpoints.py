@@ -176,7 +176,7 @@ def resolve(state_dir: Path | None = None, env: dict[str, str] | None = None) ->
         or _ray_http_address(env.get("RAY_API_SERVER_ADDRESS"))
         or (state.ray_dashboard_url if state else None),
         ray_token=token,
-        buckets=dict(state.buckets) if state else {k: env[v] for k, v in BUCKET_ENV.items() if env.get(v)},
+        buckets={**(state.buckets if state else {}), **{k: env[v] for k, v in BUCKET_ENV.items() if env.get(v)}},
         state_dir=sdir if state is not None else None,
         stack_ray=(state.ray_dashboard_url, state.ray_gcs_address) if state is not None else (),
         ray_token_from_stack=from_stack and token is not None,
@@ -215,18 +215,26 @@ BUCKET_ENV = {"data": "PBP_DATA_BUCKET", "runs": "PBP_RUNS_BUCKET"}
 """Without a local stack, pbp's buckets come from these variables (a cluster's manifests set them)."""
 
 
-def runs_storage(kind: str, endpoints: Endpoints | None = None) -> str:
-    """Where runs of ``kind`` (pretrain, finetune, tune) go when their config names no storage path: the local
-    stack's runs bucket, else ``$PBP_RUNS_BUCKET``. Neither is an error: pbp's own bucket names are the stack's, and
-    on S3 a bucket name is global (``pbp-runs`` there is someone else's, or nobody's)."""
+def bucket_for(role: str, endpoints: Endpoints | None = None, what: str = "") -> str:
+    """pbp's bucket for ``role`` (``data``, ``runs``): ``$PBP_DATA_BUCKET`` / ``$PBP_RUNS_BUCKET``, else the local
+    stack's. Neither is an error (``what`` says what needed it): pbp's own bucket names are the stack's, and on S3 a
+    bucket name is global (``pbp-runs`` there is someone else's, or nobody's)."""
     ep = endpoints or resolve()
-    bucket = ep.buckets.get("runs")
-    if not bucket:
-        raise StackStateError(
-            f"no storage for the {kind} run: give checkpoint.storage_path (storage_path for a campaign) as "
-            f"s3://YOUR-BUCKET/{kind}, or set {BUCKET_ENV['runs']}=YOUR-BUCKET, or start the local stack"
-        )
-    return f"s3://{bucket}/{kind}"
+    name = ep.buckets.get(role)
+    if not name:
+        raise StackStateError(f"no {role} bucket{f' for {what}' if what else ''}: set {BUCKET_ENV[role]}=YOUR-BUCKET "
+                              "or start the local stack")  # fmt: skip
+    return name
+
+
+def runs_storage(kind: str, endpoints: Endpoints | None = None) -> str:
+    """Where runs of ``kind`` (pretrain, finetune, tune) go when their config names no storage path:
+    ``s3://<runs bucket>/<kind>`` (:func:`bucket_for`)."""
+    try:
+        return f"s3://{bucket_for('runs', endpoints)}/{kind}"
+    except StackStateError as e:
+        raise StackStateError(f"no storage for the {kind} run: give checkpoint.storage_path (storage_path for a "
+                              f"campaign) as s3://YOUR-BUCKET/{kind}, or {str(e).split(': ', 1)[1]}") from None  # fmt: skip
 
 
 def set_ray_auth_env(endpoints: Endpoints | None = None, address: str | None = None) -> None:

@@ -14,7 +14,7 @@ import socket
 import time
 from typing import Any
 
-from pbp.stack.endpoints import apply_mlflow_env, require, resolve
+from pbp.stack.endpoints import apply_mlflow_env, bucket_for, require, resolve
 
 
 def probe_here() -> dict[str, Any]:
@@ -24,7 +24,7 @@ def probe_here() -> dict[str, Any]:
     ep = resolve()
     node_id = ray.get_runtime_context().get_node_id()
     out: dict[str, Any] = {"node_id": node_id, "host": socket.gethostname()}
-    bucket = ep.buckets.get("data") or os.environ.get("PBP_DATA_BUCKET", "pbp-data")
+    bucket = bucket_for("data", ep, "the smoke check's S3 round trip")
     try:
         s3 = ep.boto3_client()
         key = f"_smoke/{node_id}-{time.time_ns()}"
