@@ -352,6 +352,24 @@ def test_up_on_a_running_stack_reports_it(stack_dir):
     assert len(messages) == 6 and all("already running" in m for m in messages)
 
 
+def test_up_restarts_a_service_an_older_pbp_started(stack_dir):
+    """A stack started by the previous pbp kept running SeaweedFS without its new TLS/JWT and Ray's session in the old
+    /tmp path through `pbp stack up` ("already running"), while Prometheus's rewritten config pointed elsewhere."""
+    from pbp.stack.state import LAYOUT
+
+    state = StackState.load(stack_dir)
+    old_pid = state.services["prometheus"].pid
+    state.services["prometheus"].layout = 0  # as stack.json has it from a pbp before layouts
+    state.save()
+    messages: list[str] = []
+    manager.up(stack_dir, log=messages.append)
+    restarted = [m for m in messages if "prometheus" in m]
+    assert "started by an older pbp" in restarted[0] and "restarting" in restarted[0], messages
+    state = StackState.load(stack_dir)
+    assert state.services["prometheus"].layout == LAYOUT and state.services["prometheus"].pid != old_pid
+    assert sum("already running" in m for m in messages) == 5
+
+
 def test_killed_storage_is_reported_and_restored_with_its_data(stack_dir, endpoints):
     bucket = endpoints.buckets["data"]
     s3 = endpoints.boto3_client()

@@ -34,6 +34,7 @@ from pbp.stack.services import (
     write_service_files,
 )
 from pbp.stack.state import (
+    LAYOUT,
     RAY_TOKEN_FILE,
     SECRETS_FILE,
     STATE_FILE,
@@ -161,6 +162,9 @@ def _up(
         """Leave a healthy service alone, else (re)start it. -> was it started?"""
         rec = state.services[svc.name]
         alive = procs.group_alive(rec.pid, svc.marker)
+        if alive and rec.layout != LAYOUT:  # started by an older pbp: it runs without what this one set up
+            log(f"  {svc.name:14} started by an older pbp (before its security and paths changed); restarting")
+            force_restart = True
         if alive and not force_restart:
             reason = check(svc, state, secrets)
             if reason is None:
@@ -241,7 +245,7 @@ def _start(
     t0 = time.monotonic()
     proc = procs.start(cmd, logfile, service_env(svc, state, secrets), cwd=state.dir)
     with lock:
-        rec.pid, rec.cmd, rec.started_at = proc.pid, cmd, time.time()
+        rec.pid, rec.cmd, rec.started_at, rec.layout = proc.pid, cmd, time.time(), LAYOUT
         state.save()
     try:
         _wait_healthy(svc, state, secrets, proc, timeout)

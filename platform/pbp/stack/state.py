@@ -95,6 +95,14 @@ class ServiceRecord:
     cmd: list[str] = field(default_factory=list)
     ports: dict[str, int] = field(default_factory=dict)
     started_at: float | None = None
+    layout: int = 0
+    """:data:`LAYOUT` of the pbp that started it (0: before layouts were recorded)."""
+
+
+LAYOUT = 1
+"""How pbp starts the services (their security files, session paths): raised when a change needs running services
+restarted; `pbp stack up` restarts those an older pbp started. 1: SeaweedFS with mutual TLS and JWTs, Ray's session
+in /tmp/pbp-UID-HASH."""
 
 
 @dataclass
