@@ -18,7 +18,8 @@ def code_commit(root: Path | None = None) -> str:
         head = subprocess.run(["git", *where, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
         if head.returncode != 0 or not head.stdout.strip():
             return "unknown"
-        changed = subprocess.run(["git", *where, "status", "--porcelain", "--untracked-files=no"],
+        # --no-optional-locks: a status must not take the index lock a user's own git command may be holding
+        changed = subprocess.run(["git", "--no-optional-locks", *where, "status", "--porcelain", "--untracked-files=no"],
                                  capture_output=True, text=True, timeout=30)  # fmt: skip
     except (OSError, subprocess.SubprocessError):
         return "unknown"

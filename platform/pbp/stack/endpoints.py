@@ -127,7 +127,8 @@ def same_host_port(address: str, *others: str) -> bool:
 
     def where(url: str) -> tuple[str, int | None]:
         u = urlparse(url if "://" in url else f"http://{url}")
-        return (u.hostname or "").replace("localhost", "127.0.0.1"), u.port
+        host = u.hostname or ""
+        return ("127.0.0.1" if host == "localhost" else host), u.port
 
     return where(address) in {where(o) for o in others if o}
 

@@ -7,7 +7,7 @@ checkpoint that the next resume loads. So the stack gives SeaweedFS:
 
 - ``security.toml`` in its working directory (the state dir, 0600) with a CA and one certificate for every
   component (master, volume, filer, S3, admin, client): its gRPC ports accept only peers that present a certificate
-  of that CA (``tls/``, 0600; the CA's key is not kept). Without one a connection fails its TLS handshake.
+  of that CA (``tls/``, 0700, its files 0600; the CA's key is not kept). Without one a connection fails its TLS handshake.
 - JWT signing keys (derived from ``secrets.json``, passed in the process environment as ``WEED_JWT_*``): the
   filer's HTTP reads and writes and the volume servers' reads and writes need a token that only the components
   mint, so a request without one is answered 401.
@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import hmac
+import json
 from pathlib import Path
 
 from pbp.stack.state import atomic_write
@@ -46,8 +47,9 @@ def write_security(state_dir: Path) -> Path:
     tls.mkdir(mode=0o700, exist_ok=True)
     if not _valid(tls / "node.crt", days=30) or not (tls / "node.key").exists() or not (tls / "ca.crt").exists():
         _make_certificates(tls)
-    sections = [f'[grpc]\nca = "{tls / "ca.crt"}"\n']
-    sections += [f'[grpc.{c}]\ncert = "{tls / "node.crt"}"\nkey = "{tls / "node.key"}"\n' for c in COMPONENTS]
+    ca, cert, key = (json.dumps(str(tls / name)) for name in ("ca.crt", "node.crt", "node.key"))  # TOML strings
+    sections = [f"[grpc]\nca = {ca}\n"]
+    sections += [f"[grpc.{c}]\ncert = {cert}\nkey = {key}\n" for c in COMPONENTS]
     sections += [
         "[access]\nui = false\n",  # the volume servers' status page
         "[filer.expose_directory_metadata]\nenabled = false\n",  # no listings over the filer's HTTP
