@@ -446,10 +446,10 @@ def _campaign_args(job: str, config: Path | None, overrides: Sequence[str], resu
         return []
     if job != "tune":
         raise SubmitError(f"--resume and --warm-start are for the tune job (a campaign's name), not {job}")
-    if resume and (config is not None or warm_start or any(not o.startswith("storage_path=") for o in overrides)):
-        raise SubmitError("--resume NAME takes the campaign's saved config: no --config, --warm-start or overrides "
-                          "other than storage_path=... (where the campaign lives, if not the default)")  # fmt: skip
     if resume:
+        from pbp.tune.config import resume_storage
+
+        resume_storage(config is not None, warm_start, overrides)  # as `pbp tune --resume` checks it
         return ["--resume", check_name(resume, "--resume")]
     return ["--warm-start", check_name(warm_start, "--warm-start")]
 

@@ -108,16 +108,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
     set_ray_auth_env(address=args.address)  # before anything imports Ray
     from pbp.config import load_config
     from pbp.tune.campaign import load_campaign_config
-    from pbp.tune.config import TuneConfig
+    from pbp.tune.config import TuneConfig, resume_storage
 
     if args.resume:
-        storage = [o for o in args.overrides if o.startswith("storage_path=")]
-        if args.config or args.warm_start or len(storage) != len(args.overrides):
-            raise ValueError(
-                "--resume NAME takes the campaign's saved config: no --config, --warm-start or overrides "
-                "other than storage_path=... (where the campaign lives, if not the default)"
-            )
-        cfg = load_campaign_config(args.resume, storage[-1].partition("=")[2] if storage else "")
+        cfg = load_campaign_config(
+            args.resume, resume_storage(args.config is not None, args.warm_start, args.overrides)
+        )
     elif args.config is None:
         raise ValueError("give --config configs/tune/<task>.yaml (or --resume NAME)")
     else:

@@ -14,6 +14,7 @@ Every key is checked against the fine-tuning config (with the range's end points
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -133,3 +134,13 @@ class TuneConfig:
         if self.mode:
             return self.mode
         return "min" if metric.endswith(("loss", "mse")) else "max"
+
+
+def resume_storage(config_given: bool, warm_start: str | None, overrides: Sequence[str]) -> str:
+    """``--resume NAME`` (``pbp tune`` and ``pbp submit tune``) takes the campaign's saved config: no ``--config``,
+    ``--warm-start`` or overrides but ``storage_path=...`` (where it lives, if not the default). -> that path ('')."""
+    storage = [o for o in overrides if o.startswith("storage_path=")]
+    if config_given or warm_start or len(storage) != len(overrides):
+        raise ValueError("--resume NAME takes the campaign's saved config: no --config, --warm-start or overrides "
+                         "other than storage_path=... (where the campaign lives, if not the default)")  # fmt: skip
+    return storage[-1].partition("=")[2] if storage else ""
