@@ -150,6 +150,15 @@ def test_seaweedfs_other_ports_refuse_whoever_lacks_the_stacks_keys(stack_dir, e
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(req, timeout=10)
         assert e.value.code == 401, (method, path, e.value.code)
+    # The volume servers: even with a file id the master hands anyone, a write or read without the JWT is refused.
+    with urllib.request.urlopen(f"http://127.0.0.1:{ports['master']}/dir/assign", timeout=10) as r:
+        fid = json.loads(r.read())["fid"]
+    volume = f"http://127.0.0.1:{ports['volume']}/{fid}"
+    for method in ("PUT", "GET"):
+        req = urllib.request.Request(volume, data=b"x" if method == "PUT" else None, method=method)
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=10)
+        assert e.value.code == 401, (method, e.value.code)
     for name in ("master_grpc", "volume_grpc", "filer_grpc", "s3_grpc"):
         channel = grpc.insecure_channel(f"127.0.0.1:{ports[name]}")
         with pytest.raises(grpc.FutureTimeoutError):  # a plain client never gets a channel: TLS is required

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from pyarrow import fs as pafs
 
+from pbp.hardware import cpu_bf16_native
 from pbp.train import checkpoint as ckpt
 
 
@@ -193,7 +194,8 @@ with socket.socket() as s:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(s.getsockname()[1]), RANK="0", WORLD_SIZE="1",
                       LOCAL_RANK="0")
 deepspeed.init_distributed(dist_backend="gloo")
-cfg = load_config(PretrainConfig, "configs/pretrain/tiny.yaml", ["deepspeed.zero_stage=2", "deepspeed.bf16=false"])
+cfg = load_config(PretrainConfig, "configs/pretrain/tiny.yaml", [f"deepspeed.zero_stage={sys.argv[3]}",
+                  f"deepspeed.bf16={sys.argv[4]}"])
 model = ProteinBERT(cfg.model)
 engine, *_ = deepspeed.initialize(model=model, optimizer=build_optimizer(model.parameters(), cfg.optim),
                                   config=deepspeed_config(cfg, 1, "cpu"))
@@ -207,8 +209,8 @@ class Planted:
     def __reduce__(self):
         return os.system, (f"touch {sys.argv[2]}",)
 
-optim = next((local / ckpt.DS_TAG).glob("*optim_states.pt"))
-torch.save({"optimizer_state_dict": Planted()}, optim)
+planted = sorted((local / ckpt.DS_TAG).glob("*.pt"))[-1]  # the optimizer's states (ZeRO), else the model's
+torch.save({"optimizer_state_dict": Planted(), "module": Planted()}, planted)
 try:
     with ckpt.load_weights_only(engine, local, "s3://runs/r/checkpoint-1"):
         engine.load_checkpoint(str(local), tag=ckpt.DS_TAG, load_optimizer_states=True)
@@ -217,7 +219,11 @@ except ValueError as e:
 """
 
 
-def test_resuming_from_a_checkpoint_never_runs_code_it_holds(tmp_path):
+@pytest.mark.parametrize("zero_stage,bf16", [
+    (0, "false"), (1, "false"), (2, "false"),
+    pytest.param(2, "true", marks=pytest.mark.skipif(not cpu_bf16_native(), reason="bf16 is refused on a CPU without it")),
+])  # fmt: skip
+def test_resuming_from_a_checkpoint_never_runs_code_it_holds(tmp_path, zero_stage, bf16):
     """DeepSpeed unpickles its checkpoint files with weights_only=False: whoever could write the run's storage (its
     digests too) ran code on every worker at the next resume. Loading is now weights_only, allowing DeepSpeed's own
     record classes (a real ZeRO-2 checkpoint loads), and a planted file is refused naming it."""
@@ -227,10 +233,10 @@ def test_resuming_from_a_checkpoint_never_runs_code_it_holds(tmp_path):
     from ..conftest import REPO
 
     pwned = tmp_path / "pwned"
-    res = subprocess.run([sys.executable, "-c", _DEEPSPEED_RESUME, str(tmp_path / "ck"), str(pwned)], cwd=REPO,
-                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    argv = [sys.executable, "-c", _DEEPSPEED_RESUME, str(tmp_path / "ck"), str(pwned), str(zero_stage), bf16]
+    res = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert "clean checkpoint loaded" in res.stdout, res.stdout + res.stderr[-3000:]
     refused = [line for line in res.stdout.splitlines() if line.startswith("REFUSED")]
-    assert refused and "s3://runs/r/checkpoint-1/" in refused[0] and "optim_states.pt: refused to load" in refused[0]
+    assert refused and "s3://runs/r/checkpoint-1/" in refused[0] and ".pt: refused to load" in refused[0]
     assert "posix.system" in refused[0] or "os.system" in refused[0], refused[0]
     assert not pwned.exists()
