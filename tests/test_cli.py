@@ -349,3 +349,13 @@ def test_the_stacks_token_is_not_sent_to_another_cluster_even_from_a_stack_env_s
         assert res.returncode == 0, res.stderr
     sent = [s for s in seen if s.startswith("auth:")]
     assert sent and all(s == "auth:Bearer users-own-token" for s in sent), sent
+
+
+def test_pbp_debug_keeps_the_traceback_of_an_error_said_in_one_line(monkeypatch, capsys):
+    """A ValueError may be a bug too: with PBP_DEBUG=1 (a job's log, a bug report) it is raised with its traceback."""
+    argv = ["model", "info", "configs/model/tiny.yaml", "n_blocks=0"]
+    monkeypatch.chdir(REPO)
+    assert main(argv) == 2 and "pbp: error:" in capsys.readouterr().err
+    monkeypatch.setenv("PBP_DEBUG", "1")
+    with pytest.raises(ValueError):
+        main(argv)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -70,7 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         rc = args.func(args)
     except (UserError, ValueError, FileNotFoundError) as e:
         # ConfigError, SequenceError, RecordError, DatasetError... are ValueErrors, and StackStateError,
-        # ServiceError, SubmitError... UserErrors, with messages naming the culprit. Other errors keep a traceback.
+        # ServiceError, SubmitError... UserErrors, with messages naming the culprit. Other errors keep a traceback,
+        # and PBP_DEBUG=1 keeps it for these too (a ValueError may also be a bug: a job's log then shows where).
+        if os.environ.get("PBP_DEBUG", "") not in ("", "0"):
+            raise
         print(f"pbp: error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into head/less that closed early (an OSError: before the next clause)
