@@ -139,12 +139,7 @@ def resolve(state_dir: Path | None = None, env: dict[str, str] | None = None) ->
     sdir = (state_dir or (Path(env["PBP_STACK_DIR"]) if env.get("PBP_STACK_DIR") else default_state_dir())).resolve()
     state = StackState.load(sdir) if (sdir / "stack.json").exists() else None
     secrets = Secrets.load(sdir) if state is not None and (sdir / "secrets.json").exists() else None
-    token = env.get("RAY_AUTH_TOKEN")
-    token_path = env.get("RAY_AUTH_TOKEN_PATH") or (str(sdir / RAY_TOKEN_FILE) if state is not None else None)
-    # the stack's token, also where `pbp stack env` exported its path: it goes to the stack's Ray only
-    from_stack = not token and state is not None and Path(token_path or "").resolve() == sdir / RAY_TOKEN_FILE
-    if not token and token_path and Path(token_path).exists():
-        token = Path(token_path).read_text().strip()
+    token, from_stack = _ray_token(env, sdir, state is not None)
 
     def pick(name: str, fallback: str | None) -> str | None:
         return env.get(name) or fallback
@@ -152,25 +147,15 @@ def resolve(state_dir: Path | None = None, env: dict[str, str] | None = None) ->
     # The stack's secrets go to the stack's own services only: never to an endpoint the environment names instead.
     use_stack_s3 = state is not None and not env.get("AWS_ENDPOINT_URL") and not env.get("AWS_ACCESS_KEY_ID")
     mlflow_uri = pick("MLFLOW_TRACKING_URI", state.mlflow_uri if state else None)
-    stack_mlflow = state is not None and mlflow_uri is not None and same_host_port(mlflow_uri, state.mlflow_uri)
-    use_stack_mlflow = secrets is not None and stack_mlflow and not env.get("MLFLOW_TRACKING_USERNAME")
-    stacks_password = secrets is not None and env.get("MLFLOW_TRACKING_PASSWORD") in (
-        secrets.mlflow_admin_password, secrets.mlflow_reader_password)  # fmt: skip
-    withheld = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD") if stacks_password and not stack_mlflow else ()
+    username, password, withheld = _mlflow_login(env, mlflow_uri, state, secrets)
     return Endpoints(
         s3_endpoint=pick("AWS_ENDPOINT_URL", state.s3_endpoint if state else None),
         s3_access_key=env.get("AWS_ACCESS_KEY_ID") or (secrets.s3_access_key if use_stack_s3 and secrets else None),
         s3_secret_key=env.get("AWS_SECRET_ACCESS_KEY") or (secrets.s3_secret_key if use_stack_s3 and secrets else None),
         s3_region=env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or "us-east-1",
         mlflow_uri=mlflow_uri,
-        mlflow_username=None
-        if withheld
-        else env.get("MLFLOW_TRACKING_USERNAME")
-        or (secrets.mlflow_admin_user if use_stack_mlflow and secrets else None),
-        mlflow_password=None
-        if withheld
-        else env.get("MLFLOW_TRACKING_PASSWORD")
-        or (secrets.mlflow_admin_password if use_stack_mlflow and secrets else None),
+        mlflow_username=username,
+        mlflow_password=password,
         # an http RAY_ADDRESS is typed for the Jobs API (`RAY_ADDRESS=http://127.0.0.1:8265 pbp submit ...`): it
         # outranks the RAY_API_SERVER_ADDRESS a `pbp stack env` shell exports
         ray_address=_ray_http_address(env.get("RAY_ADDRESS"))
@@ -180,9 +165,37 @@ def resolve(state_dir: Path | None = None, env: dict[str, str] | None = None) ->
         buckets={**(state.buckets if state else {}), **{k: env[v] for k, v in BUCKET_ENV.items() if env.get(v)}},
         state_dir=sdir if state is not None else None,
         stack_ray=(state.ray_dashboard_url, state.ray_gcs_address) if state is not None else (),
-        ray_token_from_stack=from_stack and token is not None,
+        ray_token_from_stack=from_stack,
         mlflow_env_withheld=withheld,
     )
+
+
+def _ray_token(env: dict[str, str], sdir: Path, has_stack: bool) -> tuple[str | None, bool]:
+    """-> (the Ray token: RAY_AUTH_TOKEN, else the file RAY_AUTH_TOKEN_PATH names, else the stack's; whether it is the
+    stack's, also where `pbp stack env` exported its path: that one goes to the stack's Ray only)."""
+    token = env.get("RAY_AUTH_TOKEN")
+    path = env.get("RAY_AUTH_TOKEN_PATH") or (str(sdir / RAY_TOKEN_FILE) if has_stack else None)
+    from_stack = not token and has_stack and Path(path or "").resolve() == sdir / RAY_TOKEN_FILE
+    if not token and path and Path(path).exists():
+        token = Path(path).read_text().strip()
+    return token, from_stack and token is not None
+
+
+def _mlflow_login(env: dict[str, str], uri: str | None, state: StackState | None, secrets: Secrets | None
+                  ) -> tuple[str | None, str | None, tuple[str, ...]]:  # fmt: skip
+    """-> (username, password, the environment's variables to withhold). The environment's login, else the stack's
+    admin for the stack's own server; a login of the stack's (as `pbp stack env` exports it) is withheld from any
+    other server."""
+    own = state is not None and uri is not None and same_host_port(uri, state.mlflow_uri)
+    stacks = secrets is not None and env.get("MLFLOW_TRACKING_PASSWORD") in (
+        secrets.mlflow_admin_password, secrets.mlflow_reader_password)  # fmt: skip
+    if stacks and not own:
+        return None, None, ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+    if env.get("MLFLOW_TRACKING_USERNAME"):  # one's own username never takes the stack's password
+        return env["MLFLOW_TRACKING_USERNAME"], env.get("MLFLOW_TRACKING_PASSWORD"), ()
+    if own and secrets is not None:
+        return secrets.mlflow_admin_user, env.get("MLFLOW_TRACKING_PASSWORD") or secrets.mlflow_admin_password, ()
+    return None, env.get("MLFLOW_TRACKING_PASSWORD"), ()
 
 
 def apply_mlflow_env(ep: Endpoints) -> None:
