@@ -172,6 +172,16 @@ def test_the_stacks_secrets_never_go_to_a_server_the_environment_names_instead(t
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "ray_token"))  # exported by `pbp stack env`
     set_ray_auth_env(resolve(tmp_path, env={}), "10.0.0.5:6379")
     assert "RAY_AUTH_TOKEN_PATH" not in os.environ  # the stack's token is not this cluster's
+    # Inside a submitted job Ray gives the driver the GCS as <this machine's IP>:<port>: that is the stack's GCS, and
+    # the job must keep the stack's token (every submitted pretrain/finetune/tune failed at ray.init without it).
+    from pbp.stack.endpoints import _this_machine
+
+    machine = sorted(a for a in _this_machine() if ":" not in a and not a.startswith("127."))
+    assert machine, "this machine has no non-loopback IPv4 address to test with"
+    set_ray_auth_env(resolve(tmp_path, env={}), f"{machine[0]}:3333")
+    assert os.environ["RAY_AUTH_TOKEN_PATH"] == str(tmp_path.resolve() / "ray_token")
+    assert not resolve(tmp_path, env={}).is_stack_ray(f"{machine[0]}:3334")  # another port: another cluster
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "ray_token"))
     set_ray_auth_env(resolve(tmp_path, env={}), "auto")  # Ray's search on this machine: the stack
     assert os.environ["RAY_AUTH_TOKEN_PATH"] == str(tmp_path.resolve() / "ray_token")
     monkeypatch.delenv("RAY_AUTH_TOKEN_PATH")

@@ -8,6 +8,7 @@ work on AWS with nothing but environment and instance roles.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -121,16 +122,28 @@ class Endpoints:
 
 
 def same_host_port(address: str, *others: str) -> bool:
-    """Whether ``address`` names the same host and port as any of ``others`` (URLs or host:port; localhost is
-    127.0.0.1)."""
+    """Whether ``address`` names the same host and port as any of ``others`` (URLs or host:port). Every name of this
+    machine (localhost, its interfaces' addresses) is one host: inside a job Ray gives the driver the GCS as
+    ``<machine's IP>:<port>``, which is the local stack's GCS that listens on 127.0.0.1 and every interface."""
     from urllib.parse import urlparse
 
     def where(url: str) -> tuple[str, int | None]:
         u = urlparse(url if "://" in url else f"http://{url}")
         host = u.hostname or ""
-        return ("127.0.0.1" if host == "localhost" else host), u.port
+        return ("127.0.0.1" if host == "localhost" or host in _this_machine() else host), u.port
 
     return where(address) in {where(o) for o in others if o}
+
+
+@functools.cache
+def _this_machine() -> frozenset[str]:
+    """The addresses of this machine's network interfaces."""
+    import socket
+
+    import psutil
+
+    return frozenset(a.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for a in addrs
+                     if a.family in (socket.AF_INET, socket.AF_INET6))  # fmt: skip
 
 
 def resolve(state_dir: Path | None = None, env: dict[str, str] | None = None) -> Endpoints:
