@@ -296,7 +296,7 @@ def test_a_refused_token_is_one_line_naming_the_token_pbp_sent(monkeypatch, caps
     with _jobs_api(status=403) as (here, _):
         assert main(["jobs", "list", "--address", here]) == 2
     err = capsys.readouterr().err
-    assert f"the Ray cluster's Jobs API at {here} refused the request: " in err and "Traceback" not in err, err
+    assert f"no access to the Ray cluster's Jobs API at {here}: " in err and "Traceback" not in err, err
     assert "(pbp sent the token RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH gave); give that cluster's token in" in err
 
 
@@ -359,3 +359,12 @@ def test_pbp_debug_keeps_the_traceback_of_an_error_said_in_one_line(monkeypatch,
     monkeypatch.setenv("PBP_DEBUG", "1")
     with pytest.raises(ValueError):
         main(argv)
+
+
+def test_a_gcs_address_in_ray_address_is_not_taken_for_the_local_stacks_jobs_api(monkeypatch, capsys, tmp_path):
+    """`RAY_ADDRESS=10.9.9.9:6379 pbp submit smoke` (a remote cluster's GCS) went to the local stack's Jobs API."""
+    monkeypatch.setenv("PBP_STACK_DIR", str(tmp_path / "no-stack"))
+    monkeypatch.setenv("RAY_ADDRESS", "10.9.9.9:6379")
+    assert main(["jobs", "list"]) == 2
+    err = capsys.readouterr().err
+    assert "RAY_ADDRESS=10.9.9.9:6379 is a cluster's GCS address; pbp submit and pbp jobs talk to its Jobs API" in err

@@ -90,6 +90,12 @@ def client(address: str | None = None, endpoints: Endpoints | None = None):
     from ray.job_submission import JobSubmissionClient
 
     ep = endpoints or resolve()
+    gcs = os.environ.get("RAY_ADDRESS", "")
+    if not address and gcs and "://" not in gcs and gcs != "auto" and not ep.is_stack_ray(gcs):
+        # a bare host:port is a cluster's GCS (for drivers): falling back to the local stack's Jobs API sent work
+        # meant for that cluster to this machine
+        raise SubmitError(f"RAY_ADDRESS={gcs} is a cluster's GCS address; pbp submit and pbp jobs talk to its Jobs API: "
+                          "give --address http://HEAD:8265 (or RAY_API_SERVER_ADDRESS)")  # fmt: skip
     addr = require(address or ep.ray_address, "Ray address (RAY_ADDRESS)")
     try:
         # Ray lets RAY_API_SERVER_ADDRESS / RAY_ADDRESS override the address given to the client: --address was
@@ -97,7 +103,7 @@ def client(address: str | None = None, endpoints: Endpoints | None = None):
         with scoped_environ(RAY_API_SERVER_ADDRESS=addr, **ep.ray_env_for(addr)):
             return JobSubmissionClient(addr, headers=ep.ray_headers(addr))
     except AuthenticationError as e:  # a 28-line traceback whose advice named the file the token already was in
-        raise SubmitError(f"the Ray cluster's Jobs API at {addr} refused the request: {e.message.splitlines()[0]} "
+        raise SubmitError(f"no access to the Ray cluster's Jobs API at {addr}: {e.message.splitlines()[0]} "
                           f"(pbp sent {_token_sent(ep, addr)}); give that cluster's token in RAY_AUTH_TOKEN or "
                           "RAY_AUTH_TOKEN_PATH") from None  # fmt: skip
     except (RuntimeError, requests.exceptions.HTTPError, ValueError) as e:  # MLflow's or S3's port given, say
