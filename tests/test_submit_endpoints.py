@@ -20,6 +20,7 @@ def test_submission_ids_are_stable_and_depend_on_config_and_overrides(tmp_path):
     a = submit.submission_id("pretrain", cfg, ["x=1"])
     assert a == submit.submission_id("pretrain", cfg, ["x=1"])
     assert a.startswith("pbp-pretrain-tiny-")
+    assert submit.submission_id("tune", cfg, ["name=w2-b"]).startswith("pbp-tune-w2-b-")  # the campaign's own name
     assert a != submit.submission_id("pretrain", cfg, ["x=2"])
     cfg.write_text("a: 2\n")
     assert a != submit.submission_id("pretrain", cfg, ["x=1"])
@@ -389,7 +390,7 @@ def test_a_campaign_is_resumed_or_warm_started_as_a_job(monkeypatch, tmp_path):
     sid = submit.submit("tune", None, ["storage_path=s3://b/tune"], address="http://10.0.0.5:8265", root=REPO,
                         resume="my-campaign", log=log.append)  # fmt: skip
     assert sent[0]["entrypoint"] == "python jobs/tune.py --resume my-campaign storage_path=s3://b/tune"
-    assert sid.startswith("pbp-tune-default-") and any("to http://10.0.0.5:8265" in line for line in log)
+    assert sid.startswith("pbp-tune-my-campaign-") and any("to http://10.0.0.5:8265" in line for line in log)
     in_s3 = [f"finetune.task.{role}=s3://b/{role}.csv" for role in ("train", "valid", "test")]
     submit.submit("tune", REPO / "configs/tune/tiny.yaml", ["name=next", *in_s3], address="http://10.0.0.5:8265",
                   root=REPO, warm_start="my-campaign", log=log.append)  # fmt: skip

@@ -278,8 +278,10 @@ def submission_id(job: str, config: Path | None, overrides: Sequence[str]) -> st
         h.update(config.read_bytes())
     for o in overrides:
         h.update(b"\0" + o.encode())
-    stem = re.sub(r"[^A-Za-z0-9_-]", "-", config.stem) if config is not None else "default"
-    return f"pbp-{job}-{stem}-{h.hexdigest()[:10]}"
+    # the run's or campaign's own name where an override gives it (two campaigns of one config read apart)
+    named = [o.split("=", 1)[1] for o in overrides if o.startswith(("name=", "run_name=", "--resume="))]
+    stem = named[-1] if named else config.stem if config is not None else "default"
+    return f"pbp-{job}-{re.sub(r'[^A-Za-z0-9_-]', '-', stem)}-{h.hexdigest()[:10]}"
 
 
 def submit(
@@ -313,7 +315,8 @@ def submit(
     if not local:
         _check_paths_travel(job, config, overrides, root, addr, log)
     c = client(addr, ep)
-    sid, running = _free_submission_id(c, submission_id(job, config, [*job_args, *overrides]))
+    named_args = [f"{k}={v}" for k, v in zip(job_args[::2], job_args[1::2], strict=True)]  # --resume=NAME
+    sid, running = _free_submission_id(c, submission_id(job, config, [*named_args, *overrides]))
     if running:
         log(
             f"{sid} is already {running}: not submitting it twice (a submission is named by its job, config and "
