@@ -93,6 +93,10 @@ def test_the_build_spills_into_tmp_dir_and_leaves_nothing_there(corpus, tmp_path
         mp.setattr(shards, "_check_and_join", spy)
         _build(tmp_path, "out", fasta, table, tmp_dir=str(spill))
     assert seen == [spill] and list(spill.iterdir()) == []
+    missing = tmp_path / "not-made"  # it was named as a random subfolder of it ("no such file .../pbp-build-x1y2")
+    with pytest.raises(ValueError, match=rf"--tmp-dir {missing}: no such folder"):
+        _build(tmp_path, "out2", fasta, table, tmp_dir=str(missing))
+    assert not (tmp_path / "out2").exists()
     with pytest.raises(ValueError, match="partition_mb"):
         BuildConfig(partition_mb=0)
 

@@ -218,6 +218,9 @@ def build(
     the shards elsewhere (Ray tasks: ``pbp data build --ray-workers``); the output is the same bytes."""
     cfg = cfg or BuildConfig()
     t0 = time.monotonic()
+    if cfg.tmp_dir and not Path(cfg.tmp_dir).is_dir():  # it named a random subfolder of it as missing
+        raise DatasetError(f"--tmp-dir {cfg.tmp_dir}: no such folder (the build spills there; create it, or leave "
+                           "--tmp-dir out for the system's)")  # fmt: skip
     store = store or Store(out_url)
     check_destination(store, overwrite)
     tick = progress or (lambda _label, _total: lambda _n: None)
