@@ -390,6 +390,7 @@ def test_a_campaign_is_resumed_or_warm_started_as_a_job(monkeypatch, tmp_path):
     sid = submit.submit("tune", None, ["storage_path=s3://b/tune"], address="http://10.0.0.5:8265", root=REPO,
                         resume="my-campaign", log=log.append)  # fmt: skip
     assert sent[0]["entrypoint"] == "python jobs/tune.py --resume my-campaign storage_path=s3://b/tune"
+    assert sent[0]["metadata"]["pbp_resume"] == "my-campaign storage_path=s3://b/tune"  # for `pbp jobs stop`
     assert sid.startswith("pbp-tune-my-campaign-") and any("to http://10.0.0.5:8265" in line for line in log)
     in_s3 = [f"finetune.task.{role}=s3://b/{role}.csv" for role in ("train", "valid", "test")]
     submit.submit("tune", REPO / "configs/tune/tiny.yaml", ["name=next", *in_s3], address="http://10.0.0.5:8265",
@@ -407,7 +408,26 @@ def test_a_campaign_is_resumed_or_warm_started_as_a_job(monkeypatch, tmp_path):
         with pytest.raises((submit.SubmitError, ValueError), match=refusal):
             submit.submit(args.pop("job"), args.pop("config"), args.pop("overrides"), address="http://10.0.0.5:8265",
                           root=REPO, **args)  # fmt: skip
-    assert len(sent) == 2
+    assert len(sent) == 2 and sent[1]["metadata"]["pbp_resume"] == "next"
+    # `pbp jobs stop` on a campaign's job says how to continue it (the job's own log says so under Ray's teardown).
+    from types import SimpleNamespace
+
+    from pbp.cli.main import main
+
+    class Running(Cluster):
+        def stop_job(self, sid):
+            return True
+
+        def get_job_info(self, sid):
+            return SimpleNamespace(metadata={"pbp_job": "tune", "pbp_resume": "next"})
+
+    monkeypatch.setattr(submit, "client", lambda *a, **k: Running())
+    out: list[str] = []
+    monkeypatch.setattr("builtins.print", lambda *a, **k: out.append(" ".join(map(str, a))))
+    assert main(["jobs", "stop", "pbp-tune-next-x"]) == 0
+    assert out == ["pbp-tune-next-x on http://10.0.0.5:8265: stop requested",
+                   "campaign next: `pbp submit tune --resume next` continues it from storage"]  # fmt: skip
+    monkeypatch.undo()
     # The job runs `pbp tune`: its stop message names the job's command.
     from pbp.tune.config import TuneConfig as Tc
     from pbp.tune.progress import interrupted_message

@@ -304,8 +304,8 @@ def submit(
     job_args = _campaign_args(job, config, overrides, resume, warm_start)
     config = config.resolve() if config is not None else None
     rel_config = _inside_project(config, root) if config is not None else None
-    if not resume:  # a resumed campaign's config is the one saved with it
-        check_job_config(job, config, overrides, root)
+    loaded = None if resume else check_job_config(job, config, overrides, root)  # a resumed one's is saved with it
+    campaign = _campaign_resume(job, loaded, resume, overrides)  # for `pbp jobs stop`
     pkg = _package_within_limit(root)
     entrypoint = shlex.join(["python", f"jobs/{job}.py", *(["--config", str(rel_config)] if rel_config else []),
                              *job_args, *overrides])  # fmt: skip
@@ -338,7 +338,11 @@ def submit(
             entrypoint=entrypoint,
             submission_id=sid,
             runtime_env=runtime_env,
-            metadata={"pbp_job": job, "config": str(rel_config or "")},
+            metadata={
+                "pbp_job": job,
+                "config": str(rel_config or ""),
+                **({RESUME_KEY: campaign} if campaign else {}),
+            },
             entrypoint_resources=entrypoint_resources,
         )
     log(f"submitted {sid} to {c.get_address()}: {entrypoint}")
@@ -432,6 +436,25 @@ JOB_CONFIGS = {"pretrain": ("pbp.train.config", "PretrainConfig"), "finetune": (
 """The typed config each of pbp's jobs loads (``jobs/<job>.py`` runs ``pbp <job>``)."""
 
 
+RESUME_KEY = "pbp_resume"
+"""A tune job's ``--resume`` arguments (its campaign's name and storage), in the job's Ray metadata: `pbp jobs stop`
+says how to continue it."""
+
+
+def _campaign_resume(job: str, loaded: Any, resume: str, overrides: Sequence[str]) -> str:
+    """``NAME [storage_path=...]``: what ``pbp submit tune --resume`` takes to continue this job's campaign."""
+    if job != "tune":
+        return ""
+    if resume:
+        from pbp.tune.config import resume_storage
+
+        storage = resume_storage(False, "", overrides)
+        name = resume
+    else:
+        name, storage = loaded.name, loaded.storage_path
+    return name + (f" storage_path={storage}" if storage else "")
+
+
 NO_CONFIG_JOBS = ("smoke",)
 """pbp's jobs that take no config."""
 
@@ -463,16 +486,16 @@ def _campaign_args(job: str, config: Path | None, overrides: Sequence[str], resu
     return ["--warm-start", check_name(warm_start, "--warm-start")]
 
 
-def check_job_config(job: str, config: Path | None, overrides: Sequence[str], root: Path) -> None:
+def check_job_config(job: str, config: Path | None, overrides: Sequence[str], root: Path) -> Any:
     """Before anything is uploaded: the job's config loads, with its overrides, as the job will load it (in the
     project's root: a tune config's ``finetune:`` link is read from there), every key known and every value checked
     (a tune config's space too, against the fine-tuning config it links); else a SubmitError with the config's own
     message. The job would fail the same way, seconds after it started on the cluster. Jobs pbp does not know (a
-    user's own ``jobs/*.py``) are not checked."""
+    user's own ``jobs/*.py``) are not checked. -> the loaded config (None for those)."""
     if job not in JOB_CONFIGS:
         if job in NO_CONFIG_JOBS and (config is not None or overrides):
             raise SubmitError(f"job {job} takes no config or overrides (it would ignore them)")
-        return
+        return None
     if config is None:
         raise SubmitError(f"job {job} needs its config: pbp submit {job} --config configs/{job}/<name>.yaml")
     from pbp.config import load_config
@@ -488,6 +511,7 @@ def check_job_config(job: str, config: Path | None, overrides: Sequence[str], ro
                 check_space(loaded)
     except (ValueError, TypeError, OSError) as e:
         raise SubmitError(f"{e}\nnothing submitted: fix the config or the override") from None
+    return loaded
 
 
 def _inside_project(config: Path, root: Path) -> Path:

@@ -75,6 +75,9 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         return 0
     stopped = submit.job_call(args.id, lambda: c.stop_job(args.id))
     print(f"{args.id} on {c.get_address()}: {'stop requested' if stopped else 'was not running'}")
+    resume = (submit.job_call(args.id, lambda: c.get_job_info(args.id)).metadata or {}).get(submit.RESUME_KEY)
+    if stopped and resume:  # its own log says so too, but under Ray's teardown lines
+        print(f"campaign {resume.split()[0]}: `pbp submit tune --resume {resume}` continues it from storage")
     return 0
 
 
