@@ -128,12 +128,7 @@ def _token_sent(ep: Endpoints, address: str) -> str:
 def is_local_stack(address: str, endpoints: Endpoints) -> bool:
     """Whether ``address`` is the local stack's own Ray (its state dir says which): its jobs share this machine's
     filesystem. Any other address counts as elsewhere, also a loopback one (``kubectl port-forward`` to KubeRay)."""
-    from pbp.stack.state import StackState
-
-    state = StackState.load(endpoints.state_dir) if endpoints.state_dir is not None else None
-    if state is None or "ray-head" not in state.services:
-        return False
-    return same_host_port(address, state.ray_dashboard_url)
+    return bool(endpoints.stack_ray) and same_host_port(address, endpoints.stack_ray[0])  # its dashboard's
 
 
 _OVERRIDE = re.compile(r"^([A-Za-z_][\w.]*)=(.*)$", re.S)
@@ -323,21 +318,12 @@ def submit(
             f"overrides, not its code: to run changed code, `pbp jobs stop {sid}` first)"
         )
         return sid
-    env_vars = {"PBP_SUBMISSION_ID": sid, "PYTHONUNBUFFERED": "1", "PBP_GIT_COMMIT": code_commit(root)}
-    if local:  # the job's driver shares this filesystem: it runs in the project, as the direct command would
-        env_vars["PBP_SUBMIT_DIR"] = str(root)
-    runtime_env = {
-        "working_dir": str(root),
-        "excludes": EXCLUDES,
-        "py_modules": [str(root / "platform" / "pbp")],
-        "env_vars": env_vars,
-    }
     _announce(pkg, root, log)
     with _quiet_ray_packaging():
         c.submit_job(
             entrypoint=entrypoint,
             submission_id=sid,
-            runtime_env=runtime_env,
+            runtime_env=_runtime_env(root, sid, local),
             metadata={
                 "pbp_job": job,
                 "config": str(rel_config or ""),
@@ -347,6 +333,15 @@ def submit(
         )
     log(f"submitted {sid} to {c.get_address()}: {entrypoint}")
     return sid
+
+
+def _runtime_env(root: Path, sid: str, local: bool) -> dict[str, Any]:
+    """The job's runtime_env: the project as working_dir, ``platform/pbp`` as a py_module, no secret in env_vars."""
+    env_vars = {"PBP_SUBMISSION_ID": sid, "PYTHONUNBUFFERED": "1", "PBP_GIT_COMMIT": code_commit(root)}
+    if local:  # the job's driver shares this filesystem: it runs in the project, as the direct command would
+        env_vars["PBP_SUBMIT_DIR"] = str(root)
+    return {"working_dir": str(root), "excludes": EXCLUDES, "py_modules": [str(root / "platform" / "pbp")],
+            "env_vars": env_vars}  # fmt: skip
 
 
 PACKAGE_WARN_BYTES = 50 * 2**20

@@ -224,18 +224,19 @@ def scoped_environ(**values: str | None) -> Iterator[None]:
     """``os.environ`` with ``values`` set (None: removed) while inside, as it was afterwards."""
     before = {k: os.environ.get(k) for k in values}
     try:
-        for k, v in values.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        _set_environ(values)
         yield
     finally:
-        for k, v in before.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        _set_environ(before)
+
+
+def _set_environ(values: dict[str, str | None]) -> None:
+    """Set each of ``values`` in ``os.environ``; remove those that are None."""
+    for k, v in values.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 BUCKET_ENV = {"data": "PBP_DATA_BUCKET", "runs": "PBP_RUNS_BUCKET"}
@@ -272,10 +273,8 @@ def set_ray_auth_env(endpoints: Endpoints | None = None, address: str | None = N
     to = address or os.environ.get("RAY_ADDRESS")
     if to == "auto":  # Ray's own search for a cluster on this machine: the stack's, where there is one
         to = None
-    if to and ep.state_dir is not None and not ep.is_stack_ray(to):  # another cluster: not the stack's token path
-        for k, v in ep.ray_env_for(to).items():
-            if v is None:
-                os.environ.pop(k, None)
+    if to:  # another cluster: not the stack's token path (nothing to change for the stack's own)
+        _set_environ(ep.ray_env_for(to))
     if ep.state_dir is not None and (not to or ep.is_stack_ray(to)):
         os.environ.setdefault("RAY_AUTH_MODE", "token")
         os.environ.setdefault("RAY_AUTH_TOKEN_PATH", str(ep.state_dir / RAY_TOKEN_FILE))
