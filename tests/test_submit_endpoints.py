@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from pbp import submit
+from pbp import job_paths, submit
 from pbp.config import load_config, read_yaml
 from pbp.stack.endpoints import resolve
 from pbp.stack.state import Secrets, ServiceRecord, StackState
@@ -221,7 +221,7 @@ def test_excludes_never_drop_library_code():
     """Ray applies the excludes to the pbp py_module too (with the module as root): no library file may match."""
     import pathspec
 
-    spec = pathspec.PathSpec.from_lines("gitwildmatch", submit.EXCLUDES)
+    spec = pathspec.PathSpec.from_lines("gitwildmatch", job_paths.EXCLUDES)
     lib = REPO / "platform" / "pbp"
     dropped = [
         p for p in lib.rglob("*.py") if "__pycache__" not in p.parts and spec.match_file(str(p.relative_to(lib)))
@@ -247,7 +247,7 @@ def _project(tmp_path):
 
 def test_local_paths_a_remote_cluster_cannot_reach_are_named_with_their_keys(tmp_path):
     root = _project(tmp_path)
-    errors, warnings = submit.unreachable_paths(root / "configs" / "ft.yaml", [], root)
+    errors, warnings = job_paths.unreachable_paths(root / "configs" / "ft.yaml", [], root)
     assert len(errors) == 2
     assert errors[0].startswith("task.train=../outside.csv: outside the project") and "s3://" in errors[0]
     assert errors[1].startswith("task.test=build/made.csv: not shipped with the job")
@@ -255,22 +255,22 @@ def test_local_paths_a_remote_cluster_cannot_reach_are_named_with_their_keys(tmp
     # A path that leaves the project is refused by its form, also where it does not exist here; values that are
     # no path this filesystem can look up (a long sequence, "~nobody...") are not paths, not crashes.
     odd = ["task.valid=../nowhere/x.csv", f"note=~nosuchuser{os.getpid()}/x", f"seq={'M' * 300}"]
-    errors, _ = submit.unreachable_paths(root / "configs" / "ft.yaml", odd, root)
+    errors, _ = job_paths.unreachable_paths(root / "configs" / "ft.yaml", odd, root)
     assert [e.split(":")[0] for e in errors] == ["task.train=../outside.csv", "task.valid=../nowhere/x.csv",
                                                  "task.test=build/made.csv"]  # fmt: skip
     # A config that links itself is read a few levels deep, not for ever.
     (root / "configs" / "loop.yaml").write_text("again: configs/loop.yaml\ndata: ../outside.csv\n")
-    errors, _ = submit.unreachable_paths(root / "configs" / "loop.yaml", [], root)
+    errors, _ = job_paths.unreachable_paths(root / "configs" / "loop.yaml", [], root)
     assert errors and all("outside the project" in e for e in errors)
     # A linked config is read with its overrides; an override fixes what it replaces; an absolute path warns.
     tune = root / "configs" / "tune.yaml"
-    errors, _ = submit.unreachable_paths(tune, [], root)
+    errors, _ = job_paths.unreachable_paths(tune, [], root)
     assert [e.split(":")[0] for e in errors] == [
         "finetune -> task.train=../outside.csv",
         "finetune -> task.test=build/made.csv",
     ]
     fixed = f"finetune_overrides=[task.train=s3://b/t.csv, task.test={tmp_path / 'outside.csv'}]"
-    errors, warnings = submit.unreachable_paths(tune, [fixed], root)
+    errors, warnings = job_paths.unreachable_paths(tune, [fixed], root)
     assert not errors
     absolute = [w for w in warnings if "a local absolute path" in w]
     assert len(absolute) == 1 and "task.test=" in absolute[0]
@@ -284,9 +284,9 @@ def test_an_input_that_does_not_exist_here_is_named_before_a_remote_submission(t
     missing = ["task.train=build/nope.csv", "task.valid=data/typo.csv", f"task.test={tmp_path / 'gone.csv'}",
                "init=none", "report_dir=build/new-reports"]  # fmt: skip
     for uri in ("runs:/0123abcd/model", "models:/stability@champion", "s3://b/m/"):  # URIs are no local paths
-        found = submit.unreachable_paths(root / "configs" / "ft.yaml", [f"init={uri}"], root)
+        found = job_paths.unreachable_paths(root / "configs" / "ft.yaml", [f"init={uri}"], root)
         assert not any("init=" in m for m in found[0] + found[1]), found
-    errors, warnings = submit.unreachable_paths(root / "configs" / "ft.yaml", missing, root)
+    errors, warnings = job_paths.unreachable_paths(root / "configs" / "ft.yaml", missing, root)
     assert [e.split(": ")[0] for e in errors] == ["task.train=build/nope.csv", "task.valid=data/typo.csv"]
     assert all("no such file or folder in the project" in e for e in errors)
     assert any(w.startswith(f"task.test={tmp_path / 'gone.csv'}: not on this machine") for w in warnings)
@@ -307,7 +307,7 @@ def test_a_submission_to_a_remote_cluster_is_refused_before_any_request_when_a_t
         *own,
         *(o.removeprefix("finetune.") for o in typed),
     ]
-    assert submit.unreachable_paths(tune, typed, REPO, TuneConfig)[0] == []
+    assert job_paths.unreachable_paths(tune, typed, REPO, TuneConfig)[0] == []
 
 
 def test_only_the_local_stacks_own_ray_counts_as_this_machine(tmp_path):
