@@ -71,6 +71,8 @@ def test_the_guided_searchs_pruner_by_name():
         bench_search([0], rows=10, trials=2, epochs=2, grace=1, reduction_factor=2, pruner="median")
     with pytest.raises(ValueError, match="startup_trials must be >= 0"):
         bench_search([0], rows=10, trials=2, epochs=2, grace=1, reduction_factor=2, startup_trials=-1)
+    with pytest.raises(ValueError, match="unknown sampler 'cmaes'"):
+        bench_search([0], rows=10, trials=2, epochs=2, grace=1, reduction_factor=2, sampler="cmaes")
 
 
 def test_bench_tune_refuses_a_bad_search_option_before_any_part_runs(capsys):
@@ -81,9 +83,10 @@ def test_bench_tune_refuses_a_bad_search_option_before_any_part_runs(capsys):
     assert "--startup-trials must be >= 0, got -1" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("pruner", "name"), [("asha", "ASHA+TPE"), ("hyperband", "Hyperband+TPE"), ("none", "TPE")])
-def test_the_search_rows_name_the_guided_search_that_ran(capsys, pruner, name):
-    from pbp.bench.tune import GUIDED, Reach
+@pytest.mark.parametrize(("pruner", "sampler", "name"), [("asha", "tpe", "ASHA+TPE"), ("hyperband", "tpe", "Hyperband+TPE"),
+                                                     ("none", "tpe", "TPE"), ("none", "gp", "GP")])  # fmt: skip
+def test_the_search_rows_name_the_guided_search_that_ran(capsys, pruner, sampler, name):
+    from pbp.bench.tune import Reach, guided_name
     from pbp.cli.bench_cmds import _print_search
 
     seed = {
@@ -97,21 +100,24 @@ def test_the_search_rows_name_the_guided_search_that_ran(capsys, pruner, name):
         "unguided_ratio": 1.01,
         "unguided_reached": False,
     }
-    _print_search({"trials": 20, "epochs": 12, "rows": 2000, "pruner": pruner, "guided": GUIDED[pruner],
+    _print_search({"trials": 20, "epochs": 12, "rows": 2000, "pruner": pruner, "sampler": sampler, "guided": guided_name(pruner, sampler),
                    "grace_period": 2, "reduction_factor": 2, "startup_trials": 4, "seeds": [seed],
                    "mean_ratio": 0.25, "mean_unguided_ratio": 1.01, "mean_value_at_third": 1.03,
                    "all_reached": True})  # fmt: skip
     out = capsys.readouterr().out
     assert f"seed 0: {name} trial-epochs to random's best" in out
     assert pruner == "asha" or "ASHA" not in out
+    assert f"sampler {sampler.upper()} with 4 random start-up trials" in out
     assert "baseline, random search from the same start-up draws: the same ratio   1.010   not reached" in out
     assert "mean of 1 seeds: the baseline's (no guidance)" in out
 
 
-def test_the_unguided_baseline_starts_with_the_guided_searchs_start_up_draws():
-    """The baseline's RandomSampler(seed) replays TPESampler(seed)'s random start-up trials, then differs."""
+@pytest.mark.parametrize("sampler", ["tpe", "gp"])
+def test_the_unguided_baseline_starts_with_the_guided_searchs_start_up_draws(sampler):
+    """The baseline's RandomSampler(seed) replays the guided sampler's (seed) random start-up trials, then differs."""
     import optuna
 
+    from pbp.bench.tune import make_sampler
     from pbp.tune.config import ParamSpec
     from pbp.tune.search import distributions
 
@@ -128,8 +134,8 @@ def test_the_unguided_baseline_starts_with_the_guided_searchs_start_up_draws():
             out.append(t.params)
         return out
 
-    guided = draws(optuna.samplers.TPESampler(seed=7, n_startup_trials=4), 10)
-    unguided = draws(optuna.samplers.RandomSampler(seed=7), 10)
+    guided = draws(make_sampler(sampler, 7, 4), 8)
+    unguided = draws(optuna.samplers.RandomSampler(seed=7), 8)
     assert guided[:4] == unguided[:4]
     assert guided[4:] != unguided[4:]
 

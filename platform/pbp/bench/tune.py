@@ -50,8 +50,9 @@ exchange: fine-tuning's gradient exchange (``pbp.train.dist.average_gradients``,
                are the guided search's own start-up draws), no pruner, run until it reaches or has spent random's
                compute. Two random searches are alike, so this is what luck alone gives: reaching the best of
                num_samples draws within another num_samples has probability 1/2, and the mean ratio is about 0.7.
-    For experiments, ``--pruner hyperband|none`` and ``--startup-trials N`` change the guided search (the
-    campaign's is ``asha`` with 4 start-up trials); docs/benchmarks.md has their figures.
+    For experiments, ``--pruner hyperband|none``, ``--startup-trials N`` and ``--sampler gp`` (Optuna's
+    ``GPSampler``, whose start-up draws are the same ``RandomSampler(seed)``'s) change the guided search (the
+    campaign's is ``asha`` + ``tpe`` with 4 start-up trials); docs/benchmarks.md has their figures.
 """
 
 from __future__ import annotations
@@ -385,10 +386,27 @@ def search_space() -> dict[str, Any]:
     return distributions({k: space[k] for k in SEARCH_KEYS})
 
 
-GUIDED = {"asha": "ASHA+TPE", "hyperband": "Hyperband+TPE", "none": "TPE"}
-"""``--pruner`` -> the guided search's name in the output: the campaign's ASHA (default), Optuna's HyperbandPruner,
-or none (TPE alone at full budget)."""
-PRUNERS = tuple(GUIDED)
+PRUNERS = ("asha", "hyperband", "none")
+"""``--pruner``: the campaign's ASHA (default), Optuna's HyperbandPruner, or none (every trial at full budget)."""
+SAMPLERS = ("tpe", "gp")
+"""``--sampler``: the campaign's TPE (default) or Optuna's Gaussian-process sampler (an experiment)."""
+
+
+def guided_name(pruner: str, sampler: str = "tpe") -> str:
+    """The guided search's name in the output: ASHA+TPE (the campaign's), Hyperband+TPE, TPE, ASHA+GP, GP..."""
+    prefix = {"asha": "ASHA+", "hyperband": "Hyperband+", "none": ""}[pruner]
+    return prefix + sampler.upper()
+
+
+def make_sampler(name: str, seed: int, startup_trials: int):
+    """The guided search's sampler, its first ``startup_trials`` draws random (``RandomSampler(seed)``'s, for both)."""
+    import optuna
+
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup_trials)
+    raise ValueError(f"search: unknown sampler {name!r} (choose from {', '.join(SAMPLERS)})")
 
 
 def make_pruner(name: str, grace: int, reduction_factor: int, epochs: int):
@@ -408,17 +426,18 @@ def make_pruner(name: str, grace: int, reduction_factor: int, epochs: int):
 
 def bench_search(seeds: Sequence[int], rows: int, trials: int, epochs: int, grace: int,
                  reduction_factor: int, pruner: str = "asha",
-                 startup_trials: int = TPE_STARTUP_TRIALS) -> dict[str, Any]:  # fmt: skip
-    """ASHA+TPE against random search per seed (see the module docstring); ``pruner`` and ``startup_trials``
-    (TPE's random start-up trials) vary the guided search for experiments."""
+                 startup_trials: int = TPE_STARTUP_TRIALS, sampler: str = "tpe") -> dict[str, Any]:  # fmt: skip
+    """ASHA+TPE against random search per seed (see the module docstring); ``pruner``, ``startup_trials`` (the
+    sampler's random start-up trials) and ``sampler`` vary the guided search for experiments."""
     make_pruner(pruner, grace, reduction_factor, epochs)  # a bad name fails before any training
+    make_sampler(sampler, 0, startup_trials)
     if startup_trials < 0:
         raise ValueError(f"search: startup_trials must be >= 0, got {startup_trials}")
-    per_seed = [search_seed(seed, rows, trials, epochs, grace, reduction_factor, pruner, startup_trials)
+    per_seed = [search_seed(seed, rows, trials, epochs, grace, reduction_factor, pruner, startup_trials, sampler)
                 for seed in seeds]  # fmt: skip
     return {"rows": rows, "trials": trials, "epochs": epochs, "grace_period": grace,
-            "reduction_factor": reduction_factor, "pruner": pruner, "guided": GUIDED[pruner],
-            "startup_trials": startup_trials,
+            "reduction_factor": reduction_factor, "pruner": pruner, "sampler": sampler,
+            "guided": guided_name(pruner, sampler), "startup_trials": startup_trials,
             "seeds": per_seed,
             "mean_ratio": float(np.mean([s["ratio"] for s in per_seed])),
             "mean_unguided_ratio": float(np.mean([s["unguided_ratio"] for s in per_seed])),
@@ -427,7 +446,8 @@ def bench_search(seeds: Sequence[int], rows: int, trials: int, epochs: int, grac
 
 
 def search_seed(seed: int, rows: int, trials: int, epochs: int, grace: int, reduction_factor: int,
-                pruner: str = "asha", startup_trials: int = TPE_STARTUP_TRIALS) -> dict[str, Any]:  # fmt: skip
+                pruner: str = "asha", startup_trials: int = TPE_STARTUP_TRIALS,
+                sampler: str = "tpe") -> dict[str, Any]:  # fmt: skip
     import optuna
 
     dists = search_space()
@@ -445,10 +465,9 @@ def search_seed(seed: int, rows: int, trials: int, epochs: int, grace: int, redu
         def reached_or_spent(runs: list[TrialRun]) -> bool:
             return bool(runs) and (reach(runs, rnd).reached or sum(t.epochs for t in runs) >= budget)
 
-        tpe = optuna.samplers.TPESampler(seed=2 * seed + 1, n_startup_trials=min(startup_trials, trials))
-        guided = run_search(objective, tpe, make_pruner(pruner, grace, reduction_factor, epochs), dists,
-                            reached_or_spent)  # fmt: skip
-        # The baseline: no guidance. TPE's start-up draws come from RandomSampler(its seed), so this search
+        guided = run_search(objective, make_sampler(sampler, 2 * seed + 1, min(startup_trials, trials)),
+                            make_pruner(pruner, grace, reduction_factor, epochs), dists, reached_or_spent)  # fmt: skip
+        # The baseline: no guidance. The sampler's start-up draws come from RandomSampler(its seed), so this search
         # starts with the guided search's own first trials and then goes on drawing at random, at full budget.
         unguided = run_search(objective, optuna.samplers.RandomSampler(seed=2 * seed + 1),
                               optuna.pruners.NopPruner(), dists, reached_or_spent)  # fmt: skip

@@ -151,13 +151,19 @@ def _add_tune(bsub: argparse._SubParsersAction) -> None:
         choices=("asha", "hyperband", "none"),
         default="asha",
         help="search: the guided search's pruner: the campaign's ASHA (default), Optuna's Hyperband "
-        "(grace..epochs, the reduction factor), or none (TPE alone at full budget)",
+        "(grace..epochs, the reduction factor), or none (every trial at full budget)",
+    )
+    tune.add_argument(
+        "--sampler",
+        choices=("tpe", "gp"),
+        default="tpe",
+        help="search: the guided search's sampler: the campaign's TPE (default) or Optuna's GPSampler",
     )
     tune.add_argument(
         "--startup-trials",
         type=int,
         default=None,
-        help="search: TPE's random start-up trials (default: the campaign's)",
+        help="search: the sampler's random start-up trials (default: the campaign's)",
     )
     tune.add_argument("--json", type=Path, default=None)
     tune.set_defaults(func=cmd_tune)
@@ -463,7 +469,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         else:
             grace, factor = bt.asha_settings(args.grace, args.reduction_factor)
             out[part] = s = bt.bench_search(seeds, args.search_rows, args.trials, args.search_epochs, grace, factor,
-                                            args.pruner, startup)  # fmt: skip
+                                            args.pruner, startup, args.sampler)  # fmt: skip
             _print_search(s)
     _write_json(args.json, out)
     return 0
@@ -488,7 +494,7 @@ def parse_seeds(text: str) -> list[int]:
 
 def _print_search(s: dict) -> None:
     print(f"search: {s['trials']} trials x {s['epochs']} epochs, {s['rows']} rows; pruner {s['pruner']}, grace "
-          f"{s['grace_period']}, reduction factor {s['reduction_factor']}; TPE start-up trials {s['startup_trials']}",
+          f"{s['grace_period']}, reduction factor {s['reduction_factor']}; sampler {s.get('sampler', 'tpe').upper()} with {s['startup_trials']} random start-up trials",
           flush=True)  # fmt: skip
     for r in s["seeds"]:
         got = (f"{r['compute']} in {r['trials']} trials ({r['guided_completed']} completed)" if r["reached"]
