@@ -280,7 +280,7 @@ def _tuner(cfg: TuneConfig, base_cfg: FinetuneConfig, base: dict, ctx: dict, met
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from pbp.stack.endpoints import resolve
-    from pbp.tune.progress import CampaignStopper, LiveProgress
+    from pbp.tune.progress import CampaignStopper, LiveProgress, ResumeState
 
     fs, path = None, url
     if url.startswith("s3://"):
@@ -302,6 +302,8 @@ def _tuner(cfg: TuneConfig, base_cfg: FinetuneConfig, base: dict, ctx: dict, met
                       grace_period=cfg.asha.grace_period, reduction_factor=cfg.asha.reduction_factor)
         if cfg.asha.enabled else FIFOScheduler()
     )  # fmt: skip
+    stopper = CampaignStopper(metric, mode, cfg.stop.target, cfg.stop.patience_trials)
+    progress = LiveProgress(cfg.name, metric, mode, cfg.num_samples)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -311,8 +313,8 @@ def _tuner(cfg: TuneConfig, base_cfg: FinetuneConfig, base: dict, ctx: dict, met
         run_config=tune.RunConfig(
             name=cfg.name, storage_path=path.rsplit("/", 1)[0], storage_filesystem=fs, verbose=0,
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
-            stop=CampaignStopper(metric, mode, cfg.stop.target, cfg.stop.patience_trials),
-            callbacks=[LiveProgress(cfg.name, metric, mode, cfg.num_samples)],
+            stop=stopper,
+            callbacks=[progress, ResumeState(scheduler, stopper, progress)],
         ),
     )  # fmt: skip
 

@@ -116,6 +116,36 @@ class CampaignStopper(tune.Stopper):
         return self.reached or (self.patience > 0 and self.since_best >= self.patience)
 
 
+class ResumeState(tune.Callback):
+    """What Tune's experiment snapshot does not hold, kept with it: the ASHA scheduler's rungs, the stopper's counts
+    and the best so far. Tune saves every callback's ``get_state`` beside the trial states of each snapshot and hands
+    it back on ``Tuner.restore``, but rebuilds the scheduler and stopper as the campaign first made them: a resumed
+    campaign had empty rungs, so its first trials at each rung always went on (one that the interrupted driver had
+    announced as pruned ran to the end and became the best) and the two campaigns differed. With this state, a trial
+    resumed from a snapshot taken before its stop meets the same rung values again. The objects are the campaign's
+    own (one pickle, ``tuner.pkl``, holds them and this callback, so they are the same objects after a restore)."""
+
+    ASHA_KEYS = ("_trial_info", "_brackets", "_counter", "_num_stopped")
+
+    def __init__(self, scheduler: Any, stopper: CampaignStopper, progress: LiveProgress) -> None:
+        self.scheduler, self.stopper, self.progress = scheduler, stopper, progress
+
+    def get_state(self) -> dict[str, Any]:
+        from ray.tune.schedulers import AsyncHyperBandScheduler
+
+        state: dict[str, Any] = {"stopper": (self.stopper.best, self.stopper.since_best, self.stopper.reached),
+                                 "best": self.progress.best}  # fmt: skip
+        if isinstance(self.scheduler, AsyncHyperBandScheduler):
+            state["asha"] = {k: getattr(self.scheduler, k) for k in self.ASHA_KEYS}
+        return state
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.stopper.best, self.stopper.since_best, self.stopper.reached = state["stopper"]
+        self.progress.best = state["best"]
+        for k, v in (state.get("asha") or {}).items():
+            setattr(self.scheduler, k, v)
+
+
 def stop_reason(cfg: TuneConfig, summary: CampaignSummary, seconds: float) -> str:
     """Why a campaign ended with fewer trials than ``num_samples`` (empty when it ran them all), by the rules of
     ``CampaignStopper`` and Tune's time budget; ``seconds``: its wall time in this session."""
