@@ -507,3 +507,20 @@ def test_a_relative_task_path_that_is_not_there_names_the_key_and_the_directory_
     want = tmp_path.parent / "shared/data/proteinbert_benchmarks/stability.train.csv"
     assert str(e.value) == (f"task.train=../shared/data/proteinbert_benchmarks/stability.train.csv: no such file, "
                             f"{want} (a relative path is read from the current directory, {tmp_path})")  # fmt: skip
+
+
+def test_a_run_whose_model_mlflow_did_not_take_fails_saying_how_to_finish_it(monkeypatch, capsys):
+    """A chaos run: MLflow down at the end of `pbp finetune`; the worker warned that the model was not logged, then
+    the closing lines still said the model was in the MLflow run's 'model' artifact and to register the run (which
+    had no model), exit 0."""
+    import pbp.finetune.launch as launch
+    from pbp.cli import finetune_cmds
+
+    cfg = load_config(FinetuneConfig, REPO / "configs/finetune/tiny.yaml", ["run_name=ft-x"])
+    result = launch.FinetuneResult("s3://pbp-runs/finetune/ft-x", {"test_spearman": 0.3}, True, "abc",
+                                   model_logged=False)  # fmt: skip
+    monkeypatch.setattr(launch, "finetune", lambda cfg, address=None: result)
+    assert finetune_cmds.finetune_and_report(cfg) is False
+    out, err = capsys.readouterr()
+    assert "NOT in MLflow" in err and "Run the same command again once MLflow answers" in err
+    assert "register it" not in out and "'model' artifact" not in out

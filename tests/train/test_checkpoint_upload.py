@@ -240,3 +240,31 @@ def test_resuming_from_a_checkpoint_never_runs_code_it_holds(tmp_path, zero_stag
     assert refused and "s3://runs/r/checkpoint-1/" in refused[0] and ".pt: refused to load" in refused[0]
     assert "posix.system" in refused[0] or "os.system" in refused[0], refused[0]
     assert not pwned.exists()
+
+
+def test_a_checkpoint_keeps_rank_0s_undelivered_metrics_and_a_restore_reads_them(tmp_path, monkeypatch):
+    """``Checkpointer.save(..., tracking_backlog=...)`` puts the metrics MLflow had not taken into rank 0's files
+    (verified with its manifest); ``restore`` hands them back for the resumed run's tracker. Ray Train's report is
+    stood in by what it does with pbp's upload function: call it with the checkpoint's directory name."""
+    import ray.train
+
+    from pbp.train.dist import DistContext
+
+    def report(metrics, checkpoint, checkpoint_dir_name, checkpoint_upload_fn):
+        checkpoint_upload_fn(checkpoint, checkpoint_dir_name)
+
+    monkeypatch.setattr(ray.train, "report", report)
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    saver = ckpt.Checkpointer(str(tmp_path / "run"), DistContext.single(), keep_last=2)
+    backlog = [["valid_loss", 0.5, 1_700_000_000_000, 3], ["train_loss", 0.25, 1_700_000_000_001, 3]]
+    commit = ckpt.CommitRecord(step=3, world_size=1, run_name="r", mlflow_run_id="abc")
+    saver.save(lambda d, up: (d / "state.pt").write_bytes(b"s"), commit, {"step": 3}, tracking_backlog=backlog)
+    name = ckpt.checkpoint_name(3)
+    assert ckpt.TRACKING_BACKLOG in {f["path"] for f in _manifest(tmp_path, name)["files"]}
+    restored = ckpt.Checkpointer(str(tmp_path / "run"), DistContext.single(), keep_last=2).restore()
+    assert restored is not None and restored.tracking_backlog == backlog
+    restored.cleanup()
+    saver.save(lambda d, up: (d / "state.pt").write_bytes(b"s"), ckpt.CommitRecord(step=4, world_size=1), {"step": 4})
+    again = saver.restore()  # nothing undelivered at step 4: no file, an empty backlog
+    assert again is not None and again.tracking_backlog == [] and again.name == ckpt.checkpoint_name(4)

@@ -4,6 +4,7 @@ here a real server cannot produce on cue: refusing exactly some requests, then a
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 
@@ -38,6 +39,14 @@ class FlakyClient:
         self.metrics.extend((m.key, m.step, m.value) for m in metrics)
 
     def set_terminated(self, run_id, status="FINISHED"):
+        self._call()
+        self.status = status
+
+    def get_metric_history(self, run_id, key):
+        self._call()
+        return [type("M", (), {"step": step}) for k, step, _ in self.metrics if k == key]
+
+    def update_run(self, run_id, status):
         self._call()
         self.status = status
 
@@ -76,6 +85,29 @@ def test_a_server_down_for_good_ends_the_run_with_a_warning_not_an_error(fast_re
     with caplog.at_level(logging.WARNING, "pbp.tracking"):
         t.finish()
     assert client.status is None and "1 metrics not delivered" in caplog.text
+
+
+def test_metrics_undelivered_at_a_checkpoint_reach_mlflow_when_the_run_resumes(fast_retry):
+    """A chaos run: MLflow down at the end of `pbp finetune`; the re-run (after MLflow was back) resumed from the
+    last checkpoint, logged the model and FINISHED the run, but epochs 5-8 of the curves were gone for good (the
+    buffer lived only in the worker). The checkpoint now keeps the buffer and the resumed run's tracker sends it."""
+    client = FlakyClient()
+    t = Tracker("exp", "run", None, client=client, progress_metric="train_loss")
+    for step in (1, 2):
+        t.log_metrics(step, {"train_loss": 1.0 / step, "valid_loss": 2.0 / step})
+    client.down = True
+    for step in (3, 4, 5):
+        t.log_metrics(step, {"train_loss": 1.0 / step, "valid_loss": 2.0 / step})
+    kept = json.loads(json.dumps(t.backlog()))  # what the checkpoint of epoch 5 holds
+    assert [(k, s) for k, _, _, s in kept] == [(k, s) for s in (3, 4, 5) for k in ("train_loss", "valid_loss")]
+    t.finish()  # MLflow still down: nothing delivered, the worker ends
+    client.down = False
+    client.metrics.append(("train_loss", 3, 1 / 3))  # a step MLflow took after the checkpoint was saved
+    resumed = Tracker("exp", "run", "r1", client=client, progress_metric="train_loss", backlog=kept)
+    resumed.log_metrics(6, {"train_loss": 1 / 6, "valid_loss": 2 / 6})
+    for key in ("train_loss", "valid_loss"):
+        assert sorted(s for k, s, _ in client.metrics if k == key) == [1, 2, 3, 4, 5, 6]  # every epoch, once
+    assert resumed.backlog() == []
 
 
 def test_a_run_that_fails_is_marked_failed_and_the_error_goes_on():

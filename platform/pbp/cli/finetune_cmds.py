@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import sys
 from typing import TYPE_CHECKING
 
 from pbp.cli.job import add_job_args, enter_submit_dir
@@ -36,13 +37,13 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     cfg = load_config(FinetuneConfig, args.config, args.overrides)  # a submitted job: the copy's file, before moving
     enter_submit_dir()
-    finetune_and_report(cfg, address=args.address)
-    return 0
+    return 0 if finetune_and_report(cfg, address=args.address) else 1
 
 
-def finetune_and_report(cfg: FinetuneConfig, address: str | None = None) -> None:
+def finetune_and_report(cfg: FinetuneConfig, address: str | None = None) -> bool:
     """Run fine-tuning, then print its metrics beside their baselines and where the model is: the end of
-    ``pbp finetune`` and of the submitted job (``jobs/finetune.py``) alike."""
+    ``pbp finetune`` and of the submitted job (``jobs/finetune.py``) alike. -> False when the run trained but its
+    MLflow run lacks the model (MLflow did not answer at the end): the command then fails, saying how to finish it."""
     from pbp.finetune.launch import finetune
     from pbp.train.metrics import baseline_table
     from pbp.train.tracking import run_id_of, run_link
@@ -53,6 +54,12 @@ def finetune_and_report(cfg: FinetuneConfig, address: str | None = None) -> None
     if by_length:
         print(by_length)
     state = "finished" if res.trained else "already finished (nothing left to train)"
+    if res.model_logged is False:
+        print(f"run {cfg.run_name}: trained; model in {res.run_url}/final_model, but NOT in MLflow: MLflow did not "
+              "answer at the end, so the run's model was not logged and the metrics MLflow had not taken are kept "
+              "with the run's checkpoint. Run the same command again once MLflow answers: it logs them, training "
+              "nothing.", file=sys.stderr)  # fmt: skip
+        return False
     print(f"run {cfg.run_name}: {state}; model in {res.run_url}/final_model and the MLflow run's 'model' artifact "
           f"(experiment {cfg.tracking.experiment})")  # fmt: skip
     if not res.trained:
@@ -63,6 +70,7 @@ def finetune_and_report(cfg: FinetuneConfig, address: str | None = None) -> None
     run_id = (res.mlflow_run_id or run_id_of(cfg.tracking.experiment, cfg.run_name)) if cfg.tracking.enabled else None
     if run_id is not None:
         print(f"MLflow:  {run_link(run_id)}\nregister it: pbp registry register {run_id} --name MODEL_NAME")
+    return True
 
 
 BUCKET_KEY = re.compile(r"test_((?:le|gt)\d+)_(\w+)$")

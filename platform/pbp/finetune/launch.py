@@ -130,6 +130,9 @@ class FinetuneResult:
     """False for a re-run of a finished run: nothing left to train, nothing started."""
     mlflow_run_id: str | None = None
     """The run's MLflow run, as its newest checkpoint records it (None with tracking off)."""
+    model_logged: bool | None = None
+    """With tracking on: whether the MLflow run holds the model (False: MLflow did not answer at the end; the same
+    command again logs it and sends the metrics kept with the checkpoint, training nothing). None with tracking off."""
 
 
 def finetune(cfg: FinetuneConfig, address: str | None = None) -> FinetuneResult:
@@ -153,8 +156,9 @@ def finetune(cfg: FinetuneConfig, address: str | None = None) -> FinetuneResult:
     with marked_if_unfinished(cfg.tracking.enabled, cfg.tracking.experiment, cfg.run_name):
         fit(build_trainer(cfg, meta), cfg.scaling, cfg.run_name)
     newest = newest_commit(run)
-    return FinetuneResult(cfg.run_url, run.read_json("final_metrics.json") or {}, True,
-                          newest[1].mlflow_run_id if newest else None)  # fmt: skip
+    run_id = newest[1].mlflow_run_id if newest else None
+    return FinetuneResult(cfg.run_url, run.read_json("final_metrics.json") or {}, True, run_id,
+                          model_logged(run_id) if cfg.tracking.enabled else None)  # fmt: skip
 
 
 def finished_run(cfg: FinetuneConfig) -> FinetuneResult | None:
@@ -181,7 +185,8 @@ def _finished(cfg: FinetuneConfig, run: StorageDir, newest: tuple[str, CommitRec
         return None
     if cfg.tracking.enabled and not model_logged(commit.mlflow_run_id):
         return None
-    return FinetuneResult(cfg.run_url, metrics, trained=False, mlflow_run_id=commit.mlflow_run_id)
+    return FinetuneResult(cfg.run_url, metrics, trained=False, mlflow_run_id=commit.mlflow_run_id,
+                          model_logged=True if cfg.tracking.enabled else None)  # fmt: skip
 
 
 def model_logged(run_id: str | None) -> bool:

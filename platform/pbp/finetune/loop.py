@@ -106,6 +106,8 @@ class Trainer:
         self.t_start = time.perf_counter()
         self.resumed = False
         """This worker continued from a checkpoint."""
+        self.tracking_backlog: list[list[Any]] = []
+        """The restored checkpoint's undelivered metrics (``TRACKING_BACKLOG``), for rank 0's tracker."""
 
     # ---- resume -----------------------------------------------------------------------------------------------
 
@@ -119,6 +121,7 @@ class Trainer:
         self.best_state = state.get("best")
         self.progress = Progress(**restored.commit.job)
         self.restored_optimizer = state.get("optimizer")
+        self.tracking_backlog = restored.tracking_backlog
         restored.cleanup()
         self.resumed = True
         if self.ctx.is_main:
@@ -277,7 +280,8 @@ class Trainer:
                               mlflow_run_id=run_id, job=asdict(p), config=self.meta.get("identity", {}))  # fmt: skip
         report = {k: v for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)}
         t0 = time.perf_counter()
-        self.ckpt.save(write, commit, {**report, "epoch": p.epochs_done, "stage": p.stage, "finished": 0})
+        self.ckpt.save(write, commit, {**report, "epoch": p.epochs_done, "stage": p.stage, "finished": 0},
+                       tracking_backlog=self.tracker.backlog() if self.tracker else None)  # fmt: skip
         if self.ctx.is_main:
             telemetry.checkpoint_saved("finetune", self.cfg.run_name, time.perf_counter() - t0)
 
@@ -366,7 +370,7 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
     run_id = tr.restore()
     if ctx.is_main:
         tr.tracker = Tracker(cfg.tracking.experiment, cfg.run_name, run_id, cfg.tracking.enabled,
-                             progress_metric="train_loss")  # fmt: skip
+                             progress_metric="train_loss", backlog=tr.tracking_backlog)  # fmt: skip
         tags = {**meta.get("tags", {}), **{f"pbp.task.{k}_sha256": v for k, v in tr.data.digests.items()}}
         tr.tracker.log_config(cfg, tags)
     run_id = broadcast(tr.tracker.run_id if tr.tracker else None, ctx) or None

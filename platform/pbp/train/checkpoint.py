@@ -31,6 +31,8 @@ from pbp.train.dist import DistContext, broadcast
 log = logging.getLogger("pbp.train.checkpoint")
 
 COMMIT = "pbp_checkpoint.json"
+TRACKING_BACKLOG = "tracking_backlog.json"
+"""Rank 0's metrics MLflow had not taken when the checkpoint was saved (``Tracker.backlog``): sent on resume."""
 DS_TAG = "ds"
 CKPT_RE = re.compile(r"^checkpoint-(\d{9})$")
 
@@ -505,6 +507,8 @@ class Restored:
     commit: CommitRecord
     reader_state: dict[str, Any] | None
     """This rank's data-reader position, when the world size is unchanged."""
+    tracking_backlog: list[list[Any]] = field(default_factory=list)
+    """Metrics the run had not delivered to MLflow when this checkpoint was saved (``TRACKING_BACKLOG``)."""
 
     def cleanup(self) -> None:
         shutil.rmtree(self.local.parent, ignore_errors=True)
@@ -527,15 +531,18 @@ class Checkpointer:
         commit_doc, mine = download(self.run, chosen, local, self.ctx.rank)
         commit = CommitRecord.from_json(commit_doc, self.run.url(f"{chosen}/{COMMIT}"))
         reader = mine.get("reader") if commit.world_size == self.ctx.world_size else None
-        return Restored(chosen, self.run.url(chosen), local, commit, reader)
+        backlog_file = local / TRACKING_BACKLOG  # written by rank 0, verified with its manifest
+        backlog = json.loads(backlog_file.read_text()) if backlog_file.is_file() else []
+        return Restored(chosen, self.run.url(chosen), local, commit, reader, backlog)
 
     def save(
         self, write: Callable[[Path, Upload], None], commit: CommitRecord, metrics: dict[str, Any],
-        reader_state: dict[str, Any] | None = None,
+        reader_state: dict[str, Any] | None = None, tracking_backlog: list[list[Any]] | None = None,
     ) -> None:  # fmt: skip
         """``write(dir, upload)`` puts this rank's files into a fresh directory, through ``upload.open`` or announcing
         them with ``upload.ready`` where it can (see ``Upload``; the rest go up when it returns). Then the manifests
-        through ``ray.train.report``, and retention."""
+        through ``ray.train.report``, and retention. ``tracking_backlog`` (rank 0): the metrics MLflow has not taken
+        yet, kept with the checkpoint so that a resumed run sends them (``Restored.tracking_backlog``)."""
         import ray.train
         import torch
 
@@ -544,6 +551,8 @@ class Checkpointer:
         up = Upload(local, self.run, name)
         try:
             write(local, up)
+            if self.ctx.is_main and tracking_backlog:
+                (local / TRACKING_BACKLOG).write_text(json.dumps(tracking_backlog))
         except BaseException:
             up.abandon()
             shutil.rmtree(local, ignore_errors=True)

@@ -94,6 +94,8 @@ class Pretrainer:
         self.first_log: tuple[int, float] | None = None
         self.tracker: Tracker | None = None
         self.run_id: str | None = None
+        self.tracking_backlog: list[list[Any]] = []
+        """The restored checkpoint's undelivered metrics (``ckpt.TRACKING_BACKLOG``), for rank 0's tracker."""
         self.loader: StatefulLoader | None = None
         self.batches: Iterator[dict[str, Any]] = iter(())
 
@@ -110,6 +112,7 @@ class Pretrainer:
         commit = restored.commit
         self.schedule.load_state_dict(commit.schedule)
         self.nonfinite.total = commit.nonfinite_steps
+        self.tracking_backlog = restored.tracking_backlog
         restored.cleanup()
         if self.ctx.is_main:
             log.warning("resuming %s from %s (step %d)", self.cfg.run_name, restored.url, commit.step)
@@ -193,7 +196,8 @@ class Pretrainer:
                               nonfinite_steps=self.nonfinite.total, config=self.identity)  # fmt: skip
         report = _without_nan({"step": done, **{k: metrics[k] for k in REPORTED}})
         t0 = time.perf_counter()
-        self.ckpt.save(write, commit, report, self.loader.state_dict())
+        self.ckpt.save(write, commit, report, self.loader.state_dict(),
+                       self.tracker.backlog() if self.tracker else None)  # fmt: skip
         if self.ctx.is_main:
             telemetry.checkpoint_saved("pretrain", self.cfg.run_name, time.perf_counter() - t0)
 
@@ -223,7 +227,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     pt = Pretrainer(cfg, meta, ctx)
     start, reader_state, run_id = pt.restore()
     if ctx.is_main:
-        pt.tracker = Tracker(cfg.tracking.experiment, cfg.run_name, run_id, cfg.tracking.enabled)
+        pt.tracker = Tracker(cfg.tracking.experiment, cfg.run_name, run_id, cfg.tracking.enabled,
+                             backlog=pt.tracking_backlog)  # fmt: skip
         pt.tracker.log_config(cfg, meta.get("tags", {}))
     pt.run_id = broadcast(pt.tracker.run_id if pt.tracker else None, ctx) or None
     pt.open_stream(reader_state)

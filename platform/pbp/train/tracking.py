@@ -18,7 +18,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -217,8 +217,10 @@ class Tracker:
 
     def __init__(
         self, experiment: str, run_name: str, run_id: str | None, enabled: bool = True, progress_metric: str = "loss",
-        client: Any | None = None,
+        client: Any | None = None, backlog: Sequence[Sequence[Any]] = (),
     ) -> None:  # fmt: skip
+        """``backlog``: the metrics an earlier attempt had not delivered when its checkpoint was saved
+        (:meth:`backlog`, kept with the checkpoint): sent first, less those the server has by now."""
         self.run_id: str = ""
         self.enabled = enabled
         self.logged_upto = -1
@@ -249,6 +251,26 @@ class Tracker:
             self.logged_upto = max((m.step for m in history), default=-1)
             self.client.update_run(run_id, status="RUNNING")
         self.run_id = run_id
+        if backlog:
+            self._send_backlog(backlog)
+
+    def backlog(self) -> list[list[Any]]:
+        """The metrics not delivered yet, as JSON rows ``[key, value, timestamp ms, step]`` in the order logged."""
+        return [[m.key, m.value, m.timestamp, m.step] for m in self.pending]
+
+    def _send_backlog(self, rows: Sequence[Sequence[Any]]) -> None:
+        """An earlier attempt's undelivered metrics, before anything this attempt logs; a key's steps the server
+        already has (delivered after that checkpoint was saved) are not sent twice."""
+        from mlflow.entities import Metric
+
+        have = {k: max((m.step for m in self.client.get_metric_history(self.run_id, k)), default=-1)
+                for k in {str(r[0]) for r in rows}}  # fmt: skip
+        todo = [Metric(str(k), float(v), int(ts), int(step)) for k, v, ts, step in rows if int(step) > have[str(k)]]
+        if todo:
+            log.warning("sending %d metrics of run %s that an earlier attempt could not deliver (kept with its "
+                        "checkpoint)", len(todo), self.run_id)  # fmt: skip
+            self.pending.extend(todo)
+            self.flush()
 
     def log_config(self, cfg: Any, tags: dict[str, str]) -> None:
         """Resolved config (params + YAML artifact) once per run; tags (dataset, git commit) every attempt.
