@@ -230,3 +230,51 @@ def client_of_sha(path: Path) -> str:
     import hashlib
 
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_an_alias_moved_without_its_record_is_detected_and_a_forced_promotion_records_it(stack_dir, pbp, models):
+    """A chaos run killed MLflow between a promotion's alias move and its audit record: @champion named version 3,
+    the trail's last record version 2, and `pbp registry history` still said "chain verified". The same state comes
+    from moving the alias outside pbp (any user with EDIT may). It is now a problem of the trail: history fails,
+    a plain promotion is refused, and `promote --force --reason` of the live champion records the move."""
+    a, b, test, _ = models
+    name = f"moved-{os.getpid()}"
+    for m in (a, b):
+        ok(pbp("registry", "register", str(m), "--name", name, "--test", str(test)))
+    ok(pbp("registry", "promote", name, "--version", "1"))
+    client = client_of(stack_dir)
+    client.set_registered_model_alias(name, "champion", "2")  # what the interrupted promotion left
+    doc = _history(pbp, name)
+    assert not doc["verified"]
+    assert any("@champion is version 2 in the registry, but the trail's last record (1) leaves version 1" in p
+               for p in doc["problems"]), doc["problems"]  # fmt: skip
+    res = pbp("registry", "promote", name, "--version", "1")
+    assert res.returncode == 2 and "does not verify" in res.stderr, res.stdout + res.stderr
+    res = pbp("registry", "promote", name, "--version", "2", "--force", "--reason", "record the interrupted move")
+    assert res.returncode == 0, res.stdout + res.stderr
+    doc = _history(pbp, name)
+    assert doc["verified"], doc["problems"]
+    last = doc["records"][-1]
+    assert (last["champion_before"], last["champion_after"], last["forced"]) == ("1", "2", True)
+    assert client.get_model_version_by_alias(name, "previous-champion").version == "1"
+
+
+def test_a_promotion_waiting_for_a_held_lock_says_who_holds_it(stack_dir, pbp, models, capsys):
+    """A lock left by a killed promotion made the next command sit silent for up to 5 minutes."""
+    from pbp.registry.lock import HOLDER_TAG, model_lock
+    from pbp.registry.server import RegistryError
+
+    a, _, test, _ = models
+    name = f"held-{os.getpid()}"
+    ok(pbp("registry", "register", str(a), "--name", name, "--test", str(test)))
+    client = client_of(stack_dir)
+    holder = {"user": "alice", "os_user": "alice", "host": "build-7", "token": "t" * 32}
+    client.create_registered_model(f"{name}.pbp-lock", tags={HOLDER_TAG: json.dumps(holder)})
+    capsys.readouterr()
+    with (pytest.raises(RegistryError, match="waited 1 s for its promotion lock, held by MLflow user alice"),
+          model_lock(client, name, wait_s=1.0)):  # fmt: skip
+        pass
+    err = capsys.readouterr().err
+    assert err.count("waiting for its promotion lock, held by MLflow user alice (alice on build-7)") == 1, err
+    assert "t" * 32 not in err
+    client.delete_registered_model(f"{name}.pbp-lock")

@@ -9,7 +9,9 @@ the one before it (``prev_sha256``), and the registered model's tag ``pbp.audit.
 the end, break the chain, which ``read`` reports (``Trail.problems``) rather than hides. Records are appended under
 the model's promotion lock (``pbp.registry.lock``), so their sequence numbers are contiguous and say who was
 champion when. A decision's run is created before any alias moves (so a user who may not write the trail changes
-nothing), and its record is logged, tags and params in one request, after the aliases moved.
+nothing), and its record is logged, tags and params in one request, after the aliases moved. ``read`` also compares
+the live @champion with the trail's last record: a decision interrupted between its alias move and its record (the
+process or MLflow killed), or an alias moved outside pbp (any user with EDIT may), is a problem like a broken chain.
 
 A record: seq, time (UTC ISO 8601), user (the MLflow user the server authenticated), os_user, host, action
 (promote | rollback), decision (promoted | refused | rolled_back), version, champion_before, champion_after,
@@ -26,6 +28,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pbp.names import name_key
+from pbp.registry.server import CHAMPION as CHAMPION_ALIAS
 from pbp.registry.server import RegistryError, call, experiment_id, who
 
 EXPERIMENT = "pbp-registry-audit"
@@ -130,11 +133,22 @@ def read(client: Any, model: str) -> Trail:
             trail.problems.append(f"record {rec['seq']}: does not chain to the record before it")
         prev = digest(rec)
     trail.records = found
-    head = _model_tags(client, model).get(HEAD_TAG)
+    rm = _registered_model(client, model)
+    head = dict(rm.tags).get(HEAD_TAG) if rm is not None else None
     last = f"{found[-1]['seq']}:{digest(found[-1])}" if found else ""
     if head and head != last:
         trail.problems.append(f"the model's {HEAD_TAG} names record {head.split(':')[0]}, the trail ends at "
                               f"{last.split(':')[0] or 'nothing'}: records were removed or retagged at its end")  # fmt: skip
+    live = str(dict(rm.aliases).get(CHAMPION_ALIAS) or "") if rm is not None else ""
+    recorded = str(found[-1].get("champion_after") or "") if found else ""
+    if live != recorded:
+        trail.problems.append(
+            f"@{CHAMPION_ALIAS} is {f'version {live}' if live else 'unset'} in the registry, but "
+            + (f"the trail's last record ({found[-1]['seq']}) leaves {f'version {recorded}' if recorded else 'none'}"
+               if found else "the trail holds no decision")
+            + ": a change the trail does not record (a promotion or rollback interrupted after moving the alias, or "
+            "the alias moved outside pbp); `pbp registry promote --force --reason TEXT` records a decision again"
+        )  # fmt: skip
     return trail
 
 
@@ -157,13 +171,14 @@ def _record_of(run: Any, trail: Trail) -> dict[str, Any] | None:
     return rec
 
 
-def _model_tags(client: Any, model: str) -> dict[str, str]:
+def _registered_model(client: Any, model: str) -> Any | None:
+    """The registered model as the server has it now (its tags and aliases), None if it does not exist."""
     from mlflow.exceptions import MlflowException
 
     try:
-        return dict(client.get_registered_model(model).tags)
+        return client.get_registered_model(model)
     except MlflowException:
-        return {}
+        return None
 
 
 def build(trail: Trail, decision: dict[str, Any]) -> dict[str, Any]:

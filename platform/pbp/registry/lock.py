@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -74,28 +75,47 @@ class Lock:
                 raise
 
 
-def _token(rm: Any) -> str:
+def _holder_doc(rm: Any) -> dict[str, Any]:
     try:
-        return str(json.loads(dict(rm.tags).get(HOLDER_TAG, "{}")).get("token", ""))
+        doc = json.loads(dict(rm.tags).get(HOLDER_TAG, "{}"))
     except (json.JSONDecodeError, AttributeError):
-        return ""
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _token(rm: Any) -> str:
+    return str(_holder_doc(rm).get("token", ""))
+
+
+def _holder(rm: Any | None) -> str:
+    """Who holds the lock, in words (never its token)."""
+    if rm is None:
+        return "released meanwhile"
+    doc = _holder_doc(rm)
+    if not doc:
+        return "holder unknown"
+    return f"MLflow user {doc.get('user', '?')} ({doc.get('os_user', '?')} on {doc.get('host', '?')})"
 
 
 @contextmanager
 def model_lock(client: Any, model: str, *, wait_s: float = 300.0, lease_s: float = 600.0) -> Iterator[Lock]:
     lock = Lock(client, model)
     deadline = time.monotonic() + wait_s
+    said = False
     while not lock.try_take():
         rm = lock.held()
-        if rm is not None and HOLDER_TAG in dict(rm.tags):
-            age = time.time() - rm.creation_timestamp / 1000.0
-            if age > lease_s:
-                lock.delete("stale")  # its holder died without releasing it
-                continue
+        age = time.time() - rm.creation_timestamp / 1000.0 if rm is not None else 0.0
+        if rm is not None and HOLDER_TAG in dict(rm.tags) and age > lease_s:
+            lock.delete("stale")  # its holder died without releasing it
+            continue
         if time.monotonic() > deadline:
-            holder = dict(rm.tags).get(HOLDER_TAG, "holder unknown") if rm is not None else "released meanwhile"
-            raise RegistryError(f"model {model}: waited {wait_s:.0f} s for its promotion lock, held by {holder}; "
+            raise RegistryError(f"model {model}: waited {wait_s:.0f} s for its promotion lock, held by {_holder(rm)}; "
                                 f"try again later (a lock older than {lease_s:.0f} s is broken automatically)")  # fmt: skip
+        if not said and rm is not None:  # a silent wait of minutes looked like a hang
+            said = True
+            print(f"model {model}: waiting for its promotion lock, held by {_holder(rm)} for {age:.0f} s (another "
+                  f"decision in progress, or one that died: its lock is broken after {lease_s:.0f} s); giving up "
+                  f"after {wait_s:.0f} s", file=sys.stderr, flush=True)  # fmt: skip
         time.sleep(0.2 + random.random() * 0.3)
     try:
         yield lock

@@ -69,7 +69,12 @@ def promote(name: str, version: str | int, *, tolerance: float = 0.0, force: boo
         cand = call(f"model {name} version {version}", lambda: c.get_model_version(name, version))
         old = aliases(c, name).get(CHAMPION)
         if old == version:
-            raise RegistryError(f"model {name}: version {version} is already @{CHAMPION}; nothing to do")
+            stack = trail.champions()
+            if not force or (stack[-1] if stack else None) == version:
+                raise RegistryError(f"model {name}: version {version} is already @{CHAMPION}; nothing to do")
+            # --force on a version the alias names but the trail does not (a decision interrupted after its alias
+            # moved, or a move outside pbp): decided and recorded as from the trail's champion, so the trail holds it
+            old = stack[-1] if stack else None
         champ = c.get_model_version(name, old) if old else None
         try:
             verdict = gate.decide(name, cand, champ, tolerance)
