@@ -178,37 +178,46 @@ _NO_ANSWER = {"Connection refused": "connection refused", "Failed to establish a
               "Temporary failure in name resolution": "unknown host"}  # fmt: skip
 
 
-def unanswered(error: BaseException) -> str | None:
+def unanswered(error: BaseException, advice: bool = True) -> str | None:
     """For an MLflow client error that is the server not answering (MLflow reports it as an INTERNAL_ERROR with
-    urllib3's text), ``MLflow at URI does not answer (why): ...`` saying what to do; None for anything else."""
+    urllib3's text), ``MLflow at URI does not answer (why)``, with ``advice`` followed by what to do; None for
+    anything else."""
     text = str(getattr(error, "message", "") or error)
     why = next((short for needle, short in _NO_ANSWER.items() if needle in text), None)
     if why is None:
         return None
     import mlflow
 
-    return (f"MLflow at {mlflow.get_tracking_uri()} does not answer ({why}): start it (`pbp stack up` for the local "
-            "stack) or check MLFLOW_TRACKING_URI")  # fmt: skip
+    said = f"MLflow at {mlflow.get_tracking_uri()} does not answer ({why})"
+    return f"{said}: start it (`pbp stack up` for the local stack) or check MLFLOW_TRACKING_URI" if advice else said
 
 
-def check_tracking_server() -> None:
-    """On the driver, before any worker starts: the MLflow server answers ``/health`` (a run needs it to find or
-    create its MLflow run; once running, outages are buffered by the Tracker)."""
+def tracking_unanswered() -> str | None:
+    """``MLflow at URI does not answer (why)`` when the resolved MLflow server does not answer ``/health``; None when
+    it does (or the store is a file or database, nothing to reach)."""
     import urllib.error
     import urllib.request
 
     uri = resolve().mlflow_uri or ""
     if not uri.startswith(("http://", "https://")):
-        return  # a file or database store: nothing to reach
+        return None
     try:
         with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10) as r:
             if r.status == 200:
-                return
+                return None
             why = f"HTTP {r.status}"
     except (urllib.error.URLError, OSError) as e:
         why = str(getattr(e, "reason", e))
-    raise TrackingUnavailableError(f"MLflow at {uri} does not answer ({why}): start it (`pbp stack up` for the local "
-                              "stack) or run with tracking.enabled=false")  # fmt: skip
+    return f"MLflow at {uri} does not answer ({why})"
+
+
+def check_tracking_server() -> None:
+    """On the driver, before any worker starts: the MLflow server answers ``/health`` (a run needs it to find or
+    create its MLflow run; once running, outages are buffered by the Tracker)."""
+    said = tracking_unanswered()
+    if said is not None:
+        raise TrackingUnavailableError(f"{said}: start it (`pbp stack up` for the local stack) or run with "
+                                       "tracking.enabled=false")  # fmt: skip
 
 
 class Tracker:

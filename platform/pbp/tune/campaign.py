@@ -14,6 +14,8 @@ import logging
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -137,8 +139,31 @@ def run_campaign(cfg: TuneConfig, *, resume: bool = False, warm_start: str | Non
 
     summary = summarize(grid, cfg, metric, mode)
     summary.stopped = stop_reason(cfg, summary, time.time() - t0)
-    report = finish_campaign(cfg, summary, parent, url, time.time() - t0)
+    with _tracking_lost_says_resume(cfg, check=any(t.status == "failed" for t in summary.trials)):
+        report = finish_campaign(cfg, summary, parent, url, time.time() - t0)
     return CampaignResult(summary, report, parent.run_id, best_trial(summary), train_seconds(grid), finished_before)
+
+
+@contextmanager
+def _tracking_lost_says_resume(cfg: TuneConfig, check: bool) -> Iterator[None]:
+    """MLflow not answering at a campaign's end (its trials failed for it, or the parent run cannot be written) is
+    one line saying so and how to continue, not a traceback: ``--resume`` tries the failed trials again and writes
+    the report and parent run."""
+    from pbp.train.tracking import TrackingUnavailableError, tracking_unanswered, unanswered
+    from pbp.tune.progress import resume_command
+
+    then = (f"; campaign {cfg.name} stopped without its report and parent run: `{resume_command(cfg)}` continues "
+            "it once MLflow answers (its failed trials are tried again)")  # fmt: skip
+    said = tracking_unanswered() if check else None
+    if said is not None:
+        raise TrackingUnavailableError(said + then)
+    try:
+        yield
+    except Exception as e:
+        said = unanswered(e, advice=False)
+        if said is None:
+            raise
+        raise TrackingUnavailableError(said + then) from None
 
 
 def _fit(tuner, cfg: TuneConfig, parent_run_id: str, resume: bool):
@@ -280,7 +305,7 @@ def _tuner(cfg: TuneConfig, base_cfg: FinetuneConfig, base: dict, ctx: dict, met
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from pbp.stack.endpoints import resolve
-    from pbp.tune.progress import CampaignStopper, LiveProgress, ResumeState
+    from pbp.tune.progress import CampaignStopper, LiveProgress, ResumeState, TrackingWatch
 
     fs, path = None, url
     if url.startswith("s3://"):
@@ -314,7 +339,7 @@ def _tuner(cfg: TuneConfig, base_cfg: FinetuneConfig, base: dict, ctx: dict, met
             name=cfg.name, storage_path=path.rsplit("/", 1)[0], storage_filesystem=fs, verbose=0,
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
             stop=stopper,
-            callbacks=[progress, ResumeState(scheduler, stopper, progress)],
+            callbacks=[progress, ResumeState(scheduler, stopper, progress), TrackingWatch(stopper)],
         ),
     )  # fmt: skip
 
