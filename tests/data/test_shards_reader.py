@@ -287,7 +287,7 @@ def test_a_build_never_overwrites_files_silently_nor_creates_a_bucket(endpoints,
     cfg = BuildConfig(min_go_records=5)
     with pytest.raises(
         DatasetError,
-        match=r"holds 1 file\(s\) this build would overwrite \(train-000000\.tar\) and no manifest\.json, "
+        match=r"holds 1 file\(s\) named as this build names its files \(train-000000\.tar\) and no manifest\.json, "
         r"as an interrupted build leaves it .*--force",
     ):
         build(str(out), Inputs(fasta, table), cfg)
@@ -299,7 +299,15 @@ def test_a_build_never_overwrites_files_silently_nor_creates_a_bucket(endpoints,
     (tmp_path / "out2" / "manifest.json").unlink()  # an interrupted build's leftovers
     assert main(["data", "build", "--fasta", str(fasta), "--go-table", str(table), "--out", str(tmp_path / "out2"),
                  "--no-progress", "--min-go-records", "5"]) != 0  # fmt: skip
-    assert "would overwrite" in capsys.readouterr().err
+    assert "named as this build names its files" in capsys.readouterr().err
+    # The same in S3 (a chaos run: a build interrupted at 69 of 212 shards, then another corpus built into the same
+    # prefix, was accepted and left the old shards beside the new dataset).
+    prefix = f"s3://pbp-data/tests-leftovers-{random.randrange(10**6)}/"
+    Store(prefix, endpoints).put_bytes("train-000069.tar", b"an interrupted build's shard")
+    with pytest.raises(DatasetError, match=r"s3://pbp-data/tests-leftovers-\d+/: holds 1 file\(s\) named as this "
+                       r"build names its files \(train-000069\.tar\).*build into an empty prefix"):  # fmt: skip
+        build(prefix, Inputs(fasta, table), cfg, store=Store(prefix, endpoints))
+    assert Store(prefix, endpoints).names() == ["train-000069.tar"]  # nothing written
     # A bucket that does not exist is named, not created.
     url = f"s3://no-such-bucket-{random.randrange(10**6)}/x/"
     with pytest.raises(DatasetError, match=r"bucket 'no-such-bucket-\d+' does not exist; pbp does not create"):

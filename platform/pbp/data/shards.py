@@ -176,7 +176,7 @@ def _stack_buckets() -> list[str]:
 def check_destination(store: Store, overwrite: bool = False) -> None:
     """Before reading any input: an S3 bucket must exist (pbp never creates one: a typo would otherwise become a new
     bucket); a complete dataset is never overwritten; a local directory holding files the build writes (shards,
-    quarantine) is refused unless ``overwrite``."""
+    quarantine), in a local directory or an S3 prefix, is refused unless ``overwrite``."""
     if store.s3:
         bucket = store.url[len("s3://") :].split("/", 1)[0]
         if not store.bucket_exists():
@@ -190,16 +190,16 @@ def check_destination(store: Store, overwrite: bool = False) -> None:
                            "is written to")  # fmt: skip
     if store.exists(MANIFEST):
         raise DatasetError(f"{store.join(MANIFEST)}: a dataset already exists here; build into a new prefix")
-    if not store.s3 and store.root.is_dir() and not overwrite:
-        ours = sorted(p.name for p in store.root.iterdir() if p.name == QUARANTINE
-                      or (p.suffix == ".tar" and p.name.split("-", 1)[0] in SPLITS))  # fmt: skip
+    if not overwrite:  # an interrupted build's shards (local or S3: a new build would mix with them)
+        ours = [n for n in store.names() if n == QUARANTINE or (n.endswith(".tar") and n.split("-", 1)[0] in SPLITS)]
         if ours:
             more = f" and {len(ours) - 3} more" if len(ours) > 3 else ""
+            where = "an empty prefix" if store.s3 else "an empty directory"
             raise DatasetError(
-                f"{store.root}: holds {len(ours)} file(s) this build would overwrite ({', '.join(ours[:3])}{more}) "
-                "and no manifest.json, as an interrupted build leaves it (a dataset is complete only once its "
-                "manifest is written, last); build into an empty directory, remove them, or pass --force to "
-                "overwrite"
+                f"{store.url if store.s3 else store.root}: holds {len(ours)} file(s) named as this build names its "
+                f"files ({', '.join(ours[:3])}{more}) and no manifest.json, as an interrupted build leaves it (a "
+                f"dataset is complete only once its manifest is written, last); build into {where}, remove them, or "
+                "pass --force to overwrite (files the new build does not write stay beside it)"
             )
 
 

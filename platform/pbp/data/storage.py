@@ -135,6 +135,20 @@ class Store:
             return (self.root / name).exists()
         return with_retries(f"exists {self.join(name)}", lambda: self.fs.exists(self._key(name)))
 
+    def names(self) -> list[str]:
+        """The names of the files directly under this location (none if it does not exist)."""
+        if not self.s3:
+            return sorted(p.name for p in self.root.iterdir() if p.is_file()) if self.root.is_dir() else []
+
+        def ls() -> list[str]:
+            try:
+                entries = self.fs.ls(self._key(""), detail=True, refresh=True)
+            except FileNotFoundError:
+                return []
+            return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "file")
+
+        return with_retries(f"list {self.url}", ls)
+
     def size(self, name: str) -> int:
         if not self.s3:
             return (self.root / name).stat().st_size
