@@ -396,3 +396,24 @@ def test_killed_storage_is_reported_and_restored_with_its_data(stack_dir, endpoi
     assert any(m.strip().startswith("seaweedfs") and "started" in m for m in messages)
     assert sum("already running" in m for m in messages) == 5  # mlflow, ray-head, prometheus, two workers
     assert s3.get_object(Bucket=bucket, Key="tests/survivor.txt")["Body"].read() == b"still here"
+
+
+def test_stack_down_refuses_while_a_driver_runs_on_the_cluster_naming_it(stack_dir, stack_env, capsys):
+    """A chaos run: `pbp stack down` under a running fine-tuning job said only 'stopped 6 service(s)'; the job was
+    gone after `pbp stack up`, its MLflow run left RUNNING, nothing said it had to be run again."""
+    from pbp.cli.stack_cmds import running_on_stack
+
+    code = "from pbp.train.launch import connect_ray\nimport time\nconnect_ray()\nprint('up', flush=True)\ntime.sleep(300)\n"
+    driver = subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ), stdout=subprocess.PIPE, text=True)
+    try:
+        assert driver.stdout is not None and driver.stdout.readline().strip() == "up"
+        running = running_on_stack(stack_dir)
+        assert any(line.startswith("driver ") and "(RUNNING)" in line for line in running), running
+        capsys.readouterr()
+        assert main(["stack", "down", "--state-dir", str(stack_dir)]) == 2  # refused: nothing stopped
+        err = capsys.readouterr().err
+        assert "job(s) still running on this stack's Ray cluster" in err and "pass --force" in err, err
+        assert all(r.healthy for r in manager.status(stack_dir)[1])
+    finally:
+        driver.kill()
+        driver.wait(timeout=30)

@@ -31,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     down = ssub.add_parser("down", help="stop the processes this stack started (data is kept)")
     state_dir_arg(down)
+    down.add_argument("--force", action="store_true",
+                      help="stop the stack also while jobs or drivers still run on its Ray cluster (they are killed)")  # fmt: skip
     down.set_defaults(func=cmd_down)
 
     st = ssub.add_parser("status", help="each service: running, healthy, ports")
@@ -67,12 +69,42 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
+    from pbp.errors import UserError
     from pbp.stack import manager
 
+    running = running_on_stack(_dir(args))
+    if running and not args.force:  # the stack stopped under a job that then vanished: no word, its run RUNNING
+        raise UserError(f"{len(running)} job(s) still running on this stack's Ray cluster, which `pbp stack down` "
+                        "would kill with no record:\n  " + "\n  ".join(running) + "\nstop them first (`pbp jobs "
+                        "stop ID` marks a run stopped and says how to resume it), or pass --force")  # fmt: skip
     t0 = time.monotonic()
     n = manager.down(_dir(args))
     print(f"stopped {n} service(s) in {time.monotonic() - t0:.1f}s; data kept in {_dir(args)}")
+    if running:
+        print(f"killed {len(running)} running job(s) with it; the same command resumes a run from its newest "
+              "checkpoint (`pbp submit tune --resume NAME` a campaign) once the stack is up again")  # fmt: skip
     return 0
+
+
+def running_on_stack(state_dir: Path) -> list[str]:
+    """The submitted jobs and direct drivers still running (or pending) on the stack's own Ray cluster, one line
+    each; none when it does not answer (then nothing runs there to lose)."""
+    from pbp import submit
+    from pbp.stack.endpoints import resolve
+    from pbp.stack.state import StackState
+
+    if StackState.load(state_dir.resolve()) is None:
+        return []
+    ep = resolve(state_dir, env={})  # the stack's own cluster, whatever RAY_ADDRESS names
+    if not ep.stack_ray:
+        return []
+    try:
+        jobs = submit.client(ep.stack_ray[0], endpoints=ep).list_jobs()
+    except Exception:  # Ray down or not answering: nothing running there
+        return []
+    live = [j for j in jobs if getattr(j.status, "value", str(j.status)) in ("PENDING", "RUNNING")]
+    return [f"{j.submission_id or f'driver {j.job_id}'} ({getattr(j.status, 'value', j.status)}): {j.entrypoint}"
+            for j in live]  # fmt: skip
 
 
 def cmd_status(args: argparse.Namespace) -> int:
