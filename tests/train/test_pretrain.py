@@ -147,6 +147,23 @@ def test_a_rerun_of_a_finished_run_trains_nothing_and_says_where_it_ended(baseli
     assert "Started training worker group" not in out and "Connected to Ray cluster" not in out  # no worker started
 
 
+def test_a_finished_run_whose_mlflow_run_was_left_running_is_finished_by_a_rerun_training_nothing(
+    baseline, stack_dir, endpoints, dataset
+):
+    """MLflow down at a run's very end leaves its MLflow run RUNNING without the model (and the values the last
+    checkpoint kept undelivered); a re-run said 'already finished' and started nothing, so it stayed so for good."""
+    client, run = _mlflow_run(endpoints, baseline)
+    client.update_run(run.info.run_id, status="RUNNING")
+    res = _pretrain(stack_dir, baseline, dataset)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-4000:]
+    assert f"run {baseline}: trained to step {STEPS}, but its MLflow run was left RUNNING" in out, out[-3000:]
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"
+    loss = client.get_metric_history(run.info.run_id, "loss")
+    assert sorted(m.step for m in loss) == list(range(1, STEPS + 1))  # nothing trained, nothing logged twice
+    assert _run_dir(endpoints, baseline).checkpoints() == [ckpt.checkpoint_name(STEPS), ckpt.checkpoint_name(40)]
+
+
 def test_a_rerun_with_another_optimizer_or_dataset_is_refused_before_any_worker(baseline, stack_dir, dataset):
     res = _pretrain(stack_dir, baseline, dataset, "optim.lr=1e-3", "data.shuffle_buffer=10")
     out = res.stdout + res.stderr

@@ -563,7 +563,7 @@ def pretrain(
     newest = newest_commit(storage_dir(meta["run_url"]))
     check_same_run(newest, meta["identity"], cfg.run_name)
     done = _finished(meta["run_url"], cfg.max_steps, newest)
-    if done is not None:
+    if done is not None and not _tracking_unfinished(cfg, newest):
         return done
     check_same_world_size(newest, cfg)
     if os.environ.get("PBP_TEST_INJECT_NONFINITE"):  # test hook: NaN losses at these steps (a fault on cue)
@@ -576,6 +576,21 @@ def pretrain(
         where = None if ckpt is None else f"{meta['run_url']}/{ckpt.path.rstrip('/').rsplit('/', 1)[-1]}"
         return PretrainResult(meta["run_url"], dict(result.metrics or {}), where)
     return _finished_before(meta["run_url"], newest_commit(storage_dir(meta["run_url"])))
+
+
+def _tracking_unfinished(cfg: PretrainConfig, newest: tuple[str, CommitRecord] | None) -> bool:
+    """A finished run whose MLflow run is still RUNNING: MLflow did not answer at its end, so the model and the
+    values its last checkpoint kept (``TRACKING_BACKLOG``) never reached it. Its workers then resume that checkpoint,
+    training nothing: they send those values, log the model and finish the MLflow run."""
+    from pbp.train.tracking import run_status
+
+    if not (cfg.tracking.enabled and newest is not None and newest[1].mlflow_run_id):
+        return False
+    if run_status(newest[1].mlflow_run_id) != "RUNNING":
+        return False
+    print(f"run {cfg.run_name}: trained to step {newest[1].step}, but its MLflow run was left RUNNING (MLflow did not "
+          "answer at its end): resuming its last checkpoint to log what MLflow lacks, training nothing", flush=True)  # fmt: skip
+    return True
 
 
 def finished_run(run_url: str, max_steps: int) -> PretrainResult | None:

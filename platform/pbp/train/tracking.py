@@ -157,6 +157,16 @@ def quiet_mlflow_driver() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
+def run_status(run_id: str) -> str | None:
+    """Driver side: an MLflow run's status (RUNNING, FINISHED, FAILED, KILLED), None when the server cannot say."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        return str(MlflowClient(configure_mlflow()).get_run(run_id).info.status)
+    except Exception:  # gone or unreachable: nothing known to finish
+        return None
+
+
 def run_link(run_id: str) -> str:
     """The MLflow UI's address of a run (the bare run id if the server cannot be asked)."""
     from mlflow.tracking import MlflowClient
