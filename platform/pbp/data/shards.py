@@ -28,7 +28,6 @@ import json
 import math
 import random
 import tarfile
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -44,6 +43,7 @@ from pbp.data.shard_index import encode_index
 from pbp.data.spill import Partitions, key_hash, max_open_files, partitions_for
 from pbp.data.storage import Store
 from pbp.model.tokenizer import UnknownPolicy, encode_normalized
+from pbp.scratch import scratch
 from pbp.stack.endpoints import Endpoints
 
 MANIFEST = "manifest.json"
@@ -227,7 +227,7 @@ def build(
     onto: Ontology | None = read_obo(cfg.go_obo) if cfg.go_obo else None
     names = _term_names(cfg, onto)  # before the inputs are read: a bad names file fails now, not after the shards
     errors = ErrorLog(cfg.on_error)
-    with tempfile.TemporaryDirectory(prefix="pbp-build-", dir=cfg.tmp_dir) as tmp_name:
+    with scratch("build", cfg.tmp_dir or None) as tmp_name:  # a killed build's is removed by the next build
         tmp = Path(tmp_name)
         records, go = _partition(inputs, cfg, errors, tmp, tick)
         counts = _check_and_join(records, go, inputs, onto, errors, cfg, tmp / "clean.jsonl", tick)
@@ -407,7 +407,7 @@ def write_shard(job: ShardJob, tmp_dir: str | None = None) -> dict:
     s, i = job.split, job.index
     random.Random(f"{job.seed}-{s}-{i}").shuffle(lines)
     name = f"{s}-{i:06d}.tar"
-    with tempfile.TemporaryDirectory(prefix="pbp-shard-", dir=tmp_dir) as tmp:
+    with scratch("shard", tmp_dir or None) as tmp:
         local = Path(tmp) / name
         index: dict[str, int] = {}
         with tarfile.open(local, "w", format=tarfile.USTAR_FORMAT) as tar:

@@ -28,6 +28,7 @@ from pbp.console import LineProgress
 from pbp.finetune.batching import collate, eval_groups
 from pbp.finetune.data import Split
 from pbp.model.finetune import IGNORE_INDEX, FinetuneModel, extract_features
+from pbp.scratch import make
 from pbp.train.dist import DistContext, all_gather_objects, all_min, barrier, broadcast
 
 log = logging.getLogger("pbp.finetune")
@@ -209,7 +210,7 @@ def _allocate(split: Split, per_residue: bool, F: int, storage: str) -> tuple[np
     fdtype, label_dtype = _dtypes(split, per_residue, storage)
     feats: np.ndarray
     if storage == "disk-float16":
-        path = Path(tempfile.mkdtemp(prefix="pbp-features-")) / f"{split.name}.f16"
+        path = make("features") / f"{split.name}.f16"
         feats = np.lib.format.open_memmap(path, mode="w+", dtype=fdtype, shape=(n_rows, F))
         path.unlink()
         path.parent.rmdir()

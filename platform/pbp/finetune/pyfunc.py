@@ -14,7 +14,6 @@ Sequences are batched by length and never truncated.
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from pbp.finetune.export import TaskInfo, load_finetuned
 from pbp.model.finetune import FinetuneModel, TaskKind
 from pbp.model.tokenizer import encode
 from pbp.predict.batches import length_batches
+from pbp.scratch import scratch
 
 
 class FinetunedPredictor:
@@ -95,6 +95,6 @@ def log_pyfunc(
     """Save the pyfunc and log it to the run's ``artifact_path`` (no fluent run needed)."""
     from mlflow.tracking import MlflowClient
 
-    with tempfile.TemporaryDirectory(prefix="pbp-pyfunc-") as tmp:  # a model's copy: gone once logged
+    with scratch("pyfunc") as tmp:  # a model's copy: gone once logged
         out = save_pyfunc(model_dir, Path(tmp) / "model", examples, seq_column)
         MlflowClient().log_artifacts(run_id, str(out), artifact_path)

@@ -10,13 +10,13 @@ registration run of the experiment ``pbp-registry``, so the source run is never 
 from __future__ import annotations
 
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pbp.registry import lineage
 from pbp.registry.server import RegistryError, call, check_model_name, client, error_code, experiment_id
+from pbp.scratch import scratch
 
 REGISTRATION_EXPERIMENT = "pbp-registry"
 EXAMPLES = [
@@ -156,7 +156,7 @@ def _test_tags(model_dir: Path, test: str) -> dict[str, str]:
 
 def _log_pyfunc(c: Any, model_dir: Path, name: str, source: str) -> str:
     """Wrap ``model_dir`` in a pyfunc logged to a new registration run -> its ``runs:/`` URI."""
-    with tempfile.TemporaryDirectory(prefix="pbp-register-") as tmp:  # the pyfunc's copy: gone once logged
+    with scratch("register") as tmp:  # the pyfunc's copy: gone once logged
         out = Path(tmp) / "model"
         if lineage.model_kind(model_dir) == "finetuned":
             from pbp.finetune.pyfunc import save_pyfunc

@@ -9,7 +9,6 @@ import atexit
 import contextlib
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -102,7 +101,9 @@ def _fetch(location: str, what: str) -> tuple[Path, Path | None]:
 
 
 def _scratch() -> Path:
-    return Path(tempfile.mkdtemp(prefix="pbp-model-"))
+    from pbp.scratch import make
+
+    return make("model")
 
 
 @contextlib.contextmanager

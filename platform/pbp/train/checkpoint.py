@@ -17,7 +17,6 @@ import json
 import logging
 import re
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager, suppress
@@ -39,7 +38,9 @@ CKPT_RE = re.compile(r"^checkpoint-(\d{9})$")
 
 def scratch_dir() -> Path:
     """A fresh local directory for one checkpoint's files (saving or loading)."""
-    return Path(tempfile.mkdtemp(prefix="pbp-train-"))
+    from pbp.scratch import make
+
+    return make("train")
 
 
 def checkpoint_name(step: int) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +23,7 @@ import yaml
 
 from pbp.config import to_dict
 from pbp.finetune.config import FinetuneConfig
+from pbp.scratch import make, scratch
 from pbp.train.metrics import BASELINE_SUFFIX
 from pbp.tune.config import TuneConfig
 from pbp.tune.report import CampaignSummary, TrialRecord, best_trial, quiet_optuna, summary_to_json, write_report
@@ -287,7 +287,7 @@ def load_campaign_config(name: str, storage_path: str = "") -> TuneConfig:
     if now and changed:
         print(f"[{name}] {cfg.finetune} changed since the campaign started ({', '.join(changed[:6])}"
               f"{' ...' if len(changed) > 6 else ''}): its trials continue from the config it started with", flush=True)  # fmt: skip
-    local = Path(tempfile.mkdtemp(prefix="pbp-campaign-")) / BASE_FILE
+    local = make("campaign") / BASE_FILE  # read by the trials while the driver lives
     local.write_bytes(saved)
     return replace(cfg, finetune=str(local), finetune_overrides=[])
 
@@ -418,7 +418,7 @@ def warm_start_trials(cfg: TuneConfig, other_url: str) -> list:
 
     from pbp.data.storage import Store
 
-    with tempfile.TemporaryDirectory(prefix="pbp-warm-") as tmp:  # the other study's copy: gone once read
+    with scratch("warm") as tmp:  # the other study's copy: gone once read
         local = Path(tmp) / "study.db"
         try:
             local.write_bytes(Store(other_url).get_bytes("study.db"))
@@ -515,9 +515,9 @@ def _log_parent(parent, cfg: TuneConfig, summary: CampaignSummary, best: TrialRe
 def _copy_best_model(client, child_run: str, parent_run: str) -> None:
     import mlflow
 
-    with tempfile.TemporaryDirectory(prefix="pbp-best-") as tmp:  # a model's copy: gone once logged
+    with scratch("best") as tmp:  # a model's copy: gone once logged
         try:
-            local = mlflow.artifacts.download_artifacts(run_id=child_run, artifact_path="model", dst_path=tmp)
+            local = mlflow.artifacts.download_artifacts(run_id=child_run, artifact_path="model", dst_path=str(tmp))
         except Exception as e:  # the child may have been stopped before it logged a model
             log.warning("best trial's model not copied to the parent run: %s", e)
             return
