@@ -456,3 +456,18 @@ def test_a_runs_commit_says_when_the_code_had_uncommitted_changes(tmp_path):
     assert code_commit(tmp_path) == head
     (tmp_path / "a.py").write_text("x = 2\n")
     assert code_commit(tmp_path) == head + DIRTY
+
+
+def test_ctrl_c_while_following_a_job_is_a_detach_not_an_error(monkeypatch, capsys):
+    """A chaos run: Ctrl-C on `pbp submit ... --wait` said 'pbp: error: stopped following ...' and exited 2."""
+    from pbp.cli.main import main
+
+    def interrupted(sid, fn):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(submit, "client", lambda *a, **k: object())
+    monkeypatch.setattr(submit, "job_call", interrupted)
+    assert main(["jobs", "logs", "pbp-finetune-x-0123456789", "--follow"]) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("pbp: interrupted: stopped following pbp-finetune-x-0123456789; it keeps running"), err
+    assert "error" not in err

@@ -402,7 +402,7 @@ def _free_submission_id(c: Any, base: str) -> tuple[str, str]:
 def wait(sid: str, *, address: str | None = None, timeout: float | None = None, log: Callable[[str], None] = print):
     """Follow a job's log as it is written until the job ends (``pbp.job_logs``: streamed, or polled where the
     stream cannot be opened); returns its final status name. Giving up (``timeout``, Ctrl-C) stops the following, not
-    the job: the error says so and how to follow or stop it."""
+    the job: the message says so and how to follow or stop it (a timeout is an error, Ctrl-C an interruption)."""
     from pbp.job_logs import LogPrinter, poll_pause, stream
 
     c = client(address)
@@ -427,8 +427,8 @@ def wait(sid: str, *, address: str | None = None, timeout: float | None = None, 
                 time.sleep(poll_pause(out.printed))
             else:
                 tail = stream(c, sid, out, left)
-    except KeyboardInterrupt:
-        raise SubmitError(f"stopped following {sid}; {still}") from None
+    except KeyboardInterrupt:  # a user's detach, not an error: "pbp: interrupted: ...", exit 130
+        raise KeyboardInterrupt(f"stopped following {sid}; {still}") from None
 
 
 def job_call(sid: str, fn: Callable[[], T]) -> T:
