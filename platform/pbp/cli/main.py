@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from collections.abc import Sequence
@@ -80,6 +81,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into head/less that closed early (an OSError: before the next clause)
         return 0
     except OSError as e:
+        if e.filename is None and e.errno in (errno.ENOSPC, errno.EDQUOT):  # a full disk that no path named
+            print(f"pbp: error: {e.strerror or e}: free space where this command writes (its output, --tmp-dir, "
+                  "TMPDIR)", file=sys.stderr)  # fmt: skip
+            return 2
         if e.filename is None:  # a connection or other system error: a traceback says where
             raise
         # a file that cannot be read or written: not readable, a folder, a full disk

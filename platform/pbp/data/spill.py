@@ -44,6 +44,12 @@ def partitions_for(input_bytes: int, partition_mb: float) -> int:
     return max(1, min(max_open_files(), math.ceil(input_bytes / (partition_mb * 2**20))))
 
 
+def _full(e: OSError, path: Path) -> OSError:
+    """A spill file that cannot be written (a full disk), named, with what the build needs (it was a traceback)."""
+    return OSError(e.errno, f"{e.strerror or e} (the build's temporary folder, --tmp-dir or the system's: it needs "
+                   "about twice the input's uncompressed size)", str(path))  # fmt: skip
+
+
 class Partitions:
     def __init__(self, directory: Path, prefix: str, n: int) -> None:
         self.paths = [directory / f"{prefix}-{i:05d}.jsonl" for i in range(n)]
@@ -56,12 +62,19 @@ class Partitions:
 
     def add(self, key: str, row: list[Any]) -> None:
         assert self.files is not None, "add after close"
-        self.files[self.index(key)].write(_ENCODER.encode(row) + "\n")
+        i = self.index(key)
+        try:
+            self.files[i].write(_ENCODER.encode(row) + "\n")
+        except OSError as e:
+            raise _full(e, self.paths[i]) from e
         self.rows_written += 1
 
     def close(self) -> None:
-        for f in self.files or ():
-            f.close()
+        for f, path in zip(self.files or [], self.paths[: len(self.files or [])], strict=True):
+            try:
+                f.close()
+            except OSError as e:  # the last buffered rows did not fit
+                raise _full(e, path) from e
         self.files = None
 
     def rows(self, i: int) -> Iterator[list[Any]]:

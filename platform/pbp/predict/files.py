@@ -237,7 +237,12 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        write(tmp)
+        try:
+            write(tmp)
+        except OSError as e:
+            if e.filename is not None:
+                raise
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e  # a full disk, named (was a traceback)
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
