@@ -130,6 +130,13 @@ def _add_tune(bsub: argparse._SubParsersAction) -> None:
         default=2000,
         help="cache: stability rows for the ranks' build (enough batches to share; base model)",
     )
+    _add_search_args(tune)
+    tune.add_argument("--json", type=Path, default=None)
+    tune.set_defaults(func=cmd_tune)
+
+
+def _add_search_args(tune: argparse.ArgumentParser) -> None:
+    """``pbp bench tune``'s options of part (3), the search."""
     tune.add_argument("--seeds", default="0,1,2", help="search: seeds, comma-separated, ranges allowed: 0-19")
     tune.add_argument("--search-rows", type=int, default=2000, help="search: stability rows (task.max_rows)")
     tune.add_argument("--trials", type=int, default=20, help="search: num_samples of each search")
@@ -165,8 +172,6 @@ def _add_tune(bsub: argparse._SubParsersAction) -> None:
         default=None,
         help="search: the sampler's random start-up trials (default: the campaign's)",
     )
-    tune.add_argument("--json", type=Path, default=None)
-    tune.set_defaults(func=cmd_tune)
 
 
 def _add_arch(bsub: argparse._SubParsersAction) -> None:
