@@ -9,6 +9,7 @@ the end and pruned others than the uninterrupted campaign did (2 completed / 4 p
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -90,19 +91,77 @@ def mlflow_at(monkeypatch):
     return at
 
 
-def test_a_trial_failing_while_mlflow_does_not_answer_stops_the_campaign(mlflow_at):
-    """A chaos run killed MLflow mid-campaign: every trial started afterwards failed at once on its MLflow run (4 of 6
-    FAILED within 3 minutes, retries included). The first failure or retry while MLflow is down now stops them all."""
-    from pbp.tune.progress import CampaignStopper, TrackingWatch
+INTERRUPTED = r"""
+import json, os, sys, time
+import ray
+from ray import tune
+from pbp.tune.progress import TrackingWatch
 
-    stopper = CampaignStopper("valid_spearman", "max", None, 0)
-    watch = TrackingWatch(stopper)
-    mlflow_at(live=True)
-    watch.on_trial_recover(1, [], None)  # a trial failed for another reason: the campaign goes on
-    assert not stopper.stop_all()
-    uri = mlflow_at(live=False)
-    watch.on_trial_recover(2, [], None)
-    assert stopper.stop_all() and stopper.halted.startswith(f"MLflow at {uri} does not answer")
+storage, marker, dead, live = sys.argv[1:5]
+
+def trainable(config):
+    if config["x"] == 1 and not os.path.exists(marker):  # its first attempt fails, as a trial does without MLflow
+        open(marker, "w").close()
+        raise RuntimeError("MLflow at ... does not answer")
+    for epoch in range(1, 4):
+        time.sleep(0.5)
+        tune.report({"epoch": epoch, "m": config["x"] * epoch})
+
+ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+os.environ["MLFLOW_TRACKING_URI"] = dead
+watch = TrackingWatch()
+tuner = tune.Tuner(trainable, param_space={"x": tune.grid_search([3, 1, 4, 2])},
+                   tune_config=tune.TuneConfig(max_concurrent_trials=2),
+                   run_config=tune.RunConfig(name="c", storage_path=storage, callbacks=[watch], verbose=0,
+                                             failure_config=tune.FailureConfig(max_failures=1)))
+first = tuner.fit()
+ended_first = sorted(r.metrics.get("epoch", 0) for r in first)
+os.environ["MLFLOW_TRACKING_URI"] = live
+again = tune.Tuner.restore(f"{storage}/c", trainable, resume_errored=True).fit()
+print("RESULT " + json.dumps({"lost": watch.lost, "first": ended_first,
+                              "again": sorted((r.config["x"], r.metrics.get("epoch")) for r in again)}))
+"""
+
+
+def test_a_trial_failing_while_mlflow_does_not_answer_interrupts_the_campaign_and_resume_runs_every_trial(
+    tmp_path, mlflow_at
+):
+    """A chaos run killed MLflow mid-campaign: every trial started afterwards failed at once on its MLflow run (4 of 6
+    FAILED within 3 minutes, retries included). Stopping the campaign then (a stopper) ended the running trials for
+    good: the resumed campaign "finished" with 4 of 6 trials. The first failure or retry while MLflow is down now
+    interrupts the fit as Ctrl-C does, and a resume runs every trial to its end."""
+    live = mlflow_at(live=True)
+    res = subprocess.run([sys.executable, "-c", INTERRUPTED, str(tmp_path / "runs"), str(tmp_path / "marker"),
+                          "http://127.0.0.1:9", live], capture_output=True, text=True, timeout=300)  # fmt: skip
+    line = next((ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    assert line is not None, res.stdout[-2000:] + res.stderr[-4000:]
+    r = json.loads(line[len("RESULT ") :])
+    assert r["lost"].startswith("MLflow at http://127.0.0.1:9 does not answer")
+    assert r["first"].count(3) < 4  # interrupted: not every trial had ended
+    assert r["again"] == [[1, 3], [2, 3], [3, 3], [4, 3]]  # resumed: every trial ran to its last epoch
+
+
+def test_the_watch_interrupts_only_through_tunes_handler_and_only_when_mlflow_is_down(mlflow_at):
+    import signal
+
+    from pbp.tune.progress import TrackingWatch
+
+    got: list[int] = []
+    previous = signal.signal(signal.SIGUSR1, lambda sig, frame: got.append(sig))
+    try:
+        mlflow_at(live=True)
+        watch = TrackingWatch()
+        watch.on_trial_recover(1, [], None)  # a trial failed for another reason: the campaign goes on
+        assert not got and not watch.lost
+        mlflow_at(live=False)
+        watch.on_trial_error(2, [], None)
+        assert got == [signal.SIGUSR1] and watch.lost
+        watch.on_trial_error(3, [], None)  # once
+        assert got == [signal.SIGUSR1]
+        signal.signal(signal.SIGUSR1, signal.SIG_DFL)  # no Tune handler (a fit off the main thread): no signal,
+        TrackingWatch().on_trial_error(4, [], None)  # which would have ended the process
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
 
 
 def test_mlflow_not_answering_at_a_campaigns_end_is_one_line_saying_how_to_resume(mlflow_at):
@@ -128,3 +187,32 @@ def test_mlflow_not_answering_at_a_campaigns_end_is_one_line_saying_how_to_resum
     mlflow_at(live=True)
     with pytest.raises(ValueError, match="something else"), _tracking_lost_says_resume(cfg, check=True):
         raise ValueError("something else")  # any other error is not MLflow's: it goes on as it was
+
+
+def test_a_best_trial_whose_model_mlflow_did_not_take_is_logged_from_storage(stack_env, tmp_path):
+    """The chaos run's resumed campaign printed `pbp registry register PARENT` for a best trial whose model MLflow
+    never took (its trial ended during the outage): the register failed with 'Failed to download artifacts'."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from pbp.finetune.export import TaskInfo, save_finetuned
+    from pbp.model import ModelConfig, ProteinBERT
+    from pbp.model.finetune import FinetuneModel, TaskKind
+    from pbp.train.tracking import MODEL_LOGGED_TAG, configure_mlflow
+    from pbp.tune.campaign import _copy_best_model
+
+    tiny = ModelConfig(n_annotations=8, d_local=8, d_global=16, n_blocks=1, n_heads=2, d_key=4)
+    info = TaskInfo(TaskKind.NUMERIC, seq_column="sequence")
+    stored = save_finetuned(FinetuneModel(ProteinBERT(tiny), info.spec).eval(), info, tmp_path / "final_model",
+                            {"run_name": "trial"})  # fmt: skip
+    client = MlflowClient(configure_mlflow())
+    exp = mlflow.set_experiment(f"tests-best-model-{os.getpid()}").experiment_id
+    parent = client.create_run(exp).info.run_id
+    child = client.create_run(exp, tags={"mlflow.parentRunId": parent}).info.run_id  # no model logged
+    assert _copy_best_model(client, child, parent, str(stored))
+    assert client.get_run(child).data.tags[MODEL_LOGGED_TAG] == "true"
+    assert {a.path for a in client.list_artifacts(parent, "best_model")} >= {"best_model/MLmodel"}
+    loaded = mlflow.pyfunc.load_model(f"runs:/{child}/model")
+    assert loaded.metadata.get_input_schema().input_names() == ["sequence"]  # the model's own column
+    lost = client.create_run(exp).info.run_id
+    assert not _copy_best_model(client, lost, parent, str(tmp_path / "nowhere"))  # said in a warning, not raised

@@ -153,13 +153,16 @@ def tune_and_report(cfg: TuneConfig, *, resume: bool = False, warm_start: str | 
     where = " (on the job's node; open it from the parent run's artifacts, campaign/report.html)" if remote else ""
     print(f"report: {res.report}{where}\nMLflow:  {run_link(res.parent_run_id)} (parent run, experiment "
           f"{cfg.experiment})")  # fmt: skip
-    if res.best is not None:
-        print(f"register the best trial's model: pbp registry register {res.parent_run_id} --name MODEL_NAME")
-    else:  # nothing to hand on: a failure for the shell, the job and CI alike
-        from pbp.tune.campaign import CampaignError
+    from pbp.tune.campaign import CampaignError
 
+    if res.best is None:  # nothing to hand on: a failure for the shell, the job and CI alike
         raise CampaignError(f"campaign {cfg.name}: no trial completed, so there is no best model (the failed "
                             "trials' errors are above, each with where its whole error is)")  # fmt: skip
+    if not res.best_model_logged:  # a register line here failed with 'Failed to download artifacts'
+        raise CampaignError(f"campaign {cfg.name}: the best trial's model is not in MLflow (the warning above says "
+                            f"why); `pbp tune --resume {cfg.name}` logs it once it can, then `pbp registry register "
+                            f"{res.parent_run_id}` takes it")  # fmt: skip
+    print(f"register the best trial's model: pbp registry register {res.parent_run_id} --name MODEL_NAME")
 
 
 def campaign_lines(name: str, summary: CampaignSummary, best: TrialRecord | None) -> str:

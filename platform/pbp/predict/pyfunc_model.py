@@ -7,6 +7,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+EXAMPLE_SEQUENCES = [
+    "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ",
+    "MSVLTPLLLRGLTGSARRLPVPRAKIHSL",
+    "MADEEKLPPGWEKRMSRSSGRVYYFNHITNASQWERPSG",
+]
+"""A model's input example where its own training data is not at hand (a registered model directory, a campaign's
+best trial logged from storage)."""
+
 
 def save_pyfunc_model(out: Path, loader_module: str, model_dir: Path, predictor: Any, seq_column: str,
                       example_seqs: list[str], params: dict[str, Any]) -> Path:  # fmt: skip

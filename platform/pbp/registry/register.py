@@ -14,16 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pbp.predict.pyfunc_model import EXAMPLE_SEQUENCES
 from pbp.registry import lineage
 from pbp.registry.server import RegistryError, call, check_model_name, client, error_code, experiment_id
 from pbp.scratch import scratch
 
 REGISTRATION_EXPERIMENT = "pbp-registry"
-EXAMPLES = [
-    "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ",
-    "MSVLTPLLLRGLTGSARRLPVPRAKIHSL",
-    "MADEEKLPPGWEKRMSRSSGRVYYFNHITNASQWERPSG",
-]
+EXAMPLES = EXAMPLE_SEQUENCES
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 

@@ -77,6 +77,8 @@ class CampaignResult:
     """Per trial id: seconds in its training epochs (the sum of the ``epoch_seconds`` its fine-tuning reported)."""
     finished_before: bool = False
     """A ``--resume`` of a campaign that had nothing left to run (no trial started)."""
+    best_model_logged: bool = True
+    """The best trial's model is in MLflow (its child run's ``model``, copied to the parent's ``best_model``)."""
 
 
 def _metric_and_mode(cfg: TuneConfig, base: FinetuneConfig) -> tuple[str, str]:
@@ -140,8 +142,24 @@ def run_campaign(cfg: TuneConfig, *, resume: bool = False, warm_start: str | Non
     summary = summarize(grid, cfg, metric, mode)
     summary.stopped = stop_reason(cfg, summary, time.time() - t0)
     with _tracking_lost_says_resume(cfg, check=any(t.status == "failed" for t in summary.trials)):
-        report = finish_campaign(cfg, summary, parent, url, time.time() - t0)
-    return CampaignResult(summary, report, parent.run_id, best_trial(summary), train_seconds(grid), finished_before)
+        report, best_logged = finish_campaign(cfg, summary, parent, url, time.time() - t0)
+    return CampaignResult(summary, report, parent.run_id, best_trial(summary), train_seconds(grid), finished_before,
+                          best_logged)  # fmt: skip
+
+
+def _mlflow_lost(cfg: TuneConfig, said: str = "") -> Exception | None:
+    """The error a campaign ends with when MLflow does not answer (``said``: how, else asked now), one line saying
+    so and how to continue; None when it answers."""
+    from pbp.train.tracking import TrackingUnavailableError, tracking_unanswered
+    from pbp.tune.progress import resume_command
+
+    said = said or tracking_unanswered() or ""
+    if not said:
+        return None
+    return TrackingUnavailableError(
+        f"{said}; campaign {cfg.name} stopped without its report and parent run: `{resume_command(cfg)}` continues "
+        "it once MLflow answers (unfinished and failed trials are run again)"
+    )
 
 
 @contextmanager
@@ -149,21 +167,18 @@ def _tracking_lost_says_resume(cfg: TuneConfig, check: bool) -> Iterator[None]:
     """MLflow not answering at a campaign's end (its trials failed for it, or the parent run cannot be written) is
     one line saying so and how to continue, not a traceback: ``--resume`` tries the failed trials again and writes
     the report and parent run."""
-    from pbp.train.tracking import TrackingUnavailableError, tracking_unanswered, unanswered
-    from pbp.tune.progress import resume_command
+    from pbp.train.tracking import unanswered
 
-    then = (f"; campaign {cfg.name} stopped without its report and parent run: `{resume_command(cfg)}` continues "
-            "it once MLflow answers (its failed trials are tried again)")  # fmt: skip
-    said = tracking_unanswered() if check else None
-    if said is not None:
-        raise TrackingUnavailableError(said + then)
+    lost = _mlflow_lost(cfg) if check else None
+    if lost is not None:
+        raise lost
     try:
         yield
     except Exception as e:
         said = unanswered(e, advice=False)
         if said is None:
             raise
-        raise TrackingUnavailableError(said + then) from None
+        raise _mlflow_lost(cfg, said) or e from None
 
 
 def _fit(tuner, cfg: TuneConfig, parent_run_id: str, resume: bool):
@@ -171,7 +186,7 @@ def _fit(tuner, cfg: TuneConfig, parent_run_id: str, resume: bool):
     finished before). A stop, a failure or an interruption marks the parent run and says how to continue; either
     way the placement groups the trials left held are released."""
     from pbp.console import quiet_logger
-    from pbp.train.tracking import ended_status, mark_family_unfinished
+    from pbp.train.tracking import TrackingUnavailableError, ended_status, mark_family_unfinished
     from pbp.tune.progress import TuneInterruption, interrupted_message
 
     grid = _finished_results(tuner, cfg) if resume else None
@@ -185,10 +200,11 @@ def _fit(tuner, cfg: TuneConfig, parent_run_id: str, resume: bool):
             finished_before = grid is not None
             if grid is None:
                 grid = tuner.fit()
-        if interruption.seen:
-            raise KeyboardInterrupt(interrupted_message(cfg, len(grid)))
+        if interruption.seen:  # Ctrl-C, or MLflow lost (``TrackingWatch`` interrupts the fit as Ctrl-C does)
+            raise _mlflow_lost(cfg) or KeyboardInterrupt(interrupted_message(cfg, len(grid)))
     except BaseException as e:  # stopped (--resume continues it) or failed: no run left RUNNING in MLflow
-        mark_family_unfinished(parent_run_id, ended_status(e))
+        if not isinstance(e, TrackingUnavailableError):  # (MLflow does not answer: nothing can be marked)
+            mark_family_unfinished(parent_run_id, ended_status(e))
         _release_placement_groups()
         if isinstance(e, SystemExit):  # `pbp jobs stop` (SIGTERM, which Ray's driver turns into SystemExit)
             print(f"pbp: stopped: {interrupted_message(cfg)}", file=sys.stderr, flush=True)
@@ -339,7 +355,7 @@ def _tuner(cfg: TuneConfig, base_cfg: FinetuneConfig, base: dict, ctx: dict, met
             name=cfg.name, storage_path=path.rsplit("/", 1)[0], storage_filesystem=fs, verbose=0,
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
             stop=stopper,
-            callbacks=[progress, ResumeState(scheduler, stopper, progress), TrackingWatch(stopper)],
+            callbacks=[progress, ResumeState(scheduler, stopper, progress), TrackingWatch()],
         ),
     )  # fmt: skip
 
@@ -454,8 +470,10 @@ def space_difference(then: dict[str, Any], now: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def finish_campaign(cfg: TuneConfig, summary: CampaignSummary, parent, url: str, wall_s: float) -> Path:
-    """Child run statuses, cost ledger, study, summary and report: to MLflow (parent run) and to storage."""
+def finish_campaign(cfg: TuneConfig, summary: CampaignSummary, parent, url: str,
+                    wall_s: float) -> tuple[Path, bool]:  # fmt: skip
+    """Child run statuses, cost ledger, study, summary and report: to MLflow (parent run) and to storage. -> (the
+    report, whether the best trial's model is in MLflow)."""
     from pbp.data.storage import Store
 
     out = Path(cfg.report_dir) / cfg.name
@@ -472,16 +490,17 @@ def finish_campaign(cfg: TuneConfig, summary: CampaignSummary, parent, url: str,
     for name in ("study.db", "summary.json", "ledger.json", "report.html"):
         store.put_file(name, out / name)
     best = best_trial(summary)
-    _log_parent(parent, cfg, summary, best, ledger, out)
-    return report
+    return report, _log_parent(parent, cfg, summary, best, ledger, out, url)
 
 
 def _log_parent(parent, cfg: TuneConfig, summary: CampaignSummary, best: TrialRecord | None, ledger: dict,
-                out: Path) -> None:  # fmt: skip
+                out: Path, url: str) -> bool:  # fmt: skip
+    """-> whether the best trial's model is in MLflow."""
     from pbp.train.tracking import BEST_MODEL_TAG, find_run
 
     if not parent.enabled:
-        return
+        return True
+    logged = True
     client = parent.client
     exp = client.get_experiment_by_name(cfg.experiment)
     counts = {s: sum(t.status == s for t in summary.trials) for s in ("completed", "pruned", "failed")}
@@ -505,20 +524,50 @@ def _log_parent(parent, cfg: TuneConfig, summary: CampaignSummary, best: TrialRe
         child = find_run(client, exp.experiment_id, trial_run_name(cfg.name, best.trial_id))
         if child:
             client.set_tag(parent.run_id, "pbp.best_trial", best.trial_id)
-            client.set_tag(parent.run_id, BEST_MODEL_TAG, f"runs:/{child}/model")
-            _copy_best_model(client, child, parent.run_id)
+            stored = f"{url}/trials/{trial_run_name(cfg.name, best.trial_id)}/final_model"
+            logged = _copy_best_model(client, child, parent.run_id, stored)
+            if logged:
+                client.set_tag(parent.run_id, BEST_MODEL_TAG, f"runs:/{child}/model")
     parent.log_metrics(len(summary.trials), metrics)
     client.log_artifacts(parent.run_id, str(out), "campaign")
     parent.finish("FINISHED" if best is not None or not counts["failed"] else "FAILED")
+    return logged
 
 
-def _copy_best_model(client, child_run: str, parent_run: str) -> None:
+def _copy_best_model(client, child_run: str, parent_run: str, stored: str) -> bool:
+    """The best trial's model to the parent run (``best_model``). A trial that ended while MLflow did not answer has
+    its model in storage only (``stored``, its ``final_model/``): it is logged to the trial's run first, so that
+    ``pbp registry register PARENT`` finds it (it failed: 'Failed to download artifacts'). -> whether it is there."""
     import mlflow
+
+    def download(dst: Path) -> str:
+        return mlflow.artifacts.download_artifacts(run_id=child_run, artifact_path="model", dst_path=str(dst))
 
     with scratch("best") as tmp:  # a model's copy: gone once logged
         try:
-            local = mlflow.artifacts.download_artifacts(run_id=child_run, artifact_path="model", dst_path=str(tmp))
-        except Exception as e:  # the child may have been stopped before it logged a model
-            log.warning("best trial's model not copied to the parent run: %s", e)
-            return
+            local = download(tmp)
+        except Exception as missing:  # not logged by its trial
+            try:
+                _log_stored_model(client, child_run, stored)
+                local = download(tmp)
+            except Exception as e:
+                log.warning("the best trial's model is not in its MLflow run (%s) and could not be logged from %s "
+                            "(%s)", missing, stored, e)  # fmt: skip
+                return False
         client.log_artifacts(parent_run, local, "best_model")
+    return True
+
+
+def _log_stored_model(client, child_run: str, stored: str) -> None:
+    from pbp.finetune.export import load_finetuned
+    from pbp.finetune.pyfunc import log_pyfunc
+    from pbp.predict.pyfunc_model import EXAMPLE_SEQUENCES
+    from pbp.train.artifacts import model_files
+    from pbp.train.tracking import MODEL_LOGGED_TAG
+
+    with model_files(stored) as d:
+        seq_column = load_finetuned(d)[1].seq_column
+        log_pyfunc(child_run, d, EXAMPLE_SEQUENCES, seq_column)
+    client.set_tag(child_run, MODEL_LOGGED_TAG, "true")
+    log.warning("the best trial's model was not in its MLflow run (MLflow did not answer as it ended): logged it "
+                "from %s", stored)  # fmt: skip

@@ -98,8 +98,6 @@ class CampaignStopper(tune.Stopper):
         self.best: float | None = None
         self.since_best = 0
         self.reached = False
-        self.halted = ""
-        """Why the campaign must stop now whatever its trials report (:class:`TrackingWatch`)."""
 
     def __call__(self, trial_id: str, result: dict) -> bool:
         value = result.get(self.metric)
@@ -115,22 +113,31 @@ class CampaignStopper(tune.Stopper):
         return False
 
     def stop_all(self) -> bool:
-        return bool(self.halted) or self.reached or (self.patience > 0 and self.since_best >= self.patience)
+        return self.reached or (self.patience > 0 and self.since_best >= self.patience)
 
 
 class TrackingWatch(tune.Callback):
-    """A trial that fails (or is about to be retried) while MLflow does not answer stops the campaign: every trial
-    started then would fail at once (its fine-tuning must find or create its MLflow run), burning the campaign's
-    remaining trials and their retries in a minute (a chaos run: 4 of 6 FAILED, then a traceback). Running trials
-    buffer their metrics meanwhile; the campaign ends saying MLflow does not answer and how to resume."""
+    """A trial that fails (or is about to be retried) while MLflow does not answer interrupts the campaign as Ctrl-C
+    does: every trial started then would fail at once (its fine-tuning must find or create its MLflow run), burning
+    the campaign's remaining trials and their retries in a minute (a chaos run: 4 of 6 FAILED, then a traceback).
+    Tune's own stop signal (SIGUSR1, handled like SIGINT during ``Tuner.fit``) saves the experiment with the running
+    trials unfinished, so ``--resume`` continues them and runs the ones not started; stopping the campaign instead
+    ended those trials for good (a resumed campaign "finished" with 4 of 6 trials). The driver then says that MLflow
+    does not answer and how to resume (``pbp.tune.campaign``)."""
 
-    def __init__(self, stopper: CampaignStopper) -> None:
-        self.stopper = stopper
+    def __init__(self) -> None:
+        self.lost = ""
 
     def _check(self) -> None:
+        import signal
+
         from pbp.train.tracking import tracking_unanswered
 
-        self.stopper.halted = self.stopper.halted or tracking_unanswered() or ""
+        if self.lost:
+            return
+        self.lost = tracking_unanswered() or ""
+        if self.lost and callable(signal.getsignal(signal.SIGUSR1)):  # Tune's handler, installed around the fit
+            signal.raise_signal(signal.SIGUSR1)
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._check()
