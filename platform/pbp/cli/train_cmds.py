@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -54,19 +55,27 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
     cfg = load_config(PretrainConfig, args.config, args.overrides)  # a submitted job: the copy's file, before moving
     enter_submit_dir()
-    pretrain_and_report(cfg, address=args.address)
-    return 0
+    return 0 if pretrain_and_report(cfg, address=args.address) else 1
 
 
-def pretrain_and_report(cfg: PretrainConfig, address: str | None = None) -> None:
+def pretrain_and_report(cfg: PretrainConfig, address: str | None = None) -> bool:
     """Run pretraining, then say where its checkpoint is: the end of ``pbp pretrain`` and of the submitted job
-    (``jobs/pretrain.py``) alike."""
+    (``jobs/pretrain.py``) alike. -> False when its MLflow run was not finished (MLflow did not answer at its end):
+    the command then fails, saying how to finish it."""
+    from pbp.train.checkpoint import newest_commit, storage_dir
     from pbp.train.launch import pretrain
-    from pbp.train.tracking import run_id_of
+    from pbp.train.tracking import run_status
 
     res = pretrain(cfg, address=address)
-    run_id = run_id_of(cfg.tracking.experiment, cfg.run_name) if cfg.tracking.enabled else None
+    newest = newest_commit(storage_dir(res.run_url)) if cfg.tracking.enabled else None
+    run_id = newest[1].mlflow_run_id if newest else None  # as the run recorded it: no lookup by name
     print(pretrain_lines(cfg.run_name, res, run_id))
+    if cfg.tracking.enabled and (run_id is None or run_status(run_id) != "FINISHED"):
+        print(f"run {cfg.run_name}: its model and checkpoint are in storage, but its MLflow run is not complete "
+              "(MLflow did not answer at its end: the model and the values not delivered are missing there). Run "
+              "the same command again once MLflow answers: it logs them, training nothing.", file=sys.stderr)  # fmt: skip
+        return False
+    return True
 
 
 def pretrain_lines(run_name: str, res: PretrainResult, run_id: str | None) -> str:
