@@ -30,7 +30,8 @@ def _host() -> str:
     return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this machine with this id is running (another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -56,7 +57,7 @@ def sweep(kind: str, base: Path) -> list[Path]:
             st = p.lstat()
         except OSError:
             continue
-        if p.is_symlink() or not p.is_dir() or st.st_uid != uid or _alive(int(pid)):
+        if p.is_symlink() or not p.is_dir() or st.st_uid != uid or pid_alive(int(pid)):
             continue
         shutil.rmtree(p, ignore_errors=True)
         removed.append(p)

@@ -278,3 +278,27 @@ def test_a_promotion_waiting_for_a_held_lock_says_who_holds_it(stack_dir, pbp, m
     assert err.count("waiting for its promotion lock, held by MLflow user alice (alice on build-7)") == 1, err
     assert "t" * 32 not in err
     client.delete_registered_model(f"{name}.pbp-lock")
+
+
+def test_a_lock_whose_holder_on_this_machine_died_is_broken_at_once(stack_dir, pbp, models):
+    """A chaos run killed a promotion mid-decision: the next one waited out its 600 s lease (or gave up at 300 s)."""
+    import socket
+
+    from pbp.registry.lock import HOLDER_TAG, model_lock
+    from pbp.registry.server import RegistryError
+
+    a, _, test, _ = models
+    name = f"dead-{os.getpid()}"
+    ok(pbp("registry", "register", str(a), "--name", name, "--test", str(test)))
+    client = client_of(stack_dir)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    holder = {"user": "admin", "os_user": "root", "host": socket.gethostname(), "pid": gone.pid, "token": "x" * 32}
+    client.create_registered_model(f"{name}.pbp-lock", tags={HOLDER_TAG: json.dumps(holder)})
+    with model_lock(client, name, wait_s=5.0) as lock:  # taken, not waited for
+        assert lock.held() is not None
+    alive = {**holder, "pid": os.getpid()}  # a live holder's lock is still waited for
+    client.create_registered_model(f"{name}.pbp-lock", tags={HOLDER_TAG: json.dumps(alive)})
+    with pytest.raises(RegistryError, match="waited 1 s for its promotion lock"), model_lock(client, name, wait_s=1.0):
+        pass
+    client.delete_registered_model(f"{name}.pbp-lock")

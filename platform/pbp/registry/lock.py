@@ -4,14 +4,17 @@ MLflow has no compare-and-set for aliases. Registered model names are unique on 
 registered model ``<name>.pbp-lock`` is an atomic test-and-set: whoever creates it holds the lock. Its holder tag
 carries a random token; the holder checks the lock is still its own before it moves an alias, and deletes it only
 if it is. A lock older than ``lease_s`` by the server's own creation time (which no client can change) is stale and
-may be broken by the next promotion; deleting another user's lock needs MANAGE on it, so without that right pbp says
-whom to ask. Model names ending in ``.pbp-lock`` are refused (``server.check_model_name``).
+may be broken by the next promotion, and so is at once one whose holder ran on this machine and is no longer running
+(its process id is in the holder tag); deleting another user's lock needs MANAGE on it, so without that right pbp
+says whom to ask. Model names ending in ``.pbp-lock`` are refused (``server.check_model_name``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
+import socket
 import sys
 import time
 import uuid
@@ -28,7 +31,7 @@ class Lock:
     def __init__(self, client: Any, model: str) -> None:
         self.client, self.model, self.name = client, model, model + LOCK_SUFFIX
         self.token = uuid.uuid4().hex
-        self.holder = json.dumps({**who(), "token": self.token})
+        self.holder = json.dumps({**who(), "pid": os.getpid(), "token": self.token})
 
     def try_take(self) -> bool:
         from mlflow.exceptions import MlflowException
@@ -87,6 +90,16 @@ def _token(rm: Any) -> str:
     return str(_holder_doc(rm).get("token", ""))
 
 
+def _holder_died(rm: Any) -> bool:
+    """The lock's holder ran on this machine and its process is gone (killed mid-decision): its lock need not wait
+    for the lease (the next decision waited up to 5 minutes for a dead process)."""
+    from pbp.scratch import pid_alive
+
+    doc = _holder_doc(rm)
+    pid = doc.get("pid")
+    return doc.get("host") == socket.gethostname() and isinstance(pid, int) and pid > 0 and not pid_alive(pid)
+
+
 def _holder(rm: Any | None) -> str:
     """Who holds the lock, in words (never its token)."""
     if rm is None:
@@ -105,7 +118,7 @@ def model_lock(client: Any, model: str, *, wait_s: float = 300.0, lease_s: float
     while not lock.try_take():
         rm = lock.held()
         age = time.time() - rm.creation_timestamp / 1000.0 if rm is not None else 0.0
-        if rm is not None and HOLDER_TAG in dict(rm.tags) and age > lease_s:
+        if rm is not None and HOLDER_TAG in dict(rm.tags) and (age > lease_s or _holder_died(rm)):
             lock.delete("stale")  # its holder died without releasing it
             continue
         if time.monotonic() > deadline:
