@@ -81,8 +81,9 @@ def cmd_down(args: argparse.Namespace) -> int:
     n = manager.down(_dir(args))
     print(f"stopped {n} service(s) in {time.monotonic() - t0:.1f}s; data kept in {_dir(args)}")
     if running:
-        print(f"killed {len(running)} running job(s) with it; the same command resumes a run from its newest "
-              "checkpoint (`pbp submit tune --resume NAME` a campaign) once the stack is up again")  # fmt: skip
+        print(f"killed {len(running)} running job(s) with it, their MLflow runs left RUNNING:\n  "
+              + "\n  ".join(running) + "\nthe same command resumes a run from its newest checkpoint (`pbp submit "
+              "tune --resume NAME` a campaign) once the stack is up again")  # fmt: skip
     return 0
 
 
