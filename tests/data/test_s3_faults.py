@@ -115,3 +115,24 @@ def test_a_run_finds_out_in_seconds_that_storage_is_down_a_bucket_missing_or_its
     with pytest.raises(StorageUnavailableError, match=rf"object storage at {dead} does not answer .*`pbp stack up`"):
         check_object_storage("s3://pbp-runs/x", endpoints=dataclasses.replace(endpoints, s3_endpoint=dead))
     assert time.monotonic() - t0 < 30  # not a minute of retries
+
+
+def test_an_io_call_failing_for_a_while_says_each_further_attempt(monkeypatch, caplog):
+    """A chaos run: SeaweedFS killed during a checkpoint upload; after Ray's own 60 s warning (which blamed the user's
+    upload function) nothing was said for about 4 minutes while pbp's retries waited on the SDK's."""
+    import logging
+
+    from pbp.data import storage
+
+    clock = iter(range(0, 1000, 7))  # each attempt takes 7 s
+    monkeypatch.setattr(storage.time, "monotonic", lambda: float(next(clock)))
+    monkeypatch.setattr(storage.time, "sleep", lambda s: None)
+
+    def down():
+        raise OSError("When initiating multiple part upload: AWS Error NETWORK_CONNECTION: Could not connect")
+
+    with caplog.at_level(logging.WARNING, "pbp.storage"), pytest.raises(OSError, match="failed after 5 attempts"):
+        storage.with_retries("upload s3://pbp-runs/r/checkpoint-000000400/ds/x.pt", down, retries=4)
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) >= 2 and all("checkpoint-000000400" in m and "Could not connect" in m for m in said), said
+    assert "attempt 4 of 5 failed after" in said[-1]

@@ -11,6 +11,7 @@ S3 goes through s3fs with the endpoints of :mod:`pbp.stack.endpoints` (environme
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import time
@@ -23,6 +24,7 @@ from pbp.stack.endpoints import Endpoints, resolve
 from pbp.stack.state import atomic_write
 
 T = TypeVar("T")
+log = logging.getLogger("pbp.storage")
 RETRIES = 4
 SMALL_READ_RETRIES = 9
 """For pyarrow reads of small objects: pyarrow hands the AWS SDK a buffer the size of the requested range, a 503's
@@ -30,6 +32,8 @@ XML error body does not fit in it, and the SDK then reports a non-retryable INTE
 stream") instead of retrying the 503 itself (the same bug as apache/doris#66557). At 30 % 503s one attempt of a small
 read fails with p=0.3, so ten attempts fail together with p=6e-6."""
 MAX_BACKOFF_S = 5.0
+SLOW_ATTEMPT_S = 10.0
+"""A retried I/O call that has taken longer than this is said at each further failure (storage down, not a blip)."""
 
 
 def is_s3(url: str) -> bool:
@@ -37,7 +41,10 @@ def is_s3(url: str) -> bool:
 
 
 def with_retries(what: str, fn: Callable[[], T], retries: int = RETRIES) -> T:
-    """Run ``fn``; on transient I/O errors retry with exponential backoff (0.2 s, 0.4 s, ... at most 5 s)."""
+    """Run ``fn``; on transient I/O errors retry with exponential backoff (0.2 s, 0.4 s, ... at most 5 s). An attempt
+    that fails after a while (storage down: each attempt waits out the SDK's own retries) is said, with the count, so
+    a stalled upload or read is not silent for minutes."""
+    t0 = time.monotonic()
     for attempt in range(retries + 1):
         try:
             return fn()
@@ -46,6 +53,9 @@ def with_retries(what: str, fn: Callable[[], T], retries: int = RETRIES) -> T:
         except (OSError, TimeoutError, ConnectionError) as e:
             if attempt == retries:
                 raise OSError(f"{what}: failed after {retries + 1} attempts: {e}") from e
+            if time.monotonic() - t0 > SLOW_ATTEMPT_S:
+                log.warning("%s: attempt %d of %d failed after %.0f s (%s); trying again", what, attempt + 1,
+                            retries + 1, time.monotonic() - t0, str(e).splitlines()[0][:300])  # fmt: skip
             time.sleep(min(0.2 * 2**attempt, MAX_BACKOFF_S))
     raise AssertionError("unreachable")
 
