@@ -19,7 +19,7 @@ def _dead_pid() -> int:
 
 
 def test_a_dead_processs_scratch_is_swept_and_nothing_else(tmp_path):
-    host = scratch._host()
+    host = scratch.machine_key()
     dead = tmp_path / f"pbp-build-{_dead_pid()}-{host}-abc"
     live = tmp_path / f"pbp-build-{os.getppid()}-{host}-def"  # pytest's parent: alive
     elsewhere = tmp_path / f"pbp-build-{_dead_pid()}-00000000-ghi"  # another machine's (a shared /tmp)
@@ -28,9 +28,17 @@ def test_a_dead_processs_scratch_is_swept_and_nothing_else(tmp_path):
     for d in (dead, live, elsewhere, other_kind, older_pbp):
         (d / "spill").mkdir(parents=True)
         (d / "spill" / "part-0.jsonl").write_bytes(b"x" * 1000)
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "keep.txt").write_text("a user's files")
+    link = tmp_path / f"pbp-build-{_dead_pid()}-{host}-lnk"  # named as ours, pointing elsewhere: never followed
+    link.symlink_to(precious, target_is_directory=True)
+    plain = tmp_path / f"pbp-build-{_dead_pid()}-{host}-txt"  # a file, not a folder
+    plain.write_text("not a folder")
     fresh = scratch.make("build", tmp_path)
     assert not dead.exists()
-    assert all(d.exists() for d in (live, elsewhere, other_kind, older_pbp))
+    assert all(d.exists() for d in (live, elsewhere, other_kind, older_pbp, link, plain))
+    assert (precious / "keep.txt").read_text() == "a user's files"
     assert fresh.name.startswith(f"pbp-build-{os.getpid()}-{host}-") and fresh.is_dir()
     with scratch.scratch("build", tmp_path) as tmp:
         assert tmp.is_dir() and fresh.exists()  # our own live one is kept

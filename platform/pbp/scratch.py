@@ -1,11 +1,12 @@
 """Local scratch directories that a killed process does not leave behind for good.
 
-Each is named ``pbp-KIND-PID-HOST-RANDOM`` (``HOST``: a short digest of this machine's name), and making one removes
+Each is named ``pbp-KIND-PID-MACHINE-RANDOM`` (``MACHINE``: :func:`pbp.local_process.machine_key`), and making one removes
 the directories of the same kind that a process of this machine made and that is gone: a SIGKILLed ``pbp data build``
 left its spill directory (about twice the input's size: hundreds of GB at UniRef scale), killed trainings their
 checkpoint copies, killed commands their model copies, and nothing ever removed them. Only directories of this
-user, of this machine (the name's host, so a /tmp shared between containers is safe) and of a process id that is
-not running are removed; a live one of another pbp process is never touched.
+user, of this machine (host, boot and pid namespace: a /tmp shared with a container whose pids mean other processes
+is left alone) and of a process id that is not running there are removed; a symlink or a plain file is never
+followed or removed.
 
     with scratch("register") as tmp: ...       # removed on exit (a TemporaryDirectory)
     path = make("train")                        # the caller removes it, or the next make("train") after it died
@@ -13,38 +14,23 @@ not running are removed; a live one of another pbp process is never touched.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
-import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from pbp.local_process import machine_key, pid_alive
+
 log = logging.getLogger("pbp.scratch")
-
-
-def _host() -> str:
-    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process of this machine with this id is running (another user's counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive
-        return True
-    return True
 
 
 def sweep(kind: str, base: Path) -> list[Path]:
     """Remove ``base``'s scratch directories of ``kind`` left by dead processes of this user on this machine."""
     removed: list[Path] = []
-    head, host, uid = f"pbp-{kind}-", _host(), os.getuid()
+    head, host, uid = f"pbp-{kind}-", machine_key(), os.getuid()
     try:
         candidates = [p for p in base.iterdir() if p.name.startswith(head)]
     except OSError:
@@ -72,7 +58,7 @@ def make(kind: str, dir: str | Path | None = None) -> Path:
     the ones dead processes left there."""
     base = Path(dir) if dir else Path(tempfile.gettempdir())
     sweep(kind, base)
-    return Path(tempfile.mkdtemp(prefix=f"pbp-{kind}-{os.getpid()}-{_host()}-", dir=base))
+    return Path(tempfile.mkdtemp(prefix=f"pbp-{kind}-{os.getpid()}-{machine_key()}-", dir=base))
 
 
 @contextmanager

@@ -136,3 +136,10 @@ def test_an_io_call_failing_for_a_while_says_each_further_attempt(monkeypatch, c
     said = [r.getMessage() for r in caplog.records]
     assert len(said) >= 2 and all("checkpoint-000000400" in m and "Could not connect" in m for m in said), said
     assert "attempt 4 of 5 failed after" in said[-1]
+
+    def timed_out():  # what an s3fs call raises when storage hangs: no text at all
+        raise TimeoutError()
+
+    clock = iter(range(0, 1000, 7))
+    with pytest.raises(OSError, match="failed after 3 attempts"):  # the I/O error, not an IndexError of the warning
+        storage.with_retries("read s3://pbp-data/x", timed_out, retries=2)

@@ -4,6 +4,7 @@ uploads started as files are written, a failed file retried alone, and the check
 import hashlib
 import io
 import json
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -254,8 +255,8 @@ def test_a_checkpoint_keeps_rank_0s_undelivered_metrics_and_a_restore_reads_them
         checkpoint_upload_fn(checkpoint, checkpoint_dir_name)
 
     monkeypatch.setattr(ray.train, "report", report)
-    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # (tempfile caches TMPDIR once read)
     saver = ckpt.Checkpointer(str(tmp_path / "run"), DistContext.single(), keep_last=2)
     backlog = [["valid_loss", 0.5, 1_700_000_000_000, 3], ["train_loss", 0.25, 1_700_000_000_001, 3]]
     commit = ckpt.CommitRecord(step=3, world_size=1, run_name="r", mlflow_run_id="abc")

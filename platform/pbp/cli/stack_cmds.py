@@ -90,7 +90,8 @@ def cmd_down(args: argparse.Namespace) -> int:
 def running_on_stack(state_dir: Path) -> list[str]:
     """The submitted jobs and direct drivers still running (or pending) on the stack's own Ray cluster, one line
     each; none when it does not answer (then nothing runs there to lose)."""
-    from pbp import submit
+    import requests
+
     from pbp.stack.endpoints import resolve
     from pbp.stack.state import StackState
 
@@ -99,13 +100,21 @@ def running_on_stack(state_dir: Path) -> list[str]:
     ep = resolve(state_dir, env={})  # the stack's own cluster, whatever RAY_ADDRESS names
     if not ep.stack_ray:
         return []
-    try:
-        jobs = submit.client(ep.stack_ray[0], endpoints=ep).list_jobs()
-    except Exception:  # Ray down or not answering: nothing running there
+    addr = ep.stack_ray[0]
+    try:  # the Jobs API's list, bounded in time (Ray's client waits for ever on a dashboard that hangs)
+        reply = requests.get(f"{addr.rstrip('/')}/api/jobs/", headers=ep.ray_headers(addr), timeout=10)
+        reply.raise_for_status()
+        jobs = reply.json()
+    except (requests.RequestException, ValueError):  # Ray down or not answering: nothing running there
         return []
-    live = [j for j in jobs if getattr(j.status, "value", str(j.status)) in ("PENDING", "RUNNING")]
-    return [f"{j.submission_id or f'driver {j.job_id}'} ({getattr(j.status, 'value', j.status)}): {j.entrypoint}"
-            for j in live]  # fmt: skip
+    live = [j for j in jobs if isinstance(j, dict) and j.get("status") in ("PENDING", "RUNNING")]
+    return [_job_line(j) for j in live]
+
+
+def _job_line(job: dict) -> str:
+    """A running job in one line: its submission id (a direct driver: its job id), status and entrypoint."""
+    who = job.get("submission_id") or f"driver {job.get('job_id')}"
+    return f"{who} ({job.get('status')}): {job.get('entrypoint')}"
 
 
 def cmd_status(args: argparse.Namespace) -> int:

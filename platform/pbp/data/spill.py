@@ -14,6 +14,7 @@ together (duplicate detection, joining GO annotations) then holds one partition 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -45,9 +46,11 @@ def partitions_for(input_bytes: int, partition_mb: float) -> int:
 
 
 def _full(e: OSError, path: Path) -> OSError:
-    """A spill file that cannot be written (a full disk), named, with what the build needs (it was a traceback)."""
-    return OSError(e.errno, f"{e.strerror or e} (the build's temporary folder, --tmp-dir or the system's: it needs "
-                   "about twice the input's uncompressed size)", str(path))  # fmt: skip
+    """A spill file that cannot be written, named (it was a traceback); a full disk also says what the build needs."""
+    full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+    hint = (" (the build's temporary folder, --tmp-dir or the system's: it needs about twice the input's uncompressed "
+            "size)") if full else ""  # fmt: skip
+    return OSError(e.errno, f"{e.strerror or e}{hint}", str(path))
 
 
 class Partitions:
@@ -70,12 +73,15 @@ class Partitions:
         self.rows_written += 1
 
     def close(self) -> None:
-        for f, path in zip(self.files or [], self.paths[: len(self.files or [])], strict=True):
+        failed: tuple[OSError, Path] | None = None
+        for f, path in zip(self.files or [], self.paths, strict=False):
             try:
                 f.close()
-            except OSError as e:  # the last buffered rows did not fit
-                raise _full(e, path) from e
+            except OSError as e:  # the last buffered rows did not fit: the other files are closed all the same
+                failed = failed or (e, path)
         self.files = None
+        if failed is not None:
+            raise _full(*failed) from failed[0]
 
     def rows(self, i: int) -> Iterator[list[Any]]:
         with self.paths[i].open(encoding="utf-8") as f:

@@ -54,8 +54,8 @@ def with_retries(what: str, fn: Callable[[], T], retries: int = RETRIES) -> T:
             if attempt == retries:
                 raise OSError(f"{what}: failed after {retries + 1} attempts: {e}") from e
             if time.monotonic() - t0 > SLOW_ATTEMPT_S:
-                log.warning("%s: attempt %d of %d failed after %.0f s (%s); trying again", what, attempt + 1,
-                            retries + 1, time.monotonic() - t0, str(e).splitlines()[0][:300])  # fmt: skip
+                log.warning("%s: attempt %d of %d failed after %.0f s (%s: %s); trying again", what, attempt + 1,
+                            retries + 1, time.monotonic() - t0, type(e).__name__, e)  # fmt: skip
             time.sleep(min(0.2 * 2**attempt, MAX_BACKOFF_S))
     raise AssertionError("unreachable")
 

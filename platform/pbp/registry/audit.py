@@ -29,7 +29,7 @@ from typing import Any
 
 from pbp.names import name_key
 from pbp.registry.server import CHAMPION as CHAMPION_ALIAS
-from pbp.registry.server import RegistryError, call, experiment_id, who
+from pbp.registry.server import LOCK_SUFFIX, RegistryError, call, experiment_id, who
 
 EXPERIMENT = "pbp-registry-audit"
 KEY_TAG, SEQ_TAG, HEAD_TAG = "pbp.audit.model_key", "pbp.audit.seq", "pbp.audit.head"
@@ -148,6 +148,8 @@ def read(client: Any, model: str) -> Trail:
                if found else "the trail holds no decision")
             + ": a change the trail does not record (a promotion or rollback interrupted after moving the alias, or "
             "the alias moved outside pbp); `pbp registry promote --force --reason TEXT` records a decision again"
+            + (" (a decision is in progress now: its lock is held; read the trail again once it is made)"
+               if _registered_model(client, model + LOCK_SUFFIX) is not None else "")
         )  # fmt: skip
     return trail
 

@@ -4,8 +4,8 @@ MLflow has no compare-and-set for aliases. Registered model names are unique on 
 registered model ``<name>.pbp-lock`` is an atomic test-and-set: whoever creates it holds the lock. Its holder tag
 carries a random token; the holder checks the lock is still its own before it moves an alias, and deletes it only
 if it is. A lock older than ``lease_s`` by the server's own creation time (which no client can change) is stale and
-may be broken by the next promotion, and so is at once one whose holder ran on this machine and is no longer running
-(its process id is in the holder tag); deleting another user's lock needs MANAGE on it, so without that right pbp
+may be broken by the next promotion, and so is, after 30 s, one whose holder ran on this machine (host, boot and pid
+namespace) and is no longer running (its process id is in the holder tag); deleting another user's lock needs MANAGE on it, so without that right pbp
 says whom to ask. Model names ending in ``.pbp-lock`` are refused (``server.check_model_name``).
 """
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
 import sys
 import time
 import uuid
@@ -22,6 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from pbp.local_process import machine_key, pid_alive
 from pbp.registry.server import LOCK_SUFFIX, RegistryError, call, error_code, who
 
 HOLDER_TAG = "pbp.lock.holder"
@@ -31,7 +31,7 @@ class Lock:
     def __init__(self, client: Any, model: str) -> None:
         self.client, self.model, self.name = client, model, model + LOCK_SUFFIX
         self.token = uuid.uuid4().hex
-        self.holder = json.dumps({**who(), "pid": os.getpid(), "token": self.token})
+        self.holder = json.dumps({**who(), "pid": os.getpid(), "machine": machine_key(), "token": self.token})
 
     def try_take(self) -> bool:
         from mlflow.exceptions import MlflowException
@@ -90,14 +90,19 @@ def _token(rm: Any) -> str:
     return str(_holder_doc(rm).get("token", ""))
 
 
-def _holder_died(rm: Any) -> bool:
-    """The lock's holder ran on this machine and its process is gone (killed mid-decision): its lock need not wait
-    for the lease (the next decision waited up to 5 minutes for a dead process)."""
-    from pbp.scratch import pid_alive
+DEAD_HOLDER_S = 30.0
+"""A lock whose holder's process is gone is broken once it is this old (a holder still taking it is younger)."""
 
+
+def _holder_died(rm: Any, age: float) -> bool:
+    """The lock (``age`` seconds old) is past ``DEAD_HOLDER_S``, its holder ran on this machine (host, boot and pid
+    namespace: ``machine_key``) and its process is gone (killed mid-decision): its lock need not wait out the lease
+    (the next decision waited up to 5 minutes)."""
+    if age <= DEAD_HOLDER_S:
+        return False
     doc = _holder_doc(rm)
     pid = doc.get("pid")
-    return doc.get("host") == socket.gethostname() and isinstance(pid, int) and pid > 0 and not pid_alive(pid)
+    return doc.get("machine") == machine_key() and isinstance(pid, int) and pid > 0 and not pid_alive(pid)
 
 
 def _holder(rm: Any | None) -> str:
@@ -118,8 +123,10 @@ def model_lock(client: Any, model: str, *, wait_s: float = 300.0, lease_s: float
     while not lock.try_take():
         rm = lock.held()
         age = time.time() - rm.creation_timestamp / 1000.0 if rm is not None else 0.0
-        if rm is not None and HOLDER_TAG in dict(rm.tags) and (age > lease_s or _holder_died(rm)):
-            lock.delete("stale")  # its holder died without releasing it
+        if rm is not None and HOLDER_TAG in dict(rm.tags) and (age > lease_s or _holder_died(rm, age)):
+            again = lock.held()  # still that holder's (another waiter may have broken it and taken its own)
+            if again is not None and _token(again) == _token(rm):
+                lock.delete("stale")  # its holder died without releasing it
             continue
         if time.monotonic() > deadline:
             raise RegistryError(f"model {model}: waited {wait_s:.0f} s for its promotion lock, held by {_holder(rm)}; "

@@ -20,7 +20,6 @@ from pbp.registry.server import RegistryError, call, check_model_name, client, e
 from pbp.scratch import scratch
 
 REGISTRATION_EXPERIMENT = "pbp-registry"
-EXAMPLES = EXAMPLE_SEQUENCES
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 
@@ -158,11 +157,11 @@ def _log_pyfunc(c: Any, model_dir: Path, name: str, source: str) -> str:
         if lineage.model_kind(model_dir) == "finetuned":
             from pbp.finetune.pyfunc import save_pyfunc
 
-            save_pyfunc(model_dir, out, EXAMPLES)
+            save_pyfunc(model_dir, out, EXAMPLE_SEQUENCES)
         else:
             from pbp.predict.pretrained import save_pyfunc as save_pretrained_pyfunc
 
-            save_pretrained_pyfunc(model_dir, out, EXAMPLES)
+            save_pretrained_pyfunc(model_dir, out, EXAMPLE_SEQUENCES)
         exp = experiment_id(c, REGISTRATION_EXPERIMENT)
         run = call("creating the registration run", lambda: c.create_run(
             exp, run_name=f"register-{name}", tags={"pbp.registered_model": name, "pbp.source": source}))  # fmt: skip

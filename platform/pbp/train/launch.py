@@ -579,17 +579,20 @@ def pretrain(
 
 
 def _tracking_unfinished(cfg: PretrainConfig, newest: tuple[str, CommitRecord] | None) -> bool:
-    """A finished run whose MLflow run is still RUNNING: MLflow did not answer at its end, so the model and the
+    """A finished run whose MLflow run is not FINISHED (RUNNING: MLflow did not answer at its end; KILLED or FAILED:
+    stopped as it ended), so the model and the
     values its last checkpoint kept (``TRACKING_BACKLOG``) never reached it. Its workers then resume that checkpoint,
     training nothing: they send those values, log the model and finish the MLflow run."""
     from pbp.train.tracking import run_status
 
     if not (cfg.tracking.enabled and newest is not None and newest[1].mlflow_run_id):
         return False
-    if run_status(newest[1].mlflow_run_id) != "RUNNING":
+    status = run_status(newest[1].mlflow_run_id)
+    if status in (None, "FINISHED"):  # (None: MLflow cannot say; the run's start checks that it answers)
         return False
-    print(f"run {cfg.run_name}: trained to step {newest[1].step}, but its MLflow run was left RUNNING (MLflow did not "
-          "answer at its end): resuming its last checkpoint to log what MLflow lacks, training nothing", flush=True)  # fmt: skip
+    print(f"run {cfg.run_name}: trained to step {newest[1].step}, but its MLflow run is {status}, not FINISHED "
+          "(MLflow did not answer at its end, or the run was stopped as it ended): resuming its last checkpoint to "
+          "log what MLflow lacks, training nothing", flush=True)  # fmt: skip
     return True
 
 

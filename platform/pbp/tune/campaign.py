@@ -45,6 +45,15 @@ class CampaignError(ValueError):
     """A campaign that cannot start or continue; the message says why and what to do."""
 
 
+TRIALS_DIR = "trials"
+"""The trials' ``checkpoint.storage_path`` under the campaign's own directory."""
+
+
+def trial_run_url(campaign_url: str, campaign: str, trial_id: str) -> str:
+    """A trial's fine-tuning run directory (its checkpoints, ``final_model/``), as its ``FinetuneConfig.run_url``."""
+    return f"{campaign_url}/{TRIALS_DIR}/{trial_run_name(campaign, trial_id)}"
+
+
 def trial_run_name(campaign: str, trial_id: str) -> str:
     return f"{campaign}-{trial_id}"
 
@@ -132,7 +141,7 @@ def run_campaign(cfg: TuneConfig, *, resume: bool = False, warm_start: str | Non
                                                                                    cfg.num_samples))  # fmt: skip
     if note:
         print(f"[{cfg.name}] {note}", flush=True)
-    ctx = {"campaign": cfg.name, "trials_url": f"{url}/trials", "parent_run_id": parent.run_id,
+    ctx = {"campaign": cfg.name, "trials_url": f"{url}/{TRIALS_DIR}", "parent_run_id": parent.run_id,
            "tags": {**ft_meta["tags"], "pbp.campaign": cfg.name}, "init": ft_meta["init"]}  # fmt: skip
     t0 = time.time()
     tuner = _tuner(cfg, base_cfg, base, ctx, metric, mode, url, resume, warm_start, warm)
@@ -147,15 +156,19 @@ def run_campaign(cfg: TuneConfig, *, resume: bool = False, warm_start: str | Non
                           best_logged)  # fmt: skip
 
 
-def _mlflow_lost(cfg: TuneConfig, said: str = "") -> Exception | None:
-    """The error a campaign ends with when MLflow does not answer (``said``: how, else asked now), one line saying
-    so and how to continue; None when it answers."""
-    from pbp.train.tracking import TrackingUnavailableError, tracking_unanswered
+def _mlflow_lost(cfg: TuneConfig) -> Exception | None:
+    """The error a campaign ends with when MLflow does not answer now; None when it answers."""
+    from pbp.train.tracking import tracking_unanswered
+
+    said = tracking_unanswered()
+    return _lost_error(cfg, said) if said else None
+
+
+def _lost_error(cfg: TuneConfig, said: str) -> Exception:
+    """One line saying MLflow does not answer (``said``) and how to continue."""
+    from pbp.train.tracking import TrackingUnavailableError
     from pbp.tune.progress import resume_command
 
-    said = said or tracking_unanswered() or ""
-    if not said:
-        return None
     return TrackingUnavailableError(
         f"{said}; campaign {cfg.name} stopped without its report and parent run: `{resume_command(cfg)}` continues "
         "it once MLflow answers (unfinished and failed trials are run again)"
@@ -178,7 +191,7 @@ def _tracking_lost_says_resume(cfg: TuneConfig, check: bool) -> Iterator[None]:
         said = unanswered(e, advice=False)
         if said is None:
             raise
-        raise _mlflow_lost(cfg, said) or e from None
+        raise _lost_error(cfg, said) from None
 
 
 def _fit(tuner, cfg: TuneConfig, parent_run_id: str, resume: bool):
@@ -201,7 +214,8 @@ def _fit(tuner, cfg: TuneConfig, parent_run_id: str, resume: bool):
             if grid is None:
                 grid = tuner.fit()
         if interruption.seen:  # Ctrl-C, or MLflow lost (``TrackingWatch`` interrupts the fit as Ctrl-C does)
-            raise _mlflow_lost(cfg) or KeyboardInterrupt(interrupted_message(cfg, len(grid)))
+            lost = _watch_verdict(tuner)
+            raise _lost_error(cfg, lost) if lost else KeyboardInterrupt(interrupted_message(cfg, len(grid)))
     except BaseException as e:  # stopped (--resume continues it) or failed: no run left RUNNING in MLflow
         if not isinstance(e, TrackingUnavailableError):  # (MLflow does not answer: nothing can be marked)
             mark_family_unfinished(parent_run_id, ended_status(e))
@@ -213,6 +227,15 @@ def _fit(tuner, cfg: TuneConfig, parent_run_id: str, resume: bool):
         raise
     _release_placement_groups()
     return grid, finished_before
+
+
+def _watch_verdict(tuner) -> str:
+    """What the campaign's ``TrackingWatch`` saw (MLflow not answering), '' if nothing or no watch (a campaign an
+    older pbp started). Ray's Tuner has no public accessor for its run config."""
+    from pbp.tune.progress import TrackingWatch
+
+    callbacks = tuner._local_tuner.get_run_config().callbacks or []
+    return next((c.lost for c in callbacks if isinstance(c, TrackingWatch)), "")
 
 
 def _release_placement_groups() -> None:
@@ -522,9 +545,10 @@ def _log_parent(parent, cfg: TuneConfig, summary: CampaignSummary, best: TrialRe
         for k, v in best.params.items():
             client.set_tag(parent.run_id, f"best.{k}", str(v))
         child = find_run(client, exp.experiment_id, trial_run_name(cfg.name, best.trial_id))
+        logged = bool(child)  # no child run: no model to hand on
         if child:
             client.set_tag(parent.run_id, "pbp.best_trial", best.trial_id)
-            stored = f"{url}/trials/{trial_run_name(cfg.name, best.trial_id)}/final_model"
+            stored = f"{trial_run_url(url, cfg.name, best.trial_id)}/final_model"
             logged = _copy_best_model(client, child, parent.run_id, stored)
             if logged:
                 client.set_tag(parent.run_id, BEST_MODEL_TAG, f"runs:/{child}/model")

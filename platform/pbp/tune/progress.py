@@ -136,7 +136,7 @@ class TrackingWatch(tune.Callback):
         if self.lost:
             return
         self.lost = tracking_unanswered() or ""
-        if self.lost and callable(signal.getsignal(signal.SIGUSR1)):  # Tune's handler, installed around the fit
+        if self.lost and callable(signal.getsignal(signal.SIGUSR1)):  # Tune's handler (never SIG_DFL: that kills)
             signal.raise_signal(signal.SIGUSR1)
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
