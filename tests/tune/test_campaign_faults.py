@@ -216,3 +216,45 @@ def test_a_best_trial_whose_model_mlflow_did_not_take_is_logged_from_storage(sta
     assert loaded.metadata.get_input_schema().input_names() == ["sequence"]  # the model's own column
     lost = client.create_run(exp).info.run_id
     assert not _copy_best_model(client, lost, parent, str(tmp_path / "nowhere"))  # said in a warning, not raised
+
+
+def test_a_fit_the_watch_interrupted_ends_in_one_line_saying_mlflow_is_lost_and_marks_nothing(monkeypatch):
+    """`_fit`'s side of the watch: Tune's "interrupted" (which a Ctrl-C also gives) with the watch's verdict becomes
+    the MLflow line with the resume command; without a verdict it stays an interruption. MLflow is down, so nothing
+    is marked (each mark would wait on it and print a warning)."""
+    import logging
+    from types import SimpleNamespace
+
+    from pbp.config import load_config
+    from pbp.train import tracking
+    from pbp.train.tracking import TrackingUnavailableError
+    from pbp.tune import campaign
+    from pbp.tune.config import TuneConfig
+    from pbp.tune.progress import TrackingWatch
+
+    from ..conftest import REPO
+
+    cfg = load_config(TuneConfig, REPO / "configs/tune/tiny.yaml", ["name=c8"])
+    marked: list[str] = []
+    monkeypatch.setattr(tracking, "mark_family_unfinished", lambda run_id, status: marked.append(status))
+    monkeypatch.setattr(campaign, "_release_placement_groups", lambda: None)
+
+    def tuner_with(lost: str):
+        watch = TrackingWatch()
+        watch.lost = lost
+
+        def fit():
+            logging.getLogger("ray.tune.tune").warning("Experiment has been interrupted, but the most recent state "
+                                                      "was saved.\nResume experiment with: Tuner.restore(...)")  # fmt: skip
+            return []
+
+        config = SimpleNamespace(callbacks=[watch])
+        return SimpleNamespace(fit=fit, _local_tuner=SimpleNamespace(get_run_config=lambda: config))
+
+    with pytest.raises(TrackingUnavailableError, match=r"MLflow at http://m:5000 does not answer \(refused\); "
+                       r"campaign c8 stopped without its report and parent run: `pbp tune --resume c8`"):  # fmt: skip
+        campaign._fit(tuner_with("MLflow at http://m:5000 does not answer (refused)"), cfg, "p" * 32, False)
+    assert marked == []
+    with pytest.raises(KeyboardInterrupt, match="campaign c8 stopped"):  # a Ctrl-C: the parent run is marked
+        campaign._fit(tuner_with(""), cfg, "p" * 32, False)
+    assert marked == ["KILLED"]
