@@ -1,12 +1,12 @@
 """Local scratch directories that a killed process does not leave behind for good.
 
-Each is named ``pbp-KIND-PID-MACHINE-RANDOM`` (``MACHINE``: :func:`pbp.local_process.machine_key`), and making one removes
-the directories of the same kind that a process of this machine made and that is gone: a SIGKILLed ``pbp data build``
-left its spill directory (about twice the input's size: hundreds of GB at UniRef scale), killed trainings their
-checkpoint copies, killed commands their model copies, and nothing ever removed them. Only directories of this
-user, of this machine (host, boot and pid namespace: a /tmp shared with a container whose pids mean other processes
-is left alone) and of a process id that is not running there are removed; a symlink or a plain file is never
-followed or removed.
+Each is named ``pbp-KIND-PID-MACHINE-RANDOM`` (``MACHINE``: :func:`pbp.local_process.machine_key`), and making one
+removes the directories of the same kind that a process of this machine made and that is gone: a SIGKILLed ``pbp
+data build`` left its spill directory (about twice the input's size: hundreds of GB at UniRef scale), killed
+trainings their checkpoint copies, killed commands their model copies, and nothing ever removed them. Only
+directories of this user, of this machine (host, boot and pid namespace: a /tmp shared with a container whose pids
+mean other processes is left alone) and of a process id that is not running there are removed; a symlink or a plain
+file is never followed or removed.
 
     with scratch("register") as tmp: ...       # removed on exit (a TemporaryDirectory)
     path = make("train")                        # the caller removes it, or the next make("train") after it died
