@@ -368,3 +368,20 @@ def test_a_gcs_address_in_ray_address_is_not_taken_for_the_local_stacks_jobs_api
     assert main(["jobs", "list"]) == 2
     err = capsys.readouterr().err
     assert "RAY_ADDRESS=10.9.9.9:6379 is a cluster's GCS address; pbp submit and pbp jobs talk to its Jobs API" in err
+
+
+def test_an_interrupted_build_says_what_it_left_and_what_to_do(monkeypatch, capsys, tmp_path):
+    """A chaos run: Ctrl-C of `pbp data build` into s3:// said only `pbp: interrupted`, leaving 70 shards and no
+    manifest there."""
+    from pbp.data import shards
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shards, "build", interrupted)
+    fasta = tmp_path / "x.fasta"
+    fasta.write_text(">P1\nMKV\n")
+    assert main(["data", "build", "--fasta", str(fasta), "--out", "s3://pbp-data/x/v1/", "--no-progress"]) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("pbp: interrupted: the build into s3://pbp-data/x/v1/ stopped before its manifest"), err
+    assert "--force" in err

@@ -111,6 +111,10 @@ def cmd_build(args: argparse.Namespace) -> int:
     try:
         report = build(args.out, Inputs(args.fasta, args.go_table, args.uniprot), cfg, progress=make,
                        overwrite=args.force, shard_map=shard_map)  # fmt: skip
+    except KeyboardInterrupt:  # it said only "interrupted": what it left, and what to do with it
+        raise KeyboardInterrupt(f"the build into {args.out} stopped before its manifest: the shards it wrote there are "
+                                "not a dataset (`pbp data inspect` says so); build again into another location, or "
+                                "into the same one with --force") from None  # fmt: skip
     finally:
         for b in bars:
             b.close()
