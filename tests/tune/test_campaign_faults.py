@@ -9,6 +9,7 @@ the end and pruned others than the uninterrupted campaign did (2 completed / 4 p
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -156,6 +157,11 @@ def test_the_watch_interrupts_only_through_tunes_handler_and_only_when_mlflow_is
         mlflow_at(live=False)
         watch.on_trial_error(2, [], None)
         assert got == [signal.SIGUSR1] and watch.lost
+        # Tune's handler would log "Stop signal received (e.g. via SIGINT/Ctrl+C) ...": not the user's Ctrl-C, dropped
+        tune_log = logging.getLogger("ray.tune.tune")
+        assert not all(f.filter(logging.makeLogRecord({"msg": "Stop signal received (e.g. via SIGINT/Ctrl+C)"}))
+                       for f in tune_log.filters)  # fmt: skip
+        assert not tune_log.filters  # once: the filter is gone with the note it dropped
         watch.on_trial_error(3, [], None)  # once
         assert got == [signal.SIGUSR1]
         signal.signal(signal.SIGUSR1, signal.SIG_DFL)  # no Tune handler (a fit off the main thread): no signal,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,17 @@ class CampaignStopper(tune.Stopper):
         return self.reached or (self.patience > 0 and self.since_best >= self.patience)
 
 
+class _DropStopSignalNote(logging.Filter):
+    """Tune's note on the stop signal pbp sends ("Stop signal received (e.g. via SIGINT/Ctrl+C) ... Press CTRL+C to
+    skip"), which would tell the user of a Ctrl-C nobody pressed: dropped once, then the filter removes itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.getMessage().startswith("Stop signal received"):
+            return True
+        logging.getLogger("ray.tune.tune").removeFilter(self)
+        return False
+
+
 class TrackingWatch(tune.Callback):
     """A trial that fails (or is about to be retried) while MLflow does not answer interrupts the campaign as Ctrl-C
     does: every trial started then would fail at once (its fine-tuning must find or create its MLflow run), burning
@@ -137,6 +149,8 @@ class TrackingWatch(tune.Callback):
             return
         self.lost = tracking_unanswered() or ""
         if self.lost and callable(signal.getsignal(signal.SIGUSR1)):  # Tune's handler (never SIG_DFL: that kills)
+            print(f"{self.lost}: stopping the campaign, its state saved", file=sys.stderr, flush=True)
+            logging.getLogger("ray.tune.tune").addFilter(_DropStopSignalNote())
             signal.raise_signal(signal.SIGUSR1)
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
