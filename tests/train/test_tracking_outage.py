@@ -197,11 +197,11 @@ def test_pretraining_whose_mlflow_run_is_not_finished_fails_saying_how_to_finish
 
     cfg = load_config(PretrainConfig, REPO / "configs/pretrain/tiny.yaml", ["run_name=pt7", "data.url=s3://d/v1/"])
     url = "s3://pbp-runs/pretrain/pt7"
-    monkeypatch.setattr(launch, "pretrain", lambda cfg, address=None: launch.PretrainResult(
-        url, {"step": 600}, f"{url}/checkpoint-000000600", trained=True))  # fmt: skip
     commit = checkpoint.CommitRecord(step=600, world_size=2, run_name="pt7", mlflow_run_id="a" * 32)
     monkeypatch.setattr(checkpoint, "newest_commit", lambda run: (f"{url}/checkpoint-000000600", commit))
     monkeypatch.setattr(checkpoint, "storage_dir", lambda u: None)
+    monkeypatch.setattr(launch, "_pretrain", lambda cfg, meta_extra, address: launch.PretrainResult(
+        url, {"step": 600}, f"{url}/checkpoint-000000600", trained=True))  # fmt: skip
     monkeypatch.setattr(tracking, "run_status", lambda run_id: None)  # MLflow cannot say: not known finished
     monkeypatch.setattr(tracking, "run_link", lambda run_id: run_id)
     assert pretrain_and_report(cfg) is False

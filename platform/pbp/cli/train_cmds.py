@@ -62,15 +62,11 @@ def pretrain_and_report(cfg: PretrainConfig, address: str | None = None) -> bool
     """Run pretraining, then say where its checkpoint is: the end of ``pbp pretrain`` and of the submitted job
     (``jobs/pretrain.py``) alike. -> False when its MLflow run was not finished (MLflow did not answer at its end):
     the command then fails, saying how to finish it."""
-    from pbp.train.checkpoint import newest_commit, storage_dir
     from pbp.train.launch import pretrain
-    from pbp.train.tracking import run_status
 
     res = pretrain(cfg, address=address)
-    newest = newest_commit(storage_dir(res.run_url)) if cfg.tracking.enabled else None
-    run_id = newest[1].mlflow_run_id if newest else None  # as the run recorded it: no lookup by name
-    print(pretrain_lines(cfg.run_name, res, run_id))
-    if cfg.tracking.enabled and (run_id is None or run_status(run_id) != "FINISHED"):
+    print(pretrain_lines(cfg.run_name, res, res.mlflow_run_id))
+    if res.tracking_complete is False:
         print(f"run {cfg.run_name}: its model and checkpoint are in storage, but its MLflow run is not complete "
               "(MLflow did not answer at its end: the model and the values not delivered are missing there). Run "
               "the same command again once MLflow answers: it logs them, training nothing.", file=sys.stderr)  # fmt: skip

@@ -548,13 +548,32 @@ class PretrainResult:
     """The newest complete checkpoint."""
     trained: bool = True
     """False for a re-run of a finished run (nothing left to train; ``metrics`` holds only the ``step``)."""
+    mlflow_run_id: str | None = None
+    """The run's MLflow run, as its newest checkpoint records it (None with tracking off)."""
+    tracking_complete: bool | None = None
+    """With tracking on: whether that MLflow run is FINISHED (False: MLflow did not answer at the end; the same
+    command again logs the model and the values kept with the checkpoint, training nothing). None with tracking off."""
 
 
 def pretrain(
     cfg: PretrainConfig, meta_extra: dict[str, Any] | None = None, address: str | None = None
 ) -> PretrainResult:
     """Run pretraining on the Ray cluster; a run that already reached ``max_steps`` and exported its model is
-    reported without starting any worker."""
+    reported without starting any worker. With tracking on, the result says whether its MLflow run is complete."""
+    res = _pretrain(cfg, meta_extra, address)
+    return _with_tracking(res) if cfg.tracking.enabled else res
+
+
+def _with_tracking(res: PretrainResult) -> PretrainResult:
+    from pbp.train.checkpoint import newest_commit, storage_dir
+    from pbp.train.tracking import run_status
+
+    newest = newest_commit(storage_dir(res.run_url))
+    run_id = newest[1].mlflow_run_id if newest else None  # as the run recorded it: no lookup by name
+    return replace(res, mlflow_run_id=run_id, tracking_complete=run_id is not None and run_status(run_id) == "FINISHED")
+
+
+def _pretrain(cfg: PretrainConfig, meta_extra: dict[str, Any] | None, address: str | None) -> PretrainResult:
     from pbp.train.checkpoint import newest_commit, storage_dir
     from pbp.train.run_identity import check_same_run
 

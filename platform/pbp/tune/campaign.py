@@ -156,14 +156,6 @@ def run_campaign(cfg: TuneConfig, *, resume: bool = False, warm_start: str | Non
                           best_logged)  # fmt: skip
 
 
-def _mlflow_lost(cfg: TuneConfig) -> Exception | None:
-    """The error a campaign ends with when MLflow does not answer now; None when it answers."""
-    from pbp.train.tracking import tracking_unanswered
-
-    said = tracking_unanswered()
-    return _lost_error(cfg, said) if said else None
-
-
 def _lost_error(cfg: TuneConfig, said: str) -> Exception:
     """One line saying MLflow does not answer (``said``) and how to continue."""
     from pbp.train.tracking import TrackingUnavailableError
@@ -180,11 +172,11 @@ def _tracking_lost_says_resume(cfg: TuneConfig, check: bool) -> Iterator[None]:
     """MLflow not answering at a campaign's end (its trials failed for it, or the parent run cannot be written) is
     one line saying so and how to continue, not a traceback: ``--resume`` tries the failed trials again and writes
     the report and parent run."""
-    from pbp.train.tracking import unanswered
+    from pbp.train.tracking import tracking_unanswered, unanswered
 
-    lost = _mlflow_lost(cfg) if check else None
-    if lost is not None:
-        raise lost
+    said = tracking_unanswered() if check else None
+    if said:
+        raise _lost_error(cfg, said)
     try:
         yield
     except Exception as e:
