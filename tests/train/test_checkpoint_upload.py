@@ -245,16 +245,10 @@ def test_resuming_from_a_checkpoint_never_runs_code_it_holds(tmp_path, zero_stag
 
 def test_a_checkpoint_keeps_rank_0s_undelivered_metrics_and_a_restore_reads_them(tmp_path, monkeypatch):
     """``Checkpointer.save(..., tracking_backlog=...)`` puts the metrics MLflow had not taken into rank 0's files
-    (verified with its manifest); ``restore`` hands them back for the resumed run's tracker. Ray Train's report is
-    stood in by what it does with pbp's upload function: call it with the checkpoint's directory name."""
-    import ray.train
-
+    (verified with its manifest); ``restore`` hands them back for the resumed run's tracker. Outside Ray Train (a
+    loop run in this process) a save is committed directly, with the same upload and manifests."""
     from pbp.train.dist import DistContext
 
-    def report(metrics, checkpoint, checkpoint_dir_name, checkpoint_upload_fn):
-        checkpoint_upload_fn(checkpoint, checkpoint_dir_name)
-
-    monkeypatch.setattr(ray.train, "report", report)
     (tmp_path / "tmp").mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # (tempfile caches TMPDIR once read)
     saver = ckpt.Checkpointer(str(tmp_path / "run"), DistContext.single(), keep_last=2)

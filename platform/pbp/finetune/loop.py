@@ -359,13 +359,23 @@ def _finish_stage(tr: Trainer) -> None:
 
 
 def finetune_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train's worker function: :func:`run_finetuning`, its final metrics reported to Ray Train."""
     import ray.train
 
     quiet_ray_train_reports()
     cfg = from_dict(FinetuneConfig, config["cfg"])
-    meta = config["meta"]
-    ctx = DistContext.from_ray()
     torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
+    tr, final = run_finetuning(cfg, config["meta"], DistContext.from_ray())
+    report = {k: v for k, v in final.items() if math.isfinite(v)}
+    ray.train.report({**report, "epoch": tr.progress.epochs_done, "finished": 1})
+    if tr.tracker is not None:
+        tr.tracker.finish()
+
+
+def run_finetuning(cfg: FinetuneConfig, meta: dict[str, Any], ctx: DistContext) -> tuple[Trainer, dict[str, float]]:
+    """One worker's whole fine-tuning run (resumed from the newest complete checkpoint, if any), in this process:
+    stages, final validation and test metrics, the model exported to the run's storage (and MLflow) by rank 0.
+    -> (the trainer, its final metrics); the caller finishes the tracker once it has reported."""
     tr = Trainer(cfg, meta, ctx)
     run_id = tr.restore()
     if ctx.is_main:
@@ -380,15 +390,11 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
         final = {**tr.validate(), **tr.test()}
         if ctx.is_main:
             _export(tr, final)  # the driver prints the final metrics (``final_metrics.json``)
-    report = {k: v for k, v in final.items() if math.isfinite(v)}
-    ray.train.report({**report, "epoch": tr.progress.epochs_done, "finished": 1})
-    if tr.tracker is not None:
-        tr.tracker.finish()
+    return tr, final
 
 
 def _export(tr: Trainer, final: dict[str, float]) -> None:
     """The fine-tuned model as an MLflow model (pyfunc, safetensors + JSON) and in the run's storage dir."""
-    from pyarrow import fs as pafs
 
     from pbp.train.checkpoint import scratch_dir
 
@@ -414,8 +420,7 @@ def _export(tr: Trainer, final: dict[str, float]) -> None:
         run = tr.ckpt.run
         with run.fs.open_output_stream(f"{run.path}/final_metrics.json") as f:
             f.write(json.dumps(final, indent=1).encode())
-        pafs.copy_files(str(local), f"{run.path}/final_model", source_filesystem=pafs.LocalFileSystem(),
-                        destination_filesystem=run.fs)  # fmt: skip
+        run.put_dir(local, "final_model")
         if tr.tracker is not None:
             # The shipped weights' validation metrics as final_valid_* (valid_* holds one point per epoch).
             shipped = {(f"final_{k}" if k.startswith("valid_") else k): v for k, v in final.items() if math.isfinite(v)}

@@ -330,6 +330,16 @@ class StorageDir:
         scheme = "s3://" if isinstance(self.fs, pafs.S3FileSystem) else ""
         return f"{scheme}{self.path}/{name}".rstrip("/")
 
+    def put_dir(self, local: Path, rel: str) -> None:
+        """Copy the local folder ``local`` to ``rel`` in this run directory (S3 has no folders to make; a local
+        filesystem needs it made first)."""
+        from pyarrow import fs as pafs
+
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            self.fs.create_dir(f"{self.path}/{rel}", recursive=True)
+        pafs.copy_files(str(local), f"{self.path}/{rel}", source_filesystem=pafs.LocalFileSystem(),
+                        destination_filesystem=self.fs)  # fmt: skip
+
     def read_json(self, rel: str) -> dict | None:
         from pyarrow import fs as pafs
 
@@ -516,7 +526,8 @@ class Restored:
 
 
 class Checkpointer:
-    """One run's checkpoints: restore the newest complete one, save through ``ray.train.report``, keep the last N.
+    """One run's checkpoints: restore the newest complete one, save (through ``ray.train.report`` in a Ray Train
+    worker, else committed directly), keep the last N.
 
     Every rank calls ``restore`` and ``save`` (they synchronise); rank 0 chooses and prunes.
     """
@@ -542,9 +553,9 @@ class Checkpointer:
     ) -> None:  # fmt: skip
         """``write(dir, upload)`` puts this rank's files into a fresh directory, through ``upload.open`` or announcing
         them with ``upload.ready`` where it can (see ``Upload``; the rest go up when it returns). Then the manifests
-        through ``ray.train.report``, and retention. ``tracking_backlog`` (rank 0): the metrics MLflow has not taken
-        yet, kept with the checkpoint so that a resumed run sends them (``Restored.tracking_backlog``)."""
-        import ray.train
+        through ``ray.train.report`` (committed directly outside Ray Train), and retention. ``tracking_backlog``
+        (rank 0): the metrics MLflow has not taken yet, kept with the checkpoint so that a resumed run sends them
+        (``Restored.tracking_backlog``)."""
         import torch
 
         local = scratch_dir()
@@ -559,19 +570,13 @@ class Checkpointer:
             shutil.rmtree(local, ignore_errors=True)
             raise
         doc = {k: v for k, v in commit.to_json().items() if k != "step"} if self.ctx.is_main else None
-
-        def upload_fn(_: ray.train.Checkpoint, dir_name: str) -> ray.train.Checkpoint:
-            assert dir_name == name, (dir_name, name)
-            up.finish(self.ctx.rank, commit.step, reader_state or {}, doc)
-            return ray.train.Checkpoint(path=f"{self.run.path}/{dir_name}", filesystem=self.run.fs)
-
         try:
-            ray.train.report(
-                metrics,
-                checkpoint=ray.train.Checkpoint.from_directory(str(local)),
-                checkpoint_dir_name=name,
-                checkpoint_upload_fn=upload_fn,  # pbp's upload: each file read once (hashed on the way), in parallel
-            )
+            if self.ctx.in_ray_train:
+                self._report(
+                    name, local, metrics, lambda: up.finish(self.ctx.rank, commit.step, reader_state or {}, doc)
+                )
+            else:  # a loop run in this process: the same upload and commit, no Ray Train session to tell
+                up.finish(self.ctx.rank, commit.step, reader_state or {}, doc)
         finally:
             shutil.rmtree(local, ignore_errors=True)
         if torch.distributed.is_initialized():
@@ -579,3 +584,19 @@ class Checkpointer:
         if self.ctx.is_main:
             for old in prune(self.run, self.keep_last):
                 log.debug("retention: deleted %s", self.run.url(old))
+
+    def _report(self, name: str, local: Path, metrics: dict[str, Any], finish: Callable[[], None]) -> None:
+        """Ray Train's report of checkpoint ``name`` (files in ``local``), uploaded by pbp's ``finish``."""
+        import ray.train
+
+        def upload_fn(_: ray.train.Checkpoint, dir_name: str) -> ray.train.Checkpoint:
+            assert dir_name == name, (dir_name, name)
+            finish()
+            return ray.train.Checkpoint(path=f"{self.run.path}/{dir_name}", filesystem=self.run.fs)
+
+        ray.train.report(
+            metrics,
+            checkpoint=ray.train.Checkpoint.from_directory(str(local)),
+            checkpoint_dir_name=name,
+            checkpoint_upload_fn=upload_fn,  # pbp's upload: each file read once (hashed on the way), in parallel
+        )

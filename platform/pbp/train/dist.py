@@ -15,6 +15,9 @@ class DistContext:
     node_rank: int
     local_world_size: int = 1
     """Ranks on this rank's node (Ray Train's local world size: the local stack's nodes share one IP, so one node)."""
+    in_ray_train: bool = False
+    """A Ray Train worker (checkpoints and metrics go through ``ray.train.report``); else a loop run in this process
+    (``pbp bench gpu``, tests), whose checkpoints are committed to storage directly."""
 
     @property
     def is_main(self) -> bool:
@@ -26,7 +29,7 @@ class DistContext:
 
         ctx = ray.train.get_context()
         return cls(ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_rank(), ctx.get_node_rank(),
-                   ctx.get_local_world_size())  # fmt: skip
+                   ctx.get_local_world_size(), in_ray_train=True)  # fmt: skip
 
     @classmethod
     def single(cls) -> DistContext:

@@ -220,10 +220,17 @@ def _deepspeed_engine(cfg: PretrainConfig, ctx: DistContext) -> tuple[Any, torch
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train's worker function: :func:`run_pretraining` on this worker's rank."""
     quiet_ray_train_reports()
-    cfg = from_dict(PretrainConfig, config["cfg"])
-    meta = config["meta"]
-    ctx = DistContext.from_ray()
+    pt = run_pretraining(from_dict(PretrainConfig, config["cfg"]), config["meta"], DistContext.from_ray())
+    if pt.tracker is not None:
+        pt.tracker.finish()
+
+
+def run_pretraining(cfg: PretrainConfig, meta: dict[str, Any], ctx: DistContext) -> Pretrainer:
+    """One worker's whole pretraining run (resumed from the newest complete checkpoint, if any), in this process, up
+    to ``max_steps`` and the model's export. ``torch.distributed`` is set up by DeepSpeed from the environment (Ray
+    Train's, or RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT). The caller finishes the returned tracker."""
     pt = Pretrainer(cfg, meta, ctx)
     start, reader_state, run_id = pt.restore()
     if ctx.is_main:
@@ -236,8 +243,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     with finish_on_error(pt.tracker):
         drive(start, cfg.max_steps, pt.step, cadence, log=pt.log, save=pt.save)
         _export(pt.engine, cfg, pt.ckpt.run, pt.tracker, ctx)
-    if pt.tracker is not None:
-        pt.tracker.finish()
+    return pt
 
 
 def save_final_model(model: ProteinBERT, out: Path, cfg: PretrainConfig, manifest: dict[str, Any]) -> Path:
@@ -256,7 +262,6 @@ def _export(engine, cfg: PretrainConfig, run: ckpt.StorageDir, tracker: Tracker 
     """Framework-neutral final model (safetensors + config JSON + GO vocabulary) in the run dir and as an MLflow
     artifact."""
     import deepspeed
-    from pyarrow import fs as pafs
 
     params = list(engine.module.parameters())
     with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=cfg.deepspeed.zero_stage == 3):
@@ -265,8 +270,7 @@ def _export(engine, cfg: PretrainConfig, run: ckpt.StorageDir, tracker: Tracker 
             model.load_state_dict({k: v.detach().float().cpu() for k, v in engine.module.state_dict().items()})
             local = ckpt.scratch_dir() / "final_model"
             save_final_model(model, local, cfg, load_manifest(cfg.data.url))
-            pafs.copy_files(str(local), f"{run.path}/final_model", source_filesystem=pafs.LocalFileSystem(),
-                            destination_filesystem=run.fs)  # fmt: skip
+            run.put_dir(local, "final_model")
             if tracker is not None:
                 tracker.log_model_dir(local)
             shutil.rmtree(local.parent, ignore_errors=True)
