@@ -79,6 +79,9 @@ bench: setup prometheus
 	$(BIN)/pbp bench train --json $(BENCH)/train.json
 	$(BIN)/pbp bench predict --json $(BENCH)/predict.json
 	$(BIN)/pbp bench tune --json $(BENCH)/tune.json
+	@if $(BIN)/python -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then \
+		$(BIN)/pbp bench gpu --json $(BENCH)/gpu.json; \
+	else echo "bench gpu: skipped, torch sees no CUDA GPU here"; fi
 	$(BIN)/pbp bench report $(BENCH)
 
 # The whole pipeline on the local stack (docs/demo.md): venv, stack, then `pbp demo`; a second run reuses them.

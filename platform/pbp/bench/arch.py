@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from pbp.bench.model import synthetic_batch
+from pbp.bench.peak import sync
 from pbp.model import ModelConfig, ProteinBERT
 from pbp.model.pretraining import CorruptionConfig, corrupt, pretraining_loss
 from pbp.model.tokenizer import VOCAB_SIZE
@@ -121,12 +122,11 @@ def measure(arch: str, model_cfg: dict, seq_len: int, batch_size: int, steps: in
         base = torch.cuda.memory_allocated() / 2**20
     for _ in range(warmup):
         step()
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    sync()
+    sync(device)
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
-    sync()
+    sync(device)
     elapsed = time.perf_counter() - t0
     peak = (torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else _peak_rss_mb()) - base
     return {"params": float(n_params(model)), "samples_per_s": steps * batch_size / elapsed, "peak_mib": peak}

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from pbp.bench.peak import matmul_peak
+from pbp.bench.peak import matmul_peak, sync
 from pbp.model import ModelConfig, ProteinBERT
 from pbp.model.flops import train_flops
 from pbp.model.pretraining import CorruptionConfig, corrupt, pretraining_loss
@@ -79,12 +79,12 @@ def bench_model(
 
     for _ in range(warmup_steps):
         step()
-    _sync(device)
+    sync(device)
     steps, t0 = 0, time.perf_counter()
     while steps < min_steps or time.perf_counter() - t0 < min_seconds:
         step()
         steps += 1
-    _sync(device)
+    sync(device)
     elapsed = time.perf_counter() - t0
     peak = matmul_peak(DTYPES[dtype], seconds=peak_seconds, device=device)
     per_sample = train_flops(cfg, seq_len)
@@ -102,11 +102,6 @@ def bench_model(
         fraction_of_peak=sps * per_sample / peak,
         train_flops_per_sample=per_sample,
     )
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def as_row(r: ModelBenchResult) -> dict[str, object]:

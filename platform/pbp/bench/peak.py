@@ -24,7 +24,7 @@ def _matmul_peak_at(dtype: torch.dtype, n: int, seconds: float, device: str) -> 
     flops = 2.0 * n**3
     for _ in range(2):  # warm-up (thread pools, AMX tiles, cuBLAS handles)
         torch.matmul(a, b, out=c)
-    _sync(device)
+    sync(device)
     best = 0.0
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline:
@@ -32,11 +32,12 @@ def _matmul_peak_at(dtype: torch.dtype, n: int, seconds: float, device: str) -> 
         reps = 3
         for _ in range(reps):
             torch.matmul(a, b, out=c)
-        _sync(device)
+        sync(device)
         best = max(best, reps * flops / (time.perf_counter() - t0))
     return best
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
+def sync(device: str | torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously; a CPU's has returned already)."""
+    if str(device).startswith("cuda"):
         torch.cuda.synchronize()

@@ -32,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         _add_arch,
         _add_build,
         _add_report,
+        _add_gpu,
     ):
         add(bsub)
 
@@ -520,3 +521,50 @@ def _print_search(s: dict) -> None:
 
 def _row(part: str, figure: str, ratio: float, measured: str) -> None:
     print(f"{part:9} {figure:60} {ratio:7.3f}   {measured}", flush=True)
+
+
+def _add_gpu(bsub: argparse._SubParsersAction) -> None:
+    from pbp.bench.gpu import PARTS
+
+    gpu = bsub.add_parser(
+        "gpu",
+        help="on a CUDA machine: the model's speed, fine-tuning and pretraining loops with resume, the paper's model",
+        description="Runs without Ray, MLflow or S3 (the loops in this process, runs stored under --work). Parts: "
+        "model (base model fp32/bf16 as fractions of this run's matmul peak), finetune (tiny, killed after epoch 2 "
+        "and resumed), pretrain (DeepSpeed, resumed), paper (the paper's model on stability within --budget-s).",
+    )
+    gpu.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {','.join(PARTS)}")
+    gpu.add_argument("--data-dir", type=Path, default=Path("../shared/data/proteinbert_benchmarks"),
+                     help="the benchmark CSVs (stability.{train,valid,test}.csv)")  # fmt: skip
+    gpu.add_argument("--work", type=Path, default=None, help="where runs and the synthetic dataset go (default: a "
+                     "temporary folder)")  # fmt: skip
+    gpu.add_argument("--budget-s", type=float, default=420.0, help="seconds for all parts (the paper part fits its "
+                     "unfrozen epochs into what is left)")  # fmt: skip
+    gpu.add_argument("--model-seconds", type=float, default=8.0, help="minimum timed seconds per dtype")
+    gpu.add_argument("--json", type=Path, default=None, help="also write the results here (after each part)")
+    gpu.set_defaults(func=cmd_gpu)
+
+
+def cmd_gpu(args: argparse.Namespace) -> int:
+    import torch
+
+    from pbp.bench.gpu import PARTS, run_parts
+    from pbp.errors import UserError
+    from pbp.hardware import describe
+
+    parts = [p for p in args.parts.split(",") if p]
+    if unknown := sorted(set(parts) - set(PARTS)):
+        raise UserError(f"--parts: unknown {', '.join(unknown)} (known: {', '.join(PARTS)})")
+    if not torch.cuda.is_available():
+        raise UserError("pbp bench gpu needs a CUDA GPU, and torch sees none (torch.cuda.is_available() is False)")
+    doc: dict[str, object] = {"machine": describe()}
+
+    def done(part: str, result: object) -> None:
+        doc[part] = result
+        _write_json(args.json, doc)
+
+    with tempfile.TemporaryDirectory(prefix="pbp-bench-gpu-") as tmp:
+        run_parts(parts, args.data_dir.resolve(), (args.work or Path(tmp)).resolve(), args.budget_s,
+                  args.model_seconds, done)  # fmt: skip
+    print(json.dumps(doc, indent=1, default=str))
+    return 1 if any(isinstance(v, dict) and "error" in v.get("result", {}) for v in doc.values()) else 0
