@@ -202,10 +202,46 @@ def test_pretraining_whose_mlflow_run_is_not_finished_fails_saying_how_to_finish
     monkeypatch.setattr(checkpoint, "storage_dir", lambda u: None)
     monkeypatch.setattr(launch, "_pretrain", lambda cfg, meta_extra, address: launch.PretrainResult(
         url, {"step": 600}, f"{url}/checkpoint-000000600", trained=True))  # fmt: skip
-    monkeypatch.setattr(tracking, "run_status", lambda run_id: None)  # MLflow cannot say: not known finished
+    monkeypatch.setattr(tracking, "missing_from_run", lambda run_id: None)  # MLflow cannot say: not known complete
     monkeypatch.setattr(tracking, "run_link", lambda run_id: run_id)
     assert pretrain_and_report(cfg) is False
     err = capsys.readouterr().err
     assert "its MLflow run is not complete" in err and "Run the same command again once MLflow answers" in err
-    monkeypatch.setattr(tracking, "run_status", lambda run_id: "FINISHED")
+    monkeypatch.setattr(tracking, "missing_from_run", lambda run_id: [])
     assert pretrain_and_report(cfg) is True and "not complete" not in capsys.readouterr().err
+
+
+def test_an_mlflow_run_is_complete_once_finished_with_its_model_logged(endpoints, monkeypatch, tmp_path):
+    """One rule for pretraining and fine-tuning (pretraining's was "FINISHED" alone): a run whose model upload failed
+    in a short MLflow outage, and whose finish then went through, was complete by it with no model in MLflow, and a
+    re-run did nothing to mend it."""
+    import random
+
+    from pbp.train import checkpoint, launch
+
+    for k, v in endpoints.mlflow_env().items():
+        monkeypatch.setenv(k, v)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    logged = Tracker("pbp-tests-complete", f"logged-{random.randrange(10**9)}", None)
+    assert tracking.missing_from_run(logged.run_id) == [
+        "its status is RUNNING, not FINISHED",
+        "its model is not logged",
+    ]
+    assert logged.log_model_dir(model) is True
+    assert tracking.missing_from_run(logged.run_id) == ["its status is RUNNING, not FINISHED"]
+    logged.finish()
+    assert tracking.missing_from_run(logged.run_id) == []
+
+    blip = Tracker("pbp-tests-complete", f"blip-{random.randrange(10**9)}", None)
+    monkeypatch.setattr(blip.client, "log_artifacts", lambda *a: (_ for _ in ()).throw(ConnectionError("refused")))
+    assert blip.log_model_dir(model) is False
+    blip.finish()
+    assert tracking.missing_from_run(blip.run_id) == ["its model is not logged"]
+    commit = checkpoint.CommitRecord(step=10, world_size=1, run_name="blip", mlflow_run_id=blip.run_id)
+    monkeypatch.setattr(checkpoint, "newest_commit", lambda run: ("checkpoint-000000010", commit))
+    monkeypatch.setattr(checkpoint, "storage_dir", lambda url: None)
+    res = launch._with_tracking(launch.PretrainResult("s3://r/blip", {"step": 10}, None))
+    assert res.mlflow_run_id == blip.run_id and res.tracking_complete is False
+    assert tracking.missing_from_run("0" * 32) is None  # no such run: nothing known

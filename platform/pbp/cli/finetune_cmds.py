@@ -54,7 +54,7 @@ def finetune_and_report(cfg: FinetuneConfig, address: str | None = None) -> bool
     if by_length:
         print(by_length)
     state = "finished" if res.trained else "already finished (nothing left to train)"
-    if res.model_logged is False:
+    if res.tracking_complete is False:
         print(f"run {cfg.run_name}: trained; model in {res.run_url}/final_model, but NOT in MLflow: MLflow did not "
               "answer at the end, so the run's model was not logged and the metrics MLflow had not taken are kept "
               "with the run's checkpoint. Run the same command again once MLflow answers: it logs them, training "

@@ -130,9 +130,10 @@ class FinetuneResult:
     """False for a re-run of a finished run: nothing left to train, nothing started."""
     mlflow_run_id: str | None = None
     """The run's MLflow run, as its newest checkpoint records it (None with tracking off)."""
-    model_logged: bool | None = None
-    """With tracking on: whether the MLflow run holds the model (False: MLflow did not answer at the end; the same
-    command again logs it and sends the metrics kept with the checkpoint, training nothing). None with tracking off."""
+    tracking_complete: bool | None = None
+    """With tracking on: whether the MLflow run is complete (:func:`pbp.train.tracking.missing_from_run`; False:
+    MLflow did not answer at the end; the same command again logs the model and sends the metrics kept with the
+    checkpoint, training nothing). None with tracking off."""
 
 
 def finetune(cfg: FinetuneConfig, address: str | None = None) -> FinetuneResult:
@@ -158,13 +159,13 @@ def finetune(cfg: FinetuneConfig, address: str | None = None) -> FinetuneResult:
     newest = newest_commit(run)
     run_id = newest[1].mlflow_run_id if newest else None
     return FinetuneResult(cfg.run_url, run.read_json("final_metrics.json") or {}, True, run_id,
-                          model_logged(run_id) if cfg.tracking.enabled else None)  # fmt: skip
+                          tracking_complete(run_id) if cfg.tracking.enabled else None)  # fmt: skip
 
 
 def finished_run(cfg: FinetuneConfig) -> FinetuneResult | None:
     """The run, with its final metrics, if its newest checkpoint has every stage of ``cfg`` done (what a worker would
-    skip) and its model is exported: in storage, and with tracking on, logged to MLflow (``MODEL_LOGGED_TAG``). None
-    when anything is left to do."""
+    skip) and its model is exported: in storage, and with tracking on, its MLflow run complete (the model logged, the
+    run FINISHED). None when anything is left to do."""
     from pbp.train.checkpoint import newest_commit, storage_dir
 
     run = storage_dir(cfg.run_url)
@@ -183,20 +184,15 @@ def _finished(cfg: FinetuneConfig, run: StorageDir, newest: tuple[str, CommitRec
     metrics = run.read_json("final_metrics.json")
     if metrics is None or not exported(run, (WEIGHTS, META)):
         return None
-    if cfg.tracking.enabled and not model_logged(commit.mlflow_run_id):
+    if cfg.tracking.enabled and not tracking_complete(commit.mlflow_run_id):
         return None
     return FinetuneResult(cfg.run_url, metrics, trained=False, mlflow_run_id=commit.mlflow_run_id,
-                          model_logged=True if cfg.tracking.enabled else None)  # fmt: skip
+                          tracking_complete=True if cfg.tracking.enabled else None)  # fmt: skip
 
 
-def model_logged(run_id: str | None) -> bool:
-    from pbp.train.tracking import MODEL_LOGGED_TAG, configure_mlflow
+def tracking_complete(run_id: str | None) -> bool:
+    """The MLflow run holds everything (False also when it is gone or MLflow cannot say: the workers resume the last
+    checkpoint, training nothing, and report those)."""
+    from pbp.train.tracking import missing_from_run
 
-    if not run_id:
-        return False
-    from mlflow.tracking import MlflowClient
-
-    try:
-        return MlflowClient(configure_mlflow()).get_run(run_id).data.tags.get(MODEL_LOGGED_TAG) == "true"
-    except Exception:  # the run is gone or the server unreachable: train as usual, which reports those
-        return False
+    return run_id is not None and missing_from_run(run_id) == []

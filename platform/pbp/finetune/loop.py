@@ -36,7 +36,7 @@ from pbp.train.checkpoint import Checkpointer, CommitRecord, Restored, Upload
 from pbp.train.dist import DistContext, all_gather_objects, average_gradients, broadcast, quiet_ray_train_reports
 from pbp.train.driver import Cadence, drive
 from pbp.train.metrics import baseline_reference
-from pbp.train.tracking import MODEL_LOGGED_TAG, Tracker, finish_on_error
+from pbp.train.tracking import Tracker, finish_on_error
 
 log = logging.getLogger("pbp.finetune")
 STATE_FILE = "state.pt"
@@ -431,7 +431,7 @@ def _export(tr: Trainer, final: dict[str, float]) -> None:
 
                 examples = [decode(t) for t in data.train.tokens[:3]]
                 if tr.tracker.try_send(lambda: log_pyfunc(tr.tracker.run_id, local, examples, cfg.task.seq_column)):
-                    tr.tracker.try_send(lambda: tr.tracker.client.set_tag(tr.tracker.run_id, MODEL_LOGGED_TAG, "true"))
+                    tr.tracker.mark_model_logged()
                 else:
                     log.warning("the MLflow model of %s was not logged (MLflow unreachable); the model is in %s/final_model",
                                 cfg.run_name, run.path)  # fmt: skip

@@ -551,8 +551,9 @@ class PretrainResult:
     mlflow_run_id: str | None = None
     """The run's MLflow run, as its newest checkpoint records it (None with tracking off)."""
     tracking_complete: bool | None = None
-    """With tracking on: whether that MLflow run is FINISHED (False: MLflow did not answer at the end; the same
-    command again logs the model and the values kept with the checkpoint, training nothing). None with tracking off."""
+    """With tracking on: whether that MLflow run is complete (:func:`pbp.train.tracking.missing_from_run`; False:
+    MLflow did not answer at the end; the same command again logs the model and the values kept with the checkpoint,
+    training nothing). None with tracking off."""
 
 
 def pretrain(
@@ -566,11 +567,11 @@ def pretrain(
 
 def _with_tracking(res: PretrainResult) -> PretrainResult:
     from pbp.train.checkpoint import newest_commit, storage_dir
-    from pbp.train.tracking import run_status
+    from pbp.train.tracking import missing_from_run
 
     newest = newest_commit(storage_dir(res.run_url))
     run_id = newest[1].mlflow_run_id if newest else None  # as the run recorded it: no lookup by name
-    return replace(res, mlflow_run_id=run_id, tracking_complete=run_id is not None and run_status(run_id) == "FINISHED")
+    return replace(res, mlflow_run_id=run_id, tracking_complete=run_id is not None and missing_from_run(run_id) == [])
 
 
 def _pretrain(cfg: PretrainConfig, meta_extra: dict[str, Any] | None, address: str | None) -> PretrainResult:
@@ -598,20 +599,20 @@ def _pretrain(cfg: PretrainConfig, meta_extra: dict[str, Any] | None, address: s
 
 
 def _tracking_unfinished(cfg: PretrainConfig, newest: tuple[str, CommitRecord] | None) -> bool:
-    """A finished run whose MLflow run is not FINISHED (RUNNING: MLflow did not answer at its end; KILLED or FAILED:
-    stopped as it ended), so the model and the
+    """A finished run whose MLflow run is not complete (:func:`pbp.train.tracking.missing_from_run`: RUNNING, MLflow
+    did not answer at its end; KILLED or FAILED, stopped as it ended; or its model not logged), so the model and the
     values its last checkpoint kept (``TRACKING_BACKLOG``) never reached it. Its workers then resume that checkpoint,
     training nothing: they send those values, log the model and finish the MLflow run."""
-    from pbp.train.tracking import run_status
+    from pbp.train.tracking import missing_from_run
 
     if not (cfg.tracking.enabled and newest is not None and newest[1].mlflow_run_id):
         return False
-    status = run_status(newest[1].mlflow_run_id)
-    if status in (None, "FINISHED"):  # (None: MLflow cannot say; the run's start checks that it answers)
+    missing = missing_from_run(newest[1].mlflow_run_id)
+    if not missing:  # (None: MLflow cannot say; the run's start checks that it answers)
         return False
-    print(f"run {cfg.run_name}: trained to step {newest[1].step}, but its MLflow run is {status}, not FINISHED "
-          "(MLflow did not answer at its end, or the run was stopped as it ended): resuming its last checkpoint to "
-          "log what MLflow lacks, training nothing", flush=True)  # fmt: skip
+    print(f"run {cfg.run_name}: trained to step {newest[1].step}, but its MLflow run is not complete "
+          f"({'; '.join(missing)}: MLflow did not answer at its end, or the run was stopped as it ended): resuming "
+          "its last checkpoint to log what MLflow lacks, training nothing", flush=True)  # fmt: skip
     return True
 
 

@@ -157,14 +157,18 @@ def quiet_mlflow_driver() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
-def run_status(run_id: str) -> str | None:
-    """Driver side: an MLflow run's status (RUNNING, FINISHED, FAILED, KILLED), None when the server cannot say."""
+def missing_from_run(run_id: str) -> list[str] | None:
+    """Driver side: what an MLflow run lacks of what a pbp run (pretraining or fine-tuning) sends it by its end, in
+    words ([] when nothing): a FINISHED status, and its model (``MODEL_LOGGED_TAG``, set once the model's upload
+    succeeded). One rule for "the MLflow run is complete". None when the server cannot say."""
     from mlflow.tracking import MlflowClient
 
     try:
-        return str(MlflowClient(configure_mlflow()).get_run(run_id).info.status)
-    except Exception:  # gone or unreachable: nothing known to finish
+        run = MlflowClient(configure_mlflow()).get_run(run_id)
+    except Exception:  # gone or unreachable: nothing known
         return None
+    missing = [] if run.info.status == "FINISHED" else [f"its status is {run.info.status}, not FINISHED"]
+    return missing + ([] if run.data.tags.get(MODEL_LOGGED_TAG) == "true" else ["its model is not logged"])
 
 
 def run_link(run_id: str) -> str:
@@ -354,9 +358,17 @@ class Tracker:
             self.down_since = None
         return True
 
-    def log_model_dir(self, local_dir: Path, artifact_path: str = "model") -> None:
-        if self.enabled:
-            self.try_send(lambda: self.client.log_artifacts(self.run_id, str(local_dir), artifact_path))
+    def log_model_dir(self, local_dir: Path, artifact_path: str = "model") -> bool:
+        """The model's files as the run's artifacts, then :meth:`mark_model_logged`. -> both sent?"""
+        if not self.enabled:
+            return False
+        return self.try_send(lambda: self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)) and (
+            self.mark_model_logged()
+        )
+
+    def mark_model_logged(self) -> bool:
+        """``MODEL_LOGGED_TAG`` on the run, once its model's upload succeeded (:func:`missing_from_run` reads it)."""
+        return self.try_send(lambda: self.client.set_tag(self.run_id, MODEL_LOGGED_TAG, "true"))
 
     def finish(self, status: str = "FINISHED") -> None:
         """Send what is buffered (one last try, even in outage mode) and mark the run ``status``."""
