@@ -103,9 +103,8 @@ def finetune_part(data_dir: Path, work: Path, rows: int = 300) -> dict[str, Any]
     from pbp.finetune.launch import resolve_config
 
     def config(name: str) -> tuple[FinetuneConfig, dict[str, Any]]:
-        cfg = load_config(FinetuneConfig, FINETUNE_TINY,
-                          [*task_overrides(data_dir), f"task.max_rows={rows}", *local_overrides(work, name)])  # fmt: skip
-        return resolve_config(cfg)
+        overrides = [*task_overrides(data_dir), f"task.max_rows={rows}", *local_overrides(work, name)]
+        return resolve_config(load_config(FinetuneConfig, FINETUNE_TINY, overrides))
 
     tr, whole, seconds = _finetune(*config("gpu-ft"))
     cfg, meta = config("gpu-ft-killed")
@@ -118,7 +117,8 @@ def finetune_part(data_dir: Path, work: Path, rows: int = 300) -> dict[str, Any]
                            f"{'resumed' if again.resumed else 'did not resume'}")  # fmt: skip
     diff = max(abs(whole[k] - resumed[k]) for k in whole if math.isfinite(whole[k]) and k in resumed)
     print(f"finetune: {tr.progress.epochs_done} epochs on {tr.device} in {seconds:.1f} s; killed after epoch 2 "
-          f"(exit {child.exitcode}), resumed: {again.resumed}; largest metric difference {diff:.2e}", flush=True)  # fmt: skip
+          f"(exit {child.exitcode}), resumed: {again.resumed}; largest metric difference {diff:.2e}",
+          flush=True)  # fmt: skip
     return {"device": str(tr.device), "seconds": seconds, "epochs": tr.progress.epochs_done, "metrics": whole,
             "killed_exitcode": child.exitcode, "resumed": again.resumed, "resumed_metrics": resumed,
             "largest_metric_difference": diff}  # fmt: skip
@@ -148,7 +148,8 @@ def pretrain_part(work: Path, steps: int = 40) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for total in (steps, 2 * steps):  # the second run resumes from the first's last checkpoint
         overrides = [f"data.url={url}", f"max_steps={total}", f"checkpoint.every_steps={steps // 2}",
-                     "tracking.log_every=10", "deepspeed.bf16=auto", *local_overrides(work, "gpu-pretrain")]  # fmt: skip
+                     "tracking.log_every=10", "deepspeed.bf16=auto",
+                     *local_overrides(work, "gpu-pretrain")]  # fmt: skip
         cfg, meta = resolve_config(load_config(PretrainConfig, PRETRAIN_TINY, overrides))
         t0 = time.perf_counter()
         pt = run_pretraining(cfg, meta, DistContext.single())

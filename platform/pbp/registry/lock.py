@@ -5,8 +5,9 @@ registered model ``<name>.pbp-lock`` is an atomic test-and-set: whoever creates 
 carries a random token; the holder checks the lock is still its own before it moves an alias, and deletes it only
 if it is. A lock older than ``lease_s`` by the server's own creation time (which no client can change) is stale and
 may be broken by the next promotion, and so is, after 30 s, one whose holder ran on this machine (host, boot and pid
-namespace) and is no longer running (its process id is in the holder tag); deleting another user's lock needs MANAGE on it, so without that right pbp
-says whom to ask. Model names ending in ``.pbp-lock`` are refused (``server.check_model_name``).
+namespace) and is no longer running (its process id is in the holder tag); deleting another user's lock needs MANAGE
+on it, so without that right pbp says whom to ask. Model names ending in ``.pbp-lock`` are refused
+(``server.check_model_name``).
 """
 
 from __future__ import annotations
