@@ -401,13 +401,13 @@ def test_killed_storage_is_reported_and_restored_with_its_data(stack_dir, endpoi
 def test_stack_down_refuses_while_a_driver_runs_on_the_cluster_naming_it(stack_dir, stack_env, capsys):
     """A chaos run: `pbp stack down` under a running fine-tuning job said only 'stopped 6 service(s)'; the job was
     gone after `pbp stack up`, its MLflow run left RUNNING, nothing said it had to be run again."""
-    from pbp.cli.stack_cmds import running_on_stack
+    from pbp.stack.jobs import job_line, live_jobs
 
     code = "from pbp.train.launch import connect_ray\nimport time\nconnect_ray()\nprint('up', flush=True)\ntime.sleep(300)\n"
     driver = subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ), stdout=subprocess.PIPE, text=True)
     try:
         assert driver.stdout is not None and driver.stdout.readline().strip() == "up"
-        running = running_on_stack(stack_dir)
+        running = [job_line(j) for j in live_jobs(stack_dir)]
         assert any(line.startswith("driver ") and "(RUNNING)" in line for line in running), running
         capsys.readouterr()
         assert main(["stack", "down", "--state-dir", str(stack_dir)]) == 2  # refused: nothing stopped
@@ -417,3 +417,34 @@ def test_stack_down_refuses_while_a_driver_runs_on_the_cluster_naming_it(stack_d
     finally:
         driver.kill()
         driver.wait(timeout=30)
+
+
+def test_stack_down_force_stops_submitted_jobs_first_so_their_mlflow_runs_end_killed(stack_dir, stack_env):
+    """`pbp stack down --force` killed the running jobs with the stack, their MLflow runs left RUNNING for good. It
+    now stops the submitted ones first, as `pbp jobs stop` does, and their drivers mark their runs KILLED (the stack
+    itself is left up here: ``stop_submitted`` is what --force runs before stopping the services)."""
+    import shlex
+
+    from mlflow.tracking import MlflowClient
+
+    from pbp.stack.jobs import live_jobs, stop_submitted
+    from pbp.train.tracking import configure_mlflow
+
+    name = f"down-force-{os.getpid()}"
+    code = ("import time\nfrom pbp.train.launch import connect_ray\nfrom pbp.train.tracking import Tracker, "
+            f"marked_if_unfinished\nconnect_ray()\nt = Tracker('pbp-tests-down', {name!r}, None)\n"
+            f"print('run', t.run_id, flush=True)\nwith marked_if_unfinished(True, 'pbp-tests-down', {name!r}):\n"
+            "    time.sleep(300)\n")  # fmt: skip
+    c = submit.client()
+    sid = c.submit_job(entrypoint=f"{sys.executable} -c {shlex.quote(code)}",
+                       runtime_env={"env_vars": {"PBP_STACK_DIR": str(stack_dir)}})  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (run := re.search(r"^run (\w+)$", c.get_job_logs(sid), re.M)):
+        assert time.monotonic() < deadline and c.get_job_status(sid).name in ("PENDING", "RUNNING"), c.get_job_logs(sid)
+        time.sleep(0.5)
+    mine = [j for j in live_jobs(stack_dir) if j.get("submission_id") == sid]
+    assert len(mine) == 1
+    assert stop_submitted(stack_dir, mine) == []  # ended within the wait
+    assert c.get_job_status(sid).name == "STOPPED"
+    assert MlflowClient(configure_mlflow()).get_run(run.group(1)).info.status == "KILLED"
+    assert all(r.healthy for r in manager.status(stack_dir)[1])

@@ -32,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     down = ssub.add_parser("down", help="stop the processes this stack started (data is kept)")
     state_dir_arg(down)
     down.add_argument("--force", action="store_true",
-                      help="stop the stack also while jobs or drivers still run on its Ray cluster (they are killed)")  # fmt: skip
+                      help="stop the stack also while jobs or drivers still run on its Ray cluster: submitted jobs "
+                      "are stopped first as `pbp jobs stop` does (their MLflow runs marked KILLED), the rest killed")  # fmt: skip
     down.set_defaults(func=cmd_down)
 
     st = ssub.add_parser("status", help="each service: running, healthy, ports")
@@ -71,50 +72,27 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_down(args: argparse.Namespace) -> int:
     from pbp.errors import UserError
     from pbp.stack import manager
+    from pbp.stack.jobs import job_line, live_jobs, stop_submitted
 
-    running = running_on_stack(_dir(args))
+    running = live_jobs(_dir(args))
     if running and not args.force:  # the stack stopped under a job that then vanished: no word, its run RUNNING
         raise UserError(f"{len(running)} job(s) still running on this stack's Ray cluster, which `pbp stack down` "
-                        "would kill with no record:\n  " + "\n  ".join(running) + "\nstop them first (`pbp jobs "
-                        "stop ID` marks a run stopped and says how to resume it), or pass --force")  # fmt: skip
+                        "would kill with no record:\n  " + "\n  ".join(map(job_line, running)) + "\nstop them first "
+                        "(`pbp jobs stop ID` marks a run stopped and says how to resume it), or pass --force")  # fmt: skip
+    left = stop_submitted(_dir(args), running) if running else []
+    if stopped := [j for j in running if j not in left]:
+        print(f"stopped {len(stopped)} submitted job(s) first, as `pbp jobs stop` does (pbp's drivers mark their "
+              "MLflow runs KILLED):\n  " + "\n  ".join(map(job_line, stopped)))  # fmt: skip
     t0 = time.monotonic()
     n = manager.down(_dir(args))
     print(f"stopped {n} service(s) in {time.monotonic() - t0:.1f}s; data kept in {_dir(args)}")
+    if left:
+        print(f"killed {len(left)} job(s) or driver(s) with it, their MLflow runs left RUNNING:\n  "
+              + "\n  ".join(map(job_line, left)))  # fmt: skip
     if running:
-        print(f"killed {len(running)} running job(s) with it, their MLflow runs left RUNNING:\n  "
-              + "\n  ".join(running) + "\nthe same command resumes a run from its newest checkpoint (`pbp submit "
-              "tune --resume NAME` a campaign) once the stack is up again")  # fmt: skip
+        print("the same command resumes a run from its newest checkpoint (`pbp submit tune --resume NAME` a "
+              "campaign) once the stack is up again")  # fmt: skip
     return 0
-
-
-def running_on_stack(state_dir: Path) -> list[str]:
-    """The submitted jobs and direct drivers still running (or pending) on the stack's own Ray cluster, one line
-    each; none when it does not answer (then nothing runs there to lose)."""
-    import requests
-
-    from pbp.stack.endpoints import resolve
-    from pbp.stack.state import StackState
-
-    if StackState.load(state_dir.resolve()) is None:
-        return []
-    ep = resolve(state_dir, env={})  # the stack's own cluster, whatever RAY_ADDRESS names
-    if not ep.stack_ray:
-        return []
-    addr = ep.stack_ray[0]
-    try:  # the Jobs API's list, bounded in time (Ray's client waits for ever on a dashboard that hangs)
-        reply = requests.get(f"{addr.rstrip('/')}/api/jobs/", headers=ep.ray_headers(addr), timeout=10)
-        reply.raise_for_status()
-        jobs = reply.json()
-    except (requests.RequestException, ValueError):  # Ray down or not answering: nothing running there
-        return []
-    live = [j for j in jobs if isinstance(j, dict) and j.get("status") in ("PENDING", "RUNNING")]
-    return [_job_line(j) for j in live]
-
-
-def _job_line(job: dict) -> str:
-    """A running job in one line: its submission id (a direct driver: its job id), status and entrypoint."""
-    who = job.get("submission_id") or f"driver {job.get('job_id')}"
-    return f"{who} ({job.get('status')}): {job.get('entrypoint')}"
 
 
 def cmd_status(args: argparse.Namespace) -> int:
