@@ -179,7 +179,7 @@ def test_a_stored_name_that_climbs_out_of_the_download_directory_is_refused(tmp_
 
 
 _DEEPSPEED_RESUME = """
-import os, pickle, socket, sys, torch
+import os, pickle, sys, torch
 from pathlib import Path
 os.environ["DS_ACCELERATOR"] = "cpu"
 import deepspeed
@@ -188,12 +188,10 @@ from pbp.model import ProteinBERT
 from pbp.train import checkpoint as ckpt
 from pbp.train.config import PretrainConfig
 from pbp.train.deepspeed_config import deepspeed_config
+from pbp.train.dist import one_rank_env
 from pbp.train.optim import build_optimizer
 
-with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(s.getsockname()[1]), RANK="0", WORLD_SIZE="1",
-                      LOCAL_RANK="0")
+os.environ.update(one_rank_env())
 deepspeed.init_distributed(dist_backend="gloo")
 cfg = load_config(PretrainConfig, "configs/pretrain/tiny.yaml", [f"deepspeed.zero_stage={sys.argv[3]}",
                   f"deepspeed.bf16={sys.argv[4]}"])
@@ -243,15 +241,27 @@ def test_resuming_from_a_checkpoint_never_runs_code_it_holds(tmp_path, zero_stag
     assert not pwned.exists()
 
 
-def test_a_checkpoint_keeps_rank_0s_undelivered_metrics_and_a_restore_reads_them(tmp_path, monkeypatch):
+@pytest.mark.parametrize("in_ray_train", [True, False])
+def test_a_checkpoint_keeps_rank_0s_undelivered_metrics_and_a_restore_reads_them(in_ray_train, tmp_path, monkeypatch):
     """``Checkpointer.save(..., tracking_backlog=...)`` puts the metrics MLflow had not taken into rank 0's files
-    (verified with its manifest); ``restore`` hands them back for the resumed run's tracker. Outside Ray Train (a
-    loop run in this process) a save is committed directly, with the same upload and manifests."""
+    (verified with its manifest); ``restore`` hands them back for the resumed run's tracker. In a Ray Train worker the
+    save goes through ``ray.train.report`` (stood in by what it does with pbp's upload function: call it with the
+    checkpoint's directory name); outside it (a loop run in this process) it is committed directly, the same way."""
+    import ray.train
+
     from pbp.train.dist import DistContext
 
+    reported: list[dict] = []
+
+    def report(metrics, checkpoint, checkpoint_dir_name, checkpoint_upload_fn):
+        reported.append(metrics)
+        checkpoint_upload_fn(checkpoint, checkpoint_dir_name)
+
+    monkeypatch.setattr(ray.train, "report", report)
     (tmp_path / "tmp").mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # (tempfile caches TMPDIR once read)
-    saver = ckpt.Checkpointer(str(tmp_path / "run"), DistContext.single(), keep_last=2)
+    ctx = DistContext(0, 1, 0, 0, in_ray_train=in_ray_train)
+    saver = ckpt.Checkpointer(str(tmp_path / "run"), ctx, keep_last=2)
     backlog = [["valid_loss", 0.5, 1_700_000_000_000, 3], ["train_loss", 0.25, 1_700_000_000_001, 3]]
     commit = ckpt.CommitRecord(step=3, world_size=1, run_name="r", mlflow_run_id="abc")
     saver.save(lambda d, up: (d / "state.pt").write_bytes(b"s"), commit, {"step": 3}, tracking_backlog=backlog)
@@ -263,3 +273,4 @@ def test_a_checkpoint_keeps_rank_0s_undelivered_metrics_and_a_restore_reads_them
     saver.save(lambda d, up: (d / "state.pt").write_bytes(b"s"), ckpt.CommitRecord(step=4, world_size=1), {"step": 4})
     again = saver.restore()  # nothing undelivered at step 4: no file, an empty backlog
     assert again is not None and again.tracking_backlog == [] and again.name == ckpt.checkpoint_name(4)
+    assert reported == ([{"step": 3}, {"step": 4}] if in_ray_train else [])

@@ -21,18 +21,17 @@ from __future__ import annotations
 
 import math
 import multiprocessing as mp
-import os
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, Any
 
 from pbp.config import load_config
-from pbp.finetune.config import FinetuneConfig
+
+if TYPE_CHECKING:  # torch and the configs load with the parts, not with the CLI's parser
+    from pbp.finetune.config import FinetuneConfig
+    from pbp.model import ModelConfig
 
 FINETUNE_TINY = "configs/finetune/tiny.yaml"
 FINETUNE_STABILITY = "configs/finetune/stability.yaml"
@@ -40,6 +39,9 @@ PRETRAIN_TINY = "configs/pretrain/tiny.yaml"
 PAPER_STABILITY_SPEARMAN = 0.634
 """The paper's test Spearman on stability without pretraining (Brandes et al. 2022, table 1)."""
 PARTS = ("model", "finetune", "pretrain", "paper")
+KILLED_AFTER = 2
+"""The epoch after which ``finetune``'s child process exits (the worker-loss test hook)."""
+CHILD_TIMEOUT_S = 600.0
 
 
 def local_overrides(work: Path, run_name: str) -> list[str]:
@@ -52,29 +54,23 @@ def task_overrides(data_dir: Path, task: str = "stability") -> list[str]:
     return [f"task.{split}={data_dir / f'{task}.{split}.csv'}" for split in ("train", "valid", "test")]
 
 
-def one_rank_rendezvous() -> None:
-    """torch.distributed's rendezvous for one rank in this process (DeepSpeed reads it from the environment)."""
-    from pbp.stack.procs import free_ports
-
-    env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(free_ports(1)[0])}  # fmt: skip
-    for k, v in env.items():
-        os.environ.setdefault(k, v)
-
-
 # ---- model --------------------------------------------------------------------------------------------------------
 
 
-def model_part(seconds: float, batch_size: int = 32, seq_len: int = 512) -> list[dict[str, Any]]:
+def model_part(seconds: float, batch_size: int = 32, seq_len: int = 512, device: str = "cuda",
+               cfg: ModelConfig | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """The paper's model (or ``cfg``) in fp32 and under bf16 autocast, as :func:`pbp.bench.model.bench_model` times it."""
+    import torch
+
     from pbp.bench.model import as_row, bench_model
     from pbp.model import ModelConfig
 
     results = []
     for dtype in ("fp32", "bf16"):
-        r = bench_model(ModelConfig(), dtype=dtype, seq_len=seq_len, batch_size=batch_size, min_seconds=seconds,
-                        device="cuda")  # fmt: skip
+        r = bench_model(cfg or ModelConfig(), dtype=dtype, seq_len=seq_len, batch_size=batch_size,
+                        min_seconds=seconds, device=device)  # fmt: skip
         results.append(r)
-        print(f"model base {dtype}: {r.fraction_of_peak:.3f} of this run's {dtype} matmul peak "
+        print(f"model {dtype}: {r.fraction_of_peak:.3f} of this run's {dtype} matmul peak "
               f"({r.samples_per_s:.0f} samples/s at {seq_len} tokens)", flush=True)  # fmt: skip
     # PyTorch's defaults: fp32 matmuls in full fp32, fp32 convolutions through cuDNN in TF32
     settings = {"tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "tf32_cudnn": torch.backends.cudnn.allow_tf32,
@@ -95,11 +91,39 @@ def _finetune(cfg: FinetuneConfig, meta: dict[str, Any]) -> tuple[Any, dict[str,
 
 
 def _finetune_killed(cfg: FinetuneConfig, meta: dict[str, Any]) -> None:
-    """A child process: the run, which exits after epoch 2 (``kill_after_epoch``, the worker-loss test hook)."""
-    _finetune(cfg, {**meta, "kill_after_epoch": 2})
+    """A child process: the run, which exits after epoch ``KILLED_AFTER`` (``kill_after_epoch``, the test hook)."""
+    _finetune(cfg, {**meta, "kill_after_epoch": KILLED_AFTER})
+
+
+def _killed_after(cfg: FinetuneConfig, meta: dict[str, Any]) -> int:
+    """Run :func:`_finetune_killed` in a child process. -> the epochs its newest checkpoint holds; raises unless it
+    exited as the hook does (1), at that epoch, within ``CHILD_TIMEOUT_S``."""
+    from pbp.train.checkpoint import newest_commit, storage_dir
+
+    child = mp.get_context("spawn").Process(target=_finetune_killed, args=(cfg, meta))
+    child.start()
+    child.join(CHILD_TIMEOUT_S)
+    if child.is_alive():
+        child.terminate()
+        child.join()
+        raise RuntimeError(f"the run to be killed after epoch {KILLED_AFTER} was still running after "
+                           f"{CHILD_TIMEOUT_S:.0f} s")  # fmt: skip
+    newest = newest_commit(storage_dir(cfg.run_url))
+    epochs = int(newest[1].job.get("epochs_done", 0)) if newest else 0
+    if child.exitcode != 1 or epochs != KILLED_AFTER:  # 1 is also a crash's exit code: the checkpoint tells them apart
+        raise RuntimeError(f"the run to be killed after epoch {KILLED_AFTER} exited {child.exitcode} with "
+                           f"{epochs} epochs checkpointed")  # fmt: skip
+    return epochs
+
+
+def largest_difference(a: dict[str, float], b: dict[str, float]) -> float:
+    """The largest |a[k] - b[k]| over ``a``'s finite values (inf where ``b`` lacks one or has a non-finite value)."""
+    diffs = [abs(v - b[k]) if k in b and math.isfinite(b[k]) else math.inf for k, v in a.items() if math.isfinite(v)]
+    return max(diffs, default=0.0)
 
 
 def finetune_part(data_dir: Path, work: Path, rows: int = 300) -> dict[str, Any]:
+    from pbp.finetune.config import FinetuneConfig
     from pbp.finetune.launch import resolve_config
 
     def config(name: str) -> tuple[FinetuneConfig, dict[str, Any]]:
@@ -108,19 +132,15 @@ def finetune_part(data_dir: Path, work: Path, rows: int = 300) -> dict[str, Any]
 
     tr, whole, seconds = _finetune(*config("gpu-ft"))
     cfg, meta = config("gpu-ft-killed")
-    child = mp.get_context("spawn").Process(target=_finetune_killed, args=(cfg, meta))
-    child.start()
-    child.join()
+    _killed_after(cfg, meta)
     again, resumed, _ = _finetune(cfg, meta)
-    if child.exitcode != 1 or not again.resumed:
-        raise RuntimeError(f"the killed run exited {child.exitcode} (1 expected) and the re-run "
-                           f"{'resumed' if again.resumed else 'did not resume'}")  # fmt: skip
-    diff = max(abs(whole[k] - resumed[k]) for k in whole if math.isfinite(whole[k]) and k in resumed)
-    print(f"finetune: {tr.progress.epochs_done} epochs on {tr.device} in {seconds:.1f} s; killed after epoch 2 "
-          f"(exit {child.exitcode}), resumed: {again.resumed}; largest metric difference {diff:.2e}",
-          flush=True)  # fmt: skip
+    if not again.resumed:
+        raise RuntimeError("the re-run of the killed run did not resume from its checkpoint")
+    diff = largest_difference(whole, resumed)
+    print(f"finetune: {tr.progress.epochs_done} epochs on {tr.device} in {seconds:.1f} s; killed after epoch "
+          f"{KILLED_AFTER}, resumed; largest metric difference {diff:.2e}", flush=True)  # fmt: skip
     return {"device": str(tr.device), "seconds": seconds, "epochs": tr.progress.epochs_done, "metrics": whole,
-            "killed_exitcode": child.exitcode, "resumed": again.resumed, "resumed_metrics": resumed,
+            "killed_after_epoch": KILLED_AFTER, "resumed": again.resumed, "resumed_metrics": resumed,
             "largest_metric_difference": diff}  # fmt: skip
 
 
@@ -137,23 +157,26 @@ def _synthetic_dataset(work: Path) -> str:
     return url
 
 
-def pretrain_part(work: Path, steps: int = 40) -> dict[str, Any]:
+def pretrain_part(work: Path, steps: int = 40, bf16: str = "auto") -> dict[str, Any]:
+    """``steps`` of the tiny pretraining (DeepSpeed, ``deepspeed.bf16=bf16``: auto is bf16 on CUDA), then the same
+    run to twice the steps, resumed from the first's last checkpoint."""
     from pbp.train.config import PretrainConfig
-    from pbp.train.dist import DistContext
+    from pbp.train.dist import DistContext, one_rank_group
     from pbp.train.launch import resolve_config
     from pbp.train.loop import run_pretraining
 
-    one_rank_rendezvous()
     url = _synthetic_dataset(work)
     out: dict[str, Any] = {}
-    for total in (steps, 2 * steps):  # the second run resumes from the first's last checkpoint
-        overrides = [f"data.url={url}", f"max_steps={total}", f"checkpoint.every_steps={steps // 2}",
-                     "tracking.log_every=10", "deepspeed.bf16=auto",
-                     *local_overrides(work, "gpu-pretrain")]  # fmt: skip
-        cfg, meta = resolve_config(load_config(PretrainConfig, PRETRAIN_TINY, overrides))
-        t0 = time.perf_counter()
-        pt = run_pretraining(cfg, meta, DistContext.single())
-        out[f"to_{total}"] = {"seconds": time.perf_counter() - t0, "device": str(pt.device), "bf16": pt.bf16}
+    with one_rank_group():
+        for total in (steps, 2 * steps):
+            overrides = [f"data.url={url}", f"max_steps={total}", f"checkpoint.every_steps={steps // 2}",
+                         "tracking.log_every=10", f"deepspeed.bf16={bf16}",
+                         *local_overrides(work, "gpu-pretrain")]  # fmt: skip
+            cfg, meta = resolve_config(load_config(PretrainConfig, PRETRAIN_TINY, overrides))
+            t0 = time.perf_counter()
+            pt = run_pretraining(cfg, meta, DistContext.single())
+            out[f"to_{total}"] = {"seconds": time.perf_counter() - t0, "device": str(pt.device), "bf16": pt.bf16,
+                                  "started_at_step": pt.started_at}  # fmt: skip
     print(f"pretrain: {out}", flush=True)
     return out
 
@@ -162,7 +185,12 @@ def pretrain_part(work: Path, steps: int = 40) -> dict[str, Any]:
 
 
 def seconds_per_epoch(cfg: FinetuneConfig, stage_index: int, steps: int = 30) -> float:
-    """An unfrozen epoch's training time at ``stage_index``, from ``steps`` timed optimizer steps after 5 warm-up."""
+    """An estimate of an unfrozen epoch's training time at ``stage_index``: ``steps`` timed steps (after 5 warm-up) of
+    what ``Trainer.train_epoch`` does per batch on one worker (forward, task loss, backward, an Adam step, as the
+    recipe's stages), scaled to the epoch's batches."""
+    import numpy as np
+    import torch
+
     from pbp.bench.peak import sync
     from pbp.finetune.batching import train_batches
     from pbp.finetune.loop import Trainer
@@ -200,7 +228,10 @@ def unfrozen_cap(seconds_left: float, epoch_s: float, recipe_cap: int) -> int:
 
 
 def paper_part(data_dir: Path, work: Path, budget_s: float, overrides: tuple[str, ...] = ()) -> dict[str, Any]:
-    """``overrides``: dotted fine-tuning overrides after the recipe's (a CPU test shrinks the task with them)."""
+    """The recipe on stability with the unfrozen stage capped to fit ``budget_s`` (a target, from an estimate: the
+    run is not stopped at it). ``overrides``: dotted fine-tuning overrides after the recipe's (a CPU test shrinks the
+    task with them)."""
+    from pbp.finetune.config import FinetuneConfig
     from pbp.finetune.launch import resolve_config
 
     deadline = time.perf_counter() + budget_s
@@ -216,27 +247,30 @@ def paper_part(data_dir: Path, work: Path, budget_s: float, overrides: tuple[str
           f"{recipe_cap})", flush=True)  # fmt: skip
     tr, final, seconds = _finetune(cfg, meta)
     return {"seconds": seconds, "unfrozen_epoch_seconds_estimate": epoch_s, "unfrozen_cap": cap,
-            "unfrozen_cap_recipe": recipe_cap,
-            "epochs_done": tr.progress.epochs_done, "metrics": final,
+            "unfrozen_cap_recipe": recipe_cap, "epochs_done": tr.progress.epochs_done, "metrics": final,
             "paper_test_spearman_not_pretrained": PAPER_STABILITY_SPEARMAN,
             "test_spearman_over_paper": final.get("test_spearman", math.nan) / PAPER_STABILITY_SPEARMAN}  # fmt: skip
 
 
 def run_parts(parts: list[str], data_dir: Path, work: Path, budget_s: float, model_seconds: float,
               done: Callable[[str, Any], None]) -> None:  # fmt: skip
-    """Each part in turn; a part that fails is recorded as its error and the next one runs."""
+    """Each part in turn, each in a fresh folder under ``work`` (run names are fixed: a folder of an earlier run
+    would resume its runs); a part that fails is recorded as its error and the next one runs."""
+    import tempfile
+
     start = time.perf_counter()
     for part in parts:
         t0 = time.perf_counter()
+        own = Path(tempfile.mkdtemp(prefix=f"{part}-", dir=work))
         try:
             if part == "model":
                 result: Any = model_part(model_seconds)
             elif part == "finetune":
-                result = finetune_part(data_dir, work)
+                result = finetune_part(data_dir, own)
             elif part == "pretrain":
-                result = pretrain_part(work)
+                result = pretrain_part(own)
             else:
-                result = paper_part(data_dir, work, budget_s - (time.perf_counter() - start))
+                result = paper_part(data_dir, own, budget_s - (time.perf_counter() - start))
         except Exception as e:  # reported beside the parts that ran
             import traceback
 

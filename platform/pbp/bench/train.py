@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from pbp.bench.model import synthetic_batch
 from pbp.config import from_dict, to_dict
 from pbp.model import ModelConfig, ProteinBERT
 from pbp.model.pretraining import CorruptionConfig, corrupt, pretraining_loss
+from pbp.train.dist import one_rank_env
 
 REPEATS = 5
 
@@ -64,10 +64,7 @@ def _ds_engine(cfg: ModelConfig, zero_stage: int, batch_size: int):
     import deepspeed
 
     if not torch.distributed.is_initialized():
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        os.environ.update(one_rank_env())
         deepspeed.init_distributed(dist_backend="gloo")
     torch.manual_seed(0)
     model = ProteinBERT(cfg).train()

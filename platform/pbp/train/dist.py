@@ -1,8 +1,11 @@
-"""The only module that reads rank and world size: a frozen view of Ray Train's context."""
+"""The only module that reads rank and world size: a frozen view of Ray Train's context (or of one rank run in this
+process), the collectives the loops use, and process groups for tests and benchmarks without Ray."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import os
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -186,3 +189,39 @@ def _gloo_rank(rank: int, fn: Callable[..., None], world_size: int, rendezvous: 
     finally:
         if world_size > 1:
             dist.destroy_process_group()
+
+
+ONE_RANK_KEYS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_SIZE")
+
+
+def one_rank_env() -> dict[str, str]:
+    """torch.distributed's rendezvous variables for one rank in this process (DeepSpeed's ``init_distributed`` reads
+    them), on a free loopback port."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return dict(zip(ONE_RANK_KEYS, ("127.0.0.1", str(port), "0", "1", "0", "1"), strict=True))
+
+
+@contextmanager
+def one_rank_group() -> Iterator[None]:
+    """The block runs as the only rank of its own process group: :func:`one_rank_env` set (over any inherited from a
+    scheduler), then the caller's variables (``DS_ACCELERATOR`` too, which the DeepSpeed engine sets) restored and a
+    process group made in the block destroyed."""
+    import torch.distributed as dist
+
+    saved = {k: os.environ.get(k) for k in (*ONE_RANK_KEYS, "DS_ACCELERATOR")}
+    had_group = dist.is_initialized()
+    os.environ.update(one_rank_env())
+    try:
+        yield
+    finally:
+        if not had_group and dist.is_initialized():
+            dist.destroy_process_group()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -94,6 +94,8 @@ class Pretrainer:
         self.first_log: tuple[int, float] | None = None
         self.tracker: Tracker | None = None
         self.run_id: str | None = None
+        self.started_at = 0
+        """The step this run started from (its restored checkpoint's; 0 for a fresh start)."""
         self.tracking_backlog: list[list[Any]] = []
         """The restored checkpoint's undelivered metrics (``ckpt.TRACKING_BACKLOG``), for rank 0's tracker."""
         self.loader: StatefulLoader | None = None
@@ -233,6 +235,7 @@ def run_pretraining(cfg: PretrainConfig, meta: dict[str, Any], ctx: DistContext)
     Train's, or RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT). The caller finishes the returned tracker."""
     pt = Pretrainer(cfg, meta, ctx)
     start, reader_state, run_id = pt.restore()
+    pt.started_at = start
     if ctx.is_main:
         pt.tracker = Tracker(cfg.tracking.experiment, cfg.run_name, run_id, cfg.tracking.enabled,
                              backlog=pt.tracking_backlog)  # fmt: skip
