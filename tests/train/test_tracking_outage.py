@@ -206,7 +206,8 @@ def test_pretraining_whose_mlflow_run_is_not_finished_fails_saying_how_to_finish
     monkeypatch.setattr(tracking, "run_link", lambda run_id: run_id)
     assert pretrain_and_report(cfg) is False
     err = capsys.readouterr().err
-    assert "its MLflow run is not complete" in err and "Run the same command again once MLflow answers" in err
+    assert "its MLflow run is not complete (MLflow does not answer)" in err
+    assert "Run the same command again once MLflow answers" in err
     monkeypatch.setattr(tracking, "missing_from_run", lambda run_id: [])
     assert pretrain_and_report(cfg) is True and "not complete" not in capsys.readouterr().err
 
@@ -224,6 +225,7 @@ def test_an_mlflow_run_is_complete_once_finished_with_its_model_logged(endpoints
     model = tmp_path / "model"
     model.mkdir()
     (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"weights")
     logged = Tracker("pbp-tests-complete", f"logged-{random.randrange(10**9)}", None)
     assert tracking.missing_from_run(logged.run_id) == [
         "its status is RUNNING, not FINISHED",
@@ -245,3 +247,10 @@ def test_an_mlflow_run_is_complete_once_finished_with_its_model_logged(endpoints
     res = launch._with_tracking(launch.PretrainResult("s3://r/blip", {"step": 10}, None))
     assert res.mlflow_run_id == blip.run_id and res.tracking_complete is False
     assert tracking.missing_from_run("0" * 32) is None  # no such run: nothing known
+    assert tracking.tracking_gaps("0" * 32) == ["MLflow does not answer"] and tracking.tracking_gaps(None)
+
+    older = Tracker("pbp-tests-complete", f"older-{random.randrange(10**9)}", None)  # logged before the tag existed
+    older.client.log_artifacts(older.run_id, str(model), "model")
+    assert tracking.missing_from_run(older.run_id) == ["its status is RUNNING, not FINISHED", "its model is not logged"]
+    older.finish()
+    assert tracking.missing_from_run(older.run_id) == []  # FINISHED, the model's files there: complete

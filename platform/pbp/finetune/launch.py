@@ -130,10 +130,14 @@ class FinetuneResult:
     """False for a re-run of a finished run: nothing left to train, nothing started."""
     mlflow_run_id: str | None = None
     """The run's MLflow run, as its newest checkpoint records it (None with tracking off)."""
-    tracking_complete: bool | None = None
-    """With tracking on: whether the MLflow run is complete (:func:`pbp.train.tracking.missing_from_run`; False:
-    MLflow did not answer at the end; the same command again logs the model and sends the metrics kept with the
+    tracking_gaps: list[str] | None = None
+    """With tracking on: what the MLflow run lacks (:func:`pbp.train.tracking.tracking_gaps`; [] when complete; else
+    MLflow did not answer at the end, and the same command again logs the model and sends the metrics kept with the
     checkpoint, training nothing). None with tracking off."""
+
+    @property
+    def tracking_complete(self) -> bool | None:
+        return None if self.tracking_gaps is None else not self.tracking_gaps
 
 
 def finetune(cfg: FinetuneConfig, address: str | None = None) -> FinetuneResult:
@@ -142,7 +146,7 @@ def finetune(cfg: FinetuneConfig, address: str | None = None) -> FinetuneResult:
     from pbp.train.checkpoint import newest_commit, storage_dir
     from pbp.train.launch import connect_ray, fit
     from pbp.train.run_identity import check_same_run
-    from pbp.train.tracking import marked_if_unfinished
+    from pbp.train.tracking import marked_if_unfinished, tracking_gaps
 
     cfg, meta = resolve_config(cfg)
     if os.environ.get("PBP_TEST_KILL_AFTER_EPOCH"):  # test hook: the worker exits after that epoch's checkpoint
@@ -159,7 +163,7 @@ def finetune(cfg: FinetuneConfig, address: str | None = None) -> FinetuneResult:
     newest = newest_commit(run)
     run_id = newest[1].mlflow_run_id if newest else None
     return FinetuneResult(cfg.run_url, run.read_json("final_metrics.json") or {}, True, run_id,
-                          tracking_complete(run_id) if cfg.tracking.enabled else None)  # fmt: skip
+                          tracking_gaps(run_id) if cfg.tracking.enabled else None)  # fmt: skip
 
 
 def finished_run(cfg: FinetuneConfig) -> FinetuneResult | None:
@@ -175,6 +179,7 @@ def finished_run(cfg: FinetuneConfig) -> FinetuneResult | None:
 def _finished(cfg: FinetuneConfig, run: StorageDir, newest: tuple[str, CommitRecord] | None) -> FinetuneResult | None:
     from pbp.finetune.export import META, WEIGHTS
     from pbp.train.checkpoint import exported
+    from pbp.train.tracking import tracking_gaps
 
     if newest is None:
         return None
@@ -184,15 +189,7 @@ def _finished(cfg: FinetuneConfig, run: StorageDir, newest: tuple[str, CommitRec
     metrics = run.read_json("final_metrics.json")
     if metrics is None or not exported(run, (WEIGHTS, META)):
         return None
-    if cfg.tracking.enabled and not tracking_complete(commit.mlflow_run_id):
-        return None
+    if cfg.tracking.enabled and tracking_gaps(commit.mlflow_run_id):  # (MLflow not answering too: the workers resume
+        return None  # the last checkpoint, training nothing, and report it)
     return FinetuneResult(cfg.run_url, metrics, trained=False, mlflow_run_id=commit.mlflow_run_id,
-                          tracking_complete=True if cfg.tracking.enabled else None)  # fmt: skip
-
-
-def tracking_complete(run_id: str | None) -> bool:
-    """The MLflow run holds everything (False also when it is gone or MLflow cannot say: the workers resume the last
-    checkpoint, training nothing, and report those)."""
-    from pbp.train.tracking import missing_from_run
-
-    return run_id is not None and missing_from_run(run_id) == []
+                          tracking_gaps=[] if cfg.tracking.enabled else None)  # fmt: skip

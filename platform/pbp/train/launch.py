@@ -550,10 +550,14 @@ class PretrainResult:
     """False for a re-run of a finished run (nothing left to train; ``metrics`` holds only the ``step``)."""
     mlflow_run_id: str | None = None
     """The run's MLflow run, as its newest checkpoint records it (None with tracking off)."""
-    tracking_complete: bool | None = None
-    """With tracking on: whether that MLflow run is complete (:func:`pbp.train.tracking.missing_from_run`; False:
-    MLflow did not answer at the end; the same command again logs the model and the values kept with the checkpoint,
-    training nothing). None with tracking off."""
+    tracking_gaps: list[str] | None = None
+    """With tracking on: what that MLflow run lacks (:func:`pbp.train.tracking.tracking_gaps`; [] when complete; else
+    MLflow did not answer at the end, and the same command again logs the model and the values kept with the
+    checkpoint, training nothing). None with tracking off."""
+
+    @property
+    def tracking_complete(self) -> bool | None:
+        return None if self.tracking_gaps is None else not self.tracking_gaps
 
 
 def pretrain(
@@ -567,11 +571,11 @@ def pretrain(
 
 def _with_tracking(res: PretrainResult) -> PretrainResult:
     from pbp.train.checkpoint import newest_commit, storage_dir
-    from pbp.train.tracking import missing_from_run
+    from pbp.train.tracking import tracking_gaps
 
     newest = newest_commit(storage_dir(res.run_url))
     run_id = newest[1].mlflow_run_id if newest else None  # as the run recorded it: no lookup by name
-    return replace(res, mlflow_run_id=run_id, tracking_complete=run_id is not None and missing_from_run(run_id) == [])
+    return replace(res, mlflow_run_id=run_id, tracking_gaps=tracking_gaps(run_id))
 
 
 def _pretrain(cfg: PretrainConfig, meta_extra: dict[str, Any] | None, address: str | None) -> PretrainResult:

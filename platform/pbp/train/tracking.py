@@ -160,15 +160,33 @@ def quiet_mlflow_driver() -> None:
 def missing_from_run(run_id: str) -> list[str] | None:
     """Driver side: what an MLflow run lacks of what a pbp run (pretraining or fine-tuning) sends it by its end, in
     words ([] when nothing): a FINISHED status, and its model (``MODEL_LOGGED_TAG``, set once the model's upload
-    succeeded). One rule for "the MLflow run is complete". None when the server cannot say."""
+    succeeded; a pretraining run FINISHED before pbp set the tag counts by its model's files). One rule for "the
+    MLflow run is complete" (it checks neither the final metrics nor the backlog). None when the server cannot say."""
     from mlflow.tracking import MlflowClient
 
     try:
-        run = MlflowClient(configure_mlflow()).get_run(run_id)
+        client = MlflowClient(configure_mlflow())
+        run = client.get_run(run_id)
+        finished = run.info.status == "FINISHED"
+        logged = run.data.tags.get(MODEL_LOGGED_TAG) == "true" or (finished and _model_files_logged(client, run_id))
     except Exception:  # gone or unreachable: nothing known
         return None
-    missing = [] if run.info.status == "FINISHED" else [f"its status is {run.info.status}, not FINISHED"]
-    return missing + ([] if run.data.tags.get(MODEL_LOGGED_TAG) == "true" else ["its model is not logged"])
+    missing = [] if finished else [f"its status is {run.info.status}, not FINISHED"]
+    return missing + ([] if logged else ["its model is not logged"])
+
+
+def _model_files_logged(client: Any, run_id: str) -> bool:
+    """The exported model's weights and config among the run's ``model`` artifacts (what ``log_model_dir`` uploads)."""
+    return {"model/model.safetensors", "model/config.json"} <= {a.path for a in client.list_artifacts(run_id, "model")}
+
+
+def tracking_gaps(run_id: str | None) -> list[str]:
+    """For a driver's closing report: what the run's MLflow run lacks, in words ([] when complete; MLflow not
+    answering, or no run recorded, are gaps too)."""
+    if not run_id:
+        return ["no MLflow run is recorded in its checkpoint"]
+    missing = missing_from_run(run_id)
+    return ["MLflow does not answer"] if missing is None else missing
 
 
 def run_link(run_id: str) -> str:
