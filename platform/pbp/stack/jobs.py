@@ -30,17 +30,22 @@ def _api(state_dir: Path) -> tuple[str, dict[str, str]] | None:
 def live_jobs(state_dir: Path) -> list[dict[str, Any]]:
     """The submitted jobs and direct drivers still running (or pending) on the stack's Ray cluster; none when it does
     not answer (then nothing runs there to lose)."""
+    return _listed(state_dir) or []
+
+
+def _listed(state_dir: Path) -> list[dict[str, Any]] | None:
+    """The live jobs; None when the Jobs API does not answer (or there is no stack)."""
     import requests
 
     api = _api(state_dir)
     if api is None:
-        return []
+        return None
     try:
         reply = requests.get(f"{api[0]}/api/jobs/", headers=api[1], timeout=10)
         reply.raise_for_status()
         jobs = reply.json()
-    except (requests.RequestException, ValueError):  # Ray down or not answering: nothing running there
-        return []
+    except (requests.RequestException, ValueError):  # Ray down or not answering
+        return None
     return [j for j in jobs if isinstance(j, dict) and j.get("status") in LIVE]
 
 
@@ -52,22 +57,25 @@ def job_line(job: dict[str, Any]) -> str:
 
 def stop_submitted(state_dir: Path, jobs: list[dict[str, Any]], wait_s: float = STOP_WAIT_S) -> list[dict[str, Any]]:
     """Stop the submitted ones of ``jobs`` as ``pbp jobs stop`` does (their drivers get SIGTERM and mark their MLflow
-    runs KILLED) and wait up to ``wait_s`` for them to end. -> those of ``jobs`` still live after it (direct drivers,
-    which the Jobs API cannot stop, among them)."""
+    runs KILLED) and wait about ``wait_s`` for them to end. -> those of ``jobs`` still live after it, or not known to
+    have ended (the Jobs API silent): direct drivers, which it cannot stop, among them."""
     import requests
 
     api = _api(state_dir)
-    ids = {j["submission_id"] for j in jobs if j.get("submission_id")}
+    ids = {_key(j) for j in jobs if j.get("submission_id")}
     if api is None or not ids:
         return jobs
     for sid in sorted(ids):
-        with suppress(requests.RequestException):  # not stopped: it is killed with the stack, as before
+        with suppress(requests.RequestException):  # not stopped: still live below, and killed with the stack
             requests.post(f"{api[0]}/api/jobs/{sid}/stop", headers=api[1], timeout=10)
     deadline = time.monotonic() + wait_s
+    live: set[str] | None = None  # the last answer's live jobs
     while True:
-        live = {_key(j) for j in live_jobs(state_dir)}
-        if not ids & live or time.monotonic() > deadline:
-            return [j for j in jobs if _key(j) in live]
+        listed = _listed(state_dir)
+        if listed is not None:
+            live = {_key(j) for j in listed}
+        if (live is not None and not ids & live) or time.monotonic() > deadline:
+            return jobs if live is None else [j for j in jobs if _key(j) in live]
         time.sleep(0.5)
 
 
