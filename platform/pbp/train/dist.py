@@ -20,7 +20,8 @@ class DistContext:
     """Ranks on this rank's node (Ray Train's local world size: the local stack's nodes share one IP, so one node)."""
     in_ray_train: bool = False
     """A Ray Train worker (checkpoints and metrics go through ``ray.train.report``); else a loop run in this process
-    (``pbp bench gpu``, tests), whose checkpoints are committed to storage directly."""
+    (``pbp bench gpu``, tests), whose checkpoints are committed to storage directly (each file's upload retried as
+    always; the metrics a save would report go nowhere)."""
 
     @property
     def is_main(self) -> bool:
