@@ -40,6 +40,8 @@ def test_pretraining_in_this_process_with_deepspeed_resumes_from_its_checkpoint(
     assert set(res) == {"to_8", "to_16"} and res["to_8"]["device"] == "cpu" and res["to_8"]["bf16"] is False
     assert res["to_8"]["started_at_step"] == 0 and res["to_16"]["started_at_step"] == 8  # resumed, not retrained
     assert os.environ["WORLD_SIZE"] == "4" and "MASTER_PORT" not in os.environ and not dist.is_initialized()
+    again = gpu.pretrain_part(tmp_path / "again", steps=4)  # a new DeepSpeed group in the same process
+    assert again["to_8"]["started_at_step"] == 4
     newest = newest_commit(storage_dir(str(tmp_path / "runs" / "gpu-pretrain")))
     assert newest is not None and newest[1].step == 16
     assert (tmp_path / "runs" / "gpu-pretrain" / "final_model" / "model.safetensors").is_file()

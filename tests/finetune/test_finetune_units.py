@@ -523,5 +523,5 @@ def test_a_run_whose_model_mlflow_did_not_take_fails_saying_how_to_finish_it(mon
     assert finetune_cmds.finetune_and_report(cfg) is False
     out, err = capsys.readouterr()
     assert "its MLflow run is not complete (its model is not logged)" in err
-    assert "Run the same command again once MLflow answers" in err
+    assert "Run the same command again (once MLflow answers)" in err
     assert "register it" not in out and "'model' artifact" not in out

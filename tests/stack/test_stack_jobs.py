@@ -14,7 +14,9 @@ DRIVER = {"submission_id": None, "job_id": "03000000", "status": "RUNNING", "ent
 def _stand_in(monkeypatch, answers: list) -> list[str]:
     stopped: list[str] = []
     monkeypatch.setattr(jobs, "_api", lambda state_dir: ("http://127.0.0.1:1", {}))
-    monkeypatch.setattr(requests, "post", lambda url, **kw: stopped.append(url))
+    ok = requests.Response()
+    ok.status_code = 200
+    monkeypatch.setattr(requests, "post", lambda url, **kw: stopped.append(url) or ok)
     monkeypatch.setattr(jobs, "_listed", lambda state_dir: answers.pop(0) if len(answers) > 1 else answers[0])
     return stopped
 

@@ -207,7 +207,7 @@ def test_pretraining_whose_mlflow_run_is_not_finished_fails_saying_how_to_finish
     assert pretrain_and_report(cfg) is False
     err = capsys.readouterr().err
     assert "its MLflow run is not complete (MLflow does not answer)" in err
-    assert "Run the same command again once MLflow answers" in err
+    assert "Run the same command again (once MLflow answers)" in err
     monkeypatch.setattr(tracking, "missing_from_run", lambda run_id: [])
     assert pretrain_and_report(cfg) is True and "not complete" not in capsys.readouterr().err
 

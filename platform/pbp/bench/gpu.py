@@ -97,7 +97,8 @@ def _finetune_killed(cfg: FinetuneConfig, meta: dict[str, Any]) -> None:
 
 def _killed_after(cfg: FinetuneConfig, meta: dict[str, Any]) -> int:
     """Run :func:`_finetune_killed` in a child process. -> the epochs its newest checkpoint holds; raises unless it
-    exited as the hook does (1), at that epoch, within ``CHILD_TIMEOUT_S``."""
+    exited as the hook does (``KILLED_ON_CUE``), at that epoch, within ``CHILD_TIMEOUT_S``."""
+    from pbp.finetune.loop import KILLED_ON_CUE
     from pbp.train.checkpoint import newest_commit, storage_dir
 
     child = mp.get_context("spawn").Process(target=_finetune_killed, args=(cfg, meta))
@@ -105,14 +106,16 @@ def _killed_after(cfg: FinetuneConfig, meta: dict[str, Any]) -> int:
     child.join(CHILD_TIMEOUT_S)
     if child.is_alive():
         child.terminate()
-        child.join()
+        child.join(10)
+        if child.is_alive():
+            child.kill()
         raise RuntimeError(f"the run to be killed after epoch {KILLED_AFTER} was still running after "
                            f"{CHILD_TIMEOUT_S:.0f} s")  # fmt: skip
     newest = newest_commit(storage_dir(cfg.run_url))
     epochs = int(newest[1].job.get("epochs_done", 0)) if newest else 0
-    if child.exitcode != 1 or epochs != KILLED_AFTER:  # 1 is also a crash's exit code: the checkpoint tells them apart
-        raise RuntimeError(f"the run to be killed after epoch {KILLED_AFTER} exited {child.exitcode} with "
-                           f"{epochs} epochs checkpointed")  # fmt: skip
+    if child.exitcode != KILLED_ON_CUE or epochs != KILLED_AFTER:
+        raise RuntimeError(f"the run to be killed after epoch {KILLED_AFTER} exited {child.exitcode} (the hook's "
+                           f"{KILLED_ON_CUE} expected) with {epochs} epochs checkpointed")  # fmt: skip
     return epochs
 
 
@@ -259,10 +262,11 @@ def run_parts(parts: list[str], data_dir: Path, work: Path, budget_s: float, mod
     import tempfile
 
     start = time.perf_counter()
+    work.mkdir(parents=True, exist_ok=True)
     for part in parts:
         t0 = time.perf_counter()
-        own = Path(tempfile.mkdtemp(prefix=f"{part}-", dir=work))
         try:
+            own = Path(tempfile.mkdtemp(prefix=f"{part}-", dir=work)) if part != "model" else work
             if part == "model":
                 result: Any = model_part(model_seconds)
             elif part == "finetune":

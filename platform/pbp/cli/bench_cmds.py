@@ -539,7 +539,7 @@ def _add_gpu(bsub: argparse._SubParsersAction) -> None:
     gpu.add_argument("--work", type=Path, default=None, help="where runs and the synthetic dataset go (default: a "
                      "temporary folder)")  # fmt: skip
     gpu.add_argument("--budget-s", type=float, default=420.0, help="seconds for all parts, a target: the paper part "
-                     "fits its unfrozen epochs into what is left, from an epoch's measured time")  # fmt: skip
+                     "fits its unfrozen epochs into what is left, from an epoch's estimated time")  # fmt: skip
     gpu.add_argument("--model-seconds", type=float, default=8.0, help="minimum timed seconds per dtype")
     gpu.add_argument("--json", type=Path, default=None, help="also write the results here (after each part)")
     gpu.set_defaults(func=cmd_gpu)

@@ -56,9 +56,9 @@ def finetune_and_report(cfg: FinetuneConfig, address: str | None = None) -> bool
     state = "finished" if res.trained else "already finished (nothing left to train)"
     if res.tracking_gaps:
         print(f"run {cfg.run_name}: trained; model in {res.run_url}/final_model, but its MLflow run is not complete "
-              f"({'; '.join(res.tracking_gaps)}): MLflow did not answer at the end, and the metrics it had not taken "
-              "are kept with the run's checkpoint. Run the same command again once MLflow answers: it logs what is "
-              "missing, training nothing.", file=sys.stderr)  # fmt: skip
+              f"({'; '.join(res.tracking_gaps)}); the metrics MLflow had not taken are kept with the run's checkpoint. "
+              "Run the same command again (once MLflow answers): it logs what is missing, training nothing.",
+              file=sys.stderr)  # fmt: skip
         return False
     print(f"run {cfg.run_name}: {state}; model in {res.run_url}/final_model and the MLflow run's 'model' artifact "
           f"(experiment {cfg.tracking.experiment})")  # fmt: skip

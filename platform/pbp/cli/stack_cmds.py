@@ -80,7 +80,7 @@ def cmd_down(args: argparse.Namespace) -> int:
                         "would kill with no record:\n  " + "\n  ".join(map(job_line, running)) + "\nstop them first "
                         "(`pbp jobs stop ID` marks a run stopped and says how to resume it), or pass --force")  # fmt: skip
     left = stop_submitted(_dir(args), running) if running else []
-    if stopped := [j for j in running if j not in left]:
+    if stopped := [j for j in running if j not in left and j.get("submission_id")]:
         print(f"stopped {len(stopped)} submitted job(s) first, as `pbp jobs stop` does (pbp's drivers mark their "
               "MLflow runs KILLED):\n  " + "\n  ".join(map(job_line, stopped)))  # fmt: skip
     t0 = time.monotonic()

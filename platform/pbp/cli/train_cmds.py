@@ -68,9 +68,9 @@ def pretrain_and_report(cfg: PretrainConfig, address: str | None = None) -> bool
     print(pretrain_lines(cfg.run_name, res, res.mlflow_run_id))
     if res.tracking_gaps:
         print(f"run {cfg.run_name}: its model and checkpoint are in storage, but its MLflow run is not complete "
-              f"({'; '.join(res.tracking_gaps)}): MLflow did not answer at its end, and the values not delivered are "
-              "kept with the checkpoint. Run the same command again once MLflow answers: it logs what is missing, "
-              "training nothing.", file=sys.stderr)  # fmt: skip
+              f"({'; '.join(res.tracking_gaps)}); the values MLflow had not taken are kept with the checkpoint. Run "
+              "the same command again (once MLflow answers): it logs what is missing, training nothing.",
+              file=sys.stderr)  # fmt: skip
         return False
     return True
 

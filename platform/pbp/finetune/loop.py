@@ -40,6 +40,8 @@ from pbp.train.tracking import Tracker, finish_on_error
 
 log = logging.getLogger("pbp.finetune")
 STATE_FILE = "state.pt"
+KILLED_ON_CUE = 86
+"""The exit code of a worker the ``kill_after_epoch`` test hook ends (a crash's would be 1)."""
 
 
 @dataclass
@@ -341,7 +343,7 @@ def run_stage(tr: Trainer, si: int, run_id: str | None) -> None:
                           f"{_shown(metrics, ('valid_loss', headline))}", flush=True)  # fmt: skip
         tr.save(metrics, run_id)
         if tr.meta.get("kill_after_epoch") == p.epochs_done and not tr.resumed:  # test hook: a worker lost on cue
-            os._exit(1)
+            os._exit(KILLED_ON_CUE)
 
     drive(p.epoch_in_stage, stage.max_epochs, step, Cadence(evaluate=1, log=1, save=1), evaluate=evaluate,
           log=log_fn, save=save, should_stop=stop)  # fmt: skip

@@ -67,7 +67,8 @@ def stop_submitted(state_dir: Path, jobs: list[dict[str, Any]], wait_s: float = 
         return jobs
     for sid in sorted(ids):
         with suppress(requests.RequestException):  # not stopped: still live below, and killed with the stack
-            requests.post(f"{api[0]}/api/jobs/{sid}/stop", headers=api[1], timeout=10)
+            if not requests.post(f"{api[0]}/api/jobs/{sid}/stop", headers=api[1], timeout=10).ok:
+                ids.discard(sid)  # refused (gone, or not stoppable): nothing to wait for
     deadline = time.monotonic() + wait_s
     live: set[str] | None = None  # the last answer's live jobs
     while True:

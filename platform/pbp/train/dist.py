@@ -210,7 +210,10 @@ def one_rank_env() -> dict[str, str]:
 def one_rank_group() -> Iterator[None]:
     """The block runs as the only rank of its own process group: :func:`one_rank_env` set (over any inherited from a
     scheduler), then the caller's variables (``DS_ACCELERATOR`` too, which the DeepSpeed engine sets) restored and a
-    process group made in the block destroyed."""
+    process group made in the block destroyed (through DeepSpeed where it made it, which forgets its own references
+    too, so that a later DeepSpeed engine in this process makes a new one)."""
+    import sys
+
     import torch.distributed as dist
 
     saved = {k: os.environ.get(k) for k in (*ONE_RANK_KEYS, "DS_ACCELERATOR")}
@@ -220,7 +223,11 @@ def one_rank_group() -> Iterator[None]:
         yield
     finally:
         if not had_group and dist.is_initialized():
-            dist.destroy_process_group()
+            ds_comm = sys.modules.get("deepspeed.comm")
+            if ds_comm is not None and ds_comm.is_initialized():
+                ds_comm.destroy_process_group()
+            else:
+                dist.destroy_process_group()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)

@@ -160,8 +160,9 @@ def quiet_mlflow_driver() -> None:
 def missing_from_run(run_id: str) -> list[str] | None:
     """Driver side: what an MLflow run lacks of what a pbp run (pretraining or fine-tuning) sends it by its end, in
     words ([] when nothing): a FINISHED status, and its model (``MODEL_LOGGED_TAG``, set once the model's upload
-    succeeded; a pretraining run FINISHED before pbp set the tag counts by its model's files). One rule for "the
-    MLflow run is complete" (it checks neither the final metrics nor the backlog). None when the server cannot say."""
+    succeeded; a FINISHED run from before pbp set the tag counts by its model's files, as pretraining exports them).
+    One rule for "the MLflow run is complete" (it checks neither the final metrics nor the backlog). None when the
+    server cannot say."""
     from mlflow.tracking import MlflowClient
 
     try:
@@ -176,8 +177,14 @@ def missing_from_run(run_id: str) -> list[str] | None:
 
 
 def _model_files_logged(client: Any, run_id: str) -> bool:
-    """The exported model's weights and config among the run's ``model`` artifacts (what ``log_model_dir`` uploads)."""
-    return {"model/model.safetensors", "model/config.json"} <= {a.path for a in client.list_artifacts(run_id, "model")}
+    """The exported model's weights and config among the run's ``model`` artifacts (what ``log_model_dir`` uploads);
+    False where they cannot be listed (the artifact store unreachable from here, say): a re-run then logs the model
+    and sets the tag, which settles it."""
+    try:
+        listed = {a.path for a in client.list_artifacts(run_id, "model")}
+    except Exception:
+        return False
+    return {"model/model.safetensors", "model/config.json"} <= listed
 
 
 def tracking_gaps(run_id: str | None) -> list[str]:
