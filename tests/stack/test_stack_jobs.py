@@ -17,7 +17,7 @@ def _stand_in(monkeypatch, answers: list) -> list[str]:
     ok = requests.Response()
     ok.status_code = 200
     monkeypatch.setattr(requests, "post", lambda url, **kw: stopped.append(url) or ok)
-    monkeypatch.setattr(jobs, "_listed", lambda state_dir: answers.pop(0) if len(answers) > 1 else answers[0])
+    monkeypatch.setattr(jobs, "listed_jobs", lambda state_dir: answers.pop(0) if len(answers) > 1 else answers[0])
     return stopped
 
 
@@ -27,6 +27,19 @@ def test_a_silent_jobs_api_leaves_every_job_as_not_known_to_have_ended(monkeypat
     stopped = _stand_in(monkeypatch, [None])
     assert jobs.stop_submitted(tmp_path, [JOB, DRIVER], wait_s=0.2) == [JOB, DRIVER]
     assert stopped == ["http://127.0.0.1:1/api/jobs/pbp-finetune-x/stop"]  # the driver has no Jobs API stop
+
+
+def test_stack_down_refuses_when_the_heads_jobs_api_is_silent(monkeypatch, tmp_path, capsys):
+    """A Ray head that runs but whose Jobs API is silent read as "no job runs", and the stack went down under them."""
+    from pbp.cli.main import main
+
+    monkeypatch.setattr(jobs, "listed_jobs", lambda state_dir: None)
+    monkeypatch.setattr(jobs, "head_running", lambda state_dir: True)
+    assert main(["stack", "down", "--state-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot tell whether jobs run on this stack's Ray cluster" in err and "pass --force" in err
+    monkeypatch.setattr(jobs, "head_running", lambda state_dir: False)  # Ray not running: nothing to lose
+    assert main(["stack", "down", "--state-dir", str(tmp_path)]) == 0
 
 
 def test_a_stopped_job_that_ended_is_not_left_and_a_running_driver_is(monkeypatch, tmp_path):

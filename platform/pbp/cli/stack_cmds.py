@@ -72,9 +72,14 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_down(args: argparse.Namespace) -> int:
     from pbp.errors import UserError
     from pbp.stack import manager
-    from pbp.stack.jobs import job_line, live_jobs, stop_submitted
+    from pbp.stack.jobs import head_running, job_line, listed_jobs, stop_submitted
 
-    running = live_jobs(_dir(args))
+    listed = listed_jobs(_dir(args))
+    if listed is None and not args.force and head_running(_dir(args)):  # silent, not empty: jobs may run there
+        raise UserError("cannot tell whether jobs run on this stack's Ray cluster: its head runs but its Jobs API "
+                        "did not answer within 10 s; pass --force to stop the stack anyway (running jobs would be "
+                        "killed, their MLflow runs left RUNNING)")  # fmt: skip
+    running = listed or []
     if running and not args.force:  # the stack stopped under a job that then vanished: no word, its run RUNNING
         raise UserError(f"{len(running)} job(s) still running on this stack's Ray cluster, which `pbp stack down` "
                         "would kill with no record:\n  " + "\n  ".join(map(job_line, running)) + "\nstop them first "

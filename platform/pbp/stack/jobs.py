@@ -29,11 +29,18 @@ def _api(state_dir: Path) -> tuple[str, dict[str, str]] | None:
 
 def live_jobs(state_dir: Path) -> list[dict[str, Any]]:
     """The submitted jobs and direct drivers still running (or pending) on the stack's Ray cluster; none when it does
-    not answer (then nothing runs there to lose)."""
-    return _listed(state_dir) or []
+    not answer."""
+    return listed_jobs(state_dir) or []
 
 
-def _listed(state_dir: Path) -> list[dict[str, Any]] | None:
+def head_running(state_dir: Path) -> bool:
+    """The stack's Ray head process is alive (its Jobs API may still be silent)."""
+    from pbp.stack import manager
+
+    return any(r.name == "ray-head" and r.running for r in manager.status(state_dir)[1])
+
+
+def listed_jobs(state_dir: Path) -> list[dict[str, Any]] | None:
     """The live jobs; None when the Jobs API does not answer (or there is no stack)."""
     import requests
 
@@ -72,7 +79,7 @@ def stop_submitted(state_dir: Path, jobs: list[dict[str, Any]], wait_s: float = 
     deadline = time.monotonic() + wait_s
     live: set[str] | None = None  # the last answer's live jobs
     while True:
-        listed = _listed(state_dir)
+        listed = listed_jobs(state_dir)
         if listed is not None:
             live = {_key(j) for j in listed}
         if (live is not None and not ids & live) or time.monotonic() > deadline:
