@@ -78,6 +78,7 @@ def test_parts_run_each_in_its_own_folder_and_a_failing_one_is_recorded_not_rais
     done: dict[str, dict] = {}
     gpu.run_parts(["model", "finetune", "finetune"], DATA, tmp_path, 60.0, 1.0, done.__setitem__)
     assert done["model"]["result"] == {"error": "ZeroDivisionError: division by zero"}
+    assert "peak_gpu_mib" not in done["finetune"] and done["finetune"]["wall_s"] >= 0  # (no CUDA here)
     assert done["finetune"]["result"] == {"ok": 1}
     assert len(seen) == 2 and seen[0] != seen[1] and all(p.parent == tmp_path for p in seen)
 

@@ -258,13 +258,20 @@ def paper_part(data_dir: Path, work: Path, budget_s: float, overrides: tuple[str
 def run_parts(parts: list[str], data_dir: Path, work: Path, budget_s: float, model_seconds: float,
               done: Callable[[str, Any], None]) -> None:  # fmt: skip
     """Each part in turn, each in a fresh folder under ``work`` (run names are fixed: a folder of an earlier run
-    would resume its runs); a part that fails is recorded as its error and the next one runs."""
+    would resume its runs), with its wall time and, on CUDA, its peak GPU memory (this process's allocations; the
+    fine-tuning part's killed child is not counted); a part that fails is recorded as its error and the next one
+    runs."""
     import tempfile
+
+    import torch
 
     start = time.perf_counter()
     work.mkdir(parents=True, exist_ok=True)
+    cuda = torch.cuda.is_available()
     for part in parts:
         t0 = time.perf_counter()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
         try:
             own = Path(tempfile.mkdtemp(prefix=f"{part}-", dir=work)) if part != "model" else work
             if part == "model":
@@ -280,4 +287,5 @@ def run_parts(parts: list[str], data_dir: Path, work: Path, budget_s: float, mod
 
             traceback.print_exc()
             result = {"error": f"{type(e).__name__}: {e}"}
-        done(part, {"wall_s": time.perf_counter() - t0, "result": result})
+        memory = {"peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20} if cuda else {}
+        done(part, {"wall_s": time.perf_counter() - t0, **memory, "result": result})
