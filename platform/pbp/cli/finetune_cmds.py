@@ -6,10 +6,9 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import sys
 from typing import TYPE_CHECKING
 
-from pbp.cli.job import add_job_args, enter_submit_dir
+from pbp.cli.job import add_job_args, enter_submit_dir, say_tracking_incomplete
 
 if TYPE_CHECKING:
     from pbp.finetune.config import FinetuneConfig
@@ -55,10 +54,7 @@ def finetune_and_report(cfg: FinetuneConfig, address: str | None = None) -> bool
         print(by_length)
     state = "finished" if res.trained else "already finished (nothing left to train)"
     if res.tracking_gaps:
-        print(f"run {cfg.run_name}: trained; model in {res.run_url}/final_model, but its MLflow run is not complete "
-              f"({'; '.join(res.tracking_gaps)}); the metrics MLflow had not taken are kept with the run's checkpoint. "
-              "Run the same command again (once MLflow answers): it logs what is missing, training nothing.",
-              file=sys.stderr)  # fmt: skip
+        say_tracking_incomplete(cfg.run_name, f"trained; model in {res.run_url}/final_model", res.tracking_gaps)
         return False
     print(f"run {cfg.run_name}: {state}; model in {res.run_url}/final_model and the MLflow run's 'model' artifact "
           f"(experiment {cfg.tracking.experiment})")  # fmt: skip

@@ -1,9 +1,18 @@
 """What the commands that run a job on Ray share (``pbp pretrain|finetune|tune``, which ``jobs/*.py`` run on the
-cluster): their arguments, and where a submitted one runs."""
+cluster): their arguments, where a submitted one runs, and the line for a run whose MLflow run is incomplete."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+
+
+def say_tracking_incomplete(run_name: str, stored: str, gaps: list[str]) -> None:
+    """On stderr: the run ended with its results in storage (``stored`` says where), but its MLflow run lacks
+    ``gaps`` (:func:`pbp.train.tracking.tracking_gaps`), and the same command logs them."""
+    print(f"run {run_name}: {stored}, but its MLflow run is not complete ({'; '.join(gaps)}); the values MLflow had "
+          "not taken are kept with the run's checkpoint. Run the same command again (once MLflow answers): it logs "
+          "what is missing, training nothing.", file=sys.stderr)  # fmt: skip
 
 
 def enter_submit_dir() -> None:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pbp.cli.job import add_job_args, enter_submit_dir
+from pbp.cli.job import add_job_args, enter_submit_dir, say_tracking_incomplete
 
 if TYPE_CHECKING:
     from pbp.train.config import PretrainConfig
@@ -67,10 +66,7 @@ def pretrain_and_report(cfg: PretrainConfig, address: str | None = None) -> bool
     res = pretrain(cfg, address=address)
     print(pretrain_lines(cfg.run_name, res, res.mlflow_run_id))
     if res.tracking_gaps:
-        print(f"run {cfg.run_name}: its model and checkpoint are in storage, but its MLflow run is not complete "
-              f"({'; '.join(res.tracking_gaps)}); the values MLflow had not taken are kept with the checkpoint. Run "
-              "the same command again (once MLflow answers): it logs what is missing, training nothing.",
-              file=sys.stderr)  # fmt: skip
+        say_tracking_incomplete(cfg.run_name, "its model and checkpoint are in storage", res.tracking_gaps)
         return False
     return True
 
