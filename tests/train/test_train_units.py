@@ -270,6 +270,19 @@ def test_the_driver_drops_rays_chatter_and_prints_every_other_line(capsys, monke
     out, err = capsys.readouterr()
     assert "another trial's line" in err and "FailurePolicy" not in err and "control loop" not in err, err
 
+    # The other way a stopped trial's controller reports its own end (a submitted campaign, 2026-11-27): its health
+    # check finds its worker gone, the worker's owner (the controller itself) exiting as Ray ends the stopped trial.
+    gone = ["[FailurePolicy] RETRY", "  Source: worker group", "A worker health check failed.",
+            "The actor is dead because its owner has died. Owner Id: e42043b9aa72 Owner Ip address: 192.0.2.2 Owner "
+            "worker exit type: INTENDED_SYSTEM_EXIT Worker exit detail: Owner's worker process has crashed."]  # fmt: skip
+    other = {"ip": "a", "pid": 5798, "actor_name": "TrainController", "is_err": True}
+    ray_worker.print_to_stdstream({**other, "lines": gone}, ignore_prefix=False)
+    ray_worker.print_to_stdstream({**other, "lines": ["Attempting to start training worker group of size 1"]}, False)
+    crashed = [gone[2], gone[3].replace("INTENDED_SYSTEM_EXIT", "SYSTEM_ERROR")]  # a real crash still prints
+    ray_worker.print_to_stdstream({**other, "pid": 5799, "lines": crashed}, ignore_prefix=False)
+    out, err = capsys.readouterr()
+    assert "RETRY" not in err and "Attempting to start" not in err and "SYSTEM_ERROR" in err, err
+
 
 def test_concurrent_trials_lines_are_printed_whole_while_library_repeats_stay_folded(capsys, monkeypatch):
     """Ray folds lines that differ only in numbers, from different processes, into one "[repeated Nx across

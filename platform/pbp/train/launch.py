@@ -433,12 +433,17 @@ RAY_NOISE = (
     # DeepSpeed's op builder, once per rank; Ray's deduplication held rank 0's copy until after the closing lines
     re.compile(r"^DeepSpeed deepspeed\.ops\.[\w.]+ built successfully$"),
 )
-STOPPED_TRIAL_CONTROLLER = re.compile(r"class_name: _QueueActor\b")
+STOPPED_TRIAL_CONTROLLER = re.compile(
+    r"class_name: _QueueActor\b"
+    r"|The actor is dead because its owner has died\. .*Owner worker exit type: INTENDED_SYSTEM_EXIT"
+)
 """A campaign trial stopped by ASHA: Tune removes the trial's placement group, and with it the queue through which the
-trial's Ray Train controller hands reports to Tune; a controller that polls its workers before it is itself torn
-down fails to put the next report there and logs two tracebacks (about 100 lines) and a failure-policy block, for a
-trial that ended as designed. A batch naming that queue mutes its process (the controller, about to end) for the
-rest of the session. A trial that really fails is still said by the campaign's own FAILED line, with its error."""
+trial's Ray Train controller hands reports to Tune, and ends the trial's actor, whose controller Ray then ends in
+turn. A controller that polls its workers in between logs tracebacks (about 100 lines) and a failure-policy block
+(even "RETRY") for a trial that ended as designed: either it failed to put the next report on the queue, or it found
+its worker gone because the worker's owner, the controller itself, is exiting (``INTENDED_SYSTEM_EXIT``; seen in a
+submitted campaign, 2026-11-27). A batch saying either mutes its process (the controller, about to end) for the rest
+of the session. A trial that really fails is still said by the campaign's own FAILED line, with its error."""
 
 
 def drop_ray_noise() -> None:
