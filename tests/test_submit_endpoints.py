@@ -129,6 +129,30 @@ def test_environment_wins_over_the_state_dir(tmp_path):
     assert ep.ray_address == "http://head:8265" and ep.ray_token == "envtok"
 
 
+def test_temporary_aws_credentials_travel_with_their_session_token(tmp_path):
+    """Keys of temporary credentials (SSO, an assumed role, a CI job's OIDC role: AWS_SESSION_TOKEN beside them) were
+    handed to boto3, s3fs and pyarrow without the token, which an SDK given keys explicitly does not look up: AWS
+    refuses every such request. The stack's own keys, exported into a shell that still holds an AWS login's token,
+    are sent without that token."""
+    secrets = _fake_stack(tmp_path)
+    env = {"AWS_ACCESS_KEY_ID": "ASIATEMP", "AWS_SECRET_ACCESS_KEY": "SK", "AWS_SESSION_TOKEN": "FwoGZXIvYXdzEXAMPLE"}
+    ep = resolve(tmp_path, env=env)
+    creds = ep.boto3_client()._request_signer._credentials
+    assert (creds.access_key, creds.token) == ("ASIATEMP", "FwoGZXIvYXdzEXAMPLE")
+    assert ep.s3fs_options()["token"] == "FwoGZXIvYXdzEXAMPLE"
+    assert ep.pyarrow_fs().__reduce__()[1][0]["session_token"] == "FwoGZXIvYXdzEXAMPLE"
+    stack_keys = {
+        **env,
+        "AWS_ACCESS_KEY_ID": secrets["s3_access_key"],
+        "AWS_SECRET_ACCESS_KEY": secrets["s3_secret_key"],
+    }
+    mine = resolve(tmp_path, env=stack_keys)
+    assert mine.s3_session_token is None and "token" not in mine.s3fs_options()
+    assert mine.boto3_client()._request_signer._credentials.token is None
+    assert mine.pyarrow_fs().__reduce__()[1][0]["session_token"] == ""
+    assert resolve(tmp_path, env={"AWS_SESSION_TOKEN": "x"}).s3_session_token is None  # no keys: the SDK's own chain
+
+
 def test_the_stacks_secrets_never_go_to_a_server_the_environment_names_instead(tmp_path, monkeypatch):
     """With a stack's state dir present and MLFLOW_TRACKING_URI / RAY_ADDRESS naming another team's servers, the
     stack's MLflow admin password and Ray token went to them."""

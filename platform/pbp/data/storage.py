@@ -102,7 +102,7 @@ def s3_filesystem(endpoints: Endpoints | None = None):
 
     ep = endpoints or resolve()
     opts = ep.s3fs_options()
-    key = (ep.s3_endpoint, ep.s3_access_key, ep.s3_region, os.getpid())
+    key = (ep.s3_endpoint, ep.s3_access_key, ep.s3_session_token, ep.s3_region, os.getpid())
     fs = _FS_CACHE.get(key)
     if fs is None:
         fs = _FS_CACHE[key] = s3fs.S3FileSystem(**opts, skip_instance_cache=True)

@@ -41,6 +41,10 @@ class Endpoints:
     stack_ray: tuple[str, ...] = ()
     """The local stack's own Ray addresses (dashboard URL, GCS address); none without a stack."""
     ray_token_from_stack: bool = False
+    s3_session_token: str | None = None
+    """``AWS_SESSION_TOKEN`` of temporary credentials the environment gives with its keys (SSO, an assumed role, a CI
+    job's OIDC role): passed with them, since an SDK handed keys explicitly ignores the token its environment holds
+    (without it AWS refuses every request: "The security token included in the request is invalid")."""
     mlflow_env_withheld: tuple[str, ...] = ()
     """Variables of this process's environment that hold the stack's MLflow credentials (exported by `pbp stack
     env`) while the tracking URI is another server's: :func:`apply_mlflow_env` takes them away, or MLflow's client
@@ -58,6 +62,7 @@ class Endpoints:
             endpoint_url=self.s3_endpoint,
             aws_access_key_id=self.s3_access_key,
             aws_secret_access_key=self.s3_secret_key,
+            aws_session_token=self.s3_session_token,
             region_name=self.s3_region,
             config=Config(retries={"max_attempts": attempts, "mode": "standard"}, **config),
         )
@@ -72,6 +77,8 @@ class Endpoints:
             opts["endpoint_url"] = self.s3_endpoint
         if self.s3_access_key:
             opts.update(key=self.s3_access_key, secret=self.s3_secret_key)
+            if self.s3_session_token:
+                opts["token"] = self.s3_session_token
         return opts
 
     def pyarrow_fs(self):
@@ -86,6 +93,8 @@ class Endpoints:
             kwargs.update(endpoint_override=rest, scheme=scheme)
         if self.s3_access_key:
             kwargs.update(access_key=self.s3_access_key, secret_key=self.s3_secret_key)
+            if self.s3_session_token:
+                kwargs["session_token"] = self.s3_session_token
         return fs.S3FileSystem(**kwargs)
 
     def mlflow_env(self) -> dict[str, str]:
@@ -180,7 +189,17 @@ def resolve(state_dir: Path | None = None, env: dict[str, str] | None = None) ->
         stack_ray=(state.ray_dashboard_url, state.ray_gcs_address) if state is not None else (),
         ray_token_from_stack=from_stack,
         mlflow_env_withheld=withheld,
+        s3_session_token=_session_token(env, secrets),
     )
+
+
+def _session_token(env: dict[str, str], secrets: Secrets | None) -> str | None:
+    """The environment's session token, for the environment's own keys: none for the stack's keys (exported by `pbp
+    stack env` into a shell that may still hold an AWS login's token: it belongs to other keys)."""
+    key = env.get("AWS_ACCESS_KEY_ID")
+    if not key or (secrets is not None and key == secrets.s3_access_key):
+        return None
+    return env.get("AWS_SESSION_TOKEN") or env.get("AWS_SECURITY_TOKEN") or None
 
 
 def _ray_token(env: dict[str, str], sdir: Path, has_stack: bool) -> tuple[str | None, bool]:
