@@ -153,6 +153,30 @@ def test_temporary_aws_credentials_travel_with_their_session_token(tmp_path):
     assert resolve(tmp_path, env={"AWS_SESSION_TOKEN": "x"}).s3_session_token is None  # no keys: the SDK's own chain
 
 
+def test_on_aws_with_no_region_given_pyarrow_gets_the_buckets_own(tmp_path, monkeypatch):
+    """pbp put us-east-1 wherever no region was given: boto3 and s3fs follow S3's redirect to a bucket's region,
+    pyarrow (Ray Train's checkpoints, campaign state) does not, so a run on infra/aws's us-west-2 cluster (whose nodes
+    set no AWS_REGION) could not write its checkpoints. The bucket's region is asked of AWS (stood in for here: no
+    AWS from the tests) only when neither the environment nor a custom endpoint decides it."""
+    from pyarrow import fs as pafs
+
+    from pbp.stack import endpoints
+
+    asked: list[str] = []
+    monkeypatch.setattr(pafs, "resolve_s3_region", lambda b: asked.append(b) or "us-west-2")
+    endpoints._bucket_region.cache_clear()
+    aws = resolve(tmp_path, env={})
+    assert aws.s3_region is None and aws.boto3_client().meta.region_name  # boto3: its own default, as before
+    assert aws.pyarrow_fs("s3://my-runs/ft/run-1").__reduce__()[1][0]["region"] == "us-west-2"
+    assert asked == ["my-runs"]
+    given = resolve(tmp_path, env={"AWS_REGION": "eu-west-1"}).pyarrow_fs("s3://other/x")
+    assert given.__reduce__()[1][0]["region"] == "eu-west-1" and asked == ["my-runs"]
+    _fake_stack(tmp_path)
+    stack = resolve(tmp_path, env={}).pyarrow_fs("s3://pbp-runs/x")  # the local stack: its own endpoint
+    assert stack.__reduce__()[1][0]["region"] == "us-east-1" and asked == ["my-runs"]
+    endpoints._bucket_region.cache_clear()
+
+
 def test_the_stacks_secrets_never_go_to_a_server_the_environment_names_instead(tmp_path, monkeypatch):
     """With a stack's state dir present and MLFLOW_TRACKING_URI / RAY_ADDRESS naming another team's servers, the
     stack's MLflow admin password and Ray token went to them."""

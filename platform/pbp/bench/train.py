@@ -141,8 +141,8 @@ def checkpoint_cost(cfg: ModelConfig, zero_stage: int) -> dict[str, float]:
     from pbp.train import checkpoint as ckpt
 
     ep = resolve()
-    fs = ep.pyarrow_fs()
     bucket = bucket_for("runs", ep, "the checkpoint benchmark")
+    fs = ep.pyarrow_fs(f"s3://{bucket}/")
     engine = _ds_engine(cfg, zero_stage, 2)
     runs = ckpt.StorageDir(fs, f"{bucket}/bench")
     save_times, raw_times, nbytes = [], [], 0

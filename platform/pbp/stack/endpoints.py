@@ -29,7 +29,9 @@ class Endpoints:
     """None means AWS' own endpoint (credentials from the default chain: env, profile, instance role)."""
     s3_access_key: str | None
     s3_secret_key: str | None
-    s3_region: str
+    s3_region: str | None
+    """The environment's (``AWS_DEFAULT_REGION``, ``AWS_REGION``); us-east-1 for another endpoint (the local stack);
+    None for AWS' own endpoint with none given: each SDK finds it (profile, bucket), see :meth:`pyarrow_fs`."""
     mlflow_uri: str | None
     mlflow_username: str | None
     mlflow_password: str | None
@@ -81,13 +83,16 @@ class Endpoints:
                 opts["token"] = self.s3_session_token
         return opts
 
-    def pyarrow_fs(self):
-        """A pyarrow S3FileSystem. pyarrow ignores AWS_ENDPOINT_URL, so the endpoint is passed explicitly."""
+    def pyarrow_fs(self, url: str | None = None):
+        """A pyarrow S3FileSystem for ``url``'s bucket. pyarrow ignores AWS_ENDPOINT_URL, so the endpoint is passed
+        explicitly. On AWS with no region given, the bucket's own (pyarrow, unlike boto3 and s3fs, does not follow
+        S3's redirect to it: a checkpoint to a us-west-2 bucket failed under a guessed us-east-1)."""
         from pyarrow import fs
 
-        kwargs: dict[str, Any] = {
-            "region": self.s3_region, "retry_strategy": fs.AwsStandardS3RetryStrategy(max_attempts=S3_MAX_ATTEMPTS),
-        }  # fmt: skip
+        kwargs: dict[str, Any] = {"retry_strategy": fs.AwsStandardS3RetryStrategy(max_attempts=S3_MAX_ATTEMPTS)}
+        region = self.s3_region or (_bucket_region(url[len("s3://") :].split("/", 1)[0]) if url else None)
+        if region:
+            kwargs["region"] = region  # (else the AWS SDK's own: AWS_DEFAULT_REGION, the profile, us-east-1)
         if self.s3_endpoint:
             scheme, _, rest = self.s3_endpoint.partition("://")
             kwargs.update(endpoint_override=rest, scheme=scheme)
@@ -170,11 +175,12 @@ def resolve(state_dir: Path | None = None, env: dict[str, str] | None = None) ->
     use_stack_s3 = state is not None and not env.get("AWS_ENDPOINT_URL") and not env.get("AWS_ACCESS_KEY_ID")
     mlflow_uri = pick("MLFLOW_TRACKING_URI", state.mlflow_uri if state else None)
     username, password, withheld = _mlflow_login(env, mlflow_uri, state, secrets)
+    s3_endpoint = pick("AWS_ENDPOINT_URL", state.s3_endpoint if state else None)
     return Endpoints(
-        s3_endpoint=pick("AWS_ENDPOINT_URL", state.s3_endpoint if state else None),
+        s3_endpoint=s3_endpoint,
         s3_access_key=env.get("AWS_ACCESS_KEY_ID") or (secrets.s3_access_key if use_stack_s3 and secrets else None),
         s3_secret_key=env.get("AWS_SECRET_ACCESS_KEY") or (secrets.s3_secret_key if use_stack_s3 and secrets else None),
-        s3_region=env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or "us-east-1",
+        s3_region=env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or ("us-east-1" if s3_endpoint else None),
         mlflow_uri=mlflow_uri,
         mlflow_username=username,
         mlflow_password=password,
@@ -191,6 +197,17 @@ def resolve(state_dir: Path | None = None, env: dict[str, str] | None = None) ->
         mlflow_env_withheld=withheld,
         s3_session_token=_session_token(env, secrets),
     )
+
+
+@functools.cache
+def _bucket_region(bucket: str) -> str | None:
+    """The AWS region of ``bucket`` (one unauthenticated request), or None where it cannot be told."""
+    from pyarrow import fs
+
+    try:
+        return fs.resolve_s3_region(bucket)
+    except (OSError, ValueError):
+        return None
 
 
 def _session_token(env: dict[str, str], secrets: Secrets | None) -> str | None:

@@ -503,7 +503,7 @@ def storage_dir(url: str) -> StorageDir:
     if url.startswith("s3://"):
         from pbp.stack.endpoints import resolve
 
-        return StorageDir(resolve().pyarrow_fs(), url[len("s3://") :].rstrip("/"))
+        return StorageDir(resolve().pyarrow_fs(url), url[len("s3://") :].rstrip("/"))
     return StorageDir(pafs.LocalFileSystem(), str(Path(url).expanduser().resolve()))
 
 

@@ -94,7 +94,7 @@ def torch_trainer(
     forget_ray_snapshot(f"{storage_path.rstrip('/')}/{run_name}")
     fs = None
     if storage_path.startswith("s3://"):
-        fs = resolve().pyarrow_fs()
+        fs = resolve().pyarrow_fs(storage_path)
         storage_path = storage_path[len("s3://") :]
     per_try, tries = resource_wait(scaling.resource_wait_s)
     os.environ[START_TIMEOUT_ENV] = str(per_try)  # Ray Train passes these on to its controller

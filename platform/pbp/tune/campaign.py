@@ -340,7 +340,7 @@ def _tuner(cfg: TuneConfig, base_cfg: FinetuneConfig, base: dict, ctx: dict, met
 
     fs, path = None, url
     if url.startswith("s3://"):
-        fs, path = resolve().pyarrow_fs(), url[len("s3://") :]
+        fs, path = resolve().pyarrow_fs(url), url[len("s3://") :]
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=base, ctx=ctx), {"CPU": 0, "memory": 64 * 2**20}
     )
