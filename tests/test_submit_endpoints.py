@@ -153,28 +153,57 @@ def test_temporary_aws_credentials_travel_with_their_session_token(tmp_path):
     assert resolve(tmp_path, env={"AWS_SESSION_TOKEN": "x"}).s3_session_token is None  # no keys: the SDK's own chain
 
 
-def test_on_aws_with_no_region_given_pyarrow_gets_the_buckets_own(tmp_path, monkeypatch):
-    """pbp put us-east-1 wherever no region was given: boto3 and s3fs follow S3's redirect to a bucket's region,
-    pyarrow (Ray Train's checkpoints, campaign state) does not, so a run on infra/aws's us-west-2 cluster (whose nodes
-    set no AWS_REGION) could not write its checkpoints. The bucket's region is asked of AWS (stood in for here: no
-    AWS from the tests) only when neither the environment nor a custom endpoint decides it."""
+def test_on_aws_pyarrow_gets_the_buckets_own_region(tmp_path, monkeypatch):
+    """pbp put us-east-1 wherever no region was given, and the environment's where one was: boto3 and s3fs follow
+    S3's redirect to a bucket's region, pyarrow (Ray Train's checkpoints, campaign state) does not, so a run on
+    infra/aws's us-west-2 cluster (whose nodes set no AWS_REGION), or on an EKS cluster (which sets its own region
+    in every pod) writing to a bucket elsewhere, could not write its checkpoints. On AWS' own endpoint the bucket's
+    region is asked of AWS (stood in for here: no AWS from the tests); the environment's is the fallback."""
     from pyarrow import fs as pafs
 
     from pbp.stack import endpoints
 
+    regions = {"my-runs": "us-west-2", "gone": None}
     asked: list[str] = []
-    monkeypatch.setattr(pafs, "resolve_s3_region", lambda b: asked.append(b) or "us-west-2")
+
+    def bucket_region(bucket: str) -> str:
+        asked.append(bucket)
+        if regions[bucket] is None:
+            raise OSError(f"bucket {bucket} not found")
+        return regions[bucket]
+
+    monkeypatch.setattr(pafs, "resolve_s3_region", bucket_region)
     endpoints._bucket_region.cache_clear()
-    aws = resolve(tmp_path, env={})
-    assert aws.s3_region is None and aws.boto3_client().meta.region_name  # boto3: its own default, as before
-    assert aws.pyarrow_fs("s3://my-runs/ft/run-1").__reduce__()[1][0]["region"] == "us-west-2"
-    assert asked == ["my-runs"]
-    given = resolve(tmp_path, env={"AWS_REGION": "eu-west-1"}).pyarrow_fs("s3://other/x")
-    assert given.__reduce__()[1][0]["region"] == "eu-west-1" and asked == ["my-runs"]
-    _fake_stack(tmp_path)
-    stack = resolve(tmp_path, env={}).pyarrow_fs("s3://pbp-runs/x")  # the local stack: its own endpoint
-    assert stack.__reduce__()[1][0]["region"] == "us-east-1" and asked == ["my-runs"]
-    endpoints._bucket_region.cache_clear()
+    try:
+
+        def region(env: dict, url: str | None) -> str:
+            return resolve(tmp_path, env=env).pyarrow_fs(url).__reduce__()[1][0]["region"]
+
+        aws = resolve(tmp_path, env={})
+        assert aws.s3_region is None and aws.boto3_client().meta.region_name  # boto3: its own default, as before
+        assert region({}, "s3://my-runs/ft/run-1") == "us-west-2" and asked == ["my-runs"]
+        assert region({"AWS_REGION": "eu-west-1"}, "s3://my-runs/x") == "us-west-2"  # (asked once: cached)
+        assert region({"AWS_REGION": "eu-west-1"}, "s3://gone/x") == "eu-west-1" and asked == ["my-runs", "gone"]
+        # Another endpoint decides it: the environment's region, else the one its AWS host names, else us-east-1.
+        vpce = "https://bucket.vpce-0a1b2c3d-x1y2.s3.eu-central-1.vpce.amazonaws.com"
+        assert region({"AWS_ENDPOINT_URL": vpce}, "s3://my-runs/x") == "eu-central-1"
+        assert region({"AWS_ENDPOINT_URL": "https://minio.example.com"}, "s3://my-runs/x") == "us-east-1"
+        assert region({"AWS_ENDPOINT_URL": vpce, "AWS_REGION": "eu-west-1"}, None) == "eu-west-1"
+        _fake_stack(tmp_path)
+        assert region({}, "s3://pbp-runs/x") == "us-east-1"  # the local stack: its own endpoint
+        assert asked == ["my-runs", "gone"]
+    finally:
+        endpoints._bucket_region.cache_clear()
+
+
+def test_the_s3_endpoint_variable_wins_over_the_global_one(tmp_path):
+    """botocore reads AWS_ENDPOINT_URL_S3 before AWS_ENDPOINT_URL (which also redirects STS, Secrets Manager...):
+    pbp read only the global one, so a user who set the S3 one for MinIO or a VPC endpoint had pbp talk to AWS'
+    default endpoint, or to the local stack."""
+    secrets = _fake_stack(tmp_path)
+    ep = resolve(tmp_path, env={"AWS_ENDPOINT_URL_S3": "https://minio.example.com", "AWS_ENDPOINT_URL": "http://x:1"})
+    assert ep.s3_endpoint == "https://minio.example.com" and ep.s3fs_options()["endpoint_url"] == ep.s3_endpoint
+    assert ep.s3_access_key != secrets["s3_access_key"]  # the stack's keys stay with the stack
 
 
 def test_the_stacks_secrets_never_go_to_a_server_the_environment_names_instead(tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -85,12 +86,14 @@ class Endpoints:
 
     def pyarrow_fs(self, url: str | None = None):
         """A pyarrow S3FileSystem for ``url``'s bucket. pyarrow ignores AWS_ENDPOINT_URL, so the endpoint is passed
-        explicitly. On AWS with no region given, the bucket's own (pyarrow, unlike boto3 and s3fs, does not follow
-        S3's redirect to it: a checkpoint to a us-west-2 bucket failed under a guessed us-east-1)."""
+        explicitly. On AWS' own endpoint the region is the bucket's, else the environment's: pyarrow, unlike boto3 and
+        s3fs, does not follow S3's redirect to a bucket's region, so a checkpoint to a us-west-2 bucket failed under a
+        guessed us-east-1, and would under the AWS_REGION of a cluster elsewhere (EKS sets it in every pod)."""
         from pyarrow import fs
 
         kwargs: dict[str, Any] = {"retry_strategy": fs.AwsStandardS3RetryStrategy(max_attempts=S3_MAX_ATTEMPTS)}
-        region = self.s3_region or (_bucket_region(url[len("s3://") :].split("/", 1)[0]) if url else None)
+        bucket = url[len("s3://") :].split("/", 1)[0] if url and not self.s3_endpoint else None  # on AWS' own
+        region = (bucket and _bucket_region(bucket)) or self.s3_region
         if region:
             kwargs["region"] = region  # (else the AWS SDK's own: AWS_DEFAULT_REGION, the profile, us-east-1)
         if self.s3_endpoint:
@@ -172,15 +175,16 @@ def resolve(state_dir: Path | None = None, env: dict[str, str] | None = None) ->
         return env.get(name) or fallback
 
     # The stack's secrets go to the stack's own services only: never to an endpoint the environment names instead.
-    use_stack_s3 = state is not None and not env.get("AWS_ENDPOINT_URL") and not env.get("AWS_ACCESS_KEY_ID")
+    env_s3 = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")  # S3's own variable first, as botocore
+    use_stack_s3 = state is not None and not env_s3 and not env.get("AWS_ACCESS_KEY_ID")
     mlflow_uri = pick("MLFLOW_TRACKING_URI", state.mlflow_uri if state else None)
     username, password, withheld = _mlflow_login(env, mlflow_uri, state, secrets)
-    s3_endpoint = pick("AWS_ENDPOINT_URL", state.s3_endpoint if state else None)
+    s3_endpoint = env_s3 or (state.s3_endpoint if state else None)
     return Endpoints(
         s3_endpoint=s3_endpoint,
         s3_access_key=env.get("AWS_ACCESS_KEY_ID") or (secrets.s3_access_key if use_stack_s3 and secrets else None),
         s3_secret_key=env.get("AWS_SECRET_ACCESS_KEY") or (secrets.s3_secret_key if use_stack_s3 and secrets else None),
-        s3_region=env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or ("us-east-1" if s3_endpoint else None),
+        s3_region=env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or _endpoint_region(s3_endpoint),
         mlflow_uri=mlflow_uri,
         mlflow_username=username,
         mlflow_password=password,
@@ -197,6 +201,19 @@ def resolve(state_dir: Path | None = None, env: dict[str, str] | None = None) ->
         mlflow_env_withheld=withheld,
         s3_session_token=_session_token(env, secrets),
     )
+
+
+_AWS_S3_HOST = re.compile(r"(?:^|\.)s3[.-](?:fips\.)?([a-z]{2}(?:-[a-z]+)+-\d)\.(?:vpce\.)?amazonaws\.com(?::\d+)?$")
+
+
+def _endpoint_region(endpoint: str | None) -> str | None:
+    """The region an endpoint with none given signs for: an AWS S3 host's own (``s3.us-west-2.amazonaws.com``, an
+    interface VPC endpoint ``bucket.vpce-1a2b.s3.us-west-2.vpce.amazonaws.com``), us-east-1 for any other (the local
+    stack, MinIO), None for AWS' default endpoint (each SDK finds the region)."""
+    if not endpoint:
+        return None
+    m = _AWS_S3_HOST.search(endpoint.partition("://")[2].split("/", 1)[0])
+    return m.group(1) if m else "us-east-1"
 
 
 @functools.cache
