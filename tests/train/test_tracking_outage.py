@@ -254,3 +254,38 @@ def test_an_mlflow_run_is_complete_once_finished_with_its_model_logged(endpoints
     assert tracking.missing_from_run(older.run_id) == ["its status is RUNNING, not FINISHED", "its model is not logged"]
     older.finish()
     assert tracking.missing_from_run(older.run_id) == []  # FINISHED, the model's files there: complete
+
+
+def test_the_health_check_goes_through_mlflows_own_client_settings(tmp_path, monkeypatch):
+    """The check before a run asked ``/health`` with a bare request, ignoring what MLflow's client honours (a token,
+    a private CA, a client certificate): behind a gateway that checks MLflow's token on every path, pbp refused to
+    start runs against a server its own MLflow client reached. (A stand-in server: MLflow's own leaves /health open.)"""
+    import http.server
+    import threading
+
+    class Gateway(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            ok = self.path == "/health" and self.headers.get("Authorization") == "Bearer s3cret"
+            self.send_response(200 if ok else 401)
+            self.end_headers()
+            self.wfile.write(b"OK" if ok else b"unauthorized")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Gateway)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        uri = f"http://127.0.0.1:{server.server_address[1]}"
+        monkeypatch.setenv("PBP_STACK_DIR", str(tmp_path / "no-stack"))
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        monkeypatch.delenv("MLFLOW_TRACKING_TOKEN", raising=False)
+        refused = tracking.tracking_unanswered()
+        assert refused is not None and refused.startswith(f"MLflow at {uri} does not answer (")
+        assert "401" in refused or "Unauthorized" in refused
+        monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "s3cret")
+        assert tracking.tracking_unanswered() is None
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert tracking.tracking_unanswered().startswith(f"MLflow at {uri} does not answer (connection refused")

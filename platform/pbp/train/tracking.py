@@ -221,8 +221,7 @@ def unanswered(error: BaseException, advice: bool = True) -> str | None:
     """For an MLflow client error that is the server not answering (MLflow reports it as an INTERNAL_ERROR with
     urllib3's text), ``MLflow at URI does not answer (why)``, with ``advice`` followed by what to do; None for
     anything else."""
-    text = str(getattr(error, "message", "") or error)
-    why = next((short for needle, short in _NO_ANSWER.items() if needle in text), None)
+    why = _no_answer_reason(str(getattr(error, "message", "") or error))
     if why is None:
         return None
     import mlflow
@@ -231,22 +230,36 @@ def unanswered(error: BaseException, advice: bool = True) -> str | None:
     return f"{said}: start it (`pbp stack up` for the local stack) or check MLFLOW_TRACKING_URI" if advice else said
 
 
+def _no_answer_reason(text: str) -> str | None:
+    """The short reason (``connection refused``...) in an HTTP client's error text that says no server answered."""
+    return next((short for needle, short in _NO_ANSWER.items() if needle in text), None)
+
+
 def tracking_unanswered() -> str | None:
     """``MLflow at URI does not answer (why)`` when the resolved MLflow server does not answer ``/health``; None when
-    it does (or the store is a file or database, nothing to reach)."""
-    import urllib.error
-    import urllib.request
+    it does (or the store is a file or database, nothing to reach). Asked through MLflow's own HTTP layer, so the
+    settings its client honours apply (``MLFLOW_TRACKING_TOKEN``, ``MLFLOW_TRACKING_SERVER_CERT_PATH``,
+    ``MLFLOW_TRACKING_INSECURE_TLS``, a client certificate): a bare request ignored them, and refused runs against
+    a server behind a private CA or a token-checking gateway that MLflow itself reached."""
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
 
-    uri = resolve().mlflow_uri or ""
+    ep = resolve()
+    uri = ep.mlflow_uri or ""
     if not uri.startswith(("http://", "https://")):
         return None
+    creds = get_default_host_creds(uri)
+    if ep.mlflow_username or ep.mlflow_env_withheld:  # the stack's login, or none where the stack's is withheld
+        creds.username, creds.password = ep.mlflow_username, ep.mlflow_password
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10) as r:
-            if r.status == 200:
-                return None
-            why = f"HTTP {r.status}"
-    except (urllib.error.URLError, OSError) as e:
-        why = str(getattr(e, "reason", e))
+        r = http_request(creds, "/health", "GET", max_retries=0, timeout=10, raise_on_status=False)
+    except Exception as e:  # MLflow wraps requests' errors (refused, TLS, timeout) in an MlflowException
+        text = str(getattr(e, "message", "") or e)
+        why = _no_answer_reason(text) or text[:300]
+    else:
+        if r.status_code == 200:
+            return None
+        why = f"HTTP {r.status_code}"
     return f"MLflow at {uri} does not answer ({why})"
 
 
