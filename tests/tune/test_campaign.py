@@ -225,6 +225,13 @@ def test_a_stopped_job_sigterm_ends_the_campaigns_log_with_how_to_resume_it(
     parent = find_run(client, client.get_experiment_by_name("pbp-tune").experiment_id, name)
     assert parent is not None and client.get_run(parent).info.status == "KILLED"
 
+    # The trial stopped before its first report is run again, without Tune's warning that read as lost data at
+    # every such resume ("Failed to fetch metrics for 1 trial(s): ... FileNotFoundError(...)").
+    res = _pbp(stack_dir, "tune", "--resume", name, "storage_path=s3://pbp-runs/tests-tune")
+    out = res.stdout + res.stderr
+    assert res.returncode == 0 and f"campaign {name}: 2 trials: " in res.stdout, out[-4000:]
+    assert "Failed to fetch metrics" not in out and "FileNotFoundError" not in out, out[-3000:]
+
 
 TINY = ["finetune_overrides=[task.max_rows=80, stages.0.max_epochs=1, stages.1.max_epochs=2, stages.2.max_epochs=1]",
         "asha.enabled=false", "storage_path=s3://pbp-runs/tests-tune"]  # fmt: skip

@@ -194,14 +194,12 @@ def _fit(tuner, cfg: TuneConfig, parent_run_id: str, resume: bool):
     from pbp.train.tracking import TrackingUnavailableError, ended_status, mark_family_unfinished
     from pbp.tune.progress import TuneInterruption, interrupted_message
 
-    grid = _finished_results(tuner, cfg) if resume else None
+    with _quiet_analysis():
+        grid = _finished_results(tuner, cfg) if resume else None
     interruption = TuneInterruption()
     try:
-        # Tune warns "Failed to fetch metrics ... FileNotFoundError" for a trial stopped (time budget, a stop
-        # criterion) before its first report: the summary counts it as pruned with no value. Tune's INFO line "Wrote
-        # the latest version of all result files and experiment state to ..." at the end is off too.
-        with quiet_logger("ray.tune.analysis.experiment_analysis", logging.ERROR), quiet_logger("ray.tune.tune"), \
-                interruption:  # fmt: skip
+        # Tune's INFO line "Wrote the latest version of all result files and experiment state to ..." is off too.
+        with _quiet_analysis(), quiet_logger("ray.tune.tune"), interruption:
             finished_before = grid is not None
             if grid is None:
                 grid = tuner.fit()
@@ -219,6 +217,16 @@ def _fit(tuner, cfg: TuneConfig, parent_run_id: str, resume: bool):
         raise
     _release_placement_groups()
     return grid, finished_before
+
+
+def _quiet_analysis():
+    """Tune's warning "Failed to fetch metrics for N trial(s): ... FileNotFoundError(...)" off (its errors still
+    show), on the restore, the results and the fit alike: it names every trial stopped before its first report (a
+    time budget, a stop criterion, the driver's own stop), which read as lost data; the summary counts such a trial
+    as pruned with no value, and a resumed campaign runs it again."""
+    from pbp.console import quiet_logger
+
+    return quiet_logger("ray.tune.analysis.experiment_analysis", logging.ERROR)
 
 
 def _watch_verdict(tuner) -> str:
@@ -345,7 +353,8 @@ def _tuner(cfg: TuneConfig, base_cfg: FinetuneConfig, base: dict, ctx: dict, met
         tune.with_parameters(run_trial, base=base, ctx=ctx), {"CPU": 0, "memory": 64 * 2**20}
     )
     if resume:
-        return tune.Tuner.restore(path, trainable, resume_errored=True, storage_filesystem=fs)
+        with _quiet_analysis():
+            return tune.Tuner.restore(path, trainable, resume_errored=True, storage_filesystem=fs)
     with quiet_optuna():  # no "A new study created in memory" line
         searcher = make_searcher(cfg, metric, mode)
     for t in warm:
