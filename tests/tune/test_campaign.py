@@ -233,6 +233,22 @@ def test_a_stopped_job_sigterm_ends_the_campaigns_log_with_how_to_resume_it(
     assert "Failed to fetch metrics" not in out and "FileNotFoundError" not in out, out[-3000:]
 
 
+def test_trials_beyond_what_the_cluster_holds_wait_for_a_slot_instead_of_failing(stack_dir, tmp_path):
+    """max_concurrent_trials above what the nodes hold: the trials without room waited their fine-tuning's
+    scaling.resource_wait_s (300 s) for a sibling to end, then FAILED (reproduced on the local stack with a 5 s wait,
+    as real trials last far longer than 300 s). A trial now waits the campaign's slot_wait_s (its time budget, else
+    24 h), whatever its fine-tuning config says."""
+    name = f"queue-{os.getpid()}"
+    many = [f"name={name}", "num_samples=4", "max_concurrent_trials=4", "asha.enabled=false",
+            "finetune_overrides=[task.max_rows=80, stages.0.max_epochs=2, stages.1.max_epochs=2, "
+            "stages.2.max_epochs=1, scaling.resource_wait_s=5]", "storage_path=s3://pbp-runs/tests-tune",
+            f"report_dir={tmp_path}"]  # fmt: skip
+    res = _pbp(stack_dir, "tune", "--config", "configs/tune/tiny.yaml", *many)
+    out = res.stdout + res.stderr
+    assert "the others start as slots free up" in out, out[-3000:]  # the stack holds fewer than 4 at once
+    assert res.returncode == 0 and f"campaign {name}: 4 trials: 4 completed, 0 pruned, 0 failed" in out, out[-4000:]
+
+
 TINY = ["finetune_overrides=[task.max_rows=80, stages.0.max_epochs=1, stages.1.max_epochs=2, stages.2.max_epochs=1]",
         "asha.enabled=false", "storage_path=s3://pbp-runs/tests-tune"]  # fmt: skip
 

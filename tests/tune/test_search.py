@@ -110,3 +110,20 @@ def test_a_campaign_reads_every_config_file_before_it_connects(tmp_path, monkeyp
         campaign.run_campaign(cfg)
     saved = yaml.safe_load((tmp_path / "tune" / "reads-first" / campaign.BASE_FILE).read_text())
     assert saved["task"]["max_rows"] == 200 and not ft.exists()  # the file's content with the overrides, saved
+
+
+def test_a_trial_waits_for_a_slot_as_long_as_the_campaign_may_run():
+    """A trial's wait for room: slot_wait_s, else the campaign's time budget, else 24 h; Ray Train's tries stretch
+    with it (a traceback per try: one a minute for hours would bury the campaign's lines)."""
+    from pbp.train.launch import resource_wait
+
+    cfg = load_config(TuneConfig, REPO / "configs/tune/tiny.yaml", [])
+    assert cfg.trial_resource_wait() == 24 * 3600
+    timed = load_config(TuneConfig, REPO / "configs/tune/tiny.yaml", ["stop.time_budget_s=1800"])
+    assert timed.trial_resource_wait() == 1800
+    set_ = load_config(TuneConfig, REPO / "configs/tune/tiny.yaml", ["stop.time_budget_s=1800", "slot_wait_s=120"])
+    assert set_.trial_resource_wait() == 120
+    with pytest.raises(ConfigError, match="slot_wait_s"):
+        load_config(TuneConfig, REPO / "configs/tune/tiny.yaml", ["slot_wait_s=-1"])
+    assert resource_wait(300) == (60, 5) and resource_wait(20) == (20, 1)  # a run's wait as before
+    assert resource_wait(24 * 3600) == (8640, 10)

@@ -122,7 +122,8 @@ def torch_trainer(
 
 START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 POLL_INTERVAL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
-MAX_TRY_S = 60.0
+TRY_S = 60.0
+MAX_TRIES = 10
 
 
 def resource_wait(total_s: float) -> tuple[float, int]:
@@ -130,9 +131,11 @@ def resource_wait(total_s: float) -> tuple[float, int]:
 
     Ray Train V2 retries a worker group that cannot be placed without limit (``controller_failure_limit=-1``), each
     try waiting ``RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S`` (60 s): with a node gone, a run waits forever. pbp bounds
-    the tries so that they add up to the configured wait (counted over the whole run, not per incident).
+    the tries so that they add up to the configured wait (counted over the whole run, not per incident): tries of
+    60 s, or of a tenth of a longer wait. Ray Train prints a traceback and a failure-policy block at the end of each
+    try, so a campaign's trial waiting hours for its siblings' slots would print one a minute.
     """
-    per_try = min(MAX_TRY_S, total_s)
+    per_try = min(total_s, max(TRY_S, total_s / MAX_TRIES))
     return per_try, max(1, math.ceil(total_s / per_try))
 
 

@@ -136,7 +136,8 @@ def run_campaign(cfg: TuneConfig, *, resume: bool = False, warm_start: str | Non
     parent.log_config(cfg, {**tags, **{k: v for k, v in ft_meta["tags"].items() if k.startswith("pbp.task")}})
     base = to_dict(replace(base_cfg, tracking=replace(base_cfg.tracking, experiment=cfg.experiment)))
     base["scaling"].update(num_workers=cfg.trial_workers, cpus_per_worker=cfg.cpus_per_trial_worker,
-                           use_gpu=cfg.use_gpu, max_failures=cfg.max_failures)  # fmt: skip
+                           use_gpu=cfg.use_gpu, max_failures=cfg.max_failures,
+                           resource_wait_s=cfg.trial_resource_wait())  # fmt: skip
     note = concurrency_note(alive_nodes(), ScalingConfig(**base["scaling"]), min(cfg.max_concurrent_trials,
                                                                                    cfg.num_samples))  # fmt: skip
     if note:

@@ -85,6 +85,9 @@ class StopConfig:
             raise ValueError(f"stop.target must be finite, got {self.target}")
 
 
+DEFAULT_SLOT_WAIT_S = 24 * 3600.0
+
+
 @dataclass
 class TuneConfig:
     name: str = "campaign"
@@ -107,6 +110,11 @@ class TuneConfig:
     use_gpu: bool = False
     max_failures: int = 2
     """Retries of a failed trial, each from its newest complete checkpoint."""
+    slot_wait_s: float = 0.0
+    """How long a trial waits for room for its workers (its fine-tuning's ``scaling.resource_wait_s``): the trials
+    before it may hold the cluster (``max_concurrent_trials`` above what the nodes hold) or nodes may be joining (an
+    autoscaler). 0: the campaign's ``stop.time_budget_s``, else 24 hours. A fine-tuning run's own 300 s failed every
+    trial that waited longer for a sibling to end."""
     asha: AshaConfig = field(default_factory=AshaConfig)
     stop: StopConfig = field(default_factory=StopConfig)
     storage_path: str = ""
@@ -124,11 +132,15 @@ class TuneConfig:
             raise ValueError("space is empty: give at least one fine-tuning field to search")
         if self.num_samples < 1 or self.max_concurrent_trials < 1 or self.trial_workers < 1:
             raise ValueError("num_samples, max_concurrent_trials and trial_workers must be >= 1")
-        if self.cpus_per_trial_worker <= 0 or self.max_failures < 0:
-            raise ValueError("cpus_per_trial_worker must be > 0 and max_failures >= 0")
+        if self.cpus_per_trial_worker <= 0 or self.max_failures < 0 or self.slot_wait_s < 0:
+            raise ValueError("cpus_per_trial_worker must be > 0, max_failures and slot_wait_s >= 0")
         for key in self.space:
             if not key or any(not part for part in key.split(".")):
                 raise ValueError(f"space: {key!r} is not a dotted fine-tuning key")
+
+    def trial_resource_wait(self) -> float:
+        """Seconds a trial waits for room for its workers (``slot_wait_s``, resolved)."""
+        return self.slot_wait_s or self.stop.time_budget_s or DEFAULT_SLOT_WAIT_S
 
     def resolved_mode(self, metric: str) -> str:
         if self.mode:
