@@ -117,6 +117,38 @@ def test_a_run_finds_out_in_seconds_that_storage_is_down_a_bucket_missing_or_its
     assert time.monotonic() - t0 < 30  # not a minute of retries
 
 
+def test_a_role_allowed_to_list_only_under_a_prefix_is_not_refused(endpoints, monkeypatch):
+    """HeadBucket needs s3:ListBucket on the whole bucket; shared buckets often grant it only under a prefix
+    (``s3:prefix`` condition), and such a role can do all pbp does there. pbp refused every run with such a role
+    ("access refused ... check AWS_ACCESS_KEY_ID") and `pbp data build` said its bucket did not exist. The refused
+    HeadBucket is injected (SeaweedFS's one identity may do everything); the listings go to the real server."""
+    import botocore.exceptions as bex
+
+    from pbp.data.storage import StorageUnavailableError, Store, check_object_storage
+    from pbp.stack.endpoints import Endpoints
+
+    real = Endpoints.boto3_client
+
+    def scoped(self, *args, **kwargs):
+        client = real(self, *args, **kwargs)
+
+        def head_bucket(**_kw):
+            raise bex.ClientError({"Error": {"Code": "403", "Message": "Forbidden"}}, "HeadBucket")
+
+        client.head_bucket = head_bucket
+        return client
+
+    monkeypatch.setattr(Endpoints, "boto3_client", scoped)
+    check_object_storage("s3://pbp-runs/team-a/finetune", "s3://pbp-data/team-a/", endpoints=endpoints)
+    assert Store("s3://pbp-data/team-a/v1/", endpoints).bucket_exists()
+    gone = f"s3://no-such-bucket-{random.randrange(10**6)}/team-a/"
+    assert not Store(gone, endpoints).bucket_exists()  # a missing bucket is still told apart
+    with pytest.raises(StorageUnavailableError, match=r"s3://pbp-runs/: access refused at .*the role of this"):
+        check_object_storage("s3://pbp-runs/x", endpoints=dataclasses.replace(endpoints, s3_secret_key="wrong"))
+    with pytest.raises(StorageUnavailableError, match=r"s3://pbp-data/: access refused"):  # not "does not exist"
+        Store("s3://pbp-data/x/", dataclasses.replace(endpoints, s3_secret_key="wrong")).bucket_exists()
+
+
 def test_an_io_call_failing_for_a_while_says_each_further_attempt(monkeypatch, caplog):
     """A chaos run: SeaweedFS killed during a checkpoint upload; after Ray's own 60 s warning (which blamed the user's
     upload function) nothing was said for about 4 minutes while pbp's retries waited on the SDK's."""

@@ -67,31 +67,60 @@ class StorageUnavailableError(UserError, RuntimeError):
 def check_object_storage(*urls: str, endpoints: Endpoints | None = None) -> None:
     """On a driver, before anything starts: the S3 endpoint answers and the bucket of each ``s3://`` URL exists. In
     seconds: without it a run found out after a minute of retries, in a pyarrow traceback."""
-    buckets = sorted({u[len("s3://") :].split("/", 1)[0] for u in urls if is_s3(u)})
-    if not buckets:
+    wanted: dict[str, set[str]] = {}
+    for u in urls:
+        if is_s3(u):
+            bucket, _, prefix = u[len("s3://") :].partition("/")
+            wanted.setdefault(bucket, set()).add(prefix)
+    if not wanted:
         return
+    ep = endpoints or resolve()
+    client = ep.boto3_client(attempts=2, connect_timeout=5, read_timeout=15)
+    for bucket in sorted(wanted):
+        if not _bucket_reachable(client, bucket, sorted(wanted[bucket]), ep):
+            raise StorageUnavailableError(f"s3://{bucket}/: no such bucket at {ep.s3_endpoint or 'AWS S3'}: create "
+                                          "it, or give a URL in a bucket that exists")  # fmt: skip
+
+
+_REFUSED = ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken")
+_MISSING = ("404", "NoSuchBucket")
+
+
+def _bucket_reachable(client: Any, bucket: str, prefixes: list[str], ep: Endpoints) -> bool:
+    """Whether ``bucket`` exists (False: it does not), these credentials reaching it; else StorageUnavailableError
+    naming what is wrong. HeadBucket needs s3:ListBucket on the whole bucket: a role allowed to list only under a
+    prefix (common on shared buckets) is refused it yet can do all pbp does there, so a refused HeadBucket is decided
+    by a listing of each prefix pbp uses."""
     import botocore.exceptions as bex
 
-    ep = endpoints or resolve()
     where = ep.s3_endpoint or "AWS S3"
-    client = ep.boto3_client(attempts=2, connect_timeout=5, read_timeout=15)
-    for bucket in buckets:
+
+    def code_of(e: Any) -> str:
+        return str(e.response.get("Error", {}).get("Code", ""))
+
+    try:
         try:
             client.head_bucket(Bucket=bucket)
-        except (bex.EndpointConnectionError, bex.ConnectTimeoutError, bex.ReadTimeoutError) as e:
-            raise StorageUnavailableError(f"object storage at {where} does not answer ({e}): start it (`pbp stack up` "
-                                          "for the local stack) or point AWS_ENDPOINT_URL at yours") from None  # fmt: skip
+            return True
         except bex.ClientError as e:
-            code = str(e.response.get("Error", {}).get("Code", ""))
-            if code in ("404", "NoSuchBucket"):
-                raise StorageUnavailableError(f"s3://{bucket}/: no such bucket at {where}: create it, or give a URL "
-                                              "in a bucket that exists") from None  # fmt: skip
-            if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-                raise StorageUnavailableError(f"s3://{bucket}/: access refused at {where} ({code}): check "
-                                              "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (pbp lists runs and "
-                                              "datasets: it needs s3:ListBucket besides reading and writing "
-                                              "objects)") from None  # fmt: skip
-            raise
+            if code_of(e) not in _REFUSED:
+                raise
+        for prefix in prefixes or [""]:
+            client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
+        return True
+    except (bex.EndpointConnectionError, bex.ConnectTimeoutError, bex.ReadTimeoutError) as e:
+        raise StorageUnavailableError(f"object storage at {where} does not answer ({e}): start it (`pbp stack up` "
+                                      "for the local stack) or point AWS_ENDPOINT_URL at yours") from None  # fmt: skip
+    except bex.ClientError as e:
+        code = code_of(e)
+        if code in _MISSING:
+            return False
+        if code in _REFUSED:
+            raise StorageUnavailableError(f"s3://{bucket}/: access refused at {where} ({code}): check "
+                                          "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or the role of this machine "
+                                          "(pbp lists runs and datasets: it needs s3:ListBucket, under the prefixes "
+                                          "it uses at least, besides reading and writing objects)") from None  # fmt: skip
+        raise
 
 
 _FS_CACHE: dict[tuple, Any] = {}
@@ -136,9 +165,11 @@ class Store:
         return self.join(name)[len("s3://") :]
 
     def bucket_exists(self) -> bool:
-        """S3 only: does this URL's bucket exist (and can these credentials see it)?"""
-        bucket = self.url[len("s3://") :].split("/", 1)[0]
-        return bool(with_retries(f"head bucket {bucket}", lambda: self.fs.exists(bucket)))
+        """S3 only: does this URL's bucket exist? Credentials it refuses (even under this URL's prefix) are a
+        StorageUnavailableError naming the bucket, not a "no such bucket"."""
+        bucket, _, prefix = self.url[len("s3://") :].partition("/")
+        ep = self.endpoints or resolve()
+        return _bucket_reachable(ep.boto3_client(attempts=4), bucket, [prefix], ep)
 
     def exists(self, name: str) -> bool:
         if not self.s3:
