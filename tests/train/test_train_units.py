@@ -147,6 +147,24 @@ def test_a_cluster_too_small_for_the_workers_is_said_before_waiting():
     assert note and "3 CPU and 1 GPU: room for 1 of 2 worker(s) x 1 CPU + 1 GPU" in note
 
 
+def test_a_run_waits_for_room_longer_on_a_cluster_that_may_be_starting_nodes(monkeypatch):
+    """The default wait was 300 s everywhere: infra/'s clusters start with no GPU node, and an autoscaled GPU node
+    (boot, image or packages) takes longer, so the first GPU run on them failed. 300 s stays on the local stack
+    (nothing joins there but by `pbp stack up`); other clusters get 30 minutes; a set value is kept."""
+    from pbp.train import launch
+    from pbp.train.config import ScalingConfig
+
+    monkeypatch.setattr(launch, "on_local_stack", lambda: False)
+    assert launch.wait_budget(ScalingConfig()) == 1800 and launch.resource_wait(1800) == (180, 10)
+    note = launch.capacity_note([{"Resources": {"CPU": 1.0}}], ScalingConfig(num_workers=2))
+    assert note and "scaling.resource_wait_s=1800s" in note
+    monkeypatch.setattr(launch, "on_local_stack", lambda: True)
+    assert launch.wait_budget(ScalingConfig()) == 300
+    assert launch.wait_budget(ScalingConfig(resource_wait_s=20)) == 20
+    with pytest.raises(ConfigError, match="scaling.resource_wait_s"):
+        load_config(PretrainConfig, REPO / "configs/pretrain/tiny.yaml", ["scaling.resource_wait_s=0"])
+
+
 def test_on_the_local_stack_a_run_its_nodes_cannot_hold_fails_at_once_naming_the_fix(monkeypatch):
     """The local stack has no autoscaler: waiting scaling.resource_wait_s for nodes to join would wait for nothing.
     A GPU run on nodes without GPUs names use_gpu, not more nodes; elsewhere (an autoscaler) nothing is raised."""

@@ -113,9 +113,11 @@ class ScalingConfig:
     cpus_per_worker: float = 1.0
     max_failures: int = 2
     """Worker or node failures the run survives (resuming from the newest complete checkpoint)."""
-    resource_wait_s: float = 300.0
+    resource_wait_s: float | None = None
     """How long, in all, the run waits for the cluster to have room for its workers (at the start, and after a node
-    is lost) before it fails naming the lost nodes; Ray Train alone would wait forever."""
+    is lost) before it fails naming the lost nodes; Ray Train alone would wait forever. None: 300 s on the local
+    stack, 30 minutes on another cluster, where an autoscaler may be starting nodes (a GPU node from zero, its image
+    or packages included, takes minutes: a fixed 300 s failed the first run on infra/'s clusters)."""
     report_poll_s: float = 0.2
     """How often Ray Train's controller polls the workers (health and reported results; Ray's default is 2 s). A
     worker's checkpoint report waits for the previous one to be collected, so with Ray's 2 s every short epoch and
@@ -125,7 +127,8 @@ class ScalingConfig:
         check_range("scaling.num_workers", self.num_workers, 1)
         check_range("scaling.cpus_per_worker", self.cpus_per_worker, 0, low_open=True)
         check_range("scaling.max_failures", self.max_failures, 0)
-        check_range("scaling.resource_wait_s", self.resource_wait_s, 1)
+        if self.resource_wait_s is not None:
+            check_range("scaling.resource_wait_s", self.resource_wait_s, 1)
         check_range("scaling.report_poll_s", self.report_poll_s, 0.01, 60)
 
 

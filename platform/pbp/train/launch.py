@@ -96,7 +96,7 @@ def torch_trainer(
     if storage_path.startswith("s3://"):
         fs = resolve().pyarrow_fs(storage_path)
         storage_path = storage_path[len("s3://") :]
-    per_try, tries = resource_wait(scaling.resource_wait_s)
+    per_try, tries = resource_wait(wait_budget(scaling))
     os.environ[START_TIMEOUT_ENV] = str(per_try)  # Ray Train passes these on to its controller
     os.environ[POLL_INTERVAL_ENV] = str(scaling.report_poll_s)
     return TorchTrainer(
@@ -124,6 +124,15 @@ START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 POLL_INTERVAL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 TRY_S = 60.0
 MAX_TRIES = 10
+LOCAL_STACK_WAIT_S = 300.0
+CLUSTER_WAIT_S = 1800.0
+
+
+def wait_budget(scaling: ScalingConfig) -> float:
+    """``scaling.resource_wait_s``, or its default for the connected cluster (see the field)."""
+    if scaling.resource_wait_s is not None:
+        return scaling.resource_wait_s
+    return LOCAL_STACK_WAIT_S if on_local_stack() else CLUSTER_WAIT_S
 
 
 def resource_wait(total_s: float) -> tuple[float, int]:
@@ -246,7 +255,7 @@ def capacity_note(nodes: list[dict[str, Any]], scaling: ScalingConfig) -> str | 
     if slots >= scaling.num_workers:
         return None
     return (f"the Ray cluster has {_cluster(nodes, scaling)}: room for {slots} of {_request(scaling)}. Waiting up to "
-            f"scaling.resource_wait_s={scaling.resource_wait_s:g}s for nodes to join (an autoscaler, or `pbp stack up "
+            f"scaling.resource_wait_s={wait_budget(scaling):g}s for nodes to join (an autoscaler, or `pbp stack up "
             "--workers N` on the local stack); or lower scaling.num_workers / scaling.cpus_per_worker")  # fmt: skip
 
 
@@ -318,7 +327,7 @@ def capacity_error(error: BaseException, scaling: ScalingConfig) -> ClusterCapac
         else "add nodes (or let the autoscaler) or lower scaling.num_workers / scaling.cpus_per_worker"
     )  # fmt: skip
     return ClusterCapacityError(
-        f"the Ray cluster had no room for {need} for scaling.resource_wait_s={scaling.resource_wait_s:g}s; {where}. "
+        f"the Ray cluster had no room for {need} for scaling.resource_wait_s={wait_budget(scaling):g}s; {where}. "
         f"Fix: {fix}, then run the same command again: it resumes from its newest complete checkpoint, if it wrote "
         "one."
     )

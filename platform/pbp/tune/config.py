@@ -113,8 +113,8 @@ class TuneConfig:
     slot_wait_s: float = 0.0
     """How long a trial waits for room for its workers (its fine-tuning's ``scaling.resource_wait_s``): the trials
     before it may hold the cluster (``max_concurrent_trials`` above what the nodes hold) or nodes may be joining (an
-    autoscaler). 0: the campaign's ``stop.time_budget_s``, else 24 hours. A fine-tuning run's own 300 s failed every
-    trial that waited longer for a sibling to end."""
+    autoscaler). 0: the campaign's ``stop.time_budget_s``, else 24 hours. A fine-tuning run's own wait (300 s on the
+    local stack) failed every trial that waited longer for a sibling to end."""
     asha: AshaConfig = field(default_factory=AshaConfig)
     stop: StopConfig = field(default_factory=StopConfig)
     storage_path: str = ""
