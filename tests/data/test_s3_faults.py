@@ -149,6 +149,35 @@ def test_a_role_allowed_to_list_only_under_a_prefix_is_not_refused(endpoints, mo
         Store("s3://pbp-data/x/", dataclasses.replace(endpoints, s3_secret_key="wrong")).bucket_exists()
 
 
+def test_an_expired_session_token_is_said_as_such(endpoints, monkeypatch):
+    """S3 answers a HEAD with an expired (or invalid) session token by a bare 400, no body: the check ended in
+    botocore's "An error occurred (400) when calling the HeadBucket operation: Bad Request". The listing that follows
+    names the reason. Both answers are injected: SeaweedFS ignores session tokens."""
+    import botocore.exceptions as bex
+
+    from pbp.data.storage import StorageUnavailableError, check_object_storage
+    from pbp.stack.endpoints import Endpoints
+
+    real = Endpoints.boto3_client
+
+    def expired(self, *args, **kwargs):
+        client = real(self, *args, **kwargs)
+
+        def head_bucket(**_kw):
+            raise bex.ClientError({"Error": {"Code": "400", "Message": "Bad Request"}}, "HeadBucket")
+
+        def list_objects_v2(**_kw):
+            raise bex.ClientError({"Error": {"Code": "ExpiredToken", "Message": "The provided token has expired."}},
+                                  "ListObjectsV2")  # fmt: skip
+
+        client.head_bucket, client.list_objects_v2 = head_bucket, list_objects_v2
+        return client
+
+    monkeypatch.setattr(Endpoints, "boto3_client", expired)
+    with pytest.raises(StorageUnavailableError, match=r"s3://pbp-runs/: access refused at .* \(ExpiredToken\)"):
+        check_object_storage("s3://pbp-runs/x", endpoints=endpoints)
+
+
 def test_an_io_call_failing_for_a_while_says_each_further_attempt(monkeypatch, caplog):
     """A chaos run: SeaweedFS killed during a checkpoint upload; after Ray's own 60 s warning (which blamed the user's
     upload function) nothing was said for about 4 minutes while pbp's retries waited on the SDK's."""

@@ -75,7 +75,7 @@ def check_object_storage(*urls: str, endpoints: Endpoints | None = None) -> None
     if not wanted:
         return
     ep = endpoints or resolve()
-    client = ep.boto3_client(attempts=2, connect_timeout=5, read_timeout=15)
+    client = _probe_client(ep)
     for bucket in sorted(wanted):
         if not _bucket_reachable(client, bucket, sorted(wanted[bucket]), ep):
             raise StorageUnavailableError(f"s3://{bucket}/: no such bucket at {ep.s3_endpoint or 'AWS S3'}: create "
@@ -84,6 +84,14 @@ def check_object_storage(*urls: str, endpoints: Endpoints | None = None) -> None
 
 _REFUSED = ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken")
 _MISSING = ("404", "NoSuchBucket")
+_HEAD_UNCLEAR = ("400", *_REFUSED)
+"""HeadBucket's answers that a listing decides: a HEAD response has no body, so S3's 400 for an expired or invalid
+session token reaches botocore as a bare "400"; the listing names it (ExpiredToken)."""
+
+
+def _probe_client(ep: Endpoints) -> Any:
+    """A boto3 client for quick checks: a dead endpoint is said in seconds, not after minutes of the SDK's retries."""
+    return ep.boto3_client(attempts=2, connect_timeout=5, read_timeout=15)
 
 
 def _bucket_reachable(client: Any, bucket: str, prefixes: list[str], ep: Endpoints) -> bool:
@@ -103,7 +111,7 @@ def _bucket_reachable(client: Any, bucket: str, prefixes: list[str], ep: Endpoin
             client.head_bucket(Bucket=bucket)
             return True
         except bex.ClientError as e:
-            if code_of(e) not in _REFUSED:
+            if code_of(e) not in _HEAD_UNCLEAR:
                 raise
         for prefix in prefixes or [""]:
             client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
@@ -169,7 +177,7 @@ class Store:
         StorageUnavailableError naming the bucket, not a "no such bucket"."""
         bucket, _, prefix = self.url[len("s3://") :].partition("/")
         ep = self.endpoints or resolve()
-        return _bucket_reachable(ep.boto3_client(attempts=4), bucket, [prefix], ep)
+        return _bucket_reachable(_probe_client(ep), bucket, [prefix], ep)
 
     def exists(self, name: str) -> bool:
         if not self.s3:
