@@ -279,7 +279,8 @@ def test_the_health_check_goes_through_mlflows_own_client_settings(tmp_path, mon
         uri = f"http://127.0.0.1:{server.server_address[1]}"
         monkeypatch.setenv("PBP_STACK_DIR", str(tmp_path / "no-stack"))
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-        monkeypatch.delenv("MLFLOW_TRACKING_TOKEN", raising=False)
+        for var in ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            monkeypatch.delenv(var, raising=False)
         refused = tracking.tracking_unanswered()
         assert refused is not None and refused.startswith(f"MLflow at {uri} does not answer (")
         assert "401" in refused or "Unauthorized" in refused

@@ -199,7 +199,7 @@ def test_a_campaign_says_when_the_cluster_holds_fewer_trials_at_once_than_it_ask
     note = concurrency_note([head, two, one], ScalingConfig(num_workers=2), 3)  # 3 worker slots: 1 trial of 2
     assert note and "room for 1 of max_concurrent_trials=3 trials of 2 worker(s)" in note
     note = concurrency_note([head, one], ScalingConfig(num_workers=2, resource_wait_s=30), 2)  # not one trial
-    assert note and "room for 1 of 2 worker(s) x 1 CPU. Waiting up to scaling.resource_wait_s=30s" in note
+    assert note and "room for 1 of 2 worker(s) x 1 CPU. Waiting up to slot_wait_s=30s" in note  # a trial's setting
 
 
 def test_a_run_whose_workers_failed_every_try_says_each_ranks_cause_in_one_message():

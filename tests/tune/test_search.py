@@ -123,7 +123,10 @@ def test_a_trial_waits_for_a_slot_as_long_as_the_campaign_may_run():
     assert timed.trial_resource_wait() == 1800
     set_ = load_config(TuneConfig, REPO / "configs/tune/tiny.yaml", ["stop.time_budget_s=1800", "slot_wait_s=120"])
     assert set_.trial_resource_wait() == 120
-    with pytest.raises(ConfigError, match="slot_wait_s"):
-        load_config(TuneConfig, REPO / "configs/tune/tiny.yaml", ["slot_wait_s=-1"])
+    for bad in ("-1", "0.5", ".inf", ".nan"):  # refused before anything is saved, as the trials' own check would
+        with pytest.raises(ConfigError, match="slot_wait_s"):
+            load_config(TuneConfig, REPO / "configs/tune/tiny.yaml", [f"slot_wait_s={bad}"])
+    short = load_config(TuneConfig, REPO / "configs/tune/tiny.yaml", ["stop.time_budget_s=0.5"])
+    assert short.trial_resource_wait() == 1  # what a trial's scaling.resource_wait_s accepts
     assert resource_wait(300) == (60, 5) and resource_wait(20) == (20, 1)  # a run's wait as before
     assert resource_wait(24 * 3600) == (8640, 10)

@@ -319,6 +319,7 @@ def env_lines(state_dir: Path) -> list[str]:
     values = {
         "PBP_STACK_DIR": str(state.dir),
         "AWS_ENDPOINT_URL": state.s3_endpoint,
+        "AWS_ENDPOINT_URL_S3": state.s3_endpoint,  # botocore reads it first, pbp too: a shell's own would win
         "AWS_ACCESS_KEY_ID": secrets.s3_access_key,
         "AWS_SECRET_ACCESS_KEY": secrets.s3_secret_key,
         "AWS_DEFAULT_REGION": "us-east-1",

@@ -246,16 +246,18 @@ def _cluster(nodes: list[dict[str, Any]], scaling: ScalingConfig) -> str:
     return f"{len(nodes)} node(s) with {cpus:g} CPU" + (f" and {gpus:g} GPU" if scaling.use_gpu else "")
 
 
-def capacity_note(nodes: list[dict[str, Any]], scaling: ScalingConfig) -> str | None:
+def capacity_note(nodes: list[dict[str, Any]], scaling: ScalingConfig,
+                  wait_key: str = "scaling.resource_wait_s") -> str | None:  # fmt: skip
     """A line saying that ``nodes`` (``ray.nodes()``'s alive ones), counted by their total resources, cannot hold
-    ``scaling``'s workers and what the run does about it; None when they can."""
+    ``scaling``'s workers and what the run does about it (``wait_key``: the setting of its wait); None when they
+    can."""
     if scaling.cpus_per_worker <= 0:
         return None
     slots = _worker_slots(nodes, scaling)
     if slots >= scaling.num_workers:
         return None
     return (f"the Ray cluster has {_cluster(nodes, scaling)}: room for {slots} of {_request(scaling)}. Waiting up to "
-            f"scaling.resource_wait_s={wait_budget(scaling):g}s for nodes to join (an autoscaler, or `pbp stack up "
+            f"{wait_key}={wait_budget(scaling):g}s for nodes to join (an autoscaler, or `pbp stack up "
             "--workers N` on the local stack); or lower scaling.num_workers / scaling.cpus_per_worker")  # fmt: skip
 
 
@@ -304,7 +306,7 @@ def concurrency_note(nodes: list[dict[str, Any]], trial: ScalingConfig, concurre
     if groups >= concurrent:
         return None
     if groups == 0:
-        return capacity_note(nodes, trial)
+        return capacity_note(nodes, trial, "slot_wait_s")  # a campaign's trial waits its slot_wait_s
     return (f"the Ray cluster has {_cluster(nodes, trial)}: room for {groups} of max_concurrent_trials={concurrent} "
             f"trials of {_request(trial)}; the others start as slots free up (or as nodes join)")  # fmt: skip
 

@@ -241,6 +241,8 @@ def tracking_unanswered() -> str | None:
     settings its client honours apply (``MLFLOW_TRACKING_TOKEN``, ``MLFLOW_TRACKING_SERVER_CERT_PATH``,
     ``MLFLOW_TRACKING_INSECURE_TLS``, a client certificate): a bare request ignored them, and refused runs against
     a server behind a private CA or a token-checking gateway that MLflow itself reached."""
+    import requests
+    from mlflow.exceptions import MlflowException
     from mlflow.utils.credentials import get_default_host_creds
     from mlflow.utils.rest_utils import http_request
 
@@ -253,7 +255,8 @@ def tracking_unanswered() -> str | None:
         creds.username, creds.password = ep.mlflow_username, ep.mlflow_password
     try:
         r = http_request(creds, "/health", "GET", max_retries=0, timeout=10, raise_on_status=False)
-    except Exception as e:  # MLflow wraps requests' errors (refused, TLS, timeout) in an MlflowException
+    except (MlflowException, requests.RequestException, OSError) as e:  # MLflow wraps requests' errors (refused,
+        # TLS, timeout) in an MlflowException
         text = str(getattr(e, "message", "") or e)
         why = _no_answer_reason(text) or text[:300]
     else:

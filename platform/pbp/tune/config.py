@@ -132,15 +132,19 @@ class TuneConfig:
             raise ValueError("space is empty: give at least one fine-tuning field to search")
         if self.num_samples < 1 or self.max_concurrent_trials < 1 or self.trial_workers < 1:
             raise ValueError("num_samples, max_concurrent_trials and trial_workers must be >= 1")
-        if self.cpus_per_trial_worker <= 0 or self.max_failures < 0 or self.slot_wait_s < 0:
-            raise ValueError("cpus_per_trial_worker must be > 0, max_failures and slot_wait_s >= 0")
+        if self.cpus_per_trial_worker <= 0 or self.max_failures < 0:
+            raise ValueError("cpus_per_trial_worker must be > 0 and max_failures >= 0")
+        if not (self.slot_wait_s == 0 or 1 <= self.slot_wait_s < math.inf):
+            raise ValueError(
+                f"slot_wait_s must be 0 (the time budget, else 24 h) or >= 1 second, got {self.slot_wait_s}"
+            )
         for key in self.space:
             if not key or any(not part for part in key.split(".")):
                 raise ValueError(f"space: {key!r} is not a dotted fine-tuning key")
 
     def trial_resource_wait(self) -> float:
         """Seconds a trial waits for room for its workers (``slot_wait_s``, resolved)."""
-        return self.slot_wait_s or self.stop.time_budget_s or DEFAULT_SLOT_WAIT_S
+        return max(1.0, self.slot_wait_s or self.stop.time_budget_s or DEFAULT_SLOT_WAIT_S)
 
     def resolved_mode(self, metric: str) -> str:
         if self.mode:
