@@ -80,9 +80,14 @@ def run_identity(cfg: PretrainConfig, manifest_sha256: str) -> dict[str, Any]:
 
 def torch_trainer(
     loop: Callable[[dict[str, Any]], None], loop_config: dict[str, Any], *, run_name: str, storage_path: str,
-    scaling: ScalingConfig, callbacks: list | None = None,
+    scaling: ScalingConfig, callbacks: list | None = None, ray_train_log_level: str = "INFO",
 ):  # fmt: skip
     """The TorchTrainer of a pbp job (pretraining, fine-tuning, a Tune trial's fine-tuning).
+
+    ``ray_train_log_level``: the level of Ray Train's own lines on the console (its log files keep every level). A
+    campaign's trials use WARNING: its live lines say when a trial starts, and Ray Train's five lines a trial
+    (requesting resources, starting the worker group, its ranks, the process group) were most of a campaign's log,
+    folded by Ray into "[repeated Nx across cluster]" when trials start together.
 
     ``RunConfig(name, storage_path)`` is the run's stable home: a re-run or a retried trial with the same name finds
     its checkpoints there. Retention is pbp's (checkpoint.prune): it keeps the newest COMPLETE checkpoints.
@@ -116,6 +121,7 @@ def torch_trainer(
                 max_failures=scaling.max_failures, controller_failure_limit=tries - 1
             ),
             callbacks=callbacks,
+            logging_config=ray.train.LoggingConfig(log_level=ray_train_log_level),
         ),
     )
 

@@ -73,7 +73,7 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], ctx: dict[str, Any])
         "init": ctx["init"],  # every trial starts from the version the campaign's driver pinned an alias to
         "tags": {**ctx["tags"], "mlflow.parentRunId": ctx["parent_run_id"], "pbp.trial_id": trial_id},
     }
-    fit(build_trainer(cfg, meta, callbacks=[TuneReportCallback()]), cfg.scaling)
+    fit(build_trainer(cfg, meta, callbacks=[TuneReportCallback()], ray_train_log_level="WARNING"), cfg.scaling)
 
 
 @dataclass
