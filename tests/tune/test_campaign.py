@@ -4,6 +4,7 @@ as PRUNED in the study; a bad search-space key fails before any trial starts."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -117,6 +118,11 @@ def test_small_campaign_parent_children_report_and_pruned_trials(stack_dir, endp
     assert "View run" not in res.stdout and "Downloading artifacts" not in out  # MLflow's per-run lines and bars
     link = re.search(r"MLflow:  (http://\S+/#/experiments/\d+/runs/(\w+)) \(parent run", res.stdout)
     assert link, res.stdout[-3000:]
+    # The cost ledger charges the time a trial held its workers, not its wait for a slot (2 of these trials queued)
+    ledger = json.loads((tmp_path / name / "ledger.json").read_text())
+    trials = json.loads((tmp_path / name / "summary.json").read_text())["trials"]
+    assert all(0 < t["worker_seconds"] < t["seconds"] for t in trials), trials
+    assert ledger["total"] == pytest.approx(sum(t["worker_seconds"] for t in trials)) and not ledger["upper_bounds"]
     report = tmp_path / name / "report.html"
     assert report.is_file() and report.read_text().count("data:image/png;base64,") >= 3
     study = optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path / name / 'study.db'}")

@@ -206,3 +206,20 @@ def test_a_campaign_that_stopped_early_says_why(tmp_path: Path) -> None:
     assert campaign_lines("lr-sweep", summary, best_trial(summary)).splitlines()[1] == f"why:     {summary.stopped}"
     assert "Stopped after 8 of 20 trials" in write_report(summary, tmp_path).read_text(encoding="utf-8")
     assert summary_from_json(summary_to_json(summary)) == summary
+
+
+def test_a_trials_cost_is_the_time_its_workers_were_held_over_every_attempt_not_its_wait_for_a_slot() -> None:
+    """Tune's time_total_s counts a queued trial's wait for a free slot (hours behind busy siblings): the ledger
+    charged it as CPU-seconds. The cost is each attempt's last worker_seconds (a retry restarts the count), summed."""
+    import pandas as pd
+
+    from pbp.tune.campaign import worker_seconds
+
+    nan = float("nan")
+    df = pd.DataFrame({"worker_started_at": [100.0, 100.0, 500.0, 500.0, nan],
+                       "worker_seconds": [10.0, 20.0, 5.0, 30.0, nan]})  # fmt: skip
+    assert worker_seconds(df) == 50.0  # the second attempt's first report (5 s) is no continuation of the first
+    assert worker_seconds(pd.DataFrame({"epoch": [1]})) is None and worker_seconds(None) is None
+    queued = TrialRecord("t", 0, {}, "completed", 0.5, [(1, 0.5)], seconds=3600.0, worker_seconds=50.0)
+    failed_early = TrialRecord("u", 1, {}, "failed", None, [], seconds=12.0)
+    assert queued.cost_seconds == 50.0 and failed_early.cost_seconds == 12.0  # no report: its wall time, a bound

@@ -85,6 +85,9 @@ class Trainer:
     """One worker's fine-tuning state; methods are the driver's step/evaluate/save and the stage bookkeeping."""
 
     def __init__(self, cfg: FinetuneConfig, meta: dict[str, Any], ctx: DistContext) -> None:
+        self.started, self.started_at = time.perf_counter(), time.time()
+        """When this worker started: its reports' ``worker_seconds`` (a campaign's cost ledger, which must not count
+        the time a trial waited for a free slot before its workers started)."""
         self.cfg, self.meta, self.ctx = cfg, meta, ctx
         self.device = torch.device(f"cuda:{ctx.local_rank}" if cfg.scaling.use_gpu and torch.cuda.is_available()
                                    else "cpu")  # fmt: skip
@@ -105,7 +108,6 @@ class Trainer:
         self.rows = np.arange(len(self.data.train))
         self.tracker: Tracker | None = None
         self.ckpt = Checkpointer(cfg.run_url, ctx, cfg.checkpoint.keep_last)
-        self.t_start = time.perf_counter()
         self.resumed = False
         """This worker continued from a checkpoint."""
         self.tracking_backlog: list[list[Any]] = []
@@ -250,6 +252,11 @@ class Trainer:
         cache = self.caches.get("valid")
         return self.score(self.predict(self.data.valid, cache), "valid")
 
+    def held(self) -> dict[str, float]:
+        """For a report: this worker's start (wall clock: it tells one attempt of a retried trial from the next) and
+        the seconds since."""
+        return {"worker_started_at": self.started_at, "worker_seconds": time.perf_counter() - self.started}
+
     def _flat_labels(self, split: Split) -> np.ndarray:
         if isinstance(split.labels, list):
             flat = np.concatenate(split.labels)
@@ -282,7 +289,7 @@ class Trainer:
                               mlflow_run_id=run_id, job=asdict(p), config=self.meta.get("identity", {}))  # fmt: skip
         report = {k: v for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)}
         t0 = time.perf_counter()
-        self.ckpt.save(write, commit, {**report, "epoch": p.epochs_done, "stage": p.stage, "finished": 0},
+        self.ckpt.save(write, commit, {**report, **self.held(), "epoch": p.epochs_done, "stage": p.stage, "finished": 0},
                        tracking_backlog=self.tracker.backlog() if self.tracker else None)  # fmt: skip
         if self.ctx.is_main:
             telemetry.checkpoint_saved("finetune", self.cfg.run_name, time.perf_counter() - t0)
@@ -369,7 +376,7 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
     tr, final = run_finetuning(cfg, config["meta"], DistContext.from_ray())
     report = {k: v for k, v in final.items() if math.isfinite(v)}
-    ray.train.report({**report, "epoch": tr.progress.epochs_done, "finished": 1})
+    ray.train.report({**report, **tr.held(), "epoch": tr.progress.epochs_done, "finished": 1})
     if tr.tracker is not None:
         tr.tracker.finish()
 

@@ -39,6 +39,8 @@ from pbp.tune.search import (
 
 log = logging.getLogger("pbp.tune")
 EPOCH_SECONDS = "epoch_seconds"  # reported by every fine-tuning epoch (pbp.finetune.loop.run_stage)
+WORKER_STARTED = "worker_started_at"  # in every fine-tuning report (pbp.finetune.loop.Trainer.held)
+WORKER_SECONDS = "worker_seconds"  # likewise
 
 
 class CampaignError(ValueError):
@@ -403,9 +405,19 @@ def summarize(grid, cfg: TuneConfig, metric: str, mode: str) -> CampaignSummary:
         value = m.get(metric) if status == "completed" else (curve[-1][1] if curve else None)
         trials.append(TrialRecord(trial_id=trial_id, number=_number(str(m.get("experiment_tag", "")), len(trials)), params=dict(r.config or {}),
                                   status=status, value=None if status == "failed" else value, curve=curve,
-                                  seconds=float(m.get("time_total_s", 0.0))))  # fmt: skip
+                                  seconds=float(m.get("time_total_s", 0.0)), worker_seconds=worker_seconds(df)))  # fmt: skip
     trials.sort(key=lambda t: t.number)
     return CampaignSummary(cfg.name, metric, mode, trials, baseline)
+
+
+def worker_seconds(df) -> float | None:
+    """A trial's seconds holding its workers, from its reports: each attempt's (a retry or a resumed campaign starts
+    one) last ``worker_seconds``, summed. Tune's ``time_total_s`` also counts the wait for a free slot before the
+    workers started, hours for a trial queued behind its siblings. None where no report carries it."""
+    if df is None or WORKER_SECONDS not in df or WORKER_STARTED not in df:
+        return None
+    held = df[[WORKER_STARTED, WORKER_SECONDS]].dropna()
+    return float(held.groupby(WORKER_STARTED)[WORKER_SECONDS].max().sum()) if len(held) else None
 
 
 def train_seconds(grid) -> dict[str, float]:
@@ -446,7 +458,8 @@ def study_db(summary: CampaignSummary, cfg: TuneConfig, out: Path) -> Path:
             state=state[t.status] if t.status != "completed" or complete else TrialState.FAIL,
             value=t.value if complete else None, params=t.params, distributions=dists,
             intermediate_values={e: v for e, v in t.curve}, user_attrs={"ray_trial_id": t.trial_id,
-                                                                        "seconds": t.seconds},
+                                                                        "seconds": t.seconds,
+                                                                        "worker_seconds": t.worker_seconds},
         ))  # fmt: skip
     return out
 
@@ -504,9 +517,11 @@ def finish_campaign(cfg: TuneConfig, summary: CampaignSummary, parent, url: str,
     out = Path(cfg.report_dir) / cfg.name
     out.mkdir(parents=True, exist_ok=True)
     cpus = cfg.trial_workers * cfg.cpus_per_trial_worker
-    per_trial = {t.trial_id: t.seconds * (cfg.trial_workers if cfg.use_gpu else cpus) for t in summary.trials}
+    per_trial = {t.trial_id: t.cost_seconds * (cfg.trial_workers if cfg.use_gpu else cpus) for t in summary.trials}
     ledger: dict[str, Any] = {"unit": "GPU-seconds" if cfg.use_gpu else "CPU-seconds", "wall_seconds": wall_s,
-                              "trials": per_trial, "total": sum(per_trial.values())}  # fmt: skip
+                              "trials": per_trial, "total": sum(per_trial.values()),
+                              # failed before their first report: charged their wall time, with any wait for a slot
+                              "upper_bounds": [t.trial_id for t in summary.trials if t.worker_seconds is None]}  # fmt: skip
     (out / "ledger.json").write_text(json.dumps(ledger, indent=1))
     (out / "summary.json").write_text(summary_to_json(summary))
     study_db(summary, cfg, out / "study.db")
