@@ -200,6 +200,27 @@ def test_a_campaign_says_when_the_cluster_holds_fewer_trials_at_once_than_it_ask
     assert note and "room for 1 of max_concurrent_trials=3 trials of 2 worker(s)" in note
     note = concurrency_note([head, one], ScalingConfig(num_workers=2, resource_wait_s=30), 2)  # not one trial
     assert note and "room for 1 of 2 worker(s) x 1 CPU. Waiting up to slot_wait_s=30s" in note  # a trial's setting
+    assert "or lower trial_workers / cpus_per_trial_worker" in note and "scaling." not in note, note
+
+
+def test_a_trial_that_found_no_room_names_the_campaigns_keys_not_its_fine_tunings(monkeypatch):
+    """A trial's fine-tuning waits the campaign's slot_wait_s, sized by trial_workers and cpus_per_trial_worker: its
+    error named scaling.resource_wait_s and scaling.num_workers, keys a campaign's user does not set."""
+    from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
+    from ray.train.v2.api.exceptions import ControllerError
+
+    from pbp.train import launch
+    from pbp.train.config import ScalingConfig
+
+    monkeypatch.setattr(launch, "lost_nodes", lambda: [])
+    timed_out = ControllerError(WorkerGroupStartupTimeoutError(num_workers=2))
+    scaling = ScalingConfig(num_workers=2, resource_wait_s=600)
+    run = launch.capacity_error(timed_out, scaling)
+    assert run and "for scaling.resource_wait_s=600s" in str(run) and "lower scaling.num_workers" in str(run)
+    trial = launch.capacity_error(timed_out, scaling, launch.TRIAL_KEYS)
+    assert trial and "for slot_wait_s=600s" in str(trial), trial
+    assert "lower trial_workers / cpus_per_trial_worker" in str(trial) and "scaling." not in str(trial)
+    assert launch.capacity_error(RuntimeError("other"), scaling) is None
 
 
 def test_a_run_whose_workers_failed_every_try_says_each_ranks_cause_in_one_message():

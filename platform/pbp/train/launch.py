@@ -158,7 +158,19 @@ class ClusterCapacityError(UserError, RuntimeError):
     """The cluster did not have room for the run's workers within ``scaling.resource_wait_s``."""
 
 
-def fit(trainer, scaling: ScalingConfig, run_name: str = ""):
+@dataclass(frozen=True)
+class CapacityKeys:
+    """The config keys a message about room for the workers names: a run's own, or a campaign's for its trials."""
+
+    wait: str = "scaling.resource_wait_s"
+    size: str = "scaling.num_workers / scaling.cpus_per_worker"
+
+
+RUN_KEYS = CapacityKeys()
+TRIAL_KEYS = CapacityKeys("slot_wait_s", "trial_workers / cpus_per_trial_worker")
+
+
+def fit(trainer, scaling: ScalingConfig, run_name: str = "", keys: CapacityKeys = RUN_KEYS):
     """``trainer.fit()``, with Ray Train's errors that users can act on turned into messages that say what to do.
 
     When the cluster's nodes as they are cannot hold the workers, it says so first (Ray Train's own retries print
@@ -167,7 +179,7 @@ def fit(trainer, scaling: ScalingConfig, run_name: str = ""):
     nodes = alive_nodes()
     if run_name:  # (a campaign checks its trials' room once, on its driver)
         require_room(nodes, scaling)
-    note = capacity_note(nodes, scaling)
+    note = capacity_note(nodes, scaling, keys)
     if note:
         print(f"pbp: {note}", flush=True)
     try:
@@ -180,7 +192,7 @@ def fit(trainer, scaling: ScalingConfig, run_name: str = ""):
         raise KeyboardInterrupt(f"run {run_name} stopped: the same command (the same run_name) continues it from "
                                 "its newest complete checkpoint, if it wrote one") from None  # fmt: skip
     except Exception as e:
-        better = capacity_error(e, scaling) or failed_run_error(e, scaling, run_name)
+        better = capacity_error(e, scaling, keys) or failed_run_error(e, scaling, run_name)
         if better is None:
             raise
         raise better from e
@@ -253,18 +265,17 @@ def _cluster(nodes: list[dict[str, Any]], scaling: ScalingConfig) -> str:
 
 
 def capacity_note(nodes: list[dict[str, Any]], scaling: ScalingConfig,
-                  wait_key: str = "scaling.resource_wait_s") -> str | None:  # fmt: skip
+                  keys: CapacityKeys = RUN_KEYS) -> str | None:  # fmt: skip
     """A line saying that ``nodes`` (``ray.nodes()``'s alive ones), counted by their total resources, cannot hold
-    ``scaling``'s workers and what the run does about it (``wait_key``: the setting of its wait); None when they
-    can."""
+    ``scaling``'s workers and what the run does about it (naming ``keys``); None when they can."""
     if scaling.cpus_per_worker <= 0:
         return None
     slots = _worker_slots(nodes, scaling)
     if slots >= scaling.num_workers:
         return None
     return (f"the Ray cluster has {_cluster(nodes, scaling)}: room for {slots} of {_request(scaling)}. Waiting up to "
-            f"{wait_key}={wait_budget(scaling):g}s for nodes to join (an autoscaler, or `pbp stack up "
-            "--workers N` on the local stack); or lower scaling.num_workers / scaling.cpus_per_worker")  # fmt: skip
+            f"{keys.wait}={wait_budget(scaling):g}s for nodes to join (an autoscaler, or `pbp stack up "
+            f"--workers N` on the local stack); or lower {keys.size}")  # fmt: skip
 
 
 def on_local_stack() -> bool:
@@ -287,10 +298,9 @@ def on_local_stack() -> bool:
     return host in here and port == state.ray_gcs_address.rpartition(":")[2]
 
 
-def require_room(nodes: list[dict[str, Any]], scaling: ScalingConfig,
-                 keys: str = "scaling.num_workers / scaling.cpus_per_worker") -> None:  # fmt: skip
+def require_room(nodes: list[dict[str, Any]], scaling: ScalingConfig, keys: CapacityKeys = RUN_KEYS) -> None:
     """On the local stack, whose nodes never join by themselves, a run its nodes cannot hold fails at once (a
-    ClusterCapacityError naming the fix and ``keys``) instead of waiting ``scaling.resource_wait_s`` for nothing.
+    ClusterCapacityError naming the fix and ``keys``) instead of waiting ``keys.wait`` for nothing.
     Elsewhere (an autoscaler may add nodes) the run waits, as :func:`capacity_note` says."""
     if scaling.cpus_per_worker <= 0 or _worker_slots(nodes, scaling) >= scaling.num_workers or not on_local_stack():
         return
@@ -298,7 +308,7 @@ def require_room(nodes: list[dict[str, Any]], scaling: ScalingConfig,
     fix = (
         "its nodes have no GPU: run on CPUs (use_gpu false) or on a cluster with GPUs" if scaling.use_gpu and not gpus
         else f"add worker nodes (`pbp stack up --workers N` adds them; `--worker-cpus` sets the new ones' CPUs) or "
-        f"lower {keys}"
+        f"lower {keys.size}"
     )  # fmt: skip
     raise ClusterCapacityError(f"the local stack's Ray cluster has {_cluster(nodes, scaling)}: room for "
                                f"{_worker_slots(nodes, scaling)} of {_request(scaling)}, and it has no autoscaler: "
@@ -312,12 +322,13 @@ def concurrency_note(nodes: list[dict[str, Any]], trial: ScalingConfig, concurre
     if groups >= concurrent:
         return None
     if groups == 0:
-        return capacity_note(nodes, trial, "slot_wait_s")  # a campaign's trial waits its slot_wait_s
+        return capacity_note(nodes, trial, TRIAL_KEYS)  # a campaign's trial waits its slot_wait_s
     return (f"the Ray cluster has {_cluster(nodes, trial)}: room for {groups} of max_concurrent_trials={concurrent} "
             f"trials of {_request(trial)}; the others start as slots free up (or as nodes join)")  # fmt: skip
 
 
-def capacity_error(error: BaseException, scaling: ScalingConfig) -> ClusterCapacityError | None:
+def capacity_error(error: BaseException, scaling: ScalingConfig,
+                   keys: CapacityKeys = RUN_KEYS) -> ClusterCapacityError | None:  # fmt: skip
     """A ClusterCapacityError naming the lost nodes and the fix, if ``error`` is Ray Train giving up on placing
     the workers; else None."""
     from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
@@ -332,10 +343,10 @@ def capacity_error(error: BaseException, scaling: ScalingConfig) -> ClusterCapac
     where = f"node(s) lost: {', '.join(lost)}" if lost else "no node was lost: the cluster is too small or busy"
     fix = (
         "`pbp stack up` restarts the local stack's nodes" if any("ray-worker" in n or "ray-head" in n for n in lost)
-        else "add nodes (or let the autoscaler) or lower scaling.num_workers / scaling.cpus_per_worker"
+        else f"add nodes (or let the autoscaler) or lower {keys.size}"
     )  # fmt: skip
     return ClusterCapacityError(
-        f"the Ray cluster had no room for {need} for scaling.resource_wait_s={wait_budget(scaling):g}s; {where}. "
+        f"the Ray cluster had no room for {need} for {keys.wait}={wait_budget(scaling):g}s; {where}. "
         f"Fix: {fix}, then run the same command again: it resumes from its newest complete checkpoint, if it wrote "
         "one."
     )

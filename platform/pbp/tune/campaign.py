@@ -67,7 +67,7 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], ctx: dict[str, Any])
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from pbp.finetune.launch import build_trainer
-    from pbp.train.launch import fit
+    from pbp.train.launch import TRIAL_KEYS, fit
 
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = trial_finetune_config(base, config, trial_run_name(ctx["campaign"], trial_id), ctx["trials_url"])
@@ -75,7 +75,8 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], ctx: dict[str, Any])
         "init": ctx["init"],  # every trial starts from the version the campaign's driver pinned an alias to
         "tags": {**ctx["tags"], "mlflow.parentRunId": ctx["parent_run_id"], "pbp.trial_id": trial_id},
     }
-    fit(build_trainer(cfg, meta, callbacks=[TuneReportCallback()], ray_train_log_level="WARNING"), cfg.scaling)
+    trainer = build_trainer(cfg, meta, callbacks=[TuneReportCallback()], ray_train_log_level="WARNING")
+    fit(trainer, cfg.scaling, keys=TRIAL_KEYS)
 
 
 @dataclass
@@ -106,7 +107,7 @@ def run_campaign(cfg: TuneConfig, *, resume: bool = False, warm_start: str | Non
     from pbp.finetune.launch import resolve_config
     from pbp.names import check_name
     from pbp.train.config import ScalingConfig
-    from pbp.train.launch import alive_nodes, concurrency_note, connect_ray, git_commit, require_room
+    from pbp.train.launch import TRIAL_KEYS, alive_nodes, concurrency_note, connect_ray, git_commit, require_room
     from pbp.train.tracking import Tracker
 
     # Every file the campaign needs is read before it connects: a submitted job runs in Ray's unpacked copy of the
@@ -130,7 +131,7 @@ def run_campaign(cfg: TuneConfig, *, resume: bool = False, warm_start: str | Non
     warm = warm_start_trials(cfg, f"{storage}/{check_name(warm_start, '--warm-start')}") if warm_start else []
     connect_ray(address)
     require_room(alive_nodes(), ScalingConfig(num_workers=cfg.trial_workers, cpus_per_worker=cfg.cpus_per_trial_worker,
-                                              use_gpu=cfg.use_gpu), "trial_workers / cpus_per_trial_worker")  # fmt: skip
+                                              use_gpu=cfg.use_gpu), TRIAL_KEYS)  # fmt: skip
     if not resume:  # saved once nothing can refuse the start: a refused start leaves no campaign behind
         _save_config(url, cfg, base_doc, ft_meta["init"] if ft_meta["init"] != base_cfg.init else "")
     parent = Tracker(cfg.experiment, cfg.name, None, progress_metric="best_value")
