@@ -442,7 +442,7 @@ def _export(tr: Trainer, final: dict[str, float]) -> None:
                 if tr.tracker.try_send(lambda: log_pyfunc(tr.tracker.run_id, local, examples, cfg.task.seq_column)):
                     tr.tracker.mark_model_logged()
                 else:
-                    log.warning("the MLflow model of %s was not logged (MLflow unreachable); the model is in %s/final_model",
+                    log.warning("the MLflow model of %s was not logged (MLflow did not take it; the same command again logs it); the model is in %s/final_model",
                                 cfg.run_name, run.path)  # fmt: skip
     finally:
         shutil.rmtree(local.parent, ignore_errors=True)  # the model's local copy: in storage (and MLflow) now

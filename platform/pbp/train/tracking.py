@@ -388,13 +388,15 @@ class Tracker:
             fn()
         except Exception as e:  # any failure to reach or use the server: training goes on
             if self.down_since is None:
-                log.warning("MLflow unreachable (%s: %s); training continues, metrics are buffered (up to %d) and "
-                            "sent when it answers again", type(e).__name__, str(e)[:200], MAX_PENDING)  # fmt: skip
+                # not "unreachable": a server that answers with an error (its artifact store refusing a model's
+                # upload, say) is said here too, in the error's own words
+                log.warning("MLflow did not take a request (%s: %s); training continues, metrics are buffered (up to "
+                            "%d) and sent when it takes them again", type(e).__name__, str(e)[:200], MAX_PENDING)  # fmt: skip
                 self.down_since = now
             self.retry_at = time.monotonic() + RETRY_S
             return False
         if self.down_since is not None:
-            log.warning("MLflow answers again after %.0f s; sending %d buffered metrics%s", now - self.down_since,
+            log.warning("MLflow takes requests again after %.0f s; sending %d buffered metrics%s", now - self.down_since,
                         len(self.pending), f" ({self.dropped} oldest dropped)" if self.dropped else "")  # fmt: skip
             self.down_since = None
         return True
@@ -419,7 +421,7 @@ class Tracker:
         sent = self.flush()
         if sent and self.try_send(lambda: self.client.set_terminated(self.run_id, status=status)):
             return
-        log.warning("MLflow unreachable at the end of run %s: %d metrics not delivered%s, status %s not recorded",
+        log.warning("MLflow did not take the end of run %s: %d metrics not delivered%s, status %s not recorded",
                     self.run_id, len(self.pending), f" ({self.dropped} dropped)" if self.dropped else "", status)  # fmt: skip
 
 
