@@ -44,7 +44,7 @@ from pbp.data.spill import Partitions, key_hash, max_open_files, partitions_for
 from pbp.data.storage import Store
 from pbp.model.tokenizer import UnknownPolicy, encode_normalized
 from pbp.scratch import scratch
-from pbp.stack.endpoints import Endpoints
+from pbp.stack.endpoints import Endpoints, s3_bucket_and_key
 
 MANIFEST = "manifest.json"
 QUARANTINE = "quarantine.jsonl"
@@ -178,7 +178,7 @@ def check_destination(store: Store, overwrite: bool = False) -> None:
     bucket); a complete dataset is never overwritten; a local directory holding files the build writes (shards,
     quarantine), in a local directory or an S3 prefix, is refused unless ``overwrite``."""
     if store.s3:
-        bucket = store.url[len("s3://") :].split("/", 1)[0]
+        bucket = s3_bucket_and_key(store.url)[0]
         if not store.bucket_exists():
             raise DatasetError(
                 f"{store.url}: bucket {bucket!r} does not exist; pbp does not create buckets (a typo would become a "

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from pbp.errors import UserError
-from pbp.stack.endpoints import Endpoints, resolve
+from pbp.stack.endpoints import Endpoints, resolve, s3_bucket_and_key
 from pbp.stack.state import atomic_write
 
 T = TypeVar("T")
@@ -70,7 +70,7 @@ def check_object_storage(*urls: str, endpoints: Endpoints | None = None) -> None
     wanted: dict[str, set[str]] = {}
     for u in urls:
         if is_s3(u):
-            bucket, _, prefix = u[len("s3://") :].partition("/")
+            bucket, prefix = s3_bucket_and_key(u)
             wanted.setdefault(bucket, set()).add(prefix)
     if not wanted:
         return
@@ -175,7 +175,7 @@ class Store:
     def bucket_exists(self) -> bool:
         """S3 only: does this URL's bucket exist? Credentials it refuses (even under this URL's prefix) are a
         StorageUnavailableError naming the bucket, not a "no such bucket"."""
-        bucket, _, prefix = self.url[len("s3://") :].partition("/")
+        bucket, prefix = s3_bucket_and_key(self.url)
         ep = self.endpoints or resolve()
         return _bucket_reachable(_probe_client(ep), bucket, [prefix], ep)
 

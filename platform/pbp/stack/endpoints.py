@@ -24,6 +24,12 @@ S3_MAX_ATTEMPTS = 10
 a 30 % error rate a request then fails for good with probability 0.3**10 ~ 6e-6 (with AWS' default of 3, 2.7 %)."""
 
 
+def s3_bucket_and_key(url: str) -> tuple[str, str]:
+    """``s3://BUCKET/KEY`` -> (BUCKET, KEY); KEY is "" for the bucket itself."""
+    bucket, _, key = url.removeprefix("s3://").partition("/")
+    return bucket, key
+
+
 @dataclass(frozen=True)
 class Endpoints:
     s3_endpoint: str | None
@@ -92,7 +98,7 @@ class Endpoints:
         from pyarrow import fs
 
         kwargs: dict[str, Any] = {"retry_strategy": fs.AwsStandardS3RetryStrategy(max_attempts=S3_MAX_ATTEMPTS)}
-        bucket = url[len("s3://") :].split("/", 1)[0] if url and not self.s3_endpoint else None  # on AWS' own
+        bucket = s3_bucket_and_key(url)[0] if url and not self.s3_endpoint else None  # on AWS' own
         region = (bucket and _bucket_region(bucket)) or self.s3_region
         if region:
             kwargs["region"] = region  # (else the AWS SDK's own: AWS_DEFAULT_REGION, the profile, us-east-1)
