@@ -35,6 +35,10 @@ class TaskDataError(ValueError):
     """A task file that cannot be used; the message names the file and the line or the key."""
 
 
+class TaskFileNotFoundError(TaskDataError):
+    """A task file that is not there (a local path, or an s3:// object)."""
+
+
 class UnknownClassError(TaskDataError):
     """A labelled file scored with a trained model holds a class the model does not know."""
 
@@ -98,10 +102,10 @@ def _read_bytes(url: str) -> bytes:
         try:
             return Store(parent).get_bytes(name)
         except FileNotFoundError:
-            raise TaskDataError(f"{url}: not found") from None
+            raise TaskFileNotFoundError(f"{url}: not found") from None
     p = Path(url).expanduser()
     if not p.is_file():
-        raise TaskDataError(f"{p}: task file not found")
+        raise TaskFileNotFoundError(f"{p}: task file not found")
     return p.read_bytes()
 
 

@@ -119,10 +119,16 @@ def score(name: str, mv: Any, metric: str, ref: SplitRef) -> tuple[float, float,
 def evaluate(model: Any, task: Any, ref: SplitRef, meta: dict[str, Any] | None = None) -> dict[str, float]:
     """A fine-tuned model's test metrics on the split ``ref`` (its file checked against the recorded digest), the
     baselines' constant from the training labels its metadata ``meta`` records (else the split's)."""
-    from pbp.finetune.data import load_split
+    from pbp.finetune.data import TaskFileNotFoundError, load_split
     from pbp.finetune.scoring import baseline_labels, predict_split, score
 
-    split, sha = load_split(ref.path, task.kind, task.classes, ref.seq_column, ref.label_column, ref.max_rows)
+    try:
+        split, sha = load_split(ref.path, task.kind, task.classes, ref.seq_column, ref.label_column, ref.max_rows)
+    except TaskFileNotFoundError as e:
+        raise RegistryError(f"the gate's test split {ref.describe()} cannot be read here ({e}); a job on a cluster "
+                            "records the path on its node, where a local task file was shipped with the job: give "
+                            "jobs their test file in s3://, promote where that path holds the same file, or promote "
+                            "with --force --reason (recorded in the audit trail)") from None  # fmt: skip
     if ref.sha256 and sha != ref.sha256:
         raise RegistryError(f"test split {ref.path}: its sha256 is now {sha[:12]}..., the registry recorded "
                             f"{ref.sha256[:12]}...: the file changed, so scores on it are not comparable")  # fmt: skip
