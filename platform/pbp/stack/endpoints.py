@@ -209,13 +209,16 @@ def resolve(state_dir: Path | None = None, env: dict[str, str] | None = None) ->
     )
 
 
-_AWS_S3_HOST = re.compile(r"(?:^|\.)s3[.-](?:fips\.)?([a-z]{2}(?:-[a-z]+)+-\d)\.(?:vpce\.)?amazonaws\.com(?::\d+)?$")
+_AWS_S3_HOST = re.compile(
+    r"(?:^|\.)s3(?:-accesspoint)?(?:[.-]fips)?(?:\.dualstack)?[.-]([a-z]{2}(?:-[a-z]+)+-\d)\.(?:vpce\.)?"
+    r"amazonaws\.com(?:\.cn)?(?::\d+)?$"
+)  # s3.R, s3-R (legacy), s3-fips.R, s3.dualstack.R, s3-fips.dualstack.R, s3-accesspoint.R, VPC endpoints, China
 
 
 def _endpoint_region(endpoint: str | None) -> str | None:
     """The region an endpoint with none given signs for: an AWS S3 host's own (``s3.us-west-2.amazonaws.com``, an
-    interface VPC endpoint ``bucket.vpce-1a2b.s3.us-west-2.vpce.amazonaws.com``), us-east-1 for any other (the local
-    stack, MinIO), None for AWS' default endpoint (each SDK finds the region)."""
+    interface VPC endpoint ``bucket.vpce-1a2b.s3.us-west-2.vpce.amazonaws.com``, FIPS, dual-stack and China hosts),
+    us-east-1 for any other (the local stack, MinIO), None for AWS' default endpoint (each SDK finds the region)."""
     if not endpoint:
         return None
     m = _AWS_S3_HOST.search(endpoint.partition("://")[2].split("/", 1)[0])
