@@ -323,6 +323,35 @@ def test_the_driver_drops_rays_chatter_and_prints_every_other_line(capsys, monke
     assert "RETRY" not in err and "Attempting to start" not in err and "SYSTEM_ERROR" in err, err
 
 
+def test_a_pruned_trials_workers_are_muted_once_the_campaign_said_it_ended(capsys, monkeypatch):
+    """A trial ASHA stopped: its worker went on printing its next epoch's line after the campaign's "ended: pruned",
+    and one ended in the middle of a native call printed a fatal-signal stack dump (40 lines, a campaign test's log,
+    2026-11-28). Its workers are known by the run their own progress lines name; a running trial still prints."""
+    from types import SimpleNamespace
+
+    from ray._private import worker as ray_worker
+
+    from pbp.train import launch
+    from pbp.tune.progress import LiveProgress
+
+    monkeypatch.setattr(ray_worker, "print_worker_logs", ray_worker.print_worker_logs)  # restored afterwards
+    monkeypatch.setattr(launch, "_STOPPED_RUNS", set())
+    launch.drop_ray_noise()
+    pruned, running = {"ip": "a", "pid": 700, "is_err": False}, {"ip": "a", "pid": 701, "is_err": False}
+    ray_worker.print_to_stdstream({**pruned, "lines": ["[camp-aaaa] stage frozen epoch 1/2 first"]}, False)
+    ray_worker.print_to_stdstream({**running, "lines": ["[camp-bbbb] stage frozen epoch 1/2 second"]}, False)
+    trial = SimpleNamespace(trial_id="aaaa", status="RUNNING", last_result={"epoch": 1, "valid_spearman": 0.1})
+    LiveProgress("camp", "valid_spearman", "max", 2).on_trial_complete(0, [trial], trial)
+    ray_worker.print_to_stdstream({**pruned, "lines": ["[camp-aaaa] stage unfrozen epoch 1/2 late"]}, False)
+    dump = ["Fatal Python error: Aborted", "Extension modules: msgpack._cmsgpack, google._upb._message"]
+    ray_worker.print_to_stdstream({**pruned, "is_err": True, "lines": dump}, False)
+    ray_worker.print_to_stdstream({**running, "lines": ["[camp-bbbb] stage frozen epoch 2/2 goes on"]}, False)
+    out, err = capsys.readouterr()
+    assert "trial aaaa ended: pruned at epoch 1" in out and "first" in out and "second" in out, out
+    assert "late" not in out and "Fatal" not in err and "Extension modules" not in err, out + err
+    assert "goes on" in out
+
+
 def test_concurrent_trials_lines_are_printed_whole_while_library_repeats_stay_folded(capsys, monkeypatch):
     """Ray folds lines that differ only in numbers, from different processes, into one "[repeated Nx across
     cluster]" line printed up to 5 s later: two trials' epoch lines were folded together (one trial's figures never

@@ -477,6 +477,18 @@ submitted campaign, 2026-11-27). A batch saying either mutes its process (the co
 of the session. A trial that really fails is still said by the campaign's own FAILED line, with its error."""
 
 
+_STOPPED_RUNS: set[str] = set()
+_RUN_LINE = re.compile(r"^\[([\w.-]+)\] ")  # pbp's progress line of a run's worker: [RUN_NAME] stage ...
+
+
+def mute_stopped_run(run_name: str) -> None:
+    """From now on, drop what the workers of run ``run_name`` print (:func:`drop_ray_noise`): a campaign's trial that
+    ASHA stopped. Its worker went on printing its next epoch's line after the campaign said the trial ended, and a
+    worker ended in the middle of a native call printed a fatal-signal stack dump (about 40 lines). A worker is known
+    by the run named in its own progress lines."""
+    _STOPPED_RUNS.add(run_name)
+
+
 def drop_ray_noise() -> None:
     """Drop the lines of ``RAY_NOISE`` (Ray's own chatter, and DeepSpeed's op-build line) from what Ray prints on this
     driver (every other line, warnings included, still prints; ``PBP_RAY_NOISE=1`` keeps these too). Wraps Ray's
@@ -491,10 +503,14 @@ def drop_ray_noise() -> None:
         return
 
     muted: set[tuple[Any, Any]] = set()
+    run_of: dict[tuple[Any, Any], str] = {}
 
     def filtered(data: dict[str, Any], print_file: Any, ignore_prefix: bool = False) -> None:
         source = (data.get("ip"), data.get("pid"))
-        if source in muted:
+        for line in data.get("lines", []):
+            if m := _RUN_LINE.match(line):
+                run_of[source] = m.group(1)
+        if source in muted or run_of.get(source) in _STOPPED_RUNS:
             return
         if any(STOPPED_TRIAL_CONTROLLER.search(x) for x in data.get("lines", [])):
             muted.add(source)

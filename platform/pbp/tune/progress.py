@@ -13,6 +13,7 @@ from typing import Any
 from ray import tune
 
 from pbp import telemetry
+from pbp.train.launch import mute_stopped_run
 from pbp.tune.config import TuneConfig
 from pbp.tune.report import CampaignSummary, format_params
 from pbp.tune.search import EPOCH, FINISHED
@@ -66,6 +67,10 @@ class LiveProgress(tune.Callback):
         shown = f" ({self.metric}={value:.4f})" if isinstance(value, int | float) and math.isfinite(value) else ""
         # As the closing summary counts them: completed when the last result was the final one, else pruned.
         how = "completed" if last.get(FINISHED) else f"pruned at epoch {last.get(EPOCH, '?')}{shown}"
+        if not last.get(FINISHED):  # its workers are being ended: what they print now is not the campaign's news
+            from pbp.tune.campaign import trial_run_name
+
+            mute_stopped_run(trial_run_name(self.campaign, trial.trial_id))
         # Out of the campaign's trials, not of those Tune has created so far (it creates them one by one).
         self._line(f"trial {trial.trial_id} ended: {how}; {done}/{max(self.num_samples, len(trials))} trials ended")
         self._export(trials, trial, "TERMINATED")
