@@ -30,6 +30,8 @@ def test_finetuning_in_this_process_is_killed_after_epoch_2_and_resumes_to_the_s
         assert json.loads((tmp_path / "runs" / run / "final_metrics.json").read_text())["test_loss"] > 0
 
 
+# ~70 s on 2 cores (four DeepSpeed runs in this process); the GPU machine runs it for real: `make test-slow` here
+@pytest.mark.slow
 def test_pretraining_in_this_process_with_deepspeed_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     import os
 

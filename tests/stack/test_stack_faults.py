@@ -64,6 +64,8 @@ def test_service_dying_during_up_names_it_and_shows_its_log(tmp_path, monkeypatc
         manager.down(tmp_path, log=lambda _m: None)
 
 
+# ~50 s on 2 cores (a stack up, down and up twice more): `make test-slow`, for the default suite's time
+@pytest.mark.slow
 def test_port_in_use_names_the_service_and_leaves_the_rest_running(tmp_path):
     """MLflow finds its remembered port taken on restart: named error; storage, started before it, keeps running."""
     manager.up(tmp_path, workers=0, timeout=180, log=lambda _m: None)

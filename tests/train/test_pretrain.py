@@ -305,6 +305,8 @@ def test_incomplete_checkpoints_are_skipped_with_a_warning(tmp_path, caplog):
         ckpt.download(run, ckpt.checkpoint_name(20), tmp_path / "dl2", rank=1)
 
 
+# ~70 s on 2 cores (a run, a node killed, the wait, the node restarted): `make test-slow`, for the default suite's time
+@pytest.mark.slow
 def test_a_lost_worker_node_fails_the_run_after_a_bounded_wait_naming_it(stack_dir, endpoints, dataset):
     """Ray Train alone retries placing the workers forever once a node is gone; pbp gives up after
     scaling.resource_wait_s, naming the node and the fix. The node is then brought back for the other tests."""
