@@ -188,10 +188,14 @@ def test_on_aws_pyarrow_gets_the_buckets_own_region(tmp_path, monkeypatch):
         vpce = "https://bucket.vpce-0a1b2c3d-x1y2.s3.eu-central-1.vpce.amazonaws.com"
         assert region({"AWS_ENDPOINT_URL": vpce}, "s3://my-runs/x") == "eu-central-1"
         assert region({"AWS_ENDPOINT_URL": "https://minio.example.com"}, "s3://my-runs/x") == "us-east-1"
-        for host, named in [("s3.dualstack.ap-south-1.amazonaws.com", "ap-south-1"),  # were all signed for us-east-1
+        for host, named in [("s3.dualstack.ap-south-1.amazonaws.com", "ap-south-1"),  # these were signed for us-east-1
                             ("s3-fips.dualstack.us-gov-west-1.amazonaws.com", "us-gov-west-1"),
-                            ("s3.cn-north-1.amazonaws.com.cn", "cn-north-1"), ("s3-us-west-1.amazonaws.com", "us-west-1"),
-                            ("s3-accesspoint.eu-west-3.amazonaws.com:443", "eu-west-3")]:  # fmt: skip
+                            ("s3.cn-north-1.amazonaws.com.cn", "cn-north-1"),
+                            ("s3-accesspoint.eu-west-3.amazonaws.com:443", "eu-west-3"),
+                            ("s3-us-west-1.amazonaws.com", "us-west-1"),  # (the legacy dash form already was read)
+                            # not AWS hosts: signed for us-east-1 as any other endpoint
+                            ("s3.eu-west-1.amazonaws.com.evil.example", "us-east-1"),
+                            ("mys3.eu-west-1.amazonaws.com", "us-east-1"), ("s3.eu-west-1.example.com", "us-east-1")]:  # fmt: skip
             assert region({"AWS_ENDPOINT_URL": f"https://{host}"}, "s3://my-runs/x") == named, host
         assert region({"AWS_ENDPOINT_URL": vpce, "AWS_REGION": "eu-west-1"}, None) == "eu-west-1"
         _fake_stack(tmp_path)

@@ -51,23 +51,3 @@ def test_the_history_table_says_when_it_cut_a_cell():
     table = Trail("m", [short, long]).table()
     assert "the pretrained base adopted by the st..." in table
     assert table.endswith("chain verified; cells over 40 characters are cut (...): --json has them whole")
-
-
-def test_a_test_split_not_readable_here_says_why_and_what_to_do(tmp_path):
-    """A job on a cluster records its test file's path on its node (a local file shipped with the job lands in the
-    job's working dir there); re-scoring a candidate on that split elsewhere ended in a bare 'task file not found'."""
-    from pbp.model.finetune import TaskKind
-    from pbp.registry.gate import evaluate
-    from pbp.registry.lineage import SplitRef
-    from pbp.registry.server import RegistryError
-
-    node_path = str(tmp_path / "ray/session_1/runtime_resources/working_dir_files/_ray_pkg_1/data/test.csv")
-    ref = SplitRef(node_path, "ab" * 32, 120)
-
-    class Task:  # what the gate reads of a loaded model's task before it reads the split
-        kind, classes = TaskKind.NUMERIC, []
-
-    with pytest.raises(RegistryError, match=r"the gate's test split test\.csv \(sha256 abababab, first 120 rows\) "
-                       r"cannot be read here \(.*test\.csv: task file not found\); a job on a cluster records the "
-                       r"path on its node.*--force --reason"):  # fmt: skip
-        evaluate(None, Task(), ref)

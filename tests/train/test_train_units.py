@@ -203,7 +203,7 @@ def test_a_campaign_says_when_the_cluster_holds_fewer_trials_at_once_than_it_ask
     assert "or lower trial_workers / cpus_per_trial_worker" in note and "scaling." not in note, note
 
 
-def test_a_trial_that_found_no_room_names_the_campaigns_keys_not_its_fine_tunings(monkeypatch):
+def test_a_trial_that_found_no_room_names_the_campaigns_keys_not_its_fine_tunings(monkeypatch, capsys):
     """A trial's fine-tuning waits the campaign's slot_wait_s, sized by trial_workers and cpus_per_trial_worker: its
     error named scaling.resource_wait_s and scaling.num_workers, keys a campaign's user does not set."""
     from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
@@ -220,6 +220,20 @@ def test_a_trial_that_found_no_room_names_the_campaigns_keys_not_its_fine_tuning
     trial = launch.capacity_error(timed_out, scaling, launch.TRIAL_KEYS)
     assert trial and "for slot_wait_s=600s" in str(trial), trial
     assert "lower trial_workers / cpus_per_trial_worker" in str(trial) and "scaling." not in str(trial)
+    assert "then `pbp tune --resume NAME` runs the campaign's failed trials again" in str(
+        trial
+    )  # not "the same command"
+    assert "then run the same command again" in str(run)
+
+    class Trainer:  # a trial's, whose workers found no room: fit() passes the keys to its note and its error
+        def fit(self):
+            raise timed_out
+
+    monkeypatch.setattr(launch, "alive_nodes", lambda: [{"Resources": {"CPU": 1.0}}])
+    with pytest.raises(launch.ClusterCapacityError, match=r"for slot_wait_s=600s"):
+        launch.fit(Trainer(), scaling, keys=launch.TRIAL_KEYS)
+    note = capsys.readouterr().out
+    assert "Waiting up to slot_wait_s=600s" in note and "or lower trial_workers / cpus_per_trial_worker" in note, note
     assert launch.capacity_error(RuntimeError("other"), scaling) is None
 
 
@@ -326,18 +340,24 @@ def test_the_driver_drops_rays_chatter_and_prints_every_other_line(capsys, monke
 def test_a_pruned_trials_workers_are_muted_once_the_campaign_said_it_ended(capsys, monkeypatch):
     """A trial ASHA stopped: its worker went on printing its next epoch's line after the campaign's "ended: pruned",
     and one ended in the middle of a native call printed a fatal-signal stack dump (40 lines, a campaign test's log,
-    2026-11-28). Its workers are known by the run their own progress lines name; a running trial still prints."""
+    2026-11-28). Every rank says which run it works for as it starts (a line the driver keeps to itself), so rank 1,
+    which prints no progress lines, is muted too; a running trial still prints."""
     from types import SimpleNamespace
 
     from ray._private import worker as ray_worker
 
     from pbp.train import launch
+    from pbp.train.dist import WORKER_OF_RUN
     from pbp.tune.progress import LiveProgress
 
     monkeypatch.setattr(ray_worker, "print_worker_logs", ray_worker.print_worker_logs)  # restored afterwards
     monkeypatch.setattr(launch, "_STOPPED_RUNS", set())
     launch.drop_ray_noise()
     pruned, running = {"ip": "a", "pid": 700, "is_err": False}, {"ip": "a", "pid": 701, "is_err": False}
+    rank1 = {"ip": "a", "pid": 702, "is_err": True}
+    ray_worker.print_to_stdstream({**pruned, "lines": [f"{WORKER_OF_RUN}camp-aaaa"]}, False)
+    ray_worker.print_to_stdstream({**rank1, "lines": [f"{WORKER_OF_RUN}camp-aaaa"]}, False)
+    ray_worker.print_to_stdstream({**running, "lines": [f"{WORKER_OF_RUN}camp-bbbb"]}, False)
     ray_worker.print_to_stdstream({**pruned, "lines": ["[camp-aaaa] stage frozen epoch 1/2 first"]}, False)
     ray_worker.print_to_stdstream({**running, "lines": ["[camp-bbbb] stage frozen epoch 1/2 second"]}, False)
     trial = SimpleNamespace(trial_id="aaaa", status="RUNNING", last_result={"epoch": 1, "valid_spearman": 0.1})
@@ -345,11 +365,41 @@ def test_a_pruned_trials_workers_are_muted_once_the_campaign_said_it_ended(capsy
     ray_worker.print_to_stdstream({**pruned, "lines": ["[camp-aaaa] stage unfrozen epoch 1/2 late"]}, False)
     dump = ["Fatal Python error: Aborted", "Extension modules: msgpack._cmsgpack, google._upb._message"]
     ray_worker.print_to_stdstream({**pruned, "is_err": True, "lines": dump}, False)
+    ray_worker.print_to_stdstream({**rank1, "lines": ["[WARNING] from a library", *dump]}, False)
     ray_worker.print_to_stdstream({**running, "lines": ["[camp-bbbb] stage frozen epoch 2/2 goes on"]}, False)
     out, err = capsys.readouterr()
     assert "trial aaaa ended: pruned at epoch 1" in out and "first" in out and "second" in out, out
     assert "late" not in out and "Fatal" not in err and "Extension modules" not in err, out + err
-    assert "goes on" in out
+    assert "goes on" in out and "library" not in err and WORKER_OF_RUN not in out + err
+
+
+def test_a_campaign_leaves_out_ray_trains_start_lines_and_keeps_its_failure_policy_lines(capsys, monkeypatch):
+    """Ray Train's five lines as a trial's workers start were most of a campaign's log (folded into "[repeated Nx
+    across cluster]" when trials start together). A campaign's driver drops them; a fine-tuning run's keeps them, and
+    Ray Train's other lines (a retry, with its error) print in both."""
+    from ray._private import ray_logging
+    from ray._private import worker as ray_worker
+
+    from pbp.train import launch
+
+    monkeypatch.setattr(ray_worker, "print_worker_logs", ray_worker.print_worker_logs)  # restored afterwards
+    monkeypatch.setitem(launch._quiet, "trial_starts", False)
+    launch.drop_ray_noise()
+    start = ["Requesting resources: {'CPU': 1.0} * 1",
+             "Attempting to start training worker group of size 1 with the following resources: [{'CPU': 1.0}] * 1",
+             "Started training worker group of size 1: ", "- (ip=192.0.2.2, pid=17067) world_rank=0, local_rank=0, "
+             "node_rank=0", "Setting up process group for: env:// [rank=0, world_size=1]"]  # fmt: skip
+    retry = "[FailurePolicy] RETRY Source: worker group Error: a worker died"
+    controller = {"ip": "a", "pid": 800, "actor_name": "TrainController", "is_err": False}
+    ray_worker.print_to_stdstream({**controller, "lines": [*start, retry]}, False)
+    run_out = capsys.readouterr().out
+    for dedup in (ray_logging.stdout_deduplicator, ray_logging.stderr_deduplicator):
+        monkeypatch.setattr(dedup, "recent", {})  # (the same lines again from another process would be folded)
+    launch.quiet_trial_starts()
+    ray_worker.print_to_stdstream({**controller, "pid": 801, "lines": [*start, retry]}, False)
+    campaign_out = capsys.readouterr().out
+    assert all(line.strip() in run_out for line in start) and retry in run_out, run_out
+    assert not any(line.strip() in campaign_out for line in start) and retry in campaign_out, campaign_out
 
 
 def test_concurrent_trials_lines_are_printed_whole_while_library_repeats_stay_folded(capsys, monkeypatch):

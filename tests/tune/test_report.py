@@ -30,7 +30,8 @@ def _trial(number: int, status: str, value: float | None, lr: float, layers: int
     end = value if value is not None else 0.1
     curve = [(e, round(end * (e + 1) / epochs, 4)) for e in range(epochs)]
     params: dict[str, float | int | str] = {"optim.lr": lr, "model.layers": layers, "activation": act}
-    return TrialRecord(f"t{number:03d}", number, params, status, value, curve, 60.0 * epochs)
+    held = None if status == "failed" else 50.0 * epochs  # a failed trial: never reported
+    return TrialRecord(f"t{number:03d}", number, params, status, value, curve, 60.0 * epochs, held)
 
 
 def _summary() -> CampaignSummary:
@@ -114,7 +115,8 @@ def test_write_report_writes_four_images_and_a_self_contained_escaped_page(tmp_p
     for number in range(8):
         assert f"<td class='num'>{number}</td>" in page
     assert "lr-sweep" in page and "valid_spearman" in page and "max" in page
-    assert "Total cost: 1800.0 s" in page
+    # its workers' time (without trial 3, which never reported), not the trials' wall times (1,800 s)
+    assert "Total cost: 1450.0 s of trials holding their workers (0:24:10, 1 trial(s) that never reported not" in page
     assert "Trial <b>#2</b>" in page and "0.78" in page
 
 
@@ -210,16 +212,33 @@ def test_a_campaign_that_stopped_early_says_why(tmp_path: Path) -> None:
 
 def test_a_trials_cost_is_the_time_its_workers_were_held_over_every_attempt_not_its_wait_for_a_slot() -> None:
     """Tune's time_total_s counts a queued trial's wait for a free slot (hours behind busy siblings): the ledger
-    charged it as CPU-seconds. The cost is each attempt's last worker_seconds (a retry restarts the count), summed."""
+    charged it as CPU-seconds. The cost is each attempt's last worker_seconds (a retry restarts the count), summed;
+    a trial that never reported is not measured (Tune has no time for it either: it was charged 0 as if measured)."""
+    from types import SimpleNamespace
+
     import pandas as pd
 
-    from pbp.tune.campaign import worker_seconds
+    from pbp.config import load_config
+    from pbp.tune.campaign import summarize, worker_seconds
+    from pbp.tune.config import TuneConfig
 
-    nan = float("nan")
-    df = pd.DataFrame({"worker_started_at": [100.0, 100.0, 500.0, 500.0, nan],
-                       "worker_seconds": [10.0, 20.0, 5.0, 30.0, nan]})  # fmt: skip
+    from ..conftest import REPO
+
+    df = pd.DataFrame({"epoch": [1, 2, 2, 3], "valid_spearman": [0.1, 0.2, 0.2, 0.3], "finished": [0, 0, 0, 1],
+                       "worker_started_at": [100.0, 100.0, 500.0, 500.0],
+                       "worker_seconds": [10.0, 20.0, 5.0, 30.0]})  # fmt: skip
     assert worker_seconds(df) == 50.0  # the second attempt's first report (5 s) is no continuation of the first
-    assert worker_seconds(pd.DataFrame({"epoch": [1]})) is None and worker_seconds(None) is None
-    queued = TrialRecord("t", 0, {}, "completed", 0.5, [(1, 0.5)], seconds=3600.0, worker_seconds=50.0)
-    failed_early = TrialRecord("u", 1, {}, "failed", None, [], seconds=12.0)
-    assert queued.cost_seconds == 50.0 and failed_early.cost_seconds == 12.0  # no report: its wall time, a bound
+    old = df.assign(worker_seconds=[float("nan"), float("nan"), 5.0, 30.0])  # a resumed campaign of an older pbp
+    assert worker_seconds(old) is None and worker_seconds(df.drop(columns="worker_seconds")) is None
+
+    def result(trial_id: str, frame, error=None):
+        last = frame.iloc[-1].to_dict() if frame is not None and len(frame) else {}
+        return SimpleNamespace(metrics={**last, "trial_id": trial_id, "time_total_s": 3600.0} if last else
+                               {"trial_id": trial_id}, metrics_dataframe=frame, error=error, config={},
+                               path=f"/x/{trial_id}")  # fmt: skip
+
+    cfg = load_config(TuneConfig, REPO / "configs/tune/tiny.yaml")
+    grid = [result("queued", df), result("crashed", None, RuntimeError("died in its first epoch"))]
+    queued, crashed = summarize(grid, cfg, "valid_spearman", "max").trials
+    assert (queued.status, queued.seconds, queued.worker_seconds) == ("completed", 3600.0, 50.0)
+    assert (crashed.status, crashed.seconds, crashed.worker_seconds) == ("failed", 0.0, None)

@@ -110,15 +110,13 @@ def run_identity(cfg: FinetuneConfig, digests: dict[str, str], init_version: str
                     **{f"task.{role}_sha256": digest for role, digest in digests.items()}, **pinned_to)  # fmt: skip
 
 
-def build_trainer(cfg: FinetuneConfig, meta: dict[str, Any], callbacks: list | None = None,
-                  ray_train_log_level: str = "INFO"):  # fmt: skip
+def build_trainer(cfg: FinetuneConfig, meta: dict[str, Any], callbacks: list | None = None):
     from pbp.finetune.loop import finetune_loop_per_worker
     from pbp.train.launch import torch_trainer
 
     return torch_trainer(
         finetune_loop_per_worker, {"cfg": to_dict(cfg), "meta": meta}, run_name=cfg.run_name,
         storage_path=cfg.checkpoint.storage_path, scaling=cfg.scaling, callbacks=callbacks,
-        ray_train_log_level=ray_train_log_level,
     )  # fmt: skip
 
 

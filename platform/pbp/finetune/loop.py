@@ -33,7 +33,14 @@ from pbp.finetune.scoring import by_length, row_predictions, score
 from pbp.model import ProteinBERT
 from pbp.model.finetune import IGNORE_INDEX, FinetuneModel, task_loss
 from pbp.train.checkpoint import Checkpointer, CommitRecord, Restored, Upload
-from pbp.train.dist import DistContext, all_gather_objects, average_gradients, broadcast, quiet_ray_train_reports
+from pbp.train.dist import (
+    DistContext,
+    all_gather_objects,
+    announce_worker,
+    average_gradients,
+    broadcast,
+    quiet_ray_train_reports,
+)
 from pbp.train.driver import Cadence, drive
 from pbp.train.metrics import baseline_reference
 from pbp.train.tracking import Tracker, finish_on_error
@@ -373,6 +380,7 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
 
     quiet_ray_train_reports()
     cfg = from_dict(FinetuneConfig, config["cfg"])
+    announce_worker(cfg.run_name)
     torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
     tr, final = run_finetuning(cfg, config["meta"], DistContext.from_ray())
     report = {k: v for k, v in final.items() if math.isfinite(v)}
@@ -442,8 +450,10 @@ def _export(tr: Trainer, final: dict[str, float]) -> None:
                 if tr.tracker.try_send(lambda: log_pyfunc(tr.tracker.run_id, local, examples, cfg.task.seq_column)):
                     tr.tracker.mark_model_logged()
                 else:
-                    log.warning("the MLflow model of %s was not logged (MLflow did not take it; the same command again logs it); the model is in %s/final_model",
-                                cfg.run_name, run.path)  # fmt: skip
+                    again = ("the campaign logs its best trial's model from there as it ends" if "pbp.trial_id" in
+                             tr.meta.get("tags", {}) else "the same command tries again, training nothing")  # fmt: skip
+                    log.warning("the MLflow model of %s was not logged (MLflow did not take it: the warning above says "
+                                "why); the model is in %s/final_model: %s", cfg.run_name, run.path, again)  # fmt: skip
     finally:
         shutil.rmtree(local.parent, ignore_errors=True)  # the model's local copy: in storage (and MLflow) now
     tr.model.to(tr.device)

@@ -125,11 +125,24 @@ def evaluate(model: Any, task: Any, ref: SplitRef, meta: dict[str, Any] | None =
     try:
         split, sha = load_split(ref.path, task.kind, task.classes, ref.seq_column, ref.label_column, ref.max_rows)
     except TaskFileNotFoundError as e:
-        raise RegistryError(f"the gate's test split {ref.describe()} cannot be read here ({e}); a job on a cluster "
-                            "records the path on its node, where a local task file was shipped with the job: give "
-                            "jobs their test file in s3://, promote where that path holds the same file, or promote "
-                            "with --force --reason (recorded in the audit trail)") from None  # fmt: skip
+        raise RegistryError(f"the gate's test split {ref.describe()} cannot be read here ({e}); "
+                            f"{_why_missing(ref.path)}. Else promote with --force --reason (recorded in the audit "
+                            "trail)") from None  # fmt: skip
     if ref.sha256 and sha != ref.sha256:
         raise RegistryError(f"test split {ref.path}: its sha256 is now {sha[:12]}..., the registry recorded "
                             f"{ref.sha256[:12]}...: the file changed, so scores on it are not comparable")  # fmt: skip
     return score(task.spec.flattened(), predict_split(model, split), "test", baseline_labels(meta or {}))
+
+
+def _why_missing(path: str) -> str:
+    """Why a recorded test split may not be here, and what to do about it (for the gate's message)."""
+    if not path:
+        return "its version records no path: register it again with --test FILE"
+    if path.startswith("s3://"):
+        return "the object is gone from storage: put the same file back there"
+    if "/runtime_resources/working_dir_files/" in path:  # Ray's copy of a submitted job's project, on its node
+        return (
+            "a job on a cluster recorded its node's copy of a local task file: give jobs their test file in "
+            "s3://, or promote where that path holds the same file"
+        )
+    return "moved or deleted: put the same file back at that path"

@@ -26,6 +26,8 @@ a 30 % error rate a request then fails for good with probability 0.3**10 ~ 6e-6 
 
 def s3_bucket_and_key(url: str) -> tuple[str, str]:
     """``s3://BUCKET/KEY`` -> (BUCKET, KEY); KEY is "" for the bucket itself."""
+    if not url.startswith("s3://"):
+        raise ValueError(f"not an s3:// URL: {url}")
     bucket, _, key = url.removeprefix("s3://").partition("/")
     return bucket, key
 
@@ -98,7 +100,9 @@ class Endpoints:
         from pyarrow import fs
 
         kwargs: dict[str, Any] = {"retry_strategy": fs.AwsStandardS3RetryStrategy(max_attempts=S3_MAX_ATTEMPTS)}
-        bucket = s3_bucket_and_key(url)[0] if url and not self.s3_endpoint else None  # on AWS' own
+        bucket = None
+        if url and url.startswith("s3://") and not self.s3_endpoint:  # on AWS' own endpoint
+            bucket = s3_bucket_and_key(url)[0]
         region = (bucket and _bucket_region(bucket)) or self.s3_region
         if region:
             kwargs["region"] = region  # (else the AWS SDK's own: AWS_DEFAULT_REGION, the profile, us-east-1)

@@ -130,6 +130,16 @@ def gradient_buckets(grads: list[Any], bucket_bytes: int) -> list[list[Any]]:
     return buckets
 
 
+WORKER_OF_RUN = "pbp: worker of run "
+"""The line every rank of a Ray Train fine-tuning prints as it starts (:func:`announce_worker`): the driver never
+prints it, and keeps which run the process works for (pbp.train.launch.mute_stopped_run)."""
+
+
+def announce_worker(run_name: str) -> None:
+    """In a Ray Train worker: say which run this process works for."""
+    print(f"{WORKER_OF_RUN}{run_name}", flush=True)
+
+
 def quiet_ray_train_reports() -> None:
     """In a Ray Train worker, before anything prints: (1) ``print`` back to Python's own (Ray Train V2 patches it to
     tee every line to stdout AND to the root logger, i.e. stderr, so each line reached the terminal twice); (2)

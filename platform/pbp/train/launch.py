@@ -17,6 +17,7 @@ from pbp.data.storage import check_object_storage
 from pbp.errors import UserError
 from pbp.stack.endpoints import resolve, runs_storage, set_ray_auth_env
 from pbp.train.config import PretrainConfig, ScalingConfig
+from pbp.train.dist import WORKER_OF_RUN
 from pbp.train.tracking import check_tracking_server, marked_if_unfinished
 
 if TYPE_CHECKING:
@@ -80,14 +81,9 @@ def run_identity(cfg: PretrainConfig, manifest_sha256: str) -> dict[str, Any]:
 
 def torch_trainer(
     loop: Callable[[dict[str, Any]], None], loop_config: dict[str, Any], *, run_name: str, storage_path: str,
-    scaling: ScalingConfig, callbacks: list | None = None, ray_train_log_level: str = "INFO",
+    scaling: ScalingConfig, callbacks: list | None = None,
 ):  # fmt: skip
     """The TorchTrainer of a pbp job (pretraining, fine-tuning, a Tune trial's fine-tuning).
-
-    ``ray_train_log_level``: the level of Ray Train's own lines on the console (its log files keep every level). A
-    campaign's trials use WARNING: its live lines say when a trial starts, and Ray Train's five lines a trial
-    (requesting resources, starting the worker group, its ranks, the process group) were most of a campaign's log,
-    folded by Ray into "[repeated Nx across cluster]" when trials start together.
 
     ``RunConfig(name, storage_path)`` is the run's stable home: a re-run or a retried trial with the same name finds
     its checkpoints there. Retention is pbp's (checkpoint.prune): it keeps the newest COMPLETE checkpoints.
@@ -121,7 +117,6 @@ def torch_trainer(
                 max_failures=scaling.max_failures, controller_failure_limit=tries - 1
             ),
             callbacks=callbacks,
-            logging_config=ray.train.LoggingConfig(log_level=ray_train_log_level),
         ),
     )
 
@@ -160,14 +155,18 @@ class ClusterCapacityError(UserError, RuntimeError):
 
 @dataclass(frozen=True)
 class CapacityKeys:
-    """The config keys a message about room for the workers names: a run's own, or a campaign's for its trials."""
+    """What a message about room for the workers names: a run's config keys and how to go on, or a campaign's for its
+    trials."""
 
     wait: str = "scaling.resource_wait_s"
     size: str = "scaling.num_workers / scaling.cpus_per_worker"
+    again: str = "run the same command again: it resumes from its newest complete checkpoint, if it wrote one"
 
 
 RUN_KEYS = CapacityKeys()
-TRIAL_KEYS = CapacityKeys("slot_wait_s", "trial_workers / cpus_per_trial_worker")
+TRIAL_KEYS = CapacityKeys("slot_wait_s", "trial_workers / cpus_per_trial_worker",
+                          "`pbp tune --resume NAME` runs the campaign's failed trials again, each from its newest "
+                          "complete checkpoint")  # fmt: skip
 
 
 def fit(trainer, scaling: ScalingConfig, run_name: str = "", keys: CapacityKeys = RUN_KEYS):
@@ -347,8 +346,7 @@ def capacity_error(error: BaseException, scaling: ScalingConfig,
     )  # fmt: skip
     return ClusterCapacityError(
         f"the Ray cluster had no room for {need} for {keys.wait}={wait_budget(scaling):g}s; {where}. "
-        f"Fix: {fix}, then run the same command again: it resumes from its newest complete checkpoint, if it wrote "
-        "one."
+        f"Fix: {fix}, then {keys.again}."
     )
 
 
@@ -477,15 +475,32 @@ submitted campaign, 2026-11-27). A batch saying either mutes its process (the co
 of the session. A trial that really fails is still said by the campaign's own FAILED line, with its error."""
 
 
+TRIAL_START_NOISE = (
+    re.compile(r"^Requesting resources: "),
+    re.compile(r"^Attempting to start training worker group of size "),
+    re.compile(r"^Started training worker group of size "),
+    re.compile(r"^- \(ip=\S+, pid=\d+\) world_rank=\d+, local_rank=\d+, node_rank=\d+"),
+    re.compile(r"^Setting up process group for: "),
+)
+"""Ray Train's five lines as each run's workers start. A campaign leaves them out (:func:`quiet_trial_starts`): its
+live lines say when a trial starts, and these were most of its log, folded by Ray into "[repeated Nx across cluster]"
+when trials start together. Ray Train's other lines (its failure policy's RETRY with the error, say) still print."""
+_quiet: dict[str, bool] = {"trial_starts": False}
+
+_WORKER_OF_RUN = re.compile(rf"^{WORKER_OF_RUN}([\w.-]+)$")
 _STOPPED_RUNS: set[str] = set()
-_RUN_LINE = re.compile(r"^\[([\w.-]+)\] ")  # pbp's progress line of a run's worker: [RUN_NAME] stage ...
+
+
+def quiet_trial_starts() -> None:
+    """On this driver (a campaign's), leave out ``TRIAL_START_NOISE``."""
+    _quiet["trial_starts"] = True
 
 
 def mute_stopped_run(run_name: str) -> None:
     """From now on, drop what the workers of run ``run_name`` print (:func:`drop_ray_noise`): a campaign's trial that
     ASHA stopped. Its worker went on printing its next epoch's line after the campaign said the trial ended, and a
-    worker ended in the middle of a native call printed a fatal-signal stack dump (about 40 lines). A worker is known
-    by the run named in its own progress lines."""
+    worker ended in the middle of a native call printed a fatal-signal stack dump (about 40 lines). Every rank is
+    known by its :func:`announce_worker` line; lines on their way when the trial was stopped are dropped too."""
     _STOPPED_RUNS.add(run_name)
 
 
@@ -507,15 +522,19 @@ def drop_ray_noise() -> None:
 
     def filtered(data: dict[str, Any], print_file: Any, ignore_prefix: bool = False) -> None:
         source = (data.get("ip"), data.get("pid"))
+        lines = []
         for line in data.get("lines", []):
-            if m := _RUN_LINE.match(line):
-                run_of[source] = m.group(1)
+            if m := _WORKER_OF_RUN.match(line):
+                run_of[source] = m.group(1)  # (a process id used again by a new worker: its own line comes first)
+            else:
+                lines.append(line)
         if source in muted or run_of.get(source) in _STOPPED_RUNS:
             return
         if any(STOPPED_TRIAL_CONTROLLER.search(x) for x in data.get("lines", [])):
             muted.add(source)
             return
-        lines = [x for x in data.get("lines", []) if not any(p.search(x) for p in RAY_NOISE)]
+        noise = RAY_NOISE + (TRIAL_START_NOISE if _quiet["trial_starts"] else ())
+        lines = [x for x in lines if not any(p.search(x) for p in noise)]
         if lines:
             original({**data, "lines": lines}, print_file, ignore_prefix)
 

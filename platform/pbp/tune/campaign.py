@@ -75,8 +75,7 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], ctx: dict[str, Any])
         "init": ctx["init"],  # every trial starts from the version the campaign's driver pinned an alias to
         "tags": {**ctx["tags"], "mlflow.parentRunId": ctx["parent_run_id"], "pbp.trial_id": trial_id},
     }
-    trainer = build_trainer(cfg, meta, callbacks=[TuneReportCallback()], ray_train_log_level="WARNING")
-    fit(trainer, cfg.scaling, keys=TRIAL_KEYS)
+    fit(build_trainer(cfg, meta, callbacks=[TuneReportCallback()]), cfg.scaling, keys=TRIAL_KEYS)
 
 
 @dataclass
@@ -107,7 +106,15 @@ def run_campaign(cfg: TuneConfig, *, resume: bool = False, warm_start: str | Non
     from pbp.finetune.launch import resolve_config
     from pbp.names import check_name
     from pbp.train.config import ScalingConfig
-    from pbp.train.launch import TRIAL_KEYS, alive_nodes, concurrency_note, connect_ray, git_commit, require_room
+    from pbp.train.launch import (
+        TRIAL_KEYS,
+        alive_nodes,
+        concurrency_note,
+        connect_ray,
+        git_commit,
+        quiet_trial_starts,
+        require_room,
+    )
     from pbp.train.tracking import Tracker
 
     # Every file the campaign needs is read before it connects: a submitted job runs in Ray's unpacked copy of the
@@ -130,6 +137,7 @@ def run_campaign(cfg: TuneConfig, *, resume: bool = False, warm_start: str | Non
     metric, mode = _metric_and_mode(cfg, base_cfg)
     warm = warm_start_trials(cfg, f"{storage}/{check_name(warm_start, '--warm-start')}") if warm_start else []
     connect_ray(address)
+    quiet_trial_starts()
     require_room(alive_nodes(), ScalingConfig(num_workers=cfg.trial_workers, cpus_per_worker=cfg.cpus_per_trial_worker,
                                               use_gpu=cfg.use_gpu), TRIAL_KEYS)  # fmt: skip
     if not resume:  # saved once nothing can refuse the start: a refused start leaves no campaign behind
@@ -414,11 +422,14 @@ def summarize(grid, cfg: TuneConfig, metric: str, mode: str) -> CampaignSummary:
 def worker_seconds(df) -> float | None:
     """A trial's seconds holding its workers, from its reports: each attempt's (a retry or a resumed campaign starts
     one) last ``worker_seconds``, summed. Tune's ``time_total_s`` also counts the wait for a free slot before the
-    workers started, hours for a trial queued behind its siblings. None where no report carries it."""
-    if df is None or WORKER_SECONDS not in df or WORKER_STARTED not in df:
+    workers started, hours for a trial queued behind its siblings. Not counted: an attempt's time after its last
+    report (a failed one's, up to an epoch). None where a report lacks it (never reported; reports of an older pbp)."""
+    if df is None or WORKER_SECONDS not in df or WORKER_STARTED not in df or not len(df):
         return None
-    held = df[[WORKER_STARTED, WORKER_SECONDS]].dropna()
-    return float(held.groupby(WORKER_STARTED)[WORKER_SECONDS].max().sum()) if len(held) else None
+    held = df[[WORKER_STARTED, WORKER_SECONDS]]
+    if held.isna().any().any():
+        return None
+    return float(held.groupby(WORKER_STARTED)[WORKER_SECONDS].max().sum())
 
 
 def train_seconds(grid) -> dict[str, float]:
@@ -518,11 +529,16 @@ def finish_campaign(cfg: TuneConfig, summary: CampaignSummary, parent, url: str,
     out = Path(cfg.report_dir) / cfg.name
     out.mkdir(parents=True, exist_ok=True)
     cpus = cfg.trial_workers * cfg.cpus_per_trial_worker
-    per_trial = {t.trial_id: t.cost_seconds * (cfg.trial_workers if cfg.use_gpu else cpus) for t in summary.trials}
-    ledger: dict[str, Any] = {"unit": "GPU-seconds" if cfg.use_gpu else "CPU-seconds", "wall_seconds": wall_s,
-                              "trials": per_trial, "total": sum(per_trial.values()),
-                              # failed before their first report: charged their wall time, with any wait for a slot
-                              "upper_bounds": [t.trial_id for t in summary.trials if t.worker_seconds is None]}  # fmt: skip
+    units = cfg.trial_workers if cfg.use_gpu else cpus
+    per_trial = {t.trial_id: t.worker_seconds * units for t in summary.trials if t.worker_seconds is not None}
+    ledger: dict[str, Any] = {
+        "unit": "GPU-seconds" if cfg.use_gpu else "CPU-seconds", "wall_seconds": wall_s, "trials": per_trial,
+        "total": sum(per_trial.values()),
+        # failed: their time after their last report (up to an epoch) is not counted
+        "lower_bounds": [t.trial_id for t in summary.trials if t.status == "failed" and t.trial_id in per_trial],
+        # never reported (failed or stopped before their first epoch ended): their time is not known, not in the total
+        "unmeasured": [t.trial_id for t in summary.trials if t.worker_seconds is None],
+    }  # fmt: skip
     (out / "ledger.json").write_text(json.dumps(ledger, indent=1))
     (out / "summary.json").write_text(summary_to_json(summary))
     study_db(summary, cfg, out / "study.db")

@@ -48,13 +48,8 @@ class TrialRecord:
     status: str  # one of STATUSES
     value: float | None  # the trial's final (best) objective value; None when it failed before reporting
     curve: list[tuple[int, float]]  # (epoch, objective value) per reported epoch
-    seconds: float  # wall time of the trial, with any wait for a free slot
-    worker_seconds: float | None = None  # seconds its workers were held: its cost; None where no report said
-
-    @property
-    def cost_seconds(self) -> float:
-        """``worker_seconds``; the wall time, an upper bound, for a trial that failed before its first report."""
-        return self.seconds if self.worker_seconds is None else self.worker_seconds
+    seconds: float  # wall time of the trial, with any wait for a free slot (0 when it never reported)
+    worker_seconds: float | None = None  # its workers' time, start to last report: its cost; None: not measured
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -490,7 +485,8 @@ def _trials_html(summary: CampaignSummary) -> str:
     for t in sorted(summary.trials, key=lambda t: t.number):
         cells = [f"<td class='num'>{t.number}</td>", f"<td><code>{html.escape(t.trial_id)}</code></td>",
                  f"<td>{html.escape(t.status)}</td>", f"<td class='num'>{html.escape(_fmt(t.value))}</td>",
-                 f"<td class='num'>{t.seconds:.1f}</td>", f"<td class='num'>{_fmt(t.worker_seconds)}</td>"]  # fmt: skip
+                 f"<td class='num'>{t.seconds:.1f}</td>",
+                 f"<td class='num'>{'—' if t.worker_seconds is None else f'{t.worker_seconds:.1f}'}</td>"]  # fmt: skip
         cells += [f"<td>{html.escape(_fmt(t.params.get(n)))}</td>" for n in names]
         row_class = " class='best'" if t is best else ""
         rows.append(f"<tr{row_class}>{''.join(cells)}</tr>")
@@ -500,13 +496,15 @@ def _trials_html(summary: CampaignSummary) -> str:
 def _html(summary: CampaignSummary, sections: list[_Section]) -> str:
     esc = html.escape
     counts = ", ".join(f"{sum(t.status == s for t in summary.trials)} {s}" for s in STATUSES)
-    total = sum(t.cost_seconds for t in summary.trials)
+    total = sum(t.worker_seconds or 0.0 for t in summary.trials)
+    unmeasured = sum(t.worker_seconds is None for t in summary.trials)
+    not_in = f", {unmeasured} trial(s) that never reported not measured" if unmeasured else ""
     parts = [
         f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Tuning report: {esc(summary.name)}</title>",
         f"<style>{_CSS}</style></head><body>",
         f"<h1>Tuning report: {esc(summary.name)}</h1>",
         f"<p>Metric <code>{esc(summary.metric)}</code>, mode <b>{esc(summary.mode)}</b>. "
-        f"{len(summary.trials)} trials: {counts}. Total cost: {total:.1f} s of trials holding their workers ({_hms(total)}).</p>",
+        f"{len(summary.trials)} trials: {counts}. Total cost: {total:.1f} s of trials holding their workers ({_hms(total)}{not_in}).</p>",
         f"<p class='note'>{esc(summary.stopped[0].upper() + summary.stopped[1:])}.</p>" if summary.stopped else "",
         f"<h2>Best trial</h2>{_best_html(summary)}",
     ]
