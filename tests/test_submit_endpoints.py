@@ -193,6 +193,7 @@ def test_on_aws_pyarrow_gets_the_buckets_own_region(tmp_path, monkeypatch):
                             ("s3.cn-north-1.amazonaws.com.cn", "cn-north-1"),
                             ("s3-accesspoint.eu-west-3.amazonaws.com:443", "eu-west-3"),
                             ("s3-us-west-1.amazonaws.com", "us-west-1"),  # (the legacy dash form already was read)
+                            ("S3.EU-NORTH-1.AMAZONAWS.COM.", "eu-north-1"),  # a host's case and final dot
                             # not AWS hosts: signed for us-east-1 as any other endpoint
                             ("s3.eu-west-1.amazonaws.com.evil.example", "us-east-1"),
                             ("mys3.eu-west-1.amazonaws.com", "us-east-1"), ("s3.eu-west-1.example.com", "us-east-1")]:  # fmt: skip

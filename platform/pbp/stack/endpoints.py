@@ -225,7 +225,7 @@ def _endpoint_region(endpoint: str | None) -> str | None:
     us-east-1 for any other (the local stack, MinIO), None for AWS' default endpoint (each SDK finds the region)."""
     if not endpoint:
         return None
-    m = _AWS_S3_HOST.search(endpoint.partition("://")[2].split("/", 1)[0])
+    m = _AWS_S3_HOST.search(endpoint.partition("://")[2].split("/", 1)[0].lower().replace(".:", ":").rstrip("."))
     return m.group(1) if m else "us-east-1"
 
 
