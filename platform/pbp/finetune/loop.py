@@ -42,7 +42,7 @@ from pbp.train.dist import (
     quiet_ray_train_reports,
 )
 from pbp.train.driver import Cadence, drive
-from pbp.train.metrics import baseline_reference
+from pbp.train.metrics import WORKER_SECONDS, WORKER_STARTED, baseline_reference
 from pbp.train.tracking import Tracker, finish_on_error
 
 log = logging.getLogger("pbp.finetune")
@@ -262,7 +262,7 @@ class Trainer:
     def held(self) -> dict[str, float]:
         """For a report: this worker's start (wall clock: it tells one attempt of a retried trial from the next) and
         the seconds since."""
-        return {"worker_started_at": self.started_at, "worker_seconds": time.perf_counter() - self.started}
+        return {WORKER_STARTED: self.started_at, WORKER_SECONDS: time.perf_counter() - self.started}
 
     def _flat_labels(self, split: Split) -> np.ndarray:
         if isinstance(split.labels, list):

@@ -26,6 +26,8 @@ from pbp.model.finetune import IGNORE_INDEX, TaskKind, TaskSpec
 
 BASELINE_SUFFIX = "_baseline"
 """A metric ``m``'s trivial baseline is reported as ``m_baseline``."""
+WORKER_STARTED, WORKER_SECONDS = "worker_started_at", "worker_seconds"
+"""In every fine-tuning report: when the worker started (wall clock) and the seconds since (a campaign's cost)."""
 
 _PROBABILITY_KINDS = (TaskKind.BINARY, TaskKind.RESIDUE_BINARY)
 

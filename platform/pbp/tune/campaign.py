@@ -24,7 +24,7 @@ import yaml
 from pbp.config import to_dict
 from pbp.finetune.config import FinetuneConfig
 from pbp.scratch import make, scratch
-from pbp.train.metrics import BASELINE_SUFFIX
+from pbp.train.metrics import BASELINE_SUFFIX, WORKER_SECONDS, WORKER_STARTED
 from pbp.tune.config import TuneConfig
 from pbp.tune.report import CampaignSummary, TrialRecord, best_trial, quiet_optuna, summary_to_json, write_report
 from pbp.tune.search import (
@@ -39,8 +39,6 @@ from pbp.tune.search import (
 
 log = logging.getLogger("pbp.tune")
 EPOCH_SECONDS = "epoch_seconds"  # reported by every fine-tuning epoch (pbp.finetune.loop.run_stage)
-WORKER_STARTED = "worker_started_at"  # in every fine-tuning report (pbp.finetune.loop.Trainer.held)
-WORKER_SECONDS = "worker_seconds"  # likewise
 
 
 class CampaignError(ValueError):
@@ -122,35 +120,28 @@ def run_campaign(cfg: TuneConfig, *, resume: bool = False, warm_start: str | Non
     base_doc = base_finetune_dict(cfg)
     base_cfg = check_space(cfg, base_doc)
     url = campaign_url(cfg.name, cfg.storage_path)
-    storage = url.rsplit("/", 1)[0]
     check_object_storage(url)
-    exists = campaign_exists(url)
-    if exists and not resume:
-        from pbp.tune.progress import resume_command
-
-        raise CampaignError(f"campaign {cfg.name!r} already exists at {url}: `{resume_command(cfg)}` "
-                            "continues it, or choose another name")  # fmt: skip
-    if resume and not exists:
-        raise CampaignError(f"campaign {cfg.name!r}: nothing to resume at {url}")
+    _check_campaign_state(cfg, url, resume)
     # task files and starting point checked, paths made absolute; a resumed campaign keeps its pinned init version
     base_cfg, ft_meta = resolve_config(base_cfg, init_version=_saved_init(url) if resume else "")
     metric, mode = _metric_and_mode(cfg, base_cfg)
+    storage = url.rsplit("/", 1)[0]
     warm = warm_start_trials(cfg, f"{storage}/{check_name(warm_start, '--warm-start')}") if warm_start else []
+    base = to_dict(replace(base_cfg, tracking=replace(base_cfg.tracking, experiment=cfg.experiment)))
+    base["scaling"].update(num_workers=cfg.trial_workers, cpus_per_worker=cfg.cpus_per_trial_worker,
+                           use_gpu=cfg.use_gpu, max_failures=cfg.max_failures,
+                           resource_wait_s=cfg.trial_resource_wait())  # fmt: skip
+    trial = ScalingConfig(**base["scaling"])  # each trial's workers
     connect_ray(address)
     quiet_trial_starts()
-    require_room(alive_nodes(), ScalingConfig(num_workers=cfg.trial_workers, cpus_per_worker=cfg.cpus_per_trial_worker,
-                                              use_gpu=cfg.use_gpu), TRIAL_KEYS)  # fmt: skip
+    nodes = alive_nodes()
+    require_room(nodes, trial, TRIAL_KEYS)
     if not resume:  # saved once nothing can refuse the start: a refused start leaves no campaign behind
         _save_config(url, cfg, base_doc, ft_meta["init"] if ft_meta["init"] != base_cfg.init else "")
     parent = Tracker(cfg.experiment, cfg.name, None, progress_metric="best_value")
     tags = {"pbp.campaign": cfg.name, "pbp.git_commit": git_commit(), "pbp.metric": metric, "pbp.mode": mode}
     parent.log_config(cfg, {**tags, **{k: v for k, v in ft_meta["tags"].items() if k.startswith("pbp.task")}})
-    base = to_dict(replace(base_cfg, tracking=replace(base_cfg.tracking, experiment=cfg.experiment)))
-    base["scaling"].update(num_workers=cfg.trial_workers, cpus_per_worker=cfg.cpus_per_trial_worker,
-                           use_gpu=cfg.use_gpu, max_failures=cfg.max_failures,
-                           resource_wait_s=cfg.trial_resource_wait())  # fmt: skip
-    note = concurrency_note(alive_nodes(), ScalingConfig(**base["scaling"]), min(cfg.max_concurrent_trials,
-                                                                                   cfg.num_samples))  # fmt: skip
+    note = concurrency_note(nodes, trial, min(cfg.max_concurrent_trials, cfg.num_samples))
     if note:
         print(f"[{cfg.name}] {note}", flush=True)
     ctx = {"campaign": cfg.name, "trials_url": f"{url}/{TRIALS_DIR}", "parent_run_id": parent.run_id,
@@ -166,6 +157,18 @@ def run_campaign(cfg: TuneConfig, *, resume: bool = False, warm_start: str | Non
         report, best_logged = finish_campaign(cfg, summary, parent, url, time.time() - t0)
     return CampaignResult(summary, report, parent.run_id, best_trial(summary), train_seconds(grid), finished_before,
                           best_logged)  # fmt: skip
+
+
+def _check_campaign_state(cfg: TuneConfig, url: str, resume: bool) -> None:
+    """A new campaign must not exist in storage yet; a resumed one must."""
+    exists = campaign_exists(url)
+    if exists and not resume:
+        from pbp.tune.progress import resume_command
+
+        raise CampaignError(f"campaign {cfg.name!r} already exists at {url}: `{resume_command(cfg)}` "
+                            "continues it, or choose another name")  # fmt: skip
+    if resume and not exists:
+        raise CampaignError(f"campaign {cfg.name!r}: nothing to resume at {url}")
 
 
 def _lost_error(cfg: TuneConfig, said: str) -> Exception:
